@@ -1,0 +1,1396 @@
+#!/usr/bin/env python3
+"""Comparison benchmark: pvsnap vs restic, borg, rustic and rsync-based snapshots.
+
+Python 3.11 standard library only.  See README.md next to this file.
+
+For every dataset (pg, src, img, media) two states A and B are generated
+deterministically (seeded) and cached under WORKDIR/states.  For every
+repetition and every tool, a fresh repository is created and the step
+sequence is run against ONE live directory (WORKDIR/live/<dataset>):
+
+    initial      snapshot of state A
+    incremental  live dir synced to state B (rsync -a --delete), snapshot
+    unchanged    snapshot of state B again
+    restore      restore the latest snapshot into an empty directory, then
+                 verify it against state B (file list, sizes, content hashes)
+
+Each step is run under /usr/bin/time; wall time, user+sys CPU, peak RSS and
+the repository size after the step are recorded.  Floors (tar|zstd, stat-only
+walks, cp -a) are measured in every repetition too.  Runs are warm-cache: the
+page cache is not dropped, `sync` is called between steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GEN_VERSION = 1
+ALL_DATASETS = ["pg", "src", "img", "media"]
+ALL_TOOLS = ["rsync-full", "rsync-linkdest", "restic", "borg", "rustic", "pvsnap"]
+STEPS = ["initial", "incremental", "unchanged", "restore"]
+FLOOR_FOR_STEP = {"initial": "tar|zstd", "unchanged": "stat-walk", "restore": "cp -a"}
+RESTIC_PASSWORD = "pvsnap-bench"
+PG_PORT = 54329
+MiB = 1 << 20
+KiB = 1 << 10
+
+# --------------------------------------------------------------------------
+# small helpers
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def die(msg: str, code: int = 2) -> None:
+    print(f"ERROR: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def run(cmd, check=True, capture=False, env=None, cwd=None, timeout=None):
+    """Run an untimed helper command."""
+    res = subprocess.run(
+        [str(c) for c in cmd],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        text=True,
+        timeout=timeout,
+    )
+    if check and res.returncode != 0:
+        detail = ""
+        if capture:
+            detail = "\n" + (res.stdout or "")[-2000:] + (res.stderr or "")[-2000:]
+        raise RuntimeError(f"command failed (rc={res.returncode}): {shlex.join(map(str, cmd))}{detail}")
+    return res
+
+
+def rmtree(p: Path) -> None:
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.exists():
+        shutil.rmtree(p)
+
+
+def du_bytes(p: Path) -> int:
+    """Apparent size in bytes; hardlinked files are counted once (du semantics)."""
+    if not p.exists():
+        return 0
+    res = run(["du", "-sb", p], capture=True)
+    return int(res.stdout.split()[0])
+
+
+def tree_stats(root: Path) -> dict:
+    files = dirs = links = 0
+    size = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirs += len(dirnames)
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if os.path.islink(os.path.join(dirpath, name)):
+                links += 1
+            else:
+                files += 1
+                size += st.st_size
+    return {"files": files, "dirs": dirs, "symlinks": links, "bytes": size}
+
+
+def first_line(cmd) -> str:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        out = (res.stdout or res.stderr).strip().splitlines()
+        return out[0].strip() if out else "?"
+    except Exception as e:  # noqa: BLE001
+        return f"unavailable ({e.__class__.__name__})"
+
+
+def sync() -> None:
+    os.sync()
+
+
+# --------------------------------------------------------------------------
+# installation of missing dependencies
+
+APT_LOCK_WAIT_S = 900
+
+
+def apt_get(args: list[str]) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}", "-y", "-q", *args]
+    deadline = time.monotonic() + APT_LOCK_WAIT_S
+    while True:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if res.returncode == 0:
+            return
+        err = res.stderr + res.stdout
+        if re.search(r"lock|Could not get lock|is held by process", err, re.I) and time.monotonic() < deadline:
+            log("apt/dpkg lock held by another process; waiting ...")
+            time.sleep(10)
+            continue
+        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{err[-3000:]}")
+
+
+def pg_bindir() -> Path | None:
+    cands = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: [int(x) if x.isdigit() else 0 for x in p.split("/")[4].split(".")],
+    )
+    return Path(cands[-1]).parent if cands else None
+
+
+def ensure_packages(datasets: list[str], tools: list[str]) -> None:
+    need: list[tuple[str, bool]] = [
+        ("rsync", shutil.which("rsync") is not None),
+        ("time", os.access("/usr/bin/time", os.X_OK)),
+        ("zstd", shutil.which("zstd") is not None),
+        ("tar", shutil.which("tar") is not None),
+    ]
+    if "pg" in datasets:
+        need.append(("postgresql", pg_bindir() is not None))
+    if "restic" in tools:
+        need.append(("restic", shutil.which("restic") is not None))
+    if "borg" in tools:
+        need.append(("borgbackup", shutil.which("borg") is not None))
+    missing = [pkg for pkg, ok in need if not ok]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        die(f"missing packages {missing}; run as root (apt-get install) or install them: apt-get install {' '.join(missing)}")
+    log(f"installing missing packages with apt-get: {' '.join(missing)}")
+    try:
+        apt_get(["update"])
+        apt_get(["install", "--no-install-recommends", *missing])
+    except RuntimeError as e:
+        die(f"could not install {missing}: {e}")
+    if "postgresql" in missing and pg_bindir() is None:
+        die("postgresql installed but no /usr/lib/postgresql/<ver>/bin/initdb found")
+
+
+def find_exe(name: str) -> str | None:
+    p = shutil.which(name)
+    if p:
+        return p
+    cand = Path.home() / ".cargo" / "bin" / name
+    return str(cand) if os.access(cand, os.X_OK) else None
+
+
+def ensure_rustic(timeout_s: int) -> str | None:
+    exe = find_exe("rustic")
+    if exe:
+        return exe
+    if not shutil.which("cargo") and not find_exe("cargo"):
+        log("rustic requested but not installed and cargo is missing: skipping rustic")
+        return None
+    cargo = shutil.which("cargo") or find_exe("cargo")
+    log(f"rustic not found: running `cargo install --locked rustic-rs` (time box {timeout_s}s) ...")
+    try:
+        res = subprocess.run([cargo, "install", "--locked", "rustic-rs"], capture_output=True, text=True,
+                             timeout=timeout_s, stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            log("cargo install rustic-rs failed; skipping rustic:\n" + res.stderr[-1500:])
+            return None
+    except subprocess.TimeoutExpired:
+        log(f"cargo install rustic-rs did not finish within {timeout_s}s; skipping rustic")
+        return None
+    return find_exe("rustic")
+
+
+# --------------------------------------------------------------------------
+# deterministic content generation
+
+KEYWORDS = ("fn let mut return if else for while match struct impl pub use mod const static "
+            "def class import from self None True False async await yield try except raise "
+            "int char void unsigned sizeof typedef include define var function new this").split()
+SYLLABLES = ("ka lo ri ne ta mi so vu be de fa gi ho ju ex in ar or ul st tr pr ch sh "
+             "al el il ol um an en on er ir ack ent ion ing ize buf ptr idx len cfg").split()
+
+
+class TextGen:
+    """Produces realistic-looking code/prose/data lines from a seeded RNG."""
+
+    def __init__(self, seed: int):
+        rng = random.Random(seed)
+        words: set[str] = set()
+        while len(words) < 4000:
+            words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))))
+        self.words = sorted(words)
+        rng.shuffle(self.words)
+        w = self.words
+        # Zipf-ish: the first words are used much more often
+        weights = [1.0 / (i + 1) ** 0.9 for i in range(len(w))]
+        pick = lambda k: rng.choices(w, weights=weights, k=k)  # noqa: E731
+
+        def ident() -> str:
+            return "_".join(pick(rng.randint(1, 3)))
+
+        code, prose, data = [], [], []
+        for _ in range(12000):
+            t = rng.randrange(12)
+            ind = "    " * rng.randint(0, 3)
+            n = rng.randint(0, 4096)
+            if t == 0:
+                code.append(f"{ind}let {ident()} = {ident()}::{ident()}(&{ident()}, {n});")
+            elif t == 1:
+                code.append(f"{ind}def {ident()}(self, {ident()}, {ident()}={n}):")
+            elif t == 2:
+                code.append(f"{ind}// {' '.join(pick(rng.randint(3, 12)))}")
+            elif t == 3:
+                code.append(f"{ind}if {ident()} > {n} {{ return {ident()}; }}")
+            elif t == 4:
+                code.append(f"{ind}{rng.choice(KEYWORDS)} {ident()}({', '.join(pick(rng.randint(0, 4)))})")
+            elif t == 5:
+                code.append(f"{ind}# {' '.join(pick(rng.randint(3, 10)))}")
+            elif t == 6:
+                code.append(f"{ind}{ident()}.{ident()}[{n}] = {ident()} + {rng.randint(0, 99)};")
+            elif t == 7:
+                code.append("")
+            elif t == 8:
+                code.append(f"{ind}}}")
+            elif t == 9:
+                code.append(f"{ind}for {ident()} in {ident()}.iter() {{")
+            elif t == 10:
+                code.append(f'{ind}log::info!("{" ".join(pick(rng.randint(2, 7)))} {{}}", {ident()});')
+            else:
+                code.append(f"{ind}return Err(Error::{ident().title()}({n}));")
+        for _ in range(6000):
+            s = " ".join(pick(rng.randint(4, 18)))
+            prose.append(s[:1].upper() + s[1:] + rng.choice([".", ".", ".", ",", ":", "?"]))
+            if rng.random() < 0.1:
+                prose.append("")
+            if rng.random() < 0.05:
+                prose.append("#" * rng.randint(1, 3) + " " + " ".join(pick(rng.randint(1, 5))).title())
+        for _ in range(6000):
+            t = rng.randrange(4)
+            if t == 0:
+                data.append(f'  "{ident()}": {rng.randint(0, 10**6)},')
+            elif t == 1:
+                data.append(f'{ident()} = "{"-".join(pick(rng.randint(1, 3)))}"')
+            elif t == 2:
+                data.append(",".join(str(rng.randint(0, 9999)) for _ in range(rng.randint(3, 9))))
+            else:
+                data.append(f'  - name: {ident()}\n    value: {rng.random():.6f}')
+        self.pools = {"code": code, "prose": prose, "data": data}
+
+    def text(self, rng: random.Random, style: str, size: int, header: str = "") -> bytes:
+        pool = self.pools[style]
+        k = size // 30 + 2
+        body = header + "\n".join(rng.choices(pool, k=k))
+        while len(body) < size:
+            body += "\n" + "\n".join(rng.choices(pool, k=k))
+        return (body[: max(size - 1, 0)] + "\n").encode()
+
+
+EXT = {
+    "code": [".rs", ".py", ".c", ".h", ".go", ".js", ".ts", ".java"],
+    "prose": [".md", ".txt", ".rst"],
+    "data": [".json", ".toml", ".yaml", ".csv"],
+}
+BASE_MTIME = 1_600_000_000
+BASE_MTIME_B = 1_700_000_000
+
+
+def set_mtime(path: Path, t: float) -> None:
+    os.utime(path, (t, t), follow_symlinks=False)
+
+
+def gen_src(states: Path, seed: int, n_files: int) -> None:
+    rng = random.Random(seed * 1000 + 1)
+    tg = TextGen(seed)
+    a = states / "A"
+    a.mkdir(parents=True)
+    # directory tree
+    tops = ["crates", "docs", "vendor", "tests", "tools", "web", "lib", "scripts", "assets", "examples"]
+    dirs: list[tuple[str, int]] = [(t, 1) for t in tops]
+    n_dirs = max(len(tops), n_files // 25)
+    used = set(d for d, _ in dirs)
+    while len(dirs) < n_dirs:
+        parent, depth = rng.choice(dirs)
+        if depth >= 6:
+            continue
+        name = "_".join(rng.choices(tg.words[:800], k=rng.randint(1, 2)))
+        p = f"{parent}/{name}"
+        if p in used:
+            continue
+        used.add(p)
+        dirs.append((p, depth + 1))
+    for d, _ in dirs:
+        (a / d).mkdir(parents=True, exist_ok=True)
+    # files
+    lo, hi = math.log(200), math.log(20 * KiB)
+    reservoir: list[bytes] = []
+    paths: set[str] = set()
+    for i in range(n_files):
+        d = rng.choice(dirs)[0]
+        style = rng.choices(["code", "prose", "data"], weights=[65, 20, 15])[0]
+        if rng.random() < 0.05 and reservoir:
+            content = rng.choice(reservoir)  # duplicate of an earlier file
+            name = rng.choice(["LICENSE", "README.md", "mod.rs", "__init__.py", "util.c", "config.toml"])
+        else:
+            size = int(math.exp(rng.uniform(lo, hi)))
+            name = "_".join(rng.choices(tg.words[:2000], k=rng.randint(1, 3))) + rng.choice(EXT[style])
+            content = tg.text(rng, style, size, header=f"// {d}/{name}\n")
+        rel = f"{d}/{name}"
+        j = 1
+        while rel in paths:
+            rel = f"{d}/{j}_{name}"
+            j += 1
+        paths.add(rel)
+        p = a / rel
+        p.write_bytes(content)
+        set_mtime(p, BASE_MTIME + rng.randint(0, 30_000_000))
+        if len(reservoir) < 1000:
+            reservoir.append(content)
+        elif rng.random() < 0.02:
+            reservoir[rng.randrange(1000)] = content
+    for d, _ in sorted(dirs, key=lambda x: -x[1]):
+        set_mtime(a / d, BASE_MTIME)
+
+    # state B: modify 2 %, delete 1 %, add 300
+    b = states / "B"
+    run(["cp", "-a", a, b])
+    files = sorted(paths)
+    rngb = random.Random(seed * 1000 + 2)
+    n_mod = max(1, round(len(files) * 0.02))
+    n_del = max(1, round(len(files) * 0.01))
+    chosen = rngb.sample(files, n_mod + n_del)
+    for i, rel in enumerate(chosen[:n_mod]):
+        p = b / rel
+        data = p.read_bytes()
+        op = i % 3
+        if op == 0:  # append lines
+            data = data + tg.text(rngb, "code", rngb.randint(50, 2000))
+        elif op == 1:  # replace a span with other text
+            s = rngb.randrange(len(data))
+            e = min(len(data), s + rngb.randint(10, 1500))
+            data = data[:s] + tg.text(rngb, "code", rngb.randint(10, 1500)) + data[e:]
+        else:  # same-size in-place edit (only mtime/ctime reveal it)
+            s = rngb.randrange(len(data))
+            e = min(len(data), s + rngb.randint(8, 400))
+            repl = bytes(rngb.choice(b"abcdefghijklmnopqrstuvwxyz_ ") for _ in range(e - s))
+            data = data[:s] + repl + data[e:]
+        p.write_bytes(data)
+        set_mtime(p, BASE_MTIME_B + i)
+    for rel in chosen[n_mod:]:
+        (b / rel).unlink()
+    new_dirs = [f"crates/new_feature_{k}" for k in range(10)]
+    for nd in new_dirs:
+        (b / nd).mkdir(parents=True, exist_ok=True)
+    for i in range(300):
+        d = new_dirs[i % 10] if i % 3 == 0 else rngb.choice(dirs)[0]
+        style = rngb.choices(["code", "prose", "data"], weights=[65, 20, 15])[0]
+        name = f"added_{i}_" + rngb.choice(tg.words[:500]) + rngb.choice(EXT[style])
+        p = b / d / name
+        p.write_bytes(tg.text(rngb, style, int(math.exp(rngb.uniform(lo, hi))), header=f"// {d}/{name}\n"))
+        set_mtime(p, BASE_MTIME_B + 100_000 + i)
+
+
+def img_blocks(tg: TextGen, seed: int, n: int = 1024) -> list[bytes]:
+    rng = random.Random(seed * 1000 + 3)
+    return [tg.text(rng, rng.choice(["code", "prose", "data"]), 4096) for _ in range(n)]
+
+
+def struct_region(rng: random.Random, region_idx: int, size: int) -> bytes:
+    """Binary records: counters, timestamps, small ids, padding (compressible)."""
+    out = bytearray()
+    base = region_idx * (size // 64)
+    ts = BASE_MTIME + region_idx * 977
+    ids = [bytes(rng.choice(b"ABCDEFGH0123") for _ in range(16)) for _ in range(64)]
+    for r in range(size // 64):
+        out += struct.pack("<QQ16sI", base + r, ts + r * 3, ids[r & 63], r % 251) + b"\0" * 28
+    return bytes(out)
+
+
+def gen_img(states: Path, seed: int, size: int, n_writes: int) -> None:
+    rng = random.Random(seed * 1000 + 4)
+    tg = TextGen(seed)
+    blocks = img_blocks(tg, seed)
+    a = states / "A"
+    a.mkdir(parents=True)
+    img = a / "disk.img"
+    region = MiB
+    with open(img, "wb") as f:
+        for r in range(size // region):
+            kind = rng.choices(["text", "struct", "zero", "random"], weights=[25, 25, 20, 30])[0]
+            if kind == "text":
+                f.write(b"".join(rng.choices(blocks, k=region // 4096)))
+            elif kind == "struct":
+                f.write(struct_region(rng, r, region))
+            elif kind == "zero":
+                f.write(bytes(region))
+            else:
+                f.write(rng.randbytes(region))
+    set_mtime(img, BASE_MTIME)
+    set_mtime(a, BASE_MTIME)
+    b = states / "B"
+    run(["cp", "-a", a, b])
+    rngb = random.Random(seed * 1000 + 5)
+    with open(b / "disk.img", "r+b") as f:
+        for i in range(n_writes):
+            off = rngb.randrange(size // 4096) * 4096
+            f.seek(off)
+            if i % 2:
+                f.write(rngb.randbytes(4096))
+            else:
+                blk = bytearray(rngb.choice(blocks))
+                blk[:16] = struct.pack("<QQ", i, off)
+                f.write(bytes(blk))
+    set_mtime(b / "disk.img", BASE_MTIME_B)
+
+
+def gen_media(states: Path, seed: int, n: int, size: int) -> None:
+    rng = random.Random(seed * 1000 + 6)
+    a = states / "A"
+    albums = ["2019_trip", "2021_family", "raw_footage", "exports"]
+    for al in albums:
+        (a / al).mkdir(parents=True)
+    names = []
+    for i in range(n):
+        rel = f"{albums[i % len(albums)]}/clip_{i:03d}.mp4"
+        with open(a / rel, "wb") as f:
+            left = size
+            while left:
+                k = min(left, 4 * MiB)
+                f.write(rng.randbytes(k))
+                left -= k
+        set_mtime(a / rel, BASE_MTIME + i * 3600)
+        names.append(rel)
+    for al in albums:
+        set_mtime(a / al, BASE_MTIME)
+    b = states / "B"
+    run(["cp", "-a", a, b])
+    rngb = random.Random(seed * 1000 + 7)
+    (b / names[0]).unlink()  # deleted
+    set_mtime(b / names[1], BASE_MTIME_B)  # touched, content unchanged
+    shutil.copyfile(b / names[2], b / "exports" / "clip_002_copy.mp4")  # copied under new name
+    set_mtime(b / "exports" / "clip_002_copy.mp4", BASE_MTIME_B + 1)
+    with open(b / "exports" / "new_clip.mp4", "wb") as f:  # new file
+        left = size
+        while left:
+            k = min(left, 4 * MiB)
+            f.write(rngb.randbytes(k))
+            left -= k
+    set_mtime(b / "exports" / "new_clip.mp4", BASE_MTIME_B + 2)
+
+
+def gen_pg(states: Path, seed: int, scale: int, seconds: int, gen_root: Path) -> None:
+    bindir = pg_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL binaries not found under /usr/lib/postgresql/<ver>/bin")
+    root = gen_root / "pg"
+    rmtree(root)
+    root.mkdir(parents=True)
+    data = root / "data"
+    sock = root / "sock"
+    sock.mkdir()
+    as_pg: list[str] = []
+    if os.geteuid() == 0:
+        run(["chown", "-R", "postgres:postgres", root])
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    logf = root / "server.log"
+
+    def pg(*args, **kw):
+        return run([*as_pg, *map(str, args)], cwd=root, capture=True, **kw)
+
+    conn = ["-h", str(sock), "-p", str(PG_PORT), "-U", "postgres"]
+    opts = f"-k {sock} -p {PG_PORT} -c listen_addresses=''"
+
+    def start():
+        pg(bindir / "pg_ctl", "-D", data, "-l", logf, "-o", opts, "-w", "-t", "120", "start")
+
+    def stop():
+        pg(bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "300", "stop")
+
+    pg(bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-instructions")
+    started = False
+    try:
+        start()
+        started = True
+        log(f"  pgbench -i -s {scale}")
+        pg(bindir / "pgbench", *conn, "-i", "-q", "-s", scale, "postgres")
+        stop()
+        started = False
+        run(["cp", "-a", data, states / "A"])
+        start()
+        started = True
+        log(f"  pgbench -T {seconds}")
+        pg(bindir / "pgbench", *conn, "-c", "2", "-j", "2", "-T", seconds, f"--random-seed={seed}", "postgres")
+        pg(bindir / "psql", *conn, "-d", "postgres", "-q", "-c", "CHECKPOINT")
+        stop()
+        started = False
+        run(["cp", "-a", data, states / "B"])
+    finally:
+        if started:
+            try:
+                stop()
+            except Exception as e:  # noqa: BLE001
+                log(f"  warning: could not stop postgres: {e}")
+    rmtree(root)
+
+
+def dataset_params(name: str, smoke: bool) -> dict:
+    if name == "pg":
+        return {"scale": 1, "seconds": 3} if smoke else {"scale": 40, "seconds": 45}
+    if name == "src":
+        return {"n_files": 2000} if smoke else {"n_files": 50000}
+    if name == "img":
+        return {"size": 64 * MiB, "n_writes": 50} if smoke else {"size": 2048 * MiB, "n_writes": 1000}
+    if name == "media":
+        return {"n": 4, "size": 4 * MiB} if smoke else {"n": 20, "size": 50 * MiB}
+    raise ValueError(name)
+
+
+def prepare_dataset(name: str, workdir: Path, smoke: bool, seed: int, regen: bool) -> dict:
+    params = dataset_params(name, smoke)
+    ident = {"dataset": name, "gen_version": GEN_VERSION, "seed": seed, "params": params}
+    states = workdir / "states" / f"{name}-{'smoke' if smoke else 'full'}"
+    meta_path = states / "meta.json"
+    if not regen and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("ident") == ident and (states / "A").is_dir() and (states / "B").is_dir():
+                log(f"dataset {name}: reusing cached states in {states}")
+                return meta
+        except (ValueError, OSError):
+            pass
+    log(f"dataset {name}: generating {params} (seed {seed}) ...")
+    rmtree(states)
+    tmp = states.with_name(states.name + ".tmp")
+    rmtree(tmp)
+    tmp.mkdir(parents=True)
+    t0 = time.monotonic()
+    if name == "pg":
+        gen_pg(tmp, seed, params["scale"], params["seconds"], workdir / "gen")
+    elif name == "src":
+        gen_src(tmp, seed, params["n_files"])
+    elif name == "img":
+        gen_img(tmp, seed, params["size"], params["n_writes"])
+    elif name == "media":
+        gen_media(tmp, seed, params["n"], params["size"])
+    sync()
+    meta = {
+        "ident": ident,
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "gen_seconds": round(time.monotonic() - t0, 1),
+        "A": tree_stats(tmp / "A"),
+        "B": tree_stats(tmp / "B"),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    tmp.rename(states)
+    log(f"dataset {name}: done in {meta['gen_seconds']}s: A={meta['A']} B={meta['B']}")
+    return meta
+
+
+# --------------------------------------------------------------------------
+# restore verification
+
+
+def scan(root: Path) -> dict[str, tuple[str, int | str]]:
+    out: dict[str, tuple[str, int | str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            st = os.lstat(full)
+            if os.path.islink(full):
+                out[rel] = ("l", os.readlink(full))
+            elif os.path.isdir(full):
+                out[rel] = ("d", 0)
+            else:
+                out[rel] = ("f", st.st_size)
+    return out
+
+
+def content_hash(path: str, size: int, rng: random.Random) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        if size <= 64 * MiB:
+            while chunk := f.read(4 * MiB):
+                h.update(chunk)
+        else:
+            offsets = [0, size - MiB] + [rng.randrange(size - 64 * KiB) for _ in range(128)]
+            for off in offsets:
+                f.seek(off)
+                h.update(f.read(MiB if off in (0, size - MiB) else 64 * KiB))
+    return h.hexdigest()
+
+
+def verify_restore(restored: Path, expected: Path, seed: int, sample: int = 256) -> dict:
+    exp = scan(expected)
+    got = scan(restored)
+    missing = sorted(set(exp) - set(got))
+    extra = sorted(set(got) - set(exp))
+    mismatch = sorted(k for k in set(exp) & set(got) if exp[k] != got[k])
+    files = sorted(k for k, v in exp.items() if v[0] == "f" and k in got and got[k] == v)
+    rng = random.Random(seed)
+    picked = set(rng.sample(files, min(sample, len(files))))
+    picked |= set(sorted(files, key=lambda k: -exp[k][1])[:4])  # always the largest files
+    hash_bad = []
+    hashed_bytes = 0
+    for rel in sorted(picked):
+        size = exp[rel][1]
+        s = rng.randrange(1 << 30)
+        if content_hash(str(expected / rel), size, random.Random(s)) != content_hash(
+            str(restored / rel), size, random.Random(s)
+        ):
+            hash_bad.append(rel)
+        hashed_bytes += min(size, 64 * MiB)
+    ok = not (missing or extra or mismatch or hash_bad)
+    return {
+        "ok": ok,
+        "entries": len(exp),
+        "missing": len(missing),
+        "extra": len(extra),
+        "type_or_size_mismatch": len(mismatch),
+        "hash_mismatch": len(hash_bad),
+        "hashed_files": len(picked),
+        "examples": (missing[:5] + extra[:5] + mismatch[:5] + hash_bad[:5]),
+    }
+
+
+def locate_restored(target: Path, live: Path) -> Path:
+    full = target / str(live).lstrip("/")
+    if full.is_dir():
+        return full
+    entries = list(target.iterdir()) if target.is_dir() else []
+    if len(entries) == 1 and entries[0].is_dir() and entries[0].name == live.name:
+        return entries[0]
+    return target
+
+
+# --------------------------------------------------------------------------
+# timed execution
+
+
+class Timed:
+    def __init__(self, tmpdir: Path, timeout: float):
+        self.tmpdir = tmpdir
+        self.timeout = timeout
+
+    def __call__(self, cmd, env=None, cwd=None, shell=False) -> dict:
+        tf = self.tmpdir / "time.out"
+        so = self.tmpdir / "stdout.txt"
+        se = self.tmpdir / "stderr.txt"
+        argv = ["bash", "-c", "set -o pipefail; " + cmd] if shell else [str(c) for c in cmd]
+        full = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(tf), *argv]
+        penv = dict(os.environ, LC_ALL="C", **(env or {}))
+        with open(so, "wb") as fo, open(se, "wb") as fe:
+            t0 = time.perf_counter()
+            p = subprocess.Popen(full, env=penv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
+                                 start_new_session=True)
+            timed_out = False
+            try:
+                p.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+            wall = time.perf_counter() - t0
+        user = sys_ = 0.0
+        rss = 0
+        try:
+            last = tf.read_text().strip().splitlines()[-1].split()
+            user, sys_, rss = float(last[1]), float(last[2]), int(last[3])
+        except (OSError, IndexError, ValueError):
+            pass
+        rc = p.returncode if not timed_out else -9
+        stdout = so.read_bytes().decode(errors="replace")
+        stderr = se.read_bytes().decode(errors="replace")
+        return {
+            "cmd": argv if not shell else cmd,
+            "rc": rc,
+            "timed_out": timed_out,
+            "wall_s": round(wall, 4),
+            "user_s": user,
+            "sys_s": sys_,
+            "cpu_s": round(user + sys_, 3),
+            "maxrss_kib": rss,
+            "stdout": stdout,
+            "stderr_tail": stderr[-3000:],
+        }
+
+
+# --------------------------------------------------------------------------
+# tools
+
+
+class Tool:
+    name = "?"
+    note = ""
+
+    def __init__(self, exe: str, rundir: Path):
+        self.exe = exe
+        self.rundir = rundir
+        self.repo = rundir / "repo"
+        self.aux = rundir / "aux"
+
+    def env(self) -> dict:
+        return {}
+
+    def init_cmd(self):
+        return None
+
+    def snapshot_cmd(self, src: Path, n: int):
+        raise NotImplementedError
+
+    def restore_cmd(self, target: Path, n: int):
+        raise NotImplementedError
+
+    def restore_cwd(self, target: Path):
+        return None
+
+    def parse_snapshot(self, stdout: str) -> dict:
+        return {}
+
+    def version(self) -> str:
+        return first_line([self.exe, "--version"])
+
+
+class RsyncFull(Tool):
+    name = "rsync-full"
+    note = "rsync -a into a new folder per snapshot"
+
+    def init_cmd(self):
+        self.repo.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def snapshot_cmd(self, src, n):
+        return [self.exe, "-a", f"{src}/", f"{self.repo}/snap-{n}/"]
+
+    def restore_cmd(self, target, n):
+        return [self.exe, "-a", f"{self.repo}/snap-{n}/", f"{target}/"]
+
+
+class RsyncLinkDest(RsyncFull):
+    name = "rsync-linkdest"
+    note = "rsync -a --link-dest=<previous snapshot folder>"
+
+    def snapshot_cmd(self, src, n):
+        if n == 1:
+            return super().snapshot_cmd(src, n)
+        return [self.exe, "-a", f"--link-dest={self.repo}/snap-{n - 1}", f"{src}/", f"{self.repo}/snap-{n}/"]
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def env(self):
+        return {"RESTIC_REPOSITORY": str(self.repo), "RESTIC_PASSWORD": RESTIC_PASSWORD,
+                "RESTIC_CACHE_DIR": str(self.aux / "cache")}
+
+    def init_cmd(self):
+        return [self.exe, "init"]
+
+    def snapshot_cmd(self, src, n):
+        return [self.exe, "backup", "--json", "--host", "bench", str(src)]
+
+    def restore_cmd(self, target, n):
+        return [self.exe, "restore", "latest", "--target", str(target)]
+
+    def parse_snapshot(self, stdout):
+        for line in reversed(stdout.strip().splitlines()):
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("message_type") == "summary":
+                keep = ("files_new", "files_changed", "files_unmodified", "data_added", "total_bytes_processed",
+                        "snapshot_id")
+                return {k: msg.get(k) for k in keep}
+        return {}
+
+    def version(self):
+        return first_line([self.exe, "version"])
+
+
+class Borg(Tool):
+    name = "borg"
+    note = "borg init -e none; borg create with default compression (lz4)"
+
+    def env(self):
+        return {"BORG_REPO": str(self.repo), "BORG_BASE_DIR": str(self.aux), "BORG_PASSPHRASE": "",
+                "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes", "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+
+    def init_cmd(self):
+        return [self.exe, "init", "-e", "none"]
+
+    def snapshot_cmd(self, src, n):
+        return [self.exe, "create", f"::snap-{n}", str(src)]
+
+    def restore_cmd(self, target, n):
+        return [self.exe, "extract", f"::snap-{n}"]
+
+    def restore_cwd(self, target):
+        return target
+
+
+class Rustic(Tool):
+    name = "rustic"
+
+    def env(self):
+        return {"RUSTIC_REPOSITORY": str(self.repo), "RUSTIC_PASSWORD": RESTIC_PASSWORD,
+                "RUSTIC_CACHE_DIR": str(self.aux / "cache"), "RUSTIC_NO_PROGRESS": "true"}
+
+    def init_cmd(self):
+        return [self.exe, "init"]
+
+    def snapshot_cmd(self, src, n):
+        return [self.exe, "backup", "--host", "bench", str(src)]
+
+    def restore_cmd(self, target, n):
+        return [self.exe, "restore", "latest", str(target)]
+
+
+class Pvsnap(Tool):
+    name = "pvsnap"
+
+    def init_cmd(self):
+        return [self.exe, "--repo", str(self.repo), "init"]
+
+    def snapshot_cmd(self, src, n):
+        return [self.exe, "--repo", str(self.repo), "snapshot", str(src), "--json", "--quiet"]
+
+    def restore_cmd(self, target, n):
+        return [self.exe, "--repo", str(self.repo), "restore", "latest", "--target", str(target)]
+
+    def parse_snapshot(self, stdout):
+        txt = stdout.strip()
+        candidates = [txt] + list(reversed(txt.splitlines()))
+        for c in candidates:
+            try:
+                obj = json.loads(c)
+            except ValueError:
+                continue
+            if isinstance(obj, list) and obj:
+                obj = obj[0]
+            if isinstance(obj, dict):
+                return {"id": obj.get("id"), "summary": obj.get("summary")}
+        return {"unparsed_stdout": txt[-500:]}
+
+    def stats(self) -> dict | None:
+        try:
+            res = subprocess.run([self.exe, "--repo", str(self.repo), "stats", "--json"], capture_output=True,
+                                 text=True, timeout=600, stdin=subprocess.DEVNULL)
+            return json.loads(res.stdout) if res.returncode == 0 else {"rc": res.returncode,
+                                                                        "stderr": res.stderr[-500:]}
+        except (ValueError, subprocess.TimeoutExpired, OSError) as e:
+            return {"error": str(e)}
+
+
+TOOL_CLASSES = {c.name: c for c in (RsyncFull, RsyncLinkDest, Restic, Borg, Rustic, Pvsnap)}
+
+
+# --------------------------------------------------------------------------
+# benchmark loops
+
+
+def reset_live(states: Path, live: Path) -> None:
+    rmtree(live)
+    live.parent.mkdir(parents=True, exist_ok=True)
+    run(["cp", "-a", states / "A", live])
+    sync()
+
+
+def live_to_b(states: Path, live: Path) -> None:
+    run(["rsync", "-a", "--delete", "--inplace", f"{states / 'B'}/", f"{live}/"])
+    sync()
+
+
+PY_WALK = r"""
+import os, sys
+def walk(p):
+    n = s = 0
+    with os.scandir(p) as it:
+        for e in it:
+            st = e.stat(follow_symlinks=False)
+            n += 1; s += st.st_size
+            if e.is_dir(follow_symlinks=False):
+                a, b = walk(e.path); n += a; s += b
+    return n, s
+print(*walk(sys.argv[1]))
+"""
+
+
+def run_floors(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed: Timed) -> list[dict]:
+    out = []
+    reset_live(states, live)
+    specs = [
+        ("tar|zstd", "initial", f"tar -cf - -C {shlex.quote(str(live))} . | zstd -3 -T2 -q -c > /dev/null", True),
+        ("stat-walk-find", "unchanged",
+         ["bash", "-c", 'find "$1" -printf "%s %T@\\n" > /dev/null', "_", str(live)], False),
+        ("stat-walk-py", "unchanged", [sys.executable, "-c", PY_WALK, str(live)], False),
+    ]
+    target = workdir / "restore" / f"{ds}-floor"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for name, cmp_step, cmd, shell in specs:
+        sync()
+        r = timed(cmd, shell=shell)
+        out.append(floor_sample(ds, rep, name, cmp_step, r))
+    rmtree(target)
+    sync()
+    r = timed(["cp", "-a", f"{states / 'B'}", str(target)])
+    out.append(floor_sample(ds, rep, "cp -a", "restore", r))
+    rmtree(target)
+    for s in out:
+        flag = "ok" if s["ok"] else f"FAILED rc={s['rc']}"
+        log(f"  floor {s['floor']:<15} {s['wall_s']:8.3f}s cpu {s['cpu_s']:7.2f}s  {flag}")
+    return out
+
+
+def floor_sample(ds, rep, name, cmp_step, r) -> dict:
+    return {"kind": "floor", "dataset": ds, "rep": rep, "floor": name, "compares_to": cmp_step,
+            "ok": r["rc"] == 0, "rc": r["rc"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "user_s": r["user_s"],
+            "sys_s": r["sys_s"], "maxrss_kib": r["maxrss_kib"], "cmd": r["cmd"],
+            **({"stderr_tail": r["stderr_tail"]} if r["rc"] != 0 else {})}
+
+
+def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: Path, timed: Timed,
+             seed: int) -> list[dict]:
+    samples: list[dict] = []
+    rmtree(tool.rundir)
+    tool.rundir.mkdir(parents=True)
+    tool.aux.mkdir()
+    target = workdir / "restore" / f"{ds}-{tool.name}"
+    rmtree(target)
+    reset_live(states, live)
+    env = tool.env()
+    icmd = tool.init_cmd()
+    if icmd:
+        r = timed(icmd, env=env)
+        if r["rc"] != 0:
+            log(f"  {tool.name}: init FAILED rc={r['rc']}\n{r['stderr_tail']}")
+            return [{"kind": "step", "dataset": ds, "rep": rep, "tool": tool.name, "step": "init", "ok": False,
+                     "rc": r["rc"], "stderr_tail": r["stderr_tail"], "cmd": r["cmd"]}]
+    prev_size = du_bytes(tool.repo)
+    for n, step in enumerate(STEPS, start=1):
+        if step == "incremental":
+            live_to_b(states, live)
+        cwd = None
+        if step == "restore":
+            target.mkdir(parents=True)
+            cmd = tool.restore_cmd(target, n - 1)
+            cwd = tool.restore_cwd(target)
+        else:
+            cmd = tool.snapshot_cmd(live, n)
+        sync()
+        r = timed(cmd, env=env, cwd=cwd)
+        sync()
+        size = du_bytes(tool.repo)
+        s = {"kind": "step", "dataset": ds, "rep": rep, "tool": tool.name, "step": step, "ok": r["rc"] == 0,
+             "rc": r["rc"], "wall_s": r["wall_s"], "user_s": r["user_s"], "sys_s": r["sys_s"], "cpu_s": r["cpu_s"],
+             "maxrss_kib": r["maxrss_kib"], "repo_bytes": size, "added_bytes": size - prev_size, "cmd": r["cmd"]}
+        prev_size = size
+        if r["rc"] != 0:
+            s["stderr_tail"] = r["stderr_tail"]
+            s["stdout_tail"] = r["stdout"][-1500:]
+        elif step != "restore":
+            info = tool.parse_snapshot(r["stdout"])
+            if info:
+                s["tool_report"] = info
+        if step == "restore" and r["rc"] == 0:
+            root = locate_restored(target, live)
+            v = verify_restore(root, states / "B", seed)
+            v["restored_root"] = str(root)
+            s["verify"] = v
+            s["ok"] = v["ok"]
+            s["restored_bytes"] = du_bytes(target)
+        samples.append(s)
+        flag = "ok" if s["ok"] else ("RESTORE VERIFY FAILED" if r["rc"] == 0 else f"FAILED rc={r['rc']}")
+        log(f"  {tool.name:<15} {step:<12} {r['wall_s']:8.3f}s cpu {r['cpu_s']:7.2f}s "
+            f"rss {r['maxrss_kib'] / 1024:7.1f}MiB repo {size / MiB:9.1f}MiB  {flag}")
+        if not s["ok"]:
+            if r["rc"] != 0:
+                print(f"!!! {tool.name} {ds} {step} failed (rc={r['rc']}): {shlex.join(map(str, cmd))}\n"
+                      f"{r['stderr_tail'][-1500:]}", file=sys.stderr, flush=True)
+            else:
+                print(f"!!! RESTORE VERIFY FAILED: {tool.name} on {ds}: {json.dumps(s['verify'])}",
+                      file=sys.stderr, flush=True)
+            break
+    if isinstance(tool, Pvsnap) and samples and samples[-1]["ok"]:
+        samples[-1]["repo_stats"] = tool.stats()
+    rmtree(target)
+    rmtree(tool.rundir)
+    return samples
+
+
+# --------------------------------------------------------------------------
+# reporting
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(samples: list[dict]) -> dict:
+    groups: dict[tuple, list[dict]] = {}
+    for s in samples:
+        if s["kind"] == "step" and s["step"] in STEPS:
+            groups.setdefault((s["dataset"], s["tool"], s["step"]), []).append(s)
+        elif s["kind"] == "floor":
+            groups.setdefault((s["dataset"], "floor:" + s["floor"], s["compares_to"]), []).append(s)
+    out = {}
+    for key, ss in groups.items():
+        ok = [s for s in ss if s["ok"]]
+        out["|".join(key)] = {
+            "dataset": key[0], "tool": key[1], "step": key[2], "n": len(ok), "failures": len(ss) - len(ok),
+            "wall_s": med([s["wall_s"] for s in ok]), "cpu_s": med([s["cpu_s"] for s in ok]),
+            "maxrss_kib": med([s["maxrss_kib"] for s in ok]),
+            "repo_bytes": med([s.get("repo_bytes") for s in ok]),
+            "added_bytes": med([s.get("added_bytes") for s in ok]),
+        }
+    # stat-walk: the faster of the two walks
+    for ds in {k[0] for k in groups}:
+        cands = [out.get(f"{ds}|floor:stat-walk-find|unchanged"), out.get(f"{ds}|floor:stat-walk-py|unchanged")]
+        cands = [c for c in cands if c and c["wall_s"] is not None]
+        if cands:
+            best = min(cands, key=lambda c: c["wall_s"])
+            out[f"{ds}|floor:stat-walk|unchanged"] = dict(best, tool="floor:stat-walk",
+                                                          chosen=best["tool"].split(":")[1])
+    return out
+
+
+GOALS = [
+    # (label, datasets or None for all, step, metric, max ratio vs restic)
+    ("initial snapshot <= 0.5x restic", None, "initial", "wall_s", 0.5),
+    ("incremental pg <= 0.5x restic", ["pg"], "incremental", "wall_s", 0.5),
+    ("incremental src <= 0.3x restic", ["src"], "incremental", "wall_s", 0.3),
+    ("unchanged <= 0.1x restic", None, "unchanged", "wall_s", 0.1),
+    ("restore pg <= 0.5x restic", ["pg"], "restore", "wall_s", 0.5),
+    ("restore src <= 0.3x restic", ["src"], "restore", "wall_s", 0.3),
+]
+
+
+def evaluate_goals(summary: dict, datasets: list[str]) -> list[dict]:
+    rows = []
+    g = summary.get
+    for label, dss, step, metric, target in GOALS:
+        for ds in dss or datasets:
+            if ds not in datasets:
+                continue
+            p, r = g(f"{ds}|pvsnap|{step}"), g(f"{ds}|restic|{step}")
+            if not p or not r or p[metric] is None or not r[metric]:
+                continue
+            ratio = p[metric] / r[metric]
+            rows.append({"goal": label, "dataset": ds, "pvsnap": p[metric], "reference": r[metric],
+                         "ratio": ratio, "target": f"<= {target}x restic", "pass": ratio <= target})
+    for ds in datasets:
+        p, c = g(f"{ds}|pvsnap|restore"), g(f"{ds}|floor:cp -a|restore")
+        if p and c and p["wall_s"] is not None and c["wall_s"]:
+            rows.append({"goal": "restore never slower than cp -a", "dataset": ds, "pvsnap": p["wall_s"],
+                         "reference": c["wall_s"], "ratio": p["wall_s"] / c["wall_s"], "target": "<= 1.0x cp -a",
+                         "pass": p["wall_s"] <= c["wall_s"]})
+        pr = [g(f"{ds}|pvsnap|{s}") for s in STEPS]
+        rr = [g(f"{ds}|restic|{s}") for s in STEPS]
+        pm = max((x["maxrss_kib"] for x in pr if x and x["maxrss_kib"]), default=None)
+        rm = max((x["maxrss_kib"] for x in rr if x and x["maxrss_kib"]), default=None)
+        if pm and rm:
+            rows.append({"goal": "peak RSS <= restic (max over steps)", "dataset": ds, "pvsnap": pm / 1024,
+                         "reference": rm / 1024, "ratio": pm / rm, "target": "<= 1.0x restic", "pass": pm <= rm})
+    return rows
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def mib(v):
+    return "-" if v is None else f"{v / MiB:.1f}"
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    L = ["# pvsnap comparison benchmark", ""]
+    L += [f"- date (UTC): {report['date']}",
+          f"- command: `{report['command']}`",
+          f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']:.1f} GiB RAM, kernel {m['kernel']}, "
+          f"{m['os']}, workdir filesystem {m['workdir_fs']}",
+          f"- profile: {'smoke' if report['smoke'] else 'full'}, repetitions: {report['reps']}, "
+          f"seed: {report['seed']}, total run time {report['total_seconds']:.0f}s",
+          "- cache: warm-cache runs (page cache is not dropped); `sync` is called before and after every step.",
+          "- values are medians over repetitions; ratios are wall-time ratios of medians.", ""]
+    L += ["## Tool versions", ""]
+    for k, v in report["versions"].items():
+        L.append(f"- {k}: {v}")
+    L.append("")
+    if report["skipped_tools"]:
+        L += ["Skipped tools:", ""] + [f"- {k}: {v}" for k, v in report["skipped_tools"].items()] + [""]
+    notes = [f"- {t}: {n}" for t, n in report["tool_notes"].items() if n]
+    if notes:
+        L += ["## Tool settings", ""] + notes + [""]
+    L += ["## Datasets", "", "| dataset | params | A files | A MiB | B files | B MiB |", "|---|---|---:|---:|---:|---:|"]
+    for ds, meta in report["datasets"].items():
+        L.append(f"| {ds} | {json.dumps(meta['ident']['params'])} | {meta['A']['files']} | {mib(meta['A']['bytes'])} "
+                 f"| {meta['B']['files']} | {mib(meta['B']['bytes'])} |")
+    L.append("")
+    summ = report["summary"]
+    for ds in report["datasets"]:
+        L += [f"## {ds}", "",
+              "| tool | step | wall s | x pvsnap | x restic | CPU s | peak RSS MiB | repo MiB | added MiB | n |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for tool in report["tools"]:
+            for step in STEPS:
+                e = summ.get(f"{ds}|{tool}|{step}")
+                if not e:
+                    continue
+                p = summ.get(f"{ds}|pvsnap|{step}")
+                r = summ.get(f"{ds}|restic|{step}")
+                xp = e["wall_s"] / p["wall_s"] if p and p["wall_s"] and e["wall_s"] is not None else None
+                xr = e["wall_s"] / r["wall_s"] if r and r["wall_s"] and e["wall_s"] is not None else None
+                fail = f" ({e['failures']} failed)" if e["failures"] else ""
+                L.append(f"| {tool} | {step} | {fmt(e['wall_s'])} | {fmt(xp, 2)} | {fmt(xr, 2)} | {fmt(e['cpu_s'], 2)} "
+                         f"| {mib(e['maxrss_kib'] * KiB if e['maxrss_kib'] is not None else None)} "
+                         f"| {mib(e['repo_bytes'])} | {mib(e['added_bytes'])} | {e['n']}{fail} |")
+        L += ["", "| floor | compares to | wall s | CPU s | peak RSS MiB | n |", "|---|---|---:|---:|---:|---:|"]
+        for fl in ["tar|zstd", "stat-walk-find", "stat-walk-py", "stat-walk", "cp -a"]:
+            for step in ("initial", "unchanged", "restore"):
+                e = summ.get(f"{ds}|floor:{fl}|{step}")
+                if e:
+                    name = fl.replace("|", "\\|")
+                    if fl == "stat-walk":
+                        name += f" (= {e['chosen']}, the faster)"
+                    L.append(f"| {name} | {step} | {fmt(e['wall_s'])} | {fmt(e['cpu_s'], 2)} "
+                             f"| {mib(e['maxrss_kib'] * KiB if e['maxrss_kib'] is not None else None)} | {e['n']} |")
+        L.append("")
+    if report["goals"]:
+        L += ["## Goals (pvsnap vs restic, medians of wall time)", "",
+              "| goal | dataset | pvsnap | reference | ratio | target | result |", "|---|---|---:|---:|---:|---|---|"]
+        for gr in report["goals"]:
+            L.append(f"| {gr['goal']} | {gr['dataset']} | {fmt(gr['pvsnap'])} | {fmt(gr['reference'])} "
+                     f"| {gr['ratio']:.2f} | {gr['target']} | {'PASS' if gr['pass'] else 'MISS'} |")
+        L.append("")
+    else:
+        L += ["## Goals", "", "Not evaluated: needs both pvsnap and restic results.", ""]
+    fails = report["failures"]
+    L += ["## Failures", ""]
+    L += [f"- {f}" for f in fails] if fails else ["None."]
+    L.append("")
+    return "\n".join(L)
+
+
+def machine_info(workdir: Path) -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    osname = "?"
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                osname = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    fs = first_line(["stat", "-f", "-c", "%T", str(workdir)])
+    return {"nproc": os.cpu_count(), "cpu_model": cpu, "ram_gib": ram, "kernel": platform.release(), "os": osname,
+            "workdir_fs": fs, "python": platform.python_version()}
+
+
+def default_pvsnap() -> str:
+    repo_root = Path(__file__).resolve().parents[2]
+    cand = repo_root / "target" / "release" / "pvsnap"
+    if os.access(cand, os.X_OK):
+        return str(cand)
+    return shutil.which("pvsnap") or str(cand)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="pvsnap comparison benchmark (see README.md)")
+    ap.add_argument("--smoke", action="store_true", help="tiny datasets, 1 repetition (about 2 minutes)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, smoke 1)")
+    ap.add_argument("--datasets", default=",".join(ALL_DATASETS), help="comma list of pg,src,img,media")
+    ap.add_argument("--tools", default=None,
+                    help="comma list of rsync-full,rsync-linkdest,restic,borg,rustic,pvsnap "
+                         "(default: all; rustic only when already installed)")
+    ap.add_argument("--pvsnap", default=None, help="pvsnap binary (default: <repo>/target/release/pvsnap or PATH)")
+    ap.add_argument("--workdir", default="/work/benchdata", help="scratch directory (datasets, repos, restores)")
+    ap.add_argument("--out", default=None, help="JSON output with all raw samples (default WORKDIR/results.json)")
+    ap.add_argument("--markdown", default=None, help="Markdown report (default WORKDIR/results.md)")
+    ap.add_argument("--seed", type=int, default=42, help="dataset generator seed")
+    ap.add_argument("--regen", action="store_true", help="regenerate datasets even if cached")
+    ap.add_argument("--step-timeout", type=float, default=None, help="seconds per timed step (default 7200, smoke 300)")
+    ap.add_argument("--rustic-install-timeout", type=int, default=1800, help="time box for cargo install rustic-rs")
+    args = ap.parse_args()
+
+    t_start = time.monotonic()
+    command = shlex.join([os.path.basename(sys.executable), *sys.argv])
+    reps = args.reps if args.reps is not None else (1 if args.smoke else 3)
+    if reps < 1:
+        die("--reps must be >= 1")
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bad = [d for d in datasets if d not in ALL_DATASETS]
+    if bad:
+        die(f"unknown dataset(s) {bad}; choose from {ALL_DATASETS}")
+    explicit_tools = args.tools is not None
+    tools = [t.strip() for t in (args.tools or ",".join(ALL_TOOLS)).split(",") if t.strip()]
+    bad = [t for t in tools if t not in ALL_TOOLS]
+    if bad:
+        die(f"unknown tool(s) {bad}; choose from {ALL_TOOLS}")
+    workdir = Path(args.workdir).resolve()
+    repo_root = Path(__file__).resolve().parents[2]
+    if workdir == repo_root or repo_root in workdir.parents:
+        die(f"--workdir {workdir} is inside the source tree; use a scratch directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)
+    (workdir / "tmp").mkdir(exist_ok=True)
+    out_json = Path(args.out) if args.out else workdir / "results.json"
+    out_md = Path(args.markdown) if args.markdown else workdir / "results.md"
+
+    ensure_packages(datasets, tools)
+
+    exes: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for t in tools:
+        if t in ("rsync-full", "rsync-linkdest"):
+            exes[t] = shutil.which("rsync")
+        elif t in ("restic", "borg"):
+            exe = shutil.which(t)
+            if exe:
+                exes[t] = exe
+            else:
+                skipped[t] = "binary not found after installation attempt"
+        elif t == "rustic":
+            exe = ensure_rustic(args.rustic_install_timeout) if explicit_tools else find_exe("rustic")
+            if exe:
+                exes[t] = exe
+            else:
+                skipped[t] = ("not installed (request it with --tools ...,rustic to install it via cargo)"
+                              if not explicit_tools else "cargo install rustic-rs failed or timed out")
+        elif t == "pvsnap":
+            p = args.pvsnap or default_pvsnap()
+            if os.path.isfile(p) and os.access(p, os.X_OK):
+                exes[t] = str(Path(p).resolve())
+            else:
+                skipped[t] = f"binary {p!r} is not an executable file (build it or pass --pvsnap PATH)"
+    for t, why in skipped.items():
+        print(f"*** SKIPPING {t}: {why}", flush=True)
+    tools = [t for t in tools if t in exes]
+    if not tools:
+        die("no tool left to benchmark")
+
+    versions = {
+        "rsync": first_line(["rsync", "--version"]),
+        "tar": first_line(["tar", "--version"]),
+        "zstd": first_line(["zstd", "--version"]),
+        "python": platform.python_version(),
+    }
+    if "pg" in datasets:
+        versions["postgres"] = first_line([str(pg_bindir() / "postgres"), "--version"])
+    notes = {}
+    for t in tools:
+        if t.startswith("rsync"):
+            notes[t] = TOOL_CLASSES[t].note
+            continue
+        tool = TOOL_CLASSES[t](exes[t], workdir)
+        versions[t] = tool.version()
+        notes[t] = tool.note
+    if "restic" in tools:
+        notes["restic"] = "restic init (repository format default of this version), backup --json; " \
+                          "compression: repository default (auto for format v2)"
+    if "rustic" in tools:
+        notes["rustic"] = "rustic init, backup with defaults"
+    if "pvsnap" in tools:
+        notes["pvsnap"] = "pvsnap init, snapshot --json --quiet, restore latest --target"
+
+    log(f"workdir {workdir}; datasets {datasets}; tools {tools}; reps {reps}")
+    step_timeout = args.step_timeout or (300.0 if args.smoke else 7200.0)
+    timed = Timed(workdir / "tmp", step_timeout)
+    samples: list[dict] = []
+    ds_meta: dict[str, dict] = {}
+    failures: list[str] = []
+    for ds in datasets:
+        try:
+            meta = prepare_dataset(ds, workdir, args.smoke, args.seed, args.regen)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            die(f"dataset {ds}: generation failed: {e}")
+        ds_meta[ds] = meta
+        states = workdir / "states" / f"{ds}-{'smoke' if args.smoke else 'full'}"
+        live = workdir / "live" / ds
+        for rep in range(reps):
+            log(f"dataset {ds}: repetition {rep + 1}/{reps}")
+            for s in run_floors(ds, rep, states, live, workdir, timed):
+                samples.append(s)
+                if not s["ok"]:
+                    failures.append(f"{ds} rep {rep}: floor {s['floor']} failed (rc={s['rc']})")
+            k = rep % len(tools)
+            for t in tools[k:] + tools[:k]:  # rotate the order between repetitions
+                tool = TOOL_CLASSES[t](exes[t], workdir / "runs" / ds / t)
+                for s in run_tool(tool, ds, rep, states, live, workdir, timed, args.seed + rep):
+                    samples.append(s)
+                    if not s["ok"]:
+                        what = "restore verification FAILED" if s.get("verify") else f"{s['step']} failed (rc={s['rc']})"
+                        failures.append(f"{ds} rep {rep}: {t} {what}")
+        rmtree(live)
+
+    summary = summarize(samples)
+    goals = evaluate_goals(summary, datasets) if {"pvsnap", "restic"} <= set(tools) else []
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "smoke": args.smoke,
+        "reps": reps,
+        "seed": args.seed,
+        "machine": machine_info(workdir),
+        "versions": versions,
+        "tools": tools,
+        "tool_notes": notes,
+        "skipped_tools": skipped,
+        "datasets": ds_meta,
+        "total_seconds": time.monotonic() - t_start,
+        "summary": summary,
+        "goals": goals,
+        "failures": failures,
+        "samples": samples,
+    }
+    md = markdown(report)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(report, indent=1, default=str))
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(md)
+    print()
+    print(md)
+    log(f"wrote {out_json} and {out_md}; total {report['total_seconds']:.0f}s")
+    if failures:
+        print(f"\n!!! {len(failures)} FAILURE(S):", file=sys.stderr)
+        for f in failures:
+            print(f"!!!   {f}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

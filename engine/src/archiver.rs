@@ -1,0 +1,691 @@
+//! The snapshot pipeline.
+//!
+//! [`backup`] is the whole pipeline in one place, as named stages:
+//!
+//! 1. **walk**: read each folder, sort its entries by name, drop excluded ones;
+//! 2. **compare with parent**: a file whose size, mtime, ctime and inode equal
+//!    the parent snapshot's entry (and whose chunks are all indexed) keeps its
+//!    chunk list and is not read;
+//! 3. **read / chunk / hash** (parallel): other files are read in large blocks,
+//!    holes skipped, cut by FastCDC and hashed with blake3;
+//! 4. **dedup**: chunks already in the index, or being stored by another
+//!    thread, are skipped;
+//! 5. **compress / encrypt**: zstd, then XChaCha20-Poly1305 when encrypted;
+//! 6. **pack**: blobs are appended to an in-memory pack (data and trees in
+//!    separate packs); a full pack is written by the thread that filled it;
+//! 7. **index**: after all packs, index files describing them are written;
+//! 8. **commit**: the snapshot object is written last.
+//!
+//! Folders and files are processed in parallel by a rayon pool; each folder's
+//! tree is written once all its children are done, so trees are written after
+//! the blobs they reference.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use globset::{GlobSet, GlobSetBuilder};
+use jiff::Timestamp;
+use rayon::prelude::*;
+
+use crate::backend::ObjectKey;
+use crate::blob::{self, BlobEntry, BlobKind};
+use crate::error::{Error, Result};
+use crate::format::ObjectKind;
+use crate::fsmeta::{self, NameCache, SourceKind};
+use crate::id::{ChunkId, Id, PackId, SnapshotId, TreeId};
+use crate::index::IndexFile;
+use crate::pack::PackBuilder;
+use crate::repo::IndexedRepository;
+use crate::snapshot::{PathIssue, Snapshot, Source, Summary};
+use crate::tree::{Extent, Node, NodeKind, Tree};
+
+/// What to snapshot and how.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Overrides the source recorded in the snapshot (a PVC); default: the path.
+    pub source: Option<Source>,
+    pub excludes: Vec<String>,
+    pub one_file_system: bool,
+    pub time: Option<Timestamp>,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub hostname: Option<String>,
+    /// The parent snapshot; see [`find_parent`].
+    pub parent: Option<Snapshot>,
+    pub hooks: Vec<serde_json::Value>,
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Estimates from the parent snapshot (0 when unknown).
+    pub total_files_hint: AtomicU64,
+    pub total_bytes_hint: AtomicU64,
+}
+
+/// The result of a snapshot run.
+pub struct BackupOutcome {
+    pub snapshot: Snapshot,
+    /// Packs written, for adding to the in-memory index.
+    pub new_packs: Vec<(PackId, Vec<BlobEntry>)>,
+}
+
+/// The latest snapshot of `source` (the parent of a new snapshot of it).
+pub fn find_parent(snaps: &[Snapshot], source: &Source) -> Option<Snapshot> {
+    let key = source.key();
+    snaps.iter().rev().find(|s| s.source.key() == key).cloned()
+}
+
+/// Exclude patterns: a pattern without `/` matches an entry's name anywhere; one
+/// with `/` matches the path relative to the snapshot root (a leading `/`
+/// anchors it there explicitly).
+pub struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Excludes {
+    pub fn new(patterns: &[String]) -> Result<Self> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for p in patterns {
+            let (set, pat) = match p.strip_prefix('/') {
+                Some(rest) => (&mut paths, rest),
+                None if p.contains('/') => (&mut paths, p.as_str()),
+                None => (&mut names, p.as_str()),
+            };
+            let glob = globset::GlobBuilder::new(pat.trim_end_matches('/'))
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| Error::Pattern {
+                    pattern: p.clone(),
+                    detail: e.kind().to_string(),
+                })?;
+            set.add(glob);
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build().map_err(|e| Error::Pattern {
+                pattern: patterns.join(" "),
+                detail: e.to_string(),
+            })
+        };
+        Ok(Excludes {
+            names: build(names)?,
+            paths: build(paths)?,
+        })
+    }
+
+    pub fn matches(&self, rel: &Path, name: &OsStr) -> bool {
+        self.names.is_match(Path::new(name)) || self.paths.is_match(rel)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.paths.is_empty()
+    }
+}
+
+/// Read block for file content: large enough for several maximal chunks.
+fn read_block(max_chunk: u32) -> usize {
+    (16 * 1024 * 1024).max(4 * max_chunk as usize)
+}
+
+struct Archiver<'a> {
+    repo: &'a IndexedRepository,
+    excludes: Excludes,
+    one_file_system: bool,
+    root_dev: u64,
+    names: NameCache,
+    level: i32,
+    pack_size: usize,
+    seed: u64,
+    pending: Mutex<HashSet<Id>>,
+    data_pack: Mutex<PackBuilder>,
+    tree_pack: Mutex<PackBuilder>,
+    written: Mutex<Vec<(PackId, Vec<BlobEntry>)>>,
+    issues: Mutex<Vec<PathIssue>>,
+    hardlinks: Mutex<HashMap<(u64, u64), (i64, Vec<Extent>)>>,
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_added: AtomicU64,
+    data_blobs: AtomicU64,
+    tree_blobs: AtomicU64,
+    total_bytes: AtomicU64,
+    progress: &'a Progress,
+}
+
+/// Takes a snapshot of the folder `path` into `repo`.
+pub fn backup(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progress: &Progress) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let root_meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, "read", e))?;
+    if !root_meta.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: not a folder; pvsnap snapshots folders (give the folder that holds the file)",
+            path.display()
+        )));
+    }
+    let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, "resolve", e))?;
+    let source = opts.source.clone().unwrap_or_else(|| Source::Path {
+        path: abs.to_string_lossy().into_owned(),
+    });
+    if let Some(p) = &opts.parent {
+        progress.total_files_hint.store(p.summary.total_files, Ordering::Relaxed);
+        progress.total_bytes_hint.store(p.summary.total_bytes, Ordering::Relaxed);
+    }
+    let cfg = repo.config();
+    let encrypted = repo.crypto().is_encrypted();
+    let a = Archiver {
+        repo,
+        excludes: Excludes::new(&opts.excludes)?,
+        one_file_system: opts.one_file_system,
+        root_dev: root_meta.dev(),
+        names: NameCache::default(),
+        level: cfg.compression.level,
+        pack_size: cfg.pack_size as usize,
+        seed: repo.chunker_seed(),
+        pending: Mutex::new(HashSet::new()),
+        data_pack: Mutex::new(PackBuilder::new(encrypted, 0)),
+        tree_pack: Mutex::new(PackBuilder::new(encrypted, 0)),
+        written: Mutex::new(Vec::new()),
+        issues: Mutex::new(Vec::new()),
+        hardlinks: Mutex::new(HashMap::new()),
+        files_new: AtomicU64::new(0),
+        files_changed: AtomicU64::new(0),
+        files_unmodified: AtomicU64::new(0),
+        dirs: AtomicU64::new(0),
+        bytes_read: AtomicU64::new(0),
+        bytes_added: AtomicU64::new(0),
+        data_blobs: AtomicU64::new(0),
+        tree_blobs: AtomicU64::new(0),
+        total_bytes: AtomicU64::new(0),
+        progress,
+    };
+
+    // Stages 1-6, in parallel, folder by folder.
+    let parent_tree = match &opts.parent {
+        Some(p) => a.load_parent_tree(&p.tree),
+        None => None,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(16 * 1024 * 1024)
+        .thread_name(|i| format!("pvsnap-backup-{i}"))
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
+    let tree_id = pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref()))?;
+    a.flush_packs()?;
+
+    // Stage 7: index files for every pack written.
+    let new_packs = std::mem::take(&mut *a.written.lock().expect("written"));
+    for part in split_for_index(&new_packs) {
+        let (_, len) = repo.write_index(&IndexFile {
+            supersedes: vec![],
+            packs: part.to_vec(),
+        })?;
+        a.bytes_added.fetch_add(len, Ordering::Relaxed);
+    }
+
+    // Stage 8: the snapshot object, last.
+    let mut issues = std::mem::take(&mut *a.issues.lock().expect("issues"));
+    issues.sort_by(|x, y| x.path.cmp(&y.path));
+    let root = fsmeta::node_from_meta(OsStr::new(""), &root_meta, NodeKind::Dir { subtree: tree_id }, &a.names, fsmeta::read_xattrs(&abs).unwrap_or_default());
+    let files = a.files_new.load(Ordering::Relaxed) + a.files_changed.load(Ordering::Relaxed) + a.files_unmodified.load(Ordering::Relaxed);
+    let mut snapshot = Snapshot {
+        id: SnapshotId(Id::random()),
+        time: opts.time.unwrap_or_else(Timestamp::now),
+        hostname: opts.hostname.clone().unwrap_or_else(crate::repo::hostname),
+        source,
+        tags: opts.tags.clone(),
+        labels: opts.labels.clone(),
+        parent: opts.parent.as_ref().map(|p| p.id),
+        root,
+        tree: tree_id,
+        summary: Summary {
+            files_new: a.files_new.load(Ordering::Relaxed),
+            files_changed: a.files_changed.load(Ordering::Relaxed),
+            files_unmodified: a.files_unmodified.load(Ordering::Relaxed),
+            dirs: a.dirs.load(Ordering::Relaxed),
+            bytes_read: a.bytes_read.load(Ordering::Relaxed),
+            bytes_added: 0,
+            data_blobs_added: a.data_blobs.load(Ordering::Relaxed),
+            tree_blobs_added: a.tree_blobs.load(Ordering::Relaxed),
+            total_files: files,
+            total_bytes: a.total_bytes.load(Ordering::Relaxed),
+            duration_s: 0.0,
+        },
+        errors: issues,
+        hooks: opts.hooks.clone(),
+        program_version: concat!("pvsnap ", env!("CARGO_PKG_VERSION")).to_string(),
+    };
+    let snapshot_len = repo.encode_snapshot(&snapshot).len() as u64;
+    snapshot.summary.bytes_added = a.bytes_added.load(Ordering::Relaxed) + snapshot_len;
+    snapshot.summary.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    repo.save_snapshot(&snapshot)?;
+    Ok(BackupOutcome { snapshot, new_packs })
+}
+
+/// Splits pack lists into index files of at most ~64k blobs each.
+fn split_for_index(packs: &[(PackId, Vec<BlobEntry>)]) -> Vec<&[(PackId, Vec<BlobEntry>)]> {
+    const MAX_BLOBS: usize = 65_536;
+    let mut parts = Vec::new();
+    let (mut start, mut n) = (0, 0);
+    for (i, (_, e)) in packs.iter().enumerate() {
+        if n > 0 && n + e.len() > MAX_BLOBS {
+            parts.push(&packs[start..i]);
+            start = i;
+            n = 0;
+        }
+        n += e.len();
+    }
+    if start < packs.len() {
+        parts.push(&packs[start..]);
+    }
+    parts
+}
+
+fn ns(sec: i64, nsec: i64) -> i64 {
+    sec * 1_000_000_000 + nsec
+}
+
+impl Archiver<'_> {
+    fn issue(&self, kind: &str, path: &Path, message: impl std::fmt::Display) {
+        tracing::warn!("{}: {message}", path.display());
+        self.issues.lock().expect("issues").push(PathIssue {
+            kind: kind.into(),
+            path: path.to_string_lossy().into_owned(),
+            message: message.to_string(),
+        });
+    }
+
+    fn load_parent_tree(&self, id: &TreeId) -> Option<Tree> {
+        match self.repo.read_tree(id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("parent tree {id} unreadable, reading files afresh: {e}");
+                None
+            }
+        }
+    }
+
+    /// Stages 1-6 for one folder; returns its tree id once written.
+    fn folder(&self, path: &Path, rel: &Path, parent: Option<&Tree>) -> Result<TreeId> {
+        self.dirs.fetch_add(1, Ordering::Relaxed);
+        let mut names: Vec<OsString> = Vec::new();
+        match std::fs::read_dir(path) {
+            Ok(rd) => {
+                for ent in rd {
+                    match ent {
+                        Ok(e) => names.push(e.file_name()),
+                        Err(e) => self.issue("unreadable", path, format!("listing failed: {e}")),
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => self.issue("vanished", path, "folder vanished"),
+            Err(e) => self.issue("unreadable", path, format!("cannot list folder: {e}")),
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let nodes: Vec<Option<Node>> = names
+            .par_iter()
+            .map(|name| {
+                let child_rel = rel.join(name);
+                if !self.excludes.is_empty() && self.excludes.matches(&child_rel, name) {
+                    return Ok(None);
+                }
+                let prev = parent.and_then(|t| t.find(name.as_bytes()));
+                self.entry(&path.join(name), &child_rel, name, prev)
+            })
+            .collect::<Result<_>>()?;
+        let tree = Tree {
+            nodes: nodes.into_iter().flatten().collect(),
+        };
+        self.store_tree(&tree)
+    }
+
+    /// One entry: Ok(None) when it is skipped (excluded, vanished, unreadable).
+    fn entry(&self, path: &Path, rel: &Path, name: &OsStr, prev: Option<&Node>) -> Result<Option<Node>> {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.issue("vanished", path, "vanished before it was read");
+                return Ok(None);
+            }
+            Err(e) => {
+                self.issue("unreadable", path, e);
+                return Ok(None);
+            }
+        };
+        let xattrs = match fsmeta::read_xattrs(path) {
+            Ok(x) => x,
+            Err(e) => {
+                self.issue("unreadable", path, format!("extended attributes: {e}"));
+                vec![]
+            }
+        };
+        let kind = match fsmeta::source_kind(&meta) {
+            SourceKind::Dir => {
+                if self.one_file_system && meta.dev() != self.root_dev {
+                    NodeKind::Dir {
+                        subtree: self.store_tree(&Tree::default())?,
+                    }
+                } else {
+                    let prev_tree = match prev.map(|p| &p.kind) {
+                        Some(NodeKind::Dir { subtree }) => self.load_parent_tree(subtree),
+                        _ => None,
+                    };
+                    NodeKind::Dir {
+                        subtree: self.folder(path, rel, prev_tree.as_ref())?,
+                    }
+                }
+            }
+            SourceKind::File => return self.file(path, name, &meta, prev, xattrs),
+            SourceKind::Symlink => match std::fs::read_link(path) {
+                Ok(t) => NodeKind::Symlink {
+                    target: t.as_os_str().as_bytes().to_vec(),
+                },
+                Err(e) => {
+                    self.issue("unreadable", path, e);
+                    return Ok(None);
+                }
+            },
+            SourceKind::Fifo => NodeKind::Fifo,
+            SourceKind::Char(rdev) => NodeKind::CharDevice { rdev },
+            SourceKind::Block(rdev) => NodeKind::BlockDevice { rdev },
+            SourceKind::Socket => {
+                self.issue("skipped", path, "socket skipped (sockets cannot be restored)");
+                return Ok(None);
+            }
+        };
+        Ok(Some(fsmeta::node_from_meta(name, &meta, kind, &self.names, xattrs)))
+    }
+
+    fn file(&self, path: &Path, name: &OsStr, meta: &Metadata, prev: Option<&Node>, xattrs: Vec<crate::tree::Xattr>) -> Result<Option<Node>> {
+        self.total_bytes.fetch_add(meta.len(), Ordering::Relaxed);
+        let done = |node: Node| {
+            self.progress.files.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(node))
+        };
+        // Stage 2: unchanged since the parent?
+        if let Some(p) = prev {
+            let same = matches!(p.kind, NodeKind::File { .. })
+                && p.size == meta.len()
+                && p.mtime_ns == ns(meta.mtime(), meta.mtime_nsec())
+                && p.ctime_ns == ns(meta.ctime(), meta.ctime_nsec())
+                && p.inode == meta.ino()
+                && p.chunks().all(|c| self.repo.index().contains(&c.0));
+            if same {
+                self.files_unmodified.fetch_add(1, Ordering::Relaxed);
+                self.progress.bytes.fetch_add(meta.len(), Ordering::Relaxed);
+                let mut node = fsmeta::node_from_meta(name, meta, p.kind.clone(), &self.names, xattrs);
+                node.size = p.size;
+                return done(node);
+            }
+        }
+        let counter = if prev.is_some() { &self.files_changed } else { &self.files_new };
+        // Another name of an inode already read in this run?
+        let link_key = (meta.dev(), meta.ino());
+        if meta.nlink() > 1 {
+            let mtime = ns(meta.mtime(), meta.mtime_nsec());
+            if let Some((m, content)) = self.hardlinks.lock().expect("hardlinks").get(&link_key)
+                && *m == mtime
+            {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let node = fsmeta::node_from_meta(name, meta, NodeKind::File { content: content.clone() }, &self.names, xattrs);
+                return done(node);
+            }
+        }
+        // Stages 3-6.
+        let (content, opened_meta) = match self.read_content(path) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if opened_meta.nlink() > 1 {
+            self.hardlinks
+                .lock()
+                .expect("hardlinks")
+                .insert(link_key, (ns(opened_meta.mtime(), opened_meta.mtime_nsec()), content.clone()));
+        }
+        let mut node = fsmeta::node_from_meta(name, &opened_meta, NodeKind::File { content }, &self.names, xattrs);
+        node.size = match &node.kind {
+            NodeKind::File { content } => content.iter().map(|e| e.len).sum(),
+            _ => 0,
+        };
+        done(node)
+    }
+
+    /// Reads a file's content into extents. Ok(None): the file could not be
+    /// read and the issue is recorded. Err: the repository failed.
+    fn read_content(&self, path: &Path) -> Result<Option<(Vec<Extent>, Metadata)>> {
+        let file = match open_for_read(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.issue("vanished", path, "vanished before it was read");
+                return Ok(None);
+            }
+            Err(e) => {
+                self.issue("unreadable", path, e);
+                return Ok(None);
+            }
+        };
+        let before = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                self.issue("unreadable", path, e);
+                return Ok(None);
+            }
+        };
+        let mut extents = Vec::new();
+        let mut pos = 0u64;
+        let mut short = false;
+        for (off, len) in fsmeta::data_segments(&file, &before) {
+            if off > pos {
+                extents.push(Extent { chunk: None, len: off - pos });
+            }
+            let got = match self.chunk_segment(&file, off, len, &mut extents) {
+                Ok(n) => n,
+                Err(SegmentError::Io(e)) => {
+                    self.issue("unreadable", path, format!("read failed: {e}"));
+                    return Ok(None);
+                }
+                Err(SegmentError::Repo(e)) => return Err(e),
+            };
+            pos = off + got;
+            if got < len {
+                short = true;
+                break;
+            }
+        }
+        if !short && pos < before.len() {
+            extents.push(Extent {
+                chunk: None,
+                len: before.len() - pos,
+            });
+        }
+        let after = file.metadata().ok();
+        let changed = short
+            || after.is_none_or(|a| {
+                a.len() != before.len()
+                    || ns(a.mtime(), a.mtime_nsec()) != ns(before.mtime(), before.mtime_nsec())
+                    || ns(a.ctime(), a.ctime_nsec()) != ns(before.ctime(), before.ctime_nsec())
+            });
+        if changed {
+            self.issue("changed", path, "changed while it was read; the snapshot holds the content as read");
+        }
+        Ok(Some((extents, before)))
+    }
+
+    /// Chunks `len` bytes at `off`; returns how many bytes were read (fewer
+    /// than `len` if the file shrank meanwhile).
+    fn chunk_segment(&self, file: &File, off: u64, len: u64, out: &mut Vec<Extent>) -> std::result::Result<u64, SegmentError> {
+        let c = self.repo.config().chunker;
+        let block = read_block(c.max);
+        let mut buf: Vec<u8> = Vec::with_capacity(block.min(len as usize));
+        let end = off + len;
+        let mut file_pos = off;
+        let mut total = 0u64;
+        loop {
+            let mut eof = false;
+            while buf.len() < block && file_pos < end {
+                let want = (block - buf.len()).min((end - file_pos) as usize);
+                let start = buf.len();
+                buf.resize(start + want, 0);
+                let n = read_at_full(file, &mut buf[start..], file_pos).map_err(SegmentError::Io)?;
+                buf.truncate(start + n);
+                file_pos += n as u64;
+                self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                if n < want {
+                    eof = true;
+                    break;
+                }
+            }
+            if file_pos >= end {
+                eof = true;
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let mut cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::with_level_and_seed(&buf, c.min, c.avg, c.max, fastcdc::v2020::Normalization::Level1, self.seed)
+                .map(|ch| (ch.offset, ch.length))
+                .collect();
+            if !eof && cuts.len() > 1 {
+                cuts.pop(); // the last cut is only where the block ended
+            }
+            let ids: Vec<ChunkId> = if cuts.len() > 1 {
+                cuts.par_iter()
+                    .map(|&(o, l)| self.store_chunk(&buf[o..o + l]))
+                    .collect::<Result<_>>()
+                    .map_err(SegmentError::Repo)?
+            } else {
+                cuts.iter()
+                    .map(|&(o, l)| self.store_chunk(&buf[o..o + l]))
+                    .collect::<Result<_>>()
+                    .map_err(SegmentError::Repo)?
+            };
+            let consumed: usize = cuts.iter().map(|c| c.1).sum();
+            for (id, (_, l)) in ids.into_iter().zip(&cuts) {
+                out.push(Extent {
+                    chunk: Some(id),
+                    len: *l as u64,
+                });
+            }
+            total += consumed as u64;
+            buf.drain(..consumed);
+            if eof && buf.is_empty() {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn store_chunk(&self, data: &[u8]) -> Result<ChunkId> {
+        let id = self.repo.crypto().content_id(data);
+        self.store_blob(BlobKind::Data, id, data)?;
+        Ok(ChunkId(id))
+    }
+
+    fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
+        let bytes = tree.encode();
+        let id = self.repo.crypto().content_id(&bytes);
+        self.store_blob(BlobKind::Tree, id, &bytes)?;
+        Ok(TreeId(id))
+    }
+
+    /// Stages 4-6 for one blob.
+    fn store_blob(&self, kind: BlobKind, id: Id, raw: &[u8]) -> Result<()> {
+        if self.repo.index().contains(&id) || !self.pending.lock().expect("pending").insert(id) {
+            return Ok(());
+        }
+        let (stored, flags) = blob::encode(self.repo.crypto(), self.level, kind, &id, raw);
+        let entry = BlobEntry {
+            kind,
+            flags,
+            id,
+            offset: 0,
+            stored_len: 0,
+            raw_len: raw.len() as u32,
+        };
+        let (packer, counter) = match kind {
+            BlobKind::Data => (&self.data_pack, &self.data_blobs),
+            BlobKind::Tree => (&self.tree_pack, &self.tree_blobs),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let full = {
+            let mut p = packer.lock().expect("packer");
+            p.add(entry, &stored);
+            if p.len() >= self.pack_size {
+                Some(std::mem::replace(&mut *p, PackBuilder::new(self.repo.crypto().is_encrypted(), 0)))
+            } else {
+                None
+            }
+        };
+        if let Some(p) = full {
+            self.write_pack(p)?;
+        }
+        Ok(())
+    }
+
+    fn write_pack(&self, p: PackBuilder) -> Result<()> {
+        let fp = p.finish(self.repo.crypto());
+        self.repo
+            .backend()
+            .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
+        self.bytes_added.fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
+        self.written.lock().expect("written").push((fp.id, fp.entries));
+        Ok(())
+    }
+
+    fn flush_packs(&self) -> Result<()> {
+        for packer in [&self.data_pack, &self.tree_pack] {
+            let p = std::mem::replace(&mut *packer.lock().expect("packer"), PackBuilder::new(self.repo.crypto().is_encrypted(), 0));
+            if !p.is_empty() {
+                self.write_pack(p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum SegmentError {
+    Io(std::io::Error),
+    Repo(Error),
+}
+
+/// Reads until `buf` is full or the file ends; returns bytes read.
+fn read_at_full(file: &File, buf: &mut [u8], mut pos: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], pos) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Opens without following symlinks and, where allowed, without touching atime.
+fn open_for_read(path: &Path) -> std::io::Result<File> {
+    let open = |flags: i32| OpenOptions::new().read(true).custom_flags(flags | libc::O_NOFOLLOW).open(path);
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        r => r,
+    }
+}

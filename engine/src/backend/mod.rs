@@ -1,0 +1,171 @@
+//! Storage backends: where repository objects live.
+//!
+//! # Contract
+//! A backend stores immutable, whole objects under keys made of a kind (its
+//! folder) and a name. The contract maps one-to-one onto S3-style object storage:
+//! there is no append, no rename and no partial write.
+//!
+//! - [`Backend::put`] stores a whole object. When it returns `Ok`, the object is
+//!   durable (it survives a crash of this machine) and readers see either nothing
+//!   or all of it, never a prefix. If an object with that key already exists with
+//!   the *same* bytes, `put` succeeds; with *different* bytes it fails with
+//!   [`BackendError::Conflict`] and the stored object is untouched.
+//! - [`Backend::get`] returns the whole object; [`Backend::get_range`] returns
+//!   exactly `len` bytes at `offset`, or [`BackendError::OutOfRange`].
+//! - [`Backend::list`] returns every object of a kind with its size; objects
+//!   being written concurrently may or may not be listed.
+//! - [`Backend::delete`] removes an object; deleting a missing object succeeds
+//!   (so an interrupted prune can simply run again).
+//!
+//! Implementations: [`local::LocalBackend`] (the default), [`memory::MemoryBackend`]
+//! for tests, and the decorators [`DryRun`] and [`faulty::FaultyBackend`].
+
+pub mod faulty;
+pub mod local;
+pub mod memory;
+
+use std::sync::Arc;
+
+use crate::error::BackendError;
+use crate::format::ObjectKind;
+
+/// Address of one object: its kind and its name inside that kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: ObjectKind,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: ObjectKind, name: impl Into<String>) -> Self {
+        ObjectKey {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    pub fn config() -> Self {
+        ObjectKey::new(ObjectKind::Config, "config")
+    }
+
+    /// The relative path of the object: `data/<2 hex>/<name>` for packs,
+    /// `config` for the config, `<kind>/<name>` otherwise.
+    pub fn path(&self) -> String {
+        match self.kind {
+            ObjectKind::Config => "config".to_string(),
+            ObjectKind::Pack => format!("data/{}/{}", &self.name[..2.min(self.name.len())], self.name),
+            k => format!("{}/{}", k.name(), self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.path())
+    }
+}
+
+/// The storage contract; see the module documentation.
+pub trait Backend: Send + Sync {
+    /// A human-readable location, for messages (`/var/lib/pvsnap/repo`).
+    fn location(&self) -> String;
+    fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError>;
+    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError>;
+    fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
+    /// Every object of `kind`, as (name, size in bytes), in no particular order.
+    fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>, BackendError>;
+    fn delete(&self, key: &ObjectKey) -> Result<(), BackendError>;
+    /// Whether the object exists. The default asks `list`; backends override it.
+    fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
+        Ok(self.list(key.kind)?.iter().any(|(n, _)| *n == key.name))
+    }
+}
+
+/// A shared, dynamically dispatched backend.
+pub type DynBackend = Arc<dyn Backend>;
+
+/// Decorator that reads through to the inner backend and discards every write,
+/// so `snapshot --dry-run` runs the whole pipeline and stores nothing.
+pub struct DryRun {
+    inner: DynBackend,
+}
+
+impl DryRun {
+    pub fn new(inner: DynBackend) -> Self {
+        DryRun { inner }
+    }
+}
+
+impl Backend for DryRun {
+    fn location(&self) -> String {
+        format!("{} (dry run)", self.inner.location())
+    }
+    fn put(&self, _key: &ObjectKey, _data: &[u8]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        self.inner.get_range(key, offset, len)
+    }
+    fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>, BackendError> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, _key: &ObjectKey) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
+        self.inner.exists(key)
+    }
+}
+
+/// Checks a requested range against an object's size; shared by backends.
+pub(crate) fn check_range(key: &ObjectKey, offset: u64, len: u64, size: u64) -> Result<(), BackendError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BackendError::OutOfRange {
+            key: key.path(),
+            offset,
+            len,
+            size,
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod contract_tests {
+    //! The written contract, as tests every backend must pass.
+    use super::*;
+
+    pub fn run(b: &dyn Backend) {
+        let k = ObjectKey::new(ObjectKind::Pack, "ab".repeat(32));
+        assert!(matches!(b.get(&k), Err(BackendError::NotFound { .. })));
+        assert!(!b.exists(&k).unwrap());
+        b.put(&k, b"hello world").unwrap();
+        assert!(b.exists(&k).unwrap());
+        assert_eq!(b.get(&k).unwrap(), b"hello world");
+        assert_eq!(b.get_range(&k, 6, 5).unwrap(), b"world");
+        assert!(matches!(
+            b.get_range(&k, 6, 6),
+            Err(BackendError::OutOfRange { .. })
+        ));
+        // Same content again: fine. Different content: refused, original kept.
+        b.put(&k, b"hello world").unwrap();
+        assert!(matches!(
+            b.put(&k, b"other"),
+            Err(BackendError::Conflict { .. })
+        ));
+        assert_eq!(b.get(&k).unwrap(), b"hello world");
+        let listed = b.list(ObjectKind::Pack).unwrap();
+        assert_eq!(listed, vec![("ab".repeat(32), 11)]);
+        assert!(b.list(ObjectKind::Index).unwrap().is_empty());
+        b.delete(&k).unwrap();
+        b.delete(&k).unwrap();
+        assert!(b.list(ObjectKind::Pack).unwrap().is_empty());
+        let cfg = ObjectKey::config();
+        b.put(&cfg, b"c").unwrap();
+        assert_eq!(b.get(&cfg).unwrap(), b"c");
+        assert_eq!(b.list(ObjectKind::Config).unwrap(), vec![("config".to_string(), 1)]);
+    }
+}

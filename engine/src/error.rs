@@ -1,0 +1,149 @@
+//! Errors of the engine.
+//!
+//! Rules for this module:
+//! - One typed enum per area ([`FormatError`], [`BackendError`], [`CryptoError`])
+//!   and one umbrella [`Error`] that the public API returns. The umbrella is
+//!   `#[non_exhaustive]` so new areas can be added without breaking callers.
+//! - Every message names the thing it is about (the path, the object, the
+//!   snapshot id) and, where the user can do something, says what to do next.
+//! - No error carries secret material (keys, passphrases, plaintext).
+
+use std::path::PathBuf;
+
+/// Problems decoding bytes read from a repository.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    #[error("{what}: object is truncated ({have} bytes, at least {need} needed)")]
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    #[error("{what}: not a pvsnap object (bad magic)")]
+    BadMagic { what: &'static str },
+    #[error("unknown object kind {0}")]
+    UnknownKind(u8),
+    #[error("expected a {expected} object, found a {found} object")]
+    WrongKind {
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error(
+        "{what}: format version {found} is newer than this pvsnap supports ({supported}); upgrade pvsnap to read this repository"
+    )]
+    UnsupportedVersion {
+        what: &'static str,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{what}: unknown flags {flags:#06x}; this object was written by a newer pvsnap")]
+    UnknownFlags { what: &'static str, flags: u16 },
+    #[error(
+        "repository requires feature `{0}` which this pvsnap does not know; upgrade pvsnap"
+    )]
+    UnknownFeature(String),
+    #[error("{what}: {detail}")]
+    Invalid { what: String, detail: String },
+}
+
+/// Problems talking to the storage behind a repository.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("{key}: not found in the repository")]
+    NotFound { key: String },
+    #[error("{key}: already exists with different content; refusing to replace it")]
+    Conflict { key: String },
+    #[error("{key}: {op} failed: {source}")]
+    Io {
+        key: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: range {offset}+{len} is past the end of the object ({size} bytes)")]
+    OutOfRange {
+        key: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("injected fault: {0}")]
+    Injected(String),
+}
+
+/// Problems with keys and sealed data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CryptoError {
+    #[error(
+        "wrong password: no key slot of this repository opens with it; check PVSNAP_PASSWORD or --password-file"
+    )]
+    WrongPassword,
+    #[error("this repository is encrypted; give its password via PVSNAP_PASSWORD, --password-file or the prompt")]
+    PasswordRequired,
+    #[error("{what}: authentication failed; the data is damaged or was not written with this repository's key")]
+    Authentication { what: String },
+    #[error("key derivation failed: {0}")]
+    Kdf(String),
+}
+
+/// The umbrella error of the engine's public API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("{path}: {action} failed: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: not a pvsnap repository (no config object); create one with `pvsnap init`")]
+    NotARepository(String),
+    #[error("{0}: a repository already exists here")]
+    AlreadyInitialized(String),
+    #[error("no snapshot matches `{0}`; list them with `pvsnap snapshots`")]
+    SnapshotNotFound(String),
+    #[error("`{prefix}` matches {count} snapshots; give more digits of the id")]
+    AmbiguousSnapshot { prefix: String, count: usize },
+    #[error("{path}: no such path in snapshot {snapshot}")]
+    PathNotInSnapshot { snapshot: String, path: String },
+    #[error("blob {id} ({kind}) is not in the index; run `pvsnap check`, then `pvsnap repair index`")]
+    BlobNotInIndex { id: String, kind: &'static str },
+    #[error("blob {id} in pack {pack}: {detail}; run `pvsnap check --read-data`")]
+    CorruptBlob {
+        id: String,
+        pack: String,
+        detail: String,
+    },
+    #[error("{path}: {detail}")]
+    Unsafe { path: String, detail: String },
+    #[error(
+        "repository is locked by {holder}; wait for it to finish, or if that process is gone run `pvsnap unlock`"
+    )]
+    Locked { holder: String },
+    #[error("invalid pattern `{pattern}`: {detail}")]
+    Pattern { pattern: String, detail: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,304 @@
+//! The index: which pack holds each blob.
+//!
+//! On disk, `index/<id>` files list packs and their blob entries; they are
+//! written after the packs they describe, and an index file may name older index
+//! files it *supersedes* (prune writes one complete index and then deletes the
+//! old ones). In memory, [`Index`] is one sorted vector of fixed-size entries,
+//! 52 bytes a blob (see `ARCHITECTURE.md` for the measurement), searched by
+//! binary search.
+
+use std::collections::HashSet;
+
+use crate::blob::{BlobEntry, BlobKind};
+use crate::crypto::Crypto;
+use crate::error::FormatError;
+use crate::format::{HEADER_LEN, Header, ObjectKind, Reader};
+use crate::id::{Id, IndexId, PackId};
+
+const INDEX_AAD: &[u8] = b"pvsnap index v1";
+
+/// Contents of one index file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexFile {
+    pub supersedes: Vec<IndexId>,
+    pub packs: Vec<(PackId, Vec<BlobEntry>)>,
+}
+
+impl IndexFile {
+    /// Encodes to the stored bytes, returning them with their id.
+    pub fn encode(&self, crypto: &Crypto) -> (IndexId, Vec<u8>) {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
+        for s in &self.supersedes {
+            body.extend_from_slice(&s.0.0);
+        }
+        body.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        for (p, entries) in &self.packs {
+            body.extend_from_slice(&p.0.0);
+            body.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for e in entries {
+                e.encode_into(&mut body);
+            }
+        }
+        let mut out = Header::new(ObjectKind::Index, crypto.is_encrypted()).encode().to_vec();
+        out.extend_from_slice(&crypto.seal(INDEX_AAD, body));
+        (IndexId(Id(*blake3::hash(&out).as_bytes())), out)
+    }
+
+    pub fn decode(bytes: &[u8], crypto: &Crypto, name: &str) -> Result<Self, crate::error::Error> {
+        let header = Header::decode(bytes, ObjectKind::Index)?;
+        if header.encrypted() != crypto.is_encrypted() {
+            return Err(FormatError::Invalid {
+                what: format!("index {name}"),
+                detail: "encryption flag does not match the repository".into(),
+            }
+            .into());
+        }
+        let body = crypto.open(INDEX_AAD, &bytes[HEADER_LEN..], &|| format!("index {name}"))?;
+        let mut r = Reader::new(&body, "index file");
+        let n = r.u32()? as usize;
+        let mut supersedes = Vec::with_capacity(n.min(r.remaining() / 32));
+        for _ in 0..n {
+            supersedes.push(IndexId(Id(r.id()?)));
+        }
+        let np = r.u32()? as usize;
+        let mut packs = Vec::with_capacity(np.min(r.remaining() / 36));
+        for _ in 0..np {
+            let pack = PackId(Id(r.id()?));
+            let ne = r.u32()? as usize;
+            if ne.saturating_mul(BlobEntry::ENCODED_LEN) > r.remaining() {
+                return Err(FormatError::Invalid {
+                    what: format!("index {name}"),
+                    detail: format!("pack {pack} claims {ne} entries past the end"),
+                }
+                .into());
+            }
+            let entries = (0..ne).map(|_| BlobEntry::decode(&mut r)).collect::<Result<Vec<_>, _>>()?;
+            packs.push((pack, entries));
+        }
+        if r.remaining() != 0 {
+            return Err(FormatError::Invalid {
+                what: format!("index {name}"),
+                detail: format!("{} unexpected trailing bytes", r.remaining()),
+            }
+            .into());
+        }
+        Ok(IndexFile { supersedes, packs })
+    }
+}
+
+/// One blob's location, as kept in memory: 52 bytes with padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct Slot {
+    id: [u8; 32],
+    pack: u32,
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+    kind_flags: u8,
+}
+
+/// Everything needed to read one blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: PackId,
+    pub entry: BlobEntry,
+}
+
+/// The in-memory index: every blob of the repository, sorted by id.
+#[derive(Default)]
+pub struct Index {
+    packs: Vec<PackId>,
+    slots: Vec<Slot>,
+}
+
+impl Index {
+    /// Builds the index from decoded index files. Index files superseded by
+    /// another one present are skipped; a blob stored in several packs keeps one
+    /// location (the duplicates are prune's to remove).
+    pub fn from_files(files: &[(IndexId, IndexFile)]) -> Self {
+        let present: HashSet<IndexId> = files.iter().map(|(id, _)| *id).collect();
+        let superseded: HashSet<IndexId> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .filter(|s| present.contains(s))
+            .collect();
+        let live: Vec<&IndexFile> = files
+            .iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .map(|(_, f)| f)
+            .collect();
+        let total: usize = live.iter().flat_map(|f| f.packs.iter()).map(|(_, e)| e.len()).sum();
+        let mut idx = Index {
+            packs: Vec::new(),
+            slots: Vec::with_capacity(total),
+        };
+        for f in live {
+            for (pack, entries) in &f.packs {
+                idx.push_pack(*pack, entries);
+            }
+        }
+        idx.finish();
+        idx
+    }
+
+    fn push_pack(&mut self, pack: PackId, entries: &[BlobEntry]) {
+        let pi = u32::try_from(self.packs.len()).expect("fewer than 4 billion packs");
+        self.packs.push(pack);
+        for e in entries {
+            self.slots.push(Slot {
+                id: e.id.0,
+                pack: pi,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                kind_flags: (e.kind as u8) << 4 | e.flags,
+            });
+        }
+    }
+
+    fn finish(&mut self) {
+        self.slots.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
+        self.slots.dedup_by(|a, b| a.id == b.id);
+        self.slots.shrink_to_fit();
+    }
+
+    /// Adds the blobs of freshly written packs (after a backup wrote them).
+    pub fn extend(&mut self, packs: &[(PackId, Vec<BlobEntry>)]) {
+        self.slots.reserve_exact(packs.iter().map(|(_, e)| e.len()).sum());
+        for (p, e) in packs {
+            self.push_pack(*p, e);
+        }
+        self.finish();
+    }
+
+    fn slot(&self, id: &Id) -> Option<&Slot> {
+        self.slots
+            .binary_search_by(|s| s.id.cmp(&id.0))
+            .ok()
+            .map(|i| &self.slots[i])
+    }
+
+    pub fn contains(&self, id: &Id) -> bool {
+        self.slot(id).is_some()
+    }
+
+    pub fn get(&self, id: &Id) -> Option<BlobLocation> {
+        self.slot(id).map(|s| self.location(s))
+    }
+
+    fn location(&self, s: &Slot) -> BlobLocation {
+        BlobLocation {
+            pack: self.packs[s.pack as usize],
+            entry: BlobEntry {
+                kind: if s.kind_flags >> 4 == 1 { BlobKind::Tree } else { BlobKind::Data },
+                flags: s.kind_flags & 0x0f,
+                id: Id(s.id),
+                offset: s.offset,
+                stored_len: s.stored_len,
+                raw_len: s.raw_len,
+            },
+        }
+    }
+
+    /// Number of distinct blobs.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every blob's location, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = BlobLocation> + '_ {
+        self.slots.iter().map(|s| self.location(s))
+    }
+
+    /// Bytes of heap memory held by the index.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>() + self.packs.capacity() * std::mem::size_of::<PackId>()
+    }
+
+    /// Size of one in-memory entry, for the record in `ARCHITECTURE.md`.
+    pub const fn bytes_per_blob() -> usize {
+        std::mem::size_of::<Slot>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(i: u8, kind: BlobKind) -> BlobEntry {
+        BlobEntry {
+            kind,
+            flags: i % 2,
+            id: Id([i; 32]),
+            offset: i as u32 * 10,
+            stored_len: i as u32,
+            raw_len: i as u32 * 2,
+        }
+    }
+
+    fn arb_entry() -> impl Strategy<Value = BlobEntry> {
+        (any::<[u8; 32]>(), any::<bool>(), 0u8..2, any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(id, tree, flags, o, s, r)| BlobEntry {
+            kind: if tree { BlobKind::Tree } else { BlobKind::Data },
+            flags,
+            id: Id(id),
+            offset: o,
+            stored_len: s,
+            raw_len: r,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn index_file_round_trip(
+            sup in proptest::collection::vec(any::<[u8; 32]>(), 0..3),
+            packs in proptest::collection::vec((any::<[u8; 32]>(), proptest::collection::vec(arb_entry(), 0..20)), 0..5),
+            encrypted in any::<bool>(),
+        ) {
+            let crypto = if encrypted { Crypto::Keyed(Box::new(crate::crypto::Keys::from_master(&[5; 32]))) } else { Crypto::None };
+            let f = IndexFile {
+                supersedes: sup.into_iter().map(|b| IndexId(Id(b))).collect(),
+                packs: packs.into_iter().map(|(p, e)| (PackId(Id(p)), e)).collect(),
+            };
+            let (_, bytes) = f.encode(&crypto);
+            prop_assert_eq!(IndexFile::decode(&bytes, &crypto, "t").unwrap(), f);
+            // Any truncation is an error, never a panic.
+            for cut in [bytes.len() - 1, bytes.len() / 2, 9] {
+                prop_assert!(IndexFile::decode(&bytes[..cut.max(1)], &crypto, "t").is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_and_supersede() {
+        let a = IndexFile {
+            supersedes: vec![],
+            packs: vec![(PackId(Id([1; 32])), vec![entry(1, BlobKind::Data), entry(2, BlobKind::Tree)])],
+        };
+        let (aid, _) = a.encode(&Crypto::None);
+        let b = IndexFile {
+            supersedes: vec![aid],
+            packs: vec![(PackId(Id([2; 32])), vec![entry(2, BlobKind::Tree)])],
+        };
+        let (bid, _) = b.encode(&Crypto::None);
+        let idx = Index::from_files(&[(aid, a.clone()), (bid, b.clone())]);
+        assert_eq!(idx.len(), 1, "a is superseded by b");
+        let loc = idx.get(&Id([2; 32])).unwrap();
+        assert_eq!(loc.pack, PackId(Id([2; 32])));
+        assert_eq!(loc.entry, entry(2, BlobKind::Tree));
+        assert!(!idx.contains(&Id([1; 32])));
+        let both = Index::from_files(&[(aid, a)]);
+        assert_eq!(both.get(&Id([1; 32])).unwrap().entry, entry(1, BlobKind::Data));
+    }
+
+    #[test]
+    fn in_memory_entry_is_at_most_64_bytes() {
+        assert!(Index::bytes_per_blob() <= 64, "{}", Index::bytes_per_blob());
+    }
+}

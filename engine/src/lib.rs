@@ -1,0 +1,48 @@
+//! pvsnap's engine: a content-addressed, deduplicating, compressed and
+//! optionally encrypted snapshot repository.
+//!
+//! # Architecture
+//! A repository is a set of immutable objects behind a [`backend::Backend`]:
+//! `config`, `keys/*`, `data/xx/*` (pack files of blobs), `index/*`,
+//! `snapshots/*`, `locks/*`. File content is cut into chunks by FastCDC, each
+//! chunk named by its blake3 id, compressed with zstd, sealed when encrypted,
+//! and appended to a pack. Each folder becomes a tree blob. A snapshot object
+//! names the root tree. See `FORMAT.md` for the bytes and `ARCHITECTURE.md` for
+//! the map.
+//!
+//! # Invariants
+//! - Objects are written whole and never changed; a name is either absent or
+//!   final. Packs and index files are named by the hash of their bytes.
+//! - Order of writes in a snapshot: packs, then the index files describing them,
+//!   then the snapshot object. A snapshot that exists references only blobs
+//!   whose packs and index entries are durable.
+//! - Nothing that a snapshot references is deleted while that snapshot exists.
+//!
+//! # Locking
+//! | operation | lock |
+//! |---|---|
+//! | snapshot, restore, check, mount, ls, diff, dump | shared |
+//! | forget, prune, repair | exclusive |
+//!
+//! Shared locks coexist; an exclusive lock excludes every other lock. See
+//! [`lock`] for the protocol and stale-lock rules.
+
+pub mod archiver;
+pub mod backend;
+pub mod blob;
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod fsmeta;
+pub mod id;
+pub mod index;
+pub mod lock;
+pub mod pack;
+pub mod repo;
+pub mod restore;
+pub mod retention;
+pub mod snapshot;
+pub mod tree;
+
+pub use error::{Error, Result};
+pub use repo::{IndexedRepository, InitOptions, Repository};

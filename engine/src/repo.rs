@@ -1,0 +1,476 @@
+//! Opening and creating repositories; reading blobs, trees and snapshots.
+//!
+//! [`Repository`] is an opened repository (config read, key unlocked).
+//! [`IndexedRepository`] additionally holds the in-memory index and is what
+//! backup, restore and every reader need: the type makes it impossible to read
+//! a blob before the index is loaded.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{DynBackend, ObjectKey};
+use crate::blob::{self, BlobKind};
+use crate::crypto::{Crypto, KdfParams, KeySlot, Keys};
+use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
+use crate::format::{HEADER_LEN, Header, ObjectKind, REPO_VERSION};
+use crate::id::{ChunkId, Id, IndexId, KeyId, SnapshotId, TreeId};
+use crate::index::{Index, IndexFile};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+
+/// Features this build understands; a repository requiring another is refused.
+pub const KNOWN_FEATURES: &[&str] = &[];
+
+/// Content-defined chunking parameters (FastCDC 2020, `fastcdc` 3.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub algorithm: ChunkerAlgorithm,
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+    /// Gear seed; `None` in encrypted repositories, where it is derived from the key.
+    pub seed: Option<u64>,
+}
+
+/// The chunking algorithm; one today, named so that others can be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkerAlgorithm {
+    #[serde(rename = "fastcdc-v2020")]
+    FastCdc2020,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            algorithm: ChunkerAlgorithm::FastCdc2020,
+            min: 256 * 1024,
+            avg: 1024 * 1024,
+            max: 4 * 1024 * 1024,
+            seed: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub version: u32,
+    pub id: Id,
+    pub chunker: ChunkerParams,
+    pub compression: Compression,
+    /// Target size of pack files in bytes.
+    pub pack_size: u32,
+    /// `none` or `xchacha20poly1305`.
+    pub encryption: String,
+    #[serde(default)]
+    pub required_features: Vec<String>,
+    #[serde(default)]
+    pub optional_features: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Compression {
+    pub algorithm: CompressionAlgorithm,
+    /// zstd level; 0 stores blobs uncompressed.
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CompressionAlgorithm {
+    #[serde(rename = "zstd")]
+    Zstd,
+}
+
+/// Choices made at `pvsnap init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub password: Option<Vec<u8>>,
+    pub chunker: ChunkerParams,
+    pub compression_level: i32,
+    pub pack_size: u32,
+    pub kdf: KdfParams,
+}
+
+/// Default zstd level; see `ARCHITECTURE.md` for the measurement behind it.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// Default pack size; see `ARCHITECTURE.md`.
+pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            password: None,
+            chunker: ChunkerParams::default(),
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            pack_size: DEFAULT_PACK_SIZE,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+/// Supplies the passphrase when (and only when) the repository is encrypted.
+pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
+
+/// An opened repository.
+#[derive(Clone)]
+pub struct Repository {
+    backend: DynBackend,
+    config: Arc<Config>,
+    crypto: Crypto,
+}
+
+pub(crate) fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl Repository {
+    /// Creates a repository in an empty backend.
+    pub fn init(backend: DynBackend, opts: InitOptions) -> Result<Repository> {
+        if backend.exists(&ObjectKey::config())? {
+            return Err(Error::AlreadyInitialized(backend.location()));
+        }
+        validate_chunker(&opts.chunker)?;
+        let (crypto, seed, encryption) = match &opts.password {
+            Some(pw) => {
+                let master = crate::crypto::new_master_key();
+                let slot = KeySlot::create(&master, pw, opts.kdf, Timestamp::now().to_string(), hostname())?;
+                let mut body = Header::new(ObjectKind::Key, false).encode().to_vec();
+                body.extend_from_slice(&serde_json::to_vec_pretty(&slot).expect("key slot serializes"));
+                backend.put(&ObjectKey::new(ObjectKind::Key, KeyId(Id::random()).to_hex()), &body)?;
+                (Crypto::Keyed(Box::new(Keys::from_master(&master))), None, "xchacha20poly1305")
+            }
+            None => (Crypto::None, Some(rand::random::<u64>()), "none"),
+        };
+        let config = Config {
+            version: REPO_VERSION,
+            id: Id::random(),
+            chunker: ChunkerParams { seed, ..opts.chunker },
+            compression: Compression {
+                algorithm: CompressionAlgorithm::Zstd,
+                level: opts.compression_level,
+            },
+            pack_size: opts.pack_size,
+            encryption: encryption.into(),
+            required_features: vec![],
+            optional_features: vec![],
+        };
+        let mut bytes = Header::new(ObjectKind::Config, false).encode().to_vec();
+        bytes.extend_from_slice(&serde_json::to_vec_pretty(&config).expect("config serializes"));
+        backend.put(&ObjectKey::config(), &bytes)?;
+        Ok(Repository {
+            backend,
+            config: Arc::new(config),
+            crypto,
+        })
+    }
+
+    /// Opens an existing repository, asking `password` only if it is encrypted.
+    pub fn open(backend: DynBackend, password: Option<PasswordFn<'_>>) -> Result<Repository> {
+        let bytes = match backend.get(&ObjectKey::config()) {
+            Ok(b) => b,
+            Err(BackendError::NotFound { .. }) => return Err(Error::NotARepository(backend.location())),
+            Err(e) => return Err(e.into()),
+        };
+        Header::decode(&bytes, ObjectKind::Config)?;
+        let config: Config = serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
+            what: format!("{}/config", backend.location()),
+            detail: e.to_string(),
+        })?;
+        if config.version != REPO_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                what: "repository",
+                found: config.version,
+                supported: REPO_VERSION,
+            }
+            .into());
+        }
+        if let Some(f) = config.required_features.iter().find(|f| !KNOWN_FEATURES.contains(&f.as_str())) {
+            return Err(FormatError::UnknownFeature(f.clone()).into());
+        }
+        validate_chunker(&config.chunker)?;
+        let crypto = match config.encryption.as_str() {
+            "none" => Crypto::None,
+            "xchacha20poly1305" => {
+                let pw = password.ok_or(CryptoError::PasswordRequired)?()?;
+                Crypto::Keyed(Box::new(Keys::from_master(&unlock(&backend, &pw)?)))
+            }
+            other => {
+                return Err(FormatError::Invalid {
+                    what: "config".into(),
+                    detail: format!("unknown encryption `{other}`; upgrade pvsnap"),
+                }
+                .into());
+            }
+        };
+        Ok(Repository {
+            backend,
+            config: Arc::new(config),
+            crypto,
+        })
+    }
+
+    pub fn backend(&self) -> &DynBackend {
+        &self.backend
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
+    /// The chunker seed in force (stored, or derived from the key).
+    pub fn chunker_seed(&self) -> u64 {
+        self.crypto.chunker_seed().or(self.config.chunker.seed).unwrap_or(0)
+    }
+
+    /// Reads and decodes every index file.
+    pub fn read_index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
+        let names = self.backend.list(ObjectKind::Index)?;
+        names
+            .par_iter()
+            .filter_map(|(name, _)| name.parse::<IndexId>().ok().map(|id| (id, name)))
+            .map(|(id, name)| {
+                let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
+                Ok((id, IndexFile::decode(&bytes, &self.crypto, name)?))
+            })
+            .collect()
+    }
+
+    /// Loads the index: the repository can now read blobs.
+    pub fn load_index(self) -> Result<IndexedRepository> {
+        let files = self.read_index_files()?;
+        let index = Index::from_files(&files);
+        Ok(IndexedRepository { repo: self, index })
+    }
+
+    /// Writes an index file; returns its id.
+    pub fn write_index(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
+        let (id, bytes) = file.encode(&self.crypto);
+        self.backend.put(&ObjectKey::new(ObjectKind::Index, id.to_hex()), &bytes)?;
+        Ok((id, bytes.len() as u64))
+    }
+
+    fn snapshot_key(id: &SnapshotId) -> ObjectKey {
+        ObjectKey::new(ObjectKind::Snapshot, id.to_hex())
+    }
+
+    /// Encodes a snapshot object.
+    pub fn encode_snapshot(&self, snap: &Snapshot) -> Vec<u8> {
+        let mut v = Header::new(ObjectKind::Snapshot, self.crypto.is_encrypted()).encode().to_vec();
+        let json = serde_json::to_vec(snap).expect("snapshot serializes");
+        v.extend_from_slice(&self.crypto.seal(snap.id.0.as_bytes(), json));
+        v
+    }
+
+    /// Writes a snapshot object: the commit point. Returns the bytes written.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<u64> {
+        let bytes = self.encode_snapshot(snap);
+        self.backend.put(&Self::snapshot_key(&snap.id), &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let bytes = self.backend.get(&Self::snapshot_key(id))?;
+        let header = Header::decode(&bytes, ObjectKind::Snapshot)?;
+        if header.encrypted() != self.crypto.is_encrypted() {
+            return Err(FormatError::Invalid {
+                what: format!("snapshot {id}"),
+                detail: "encryption flag does not match the repository".into(),
+            }
+            .into());
+        }
+        let json = self
+            .crypto
+            .open(id.0.as_bytes(), &bytes[HEADER_LEN..], &|| format!("snapshot {id}"))?;
+        let snap: Snapshot = serde_json::from_slice(&json).map_err(|e| FormatError::Invalid {
+            what: format!("snapshot {id}"),
+            detail: e.to_string(),
+        })?;
+        if snap.id != *id {
+            return Err(FormatError::Invalid {
+                what: format!("snapshot {id}"),
+                detail: format!("object claims id {}", snap.id),
+            }
+            .into());
+        }
+        Ok(snap)
+    }
+
+    /// Every snapshot, oldest first (ties broken by id).
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let names = self.backend.list(ObjectKind::Snapshot)?;
+        let mut snaps: Vec<Snapshot> = names
+            .par_iter()
+            .filter_map(|(n, _)| n.parse::<SnapshotId>().ok())
+            .map(|id| self.load_snapshot(&id))
+            .collect::<Result<_>>()?;
+        snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(snaps)
+    }
+
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        Ok(self.backend.delete(&Self::snapshot_key(id))?)
+    }
+
+    /// Resolves a full id, a unique prefix, `latest` or `latest:SOURCE`.
+    pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        let snaps = self.snapshots()?;
+        resolve_in(&snaps, spec).cloned()
+    }
+}
+
+/// Resolves `spec` within a list sorted oldest first.
+pub fn resolve_in<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
+    if spec == "latest" {
+        return snaps.last().ok_or_else(|| Error::SnapshotNotFound(spec.into()));
+    }
+    if let Some(source) = spec.strip_prefix("latest:") {
+        let want = source.trim_end_matches('/');
+        return snaps
+            .iter()
+            .rev()
+            .find(|s| s.source.key().trim_end_matches('/') == want)
+            .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
+    }
+    let lower = spec.to_ascii_lowercase();
+    if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::SnapshotNotFound(spec.into()));
+    }
+    let matches: Vec<&Snapshot> = snaps.iter().filter(|s| s.id.to_hex().starts_with(&lower)).collect();
+    match matches.len() {
+        0 => Err(Error::SnapshotNotFound(spec.into())),
+        1 => Ok(matches[0]),
+        n => Err(Error::AmbiguousSnapshot {
+            prefix: spec.into(),
+            count: n,
+        }),
+    }
+}
+
+fn validate_chunker(c: &ChunkerParams) -> Result<()> {
+    use fastcdc::v2020 as f;
+    let ok = (f::MINIMUM_MIN..=f::MINIMUM_MAX).contains(&c.min)
+        && (f::AVERAGE_MIN..=f::AVERAGE_MAX).contains(&c.avg)
+        && (f::MAXIMUM_MIN..=f::MAXIMUM_MAX).contains(&c.max)
+        && c.min <= c.avg
+        && c.avg <= c.max;
+    if ok {
+        Ok(())
+    } else {
+        Err(FormatError::Invalid {
+            what: "config".into(),
+            detail: format!("chunker sizes min {} avg {} max {} are out of range", c.min, c.avg, c.max),
+        }
+        .into())
+    }
+}
+
+fn unlock(backend: &DynBackend, password: &[u8]) -> Result<[u8; 32]> {
+    let slots = backend.list(ObjectKind::Key)?;
+    if slots.is_empty() {
+        return Err(FormatError::Invalid {
+            what: format!("{}/keys", backend.location()),
+            detail: "encrypted repository without any key slot".into(),
+        }
+        .into());
+    }
+    for (name, _) in slots {
+        let bytes = backend.get(&ObjectKey::new(ObjectKind::Key, &name))?;
+        Header::decode(&bytes, ObjectKind::Key)?;
+        let slot: KeySlot = serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
+            what: format!("key {name}"),
+            detail: e.to_string(),
+        })?;
+        if let Some(master) = slot.open(password)? {
+            return Ok(master);
+        }
+    }
+    Err(CryptoError::WrongPassword.into())
+}
+
+/// A repository with its index loaded.
+pub struct IndexedRepository {
+    repo: Repository,
+    index: Index,
+}
+
+impl std::ops::Deref for IndexedRepository {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repo
+    }
+}
+
+impl IndexedRepository {
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn index_mut(&mut self) -> &mut Index {
+        &mut self.index
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// Reads, checks and returns one blob's plaintext.
+    pub fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
+        let loc = self.index.get(id).ok_or_else(|| Error::BlobNotInIndex {
+            id: id.to_hex(),
+            kind: kind.name(),
+        })?;
+        let key = ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex());
+        let stored = self
+            .backend()
+            .get_range(&key, loc.entry.offset as u64, loc.entry.stored_len as u64)
+            .map_err(|e| match e {
+                BackendError::NotFound { .. } => Error::CorruptBlob {
+                    id: id.to_hex(),
+                    pack: loc.pack.to_hex(),
+                    detail: "the pack is missing".into(),
+                },
+                e => e.into(),
+            })?;
+        blob::decode(self.crypto(), &loc.pack, &loc.entry, &stored)
+    }
+
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_blob(BlobKind::Data, &id.0)
+    }
+
+    pub fn read_tree(&self, id: &TreeId) -> Result<Tree> {
+        let bytes = self.read_blob(BlobKind::Tree, &id.0)?;
+        Ok(Tree::decode(&bytes, id)?)
+    }
+
+    /// Finds the node at `path` (relative, `/`-separated) below `root`.
+    /// An empty path (or `/`) is the root node itself.
+    pub fn find_node(&self, snap: &Snapshot, path: &str) -> Result<crate::tree::Node> {
+        let mut node = snap.root.clone();
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            let crate::tree::NodeKind::Dir { subtree } = &node.kind else {
+                return Err(Error::PathNotInSnapshot {
+                    snapshot: snap.id.short(),
+                    path: path.into(),
+                });
+            };
+            let tree = self.read_tree(subtree)?;
+            node = tree.find(part.as_bytes()).cloned().ok_or_else(|| Error::PathNotInSnapshot {
+                snapshot: snap.id.short(),
+                path: path.into(),
+            })?;
+        }
+        Ok(node)
+    }
+}
