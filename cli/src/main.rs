@@ -1,1 +1,118 @@
-fn main(){}
+//! The `pvsnap` command: argument parsing, output and exit codes. All work is
+//! done by `pvsnap-engine`; this crate only glues it to a terminal.
+
+mod cmd;
+mod output;
+mod progress;
+mod repo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes, documented in README.md.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    /// A snapshot was saved, but some files could not be read.
+    pub const INCOMPLETE: u8 = 3;
+    /// Damage was found: a restore could not restore some files intact.
+    pub const DAMAGED: u8 = 4;
+    /// Another process holds a conflicting lock.
+    pub const LOCKED: u8 = 11;
+    /// The password opens no key slot.
+    pub const WRONG_PASSWORD: u8 = 12;
+}
+
+#[derive(Parser)]
+#[command(name = "pvsnap", version, about = "Deduplicated, compressed, incremental snapshots of volume folders")]
+pub struct Cli {
+    /// Repository folder (default: /var/lib/pvsnap/repo as root, else ~/.local/share/pvsnap/repo)
+    #[arg(long, global = true, env = "PVSNAP_REPO")]
+    pub repo: Option<std::path::PathBuf>,
+    /// Read the repository password from this file
+    #[arg(long, global = true, env = "PVSNAP_PASSWORD_FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// No progress and no notices
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// More log output (-v, -vv)
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a repository
+    Init(cmd::init::Args),
+    /// Take a snapshot of one or more folders
+    Snapshot(cmd::snapshot::Args),
+    /// List snapshots, oldest first
+    Snapshots(cmd::inspect::SnapshotsArgs),
+    /// List the files in a snapshot
+    Ls(cmd::inspect::LsArgs),
+    /// Restore a snapshot into a folder
+    Restore(cmd::restore::Args),
+    /// Write one file from a snapshot to standard output
+    Dump(cmd::inspect::DumpArgs),
+    /// Show what changed between two snapshots
+    Diff(cmd::inspect::DiffArgs),
+    /// Show repository size, deduplication and compression
+    Stats(cmd::inspect::StatsArgs),
+    /// Remove stale locks
+    Unlock(cmd::init::UnlockArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PVSNAP_LOG").unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    let result = match &cli.command {
+        Command::Init(a) => cmd::init::run(&cli, a),
+        Command::Snapshot(a) => cmd::snapshot::run(&cli, a),
+        Command::Snapshots(a) => cmd::inspect::snapshots(&cli, a),
+        Command::Ls(a) => cmd::inspect::ls(&cli, a),
+        Command::Restore(a) => cmd::restore::run(&cli, a),
+        Command::Dump(a) => cmd::inspect::dump(&cli, a),
+        Command::Diff(a) => cmd::inspect::diff(&cli, a),
+        Command::Stats(a) => cmd::inspect::stats(&cli, a),
+        Command::Unlock(a) => cmd::init::unlock(&cli, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                return ExitCode::from(exit::OK);
+            }
+            eprintln!("pvsnap: error: {e:#}");
+            ExitCode::from(exit_code_for(&e))
+        }
+    }
+}
+
+fn exit_code_for(e: &anyhow::Error) -> u8 {
+    use pvsnap_engine::error::{CryptoError, Error};
+    match e.downcast_ref::<Error>() {
+        Some(Error::Crypto(CryptoError::WrongPassword)) => exit::WRONG_PASSWORD,
+        Some(Error::Locked { .. }) => exit::LOCKED,
+        _ => exit::ERROR,
+    }
+}

@@ -43,6 +43,7 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod tree;
+pub mod walk;
 
 pub use error::{Error, Result};
 pub use repo::{IndexedRepository, InitOptions, Repository};

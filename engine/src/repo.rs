@@ -121,6 +121,11 @@ pub struct Repository {
     crypto: Crypto,
 }
 
+/// This machine's host name, as recorded in snapshots and locks.
+pub fn hostname_public() -> String {
+    hostname()
+}
+
 pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.

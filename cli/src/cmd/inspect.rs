@@ -1,0 +1,246 @@
+//! Read-only commands: `snapshots`, `ls`, `dump`, `diff`, `stats`.
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use anyhow::Result;
+use pvsnap_engine::blob::BlobKind;
+use pvsnap_engine::format::ObjectKind;
+use pvsnap_engine::tree::NodeKind;
+use pvsnap_engine::walk;
+use serde::Serialize;
+
+use crate::{Cli, output};
+
+#[derive(clap::Args)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this source (a path, or pvc/NS/NAME)
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only snapshots carrying this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    let snaps: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| a.source.as_ref().is_none_or(|src| s.source.key().trim_end_matches('/') == src.trim_end_matches('/')))
+        .filter(|s| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
+        .collect();
+    if a.json {
+        let v: Vec<_> = snaps.iter().map(super::snapshot::snapshot_json).collect();
+        output::json(&v)?;
+        return Ok(crate::exit::OK);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} source", "id", "time", "host", "files", "size", "tags")?;
+    for s in &snaps {
+        writeln!(
+            out,
+            "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} {}",
+            s.short_id(),
+            output::local_time(s.time),
+            s.hostname,
+            s.summary.total_files,
+            output::bytes(s.summary.total_bytes),
+            s.tags.join(","),
+            s.source.key()
+        )?;
+    }
+    writeln!(out, "{} snapshot(s)", snaps.len())?;
+    Ok(crate::exit::OK)
+}
+
+#[derive(clap::Args)]
+pub struct LsArgs {
+    pub snapshot: String,
+    /// Folder inside the snapshot to list (default: everything)
+    pub path: Option<String>,
+    /// Show type, mode, owner, size and time
+    #[arg(long, short)]
+    pub long: bool,
+    /// Print one JSON object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct LsEntry<'a> {
+    path: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: String,
+}
+
+pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    let repo = repo.load_index()?;
+    let snap = repo.resolve_snapshot(&a.snapshot)?;
+    let start = a.path.clone().unwrap_or_default();
+    let node = repo.find_node(&snap, &start)?;
+    let mut out = std::io::stdout().lock();
+    let prefix = format!("/{}", start.trim_matches('/'));
+    let mut print = |path: &str, n: &pvsnap_engine::tree::Node| -> pvsnap_engine::Result<()> {
+        let io = |e| pvsnap_engine::Error::Io {
+            path: "standard output".into(),
+            source: e,
+            action: "write",
+        };
+        let mtime = jiff::Timestamp::from_nanosecond(n.mtime_ns as i128).map(output::local_time).unwrap_or_default();
+        if a.json {
+            let e = LsEntry {
+                path,
+                kind: n.kind.name(),
+                mode: n.mode,
+                uid: n.uid,
+                gid: n.gid,
+                size: n.size,
+                mtime,
+            };
+            writeln!(out, "{}", serde_json::to_string(&e).expect("serializes")).map_err(io)
+        } else if a.long {
+            writeln!(out, "{:<8} {:04o} {:>6} {:>6} {:>12} {} {}", n.kind.name(), n.mode, n.uid, n.gid, n.size, mtime, path).map_err(io)
+        } else {
+            writeln!(out, "{path}").map_err(io)
+        }
+    };
+    match &node.kind {
+        NodeKind::Dir { subtree } => walk::walk(&repo, subtree, if start.trim_matches('/').is_empty() { "" } else { &prefix }, &mut print)?,
+        _ => print(&prefix, &node)?,
+    }
+    Ok(crate::exit::OK)
+}
+
+#[derive(clap::Args)]
+pub struct DumpArgs {
+    pub snapshot: String,
+    /// Path of a file inside the snapshot
+    pub path: String,
+}
+
+pub fn dump(cli: &Cli, a: &DumpArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?.load_index()?;
+    let snap = repo.resolve_snapshot(&a.snapshot)?;
+    let node = repo.find_node(&snap, &a.path)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(4 << 20, stdout.lock());
+    pvsnap_engine::restore::dump(&repo, &node, &mut out)?;
+    out.flush()?;
+    Ok(crate::exit::OK)
+}
+
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    pub from: String,
+    pub to: String,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?.load_index()?;
+    let x = repo.resolve_snapshot(&a.from)?;
+    let y = repo.resolve_snapshot(&a.to)?;
+    let changes = walk::diff(&repo, &x.tree, &y.tree)?;
+    if a.json {
+        output::json(&changes)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for c in &changes {
+            writeln!(out, "{}  {}", c.change, c.path)?;
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Stats {
+    snapshot_count: usize,
+    pack_count: usize,
+    /// Bytes of all repository objects.
+    stored_size: u64,
+    /// Bytes of distinct chunks before compression.
+    raw_size: u64,
+    /// Bytes of file content over all snapshots.
+    logical_size: u64,
+    chunk_count: usize,
+    tree_count: usize,
+    /// logical_size / raw_size.
+    dedup_ratio: f64,
+    /// raw size / stored size of data blobs.
+    compression_ratio: f64,
+    index_memory_bytes: usize,
+}
+
+pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?.load_index()?;
+    let snaps = repo.snapshots()?;
+    let mut stored_size = 0;
+    let mut pack_count = 0;
+    for kind in [ObjectKind::Config, ObjectKind::Key, ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot] {
+        let objs = repo.backend().list(kind)?;
+        if kind == ObjectKind::Pack {
+            pack_count = objs.len();
+        }
+        stored_size += objs.iter().map(|(_, s)| s).sum::<u64>();
+    }
+    let (mut raw, mut stored_data, mut chunks, mut trees) = (0u64, 0u64, 0usize, 0usize);
+    let mut seen = HashSet::new();
+    for loc in repo.index().iter() {
+        if !seen.insert(loc.entry.id) {
+            continue;
+        }
+        match loc.entry.kind {
+            BlobKind::Data => {
+                raw += loc.entry.raw_len as u64;
+                stored_data += loc.entry.stored_len as u64;
+                chunks += 1;
+            }
+            BlobKind::Tree => trees += 1,
+        }
+    }
+    let logical: u64 = snaps.iter().map(|s| s.summary.total_bytes).sum();
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { (a as f64 / b as f64 * 100.0).round() / 100.0 };
+    let st = Stats {
+        snapshot_count: snaps.len(),
+        pack_count,
+        stored_size,
+        raw_size: raw,
+        logical_size: logical,
+        chunk_count: chunks,
+        tree_count: trees,
+        dedup_ratio: ratio(logical, raw),
+        compression_ratio: ratio(raw, stored_data),
+        index_memory_bytes: repo.index().heap_bytes(),
+    };
+    if a.json {
+        output::json(&st)?;
+    } else {
+        println!("snapshots:          {}", st.snapshot_count);
+        println!("stored size:        {} in {} packs", output::bytes(st.stored_size), st.pack_count);
+        println!("raw size:           {} in {} chunks", output::bytes(st.raw_size), st.chunk_count);
+        println!("logical size:       {}", output::bytes(st.logical_size));
+        println!("deduplication:      {:.2}x", st.dedup_ratio);
+        println!("compression:        {:.2}x", st.compression_ratio);
+        println!("index in memory:    {}", output::bytes(st.index_memory_bytes as u64));
+    }
+    Ok(crate::exit::OK)
+}

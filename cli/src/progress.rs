@@ -1,0 +1,54 @@
+//! A progress line on standard error, only when it is a terminal.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Draws from a sampling function until dropped.
+pub struct Display {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// What the bar shows: (files, bytes done, bytes total or 0).
+pub type Sample = Box<dyn Fn() -> (u64, u64, u64) + Send>;
+
+impl Display {
+    pub fn start(quiet: bool, label: &'static str, sample: Sample) -> Display {
+        let stop = Arc::new(AtomicBool::new(false));
+        if quiet || !std::io::stderr().is_terminal() {
+            return Display { stop, handle: None };
+        }
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} {msg} [{elapsed_precise}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(label);
+            while !s.load(Ordering::Relaxed) {
+                let (files, done, total) = sample();
+                bar.set_length(total.max(done));
+                bar.set_position(done);
+                bar.set_message(format!("{files} files"));
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            bar.finish_and_clear();
+        });
+        Display { stop, handle: Some(handle) }
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Finding, creating and opening the repository named on the command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use pvsnap_engine::backend::local::LocalBackend;
+use pvsnap_engine::backend::{DryRun, DynBackend};
+use pvsnap_engine::{Error, Repository};
+
+use crate::Cli;
+
+/// Where the repository is, and whether the user named it.
+pub struct Location {
+    pub path: PathBuf,
+    pub explicit: bool,
+}
+
+pub fn location(cli: &Cli) -> Result<Location> {
+    if let Some(p) = &cli.repo {
+        return Ok(Location {
+            path: p.clone(),
+            explicit: true,
+        });
+    }
+    Ok(Location {
+        path: default_repo()?,
+        explicit: false,
+    })
+}
+
+/// `/var/lib/pvsnap/repo` for root; `$XDG_DATA_HOME/pvsnap/repo` or
+/// `~/.local/share/pvsnap/repo` otherwise.
+pub fn default_repo() -> Result<PathBuf> {
+    if pvsnap_engine::fsmeta::is_root() {
+        return Ok(PathBuf::from("/var/lib/pvsnap/repo"));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("pvsnap/repo"));
+    }
+    let home = std::env::var_os("HOME").context("neither --repo, PVSNAP_REPO, XDG_DATA_HOME nor HOME is set; name a repository with --repo")?;
+    Ok(PathBuf::from(home).join(".local/share/pvsnap/repo"))
+}
+
+pub fn backend(path: &std::path::Path) -> DynBackend {
+    Arc::new(LocalBackend::new(path))
+}
+
+/// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
+pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
+    if let Some(f) = &cli.password_file {
+        let s = std::fs::read(f).map_err(|e| Error::Invalid(format!("{}: cannot read password file: {e}", f.display())))?;
+        let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
+        return Ok(trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec());
+    }
+    if let Some(p) = std::env::var_os("PVSNAP_PASSWORD") {
+        return Ok(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(pvsnap_engine::error::CryptoError::PasswordRequired.into());
+    }
+    let p = rpassword::prompt_password("repository password: ").map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
+    if confirm {
+        let again = rpassword::prompt_password("again: ").map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
+        if again != p {
+            return Err(Error::Invalid("the two passwords differ".into()));
+        }
+    }
+    Ok(p.into_bytes())
+}
+
+/// Opens the repository, or creates it if it is the default one and
+/// `create_default` is set (first `pvsnap snapshot` on a machine).
+pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository> {
+    let loc = location(cli)?;
+    let be = backend(&loc.path);
+    let be: DynBackend = if dry_run { Arc::new(DryRun::new(be)) } else { be };
+    let pw = || password(cli, false);
+    match Repository::open(be.clone(), Some(&pw)) {
+        Ok(r) => Ok(r),
+        Err(Error::NotARepository(_)) if create_default && !loc.explicit && !dry_run => {
+            create(&loc.path, None)?;
+            if !cli.quiet {
+                eprintln!("pvsnap: created repository at {}", loc.path.display());
+            }
+            Ok(Repository::open(be, Some(&pw))?)
+        }
+        Err(Error::NotARepository(p)) if !loc.explicit => {
+            bail!("no repository at {p} (the default); take a first snapshot with `pvsnap snapshot DIR`, or create one with `pvsnap init`")
+        }
+        Err(Error::NotARepository(p)) => {
+            bail!("{p}: not a pvsnap repository; create it with `pvsnap --repo {p} init`")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the folder layout and the repository objects.
+pub fn create(path: &std::path::Path, password: Option<Vec<u8>>) -> Result<Repository> {
+    if path.exists() && std::fs::read_dir(path)?.next().is_some() && !path.join("config").exists() {
+        bail!("{}: folder is not empty and is not a repository; choose an empty or new folder", path.display());
+    }
+    let local = LocalBackend::new(path);
+    local.create_layout().with_context(|| format!("{}: cannot create the repository folders", path.display()))?;
+    let opts = pvsnap_engine::InitOptions {
+        password,
+        ..Default::default()
+    };
+    Ok(Repository::init(Arc::new(local), opts)?)
+}
