@@ -105,7 +105,6 @@ pub fn node_from_meta(name: &OsStr, meta: &Metadata, kind: NodeKind, names: &Nam
         group: names.group(meta.gid()),
         size: if meta.is_file() { meta.len() } else { 0 },
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        atime_ns: meta.atime() * 1_000_000_000 + meta.atime_nsec(),
         ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         inode: meta.ino(),
         device: meta.dev(),
@@ -216,7 +215,9 @@ pub fn apply_metadata(path: &Path, node: &Node, set_owner: bool) -> std::io::Res
         tv_sec: ns.div_euclid(1_000_000_000),
         tv_nsec: ns.rem_euclid(1_000_000_000),
     };
-    let times = [ts(node.atime_ns), ts(node.mtime_ns)];
+    // Access times are not recorded (they would change every tree on every
+    // run); a restored entry's atime is its mtime.
+    let times = [ts(node.mtime_ns), ts(node.mtime_ns)];
     // SAFETY: c is valid and times points to two timespecs.
     if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
         return Err(std::io::Error::last_os_error());

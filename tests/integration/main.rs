@@ -1,1 +1,6 @@
+//! Integration tests: they drive the `pvsnap` binary. All of them compile into
+//! one test binary; shared helpers live in `util.rs`.
 
+mod util;
+
+mod snapshot_restore;

@@ -1,0 +1,148 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A scratch repository and folders, removed at the end of the test.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `pvsnap --repo <repo> ARGS`, with no password in the environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pvsnap"));
+        c.arg("--repo").arg(self.repo());
+        c.env_remove("PVSNAP_PASSWORD").env_remove("PVSNAP_REPO").env_remove("PVSNAP_PASSWORD_FILE");
+        c
+    }
+
+    /// Runs pvsnap and requires success.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.cmd().args(args).output().expect("run pvsnap");
+        assert!(out.status.success(), "pvsnap {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        out
+    }
+
+    /// Runs pvsnap and returns the output whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run pvsnap")
+    }
+
+    pub fn init(&self) {
+        self.ok(&["init"]);
+    }
+
+    /// `snapshot PATH --json`, returning the first snapshot object.
+    pub fn snapshot(&self, path: &Path, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["snapshot", path.to_str().expect("utf-8 path"), "--json"];
+        args.extend_from_slice(extra);
+        let out = self.ok(&args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("snapshot --json prints JSON");
+        v[0].clone()
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut h = blake3_like(seed);
+    for chunk in out.chunks_mut(8) {
+        h = h.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let b = (h ^ (h >> 29)).to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    out
+}
+
+fn blake3_like(seed: u64) -> u64 {
+    seed.wrapping_mul(0x9E3779B97F4A7C15) ^ 0xD1B54A32D192ED03
+}
+
+/// Every entry below `root` with its metadata, for comparing trees.
+pub fn manifest(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
+        entries.sort();
+        for p in entries {
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            let rel = p.strip_prefix(root).expect("below root");
+            let ft = m.file_type();
+            let mut xattrs: Vec<String> = xattr::list(&p)
+                .map(|l| {
+                    l.map(|n| {
+                        let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
+                        format!("{}={}", n.to_string_lossy(), hex(&v))
+                    })
+                    .collect()
+                })
+                .unwrap_or_default();
+            xattrs.sort();
+            let content = if ft.is_file() {
+                format!("blake3-ish:{}", checksum(&std::fs::read(&p).expect("read")))
+            } else if ft.is_symlink() {
+                format!("-> {:?}", std::fs::read_link(&p).expect("readlink"))
+            } else {
+                String::new()
+            };
+            let is_dir = ft.is_dir();
+            out.push(format!(
+                "{:?} mode={:o} uid={} gid={} size={} mtime={}.{} rdev={} nlink={} {} [{}]",
+                rel,
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if is_dir { 0 } else { m.size() },
+                if ft.is_symlink() || is_dir { 0 } else { m.mtime() },
+                if ft.is_symlink() || is_dir { 0 } else { m.mtime_nsec() },
+                m.rdev(),
+                if is_dir { 0 } else { m.nlink() },
+                content,
+                xattrs.join(",")
+            ));
+            if is_dir {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A content checksum good enough to compare files in tests (FNV-1a 64).
+pub fn checksum(b: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for x in b {
+        h ^= *x as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}:{}", b.len())
+}
