@@ -3,4 +3,5 @@
 
 mod util;
 
+mod fixture;
 mod snapshot_restore;
