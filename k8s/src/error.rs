@@ -1,0 +1,255 @@
+//! Errors of this crate. Every message names the object involved and says
+//! what to do next.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One configuration source that [`crate::connect`] tried, and why it could
+/// not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceAttempt {
+    /// What was tried, e.g. `--kubeconfig /tmp/kc` or `in-cluster service account`.
+    pub source: String,
+    /// Why it could not be used.
+    pub reason: String,
+}
+
+fn list_attempts(attempts: &[SourceAttempt]) -> String {
+    attempts
+        .iter()
+        .map(|a| format!("\n  - {}: {}", a.source, a.reason))
+        .collect()
+}
+
+fn list_names(names: &[String]) -> String {
+    names.join(", ")
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No configuration source gave a usable cluster configuration.
+    #[error(
+        "no usable Kubernetes configuration; tried:{}\nnext step: pass --kubeconfig FILE, set KUBECONFIG, \
+         or on MicroK8s run `microk8s config > ~/.kube/config` (reading MicroK8s's own file needs root or the microk8s group)",
+        list_attempts(.attempts)
+    )]
+    NoConfig {
+        /// Every source tried, in order.
+        attempts: Vec<SourceAttempt>,
+    },
+
+    /// A configuration was found but the client could not be built from it.
+    #[error(
+        "cannot build a Kubernetes client from {source_name}: {source}; check the server address and certificates in it"
+    )]
+    Client {
+        /// The configuration source that was used.
+        source_name: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// A request to the API server failed for a reason not covered by a
+    /// more specific variant.
+    #[error(
+        "Kubernetes API request failed while {action}: {source}; check that the cluster is reachable and that your credentials allow this (RBAC)"
+    )]
+    Api {
+        /// What was being done, e.g. `reading persistentvolumeclaim default/data`.
+        action: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// The claim does not exist.
+    #[error(
+        "persistentvolumeclaim {namespace}/{name} not found; check the name with `kubectl get pvc -n {namespace}`"
+    )]
+    ClaimNotFound {
+        /// Namespace of the claim.
+        namespace: String,
+        /// Name of the claim.
+        name: String,
+    },
+
+    /// The claim exists but is not bound to a volume.
+    #[error(
+        "persistentvolumeclaim {namespace}/{name} is not bound (phase {phase}); nothing to snapshot until a volume is bound to it — check `kubectl describe pvc -n {namespace} {name}`"
+    )]
+    ClaimNotBound {
+        /// Namespace of the claim.
+        namespace: String,
+        /// Name of the claim.
+        name: String,
+        /// Phase reported by the API server (`Pending`, `Lost`, or `unknown`).
+        phase: String,
+    },
+
+    /// The claim names a volume that does not exist.
+    #[error(
+        "persistentvolume {pv} (bound to claim {namespace}/{claim}) not found; the claim is probably Lost — check `kubectl get pv {pv}`"
+    )]
+    VolumeNotFound {
+        /// Name of the volume.
+        pv: String,
+        /// Namespace of the claim.
+        namespace: String,
+        /// Name of the claim.
+        claim: String,
+    },
+
+    /// The volume lives on another node than this one.
+    #[error(
+        "persistentvolume {pv} of claim {namespace}/{claim} is on node {volume_node}, but this is node {this_node}; run pvsnap on node {volume_node}"
+    )]
+    WrongNode {
+        /// Name of the volume.
+        pv: String,
+        /// Namespace of the claim.
+        namespace: String,
+        /// Name of the claim.
+        claim: String,
+        /// Node(s) the volume is pinned to.
+        volume_node: String,
+        /// The node we are running on.
+        this_node: String,
+    },
+
+    /// The volume is provided by a CSI driver, whose data is not a plain host
+    /// directory that can be read here.
+    #[error(
+        "persistentvolume {pv} of claim {namespace}/{claim} is provided by CSI driver {driver}; only host-directory volumes (hostPath, local) are supported — native CSI VolumeSnapshots come in a later release"
+    )]
+    CsiVolume {
+        /// Name of the volume.
+        pv: String,
+        /// Namespace of the claim.
+        namespace: String,
+        /// Name of the claim.
+        claim: String,
+        /// The CSI driver name from `spec.csi.driver`.
+        driver: String,
+    },
+
+    /// The volume type is neither hostPath nor local.
+    #[error(
+        "persistentvolume {pv} of claim {namespace}/{claim} has unsupported volume type {kind}; only hostPath and local volumes (such as microk8s-hostpath) can be snapshotted"
+    )]
+    UnsupportedVolume {
+        /// Name of the volume.
+        pv: String,
+        /// Namespace of the claim.
+        namespace: String,
+        /// Name of the claim.
+        claim: String,
+        /// The volume source found in the spec, e.g. `nfs`.
+        kind: String,
+    },
+
+    /// A resource quantity could not be parsed.
+    #[error(
+        "cannot parse quantity {quantity:?} of {object}; expected a Kubernetes quantity such as 10Gi or 500M"
+    )]
+    InvalidQuantity {
+        /// The text that failed to parse.
+        quantity: String,
+        /// The object the quantity belongs to.
+        object: String,
+    },
+
+    /// The claim to create already exists.
+    #[error(
+        "persistentvolumeclaim {namespace}/{name} already exists; choose another name for the clone or delete the existing claim first"
+    )]
+    ClaimExists {
+        /// Namespace of the claim.
+        namespace: String,
+        /// Name of the claim.
+        name: String,
+    },
+
+    /// The volume to create already exists.
+    #[error(
+        "persistentvolume {pv} already exists (left over from an earlier clone?); delete it with `kubectl delete pv {pv}` or choose another claim name"
+    )]
+    VolumeExists {
+        /// Name of the volume.
+        pv: String,
+    },
+
+    /// A name given to the crate cannot be used as a Kubernetes object name.
+    #[error(
+        "{what} {name:?} is not a valid Kubernetes name; use lowercase letters, digits and '-'"
+    )]
+    InvalidName {
+        /// What the name is for.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+
+    /// A clone directory that is not absolute.
+    #[error("clone directory {} must be an absolute path on the node", .0.display())]
+    RelativeHostDir(PathBuf),
+
+    /// Pods still use a claim after the waiting time.
+    #[error("pods still using persistentvolumeclaim {namespace}/{claim} after {timeout:?}: {}; stop them (e.g. `kubectl delete pod -n {namespace} NAME`) or raise the timeout", list_names(.pods))]
+    PodsStillPresent {
+        /// Namespace of the claim.
+        namespace: String,
+        /// Name of the claim.
+        claim: String,
+        /// The pods still present.
+        pods: Vec<String>,
+        /// How long we waited.
+        timeout: Duration,
+    },
+
+    /// Scaling a workload failed; the ones already scaled were put back.
+    #[error(
+        "cannot scale {workload} to {replicas}: {source}; workloads scaled before it were restored — check RBAC for the scale subresource"
+    )]
+    Scale {
+        /// `Deployment ns/name` or `StatefulSet ns/name`.
+        workload: String,
+        /// Target replica count.
+        replicas: i32,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// Restoring the original replica counts failed for some workloads.
+    #[error("could not scale back {}; run these by hand: {}", list_names(.workloads), .commands.join("; "))]
+    RestoreScale {
+        /// The workloads that could not be scaled back, with the reason.
+        workloads: Vec<String>,
+        /// `kubectl scale` commands that restore them by hand.
+        commands: Vec<String>,
+    },
+}
+
+impl Error {
+    pub(crate) fn api(action: impl Into<String>, source: kube::Error) -> Self {
+        Error::Api {
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+/// True when the error is the API server's 404.
+pub(crate) fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 404)
+}
+
+/// True when the error is the API server's 409 AlreadyExists.
+pub(crate) fn is_already_exists(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 409)
+}
