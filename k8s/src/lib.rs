@@ -66,6 +66,9 @@ mod error;
 mod hooks;
 mod workloads;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use std::sync::Once;
 
 pub use claims::{

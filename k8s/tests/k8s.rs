@@ -1,14 +1,11 @@
 //! The real kube client of pvsnap-k8s against an in-process fake API server.
 
-mod fake;
-mod fixtures;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fake::{ExecEnd, ExecScript, FakeCluster, Kind};
-use fixtures::*;
+use pvsnap_k8s::testing::fake::{self, ExecEnd, ExecScript, FakeCluster, Kind};
+use pvsnap_k8s::testing::fixtures::*;
 use pvsnap_k8s::{
     BodyOutcome, Capacity, ClaimRef, ConfigSource, ConfigSources, ConnectOptions, Error,
     HookOutcome, HookPhase, HostHook, OnError, ResolveOptions, Scope, VolumeKind, Workload,

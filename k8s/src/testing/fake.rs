@@ -13,8 +13,6 @@
 //! `v4.channel.k8s.io`), answering from scripts per (pod, container,
 //! command) and logging every call in order.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -208,7 +206,7 @@ impl FakeCluster {
     /// Start a fake holding the MicroK8s-shaped fixtures.
     pub async fn with_fixtures() -> FakeCluster {
         let fake = FakeCluster::start().await;
-        for obj in crate::fixtures::all() {
+        for obj in super::fixtures::all() {
             fake.insert(obj);
         }
         fake
@@ -222,10 +220,10 @@ impl FakeCluster {
     }
 
     /// Connect the crate under test to this fake.
-    pub async fn connect(&self) -> pvsnap_k8s::Cluster {
-        let sources = pvsnap_k8s::ConfigSources::empty_under(self.dir.path());
-        pvsnap_k8s::connect_with(
-            pvsnap_k8s::ConnectOptions {
+    pub async fn connect(&self) -> crate::Cluster {
+        let sources = crate::ConfigSources::empty_under(self.dir.path());
+        crate::connect_with(
+            crate::ConnectOptions {
                 kubeconfig: Some(self.kubeconfig()),
                 context: None,
             },
