@@ -16,6 +16,9 @@
 //! 7. **index**: after all packs, index files describing them are written;
 //! 8. **commit**: the snapshot object is written last.
 //!
+//! [`store`] runs stages 1-7 and returns a [`PendingSnapshot`]; its
+//! [`commit`](PendingSnapshot::commit) is stage 8. [`backup`] does both.
+//!
 //! Folders and files are processed in parallel by a rayon pool; each folder's
 //! tree is written once all its children are done, so trees are written after
 //! the blobs they reference.
@@ -167,8 +170,54 @@ struct Archiver<'a> {
     progress: &'a Progress,
 }
 
-/// Takes a snapshot of the folder `path` into `repo`.
+/// Takes a snapshot of the folder `path` into `repo`: [`store`] then
+/// [`PendingSnapshot::commit`].
 pub fn backup(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progress: &Progress) -> Result<BackupOutcome> {
+    store(repo, path, opts, progress)?.commit(repo)
+}
+
+/// A snapshot whose data is stored (stages 1-7: packs and index files are
+/// written) but whose snapshot object (stage 8) is not. Until
+/// [`PendingSnapshot::commit`] nothing references the new data, so dropping
+/// it leaves only unreferenced packs that `prune` removes. This is the
+/// window for records that only exist once the data has been read, such as
+/// the outcomes of post-snapshot hooks.
+#[must_use = "the snapshot exists only once commit() is called"]
+pub struct PendingSnapshot {
+    snapshot: Snapshot,
+    new_packs: Vec<(PackId, Vec<BlobEntry>)>,
+    bytes_added: u64,
+    started: Instant,
+}
+
+impl PendingSnapshot {
+    /// The snapshot as it will be written (summary sizes are final at commit).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Appends records (hook outcomes) to [`Snapshot::hooks`].
+    pub fn add_hooks(&mut self, hooks: impl IntoIterator<Item = serde_json::Value>) {
+        self.snapshot.hooks.extend(hooks);
+    }
+
+    /// Stage 8: writes the snapshot object, the commit point.
+    pub fn commit(self, repo: &IndexedRepository) -> Result<BackupOutcome> {
+        let mut snapshot = self.snapshot;
+        let snapshot_len = repo.encode_snapshot(&snapshot).len() as u64;
+        snapshot.summary.bytes_added = self.bytes_added + snapshot_len;
+        snapshot.summary.duration_s = (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        repo.save_snapshot(&snapshot)?;
+        Ok(BackupOutcome {
+            snapshot,
+            new_packs: self.new_packs,
+        })
+    }
+}
+
+/// Stages 1-7 of a snapshot of the folder `path`: reads it and stores its
+/// data and trees; the snapshot object is written by [`PendingSnapshot::commit`].
+pub fn store(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progress: &Progress) -> Result<PendingSnapshot> {
     let started = Instant::now();
     let root_meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, "read", e))?;
     if !root_meta.is_dir() {
@@ -237,12 +286,12 @@ pub fn backup(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progr
         a.bytes_added.fetch_add(len, Ordering::Relaxed);
     }
 
-    // Stage 8: the snapshot object, last.
+    // Stage 8 is prepared here and done by `PendingSnapshot::commit`.
     let mut issues = std::mem::take(&mut *a.issues.lock().expect("issues"));
     issues.sort_by(|x, y| x.path.cmp(&y.path));
     let root = fsmeta::node_from_meta(OsStr::new(""), &root_meta, NodeKind::Dir { subtree: tree_id }, &a.names, fsmeta::read_xattrs(&abs).unwrap_or_default());
     let files = a.files_new.load(Ordering::Relaxed) + a.files_changed.load(Ordering::Relaxed) + a.files_unmodified.load(Ordering::Relaxed);
-    let mut snapshot = Snapshot {
+    let snapshot = Snapshot {
         id: SnapshotId(Id::random()),
         time: opts.time.unwrap_or_else(Timestamp::now),
         hostname: opts.hostname.clone().unwrap_or_else(crate::repo::hostname),
@@ -269,11 +318,12 @@ pub fn backup(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progr
         hooks: opts.hooks.clone(),
         program_version: concat!("pvsnap ", env!("CARGO_PKG_VERSION")).to_string(),
     };
-    let snapshot_len = repo.encode_snapshot(&snapshot).len() as u64;
-    snapshot.summary.bytes_added = a.bytes_added.load(Ordering::Relaxed) + snapshot_len;
-    snapshot.summary.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-    repo.save_snapshot(&snapshot)?;
-    Ok(BackupOutcome { snapshot, new_packs })
+    Ok(PendingSnapshot {
+        snapshot,
+        new_packs,
+        bytes_added: a.bytes_added.load(Ordering::Relaxed),
+        started,
+    })
 }
 
 /// Splits pack lists into index files of at most ~64k blobs each.
