@@ -143,6 +143,10 @@ fn read_block(max_chunk: u32) -> usize {
     (16 * 1024 * 1024).max(4 * max_chunk as usize)
 }
 
+/// Content of files with several names read in this run: (device, inode) →
+/// (mtime, extents).
+type HardLinks = HashMap<(u64, u64), (i64, Vec<Extent>)>;
+
 struct Archiver<'a> {
     repo: &'a IndexedRepository,
     excludes: Excludes,
@@ -157,7 +161,7 @@ struct Archiver<'a> {
     tree_pack: Mutex<PackBuilder>,
     written: Mutex<Vec<(PackId, Vec<BlobEntry>)>>,
     issues: Mutex<Vec<PathIssue>>,
-    hardlinks: Mutex<HashMap<(u64, u64), (i64, Vec<Extent>)>>,
+    hardlinks: Mutex<HardLinks>,
     files_new: AtomicU64,
     files_changed: AtomicU64,
     files_unmodified: AtomicU64,
@@ -715,7 +719,7 @@ enum SegmentError {
 }
 
 /// Reads until `buf` is full or the file ends; returns bytes read.
-fn read_at_full(file: &File, buf: &mut [u8], mut pos: u64) -> std::io::Result<usize> {
+pub(crate) fn read_at_full(file: &File, buf: &mut [u8], mut pos: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], pos) {

@@ -9,6 +9,12 @@
 //! 3. **links**: hardlinks to files restored in phase 2;
 //! 4. **metadata**: owners, xattrs, modes and times; folders last, deepest first.
 //!
+//! In place ([`RestoreOptions::reuse_existing`], [`RestoreOptions::delete_extra`]),
+//! the target ends up an exact copy of the snapshot while writing little:
+//! existing regular files are kept and only chunks whose bytes differ are
+//! written, and entries the snapshot does not have are deleted. See
+//! [`inplace`].
+//!
 //! Every target path is built from tree entry names that were validated on
 //! decode (no `/`, `.` or `..`), and nothing in the target is followed: an
 //! existing symlink where the snapshot has a folder or file is replaced, never
@@ -38,12 +44,25 @@ use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind};
 
+mod inplace;
+#[cfg(test)]
+mod tests;
+
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Restore only paths matching one of these (and what is below them).
     pub includes: Vec<String>,
     /// Skip paths matching one of these (and what is below them).
     pub excludes: Vec<String>,
+    /// Delete entries in the target that the snapshot does not have, so the
+    /// target becomes an exact copy. Only entries below the target are
+    /// deleted and symlinks are removed, never followed. Cannot be combined
+    /// with includes or excludes.
+    pub delete_extra: bool,
+    /// Update existing regular files in place: a chunk whose bytes are
+    /// already at its offset (same content id) is neither read from the
+    /// repository nor written.
+    pub reuse_existing: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -53,6 +72,13 @@ pub struct RestoreSummary {
     pub links: u64,
     pub specials: u64,
     pub bytes_written: u64,
+    /// Existing files left as they were: every chunk was already in place.
+    pub files_skipped: u64,
+    /// Bytes of chunks found already in place and not written.
+    pub bytes_skipped: u64,
+    /// Entries deleted from the target because the snapshot does not have
+    /// them (a deleted folder counts once).
+    pub deleted: u64,
     /// Paths whose content could not be restored intact, with the reason.
     pub damaged: Vec<(String, String)>,
     pub duration_s: f64,
@@ -68,6 +94,10 @@ pub struct RestoreProgress {
 struct PlannedFile {
     path: PathBuf,
     node: Node,
+    /// An existing file updated in place (see [`RestoreOptions::reuse_existing`]).
+    reuse: bool,
+    /// Its length had to be changed.
+    resized: bool,
 }
 
 struct Plan {
@@ -109,6 +139,11 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
         Some(p) => repo.find_node(snap, p)?,
         None => snap.root.clone(),
     };
+    if opts.delete_extra && !(opts.includes.is_empty() && opts.excludes.is_empty()) {
+        return Err(Error::Invalid(
+            "deleting extra entries cannot be combined with --include or --exclude: the target would lose what the filter left out".into(),
+        ));
+    }
     fs::create_dir_all(target).map_err(|e| Error::io(target, "create target folder", e))?;
     let filter = Filter {
         includes: if opts.includes.is_empty() { None } else { Some(Excludes::new(&opts.includes)?) },
@@ -136,11 +171,26 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
             plan_entry(&root, path, &mut plan, &mut seen_inodes)?;
         }
     }
-    let total: u64 = plan.files.iter().map(|f| f.node.size).sum();
-    progress.total_bytes.store(total, Ordering::Relaxed);
-    for f in &plan.files {
-        create_file(&f.path, f.node.size)?;
+    if opts.delete_extra {
+        summary.deleted = inplace::delete_extra(repo, &plan.dirs)?;
     }
+    for f in &mut plan.files {
+        if opts.reuse_existing
+            && let Some(resized) = inplace::prepare_existing(&f.path, f.node.size)?
+        {
+            f.reuse = true;
+            f.resized = resized;
+        } else {
+            create_file(&f.path, f.node.size)?;
+        }
+    }
+    if opts.reuse_existing {
+        let kept = inplace::keep_matching(repo, &plan.files, &mut plan.targets)?;
+        summary.files_skipped = kept.files;
+        summary.bytes_skipped = kept.bytes;
+    }
+    let total: u64 = plan.files.iter().map(|f| f.node.size).sum();
+    progress.total_bytes.store(total - summary.bytes_skipped, Ordering::Relaxed);
 
     // Phase 2: data, pack by pack.
     let mut by_pack: HashMap<PackId, Vec<(BlobEntry, ChunkId)>> = HashMap::new();
@@ -217,14 +267,20 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
 
     // Phase 4: metadata.
     let meta_err = |p: &Path, e: std::io::Error| Error::io(p, "set metadata", e);
-    plan.files
-        .par_iter()
-        .try_for_each(|f| fsmeta::apply_metadata(&f.path, &f.node, set_owner).map_err(|e| meta_err(&f.path, e)))?;
+    plan.files.par_iter().try_for_each(|f| {
+        if f.reuse {
+            inplace::remove_extra_xattrs(&f.path, &f.node).map_err(|e| meta_err(&f.path, e))?;
+        }
+        fsmeta::apply_metadata(&f.path, &f.node, set_owner).map_err(|e| meta_err(&f.path, e))
+    })?;
     for (path, node) in &plan.others {
         fsmeta::apply_metadata(path, node, set_owner).map_err(|e| meta_err(path, e))?;
     }
-    plan.dirs.sort_by(|a, b| b.2.cmp(&a.2));
+    plan.dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
     for (path, node, _) in &plan.dirs {
+        if opts.delete_extra {
+            inplace::remove_extra_xattrs(path, node).map_err(|e| meta_err(path, e))?;
+        }
         fsmeta::apply_metadata(path, node, set_owner).map_err(|e| meta_err(path, e))?;
     }
 
@@ -291,10 +347,10 @@ fn plan_dir(repo: &IndexedRepository, tree_id: &crate::id::TreeId, dir: &Path, r
                 }
             }
             _ if take => {
-                if let Some(parent) = path.parent() {
-                    if parent != dir || !inside_included {
-                        ensure_dir_all(parent, dir)?;
-                    }
+                if let Some(parent) = path.parent()
+                    && (parent != dir || !inside_included)
+                {
+                    ensure_dir_all(parent, dir)?;
                 }
                 plan_entry(node, path, plan, seen)?;
             }
@@ -322,7 +378,12 @@ fn plan_entry(node: &Node, path: PathBuf, plan: &mut Plan, seen: &mut HashMap<(u
                 }
                 off += e.len;
             }
-            plan.files.push(PlannedFile { path, node: node.clone() });
+            plan.files.push(PlannedFile {
+                path,
+                node: node.clone(),
+                reuse: false,
+                resized: false,
+            });
         }
         NodeKind::Symlink { target } => {
             remove_existing(&path)?;

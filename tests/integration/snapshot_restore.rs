@@ -392,7 +392,7 @@ fn clear_errors_for_bad_input() {
 }
 
 /// Runs pvsnap as an unprivileged user (root is needed to switch).
-fn as_nobody(env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output {
+fn as_nobody(_env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_pvsnap")]);
     c.args(args);

@@ -46,6 +46,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let opts = RestoreOptions {
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),
+        ..RestoreOptions::default()
     };
     let summary = restore::restore(&repo, &snap, a.path.as_deref(), &a.target, &opts, &progress)?;
     drop(shown);

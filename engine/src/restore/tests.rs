@@ -1,0 +1,315 @@
+//! Restores in place: exact content after restoring over a dirty target,
+//! extra entries removed without following symlinks, and chunks already in
+//! place not written again.
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{RestoreOptions, RestoreProgress, RestoreSummary, restore};
+use crate::archiver::{BackupOptions, Progress, backup};
+use crate::backend::memory::MemoryBackend;
+use crate::repo::ChunkerParams;
+use crate::snapshot::Snapshot;
+use crate::{IndexedRepository, InitOptions, Repository};
+
+fn repo() -> IndexedRepository {
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min: 16 * 1024,
+            avg: 64 * 1024,
+            max: 256 * 1024,
+            ..ChunkerParams::default()
+        },
+        ..InitOptions::default()
+    };
+    Repository::init(Arc::new(MemoryBackend::new()), opts)
+        .expect("init")
+        .load_index()
+        .expect("index")
+}
+
+fn snapshot(repo: &mut IndexedRepository, dir: &Path) -> Snapshot {
+    let out = backup(repo, dir, &BackupOptions::default(), &Progress::default()).expect("backup");
+    repo.index_mut().extend(&out.new_packs);
+    out.snapshot
+}
+
+const IN_PLACE: RestoreOptions = RestoreOptions {
+    includes: Vec::new(),
+    excludes: Vec::new(),
+    delete_extra: true,
+    reuse_existing: true,
+};
+
+fn restore_with(
+    repo: &IndexedRepository,
+    snap: &Snapshot,
+    target: &Path,
+    opts: &RestoreOptions,
+) -> RestoreSummary {
+    let s = restore(repo, snap, None, target, opts, &RestoreProgress::default()).expect("restore");
+    assert!(s.damaged.is_empty(), "{:?}", s.damaged);
+    s
+}
+
+/// Deterministic bytes that do not compress or repeat.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Every entry below `root`: path, type, mode, size, mtime and content.
+fn manifest(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read_dir") {
+            let p = entry.expect("entry").path();
+            let m = fs::symlink_metadata(&p).expect("lstat");
+            let rel = p
+                .strip_prefix(root)
+                .expect("below root")
+                .display()
+                .to_string();
+            let ft = m.file_type();
+            let what = if ft.is_symlink() {
+                format!("link -> {}", fs::read_link(&p).expect("readlink").display())
+            } else if ft.is_dir() {
+                stack.push(p.clone());
+                format!("dir {:o} mtime {}", m.mode(), m.mtime())
+            } else {
+                let data = fs::read(&p).expect("read");
+                format!(
+                    "file {:o} mtime {}.{} size {} {:016x}",
+                    m.mode(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.len(),
+                    fnv(&data)
+                )
+            };
+            out.push(format!("{rel}: {what}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A volume-like folder: a large file of several chunks, small files,
+/// nested folders, a symlink, an empty file and a sparse file.
+fn build_source(root: &Path) {
+    fs::create_dir_all(root.join("db/base")).unwrap();
+    fs::create_dir_all(root.join("logs")).unwrap();
+    fs::write(root.join("db/base/table.dat"), noise(1, 1_500_000)).unwrap();
+    fs::write(root.join("db/PG_VERSION"), b"16\n").unwrap();
+    fs::write(root.join("logs/app.log"), "request served\n".repeat(20_000)).unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("db/PG_VERSION", root.join("version-link")).unwrap();
+    let sparse = fs::File::create(root.join("sparse.img")).unwrap();
+    sparse.set_len(8 * 1024 * 1024).unwrap();
+    sparse
+        .write_all_at(&noise(2, 100_000), 4 * 1024 * 1024)
+        .unwrap();
+    fs::set_permissions(
+        root.join("db/PG_VERSION"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+#[test]
+fn in_place_restore_over_a_dirty_target_gives_the_snapshot_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    build_source(&src);
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    let fresh = dir.path().join("fresh");
+    restore_with(&repo, &snap, &fresh, &RestoreOptions::default());
+
+    // The volume as a running workload left it after the snapshot.
+    let vol = dir.path().join("vol");
+    restore_with(&repo, &snap, &vol, &RestoreOptions::default());
+    let table = fs::OpenOptions::new()
+        .write(true)
+        .open(vol.join("db/base/table.dat"))
+        .unwrap();
+    table.write_all_at(b"overwritten page", 700_000).unwrap();
+    table.set_len(2_000_000).unwrap(); // grown
+    drop(table);
+    fs::write(vol.join("logs/app.log"), "short\n").unwrap(); // shrunk
+    fs::remove_file(vol.join("db/PG_VERSION")).unwrap(); // deleted
+    fs::create_dir_all(vol.join("db/pg_wal/archive")).unwrap(); // extra tree
+    fs::write(vol.join("db/pg_wal/archive/000001"), noise(3, 50_000)).unwrap();
+    fs::write(vol.join("new-file"), b"extra").unwrap();
+    fs::remove_file(vol.join("empty")).unwrap();
+    fs::create_dir(vol.join("empty")).unwrap(); // a folder where a file was
+    fs::remove_dir_all(vol.join("logs")).unwrap();
+    fs::write(vol.join("logs"), b"a file where a folder was").unwrap();
+    fs::remove_file(vol.join("version-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", vol.join("version-link")).unwrap(); // retargeted
+    fs::OpenOptions::new()
+        .write(true)
+        .open(vol.join("sparse.img"))
+        .unwrap()
+        .write_all_at(b"data in a hole", 100)
+        .unwrap();
+    fs::set_permissions(vol.join("db"), fs::Permissions::from_mode(0o700)).unwrap();
+    xattr::set(vol.join("db/base/table.dat"), "user.stale", b"1").unwrap();
+    xattr::set(vol.join("db"), "user.stale", b"1").unwrap();
+    assert_ne!(manifest(&vol), manifest(&fresh));
+
+    let s = restore_with(&repo, &snap, &vol, &IN_PLACE);
+    assert_eq!(manifest(&vol), manifest(&fresh));
+    assert_eq!(s.deleted, 2, "db/pg_wal and new-file: {s:?}");
+    for p in ["db/base/table.dat", "db"] {
+        assert_eq!(
+            xattr::list(vol.join(p)).unwrap().count(),
+            0,
+            "{p} keeps an xattr the snapshot does not have"
+        );
+    }
+    // The hole is a hole again, not only zeros.
+    let sparse = fs::metadata(vol.join("sparse.img")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < 1024 * 1024,
+        "{} blocks",
+        sparse.blocks()
+    );
+}
+
+#[test]
+fn chunks_already_in_place_are_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    build_source(&src);
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    let vol = dir.path().join("vol");
+    let full = restore_with(&repo, &snap, &vol, &RestoreOptions::default());
+    assert!(full.bytes_written > 1_500_000, "{full:?}");
+
+    // Unchanged volume: nothing to write.
+    let same = restore_with(&repo, &snap, &vol, &IN_PLACE);
+    assert_eq!(same.bytes_written, 0, "{same:?}");
+    assert_eq!(same.files_skipped, same.files, "{same:?}");
+    assert_eq!(same.bytes_skipped, full.bytes_written);
+
+    // One page changed in the large file: only its chunk is written.
+    let table = fs::OpenOptions::new()
+        .write(true)
+        .open(vol.join("db/base/table.dat"))
+        .unwrap();
+    table.write_all_at(b"changed", 1_000_000).unwrap();
+    drop(table);
+    let one = restore_with(&repo, &snap, &vol, &IN_PLACE);
+    assert!(
+        one.bytes_written > 0 && one.bytes_written <= 256 * 1024,
+        "{one:?}"
+    );
+    assert_eq!(one.files_skipped, one.files - 1, "{one:?}");
+    assert_eq!(
+        fs::read(vol.join("db/base/table.dat")).unwrap(),
+        fs::read(src.join("db/base/table.dat")).unwrap()
+    );
+
+    // Without reuse the same restore writes everything again.
+    let again = restore_with(&repo, &snap, &vol, &RestoreOptions::default());
+    assert_eq!(again.bytes_written, full.bytes_written);
+}
+
+#[test]
+fn deleting_extra_entries_never_follows_symlinks_out_of_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    build_source(&src);
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(outside.join("keep")).unwrap();
+    fs::write(outside.join("keep/precious"), b"not the volume's").unwrap();
+    fs::write(outside.join("table.dat"), b"not the volume's either").unwrap();
+
+    let vol = dir.path().join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    // An extra symlink to a folder outside, and a symlink where the
+    // snapshot has a folder (`db`), pointing outside too.
+    std::os::unix::fs::symlink(&outside, vol.join("escape")).unwrap();
+    std::os::unix::fs::symlink(&outside, vol.join("db")).unwrap();
+    let s = restore_with(&repo, &snap, &vol, &IN_PLACE);
+
+    assert!(s.deleted >= 1, "{s:?}");
+    assert!(
+        fs::symlink_metadata(vol.join("escape")).is_err(),
+        "extra symlink removed"
+    );
+    assert!(
+        fs::symlink_metadata(vol.join("db")).unwrap().is_dir(),
+        "db is a real folder again"
+    );
+    assert_eq!(
+        fs::read(outside.join("keep/precious")).unwrap(),
+        b"not the volume's"
+    );
+    assert_eq!(
+        fs::read(outside.join("table.dat")).unwrap(),
+        b"not the volume's either"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 2);
+}
+
+#[test]
+fn a_file_with_two_names_is_replaced_not_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    build_source(&src);
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    let vol = dir.path().join("vol");
+    restore_with(&repo, &snap, &vol, &RestoreOptions::default());
+    // Another name for the volume's file, outside the volume.
+    let other = dir.path().join("other-name");
+    fs::write(vol.join("db/PG_VERSION"), b"15\n").unwrap();
+    fs::hard_link(vol.join("db/PG_VERSION"), &other).unwrap();
+    restore_with(&repo, &snap, &vol, &IN_PLACE);
+    assert_eq!(fs::read(vol.join("db/PG_VERSION")).unwrap(), b"16\n");
+    assert_eq!(fs::read(&other).unwrap(), b"15\n");
+}
+
+#[test]
+fn deleting_extra_entries_refuses_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    build_source(&src);
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    let opts = RestoreOptions {
+        excludes: vec!["logs".into()],
+        ..IN_PLACE
+    };
+    let err = restore(
+        &repo,
+        &snap,
+        None,
+        &dir.path().join("vol"),
+        &opts,
+        &RestoreProgress::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--exclude"), "{err}");
+}
