@@ -2,6 +2,7 @@
 //! done by `pvsnap-engine`; this crate only glues it to a terminal.
 
 mod cmd;
+mod k8s;
 mod output;
 mod progress;
 mod repo;
@@ -48,13 +49,13 @@ pub struct Cli {
 pub enum Command {
     /// Create a repository
     Init(cmd::init::Args),
-    /// Take a snapshot of one or more folders
+    /// Take a snapshot of folders or Kubernetes volume claims
     Snapshot(cmd::snapshot::Args),
     /// List snapshots, oldest first
     Snapshots(cmd::inspect::SnapshotsArgs),
     /// List the files in a snapshot
     Ls(cmd::inspect::LsArgs),
-    /// Restore a snapshot into a folder
+    /// Restore a snapshot into a folder, a Kubernetes claim in place, or a new claim
     Restore(cmd::restore::Args),
     /// Write one file from a snapshot to standard output
     Dump(cmd::inspect::DumpArgs),

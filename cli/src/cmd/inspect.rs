@@ -17,6 +17,9 @@ pub struct SnapshotsArgs {
     /// Only snapshots of this source (a path, or pvc/NS/NAME)
     #[arg(long)]
     pub source: Option<String>,
+    /// Only snapshots of this Kubernetes claim (same as --source pvc/NS/NAME)
+    #[arg(long, value_name = "NS/NAME", conflicts_with = "source")]
+    pub pvc: Option<String>,
     /// Only snapshots carrying this tag
     #[arg(long)]
     pub tag: Option<String>,
@@ -26,11 +29,13 @@ pub struct SnapshotsArgs {
 }
 
 pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
+    let pvc = a.pvc.as_deref().map(|c| crate::k8s::parse_claim(c).map(|c| crate::k8s::claim_key(&c))).transpose()?;
+    let source = pvc.as_ref().or(a.source.as_ref());
     let repo = crate::repo::open(cli, false, false)?;
     let snaps: Vec<_> = repo
         .snapshots()?
         .into_iter()
-        .filter(|s| a.source.as_ref().is_none_or(|src| s.source.key().trim_end_matches('/') == src.trim_end_matches('/')))
+        .filter(|s| source.is_none_or(|src| s.source.key().trim_end_matches('/') == src.trim_end_matches('/')))
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
         .collect();
     if a.json {

@@ -3,6 +3,7 @@
 pub mod init;
 pub mod inspect;
 pub mod restore;
+pub mod restore_pvc;
 pub mod snapshot;
 
 use anyhow::Result;

@@ -1,11 +1,14 @@
-//! `pvsnap restore SNAP --target DIR`
+//! `pvsnap restore SNAP --target DIR`, and into Kubernetes claims
+//! (`--to-pvc`, `--to-new-pvc`: see `restore_pvc`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress};
+use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress, RestoreSummary};
+use pvsnap_engine::snapshot::Snapshot;
 
 use crate::{Cli, output};
 
@@ -14,8 +17,8 @@ pub struct Args {
     /// Snapshot: an id, a unique prefix, `latest` or `latest:SOURCE`
     pub snapshot: String,
     /// Folder to restore into; the snapshot's root content lands directly in it
-    #[arg(long)]
-    pub target: PathBuf,
+    #[arg(long, required_unless_present_any = ["to_pvc", "to_new_pvc"], conflicts_with_all = ["to_pvc", "to_new_pvc"])]
+    pub target: Option<PathBuf>,
     /// Restore only this path inside the snapshot
     #[arg(long)]
     pub path: Option<String>,
@@ -28,14 +31,52 @@ pub struct Args {
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
+    /// Restore into the volume of this claim, in place: its Deployments and StatefulSets are scaled to zero, the current content is kept in a `pre-restore` snapshot, only differing data is written, extra files are deleted, and the workloads are scaled back
+    #[arg(long, value_name = "NS/NAME", conflicts_with_all = ["to_new_pvc", "path", "includes", "excludes"], help_heading = "Kubernetes")]
+    pub to_pvc: Option<String>,
+    /// Create this new claim holding the snapshot, on a new hostPath volume of the snapshot's capacity under --storage-dir
+    #[arg(long, value_name = "NS/NAME", help_heading = "Kubernetes")]
+    pub to_new_pvc: Option<String>,
+    /// Storage class of the new claim (default: the snapshot's claim's)
+    #[arg(long, value_name = "CLASS", requires = "to_new_pvc", help_heading = "Kubernetes")]
+    pub storage_class: Option<String>,
+    /// Host folder in which the new claim's volume directory is created [default: /var/snap/microk8s/common/default-storage]
+    #[arg(long, value_name = "DIR", requires = "to_new_pvc", help_heading = "Kubernetes")]
+    pub storage_dir: Option<PathBuf>,
+    /// Do not ask before overwriting the claim's volume (needed when standard input is not a terminal)
+    #[arg(long, short = 'y', help_heading = "Kubernetes")]
+    pub yes: bool,
+    /// How long to wait for the claim's pods to stop before giving up
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::k8s::parse_duration, help_heading = "Kubernetes")]
+    pub wait_timeout: Duration,
+    #[command(flatten)]
+    pub kube: crate::k8s::KubeArgs,
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
+    if let Some(claim) = &a.to_pvc {
+        return super::restore_pvc::in_place(cli, a, claim);
+    }
+    if let Some(claim) = &a.to_new_pvc {
+        return super::restore_pvc::to_new_claim(cli, a, claim);
+    }
+    let target = a.target.as_ref().expect("clap requires --target");
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
+    let opts = RestoreOptions {
+        includes: a.includes.clone(),
+        excludes: a.excludes.clone(),
+        ..RestoreOptions::default()
+    };
+    let summary = with_progress(cli, a, |p| restore::restore(&repo, &snap, a.path.as_deref(), target, &opts, p))?;
+    report(cli, a, &snap, &target.display().to_string(), &summary, &[])
+}
+
+/// Runs a restore with a progress display.
+pub fn with_progress<T>(cli: &Cli, a: &Args, f: impl FnOnce(&RestoreProgress) -> T) -> T {
     let progress = Arc::new(RestoreProgress::default());
-    let shown = {
+    let _shown = {
         let p = progress.clone();
         crate::progress::Display::start(
             cli.quiet || a.json,
@@ -43,20 +84,35 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             Box::new(move || (0, p.bytes.load(Ordering::Relaxed), p.total_bytes.load(Ordering::Relaxed))),
         )
     };
-    let opts = RestoreOptions {
-        includes: a.includes.clone(),
-        excludes: a.excludes.clone(),
-        ..RestoreOptions::default()
-    };
-    let summary = restore::restore(&repo, &snap, a.path.as_deref(), &a.target, &opts, &progress)?;
-    drop(shown);
+    f(&progress)
+}
+
+/// Prints the summary (with `extra` fields in JSON); exit code 4 when files
+/// could not be restored intact.
+pub fn report(cli: &Cli, a: &Args, snap: &Snapshot, target: &str, summary: &RestoreSummary, extra: &[(&str, serde_json::Value)]) -> Result<u8> {
     if a.json {
-        output::json(&summary)?;
+        let mut v = serde_json::to_value(summary)?;
+        if let Some(o) = v.as_object_mut() {
+            for (k, x) in extra {
+                o.insert(k.to_string(), x.clone());
+            }
+        }
+        output::json(&v)?;
     } else if !cli.quiet {
+        let kept = if summary.bytes_skipped > 0 || summary.deleted > 0 {
+            format!(
+                " ({} files and {} already in place, {} extra entries deleted)",
+                summary.files_skipped,
+                output::bytes(summary.bytes_skipped),
+                summary.deleted
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "restored snapshot {} into {}: {} files, {} folders, {} links, {} special, {} written in {:.2}s",
+            "restored snapshot {} into {}: {} files, {} folders, {} links, {} special, {} written{kept} in {:.2}s",
             snap.short_id(),
-            a.target.display(),
+            target,
             summary.files,
             summary.dirs,
             summary.links,

@@ -1,0 +1,235 @@
+//! `pvsnap restore SNAP --to-pvc NS/NAME` (in place) and
+//! `pvsnap restore SNAP --to-new-pvc NS/NAME` (a clone claim).
+//!
+//! In place: the claim's Deployments and StatefulSets are scaled to zero
+//! and their pods waited for; the volume's current content is snapshotted
+//! (tag `pre-restore`) so the restore can be undone; the snapshot is
+//! restored writing only chunks that differ and deleting extra entries; and
+//! the workloads are scaled back to their original replica counts on every
+//! path, failed restores included.
+//!
+//! Clone: the snapshot is restored into a new directory under the storage
+//! folder (MicroK8s's by default), then a PersistentVolume pointing at it
+//! (hostPath, pinned to this node, `claimRef` to the new claim, reclaim
+//! policy Retain) and a claim naming that volume in `volumeName` are
+//! created. No provisioner is involved, so the data needs no copying into a
+//! directory a provisioner picks, and the claim is bound at once. Data is
+//! restored before the objects exist, so no pod can mount a half-filled
+//! volume.
+
+use anyhow::{Context, Result, anyhow, bail};
+use pvsnap_engine::archiver::{self, BackupOptions, Progress};
+use pvsnap_engine::restore::{self, RestoreOptions};
+use pvsnap_engine::snapshot::{Snapshot, Source};
+use pvsnap_k8s::{ResolvedClaim, Workload};
+
+use super::restore::{Args, report, with_progress};
+use crate::k8s::{self, Kube};
+use crate::Cli;
+
+/// Tag of the snapshot taken before an in-place restore.
+pub const PRE_RESTORE_TAG: &str = "pre-restore";
+
+pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
+    let claim = k8s::parse_claim(spec)?;
+    let key = k8s::claim_key(&claim);
+    let repo = crate::repo::open(cli, false, false)?;
+    let (mut repo, _lock) = super::locked(repo, false, "restore")?;
+    let snap = repo.resolve_snapshot(&a.snapshot)?;
+    let kube = Kube::connect(&a.kube)?;
+    let cluster = kube.connected();
+    let resolved = kube
+        .block_on(cluster.resolve_claim(&claim.namespace, &claim.name, &a.kube.resolve_options()))
+        .with_context(|| format!("cannot restore into {key}"))?;
+    if !resolved.host_path.is_dir() {
+        bail!(
+            "cannot restore into {key}: its volume directory {} is not a folder on this host (check --host-root and --node)",
+            resolved.host_path.display()
+        );
+    }
+    let workloads = kube.block_on(cluster.workloads_mounting(&claim.namespace, &claim.name))?;
+    if !a.yes {
+        let stops = if workloads.is_empty() {
+            String::new()
+        } else {
+            format!(", stopping {} meanwhile", names(&workloads))
+        };
+        k8s::confirm(
+            &format!(
+                "Replace the content of {key} (volume {}, {}) with snapshot {} of {}{stops}?",
+                resolved.pv,
+                resolved.host_path.display(),
+                snap.short_id(),
+                snap.source.key()
+            ),
+            &format!("refusing to overwrite the volume of {key}"),
+        )?;
+    }
+
+    let mut down = kube.block_on(cluster.scale_down(&workloads))?;
+    if !cli.quiet {
+        for w in down.originals() {
+            eprintln!("pvsnap: scaled {w} from {} to 0 replicas", w.replicas);
+        }
+    }
+    let mut safety: Option<Snapshot> = None;
+    let result = (|| -> Result<_> {
+        kube.block_on(cluster.wait_pods_gone(&claim.namespace, &claim.name, a.wait_timeout))?;
+        let taken = safety_snapshot(&mut repo, &resolved)?;
+        if !cli.quiet {
+            eprintln!(
+                "pvsnap: kept the current content of {key} as snapshot {} (tag {PRE_RESTORE_TAG}); undo with `pvsnap restore {} --to-pvc {spec} --yes`",
+                taken.short_id(),
+                taken.short_id()
+            );
+        }
+        safety = Some(taken);
+        let opts = RestoreOptions {
+            delete_extra: true,
+            reuse_existing: true,
+            ..RestoreOptions::default()
+        };
+        Ok(with_progress(cli, a, |p| restore::restore(&repo, &snap, None, &resolved.host_path, &opts, p))?)
+    })();
+    let scaled_back = kube.block_on(down.restore_scale());
+    if scaled_back.is_ok() && !cli.quiet {
+        for w in down.originals().iter().filter(|w| w.replicas != 0) {
+            eprintln!("pvsnap: scaled {w} back to {} replicas", w.replicas);
+        }
+    }
+    let summary = match (result, scaled_back) {
+        (Ok(s), Ok(())) => s,
+        (Ok(s), Err(scale)) => {
+            report(cli, a, &snap, &key, &s, &extra_json(&safety))?;
+            return Err(anyhow!(scale).context(format!("the restore into {key} succeeded, but")));
+        }
+        (Err(e), scale) => {
+            let undo = match &safety {
+                Some(s) => format!(
+                    "; the volume may be partly restored: its content from before is in snapshot {} (`pvsnap restore {} --to-pvc {spec} --yes`)",
+                    s.short_id(),
+                    s.short_id()
+                ),
+                None => "; the volume was not changed".to_string(),
+            };
+            let scale = match scale {
+                Ok(()) => String::new(),
+                Err(se) => format!("; also: {se}"),
+            };
+            return Err(e.context(format!("restore into {key} failed{undo}{scale}")));
+        }
+    };
+    report(cli, a, &snap, &key, &summary, &extra_json(&safety))
+}
+
+fn extra_json(safety: &Option<Snapshot>) -> Vec<(&'static str, serde_json::Value)> {
+    safety.iter().map(|s| ("safety_snapshot", serde_json::Value::from(s.id.to_hex()))).collect()
+}
+
+fn names(ws: &[Workload]) -> String {
+    ws.iter().map(|w| format!("{w} ({} replicas)", w.replicas)).collect::<Vec<_>>().join(", ")
+}
+
+/// Snapshots the claim's current content, tagged `pre-restore`.
+fn safety_snapshot(repo: &mut pvsnap_engine::IndexedRepository, resolved: &ResolvedClaim) -> Result<Snapshot> {
+    let source = k8s::source_of(resolved);
+    let existing = repo.snapshots()?;
+    let opts = BackupOptions {
+        parent: archiver::find_parent(&existing, &source),
+        source: Some(source),
+        tags: vec![PRE_RESTORE_TAG.to_string()],
+        ..BackupOptions::default()
+    };
+    let out = archiver::backup(repo, &resolved.host_path, &opts, &Progress::default())
+        .with_context(|| format!("cannot take the safety snapshot of {} before restoring", resolved.host_path.display()))?;
+    repo.index_mut().extend(&out.new_packs);
+    Ok(out.snapshot)
+}
+
+pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
+    let claim = k8s::parse_claim(spec)?;
+    let key = k8s::claim_key(&claim);
+    if !valid_name(&claim.name) {
+        bail!("{:?} is not a valid claim name; use lowercase letters, digits and '-'", claim.name);
+    }
+    let storage_dir = a.storage_dir.clone().unwrap_or_else(|| k8s::DEFAULT_STORAGE_DIR.into());
+    if !storage_dir.is_absolute() {
+        bail!("--storage-dir {} must be an absolute path on the node", storage_dir.display());
+    }
+    let repo = crate::repo::open(cli, false, false)?;
+    let (repo, _lock) = super::locked(repo, false, "restore")?;
+    let snap = repo.resolve_snapshot(&a.snapshot)?;
+    let kube = Kube::connect(&a.kube)?;
+    let cluster = kube.connected();
+    match kube.block_on(cluster.resolve_claim(&claim.namespace, &claim.name, &a.kube.resolve_options())) {
+        Err(pvsnap_k8s::Error::ClaimNotFound { .. }) => {}
+        Err(e @ pvsnap_k8s::Error::Api { .. }) => return Err(e.into()),
+        _ => bail!("{key} already exists; choose another name for the new claim (to overwrite it, use --to-pvc)"),
+    }
+    let (capacity, class) = match &snap.source {
+        Source::Pvc { capacity, storage_class, .. } => (capacity.clone(), storage_class.clone()),
+        Source::Path { .. } => (None, None),
+    };
+    let capacity = capacity.unwrap_or_else(|| whole_gib(snap.summary.total_bytes));
+    let class = a.storage_class.clone().or(class);
+    let node = a.kube.node_name();
+    let pv = pvsnap_k8s::clone_volume_name(&claim.namespace, &claim.name);
+    let host_dir = storage_dir.join(format!("{}-{}-{pv}", claim.namespace, claim.name));
+    let local_dir = pvsnap_k8s::map_host_path(&host_dir, a.kube.host_root.as_deref());
+    if std::fs::read_dir(&local_dir).is_ok_and(|mut d| d.next().is_some()) {
+        bail!("{} exists and is not empty; remove it or choose another claim name", local_dir.display());
+    }
+    let opts = RestoreOptions {
+        includes: a.includes.clone(),
+        excludes: a.excludes.clone(),
+        ..RestoreOptions::default()
+    };
+    let summary = with_progress(cli, a, |p| restore::restore(&repo, &snap, a.path.as_deref(), &local_dir, &opts, p))?;
+    let made = kube
+        .block_on(cluster.create_clone_claim(&claim.namespace, &claim.name, class.as_deref(), &capacity, &node, &host_dir))
+        .with_context(|| format!("the data is restored in {}, but the claim could not be created", local_dir.display()))?;
+    if !cli.quiet && !a.json {
+        eprintln!(
+            "pvsnap: created {key} ({} on node {}, storage class {:?}) bound to persistentvolume {} at {}",
+            made.capacity,
+            made.node,
+            made.storage_class,
+            made.pv,
+            made.host_dir.display()
+        );
+    }
+    let extra = [("claim", serde_json::to_value(&made).expect("clone target serializes"))];
+    report(cli, a, &snap, &format!("{key} ({})", local_dir.display()), &summary, &extra)
+}
+
+/// A quantity of whole GiB holding `bytes` (at least 1Gi): the capacity of a
+/// clone of a snapshot that does not record one.
+fn whole_gib(bytes: u64) -> String {
+    format!("{}Gi", bytes.div_ceil(1 << 30).max(1))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clone_capacity_rounds_up_to_whole_gib() {
+        assert_eq!(super::whole_gib(0), "1Gi");
+        assert_eq!(super::whole_gib(1 << 30), "1Gi");
+        assert_eq!(super::whole_gib((1 << 30) + 1), "2Gi");
+    }
+
+    #[test]
+    fn claim_names_follow_dns_rules() {
+        assert!(super::valid_name("restored-1"));
+        assert!(!super::valid_name("Restored"));
+        assert!(!super::valid_name("-x"));
+        assert!(!super::valid_name(""));
+    }
+}
