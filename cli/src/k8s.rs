@@ -34,7 +34,9 @@ pub struct KubeArgs {
 
 impl KubeArgs {
     pub fn node_name(&self) -> String {
-        self.node.clone().unwrap_or_else(pvsnap_engine::repo::hostname_public)
+        self.node
+            .clone()
+            .unwrap_or_else(pvsnap_engine::repo::hostname_public)
     }
 
     pub fn resolve_options(&self) -> ResolveOptions {
@@ -91,10 +93,12 @@ impl Kube {
 /// Parses `NAMESPACE/NAME`.
 pub fn parse_claim(s: &str) -> Result<ClaimRef> {
     match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(ClaimRef {
-            namespace: ns.to_string(),
-            name: name.to_string(),
-        }),
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(ClaimRef {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            })
+        }
         _ => bail!("`{s}` is not NAMESPACE/NAME of a persistentvolumeclaim"),
     }
 }
@@ -102,7 +106,13 @@ pub fn parse_claim(s: &str) -> Result<ClaimRef> {
 /// `pvc/NAMESPACE/NAME` as a snapshot source argument; `None` for a folder.
 pub fn claim_argument(arg: &std::path::Path) -> Option<Result<ClaimRef>> {
     let rest = arg.to_str()?.strip_prefix("pvc/")?;
-    Some(parse_claim(rest).with_context(|| format!("{}: claims are written pvc/NAMESPACE/NAME (for a folder of that name, write ./{})", arg.display(), arg.display())))
+    Some(parse_claim(rest).with_context(|| {
+        format!(
+            "{}: claims are written pvc/NAMESPACE/NAME (for a folder of that name, write ./{})",
+            arg.display(),
+            arg.display()
+        )
+    }))
 }
 
 /// `pvc/NAMESPACE/NAME`, as the claim's timeline key reads.
@@ -128,7 +138,8 @@ pub fn source_of(r: &ResolvedClaim) -> Source {
 
 /// Parses durations such as `90s`, `5m` or `1m30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    pvsnap_k8s::parse_go_duration(s).ok_or_else(|| format!("`{s}` is not a duration such as 90s, 5m or 1m30s"))
+    pvsnap_k8s::parse_go_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration such as 90s, 5m or 1m30s"))
 }
 
 /// One line per hook: `pre hook in pod ns/p container c: ok (12 ms)`.
@@ -138,12 +149,21 @@ pub fn hook_line(o: &HookOutcome) -> String {
     } else {
         format!("FAILED: {}", o.error.as_deref().unwrap_or("unknown error"))
     };
-    format!("{} hook on {} `{}`: {status} ({} ms)", o.phase, o.target(), o.command.join(" "), o.duration_ms)
+    format!(
+        "{} hook on {} `{}`: {status} ({} ms)",
+        o.phase,
+        o.target(),
+        o.command.join(" "),
+        o.duration_ms
+    )
 }
 
 /// Hook outcomes recorded in a snapshot, for display.
 pub fn recorded_hooks(hooks: &[serde_json::Value]) -> Vec<HookOutcome> {
-    hooks.iter().filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
+    hooks
+        .iter()
+        .filter_map(|v| serde_json::from_value(v.clone()).ok())
+        .collect()
 }
 
 /// Asks on the terminal; refuses when standard input is not one.

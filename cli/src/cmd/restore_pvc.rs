@@ -24,8 +24,8 @@ use pvsnap_engine::snapshot::{Snapshot, Source};
 use pvsnap_k8s::{ResolvedClaim, Workload};
 
 use super::restore::{Args, report, with_progress};
-use crate::k8s::{self, Kube};
 use crate::Cli;
+use crate::k8s::{self, Kube};
 
 /// Tag of the snapshot taken before an in-place restore.
 pub const PRE_RESTORE_TAG: &str = "pre-restore";
@@ -89,7 +89,9 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
             reuse_existing: true,
             ..RestoreOptions::default()
         };
-        Ok(with_progress(cli, a, |p| restore::restore(&repo, &snap, None, &resolved.host_path, &opts, p))?)
+        Ok(with_progress(cli, a, |p| {
+            restore::restore(&repo, &snap, None, &resolved.host_path, &opts, p)
+        })?)
     })();
     let scaled_back = kube.block_on(down.restore_scale());
     if scaled_back.is_ok() && !cli.quiet {
@@ -123,15 +125,24 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
 }
 
 fn extra_json(safety: &Option<Snapshot>) -> Vec<(&'static str, serde_json::Value)> {
-    safety.iter().map(|s| ("safety_snapshot", serde_json::Value::from(s.id.to_hex()))).collect()
+    safety
+        .iter()
+        .map(|s| ("safety_snapshot", serde_json::Value::from(s.id.to_hex())))
+        .collect()
 }
 
 fn names(ws: &[Workload]) -> String {
-    ws.iter().map(|w| format!("{w} ({} replicas)", w.replicas)).collect::<Vec<_>>().join(", ")
+    ws.iter()
+        .map(|w| format!("{w} ({} replicas)", w.replicas))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Snapshots the claim's current content, tagged `pre-restore`.
-fn safety_snapshot(repo: &mut pvsnap_engine::IndexedRepository, resolved: &ResolvedClaim) -> Result<Snapshot> {
+fn safety_snapshot(
+    repo: &mut pvsnap_engine::IndexedRepository,
+    resolved: &ResolvedClaim,
+) -> Result<Snapshot> {
     let source = k8s::source_of(resolved);
     let existing = repo.snapshots()?;
     let opts = BackupOptions {
@@ -141,7 +152,12 @@ fn safety_snapshot(repo: &mut pvsnap_engine::IndexedRepository, resolved: &Resol
         ..BackupOptions::default()
     };
     let out = archiver::backup(repo, &resolved.host_path, &opts, &Progress::default())
-        .with_context(|| format!("cannot take the safety snapshot of {} before restoring", resolved.host_path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot take the safety snapshot of {} before restoring",
+                resolved.host_path.display()
+            )
+        })?;
     repo.index_mut().extend(&out.new_packs);
     Ok(out.snapshot)
 }
@@ -150,24 +166,43 @@ pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let claim = k8s::parse_claim(spec)?;
     let key = k8s::claim_key(&claim);
     if !valid_name(&claim.name) {
-        bail!("{:?} is not a valid claim name; use lowercase letters, digits and '-'", claim.name);
+        bail!(
+            "{:?} is not a valid claim name; use lowercase letters, digits and '-'",
+            claim.name
+        );
     }
-    let storage_dir = a.storage_dir.clone().unwrap_or_else(|| k8s::DEFAULT_STORAGE_DIR.into());
+    let storage_dir = a
+        .storage_dir
+        .clone()
+        .unwrap_or_else(|| k8s::DEFAULT_STORAGE_DIR.into());
     if !storage_dir.is_absolute() {
-        bail!("--storage-dir {} must be an absolute path on the node", storage_dir.display());
+        bail!(
+            "--storage-dir {} must be an absolute path on the node",
+            storage_dir.display()
+        );
     }
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
     let kube = Kube::connect(&a.kube)?;
     let cluster = kube.connected();
-    match kube.block_on(cluster.resolve_claim(&claim.namespace, &claim.name, &a.kube.resolve_options())) {
+    match kube.block_on(cluster.resolve_claim(
+        &claim.namespace,
+        &claim.name,
+        &a.kube.resolve_options(),
+    )) {
         Err(pvsnap_k8s::Error::ClaimNotFound { .. }) => {}
         Err(e @ pvsnap_k8s::Error::Api { .. }) => return Err(e.into()),
-        _ => bail!("{key} already exists; choose another name for the new claim (to overwrite it, use --to-pvc)"),
+        _ => bail!(
+            "{key} already exists; choose another name for the new claim (to overwrite it, use --to-pvc)"
+        ),
     }
     let (capacity, class) = match &snap.source {
-        Source::Pvc { capacity, storage_class, .. } => (capacity.clone(), storage_class.clone()),
+        Source::Pvc {
+            capacity,
+            storage_class,
+            ..
+        } => (capacity.clone(), storage_class.clone()),
         Source::Path { .. } => (None, None),
     };
     let capacity = capacity.unwrap_or_else(|| whole_gib(snap.summary.total_bytes));
@@ -177,17 +212,34 @@ pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let host_dir = storage_dir.join(format!("{}-{}-{pv}", claim.namespace, claim.name));
     let local_dir = pvsnap_k8s::map_host_path(&host_dir, a.kube.host_root.as_deref());
     if std::fs::read_dir(&local_dir).is_ok_and(|mut d| d.next().is_some()) {
-        bail!("{} exists and is not empty; remove it or choose another claim name", local_dir.display());
+        bail!(
+            "{} exists and is not empty; remove it or choose another claim name",
+            local_dir.display()
+        );
     }
     let opts = RestoreOptions {
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),
         ..RestoreOptions::default()
     };
-    let summary = with_progress(cli, a, |p| restore::restore(&repo, &snap, a.path.as_deref(), &local_dir, &opts, p))?;
+    let summary = with_progress(cli, a, |p| {
+        restore::restore(&repo, &snap, a.path.as_deref(), &local_dir, &opts, p)
+    })?;
     let made = kube
-        .block_on(cluster.create_clone_claim(&claim.namespace, &claim.name, class.as_deref(), &capacity, &node, &host_dir))
-        .with_context(|| format!("the data is restored in {}, but the claim could not be created", local_dir.display()))?;
+        .block_on(cluster.create_clone_claim(
+            &claim.namespace,
+            &claim.name,
+            class.as_deref(),
+            &capacity,
+            &node,
+            &host_dir,
+        ))
+        .with_context(|| {
+            format!(
+                "the data is restored in {}, but the claim could not be created",
+                local_dir.display()
+            )
+        })?;
     if !cli.quiet && !a.json {
         eprintln!(
             "pvsnap: created {key} ({} on node {}, storage class {:?}) bound to persistentvolume {} at {}",
@@ -198,8 +250,18 @@ pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
             made.host_dir.display()
         );
     }
-    let extra = [("claim", serde_json::to_value(&made).expect("clone target serializes"))];
-    report(cli, a, &snap, &format!("{key} ({})", local_dir.display()), &summary, &extra)
+    let extra = [(
+        "claim",
+        serde_json::to_value(&made).expect("clone target serializes"),
+    )];
+    report(
+        cli,
+        a,
+        &snap,
+        &format!("{key} ({})", local_dir.display()),
+        &summary,
+        &extra,
+    )
 }
 
 /// A quantity of whole GiB holding `bytes` (at least 1Gi): the capacity of a
@@ -211,7 +273,8 @@ fn whole_gib(bytes: u64) -> String {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }

@@ -60,13 +60,26 @@ pub struct Args {
     #[arg(long, help_heading = "Kubernetes")]
     pub all_pvcs: bool,
     /// Namespace for --all-pvcs
-    #[arg(long, short = 'n', value_name = "NS", requires = "all_pvcs", conflicts_with = "all_namespaces", help_heading = "Kubernetes")]
+    #[arg(
+        long,
+        short = 'n',
+        value_name = "NS",
+        requires = "all_pvcs",
+        conflicts_with = "all_namespaces",
+        help_heading = "Kubernetes"
+    )]
     pub namespace: Option<String>,
     /// With --all-pvcs: claims of every namespace
     #[arg(long, short = 'A', requires = "all_pvcs", help_heading = "Kubernetes")]
     pub all_namespaces: bool,
     /// With --all-pvcs: only claims whose labels match this selector (e.g. backup=daily)
-    #[arg(long = "selector", short = 'l', value_name = "SELECTOR", requires = "all_pvcs", help_heading = "Kubernetes")]
+    #[arg(
+        long = "selector",
+        short = 'l',
+        value_name = "SELECTOR",
+        requires = "all_pvcs",
+        help_heading = "Kubernetes"
+    )]
     pub selector: Option<String>,
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -129,7 +142,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         };
         let listed = k.block_on(cluster.list_claims(scope.clone(), a.selector.as_deref()))?;
         if listed.is_empty() && !cli.quiet {
-            eprintln!("pvsnap: no persistentvolumeclaims in {scope:?} match{}", a.selector.as_ref().map(|s| format!(" {s}")).unwrap_or_default());
+            eprintln!(
+                "pvsnap: no persistentvolumeclaims in {scope:?} match{}",
+                a.selector
+                    .as_ref()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default()
+            );
         }
         for c in listed {
             if !claims.contains(&c) {
@@ -154,7 +173,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let sources = folders.len() + claims.len();
     let mut failed: Vec<String> = Vec::new();
     for path in folders {
-        let abs = std::fs::canonicalize(path).with_context(|| format!("{}: cannot resolve", path.display()))?;
+        let abs = std::fs::canonicalize(path)
+            .with_context(|| format!("{}: cannot resolve", path.display()))?;
         let source = Source::Path {
             path: abs.to_string_lossy().into_owned(),
         };
@@ -178,12 +198,24 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         output::json(&v)?;
     }
     if !failed.is_empty() {
-        eprintln!("pvsnap: {} of {} source(s) failed: {} (exit code 1)", failed.len(), sources, failed.join(", "));
+        eprintln!(
+            "pvsnap: {} of {} source(s) failed: {} (exit code 1)",
+            failed.len(),
+            sources,
+            failed.join(", ")
+        );
         return Ok(crate::exit::ERROR);
     }
-    let lost = run.taken.iter().flat_map(|s| &s.errors).filter(|e| e.is_loss()).count();
+    let lost = run
+        .taken
+        .iter()
+        .flat_map(|s| &s.errors)
+        .filter(|e| e.is_loss())
+        .count();
     if lost > 0 {
-        eprintln!("pvsnap: {lost} path(s) could not be read; the snapshot is incomplete (exit code 3)");
+        eprintln!(
+            "pvsnap: {lost} path(s) could not be read; the snapshot is incomplete (exit code 3)"
+        );
         return Ok(crate::exit::INCOMPLETE);
     }
     Ok(crate::exit::OK)
@@ -194,11 +226,19 @@ impl Run<'_> {
     fn claim(&mut self, claim: &ClaimRef) -> Result<()> {
         let kube = self.kube.as_ref().expect("connected for claims");
         let cluster = kube.connected();
-        let resolved = kube.block_on(cluster.resolve_claim(&claim.namespace, &claim.name, &self.args.kube.resolve_options()))?;
+        let resolved = kube.block_on(cluster.resolve_claim(
+            &claim.namespace,
+            &claim.name,
+            &self.args.kube.resolve_options(),
+        ))?;
         let dir = &resolved.host_path;
         if !dir.is_dir() {
             let mapped = match &self.args.kube.host_root {
-                Some(root) => format!(" (volume path {} below --host-root {})", resolved.volume_path.display(), root.display()),
+                Some(root) => format!(
+                    " (volume path {} below --host-root {})",
+                    resolved.volume_path.display(),
+                    root.display()
+                ),
                 None => String::new(),
             };
             bail!(
@@ -218,7 +258,8 @@ impl Run<'_> {
     fn one(&mut self, dir: &Path, source: Source, pods: &[PodRef]) -> Result<()> {
         let a = self.args;
         let opts = BackupOptions {
-            parent: archiver::find_parent(&self.existing, &source).or_else(|| archiver::find_parent(&self.taken, &source)),
+            parent: archiver::find_parent(&self.existing, &source)
+                .or_else(|| archiver::find_parent(&self.taken, &source)),
             source: Some(source),
             excludes: a.excludes.clone(),
             one_file_system: a.one_file_system,
@@ -250,9 +291,22 @@ impl Run<'_> {
         let (pending, post_failure) = match &self.kube {
             None => (store()?, None),
             Some(kube) => {
-                let cluster = if pods.is_empty() { None } else { kube.cluster() };
-                let hooked = kube.block_on(pvsnap_k8s::with_hooks(cluster, pods, self.pre.as_ref(), self.post.as_ref(), || async { store() }));
-                let outcomes: Vec<serde_json::Value> = hooked.outcomes().map(|o| serde_json::to_value(o).expect("hook outcome serializes")).collect();
+                let cluster = if pods.is_empty() {
+                    None
+                } else {
+                    kube.cluster()
+                };
+                let hooked = kube.block_on(pvsnap_k8s::with_hooks(
+                    cluster,
+                    pods,
+                    self.pre.as_ref(),
+                    self.post.as_ref(),
+                    || async { store() },
+                ));
+                let outcomes: Vec<serde_json::Value> = hooked
+                    .outcomes()
+                    .map(|o| serde_json::to_value(o).expect("hook outcome serializes"))
+                    .collect();
                 let post_failure = hooked
                     .post
                     .iter()
@@ -300,7 +354,11 @@ fn print_human(s: &Snapshot, dry_run: bool) {
     let m = &s.summary;
     println!(
         "{} {} of {}: {} new, {} changed, {} unmodified files; read {}, added {} in {:.2}s",
-        if dry_run { "would save snapshot" } else { "snapshot" },
+        if dry_run {
+            "would save snapshot"
+        } else {
+            "snapshot"
+        },
         s.short_id(),
         s.source.key(),
         m.files_new,
