@@ -4,4 +4,5 @@
 mod util;
 
 mod fixture;
+mod k8s;
 mod snapshot_restore;
