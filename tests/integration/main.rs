@@ -3,6 +3,7 @@
 
 mod util;
 
+mod deploy;
 mod fixture;
 mod k8s;
 mod snapshot_restore;
