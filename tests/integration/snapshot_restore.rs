@@ -591,7 +591,6 @@ fn unreadable_files_are_recorded_and_exit_3() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = as_nobody(
-        &env,
         &[
             "--repo",
             repo.to_str().unwrap(),
@@ -631,7 +630,6 @@ fn the_default_repository_is_created_on_first_snapshot() {
     fs::write(src.join("f"), b"x").unwrap();
     let xdg = env.path("xdg");
     let out = as_nobody(
-        &env,
         &["snapshot", src.to_str().unwrap()],
         &[("XDG_DATA_HOME", xdg.to_str().unwrap())],
     );
@@ -645,7 +643,6 @@ fn the_default_repository_is_created_on_first_snapshot() {
     assert!(xdg.join("pvsnap/repo/config").exists());
     // The second run uses it silently.
     let out = as_nobody(
-        &env,
         &["snapshot", src.to_str().unwrap()],
         &[("XDG_DATA_HOME", xdg.to_str().unwrap())],
     );
