@@ -859,18 +859,18 @@ class Borg(Tool):
 class Rustic(Tool):
     name = "rustic"
 
-    def env(self):
-        return {"RUSTIC_REPOSITORY": str(self.repo), "RUSTIC_PASSWORD": RESTIC_PASSWORD,
-                "RUSTIC_CACHE_DIR": str(self.aux / "cache"), "RUSTIC_NO_PROGRESS": "true"}
+    def base(self):
+        return [self.exe, "-r", str(self.repo), "--password", RESTIC_PASSWORD,
+                "--cache-dir", str(self.aux / "cache"), "--no-progress"]
 
     def init_cmd(self):
-        return [self.exe, "init"]
+        return [*self.base(), "init"]
 
     def snapshot_cmd(self, src, n):
-        return [self.exe, "backup", "--host", "bench", str(src)]
+        return [*self.base(), "backup", "--host", "bench", str(src)]
 
     def restore_cmd(self, target, n):
-        return [self.exe, "restore", "latest", str(target)]
+        return [*self.base(), "restore", "latest", str(target)]
 
 
 class Pvsnap(Tool):

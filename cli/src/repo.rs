@@ -90,7 +90,7 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
     match Repository::open(be.clone(), Some(&pw)) {
         Ok(r) => Ok(r),
         Err(Error::NotARepository(_)) if create_default && !loc.explicit && !dry_run => {
-            create(&loc.path, None)?;
+            create(&loc.path, pvsnap_engine::InitOptions::default())?;
             if !cli.quiet {
                 eprintln!("pvsnap: created repository at {}", loc.path.display());
             }
@@ -109,7 +109,7 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
 }
 
 /// Creates the folder layout and the repository objects.
-pub fn create(path: &std::path::Path, password: Option<Vec<u8>>) -> Result<Repository> {
+pub fn create(path: &std::path::Path, opts: pvsnap_engine::InitOptions) -> Result<Repository> {
     if path.exists() && std::fs::read_dir(path)?.next().is_some() && !path.join("config").exists() {
         bail!(
             "{}: folder is not empty and is not a repository; choose an empty or new folder",
@@ -120,9 +120,5 @@ pub fn create(path: &std::path::Path, password: Option<Vec<u8>>) -> Result<Repos
     local
         .create_layout()
         .with_context(|| format!("{}: cannot create the repository folders", path.display()))?;
-    let opts = pvsnap_engine::InitOptions {
-        password,
-        ..Default::default()
-    };
     Ok(Repository::init(Arc::new(local), opts)?)
 }
