@@ -28,10 +28,13 @@
 //! Shared locks coexist; an exclusive lock excludes every other lock. See
 //! [`lock`] for the protocol and stale-lock rules. Operations that delete
 //! (forget, prune, repair) demand a [`lock::LockGuard`] that is exclusive.
+//! Prune also leaves young packs that no index names alone, in case a
+//! snapshot is running behind a lock that looked stale; see [`prune`].
 
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod check;
 pub mod crypto;
 pub mod error;
 pub mod forget;
@@ -42,6 +45,8 @@ pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod policy;
+pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;
@@ -49,6 +54,8 @@ pub mod snapshot;
 pub mod tree;
 pub mod walk;
 
+#[cfg(test)]
+mod maintenance_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
