@@ -313,7 +313,12 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
                     let Some(stored) = bytes.get(e.offset as usize..e.offset as usize + e.stored_len as usize) else { continue };
                     n += 1;
                     if let Err(err) = blob::decode(repo.crypto(), p, e, stored) {
-                        errs.push(Problem::new(ProblemKind::BlobDamaged, err.to_string()).pack(*p).blob(e.id));
+                        let why = match err {
+                            Error::CorruptBlob { detail, .. } => detail,
+                            other => other.to_string(),
+                        };
+                        let detail = format!("{} blob {} in pack {p}: {why}", e.kind.name(), e.id);
+                        errs.push(Problem::new(ProblemKind::BlobDamaged, detail).pack(*p).blob(e.id));
                         bads.push((e.id, format!("{} blob {} in pack {} is damaged", e.kind.name(), e.id.short(), p.short())));
                     }
                 }

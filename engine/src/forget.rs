@@ -103,9 +103,10 @@ pub fn plan(snaps: &[Snapshot], selection: &Selection, tz: &TimeZone) -> Result<
 }
 
 /// Applies `selection` to the repository's snapshots and, unless `dry_run`,
-/// deletes the snapshot objects it does not keep. Needs the exclusive lock.
+/// deletes the snapshot objects it does not keep. Needs the exclusive lock
+/// unless it is a dry run.
 pub fn forget(repo: &Repository, lock: &LockGuard, selection: &Selection, tz: &TimeZone, dry_run: bool) -> Result<ForgetReport> {
-    if !lock.is_exclusive() {
+    if !dry_run && !lock.is_exclusive() {
         return Err(MaintenanceError::NeedsExclusiveLock { operation: "forget" }.into());
     }
     let snaps = repo.snapshots()?;

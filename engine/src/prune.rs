@@ -51,6 +51,9 @@ pub struct PruneOptions {
     pub grace: Duration,
     /// Decide and report, change nothing.
     pub dry_run: bool,
+    /// Snapshots to treat as already removed; only in a dry run (what
+    /// `forget --dry-run --prune` would free).
+    pub assume_removed: Vec<SnapshotId>,
 }
 
 impl Default for PruneOptions {
@@ -59,6 +62,7 @@ impl Default for PruneOptions {
             max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
             grace: DEFAULT_GRACE,
             dry_run: false,
+            assume_removed: Vec::new(),
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct PruneReport {
     /// are left out of the new index.
     pub missing_packs_forgotten: usize,
     pub blobs_needed: usize,
+    /// Blobs no longer in the index: those of deleted packs and the unneeded
+    /// ones of repacked packs.
     pub blobs_removed: usize,
     pub blobs_repacked: usize,
     pub index_files_written: usize,
@@ -106,8 +112,8 @@ struct Plan {
     rewrite_index: bool,
     /// Packs that stay, with every entry the index lists for them.
     keep: Vec<(PackId, Vec<BlobEntry>)>,
-    /// Packs to repack: (pack, its size, its needed entries by offset).
-    repack: Vec<(PackId, u64, Vec<BlobEntry>)>,
+    /// Packs to repack: (pack, how many blobs it holds, its needed entries).
+    repack: Vec<(PackId, usize, Vec<BlobEntry>)>,
     /// Indexed packs with nothing needed: (pack, size, blob count).
     delete: Vec<(PackId, u64, usize)>,
     unreferenced_delete: Vec<(PackId, u64)>,
@@ -118,10 +124,13 @@ struct Plan {
     pack_bytes: HashMap<PackId, u64>,
 }
 
-/// Runs prune; needs the exclusive lock.
+/// Runs prune; needs the exclusive lock unless it is a dry run.
 pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result<PruneReport> {
-    if !lock.is_exclusive() {
+    if !opts.dry_run && !lock.is_exclusive() {
         return Err(MaintenanceError::NeedsExclusiveLock { operation: "prune" }.into());
+    }
+    if !opts.dry_run && !opts.assume_removed.is_empty() {
+        return Err(Error::Invalid("prune: snapshots can be assumed removed only in a dry run".into()));
     }
     let started = Instant::now();
     let plan = plan(repo, opts)?;
@@ -138,11 +147,12 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
         bytes_before: plan.pack_bytes.values().sum::<u64>() + plan.old_index.iter().map(|(_, n)| n).sum::<u64>(),
         ..PruneReport::default()
     };
-    for (_, _, needed) in &plan.repack {
+    for (_, total, needed) in &plan.repack {
+        r.blobs_removed += total - needed.len();
         r.blobs_repacked += needed.len();
         r.bytes_repacked += needed.iter().map(|e| e.stored_len as u64).sum::<u64>();
     }
-    r.blobs_removed = plan.delete.iter().map(|(_, _, n)| n).sum();
+    r.blobs_removed += plan.delete.iter().map(|(_, _, n)| n).sum::<usize>();
     let old_index_bytes: u64 = plan.old_index.iter().map(|(_, n)| n).sum();
     let untouched_bytes = plan.keep.iter().map(|(p, _)| plan.pack_bytes[p]).sum::<u64>() + unreferenced_kept_bytes(&plan);
     if opts.dry_run {
@@ -205,7 +215,8 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
     let index = Index::from_files(&files);
 
     // Stage 2: mark.
-    let snaps = repo.snapshots()?;
+    let mut snaps = repo.snapshots()?;
+    snaps.retain(|s| !opts.assume_removed.contains(&s.id));
     let needed = mark(repo.clone().with_index(index), &snaps)?;
     let mut chosen: HashMap<Id, PackId> = HashMap::with_capacity(needed.len());
     for (pack, entries) in &indexed {
@@ -257,7 +268,7 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         if used.is_empty() {
             plan.delete.push((*pack, size, entries.len()));
         } else if unused_bytes as f64 * 100.0 > opts.max_unused_percent * size as f64 {
-            plan.repack.push((*pack, size, used));
+            plan.repack.push((*pack, entries.len(), used));
         } else {
             plan.keep.push((*pack, entries.clone()));
         }
