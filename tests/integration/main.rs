@@ -3,4 +3,5 @@
 
 mod util;
 
+mod maintenance;
 mod snapshot_restore;
