@@ -42,14 +42,21 @@ pub enum ReadData {
     Percent(f64),
     /// Part `n` of `k` (1-based): the packs whose id's first byte modulo `k`
     /// is `n - 1`, so `k` runs with n = 1..=k read every pack exactly once.
-    Part { n: u32, k: u32 },
+    Part {
+        n: u32,
+        k: u32,
+    },
 }
 
 impl FromStr for ReadData {
     type Err = Error;
     /// `10%` or `n/k`.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Invalid(format!("read-data subset `{s}`: {why}; write a percentage such as `10%` or a part such as `1/5`"));
+        let bad = |why: &str| {
+            Error::Invalid(format!(
+                "read-data subset `{s}`: {why}; write a percentage such as `10%` or a part such as `1/5`"
+            ))
+        };
         if let Some(p) = s.strip_suffix('%') {
             let p: f64 = p.trim().parse().map_err(|_| bad("not a number"))?;
             if !(p > 0.0 && p <= 100.0) {
@@ -57,8 +64,13 @@ impl FromStr for ReadData {
             }
             return Ok(ReadData::Percent(p));
         }
-        let (n, k) = s.split_once('/').ok_or_else(|| bad("neither a percentage nor a part"))?;
-        let (n, k): (u32, u32) = (n.trim().parse().map_err(|_| bad("not a number"))?, k.trim().parse().map_err(|_| bad("not a number"))?);
+        let (n, k) = s
+            .split_once('/')
+            .ok_or_else(|| bad("neither a percentage nor a part"))?;
+        let (n, k): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad("not a number"))?,
+            k.trim().parse().map_err(|_| bad("not a number"))?,
+        );
         if k == 0 || k > 256 || n == 0 || n > k {
             return Err(bad("need 1 <= n <= k <= 256"));
         }
@@ -83,7 +95,11 @@ impl ReadData {
         match *self {
             ReadData::None => vec![],
             ReadData::All => packs.to_vec(),
-            ReadData::Part { n, k } => packs.iter().copied().filter(|p| p.0.0[0] as u32 % k == n - 1).collect(),
+            ReadData::Part { n, k } => packs
+                .iter()
+                .copied()
+                .filter(|p| p.0.0[0] as u32 % k == n - 1)
+                .collect(),
             ReadData::Percent(pct) => {
                 use rand::seq::SliceRandom;
                 let want = ((packs.len() as f64 * pct / 100.0).ceil() as usize).min(packs.len());
@@ -228,7 +244,9 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         .par_iter()
         .map(|(name, _)| {
             let r = (|| {
-                let id: IndexId = name.parse().map_err(|_| Error::Invalid("name is not an index id".into()))?;
+                let id: IndexId = name
+                    .parse()
+                    .map_err(|_| Error::Invalid("name is not an index id".into()))?;
                 let bytes = backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
                 let file = IndexFile::decode(&bytes, repo.crypto(), name)?;
                 if *blake3::hash(&bytes).as_bytes() != id.0.0 {
@@ -244,7 +262,8 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         match r {
             Ok(f) => files.push(f),
             Err(e) => {
-                let mut p = Problem::new(ProblemKind::IndexDamaged, format!("index file {name}: {e}"));
+                let mut p =
+                    Problem::new(ProblemKind::IndexDamaged, format!("index file {name}: {e}"));
                 p.index = name.parse().ok();
                 errors.push(p);
             }
@@ -252,7 +271,10 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
     }
     let superseded = index::superseded(&files);
     for id in &superseded {
-        let mut p = Problem::new(ProblemKind::SupersededIndex, format!("index file {id} is superseded; prune removes it"));
+        let mut p = Problem::new(
+            ProblemKind::SupersededIndex,
+            format!("index file {id} is superseded; prune removes it"),
+        );
         p.index = Some(*id);
         warnings.push(p);
     }
@@ -277,15 +299,31 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         .filter_map(|(n, s)| n.parse().ok().map(|p| (p, s)))
         .collect();
     for p in sizes.keys().filter(|p| !indexed.contains_key(p)) {
-        warnings.push(Problem::new(ProblemKind::UnreferencedPack, format!("pack {p} is in no index; prune removes it once it is old enough")).pack(*p));
+        warnings.push(
+            Problem::new(
+                ProblemKind::UnreferencedPack,
+                format!("pack {p} is in no index; prune removes it once it is old enough"),
+            )
+            .pack(*p),
+        );
     }
     let found = Mutex::new((Vec::new(), Vec::new()));
     indexed.par_iter().for_each(|(p, entries)| {
         let (mut errs, mut bads) = (Vec::new(), Vec::new());
         match sizes.get(p) {
             None => {
-                errs.push(Problem::new(ProblemKind::PackMissing, format!("pack {p} is named by the index but does not exist")).pack(*p));
-                bads.extend(entries.iter().map(|e| (e.id, format!("its pack {} is missing", p.short()))));
+                errs.push(
+                    Problem::new(
+                        ProblemKind::PackMissing,
+                        format!("pack {p} is named by the index but does not exist"),
+                    )
+                    .pack(*p),
+                );
+                bads.extend(
+                    entries
+                        .iter()
+                        .map(|e| (e.id, format!("its pack {} is missing", p.short()))),
+                );
             }
             Some(&size) => check_pack(repo, p, size, entries, &mut errs, &mut bads),
         }
@@ -298,19 +336,35 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
     bad.extend(bads);
 
     // Stage 3: data.
-    let present: Vec<PackId> = indexed.keys().copied().filter(|p| sizes.contains_key(p)).collect();
+    let present: Vec<PackId> = indexed
+        .keys()
+        .copied()
+        .filter(|p| sizes.contains_key(p))
+        .collect();
     let selected = read_data.select(&present);
     let found = Mutex::new((Vec::new(), Vec::new(), 0usize));
     selected.par_iter().for_each(|p| {
         let (mut errs, mut bads, mut n) = (Vec::new(), Vec::new(), 0);
         match backend.get(&ObjectKey::new(ObjectKind::Pack, p.to_hex())) {
-            Err(e) => errs.push(Problem::new(ProblemKind::PackDamaged, format!("pack {p}: {e}")).pack(*p)),
+            Err(e) => {
+                errs.push(Problem::new(ProblemKind::PackDamaged, format!("pack {p}: {e}")).pack(*p))
+            }
             Ok(bytes) => {
                 if *blake3::hash(&bytes).as_bytes() != p.0.0 {
-                    errs.push(Problem::new(ProblemKind::PackHashMismatch, format!("pack {p}: its bytes do not hash to its name")).pack(*p));
+                    errs.push(
+                        Problem::new(
+                            ProblemKind::PackHashMismatch,
+                            format!("pack {p}: its bytes do not hash to its name"),
+                        )
+                        .pack(*p),
+                    );
                 }
                 for e in &indexed[p] {
-                    let Some(stored) = bytes.get(e.offset as usize..e.offset as usize + e.stored_len as usize) else { continue };
+                    let Some(stored) =
+                        bytes.get(e.offset as usize..e.offset as usize + e.stored_len as usize)
+                    else {
+                        continue;
+                    };
                     n += 1;
                     if let Err(err) = blob::decode(repo.crypto(), p, e, stored) {
                         let why = match err {
@@ -318,8 +372,20 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
                             other => other.to_string(),
                         };
                         let detail = format!("{} blob {} in pack {p}: {why}", e.kind.name(), e.id);
-                        errs.push(Problem::new(ProblemKind::BlobDamaged, detail).pack(*p).blob(e.id));
-                        bads.push((e.id, format!("{} blob {} in pack {} is damaged", e.kind.name(), e.id.short(), p.short())));
+                        errs.push(
+                            Problem::new(ProblemKind::BlobDamaged, detail)
+                                .pack(*p)
+                                .blob(e.id),
+                        );
+                        bads.push((
+                            e.id,
+                            format!(
+                                "{} blob {} in pack {} is damaged",
+                                e.kind.name(),
+                                e.id.short(),
+                                p.short()
+                            ),
+                        ));
                     }
                 }
             }
@@ -347,11 +413,28 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
 }
 
 /// Stage 2 for one existing pack: bounds, then the trailer against the index.
-fn check_pack(repo: &Repository, p: &PackId, size: u64, entries: &[BlobEntry], errs: &mut Vec<Problem>, bads: &mut Vec<(Id, String)>) {
+fn check_pack(
+    repo: &Repository,
+    p: &PackId,
+    size: u64,
+    entries: &[BlobEntry],
+    errs: &mut Vec<Problem>,
+    bads: &mut Vec<(Id, String)>,
+) {
     for e in entries {
         if (e.offset as u64) < HEADER_LEN as u64 || e.offset as u64 + e.stored_len as u64 > size {
-            errs.push(Problem::new(ProblemKind::IndexMismatch, format!("blob {} lies outside pack {p} ({size} bytes)", e.id)).pack(*p).blob(e.id));
-            bads.push((e.id, format!("its index entry points outside pack {}", p.short())));
+            errs.push(
+                Problem::new(
+                    ProblemKind::IndexMismatch,
+                    format!("blob {} lies outside pack {p} ({size} bytes)", e.id),
+                )
+                .pack(*p)
+                .blob(e.id),
+            );
+            bads.push((
+                e.id,
+                format!("its index entry points outside pack {}", p.short()),
+            ));
         }
     }
     let trailer = match pack::read_trailer(repo.backend().as_ref(), repo.crypto(), p, size) {
@@ -366,16 +449,41 @@ fn check_pack(repo: &Repository, p: &PackId, size: u64, entries: &[BlobEntry], e
         match by_id.get(&e.id) {
             Some(t) if *t == e => {}
             Some(_) => {
-                errs.push(Problem::new(ProblemKind::IndexMismatch, format!("pack {p}: the index and the trailer place blob {} differently", e.id)).pack(*p).blob(e.id));
-                bads.push((e.id, format!("its index entry disagrees with pack {}", p.short())));
+                errs.push(
+                    Problem::new(
+                        ProblemKind::IndexMismatch,
+                        format!(
+                            "pack {p}: the index and the trailer place blob {} differently",
+                            e.id
+                        ),
+                    )
+                    .pack(*p)
+                    .blob(e.id),
+                );
+                bads.push((
+                    e.id,
+                    format!("its index entry disagrees with pack {}", p.short()),
+                ));
             }
             None => {
-                errs.push(Problem::new(ProblemKind::IndexMismatch, format!("pack {p}: blob {} is in the index but not in the pack's trailer", e.id)).pack(*p).blob(e.id));
+                errs.push(
+                    Problem::new(
+                        ProblemKind::IndexMismatch,
+                        format!(
+                            "pack {p}: blob {} is in the index but not in the pack's trailer",
+                            e.id
+                        ),
+                    )
+                    .pack(*p)
+                    .blob(e.id),
+                );
                 bads.push((e.id, format!("pack {} does not hold it", p.short())));
             }
         }
     }
-    let extra = trailer.len().saturating_sub(entries.iter().filter(|e| by_id.contains_key(&e.id)).count());
+    let extra = trailer
+        .len()
+        .saturating_sub(entries.iter().filter(|e| by_id.contains_key(&e.id)).count());
     if extra > 0 {
         errs.push(Problem::new(ProblemKind::IndexMismatch, format!("pack {p}: {extra} blob(s) in the trailer are not in the index; `pvsnap repair index` adds them")).pack(*p));
     }
@@ -389,19 +497,28 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
     let mut snaps = Vec::new();
     let names = repo.backend().list(ObjectKind::Snapshot)?;
     for (name, _) in &names {
-        let Ok(id) = name.parse::<SnapshotId>() else { continue };
+        let Ok(id) = name.parse::<SnapshotId>() else {
+            continue;
+        };
         match repo.load_snapshot(&id) {
             Ok(s) => snaps.push(s),
             Err(e) => {
-                let mut p = Problem::new(ProblemKind::SnapshotDamaged, format!("snapshot {id}: {e}"));
+                let mut p =
+                    Problem::new(ProblemKind::SnapshotDamaged, format!("snapshot {id}: {e}"));
                 p.snapshot = Some(id);
                 errors.push(p);
             }
         }
     }
     snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-    let (index_files, packs, packs_read, blobs_read, blobs, warnings) =
-        (scan.index_files, scan.packs, scan.packs_read, scan.blobs_read, scan.index.len(), scan.warnings.clone());
+    let (index_files, packs, packs_read, blobs_read, blobs, warnings) = (
+        scan.index_files,
+        scan.packs,
+        scan.packs_read,
+        scan.blobs_read,
+        scan.index.len(),
+        scan.warnings.clone(),
+    );
     let mut walker = Walker {
         scan: &scan,
         repo,
@@ -456,14 +573,19 @@ impl Walker<'_> {
         if let Some(why) = self.scan.problem(&id.0) {
             return Err(why);
         }
-        let loc = self.scan.index.get(&id.0).expect("problem() checked the index");
+        let loc = self
+            .scan
+            .index
+            .get(&id.0)
+            .expect("problem() checked the index");
         let key = ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex());
         let stored = self
             .repo
             .backend()
             .get_range(&key, loc.entry.offset as u64, loc.entry.stored_len as u64)
             .map_err(|e| e.to_string())?;
-        let raw = blob::decode(self.repo.crypto(), &loc.pack, &loc.entry, &stored).map_err(|e| e.to_string())?;
+        let raw = blob::decode(self.repo.crypto(), &loc.pack, &loc.entry, &stored)
+            .map_err(|e| e.to_string())?;
         crate::tree::Tree::decode(&raw, id).map_err(|e| e.to_string())
     }
 
@@ -484,13 +606,23 @@ impl Walker<'_> {
                     match &node.kind {
                         NodeKind::Dir { subtree } => {
                             for d in self.tree(subtree).iter() {
-                                let path = if d.path.is_empty() { name.clone() } else { format!("{name}/{}", d.path) };
-                                out.push(DamagedPath { path, reason: d.reason.clone() });
+                                let path = if d.path.is_empty() {
+                                    name.clone()
+                                } else {
+                                    format!("{name}/{}", d.path)
+                                };
+                                out.push(DamagedPath {
+                                    path,
+                                    reason: d.reason.clone(),
+                                });
                             }
                         }
                         NodeKind::File { .. } => {
                             if let Some(why) = node.chunks().find_map(|c| self.scan.problem(&c.0)) {
-                                out.push(DamagedPath { path: name, reason: why });
+                                out.push(DamagedPath {
+                                    path: name,
+                                    reason: why,
+                                });
                             }
                         }
                         _ => {}

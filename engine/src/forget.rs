@@ -105,9 +105,18 @@ pub fn plan(snaps: &[Snapshot], selection: &Selection, tz: &TimeZone) -> Result<
 /// Applies `selection` to the repository's snapshots and, unless `dry_run`,
 /// deletes the snapshot objects it does not keep. Needs the exclusive lock
 /// unless it is a dry run.
-pub fn forget(repo: &Repository, lock: &LockGuard, selection: &Selection, tz: &TimeZone, dry_run: bool) -> Result<ForgetReport> {
+pub fn forget(
+    repo: &Repository,
+    lock: &LockGuard,
+    selection: &Selection,
+    tz: &TimeZone,
+    dry_run: bool,
+) -> Result<ForgetReport> {
     if !dry_run && !lock.is_exclusive() {
-        return Err(MaintenanceError::NeedsExclusiveLock { operation: "forget" }.into());
+        return Err(MaintenanceError::NeedsExclusiveLock {
+            operation: "forget",
+        }
+        .into());
     }
     let snaps = repo.snapshots()?;
     let verdicts = plan(&snaps, selection, tz)?;
@@ -115,7 +124,12 @@ pub fn forget(repo: &Repository, lock: &LockGuard, selection: &Selection, tz: &T
     if !dry_run {
         for v in verdicts.iter().filter(|v| !v.keep) {
             repo.delete_snapshot(&v.id)?;
-            tracing::info!("removed snapshot {} of {} at {}", v.short_id, v.source, v.time);
+            tracing::info!(
+                "removed snapshot {} of {} at {}",
+                v.short_id,
+                v.source,
+                v.time
+            );
         }
     }
     Ok(ForgetReport {
@@ -136,8 +150,16 @@ mod tests {
         let (mem, repo) = testutil::mem_repo(false);
         let dir = tempfile::tempdir().unwrap();
         testutil::write_tree(dir.path(), &testutil::files(1, 2, 1000));
-        let times = ["2026-03-01T10:00:00Z", "2026-03-01T11:00:00Z", "2026-03-02T10:00:00Z", "2026-03-03T10:00:00Z"];
-        let ids: Vec<SnapshotId> = times.iter().map(|t| testutil::snapshot(&repo, dir.path(), "/src", t).id).collect();
+        let times = [
+            "2026-03-01T10:00:00Z",
+            "2026-03-01T11:00:00Z",
+            "2026-03-02T10:00:00Z",
+            "2026-03-03T10:00:00Z",
+        ];
+        let ids: Vec<SnapshotId> = times
+            .iter()
+            .map(|t| testutil::snapshot(&repo, dir.path(), "/src", t).id)
+            .collect();
         let lock = testutil::exclusive(&(mem.clone() as crate::backend::DynBackend));
         let sel = Selection::Policy {
             keep: KeepPolicy {
@@ -148,8 +170,16 @@ mod tests {
             group_by: GroupBy::default(),
         };
         let dry = forget(&repo, &lock, &sel, &TimeZone::UTC, true).unwrap();
-        assert_eq!(repo.snapshots().unwrap().len(), 4, "a dry run removes nothing");
-        let got: Vec<(SnapshotId, Vec<String>)> = dry.snapshots.iter().map(|v| (v.id, v.reasons.clone())).collect();
+        assert_eq!(
+            repo.snapshots().unwrap().len(),
+            4,
+            "a dry run removes nothing"
+        );
+        let got: Vec<(SnapshotId, Vec<String>)> = dry
+            .snapshots
+            .iter()
+            .map(|v| (v.id, v.reasons.clone()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -169,8 +199,16 @@ mod tests {
         drop(lock);
         let shared = LockGuard::acquire(mem, false, "t", "h").unwrap();
         assert!(matches!(
-            forget(&repo, &shared, &Selection::Ids(vec![ids[2]]), &TimeZone::UTC, false),
-            Err(Error::Maintenance(MaintenanceError::NeedsExclusiveLock { .. }))
+            forget(
+                &repo,
+                &shared,
+                &Selection::Ids(vec![ids[2]]),
+                &TimeZone::UTC,
+                false
+            ),
+            Err(Error::Maintenance(
+                MaintenanceError::NeedsExclusiveLock { .. }
+            ))
         ));
     }
 }

@@ -82,8 +82,13 @@ pub fn validate_name(name: &str) -> Result<(), MaintenanceError> {
     if name.starts_with(['.', '-']) {
         return Err(fail("it starts with `.` or `-`"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(fail(&format!("character {c:?} is not allowed; use letters, digits, `.`, `_` and `-`")));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(fail(&format!(
+            "character {c:?} is not allowed; use letters, digits, `.`, `_` and `-`"
+        )));
     }
     Ok(())
 }
@@ -98,7 +103,9 @@ pub fn encode(repo: &Repository, policy: &NamedPolicy) -> (String, Vec<u8>) {
     rand::rngs::OsRng.fill_bytes(&mut rev);
     let object = format!("{}{REVISION_SEP}{}", policy.name, hex::encode(rev));
     let json = serde_json::to_vec(policy).expect("policy serializes");
-    let mut bytes = Header::new(ObjectKind::Policy, repo.crypto().is_encrypted()).encode().to_vec();
+    let mut bytes = Header::new(ObjectKind::Policy, repo.crypto().is_encrypted())
+        .encode()
+        .to_vec();
     bytes.extend_from_slice(&repo.crypto().seal(&aad(&object), json));
     (object, bytes)
 }
@@ -114,7 +121,9 @@ pub fn decode(repo: &Repository, object: &str, bytes: &[u8]) -> Result<NamedPoli
         }
         .into());
     }
-    let json = repo.crypto().open(&aad(object), &bytes[HEADER_LEN..], &what)?;
+    let json = repo
+        .crypto()
+        .open(&aad(object), &bytes[HEADER_LEN..], &what)?;
     let p: NamedPolicy = serde_json::from_slice(&json).map_err(|e| FormatError::Invalid {
         what: what(),
         detail: e.to_string(),
@@ -141,13 +150,18 @@ fn revisions(repo: &Repository) -> Result<Vec<(String, NamedPolicy)>> {
         if name_of(&object).is_none() {
             continue;
         }
-        match repo.backend().get(&ObjectKey::new(ObjectKind::Policy, &object)) {
+        match repo
+            .backend()
+            .get(&ObjectKey::new(ObjectKind::Policy, &object))
+        {
             Ok(bytes) => out.push((object.clone(), decode(repo, &object, &bytes)?)),
             Err(BackendError::NotFound { .. }) => {} // replaced meanwhile
             Err(e) => return Err(e.into()),
         }
     }
-    out.sort_by(|(oa, a), (ob, b)| (a.name.as_str(), a.time, oa).cmp(&(b.name.as_str(), b.time, ob)));
+    out.sort_by(|(oa, a), (ob, b)| {
+        (a.name.as_str(), a.time, oa).cmp(&(b.name.as_str(), b.time, ob))
+    });
     Ok(out)
 }
 
@@ -179,7 +193,12 @@ pub fn get(repo: &Repository, name: &str) -> Result<NamedPolicy> {
 
 /// Stores `keep` under `name`, replacing an earlier policy of that name:
 /// the new revision is written first, older ones are deleted after.
-pub fn set(repo: &Repository, name: &str, keep: KeepPolicy, group_by: GroupBy) -> Result<NamedPolicy> {
+pub fn set(
+    repo: &Repository,
+    name: &str,
+    keep: KeepPolicy,
+    group_by: GroupBy,
+) -> Result<NamedPolicy> {
     validate_name(name)?;
     keep.validate()?;
     let policy = NamedPolicy {
@@ -190,11 +209,13 @@ pub fn set(repo: &Repository, name: &str, keep: KeepPolicy, group_by: GroupBy) -
         builtin: false,
     };
     let (object, bytes) = encode(repo, &policy);
-    repo.backend().put(&ObjectKey::new(ObjectKind::Policy, &object), &bytes)?;
+    repo.backend()
+        .put(&ObjectKey::new(ObjectKind::Policy, &object), &bytes)?;
     // Only revisions older than ours: a concurrent `set` that wrote a newer one wins.
     for (old, p) in revisions(repo)? {
         if p.name == name && old != object && p.time <= policy.time {
-            repo.backend().delete(&ObjectKey::new(ObjectKind::Policy, &old))?;
+            repo.backend()
+                .delete(&ObjectKey::new(ObjectKind::Policy, &old))?;
         }
     }
     Ok(policy)
@@ -206,7 +227,8 @@ pub fn remove(repo: &Repository, name: &str) -> Result<bool> {
     let mut found = false;
     for (object, p) in revisions(repo)? {
         if p.name == name {
-            repo.backend().delete(&ObjectKey::new(ObjectKind::Policy, &object))?;
+            repo.backend()
+                .delete(&ObjectKey::new(ObjectKind::Policy, &object))?;
             found = true;
         }
     }
@@ -226,7 +248,16 @@ mod tests {
 
     #[test]
     fn names_with_slashes_and_other_oddities_are_refused() {
-        for bad in ["", "a/b", "../x", ".hidden", "-x", "a@b", "a b", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "../x",
+            ".hidden",
+            "-x",
+            "a@b",
+            "a b",
+            &"x".repeat(65),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         let err = validate_name("a/b").unwrap_err().to_string();
@@ -244,7 +275,9 @@ mod tests {
         assert_eq!(d.keep, retention::default_policy());
         assert!(matches!(
             get(&r, "nightly"),
-            Err(crate::Error::Maintenance(MaintenanceError::PolicyNotFound(_)))
+            Err(crate::Error::Maintenance(MaintenanceError::PolicyNotFound(
+                _
+            )))
         ));
         let keep = KeepPolicy {
             last: Some(3),
@@ -297,11 +330,13 @@ mod tests {
             builtin: false,
         };
         let (o1, b1) = encode(&r, &old);
-        mem.put(&ObjectKey::new(ObjectKind::Policy, &o1), &b1).unwrap();
+        mem.put(&ObjectKey::new(ObjectKind::Policy, &o1), &b1)
+            .unwrap();
         old.time = "2026-02-01T00:00:00Z".parse().unwrap();
         old.keep.last = Some(2);
         let (o2, b2) = encode(&r, &old);
-        mem.put(&ObjectKey::new(ObjectKind::Policy, &o2), &b2).unwrap();
+        mem.put(&ObjectKey::new(ObjectKind::Policy, &o2), &b2)
+            .unwrap();
         assert_eq!(get(&r, "p").unwrap().keep.last, Some(2));
     }
 
@@ -315,7 +350,11 @@ mod tests {
         set(&r, "a", keep, GroupBy::default()).unwrap();
         let (obj, _) = mem.list(ObjectKind::Policy).unwrap().remove(0);
         let bytes = mem.get(&ObjectKey::new(ObjectKind::Policy, &obj)).unwrap();
-        mem.put(&ObjectKey::new(ObjectKind::Policy, "b@0000000000000000"), &bytes).unwrap();
+        mem.put(
+            &ObjectKey::new(ObjectKind::Policy, "b@0000000000000000"),
+            &bytes,
+        )
+        .unwrap();
         assert!(get(&r, "b").is_err());
     }
 }

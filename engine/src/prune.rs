@@ -130,7 +130,9 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
         return Err(MaintenanceError::NeedsExclusiveLock { operation: "prune" }.into());
     }
     if !opts.dry_run && !opts.assume_removed.is_empty() {
-        return Err(Error::Invalid("prune: snapshots can be assumed removed only in a dry run".into()));
+        return Err(Error::Invalid(
+            "prune: snapshots can be assumed removed only in a dry run".into(),
+        ));
     }
     let started = Instant::now();
     let plan = plan(repo, opts)?;
@@ -144,7 +146,8 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
         unreferenced_packs_kept: plan.unreferenced_kept,
         missing_packs_forgotten: plan.missing,
         blobs_needed: plan.needed,
-        bytes_before: plan.pack_bytes.values().sum::<u64>() + plan.old_index.iter().map(|(_, n)| n).sum::<u64>(),
+        bytes_before: plan.pack_bytes.values().sum::<u64>()
+            + plan.old_index.iter().map(|(_, n)| n).sum::<u64>(),
         ..PruneReport::default()
     };
     for (_, total, needed) in &plan.repack {
@@ -154,19 +157,41 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
     }
     r.blobs_removed += plan.delete.iter().map(|(_, _, n)| n).sum::<usize>();
     let old_index_bytes: u64 = plan.old_index.iter().map(|(_, n)| n).sum();
-    let untouched_bytes = plan.keep.iter().map(|(p, _)| plan.pack_bytes[p]).sum::<u64>() + unreferenced_kept_bytes(&plan);
+    let untouched_bytes = plan
+        .keep
+        .iter()
+        .map(|(p, _)| plan.pack_bytes[p])
+        .sum::<u64>()
+        + unreferenced_kept_bytes(&plan);
     if opts.dry_run {
-        let blobs_after: u64 = plan.keep.iter().map(|(_, e)| e.len() as u64).sum::<u64>() + r.blobs_repacked as u64;
+        let blobs_after: u64 =
+            plan.keep.iter().map(|(_, e)| e.len() as u64).sum::<u64>() + r.blobs_repacked as u64;
         let new_packs = r.bytes_repacked.div_ceil(repo.config().pack_size as u64) as usize;
-        r.bytes_after = untouched_bytes + r.bytes_repacked + if plan.rewrite_index { 64 + 46 * blobs_after } else { old_index_bytes };
-        r.index_files_deleted = if plan.rewrite_index { plan.old_index.len() } else { 0 };
+        r.bytes_after = untouched_bytes
+            + r.bytes_repacked
+            + if plan.rewrite_index {
+                64 + 46 * blobs_after
+            } else {
+                old_index_bytes
+            };
+        r.index_files_deleted = if plan.rewrite_index {
+            plan.old_index.len()
+        } else {
+            0
+        };
         r.packs_after = r.packs_before - r.packs_deleted - r.packs_repacked + new_packs;
     } else {
         let written = execute(repo, &plan)?;
         r.packs_written = written.packs;
         r.index_files_written = written.index_files;
         r.index_files_deleted = written.index_files_deleted;
-        r.bytes_after = untouched_bytes + written.pack_bytes + if plan.rewrite_index { written.index_bytes } else { old_index_bytes };
+        r.bytes_after = untouched_bytes
+            + written.pack_bytes
+            + if plan.rewrite_index {
+                written.index_bytes
+            } else {
+                old_index_bytes
+            };
         r.packs_after = repo.backend().list(ObjectKind::Pack)?.len();
     }
     r.bytes_freed = r.bytes_before.saturating_sub(r.bytes_after);
@@ -183,7 +208,11 @@ fn unreferenced_kept_bytes(plan: &Plan) -> u64 {
         .chain(plan.delete.iter().map(|(p, _, _)| *p))
         .chain(plan.unreferenced_delete.iter().map(|(p, _)| *p))
         .collect();
-    plan.pack_bytes.iter().filter(|(p, _)| !accounted.contains(p)).map(|(_, n)| n).sum()
+    plan.pack_bytes
+        .iter()
+        .filter(|(p, _)| !accounted.contains(p))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// Stages 1-3.
@@ -230,7 +259,10 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         }
     }
     if let Some((id, (kind, snap))) = needed.iter().find(|(id, _)| !chosen.contains_key(id)) {
-        let detail = match indexed.iter().find(|(_, es)| es.iter().any(|e| e.id == *id)) {
+        let detail = match indexed
+            .iter()
+            .find(|(_, es)| es.iter().any(|e| e.id == *id))
+        {
             Some((p, _)) => format!("its pack {p} is missing"),
             None => "it is not in the index".to_string(),
         };
@@ -263,7 +295,9 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
             plan.missing += 1;
             continue;
         };
-        let (used, unused): (Vec<BlobEntry>, Vec<BlobEntry>) = entries.iter().partition(|e| chosen.get(&e.id) == Some(pack));
+        let (used, unused): (Vec<BlobEntry>, Vec<BlobEntry>) = entries
+            .iter()
+            .partition(|e| chosen.get(&e.id) == Some(pack));
         let unused_bytes: u64 = unused.iter().map(|e| e.stored_len as u64).sum();
         if used.is_empty() {
             plan.delete.push((*pack, size, entries.len()));
@@ -295,7 +329,10 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
 
 /// Every blob reachable from `snaps`: id → (kind, first snapshot needing it).
 /// Trees are read level by level, in parallel; each tree once.
-pub(crate) fn mark(repo: crate::repo::IndexedRepository, snaps: &[crate::snapshot::Snapshot]) -> Result<HashMap<Id, (BlobKind, SnapshotId)>> {
+pub(crate) fn mark(
+    repo: crate::repo::IndexedRepository,
+    snaps: &[crate::snapshot::Snapshot],
+) -> Result<HashMap<Id, (BlobKind, SnapshotId)>> {
     let mut needed: HashMap<Id, (BlobKind, SnapshotId)> = HashMap::new();
     let mut frontier: Vec<(TreeId, SnapshotId)> = Vec::new();
     for s in snaps {
@@ -336,7 +373,11 @@ pub(crate) fn mark(repo: crate::repo::IndexedRepository, snaps: &[crate::snapsho
 /// files stay in force until every new file is durable: an interruption
 /// leaves old and new files side by side, both describing existing packs.
 /// Returns (files written, bytes written).
-pub(crate) fn write_index_superseding(repo: &Repository, packs: &[(PackId, Vec<BlobEntry>)], old: &[IndexId]) -> Result<(usize, u64)> {
+pub(crate) fn write_index_superseding(
+    repo: &Repository,
+    packs: &[(PackId, Vec<BlobEntry>)],
+    old: &[IndexId],
+) -> Result<(usize, u64)> {
     let parts = crate::archiver::split_for_index(packs);
     let (last, rest) = match parts.split_last() {
         Some((last, rest)) => (last.to_vec(), rest),
@@ -381,7 +422,10 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
 
     // Stage 4: repack, checking every blob copied.
     let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
-    let mut builders = [PackBuilder::new(crypto.is_encrypted(), 0), PackBuilder::new(crypto.is_encrypted(), 0)];
+    let mut builders = [
+        PackBuilder::new(crypto.is_encrypted(), 0),
+        PackBuilder::new(crypto.is_encrypted(), 0),
+    ];
     let mut flush = |b: PackBuilder, new_packs: &mut Vec<(PackId, Vec<BlobEntry>)>| -> Result<()> {
         let fp = b.finish(crypto);
         backend.put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
@@ -416,7 +460,8 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
 
     if plan.rewrite_index {
         // Stage 5: the new index.
-        let all: Vec<(PackId, Vec<BlobEntry>)> = plan.keep.iter().cloned().chain(new_packs).collect();
+        let all: Vec<(PackId, Vec<BlobEntry>)> =
+            plan.keep.iter().cloned().chain(new_packs).collect();
         let old: Vec<IndexId> = plan.old_index.iter().map(|(id, _)| *id).collect();
         (w.index_files, w.index_bytes) = write_index_superseding(repo, &all, &old)?;
 

@@ -68,15 +68,27 @@ pub struct RepairIndexReport {
 }
 
 /// Rebuilds the index from the pack trailers; needs the exclusive lock.
-pub fn repair_index(repo: &Repository, lock: &LockGuard, dry_run: bool) -> Result<RepairIndexReport> {
+pub fn repair_index(
+    repo: &Repository,
+    lock: &LockGuard,
+    dry_run: bool,
+) -> Result<RepairIndexReport> {
     need_exclusive(lock, "repair index")?;
     let started = Instant::now();
     let backend = repo.backend();
-    let old_names: Vec<IndexId> = backend.list(ObjectKind::Index)?.into_iter().filter_map(|(n, _)| n.parse().ok()).collect();
+    let old_names: Vec<IndexId> = backend
+        .list(ObjectKind::Index)?
+        .into_iter()
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
     let mut old: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
     for id in &old_names {
-        let Ok(bytes) = backend.get(&ObjectKey::new(ObjectKind::Index, id.to_hex())) else { continue };
-        let Ok(f) = IndexFile::decode(&bytes, repo.crypto(), &id.to_hex()) else { continue };
+        let Ok(bytes) = backend.get(&ObjectKey::new(ObjectKind::Index, id.to_hex())) else {
+            continue;
+        };
+        let Ok(f) = IndexFile::decode(&bytes, repo.crypto(), &id.to_hex()) else {
+            continue;
+        };
         for (p, e) in f.packs {
             old.entry(p).or_default().extend(e);
         }
@@ -89,7 +101,12 @@ pub fn repair_index(repo: &Repository, lock: &LockGuard, dry_run: bool) -> Resul
     packs.sort();
     let read: Vec<(PackId, Result<Vec<BlobEntry>>)> = packs
         .par_iter()
-        .map(|(p, size)| (*p, pack::read_trailer(backend.as_ref(), repo.crypto(), p, *size)))
+        .map(|(p, size)| {
+            (
+                *p,
+                pack::read_trailer(backend.as_ref(), repo.crypto(), p, *size),
+            )
+        })
         .collect();
     let mut r = RepairIndexReport {
         dry_run,
@@ -97,7 +114,11 @@ pub fn repair_index(repo: &Repository, lock: &LockGuard, dry_run: bool) -> Resul
         ..RepairIndexReport::default()
     };
     let present: HashSet<PackId> = packs.iter().map(|(p, _)| *p).collect();
-    r.packs_missing = old.keys().copied().filter(|p| !present.contains(p)).collect();
+    r.packs_missing = old
+        .keys()
+        .copied()
+        .filter(|p| !present.contains(p))
+        .collect();
     r.packs_missing.sort();
     let mut new: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
     for (p, entries) in read {
@@ -110,7 +131,10 @@ pub fn repair_index(repo: &Repository, lock: &LockGuard, dry_run: bool) -> Resul
                     r.packs_from_old_index.push(p);
                     new.push((p, e));
                 }
-                None => r.packs_unreadable.push(UnreadablePack { pack: p, error: err.to_string() }),
+                None => r.packs_unreadable.push(UnreadablePack {
+                    pack: p,
+                    error: err.to_string(),
+                }),
             },
         }
     }
@@ -153,17 +177,31 @@ pub struct RepairSnapshotsReport {
 /// Writes repaired copies of damaged snapshots; needs the exclusive lock.
 /// With `read_data`, every blob is read first, so damaged (not only missing)
 /// content counts as lost too.
-pub fn repair_snapshots(repo: &Repository, lock: &LockGuard, read_data: bool, dry_run: bool) -> Result<RepairSnapshotsReport> {
+pub fn repair_snapshots(
+    repo: &Repository,
+    lock: &LockGuard,
+    read_data: bool,
+    dry_run: bool,
+) -> Result<RepairSnapshotsReport> {
     need_exclusive(lock, "repair snapshots")?;
     let started = Instant::now();
-    let scan = check::scan(repo, if read_data { ReadData::All } else { ReadData::None })?;
+    let scan = check::scan(
+        repo,
+        if read_data {
+            ReadData::All
+        } else {
+            ReadData::None
+        },
+    )?;
     let mut r = RepairSnapshotsReport {
         dry_run,
         ..RepairSnapshotsReport::default()
     };
     let mut snaps = Vec::new();
     for (name, _) in repo.backend().list(ObjectKind::Snapshot)? {
-        let Ok(id) = name.parse::<SnapshotId>() else { continue };
+        let Ok(id) = name.parse::<SnapshotId>() else {
+            continue;
+        };
         match repo.load_snapshot(&id) {
             Ok(s) => snaps.push(s),
             Err(e) => r.unreadable.push(format!("snapshot {id}: {e}")),
@@ -171,7 +209,10 @@ pub fn repair_snapshots(repo: &Repository, lock: &LockGuard, read_data: bool, dr
     }
     snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
     r.snapshots_checked = snaps.len();
-    let repaired_from: HashSet<String> = snaps.iter().filter_map(|s| s.labels.get(REPAIRED_FROM_LABEL).cloned()).collect();
+    let repaired_from: HashSet<String> = snaps
+        .iter()
+        .filter_map(|s| s.labels.get(REPAIRED_FROM_LABEL).cloned())
+        .collect();
     let mut rw = Rewriter {
         scan: &scan,
         repo,
@@ -205,7 +246,8 @@ pub fn repair_snapshots(repo: &Repository, lock: &LockGuard, read_data: bool, dr
         if !copy.tags.iter().any(|t| t == REPAIRED_TAG) {
             copy.tags.push(REPAIRED_TAG.into());
         }
-        copy.labels.insert(REPAIRED_FROM_LABEL.into(), s.id.to_hex());
+        copy.labels
+            .insert(REPAIRED_FROM_LABEL.into(), s.id.to_hex());
         copy.errors.extend(lost.iter().map(|d| PathIssue {
             kind: "lost".into(),
             path: d.path.clone(),
@@ -255,13 +297,22 @@ impl Rewriter<'_> {
         if let Some(why) = self.scan.problem(&id.0) {
             return Err(why);
         }
-        let loc = self.scan.index.get(&id.0).expect("problem() checked the index");
+        let loc = self
+            .scan
+            .index
+            .get(&id.0)
+            .expect("problem() checked the index");
         let stored = self
             .repo
             .backend()
-            .get_range(&ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex()), loc.entry.offset as u64, loc.entry.stored_len as u64)
+            .get_range(
+                &ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex()),
+                loc.entry.offset as u64,
+                loc.entry.stored_len as u64,
+            )
             .map_err(|e| e.to_string())?;
-        let raw = blob::decode(self.repo.crypto(), &loc.pack, &loc.entry, &stored).map_err(|e| e.to_string())?;
+        let raw = blob::decode(self.repo.crypto(), &loc.pack, &loc.entry, &stored)
+            .map_err(|e| e.to_string())?;
         Tree::decode(&raw, id).map_err(|e| e.to_string())
     }
 
@@ -286,14 +337,21 @@ impl Rewriter<'_> {
                         NodeKind::Dir { subtree } => {
                             let (new, below) = self.tree(subtree)?;
                             lost.extend(below.into_iter().map(|d| DamagedPath {
-                                path: if d.path.is_empty() { name.clone() } else { format!("{name}/{}", d.path) },
+                                path: if d.path.is_empty() {
+                                    name.clone()
+                                } else {
+                                    format!("{name}/{}", d.path)
+                                },
                                 reason: d.reason,
                             }));
                             node.kind = NodeKind::Dir { subtree: new };
                         }
                         NodeKind::File { .. } => {
                             if let Some(why) = node.chunks().find_map(|c| self.scan.problem(&c.0)) {
-                                lost.push(DamagedPath { path: name, reason: why });
+                                lost.push(DamagedPath {
+                                    path: name,
+                                    reason: why,
+                                });
                                 continue;
                             }
                         }
@@ -305,7 +363,11 @@ impl Rewriter<'_> {
                 (tree, lost)
             }
         };
-        let new = if lost.is_empty() { *id } else { self.store(&tree)? };
+        let new = if lost.is_empty() {
+            *id
+        } else {
+            self.store(&tree)?
+        };
         lost.sort();
         self.memo.insert(*id, (new, lost.clone()));
         Ok((new, lost))
@@ -317,7 +379,13 @@ impl Rewriter<'_> {
         if self.scan.problem(&id).is_none() || !self.written.insert(id) || self.dry_run {
             return Ok(TreeId(id));
         }
-        let (stored, flags) = blob::encode(self.repo.crypto(), self.repo.config().compression.level, BlobKind::Tree, &id, &raw);
+        let (stored, flags) = blob::encode(
+            self.repo.crypto(),
+            self.repo.config().compression.level,
+            BlobKind::Tree,
+            &id,
+            &raw,
+        );
         let entry = BlobEntry {
             kind: BlobKind::Tree,
             flags,
@@ -334,12 +402,17 @@ impl Rewriter<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        let full = std::mem::replace(&mut self.pack, PackBuilder::new(self.repo.crypto().is_encrypted(), 0));
+        let full = std::mem::replace(
+            &mut self.pack,
+            PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
+        );
         if full.is_empty() {
             return Ok(());
         }
         let fp = full.finish(self.repo.crypto());
-        self.repo.backend().put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
+        self.repo
+            .backend()
+            .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
         self.packs.push((fp.id, fp.entries));
         Ok(())
     }

@@ -54,7 +54,10 @@ pub fn exclusive(backend: &DynBackend) -> LockGuard {
 /// Deterministic incompressible bytes.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     out
 }
 
@@ -75,7 +78,9 @@ pub fn write_tree(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
 pub fn snapshot(repo: &Repository, dir: &Path, source: &str, time: &str) -> Snapshot {
     let indexed = repo.clone().load_index().expect("index");
     let snaps = repo.snapshots().expect("snapshots");
-    let src = Source::Path { path: source.into() };
+    let src = Source::Path {
+        path: source.into(),
+    };
     let opts = BackupOptions {
         parent: archiver::find_parent(&snaps, &src),
         source: Some(src),
@@ -83,14 +88,27 @@ pub fn snapshot(repo: &Repository, dir: &Path, source: &str, time: &str) -> Snap
         hostname: Some("test-host".into()),
         ..BackupOptions::default()
     };
-    archiver::backup(&indexed, dir, &opts, &Progress::default()).expect("backup").snapshot
+    archiver::backup(&indexed, dir, &opts, &Progress::default())
+        .expect("backup")
+        .snapshot
 }
 
 /// Restores `snap` and returns (files by relative path, damaged paths).
-pub fn restore_files(repo: &Repository, snap: &Snapshot) -> (BTreeMap<String, Vec<u8>>, Vec<String>) {
+pub fn restore_files(
+    repo: &Repository,
+    snap: &Snapshot,
+) -> (BTreeMap<String, Vec<u8>>, Vec<String>) {
     let indexed = repo.clone().load_index().expect("index");
     let target = tempfile::tempdir().expect("tempdir");
-    let summary = restore::restore(&indexed, snap, None, target.path(), &RestoreOptions::default(), &RestoreProgress::default()).expect("restore");
+    let summary = restore::restore(
+        &indexed,
+        snap,
+        None,
+        target.path(),
+        &RestoreOptions::default(),
+        &RestoreProgress::default(),
+    )
+    .expect("restore");
     let mut files = BTreeMap::new();
     let mut stack = vec![target.path().to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -99,7 +117,11 @@ pub fn restore_files(repo: &Repository, snap: &Snapshot) -> (BTreeMap<String, Ve
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(target.path()).expect("below").to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(target.path())
+                    .expect("below")
+                    .to_string_lossy()
+                    .into_owned();
                 files.insert(rel, std::fs::read(&p).expect("read"));
             }
         }
@@ -107,7 +129,13 @@ pub fn restore_files(repo: &Repository, snap: &Snapshot) -> (BTreeMap<String, Ve
     let damaged = summary
         .damaged
         .into_iter()
-        .map(|(p, _)| Path::new(&p).strip_prefix(target.path()).expect("below").to_string_lossy().into_owned())
+        .map(|(p, _)| {
+            Path::new(&p)
+                .strip_prefix(target.path())
+                .expect("below")
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     (files, damaged)
 }
@@ -134,6 +162,11 @@ pub fn pack_and_index_bytes(b: &dyn Backend) -> u64 {
 /// A set of files: `n` files of `size` bytes each, contents from `seed`.
 pub fn files(seed: u64, n: usize, size: usize) -> BTreeMap<String, Vec<u8>> {
     (0..n)
-        .map(|i| (format!("d{}/f{i:02}", i % 3), noise(seed * 1000 + i as u64, size)))
+        .map(|i| {
+            (
+                format!("d{}/f{i:02}", i % 3),
+                noise(seed * 1000 + i as u64, size),
+            )
+        })
         .collect()
 }

@@ -204,7 +204,11 @@ pub enum PolicyWhat {
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().trim_end_matches('%').parse().map_err(|_| format!("`{s}` is not a percentage such as 10%"))?;
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage such as 10%"))?;
     if !(0.0..=100.0).contains(&v) {
         return Err(format!("`{s}`: give a percentage from 0% to 100%"));
     }
@@ -231,7 +235,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|x| total.checked_add(x)).ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|x| total.checked_add(x))
+            .ok_or_else(bad)?;
         num.clear();
     }
     if !num.is_empty() {
@@ -242,7 +249,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn lock(repo: &Repository, exclusive: bool, operation: &str) -> Result<LockGuard> {
     let host = pvsnap_engine::repo::hostname_public();
-    Ok(LockGuard::acquire(repo.backend().clone(), exclusive, operation, &host)?)
+    Ok(LockGuard::acquire(
+        repo.backend().clone(),
+        exclusive,
+        operation,
+        &host,
+    )?)
 }
 
 fn prune_options(t: &PruneTuning, dry_run: bool) -> PruneOptions {
@@ -259,7 +271,11 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     let guard = lock(&repo, !a.dry_run, "forget")?;
     let selection = if !a.snapshots.is_empty() {
         let snaps = repo.snapshots()?;
-        let ids = a.snapshots.iter().map(|s| Ok(resolve_in(&snaps, s)?.id)).collect::<Result<Vec<_>>>()?;
+        let ids = a
+            .snapshots
+            .iter()
+            .map(|s| Ok(resolve_in(&snaps, s)?.id))
+            .collect::<Result<Vec<_>>>()?;
         Selection::Ids(ids)
     } else if let Some(name) = &a.policy {
         let p = policy::get(&repo, name)?;
@@ -277,7 +293,12 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     let pruned = if a.prune {
         let mut opts = prune_options(&a.tuning, a.dry_run);
         if a.dry_run {
-            opts.assume_removed = report.snapshots.iter().filter(|v| !v.keep).map(|v| v.id).collect();
+            opts.assume_removed = report
+                .snapshots
+                .iter()
+                .filter(|v| !v.keep)
+                .map(|v| v.id)
+                .collect();
         }
         Some(prune::prune(&repo, &guard, &opts)?)
     } else {
@@ -309,9 +330,25 @@ fn print_forget(r: &ForgetReport) -> Result<()> {
             (false, true) => "would remove",
             (false, false) => "removed",
         };
-        writeln!(out, "  {verdict:<12} {}  {}  {}", v.short_id, output::local_time(v.time), v.reasons.join(", "))?;
+        writeln!(
+            out,
+            "  {verdict:<12} {}  {}  {}",
+            v.short_id,
+            output::local_time(v.time),
+            v.reasons.join(", ")
+        )?;
     }
-    writeln!(out, "{} snapshot(s) kept, {} {}", r.kept, r.removed, if r.dry_run { "would be removed" } else { "removed" })?;
+    writeln!(
+        out,
+        "{} snapshot(s) kept, {} {}",
+        r.kept,
+        r.removed,
+        if r.dry_run {
+            "would be removed"
+        } else {
+            "removed"
+        }
+    )?;
     Ok(())
 }
 
@@ -342,7 +379,10 @@ fn print_prune(r: &PruneReport) {
         r.duration_s
     );
     if r.unreferenced_packs_kept > 0 {
-        println!("prune: {} pack(s) that no index names are younger than the grace period and were left alone", r.unreferenced_packs_kept);
+        println!(
+            "prune: {} pack(s) that no index names are younger than the grace period and were left alone",
+            r.unreferenced_packs_kept
+        );
     }
 }
 
@@ -360,7 +400,11 @@ pub fn check(cli: &Cli, a: &CheckArgs) -> Result<u8> {
     } else {
         print_check(&r, cli.quiet)?;
     }
-    Ok(if r.ok { crate::exit::OK } else { crate::exit::DAMAGED })
+    Ok(if r.ok {
+        crate::exit::OK
+    } else {
+        crate::exit::DAMAGED
+    })
 }
 
 fn print_check(r: &CheckReport, quiet: bool) -> Result<()> {
@@ -379,7 +423,13 @@ fn print_check(r: &CheckReport, quiet: bool) -> Result<()> {
         writeln!(out, "error: {}", e.detail)?;
     }
     for d in &r.damaged_snapshots {
-        writeln!(out, "damaged snapshot {} of {} at {}:", d.id, d.source, output::local_time(d.time))?;
+        writeln!(
+            out,
+            "damaged snapshot {} of {} at {}:",
+            d.id,
+            d.source,
+            output::local_time(d.time)
+        )?;
         for p in &d.paths {
             writeln!(out, "  {}: {}", p.path, p.reason)?;
         }
@@ -411,7 +461,10 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
                     println!("pack {p}: trailer unreadable; kept the entries of the old index");
                 }
                 for p in &r.packs_unreadable {
-                    println!("pack {}: unreadable and in no old index, so it is left out: {}", p.pack, p.error);
+                    println!(
+                        "pack {}: unreadable and in no old index, so it is left out: {}",
+                        p.pack, p.error
+                    );
                 }
                 for p in &r.packs_missing {
                     println!("pack {p}: named by the old index but missing");
@@ -426,15 +479,28 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
                 );
             }
         }
-        RepairWhat::Snapshots { read_data, dry_run, json } => {
+        RepairWhat::Snapshots {
+            read_data,
+            dry_run,
+            json,
+        } => {
             let r = repair::repair_snapshots(&repo, &guard, *read_data, *dry_run)?;
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {
                 for s in &r.repaired {
                     match s.repaired {
-                        Some(new) => println!("snapshot {} of {}: repaired as {}; lost:", s.original.short(), s.source, new.short()),
-                        None => println!("snapshot {} of {}: would be repaired; lost:", s.original.short(), s.source),
+                        Some(new) => println!(
+                            "snapshot {} of {}: repaired as {}; lost:",
+                            s.original.short(),
+                            s.source,
+                            new.short()
+                        ),
+                        None => println!(
+                            "snapshot {} of {}: would be repaired; lost:",
+                            s.original.short(),
+                            s.source
+                        ),
                     }
                     for d in &s.lost {
                         println!("  {}: {}", d.path, d.reason);
@@ -446,7 +512,11 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
                 for u in &r.unreadable {
                     println!("cannot repair: {u}");
                 }
-                println!("{} snapshot(s) checked, {} repaired", r.snapshots_checked, r.repaired.len());
+                println!(
+                    "{} snapshot(s) checked, {} repaired",
+                    r.snapshots_checked,
+                    r.repaired.len()
+                );
             }
         }
     }
@@ -458,7 +528,12 @@ pub fn policy(cli: &Cli, a: &PolicyArgs) -> Result<u8> {
     match &a.what {
         PolicyWhat::Set { name, keep } => {
             let _guard = lock(&repo, false, "policy set")?;
-            let p = policy::set(&repo, name, keep.policy(), keep.group_by.unwrap_or_default())?;
+            let p = policy::set(
+                &repo,
+                name,
+                keep.policy(),
+                keep.group_by.unwrap_or_default(),
+            )?;
             if !cli.quiet {
                 println!("policy {}: {}", p.name, describe(&p));
             }
@@ -469,7 +544,12 @@ pub fn policy(cli: &Cli, a: &PolicyArgs) -> Result<u8> {
                 output::json(&all)?;
             } else {
                 for p in &all {
-                    println!("{:<16} {}{}", p.name, describe(p), if p.builtin { " (built in)" } else { "" });
+                    println!(
+                        "{:<16} {}{}",
+                        p.name,
+                        describe(p),
+                        if p.builtin { " (built in)" } else { "" }
+                    );
                 }
             }
         }
@@ -516,5 +596,13 @@ fn describe(p: &NamedPolicy) -> String {
     for t in &k.tags {
         parts.push(format!("--keep-tag {t}"));
     }
-    format!("{} (group by {})", parts.join(" "), if p.group_by == GroupBy::NONE { "nothing".to_string() } else { p.group_by.to_string() })
+    format!(
+        "{} (group by {})",
+        parts.join(" "),
+        if p.group_by == GroupBy::NONE {
+            "nothing".to_string()
+        } else {
+            p.group_by.to_string()
+        }
+    )
 }
