@@ -26,7 +26,11 @@ pub mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "pvsnap", version, about = "Deduplicated, compressed, incremental snapshots of volume folders")]
+#[command(
+    name = "pvsnap",
+    version,
+    about = "Deduplicated, compressed, incremental snapshots of volume folders"
+)]
 pub struct Cli {
     /// Repository folder (default: /var/lib/pvsnap/repo as root, else ~/.local/share/pvsnap/repo)
     #[arg(long, global = true, env = "PVSNAP_REPO")]
@@ -73,7 +77,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let level = match cli.verbose {
@@ -82,7 +90,10 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PVSNAP_LOG").unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PVSNAP_LOG")
+                .unwrap_or_else(|_| level.into()),
+        )
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)

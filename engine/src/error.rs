@@ -40,9 +40,7 @@ pub enum FormatError {
     },
     #[error("{what}: unknown flags {flags:#06x}; this object was written by a newer pvsnap")]
     UnknownFlags { what: &'static str, flags: u16 },
-    #[error(
-        "repository requires feature `{0}` which this pvsnap does not know; upgrade pvsnap"
-    )]
+    #[error("repository requires feature `{0}` which this pvsnap does not know; upgrade pvsnap")]
     UnknownFeature(String),
     #[error("{what}: {detail}")]
     Invalid { what: String, detail: String },
@@ -82,9 +80,13 @@ pub enum CryptoError {
         "wrong password: no key slot of this repository opens with it; check PVSNAP_PASSWORD or --password-file"
     )]
     WrongPassword,
-    #[error("this repository is encrypted; give its password via PVSNAP_PASSWORD, --password-file or the prompt")]
+    #[error(
+        "this repository is encrypted; give its password via PVSNAP_PASSWORD, --password-file or the prompt"
+    )]
     PasswordRequired,
-    #[error("{what}: authentication failed; the data is damaged or was not written with this repository's key")]
+    #[error(
+        "{what}: authentication failed; the data is damaged or was not written with this repository's key"
+    )]
     Authentication { what: String },
     #[error("key derivation failed: {0}")]
     Kdf(String),
@@ -143,7 +145,9 @@ pub enum Error {
     AmbiguousSnapshot { prefix: String, count: usize },
     #[error("{path}: no such path in snapshot {snapshot}")]
     PathNotInSnapshot { snapshot: String, path: String },
-    #[error("blob {id} ({kind}) is not in the index; run `pvsnap check`, then `pvsnap repair index`")]
+    #[error(
+        "blob {id} ({kind}) is not in the index; run `pvsnap check`, then `pvsnap repair index`"
+    )]
     BlobNotInIndex { id: String, kind: &'static str },
     #[error("blob {id} in pack {pack}: {detail}; run `pvsnap check --read-data`")]
     CorruptBlob {
@@ -164,7 +168,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
             path: path.into(),
             action,

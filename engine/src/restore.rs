@@ -103,7 +103,14 @@ impl Filter {
 }
 
 /// Restores the snapshot's root content (or `subpath` below it) into `target`.
-pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>, target: &Path, opts: &RestoreOptions, progress: &RestoreProgress) -> Result<RestoreSummary> {
+pub fn restore(
+    repo: &IndexedRepository,
+    snap: &Snapshot,
+    subpath: Option<&str>,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
     let root = match subpath {
         Some(p) => repo.find_node(snap, p)?,
@@ -111,7 +118,11 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
     };
     fs::create_dir_all(target).map_err(|e| Error::io(target, "create target folder", e))?;
     let filter = Filter {
-        includes: if opts.includes.is_empty() { None } else { Some(Excludes::new(&opts.includes)?) },
+        includes: if opts.includes.is_empty() {
+            None
+        } else {
+            Some(Excludes::new(&opts.includes)?)
+        },
         excludes: Excludes::new(&opts.excludes)?,
     };
     let set_owner = fsmeta::is_root();
@@ -128,7 +139,17 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
     // Phase 1: plan.
     match &root.kind {
         NodeKind::Dir { subtree } => {
-            plan_dir(repo, subtree, target, Path::new(""), 1, filter.includes.is_none(), &filter, &mut plan, &mut seen_inodes)?;
+            plan_dir(
+                repo,
+                subtree,
+                target,
+                Path::new(""),
+                1,
+                filter.includes.is_none(),
+                &filter,
+                &mut plan,
+                &mut seen_inodes,
+            )?;
             plan.dirs.push((target.to_path_buf(), root.clone(), 0));
         }
         _ => {
@@ -147,79 +168,100 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
     let mut missing: Vec<ChunkId> = Vec::new();
     for chunk in plan.targets.keys() {
         match repo.index().get(&chunk.0) {
-            Some(loc) => by_pack.entry(loc.pack).or_default().push((loc.entry, *chunk)),
+            Some(loc) => by_pack
+                .entry(loc.pack)
+                .or_default()
+                .push((loc.entry, *chunk)),
             None => missing.push(*chunk),
         }
     }
     let damaged: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
     for c in &missing {
         for (fi, _) in &plan.targets[c] {
-            damaged.lock().expect("damaged").push((*fi, format!("chunk {} is not in the index", c.short())));
+            damaged
+                .lock()
+                .expect("damaged")
+                .push((*fi, format!("chunk {} is not in the index", c.short())));
         }
     }
     let written = AtomicU64::new(0);
     let packs: Vec<(PackId, Vec<(BlobEntry, ChunkId)>)> = by_pack.into_iter().collect();
-    packs.par_iter().try_for_each(|(pack, blobs)| -> Result<()> {
-        let mut blobs = blobs.clone();
-        blobs.sort_by_key(|(e, _)| e.offset);
-        let mut open: HashMap<usize, File> = HashMap::new();
-        for group in contiguous_groups(&blobs) {
-            let first = group[0].0.offset as u64;
-            let last = group.last().expect("non-empty group").0;
-            let span = last.offset as u64 + last.stored_len as u64 - first;
-            let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-            let bytes = match repo.backend().get_range(&key, first, span) {
-                Ok(b) => b,
-                Err(e) => {
-                    for (_, c) in group {
-                        for (fi, _) in &plan.targets[c] {
-                            damaged.lock().expect("damaged").push((*fi, format!("pack {}: {e}", pack.short())));
-                        }
-                    }
-                    continue;
-                }
-            };
-            for (entry, chunk) in group {
-                let start = (entry.offset as u64 - first) as usize;
-                let stored = &bytes[start..start + entry.stored_len as usize];
-                match blob::decode(repo.crypto(), pack, entry, stored) {
-                    Ok(raw) => {
-                        for (fi, off) in &plan.targets[chunk] {
-                            let f = match open.entry(*fi) {
-                                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                                std::collections::hash_map::Entry::Vacant(v) => {
-                                    let p = &plan.files[*fi].path;
-                                    v.insert(OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(p).map_err(|e| Error::io(p, "open for writing", e))?)
-                                }
-                            };
-                            f.write_all_at(&raw, *off).map_err(|e| Error::io(&plan.files[*fi].path, "write", e))?;
-                            written.fetch_add(raw.len() as u64, Ordering::Relaxed);
-                            progress.bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
-                        }
-                    }
+    packs
+        .par_iter()
+        .try_for_each(|(pack, blobs)| -> Result<()> {
+            let mut blobs = blobs.clone();
+            blobs.sort_by_key(|(e, _)| e.offset);
+            let mut open: HashMap<usize, File> = HashMap::new();
+            for group in contiguous_groups(&blobs) {
+                let first = group[0].0.offset as u64;
+                let last = group.last().expect("non-empty group").0;
+                let span = last.offset as u64 + last.stored_len as u64 - first;
+                let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
+                let bytes = match repo.backend().get_range(&key, first, span) {
+                    Ok(b) => b,
                     Err(e) => {
-                        for (fi, _) in &plan.targets[chunk] {
-                            damaged.lock().expect("damaged").push((*fi, e.to_string()));
+                        for (_, c) in group {
+                            for (fi, _) in &plan.targets[c] {
+                                damaged
+                                    .lock()
+                                    .expect("damaged")
+                                    .push((*fi, format!("pack {}: {e}", pack.short())));
+                            }
+                        }
+                        continue;
+                    }
+                };
+                for (entry, chunk) in group {
+                    let start = (entry.offset as u64 - first) as usize;
+                    let stored = &bytes[start..start + entry.stored_len as usize];
+                    match blob::decode(repo.crypto(), pack, entry, stored) {
+                        Ok(raw) => {
+                            for (fi, off) in &plan.targets[chunk] {
+                                let f = match open.entry(*fi) {
+                                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                                    std::collections::hash_map::Entry::Vacant(v) => {
+                                        let p = &plan.files[*fi].path;
+                                        v.insert(
+                                            OpenOptions::new()
+                                                .write(true)
+                                                .custom_flags(libc::O_NOFOLLOW)
+                                                .open(p)
+                                                .map_err(|e| Error::io(p, "open for writing", e))?,
+                                        )
+                                    }
+                                };
+                                f.write_all_at(&raw, *off)
+                                    .map_err(|e| Error::io(&plan.files[*fi].path, "write", e))?;
+                                written.fetch_add(raw.len() as u64, Ordering::Relaxed);
+                                progress
+                                    .bytes
+                                    .fetch_add(raw.len() as u64, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            for (fi, _) in &plan.targets[chunk] {
+                                damaged.lock().expect("damaged").push((*fi, e.to_string()));
+                            }
                         }
                     }
                 }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
 
     // Phase 3: hardlinks.
     for (path, first, _) in &plan.hardlinks {
         remove_existing(path)?;
-        fs::hard_link(&plan.files[*first].path, path).map_err(|e| Error::io(path, "create hardlink", e))?;
+        fs::hard_link(&plan.files[*first].path, path)
+            .map_err(|e| Error::io(path, "create hardlink", e))?;
         summary.links += 1;
     }
 
     // Phase 4: metadata.
     let meta_err = |p: &Path, e: std::io::Error| Error::io(p, "set metadata", e);
-    plan.files
-        .par_iter()
-        .try_for_each(|f| fsmeta::apply_metadata(&f.path, &f.node, set_owner).map_err(|e| meta_err(&f.path, e)))?;
+    plan.files.par_iter().try_for_each(|f| {
+        fsmeta::apply_metadata(&f.path, &f.node, set_owner).map_err(|e| meta_err(&f.path, e))
+    })?;
     for (path, node) in &plan.others {
         fsmeta::apply_metadata(path, node, set_owner).map_err(|e| meta_err(path, e))?;
     }
@@ -267,7 +309,17 @@ fn contiguous_groups(blobs: &[(BlobEntry, ChunkId)]) -> Vec<&[(BlobEntry, ChunkI
 }
 
 #[allow(clippy::too_many_arguments)]
-fn plan_dir(repo: &IndexedRepository, tree_id: &crate::id::TreeId, dir: &Path, rel: &Path, depth: usize, inside_included: bool, filter: &Filter, plan: &mut Plan, seen: &mut HashMap<(u64, u64), usize>) -> Result<()> {
+fn plan_dir(
+    repo: &IndexedRepository,
+    tree_id: &crate::id::TreeId,
+    dir: &Path,
+    rel: &Path,
+    depth: usize,
+    inside_included: bool,
+    filter: &Filter,
+    plan: &mut Plan,
+    seen: &mut HashMap<(u64, u64), usize>,
+) -> Result<()> {
     let tree = repo.read_tree(tree_id)?;
     for node in &tree.nodes {
         let name = OsStr::from_bytes(&node.name);
@@ -284,8 +336,19 @@ fn plan_dir(repo: &IndexedRepository, tree_id: &crate::id::TreeId, dir: &Path, r
                     plan.dirs.push((path.clone(), node.clone(), depth));
                 }
                 let before = plan.files.len() + plan.others.len() + plan.hardlinks.len();
-                plan_dir(repo, subtree, &path, &child_rel, depth + 1, take, filter, plan, seen)?;
-                let restored_below = plan.files.len() + plan.others.len() + plan.hardlinks.len() > before;
+                plan_dir(
+                    repo,
+                    subtree,
+                    &path,
+                    &child_rel,
+                    depth + 1,
+                    take,
+                    filter,
+                    plan,
+                    seen,
+                )?;
+                let restored_below =
+                    plan.files.len() + plan.others.len() + plan.hardlinks.len() > before;
                 if !take && restored_below {
                     plan.dirs.push((path.clone(), node.clone(), depth));
                 }
@@ -304,7 +367,12 @@ fn plan_dir(repo: &IndexedRepository, tree_id: &crate::id::TreeId, dir: &Path, r
     Ok(())
 }
 
-fn plan_entry(node: &Node, path: PathBuf, plan: &mut Plan, seen: &mut HashMap<(u64, u64), usize>) -> Result<()> {
+fn plan_entry(
+    node: &Node,
+    path: PathBuf,
+    plan: &mut Plan,
+    seen: &mut HashMap<(u64, u64), usize>,
+) -> Result<()> {
     match &node.kind {
         NodeKind::File { content } => {
             if node.links > 1 {
@@ -322,16 +390,21 @@ fn plan_entry(node: &Node, path: PathBuf, plan: &mut Plan, seen: &mut HashMap<(u
                 }
                 off += e.len;
             }
-            plan.files.push(PlannedFile { path, node: node.clone() });
+            plan.files.push(PlannedFile {
+                path,
+                node: node.clone(),
+            });
         }
         NodeKind::Symlink { target } => {
             remove_existing(&path)?;
-            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path).map_err(|e| Error::io(&path, "create symlink", e))?;
+            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+                .map_err(|e| Error::io(&path, "create symlink", e))?;
             plan.others.push((path, node.clone()));
         }
         NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
             remove_existing(&path)?;
-            fsmeta::make_special(&path, node).map_err(|e| Error::io(&path, "create special file", e))?;
+            fsmeta::make_special(&path, node)
+                .map_err(|e| Error::io(&path, "create special file", e))?;
             plan.others.push((path, node.clone()));
         }
         NodeKind::Dir { .. } => unreachable!("folders are planned by plan_dir"),
@@ -342,7 +415,9 @@ fn plan_entry(node: &Node, path: PathBuf, plan: &mut Plan, seen: &mut HashMap<(u
 /// Removes whatever is at `path` unless it is a real folder.
 fn remove_existing(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(|e| Error::io(path, "replace folder", e)),
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(path).map_err(|e| Error::io(path, "replace folder", e))
+        }
         Ok(_) => fs::remove_file(path).map_err(|e| Error::io(path, "replace", e)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, "inspect", e)),
@@ -381,7 +456,8 @@ fn create_file(path: &Path, size: u64) -> Result<()> {
         .open(path)
         .map_err(|e| Error::io(path, "create", e))?;
     if size > 0 {
-        f.set_len(size).map_err(|e| Error::io(path, "set size", e))?;
+        f.set_len(size)
+            .map_err(|e| Error::io(path, "set size", e))?;
     }
     Ok(())
 }
@@ -398,7 +474,11 @@ impl ModeCompat for OpenOptions {
 /// Writes one file's content to `out` (holes as zeros).
 pub fn dump(repo: &IndexedRepository, node: &Node, out: &mut dyn Write) -> Result<u64> {
     let NodeKind::File { content } = &node.kind else {
-        return Err(Error::Invalid(format!("{}: is a {}, not a file; use `pvsnap ls` or `pvsnap restore`", node.name_lossy(), node.kind.name())));
+        return Err(Error::Invalid(format!(
+            "{}: is a {}, not a file; use `pvsnap ls` or `pvsnap restore`",
+            node.name_lossy(),
+            node.kind.name()
+        )));
     };
     let zeros = vec![0u8; 1024 * 1024];
     let mut n = 0;

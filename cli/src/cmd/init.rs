@@ -15,12 +15,20 @@ pub struct Args {
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let loc = crate::repo::location(cli)?;
-    let pw = if a.encryption { Some(crate::repo::password(cli, true)?) } else { None };
+    let pw = if a.encryption {
+        Some(crate::repo::password(cli, true)?)
+    } else {
+        None
+    };
     let repo = crate::repo::create(&loc.path, pw)?;
     if !cli.quiet {
         println!(
             "created {} repository {} at {}",
-            if a.encryption { "encrypted" } else { "unencrypted" },
+            if a.encryption {
+                "encrypted"
+            } else {
+                "unencrypted"
+            },
             repo.config().id.short(),
             loc.path.display()
         );
@@ -42,7 +50,8 @@ pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
     let mut removed = 0;
     for (id, info) in pvsnap_engine::lock::list_locks(repo.backend())? {
         if a.remove_all || info.is_stale(now, &host) {
-            repo.backend().delete(&ObjectKey::new(ObjectKind::Lock, id.to_hex()))?;
+            repo.backend()
+                .delete(&ObjectKey::new(ObjectKind::Lock, id.to_hex()))?;
             removed += 1;
             if !cli.quiet {
                 eprintln!("removed {}", info.describe());

@@ -11,7 +11,11 @@ use pvsnap_engine::lock::LockGuard;
 use pvsnap_engine::{IndexedRepository, Repository};
 
 /// Takes the repository lock for `operation` and loads the index.
-pub fn locked(repo: Repository, exclusive: bool, operation: &str) -> Result<(IndexedRepository, LockGuard)> {
+pub fn locked(
+    repo: Repository,
+    exclusive: bool,
+    operation: &str,
+) -> Result<(IndexedRepository, LockGuard)> {
     let host = pvsnap_engine::repo::hostname_public();
     let guard = LockGuard::acquire(repo.backend().clone(), exclusive, operation, &host)?;
     Ok((repo.load_index()?, guard))

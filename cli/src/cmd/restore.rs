@@ -40,7 +40,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         crate::progress::Display::start(
             cli.quiet || a.json,
             "restore",
-            Box::new(move || (0, p.bytes.load(Ordering::Relaxed), p.total_bytes.load(Ordering::Relaxed))),
+            Box::new(move || {
+                (
+                    0,
+                    p.bytes.load(Ordering::Relaxed),
+                    p.total_bytes.load(Ordering::Relaxed),
+                )
+            }),
         )
     };
     let opts = RestoreOptions {

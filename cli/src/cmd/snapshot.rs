@@ -68,12 +68,14 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let labels: BTreeMap<String, String> = a.labels.iter().cloned().collect();
     let mut taken: Vec<Snapshot> = Vec::new();
     for path in &a.paths {
-        let abs = std::fs::canonicalize(path).with_context(|| format!("{}: cannot resolve", path.display()))?;
+        let abs = std::fs::canonicalize(path)
+            .with_context(|| format!("{}: cannot resolve", path.display()))?;
         let source = Source::Path {
             path: abs.to_string_lossy().into_owned(),
         };
         let opts = BackupOptions {
-            parent: archiver::find_parent(&existing, &source).or_else(|| archiver::find_parent(&taken, &source)),
+            parent: archiver::find_parent(&existing, &source)
+                .or_else(|| archiver::find_parent(&taken, &source)),
             source: Some(source),
             excludes: a.excludes.clone(),
             one_file_system: a.one_file_system,
@@ -110,9 +112,15 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         let v: Vec<serde_json::Value> = taken.iter().map(snapshot_json).collect();
         output::json(&v)?;
     }
-    let lost = taken.iter().flat_map(|s| &s.errors).filter(|e| e.is_loss()).count();
+    let lost = taken
+        .iter()
+        .flat_map(|s| &s.errors)
+        .filter(|e| e.is_loss())
+        .count();
     if lost > 0 {
-        eprintln!("pvsnap: {lost} path(s) could not be read; the snapshot is incomplete (exit code 3)");
+        eprintln!(
+            "pvsnap: {lost} path(s) could not be read; the snapshot is incomplete (exit code 3)"
+        );
         return Ok(crate::exit::INCOMPLETE);
     }
     Ok(crate::exit::OK)
@@ -131,7 +139,11 @@ fn print_human(s: &Snapshot, dry_run: bool) {
     let m = &s.summary;
     println!(
         "{} {} of {}: {} new, {} changed, {} unmodified files; read {}, added {} in {:.2}s",
-        if dry_run { "would save snapshot" } else { "snapshot" },
+        if dry_run {
+            "would save snapshot"
+        } else {
+            "snapshot"
+        },
         s.short_id(),
         s.source.key(),
         m.files_new,

@@ -57,7 +57,11 @@ impl ObjectKey {
     pub fn path(&self) -> String {
         match self.kind {
             ObjectKind::Config => "config".to_string(),
-            ObjectKind::Pack => format!("data/{}/{}", &self.name[..2.min(self.name.len())], self.name),
+            ObjectKind::Pack => format!(
+                "data/{}/{}",
+                &self.name[..2.min(self.name.len())],
+                self.name
+            ),
             k => format!("{}/{}", k.name(), self.name),
         }
     }
@@ -133,7 +137,12 @@ impl Backend for DryRun {
 }
 
 /// Checks a requested range against an object's size; shared by backends.
-pub(crate) fn check_range(key: &ObjectKey, offset: u64, len: u64, size: u64) -> Result<(), BackendError> {
+pub(crate) fn check_range(
+    key: &ObjectKey,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<(), BackendError> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(BackendError::OutOfRange {
@@ -178,6 +187,9 @@ pub(crate) mod contract_tests {
         let cfg = ObjectKey::config();
         b.put(&cfg, b"c").unwrap();
         assert_eq!(b.get(&cfg).unwrap(), b"c");
-        assert_eq!(b.list(ObjectKind::Config).unwrap(), vec![("config".to_string(), 1)]);
+        assert_eq!(
+            b.list(ObjectKind::Config).unwrap(),
+            vec![("config".to_string(), 1)]
+        );
     }
 }
