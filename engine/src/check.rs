@@ -13,7 +13,6 @@
 //!    as the paths of the files and folders that cannot be restored.
 
 use std::collections::{BTreeMap, HashMap};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,90 +27,11 @@ use crate::format::{HEADER_LEN, ObjectKind};
 use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::index::{self, Index, IndexFile};
 use crate::pack;
-use crate::repo::Repository;
-use crate::tree::NodeKind;
+use crate::repo::{IndexedRepository, Repository};
+use crate::tree::{NodeKind, Tree};
 
-/// Which packs `check` reads in full.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub enum ReadData {
-    /// Structure only: index files, pack trailers, trees.
-    #[default]
-    None,
-    All,
-    /// A random sample of this percentage of the packs.
-    Percent(f64),
-    /// Part `n` of `k` (1-based): the packs whose id's first byte modulo `k`
-    /// is `n - 1`, so `k` runs with n = 1..=k read every pack exactly once.
-    Part {
-        n: u32,
-        k: u32,
-    },
-}
-
-impl FromStr for ReadData {
-    type Err = Error;
-    /// `10%` or `n/k`.
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = |why: &str| {
-            Error::Invalid(format!(
-                "read-data subset `{s}`: {why}; write a percentage such as `10%` or a part such as `1/5`"
-            ))
-        };
-        if let Some(p) = s.strip_suffix('%') {
-            let p: f64 = p.trim().parse().map_err(|_| bad("not a number"))?;
-            if !(p > 0.0 && p <= 100.0) {
-                return Err(bad("the percentage must be above 0 and at most 100"));
-            }
-            return Ok(ReadData::Percent(p));
-        }
-        let (n, k) = s
-            .split_once('/')
-            .ok_or_else(|| bad("neither a percentage nor a part"))?;
-        let (n, k): (u32, u32) = (
-            n.trim().parse().map_err(|_| bad("not a number"))?,
-            k.trim().parse().map_err(|_| bad("not a number"))?,
-        );
-        if k == 0 || k > 256 || n == 0 || n > k {
-            return Err(bad("need 1 <= n <= k <= 256"));
-        }
-        Ok(ReadData::Part { n, k })
-    }
-}
-
-impl std::fmt::Display for ReadData {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadData::None => f.write_str("none"),
-            ReadData::All => f.write_str("all"),
-            ReadData::Percent(p) => write!(f, "{p}%"),
-            ReadData::Part { n, k } => write!(f, "{n}/{k}"),
-        }
-    }
-}
-
-impl ReadData {
-    /// The packs to read among `packs` (sorted).
-    fn select(&self, packs: &[PackId]) -> Vec<PackId> {
-        match *self {
-            ReadData::None => vec![],
-            ReadData::All => packs.to_vec(),
-            ReadData::Part { n, k } => packs
-                .iter()
-                .copied()
-                .filter(|p| p.0.0[0] as u32 % k == n - 1)
-                .collect(),
-            ReadData::Percent(pct) => {
-                use rand::seq::SliceRandom;
-                let want = ((packs.len() as f64 * pct / 100.0).ceil() as usize).min(packs.len());
-                let mut v = packs.to_vec();
-                v.shuffle(&mut rand::thread_rng());
-                v.truncate(want);
-                v.sort();
-                v
-            }
-        }
-    }
-}
+mod read_data;
+pub use read_data::ReadData;
 
 /// What kind of problem was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -211,7 +131,8 @@ pub struct CheckReport {
 
 /// The repository-level findings (stages 1-3), shared with `repair`.
 pub(crate) struct Scan {
-    pub index: Index,
+    /// The repository, with the index as the readable index files give it.
+    pub repo: IndexedRepository,
     /// Blobs that cannot be read intact, with the reason.
     pub bad: HashMap<Id, String>,
     pub errors: Vec<Problem>,
@@ -225,10 +146,18 @@ pub(crate) struct Scan {
 impl Scan {
     /// Why the blob `id` cannot be restored, if it cannot.
     pub fn problem(&self, id: &Id) -> Option<String> {
-        if !self.index.contains(id) {
+        if !self.repo.index().contains(id) {
             return Some(format!("blob {} is not in the index", id.short()));
         }
         self.bad.get(id).cloned()
+    }
+
+    /// Reads a tree, or says why it cannot be read.
+    pub fn read_tree(&self, id: &TreeId) -> std::result::Result<Tree, String> {
+        match self.problem(&id.0) {
+            Some(why) => Err(why),
+            None => self.repo.read_tree(id).map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -401,7 +330,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
     errors.sort_by_key(|p| (p.kind, p.pack, p.index, p.blob));
     warnings.sort_by_key(|p| (p.kind, p.pack, p.index));
     Ok(Scan {
-        index,
+        repo: repo.clone().with_index(index),
         bad,
         errors,
         warnings,
@@ -516,12 +445,11 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         scan.packs,
         scan.packs_read,
         scan.blobs_read,
-        scan.index.len(),
+        scan.repo.index().len(),
         scan.warnings.clone(),
     );
     let mut walker = Walker {
         scan: &scan,
-        repo,
         memo: HashMap::new(),
     };
     let mut damaged_snapshots = Vec::new();
@@ -564,38 +492,17 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
 /// Stage 4: damage below each tree, each tree judged once.
 struct Walker<'a> {
     scan: &'a Scan,
-    repo: &'a Repository,
     memo: HashMap<TreeId, Arc<Vec<DamagedPath>>>,
 }
 
 impl Walker<'_> {
-    fn read(&self, id: &TreeId) -> std::result::Result<crate::tree::Tree, String> {
-        if let Some(why) = self.scan.problem(&id.0) {
-            return Err(why);
-        }
-        let loc = self
-            .scan
-            .index
-            .get(&id.0)
-            .expect("problem() checked the index");
-        let key = ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex());
-        let stored = self
-            .repo
-            .backend()
-            .get_range(&key, loc.entry.offset as u64, loc.entry.stored_len as u64)
-            .map_err(|e| e.to_string())?;
-        let raw = blob::decode(self.repo.crypto(), &loc.pack, &loc.entry, &stored)
-            .map_err(|e| e.to_string())?;
-        crate::tree::Tree::decode(&raw, id).map_err(|e| e.to_string())
-    }
-
     /// Paths (relative, no leading `/`; "" is the tree itself) that cannot be restored.
     fn tree(&mut self, id: &TreeId) -> Arc<Vec<DamagedPath>> {
         if let Some(d) = self.memo.get(id) {
             return d.clone();
         }
         let mut out = Vec::new();
-        match self.read(id) {
+        match self.scan.read_tree(id) {
             Err(why) => out.push(DamagedPath {
                 path: String::new(),
                 reason: format!("folder contents lost: tree {}: {why}", id.short()),

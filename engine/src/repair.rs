@@ -293,34 +293,11 @@ struct Rewriter<'a> {
 }
 
 impl Rewriter<'_> {
-    fn read(&self, id: &TreeId) -> std::result::Result<Tree, String> {
-        if let Some(why) = self.scan.problem(&id.0) {
-            return Err(why);
-        }
-        let loc = self
-            .scan
-            .index
-            .get(&id.0)
-            .expect("problem() checked the index");
-        let stored = self
-            .repo
-            .backend()
-            .get_range(
-                &ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex()),
-                loc.entry.offset as u64,
-                loc.entry.stored_len as u64,
-            )
-            .map_err(|e| e.to_string())?;
-        let raw = blob::decode(self.repo.crypto(), &loc.pack, &loc.entry, &stored)
-            .map_err(|e| e.to_string())?;
-        Tree::decode(&raw, id).map_err(|e| e.to_string())
-    }
-
     fn tree(&mut self, id: &TreeId) -> Result<(TreeId, Vec<DamagedPath>)> {
         if let Some(done) = self.memo.get(id) {
             return Ok(done.clone());
         }
-        let (tree, mut lost) = match self.read(id) {
+        let (tree, mut lost) = match self.scan.read_tree(id) {
             Err(why) => (
                 Tree::default(),
                 vec![DamagedPath {
