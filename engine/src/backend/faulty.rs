@@ -31,16 +31,15 @@ impl FaultyBackend {
     }
 }
 
-/// Takes one from a budget; false once it is spent (negative budgets never are).
+/// Takes one from a budget; false once it is spent (negative budgets never
+/// are). Atomic, so parallel puts cannot both take the last one.
 fn spend(left: &AtomicI64) -> bool {
-    let n = left.load(Ordering::SeqCst);
-    if n == 0 {
-        return false;
-    }
-    if n > 0 {
-        left.fetch_sub(1, Ordering::SeqCst);
-    }
-    true
+    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+        0 => None,
+        n if n > 0 => Some(n - 1),
+        n => Some(n),
+    })
+    .is_ok()
 }
 
 impl Backend for FaultyBackend {
