@@ -68,6 +68,8 @@ pub enum Command {
     Stats(cmd::inspect::StatsArgs),
     /// Remove stale locks
     Unlock(cmd::init::UnlockArgs),
+    #[command(flatten)]
+    Maintenance(cmd::maintenance::Command),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::inspect::diff(&cli, a),
         Command::Stats(a) => cmd::inspect::stats(&cli, a),
         Command::Unlock(a) => cmd::init::unlock(&cli, a),
+        Command::Maintenance(c) => cmd::maintenance::run(&cli, c),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -300,7 +300,9 @@ pub fn backup(
 }
 
 /// Splits pack lists into index files of at most ~64k blobs each.
-fn split_for_index(packs: &[(PackId, Vec<BlobEntry>)]) -> Vec<&[(PackId, Vec<BlobEntry>)]> {
+pub(crate) fn split_for_index(
+    packs: &[(PackId, Vec<BlobEntry>)],
+) -> Vec<&[(PackId, Vec<BlobEntry>)]> {
     const MAX_BLOBS: usize = 65_536;
     let mut parts = Vec::new();
     let (mut start, mut n) = (0, 0);

@@ -1,7 +1,8 @@
 //! Errors of the engine.
 //!
 //! Rules for this module:
-//! - One typed enum per area ([`FormatError`], [`BackendError`], [`CryptoError`])
+//! - One typed enum per area ([`FormatError`], [`BackendError`], [`CryptoError`],
+//!   [`MaintenanceError`])
 //!   and one umbrella [`Error`] that the public API returns. The umbrella is
 //!   `#[non_exhaustive]` so new areas can be added without breaking callers.
 //! - Every message names the thing it is about (the path, the object, the
@@ -91,6 +92,30 @@ pub enum CryptoError {
     Kdf(String),
 }
 
+/// Problems of the maintenance commands: forget, prune, check, repair and
+/// named policies.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MaintenanceError {
+    #[error("{operation} needs the exclusive repository lock; it was called with a shared one")]
+    NeedsExclusiveLock { operation: &'static str },
+    #[error("invalid policy name `{name}`: {reason}")]
+    InvalidPolicyName { name: String, reason: String },
+    #[error("no policy named `{0}`; list them with `pvsnap policy list`")]
+    PolicyNotFound(String),
+    #[error(
+        "snapshot {snapshot} needs {kind} blob {blob}, which no readable pack holds ({detail}); prune would lose track of it, so nothing was changed. Run `pvsnap check`, then `pvsnap repair index` or `pvsnap repair snapshots`"
+    )]
+    MissingBlob {
+        snapshot: String,
+        kind: &'static str,
+        blob: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Retention(#[from] crate::retention::RetentionError),
+}
+
 /// The umbrella error of the engine's public API.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -101,6 +126,8 @@ pub enum Error {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Maintenance(#[from] MaintenanceError),
     #[error("{path}: {action} failed: {source}")]
     Io {
         path: PathBuf,
@@ -151,6 +178,12 @@ impl Error {
             action,
             source,
         }
+    }
+}
+
+impl From<crate::retention::RetentionError> for Error {
+    fn from(e: crate::retention::RetentionError) -> Self {
+        Error::Maintenance(e.into())
     }
 }
 

@@ -91,6 +91,17 @@ impl IndexFile {
     }
 }
 
+/// The index files among `files` that another file present supersedes; they
+/// are left out of the index and are prune's to delete.
+pub fn superseded(files: &[(IndexId, IndexFile)]) -> HashSet<IndexId> {
+    let present: HashSet<IndexId> = files.iter().map(|(id, _)| *id).collect();
+    files
+        .iter()
+        .flat_map(|(_, f)| f.supersedes.iter().copied())
+        .filter(|s| present.contains(s))
+        .collect()
+}
+
 /// One blob's location, as kept in memory: 52 bytes with padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
@@ -122,12 +133,7 @@ impl Index {
     /// another one present are skipped; a blob stored in several packs keeps one
     /// location (the duplicates are prune's to remove).
     pub fn from_files(files: &[(IndexId, IndexFile)]) -> Self {
-        let present: HashSet<IndexId> = files.iter().map(|(id, _)| *id).collect();
-        let superseded: HashSet<IndexId> = files
-            .iter()
-            .flat_map(|(_, f)| f.supersedes.iter().copied())
-            .filter(|s| present.contains(s))
-            .collect();
+        let superseded = superseded(files);
         let live: Vec<&IndexFile> = files
             .iter()
             .filter(|(id, _)| !superseded.contains(id))

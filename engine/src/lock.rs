@@ -98,6 +98,7 @@ pub fn list_locks(backend: &DynBackend) -> Result<Vec<(LockId, LockInfo)>> {
 /// A held lock; released (deleted) on drop.
 pub struct LockGuard {
     backend: DynBackend,
+    exclusive: bool,
     current: Arc<Mutex<LockId>>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
@@ -146,10 +147,19 @@ impl LockGuard {
         };
         Ok(LockGuard {
             backend,
+            exclusive,
             current,
             stop: Some(stop),
             refresher,
         })
+    }
+}
+
+impl LockGuard {
+    /// Whether this is an exclusive lock; operations that delete take one as
+    /// proof that no other operation runs.
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
     }
 }
 

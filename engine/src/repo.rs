@@ -286,6 +286,12 @@ impl Repository {
         Ok(IndexedRepository { repo: self, index })
     }
 
+    /// Pairs the repository with an index built by the caller (maintenance
+    /// code that has read and judged the index files itself).
+    pub fn with_index(self, index: Index) -> IndexedRepository {
+        IndexedRepository { repo: self, index }
+    }
+
     /// Writes an index file; returns its id.
     pub fn write_index(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
         let (id, bytes) = file.encode(&self.crypto);

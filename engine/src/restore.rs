@@ -287,10 +287,9 @@ pub fn restore(
     let mut dmg = damaged.into_inner().expect("damaged");
     dmg.sort();
     dmg.dedup_by(|a, b| a.0 == b.0);
+    // (They may never have been opened: create them at their size.)
     for (fi, _) in &dmg {
-        let f = &plan.files[*fi];
-        fsmeta::apply_metadata(&f.path, &f.node, set_owner)
-            .map_err(|e| Error::io(&f.path, "set metadata", e))?;
+        finish_file(*fi, &open_file(*fi)?)?;
     }
 
     // Phase 3: hardlinks.

@@ -4,4 +4,5 @@
 mod util;
 
 mod fixture;
+mod maintenance;
 mod snapshot_restore;

@@ -25,11 +25,17 @@ pub struct Args {
 fn parse_chunker(s: &str) -> Result<(u32, u32, u32), String> {
     let parts: Vec<u32> = s
         .split(',')
-        .map(|p| p.trim().parse::<u32>().map_err(|_| format!("`{p}` is not a number of KiB")))
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{p}` is not a number of KiB"))
+        })
         .collect::<Result<_, _>>()?;
     match parts.as_slice() {
         [a, b, c] if a <= b && b <= c => Ok((a * 1024, b * 1024, c * 1024)),
-        _ => Err(format!("`{s}` is not MIN,AVG,MAX in KiB with MIN <= AVG <= MAX")),
+        _ => Err(format!(
+            "`{s}` is not MIN,AVG,MAX in KiB with MIN <= AVG <= MAX"
+        )),
     }
 }
 
