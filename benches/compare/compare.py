@@ -859,18 +859,18 @@ class Borg(Tool):
 class Rustic(Tool):
     name = "rustic"
 
-    def env(self):
-        return {"RUSTIC_REPOSITORY": str(self.repo), "RUSTIC_PASSWORD": RESTIC_PASSWORD,
-                "RUSTIC_CACHE_DIR": str(self.aux / "cache"), "RUSTIC_NO_PROGRESS": "true"}
+    def base(self):
+        return [self.exe, "-r", str(self.repo), "--password", RESTIC_PASSWORD,
+                "--cache-dir", str(self.aux / "cache"), "--no-progress"]
 
     def init_cmd(self):
-        return [self.exe, "init"]
+        return [*self.base(), "init"]
 
     def snapshot_cmd(self, src, n):
-        return [self.exe, "backup", "--host", "bench", str(src)]
+        return [*self.base(), "backup", "--host", "bench", str(src)]
 
     def restore_cmd(self, target, n):
-        return [self.exe, "restore", "latest", str(target)]
+        return [*self.base(), "restore", "latest", str(target)]
 
 
 class Pvsnap(Tool):
@@ -916,7 +916,30 @@ TOOL_CLASSES = {c.name: c for c in (RsyncFull, RsyncLinkDest, Restic, Borg, Rust
 # benchmark loops
 
 
+def meta_scan(root: Path) -> dict[str, tuple]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, int(st.st_mtime))
+        for name in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = ("d",)
+    return out
+
+
 def reset_live(states: Path, live: Path) -> None:
+    """Bring the live directory to state A (same path for every tool).
+
+    A live directory left at state B is synced back with rsync (cheap); if its
+    metadata then differs from state A in any way, it is recreated with cp -a.
+    """
+    if live.is_dir():
+        run(["rsync", "-a", "--delete", "--inplace", f"{states / 'A'}/", f"{live}/"])
+        if meta_scan(live) == meta_scan(states / "A"):
+            sync()
+            return
+        log("  live directory differs from state A after rsync; recreating it with cp -a")
     rmtree(live)
     live.parent.mkdir(parents=True, exist_ok=True)
     run(["cp", "-a", states / "A", live])

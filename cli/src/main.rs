@@ -27,7 +27,11 @@ pub mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "pvsnap", version, about = "Deduplicated, compressed, incremental snapshots of volume folders")]
+#[command(
+    name = "pvsnap",
+    version,
+    about = "Deduplicated, compressed, incremental snapshots of volume folders"
+)]
 pub struct Cli {
     /// Repository folder (default: /var/lib/pvsnap/repo as root, else ~/.local/share/pvsnap/repo)
     #[arg(long, global = true, env = "PVSNAP_REPO")]
@@ -65,6 +69,8 @@ pub enum Command {
     Stats(cmd::inspect::StatsArgs),
     /// Remove stale locks
     Unlock(cmd::init::UnlockArgs),
+    #[command(flatten)]
+    Maintenance(cmd::maintenance::Command),
 }
 
 fn main() -> ExitCode {
@@ -72,7 +78,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let level = match cli.verbose {
@@ -81,7 +91,10 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PVSNAP_LOG").unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PVSNAP_LOG")
+                .unwrap_or_else(|_| level.into()),
+        )
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)
@@ -96,6 +109,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::inspect::diff(&cli, a),
         Command::Stats(a) => cmd::inspect::stats(&cli, a),
         Command::Unlock(a) => cmd::init::unlock(&cli, a),
+        Command::Maintenance(c) => cmd::maintenance::run(&cli, c),
     };
     match result {
         Ok(code) => ExitCode::from(code),

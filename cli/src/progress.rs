@@ -40,7 +40,10 @@ impl Display {
             }
             bar.finish_and_clear();
         });
-        Display { stop, handle: Some(handle) }
+        Display {
+            stop,
+            handle: Some(handle),
+        }
     }
 }
 

@@ -39,7 +39,9 @@ pub fn default_repo() -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("pvsnap/repo"));
     }
-    let home = std::env::var_os("HOME").context("neither --repo, PVSNAP_REPO, XDG_DATA_HOME nor HOME is set; name a repository with --repo")?;
+    let home = std::env::var_os("HOME").context(
+        "neither --repo, PVSNAP_REPO, XDG_DATA_HOME nor HOME is set; name a repository with --repo",
+    )?;
     Ok(PathBuf::from(home).join(".local/share/pvsnap/repo"))
 }
 
@@ -50,7 +52,9 @@ pub fn backend(path: &std::path::Path) -> DynBackend {
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
 pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
     if let Some(f) = &cli.password_file {
-        let s = std::fs::read(f).map_err(|e| Error::Invalid(format!("{}: cannot read password file: {e}", f.display())))?;
+        let s = std::fs::read(f).map_err(|e| {
+            Error::Invalid(format!("{}: cannot read password file: {e}", f.display()))
+        })?;
         let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
         return Ok(trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec());
     }
@@ -60,9 +64,11 @@ pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
     if !std::io::stdin().is_terminal() {
         return Err(pvsnap_engine::error::CryptoError::PasswordRequired.into());
     }
-    let p = rpassword::prompt_password("repository password: ").map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
+    let p = rpassword::prompt_password("repository password: ")
+        .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
     if confirm {
-        let again = rpassword::prompt_password("again: ").map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
+        let again = rpassword::prompt_password("again: ")
+            .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
         if again != p {
             return Err(Error::Invalid("the two passwords differ".into()));
         }
@@ -75,19 +81,25 @@ pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
 pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository> {
     let loc = location(cli)?;
     let be = backend(&loc.path);
-    let be: DynBackend = if dry_run { Arc::new(DryRun::new(be)) } else { be };
+    let be: DynBackend = if dry_run {
+        Arc::new(DryRun::new(be))
+    } else {
+        be
+    };
     let pw = || password(cli, false);
     match Repository::open(be.clone(), Some(&pw)) {
         Ok(r) => Ok(r),
         Err(Error::NotARepository(_)) if create_default && !loc.explicit && !dry_run => {
-            create(&loc.path, None)?;
+            create(&loc.path, pvsnap_engine::InitOptions::default())?;
             if !cli.quiet {
                 eprintln!("pvsnap: created repository at {}", loc.path.display());
             }
             Ok(Repository::open(be, Some(&pw))?)
         }
         Err(Error::NotARepository(p)) if !loc.explicit => {
-            bail!("no repository at {p} (the default); take a first snapshot with `pvsnap snapshot DIR`, or create one with `pvsnap init`")
+            bail!(
+                "no repository at {p} (the default); take a first snapshot with `pvsnap snapshot DIR`, or create one with `pvsnap init`"
+            )
         }
         Err(Error::NotARepository(p)) => {
             bail!("{p}: not a pvsnap repository; create it with `pvsnap --repo {p} init`")
@@ -97,15 +109,16 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
 }
 
 /// Creates the folder layout and the repository objects.
-pub fn create(path: &std::path::Path, password: Option<Vec<u8>>) -> Result<Repository> {
+pub fn create(path: &std::path::Path, opts: pvsnap_engine::InitOptions) -> Result<Repository> {
     if path.exists() && std::fs::read_dir(path)?.next().is_some() && !path.join("config").exists() {
-        bail!("{}: folder is not empty and is not a repository; choose an empty or new folder", path.display());
+        bail!(
+            "{}: folder is not empty and is not a repository; choose an empty or new folder",
+            path.display()
+        );
     }
     let local = LocalBackend::new(path);
-    local.create_layout().with_context(|| format!("{}: cannot create the repository folders", path.display()))?;
-    let opts = pvsnap_engine::InitOptions {
-        password,
-        ..Default::default()
-    };
+    local
+        .create_layout()
+        .with_context(|| format!("{}: cannot create the repository folders", path.display()))?;
     Ok(Repository::init(Arc::new(local), opts)?)
 }

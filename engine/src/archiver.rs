@@ -143,9 +143,8 @@ fn read_block(max_chunk: u32) -> usize {
     (16 * 1024 * 1024).max(4 * max_chunk as usize)
 }
 
-/// Content of files with several names read in this run: (device, inode) →
-/// (mtime, extents).
-type HardLinks = HashMap<(u64, u64), (i64, Vec<Extent>)>;
+/// (device, inode) of a file with several names.
+type InodeKey = (u64, u64);
 
 struct Archiver<'a> {
     repo: &'a IndexedRepository,
@@ -161,7 +160,7 @@ struct Archiver<'a> {
     tree_pack: Mutex<PackBuilder>,
     written: Mutex<Vec<(PackId, Vec<BlobEntry>)>>,
     issues: Mutex<Vec<PathIssue>>,
-    hardlinks: Mutex<HardLinks>,
+    hardlinks: Mutex<HashMap<InodeKey, (i64, Vec<Extent>)>>,
     files_new: AtomicU64,
     files_changed: AtomicU64,
     files_unmodified: AtomicU64,
@@ -176,7 +175,12 @@ struct Archiver<'a> {
 
 /// Takes a snapshot of the folder `path` into `repo`: [`store`] then
 /// [`PendingSnapshot::commit`].
-pub fn backup(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progress: &Progress) -> Result<BackupOutcome> {
+pub fn backup(
+    repo: &IndexedRepository,
+    path: &Path,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
     store(repo, path, opts, progress)?.commit(repo)
 }
 
@@ -210,7 +214,8 @@ impl PendingSnapshot {
         let mut snapshot = self.snapshot;
         let snapshot_len = repo.encode_snapshot(&snapshot).len() as u64;
         snapshot.summary.bytes_added = self.bytes_added + snapshot_len;
-        snapshot.summary.duration_s = (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        snapshot.summary.duration_s =
+            (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         repo.save_snapshot(&snapshot)?;
         Ok(BackupOutcome {
             snapshot,
@@ -221,7 +226,12 @@ impl PendingSnapshot {
 
 /// Stages 1-7 of a snapshot of the folder `path`: reads it and stores its
 /// data and trees; the snapshot object is written by [`PendingSnapshot::commit`].
-pub fn store(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progress: &Progress) -> Result<PendingSnapshot> {
+pub fn store(
+    repo: &IndexedRepository,
+    path: &Path,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<PendingSnapshot> {
     let started = Instant::now();
     let root_meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, "read", e))?;
     if !root_meta.is_dir() {
@@ -235,8 +245,12 @@ pub fn store(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progre
         path: abs.to_string_lossy().into_owned(),
     });
     if let Some(p) = &opts.parent {
-        progress.total_files_hint.store(p.summary.total_files, Ordering::Relaxed);
-        progress.total_bytes_hint.store(p.summary.total_bytes, Ordering::Relaxed);
+        progress
+            .total_files_hint
+            .store(p.summary.total_files, Ordering::Relaxed);
+        progress
+            .total_bytes_hint
+            .store(p.summary.total_bytes, Ordering::Relaxed);
     }
     let cfg = repo.config();
     let encrypted = repo.crypto().is_encrypted();
@@ -293,8 +307,16 @@ pub fn store(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progre
     // Stage 8 is prepared here and done by `PendingSnapshot::commit`.
     let mut issues = std::mem::take(&mut *a.issues.lock().expect("issues"));
     issues.sort_by(|x, y| x.path.cmp(&y.path));
-    let root = fsmeta::node_from_meta(OsStr::new(""), &root_meta, NodeKind::Dir { subtree: tree_id }, &a.names, fsmeta::read_xattrs(&abs).unwrap_or_default());
-    let files = a.files_new.load(Ordering::Relaxed) + a.files_changed.load(Ordering::Relaxed) + a.files_unmodified.load(Ordering::Relaxed);
+    let root = fsmeta::node_from_meta(
+        OsStr::new(""),
+        &root_meta,
+        NodeKind::Dir { subtree: tree_id },
+        &a.names,
+        fsmeta::read_xattrs(&abs).unwrap_or_default(),
+    );
+    let files = a.files_new.load(Ordering::Relaxed)
+        + a.files_changed.load(Ordering::Relaxed)
+        + a.files_unmodified.load(Ordering::Relaxed);
     let snapshot = Snapshot {
         id: SnapshotId(Id::random()),
         time: opts.time.unwrap_or_else(Timestamp::now),
@@ -331,7 +353,9 @@ pub fn store(repo: &IndexedRepository, path: &Path, opts: &BackupOptions, progre
 }
 
 /// Splits pack lists into index files of at most ~64k blobs each.
-fn split_for_index(packs: &[(PackId, Vec<BlobEntry>)]) -> Vec<&[(PackId, Vec<BlobEntry>)]> {
+pub(crate) fn split_for_index(
+    packs: &[(PackId, Vec<BlobEntry>)],
+) -> Vec<&[(PackId, Vec<BlobEntry>)]> {
     const MAX_BLOBS: usize = 65_536;
     let mut parts = Vec::new();
     let (mut start, mut n) = (0, 0);
@@ -386,7 +410,9 @@ impl Archiver<'_> {
                     }
                 }
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => self.issue("vanished", path, "folder vanished"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.issue("vanished", path, "folder vanished")
+            }
             Err(e) => self.issue("unreadable", path, format!("cannot list folder: {e}")),
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -408,7 +434,13 @@ impl Archiver<'_> {
     }
 
     /// One entry: Ok(None) when it is skipped (excluded, vanished, unreadable).
-    fn entry(&self, path: &Path, rel: &Path, name: &OsStr, prev: Option<&Node>) -> Result<Option<Node>> {
+    fn entry(
+        &self,
+        path: &Path,
+        rel: &Path,
+        name: &OsStr,
+        prev: Option<&Node>,
+    ) -> Result<Option<Node>> {
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -420,12 +452,21 @@ impl Archiver<'_> {
                 return Ok(None);
             }
         };
-        let xattrs = match fsmeta::read_xattrs(path) {
-            Ok(x) => x,
-            Err(e) => {
-                self.issue("unreadable", path, format!("extended attributes: {e}"));
-                vec![]
+        // Setting an xattr changes ctime: with ctime and inode unchanged, the
+        // parent's xattrs are still true and need not be read again.
+        let xattrs = match prev {
+            Some(p)
+                if p.ctime_ns == ns(meta.ctime(), meta.ctime_nsec()) && p.inode == meta.ino() =>
+            {
+                p.xattrs.clone()
             }
+            _ => match fsmeta::read_xattrs(path) {
+                Ok(x) => x,
+                Err(e) => {
+                    self.issue("unreadable", path, format!("extended attributes: {e}"));
+                    vec![]
+                }
+            },
         };
         let kind = match fsmeta::source_kind(&meta) {
             SourceKind::Dir => {
@@ -457,14 +498,31 @@ impl Archiver<'_> {
             SourceKind::Char(rdev) => NodeKind::CharDevice { rdev },
             SourceKind::Block(rdev) => NodeKind::BlockDevice { rdev },
             SourceKind::Socket => {
-                self.issue("skipped", path, "socket skipped (sockets cannot be restored)");
+                self.issue(
+                    "skipped",
+                    path,
+                    "socket skipped (sockets cannot be restored)",
+                );
                 return Ok(None);
             }
         };
-        Ok(Some(fsmeta::node_from_meta(name, &meta, kind, &self.names, xattrs)))
+        Ok(Some(fsmeta::node_from_meta(
+            name,
+            &meta,
+            kind,
+            &self.names,
+            xattrs,
+        )))
     }
 
-    fn file(&self, path: &Path, name: &OsStr, meta: &Metadata, prev: Option<&Node>, xattrs: Vec<crate::tree::Xattr>) -> Result<Option<Node>> {
+    fn file(
+        &self,
+        path: &Path,
+        name: &OsStr,
+        meta: &Metadata,
+        prev: Option<&Node>,
+        xattrs: Vec<crate::tree::Xattr>,
+    ) -> Result<Option<Node>> {
         self.total_bytes.fetch_add(meta.len(), Ordering::Relaxed);
         let done = |node: Node| {
             self.progress.files.fetch_add(1, Ordering::Relaxed);
@@ -481,12 +539,17 @@ impl Archiver<'_> {
             if same {
                 self.files_unmodified.fetch_add(1, Ordering::Relaxed);
                 self.progress.bytes.fetch_add(meta.len(), Ordering::Relaxed);
-                let mut node = fsmeta::node_from_meta(name, meta, p.kind.clone(), &self.names, xattrs);
+                let mut node =
+                    fsmeta::node_from_meta(name, meta, p.kind.clone(), &self.names, xattrs);
                 node.size = p.size;
                 return done(node);
             }
         }
-        let counter = if prev.is_some() { &self.files_changed } else { &self.files_new };
+        let counter = if prev.is_some() {
+            &self.files_changed
+        } else {
+            &self.files_new
+        };
         // Another name of an inode already read in this run?
         let link_key = (meta.dev(), meta.ino());
         if meta.nlink() > 1 {
@@ -495,7 +558,15 @@ impl Archiver<'_> {
                 && *m == mtime
             {
                 counter.fetch_add(1, Ordering::Relaxed);
-                let node = fsmeta::node_from_meta(name, meta, NodeKind::File { content: content.clone() }, &self.names, xattrs);
+                let node = fsmeta::node_from_meta(
+                    name,
+                    meta,
+                    NodeKind::File {
+                        content: content.clone(),
+                    },
+                    &self.names,
+                    xattrs,
+                );
                 return done(node);
             }
         }
@@ -507,12 +578,21 @@ impl Archiver<'_> {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if opened_meta.nlink() > 1 {
-            self.hardlinks
-                .lock()
-                .expect("hardlinks")
-                .insert(link_key, (ns(opened_meta.mtime(), opened_meta.mtime_nsec()), content.clone()));
+            self.hardlinks.lock().expect("hardlinks").insert(
+                link_key,
+                (
+                    ns(opened_meta.mtime(), opened_meta.mtime_nsec()),
+                    content.clone(),
+                ),
+            );
         }
-        let mut node = fsmeta::node_from_meta(name, &opened_meta, NodeKind::File { content }, &self.names, xattrs);
+        let mut node = fsmeta::node_from_meta(
+            name,
+            &opened_meta,
+            NodeKind::File { content },
+            &self.names,
+            xattrs,
+        );
         node.size = match &node.kind {
             NodeKind::File { content } => content.iter().map(|e| e.len).sum(),
             _ => 0,
@@ -546,7 +626,10 @@ impl Archiver<'_> {
         let mut short = false;
         for (off, len) in fsmeta::data_segments(&file, &before) {
             if off > pos {
-                extents.push(Extent { chunk: None, len: off - pos });
+                extents.push(Extent {
+                    chunk: None,
+                    len: off - pos,
+                });
             }
             let got = match self.chunk_segment(&file, off, len, &mut extents) {
                 Ok(n) => n,
@@ -576,14 +659,24 @@ impl Archiver<'_> {
                     || ns(a.ctime(), a.ctime_nsec()) != ns(before.ctime(), before.ctime_nsec())
             });
         if changed {
-            self.issue("changed", path, "changed while it was read; the snapshot holds the content as read");
+            self.issue(
+                "changed",
+                path,
+                "changed while it was read; the snapshot holds the content as read",
+            );
         }
         Ok(Some((extents, before)))
     }
 
     /// Chunks `len` bytes at `off`; returns how many bytes were read (fewer
     /// than `len` if the file shrank meanwhile).
-    fn chunk_segment(&self, file: &File, off: u64, len: u64, out: &mut Vec<Extent>) -> std::result::Result<u64, SegmentError> {
+    fn chunk_segment(
+        &self,
+        file: &File,
+        off: u64,
+        len: u64,
+        out: &mut Vec<Extent>,
+    ) -> std::result::Result<u64, SegmentError> {
         let c = self.repo.config().chunker;
         let block = read_block(c.max);
         let mut buf: Vec<u8> = Vec::with_capacity(block.min(len as usize));
@@ -596,7 +689,8 @@ impl Archiver<'_> {
                 let want = (block - buf.len()).min((end - file_pos) as usize);
                 let start = buf.len();
                 buf.resize(start + want, 0);
-                let n = read_at_full(file, &mut buf[start..], file_pos).map_err(SegmentError::Io)?;
+                let n =
+                    read_at_full(file, &mut buf[start..], file_pos).map_err(SegmentError::Io)?;
                 buf.truncate(start + n);
                 file_pos += n as u64;
                 self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
@@ -612,9 +706,16 @@ impl Archiver<'_> {
             if buf.is_empty() {
                 break;
             }
-            let mut cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::with_level_and_seed(&buf, c.min, c.avg, c.max, fastcdc::v2020::Normalization::Level1, self.seed)
-                .map(|ch| (ch.offset, ch.length))
-                .collect();
+            let mut cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::with_level_and_seed(
+                &buf,
+                c.min,
+                c.avg,
+                c.max,
+                fastcdc::v2020::Normalization::Level1,
+                self.seed,
+            )
+            .map(|ch| (ch.offset, ch.length))
+            .collect();
             if !eof && cuts.len() > 1 {
                 cuts.pop(); // the last cut is only where the block ended
             }
@@ -681,7 +782,10 @@ impl Archiver<'_> {
             let mut p = packer.lock().expect("packer");
             p.add(entry, &stored);
             if p.len() >= self.pack_size {
-                Some(std::mem::replace(&mut *p, PackBuilder::new(self.repo.crypto().is_encrypted(), 0)))
+                Some(std::mem::replace(
+                    &mut *p,
+                    PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
+                ))
             } else {
                 None
             }
@@ -697,14 +801,21 @@ impl Archiver<'_> {
         self.repo
             .backend()
             .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
-        self.bytes_added.fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
-        self.written.lock().expect("written").push((fp.id, fp.entries));
+        self.bytes_added
+            .fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
+        self.written
+            .lock()
+            .expect("written")
+            .push((fp.id, fp.entries));
         Ok(())
     }
 
     fn flush_packs(&self) -> Result<()> {
         for packer in [&self.data_pack, &self.tree_pack] {
-            let p = std::mem::replace(&mut *packer.lock().expect("packer"), PackBuilder::new(self.repo.crypto().is_encrypted(), 0));
+            let p = std::mem::replace(
+                &mut *packer.lock().expect("packer"),
+                PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
+            );
             if !p.is_empty() {
                 self.write_pack(p)?;
             }
@@ -737,7 +848,12 @@ pub(crate) fn read_at_full(file: &File, buf: &mut [u8], mut pos: u64) -> std::io
 
 /// Opens without following symlinks and, where allowed, without touching atime.
 fn open_for_read(path: &Path) -> std::io::Result<File> {
-    let open = |flags: i32| OpenOptions::new().read(true).custom_flags(flags | libc::O_NOFOLLOW).open(path);
+    let open = |flags: i32| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | libc::O_NOFOLLOW)
+            .open(path)
+    };
     match open(libc::O_NOATIME) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
         r => r,

@@ -12,7 +12,9 @@ use crate::format::{BLOB_FLAG_ZSTD, ENTRY_LEN, KNOWN_BLOB_FLAGS, Reader};
 use crate::id::{Id, PackId};
 
 /// What a blob holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[repr(u8)]
 pub enum BlobKind {
     Data = 0,
@@ -124,14 +126,21 @@ pub fn encode(crypto: &Crypto, level: i32, kind: BlobKind, id: &Id, raw: &[u8]) 
 }
 
 /// Opens, decompresses and verifies a blob read from pack `pack`.
-pub fn decode(crypto: &Crypto, pack: &PackId, e: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>, Error> {
+pub fn decode(
+    crypto: &Crypto,
+    pack: &PackId,
+    e: &BlobEntry,
+    stored: &[u8],
+) -> Result<Vec<u8>, Error> {
     let corrupt = |detail: String| Error::CorruptBlob {
         id: e.id.to_hex(),
         pack: pack.to_hex(),
         detail,
     };
     let payload = crypto
-        .open(&blob_aad(e.kind, &e.id), stored, &|| format!("blob {} in pack {}", e.id, pack))
+        .open(&blob_aad(e.kind, &e.id), stored, &|| {
+            format!("blob {} in pack {}", e.id, pack)
+        })
         .map_err(|_| corrupt("authentication failed".into()))?;
     let raw = if e.flags & BLOB_FLAG_ZSTD != 0 {
         decompress(&payload, e.raw_len as usize).map_err(|err| corrupt(format!("zstd: {err}")))?
@@ -139,7 +148,11 @@ pub fn decode(crypto: &Crypto, pack: &PackId, e: &BlobEntry, stored: &[u8]) -> R
         payload
     };
     if raw.len() != e.raw_len as usize {
-        return Err(corrupt(format!("length {} instead of {}", raw.len(), e.raw_len)));
+        return Err(corrupt(format!(
+            "length {} instead of {}",
+            raw.len(),
+            e.raw_len
+        )));
     }
     if crypto.content_id(&raw) != e.id {
         return Err(corrupt("content does not match its id".into()));
@@ -171,15 +184,25 @@ mod tests {
         assert_eq!(decode(&c, &PackId::default(), &e, &stored).unwrap(), text);
 
         let mut noise = vec![0u8; 4096];
-        blake3::Hasher::new().update(b"seed").finalize_xof().fill(&mut noise);
+        blake3::Hasher::new()
+            .update(b"seed")
+            .finalize_xof()
+            .fill(&mut noise);
         let (stored, flags) = encode(&c, 3, BlobKind::Data, &c.content_id(&noise), &noise);
-        assert_eq!(flags & BLOB_FLAG_ZSTD, 0, "incompressible data is stored raw");
+        assert_eq!(
+            flags & BLOB_FLAG_ZSTD,
+            0,
+            "incompressible data is stored raw"
+        );
         assert_eq!(stored, noise);
     }
 
     #[test]
     fn a_flipped_byte_is_detected() {
-        for c in [Crypto::None, Crypto::Keyed(Box::new(Keys::from_master(&[3; 32])))] {
+        for c in [
+            Crypto::None,
+            Crypto::Keyed(Box::new(Keys::from_master(&[3; 32]))),
+        ] {
             let raw = b"hello hello hello hello".to_vec();
             let id = c.content_id(&raw);
             let (mut stored, flags) = encode(&c, 0, BlobKind::Data, &id, &raw);

@@ -82,10 +82,16 @@ impl Crypto {
     }
 
     /// Opens what [`Crypto::seal`] produced; `what` names the object in errors.
-    pub fn open(&self, aad: &[u8], sealed: &[u8], what: &dyn Fn() -> String) -> Result<Vec<u8>, CryptoError> {
+    pub fn open(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>, CryptoError> {
         match self {
             Crypto::None => Ok(sealed.to_vec()),
-            Crypto::Keyed(k) => open_with(&k.cipher, aad, sealed).ok_or_else(|| CryptoError::Authentication { what: what() }),
+            Crypto::Keyed(k) => open_with(&k.cipher, aad, sealed)
+                .ok_or_else(|| CryptoError::Authentication { what: what() }),
         }
     }
 
@@ -115,7 +121,9 @@ fn open_with(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Option<Ve
         return None;
     }
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .ok()
 }
 
 /// Argon2id cost parameters, stored in each key slot.
@@ -155,7 +163,8 @@ pub struct KeySlot {
 const KEY_SLOT_AAD: &[u8] = b"pvsnap key slot v1";
 
 fn kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<XChaCha20Poly1305, CryptoError> {
-    let params = argon2::Params::new(p.m_cost, p.t_cost, p.p_cost, Some(32)).map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    let params = argon2::Params::new(p.m_cost, p.t_cost, p.p_cost, Some(32))
+        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = [0u8; 32];
     argon
@@ -172,7 +181,13 @@ pub fn new_master_key() -> [u8; 32] {
 }
 
 impl KeySlot {
-    pub fn create(master: &[u8; 32], password: &[u8], params: KdfParams, created: String, hostname: String) -> Result<Self, CryptoError> {
+    pub fn create(
+        master: &[u8; 32],
+        password: &[u8],
+        params: KdfParams,
+        created: String,
+        hostname: String,
+    ) -> Result<Self, CryptoError> {
         let mut salt = vec![0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         let cipher = kek(password, &salt, params)?;
@@ -189,7 +204,10 @@ impl KeySlot {
     /// The master key, or `None` when `password` does not open this slot.
     pub fn open(&self, password: &[u8]) -> Result<Option<[u8; 32]>, CryptoError> {
         if self.kdf != "argon2id" {
-            return Err(CryptoError::Kdf(format!("unknown key derivation `{}`", self.kdf)));
+            return Err(CryptoError::Kdf(format!(
+                "unknown key derivation `{}`",
+                self.kdf
+            )));
         }
         let cipher = kek(password, &self.salt, self.params)?;
         Ok(open_with(&cipher, KEY_SLOT_AAD, &self.sealed_master)
@@ -227,7 +245,10 @@ mod tests {
         let sealed = c.seal(b"aad", b"secret data".to_vec());
         assert_eq!(sealed.len(), 11 + c.overhead());
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(c.open(b"aad", &sealed, &|| "x".into()).unwrap(), b"secret data");
+        assert_eq!(
+            c.open(b"aad", &sealed, &|| "x".into()).unwrap(),
+            b"secret data"
+        );
         assert!(c.open(b"other aad", &sealed, &|| "x".into()).is_err());
         let mut bad = sealed.clone();
         bad[30] ^= 1;

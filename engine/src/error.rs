@@ -1,7 +1,8 @@
 //! Errors of the engine.
 //!
 //! Rules for this module:
-//! - One typed enum per area ([`FormatError`], [`BackendError`], [`CryptoError`])
+//! - One typed enum per area ([`FormatError`], [`BackendError`], [`CryptoError`],
+//!   [`MaintenanceError`])
 //!   and one umbrella [`Error`] that the public API returns. The umbrella is
 //!   `#[non_exhaustive]` so new areas can be added without breaking callers.
 //! - Every message names the thing it is about (the path, the object, the
@@ -39,9 +40,7 @@ pub enum FormatError {
     },
     #[error("{what}: unknown flags {flags:#06x}; this object was written by a newer pvsnap")]
     UnknownFlags { what: &'static str, flags: u16 },
-    #[error(
-        "repository requires feature `{0}` which this pvsnap does not know; upgrade pvsnap"
-    )]
+    #[error("repository requires feature `{0}` which this pvsnap does not know; upgrade pvsnap")]
     UnknownFeature(String),
     #[error("{what}: {detail}")]
     Invalid { what: String, detail: String },
@@ -81,12 +80,40 @@ pub enum CryptoError {
         "wrong password: no key slot of this repository opens with it; check PVSNAP_PASSWORD or --password-file"
     )]
     WrongPassword,
-    #[error("this repository is encrypted; give its password via PVSNAP_PASSWORD, --password-file or the prompt")]
+    #[error(
+        "this repository is encrypted; give its password via PVSNAP_PASSWORD, --password-file or the prompt"
+    )]
     PasswordRequired,
-    #[error("{what}: authentication failed; the data is damaged or was not written with this repository's key")]
+    #[error(
+        "{what}: authentication failed; the data is damaged or was not written with this repository's key"
+    )]
     Authentication { what: String },
     #[error("key derivation failed: {0}")]
     Kdf(String),
+}
+
+/// Problems of the maintenance commands: forget, prune, check, repair and
+/// named policies.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MaintenanceError {
+    #[error("{operation} needs the exclusive repository lock; it was called with a shared one")]
+    NeedsExclusiveLock { operation: &'static str },
+    #[error("invalid policy name `{name}`: {reason}")]
+    InvalidPolicyName { name: String, reason: String },
+    #[error("no policy named `{0}`; list them with `pvsnap policy list`")]
+    PolicyNotFound(String),
+    #[error(
+        "snapshot {snapshot} needs {kind} blob {blob}, which no readable pack holds ({detail}); prune would lose track of it, so nothing was changed. Run `pvsnap check`, then `pvsnap repair index` or `pvsnap repair snapshots`"
+    )]
+    MissingBlob {
+        snapshot: String,
+        kind: &'static str,
+        blob: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Retention(#[from] crate::retention::RetentionError),
 }
 
 /// The umbrella error of the engine's public API.
@@ -99,6 +126,8 @@ pub enum Error {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Maintenance(#[from] MaintenanceError),
     #[error("{path}: {action} failed: {source}")]
     Io {
         path: PathBuf,
@@ -116,7 +145,9 @@ pub enum Error {
     AmbiguousSnapshot { prefix: String, count: usize },
     #[error("{path}: no such path in snapshot {snapshot}")]
     PathNotInSnapshot { snapshot: String, path: String },
-    #[error("blob {id} ({kind}) is not in the index; run `pvsnap check`, then `pvsnap repair index`")]
+    #[error(
+        "blob {id} ({kind}) is not in the index; run `pvsnap check`, then `pvsnap repair index`"
+    )]
     BlobNotInIndex { id: String, kind: &'static str },
     #[error("blob {id} in pack {pack}: {detail}; run `pvsnap check --read-data`")]
     CorruptBlob {
@@ -137,12 +168,22 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
             path: path.into(),
             action,
             source,
         }
+    }
+}
+
+impl From<crate::retention::RetentionError> for Error {
+    fn from(e: crate::retention::RetentionError) -> Self {
+        Error::Maintenance(e.into())
     }
 }
 

@@ -120,7 +120,9 @@ impl Header {
             });
         }
         if bytes[..4] != MAGIC {
-            return Err(FormatError::BadMagic { what: expect.name() });
+            return Err(FormatError::BadMagic {
+                what: expect.name(),
+            });
         }
         let kind = ObjectKind::from_byte(bytes[4]).ok_or(FormatError::UnknownKind(bytes[4]))?;
         if kind != expect {
@@ -179,7 +181,9 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     pub fn u32(&mut self) -> Result<u32, FormatError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     pub fn id(&mut self) -> Result<[u8; 32], FormatError> {
         Ok(self.take(32)?.try_into().expect("32 bytes"))
@@ -207,7 +211,10 @@ mod tests {
         let mut newer = b;
         newer[5] = 2;
         let err = Header::decode(&newer, ObjectKind::Pack).unwrap_err();
-        assert!(matches!(err, FormatError::UnsupportedVersion { found: 2, .. }));
+        assert!(matches!(
+            err,
+            FormatError::UnsupportedVersion { found: 2, .. }
+        ));
         assert!(err.to_string().contains("newer"), "{err}");
         let mut flags = b;
         flags[6] = 0x80;

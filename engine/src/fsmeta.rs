@@ -43,12 +43,17 @@ fn lookup_user(uid: u32) -> Option<String> {
     let mut pwd: libc::passwd = unsafe_zeroed_passwd();
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: all pointers refer to live, correctly sized buffers owned here.
-    let r = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    let r =
+        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
     if r != 0 || out.is_null() {
         return None;
     }
     // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
-    Some(unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 fn lookup_group(gid: u32) -> Option<String> {
@@ -56,12 +61,17 @@ fn lookup_group(gid: u32) -> Option<String> {
     let mut grp: libc::group = unsafe_zeroed_group();
     let mut out: *mut libc::group = std::ptr::null_mut();
     // SAFETY: all pointers refer to live, correctly sized buffers owned here.
-    let r = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    let r =
+        unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
     if r != 0 || out.is_null() {
         return None;
     }
     // SAFETY: on success gr_name points to a NUL-terminated string inside buf.
-    Some(unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 fn unsafe_zeroed_passwd() -> libc::passwd {
@@ -94,7 +104,13 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
 }
 
 /// A node for `name` with metadata from `meta`; `kind` filled by the caller.
-pub fn node_from_meta(name: &OsStr, meta: &Metadata, kind: NodeKind, names: &NameCache, xattrs: Vec<Xattr>) -> Node {
+pub fn node_from_meta(
+    name: &OsStr,
+    meta: &Metadata,
+    kind: NodeKind,
+    names: &NameCache,
+    xattrs: Vec<Xattr>,
+) -> Node {
     Node {
         name: name.as_bytes().to_vec(),
         kind,
@@ -168,7 +184,11 @@ pub fn data_segments(file: &File, meta: &Metadata) -> Vec<(u64, u64)> {
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { size as i64 } else { hole.min(size as i64) };
+        let end = if hole < 0 {
+            size as i64
+        } else {
+            hole.min(size as i64)
+        };
         if end > data {
             segs.push((data as u64, (end - data) as u64));
         }
@@ -181,7 +201,8 @@ pub fn data_segments(file: &File, meta: &Metadata) -> Vec<(u64, u64)> {
 }
 
 fn cstr(path: &Path) -> std::io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
 }
 
 /// Sets owner (if root), xattrs, mode and times of `path` from `node`, in the
@@ -200,10 +221,15 @@ pub fn apply_metadata(path: &Path, node: &Node, set_owner: bool) -> std::io::Res
             let name = OsStr::from_bytes(&x.name);
             if let Err(e) = xattr::set(path, name, &x.value) {
                 // Unprivileged users cannot set trusted.* / security.*; say so, don't fail the restore.
-                if e.raw_os_error() != Some(libc::EPERM) && e.raw_os_error() != Some(libc::ENOTSUP) {
+                if e.raw_os_error() != Some(libc::EPERM) && e.raw_os_error() != Some(libc::ENOTSUP)
+                {
                     return Err(e);
                 }
-                tracing::warn!("{}: could not set xattr {}: {e}", path.display(), name.to_string_lossy());
+                tracing::warn!(
+                    "{}: could not set xattr {}: {e}",
+                    path.display(),
+                    name.to_string_lossy()
+                );
             }
         }
         // SAFETY: c is a valid NUL-terminated path.
@@ -219,7 +245,48 @@ pub fn apply_metadata(path: &Path, node: &Node, set_owner: bool) -> std::io::Res
     // run); a restored entry's atime is its mtime.
     let times = [ts(node.mtime_ns), ts(node.mtime_ns)];
     // SAFETY: c is valid and times points to two timespecs.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Like [`apply_metadata`], on an open regular file (saves path lookups).
+pub fn apply_metadata_fd(file: &File, node: &Node, set_owner: bool) -> std::io::Result<()> {
+    use xattr::FileExt as _;
+    let fd = file.as_raw_fd();
+    // SAFETY: fd is a valid open descriptor for the duration of these calls.
+    if set_owner && unsafe { libc::fchown(fd, node.uid, node.gid) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for x in &node.xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        if let Err(e) = file.set_xattr(name, &x.value) {
+            if e.raw_os_error() != Some(libc::EPERM) && e.raw_os_error() != Some(libc::ENOTSUP) {
+                return Err(e);
+            }
+            tracing::warn!("could not set xattr {}: {e}", name.to_string_lossy());
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fchmod(fd, node.mode as libc::mode_t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ts = libc::timespec {
+        tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
+    };
+    let times = [ts, ts];
+    // SAFETY: as above; times points to two timespecs.
+    if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -235,7 +302,14 @@ pub fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
         _ => return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
     };
     // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::mknod(c.as_ptr(), kind | (node.mode & 0o777) as libc::mode_t, rdev as libc::dev_t) } != 0 {
+    if unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            kind | (node.mode & 0o777) as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    } != 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -104,7 +104,9 @@ mod serde_bytes_array {
                     f.write_str("32 bytes")
                 }
                 fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes32, E> {
-                    let a: [u8; 32] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
+                    let a: [u8; 32] = v
+                        .try_into()
+                        .map_err(|_| E::invalid_length(v.len(), &self))?;
                     Ok(Bytes32(a))
                 }
             }

@@ -40,7 +40,9 @@ impl IndexFile {
                 e.encode_into(&mut body);
             }
         }
-        let mut out = Header::new(ObjectKind::Index, crypto.is_encrypted()).encode().to_vec();
+        let mut out = Header::new(ObjectKind::Index, crypto.is_encrypted())
+            .encode()
+            .to_vec();
         out.extend_from_slice(&crypto.seal(INDEX_AAD, body));
         (IndexId(Id(*blake3::hash(&out).as_bytes())), out)
     }
@@ -73,7 +75,9 @@ impl IndexFile {
                 }
                 .into());
             }
-            let entries = (0..ne).map(|_| BlobEntry::decode(&mut r)).collect::<Result<Vec<_>, _>>()?;
+            let entries = (0..ne)
+                .map(|_| BlobEntry::decode(&mut r))
+                .collect::<Result<Vec<_>, _>>()?;
             packs.push((pack, entries));
         }
         if r.remaining() != 0 {
@@ -85,6 +89,17 @@ impl IndexFile {
         }
         Ok(IndexFile { supersedes, packs })
     }
+}
+
+/// The index files among `files` that another file present supersedes; they
+/// are left out of the index and are prune's to delete.
+pub fn superseded(files: &[(IndexId, IndexFile)]) -> HashSet<IndexId> {
+    let present: HashSet<IndexId> = files.iter().map(|(id, _)| *id).collect();
+    files
+        .iter()
+        .flat_map(|(_, f)| f.supersedes.iter().copied())
+        .filter(|s| present.contains(s))
+        .collect()
 }
 
 /// One blob's location, as kept in memory: 52 bytes with padding.
@@ -118,18 +133,17 @@ impl Index {
     /// another one present are skipped; a blob stored in several packs keeps one
     /// location (the duplicates are prune's to remove).
     pub fn from_files(files: &[(IndexId, IndexFile)]) -> Self {
-        let present: HashSet<IndexId> = files.iter().map(|(id, _)| *id).collect();
-        let superseded: HashSet<IndexId> = files
-            .iter()
-            .flat_map(|(_, f)| f.supersedes.iter().copied())
-            .filter(|s| present.contains(s))
-            .collect();
+        let superseded = superseded(files);
         let live: Vec<&IndexFile> = files
             .iter()
             .filter(|(id, _)| !superseded.contains(id))
             .map(|(_, f)| f)
             .collect();
-        let total: usize = live.iter().flat_map(|f| f.packs.iter()).map(|(_, e)| e.len()).sum();
+        let total: usize = live
+            .iter()
+            .flat_map(|f| f.packs.iter())
+            .map(|(_, e)| e.len())
+            .sum();
         let mut idx = Index {
             packs: Vec::new(),
             slots: Vec::with_capacity(total),
@@ -159,14 +173,16 @@ impl Index {
     }
 
     fn finish(&mut self) {
-        self.slots.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
+        self.slots
+            .sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
         self.slots.dedup_by(|a, b| a.id == b.id);
         self.slots.shrink_to_fit();
     }
 
     /// Adds the blobs of freshly written packs (after a backup wrote them).
     pub fn extend(&mut self, packs: &[(PackId, Vec<BlobEntry>)]) {
-        self.slots.reserve_exact(packs.iter().map(|(_, e)| e.len()).sum());
+        self.slots
+            .reserve_exact(packs.iter().map(|(_, e)| e.len()).sum());
         for (p, e) in packs {
             self.push_pack(*p, e);
         }
@@ -192,7 +208,11 @@ impl Index {
         BlobLocation {
             pack: self.packs[s.pack as usize],
             entry: BlobEntry {
-                kind: if s.kind_flags >> 4 == 1 { BlobKind::Tree } else { BlobKind::Data },
+                kind: if s.kind_flags >> 4 == 1 {
+                    BlobKind::Tree
+                } else {
+                    BlobKind::Data
+                },
                 flags: s.kind_flags & 0x0f,
                 id: Id(s.id),
                 offset: s.offset,
@@ -218,7 +238,8 @@ impl Index {
 
     /// Bytes of heap memory held by the index.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>() + self.packs.capacity() * std::mem::size_of::<PackId>()
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.packs.capacity() * std::mem::size_of::<PackId>()
     }
 
     /// Size of one in-memory entry, for the record in `ARCHITECTURE.md`.
@@ -244,14 +265,22 @@ mod tests {
     }
 
     fn arb_entry() -> impl Strategy<Value = BlobEntry> {
-        (any::<[u8; 32]>(), any::<bool>(), 0u8..2, any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(id, tree, flags, o, s, r)| BlobEntry {
-            kind: if tree { BlobKind::Tree } else { BlobKind::Data },
-            flags,
-            id: Id(id),
-            offset: o,
-            stored_len: s,
-            raw_len: r,
-        })
+        (
+            any::<[u8; 32]>(),
+            any::<bool>(),
+            0u8..2,
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(|(id, tree, flags, o, s, r)| BlobEntry {
+                kind: if tree { BlobKind::Tree } else { BlobKind::Data },
+                flags,
+                id: Id(id),
+                offset: o,
+                stored_len: s,
+                raw_len: r,
+            })
     }
 
     proptest! {
@@ -279,7 +308,10 @@ mod tests {
     fn lookup_and_supersede() {
         let a = IndexFile {
             supersedes: vec![],
-            packs: vec![(PackId(Id([1; 32])), vec![entry(1, BlobKind::Data), entry(2, BlobKind::Tree)])],
+            packs: vec![(
+                PackId(Id([1; 32])),
+                vec![entry(1, BlobKind::Data), entry(2, BlobKind::Tree)],
+            )],
         };
         let (aid, _) = a.encode(&Crypto::None);
         let b = IndexFile {
@@ -294,7 +326,10 @@ mod tests {
         assert_eq!(loc.entry, entry(2, BlobKind::Tree));
         assert!(!idx.contains(&Id([1; 32])));
         let both = Index::from_files(&[(aid, a)]);
-        assert_eq!(both.get(&Id([1; 32])).unwrap().entry, entry(1, BlobKind::Data));
+        assert_eq!(
+            both.get(&Id([1; 32])).unwrap().entry,
+            entry(1, BlobKind::Data)
+        );
     }
 
     #[test]

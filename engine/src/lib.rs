@@ -22,28 +22,42 @@
 //! | operation | lock |
 //! |---|---|
 //! | snapshot, restore, check, mount, ls, diff, dump | shared |
+//! | policy set, policy remove | shared (revisions resolve races, see [`policy`]) |
 //! | forget, prune, repair | exclusive |
 //!
 //! Shared locks coexist; an exclusive lock excludes every other lock. See
-//! [`lock`] for the protocol and stale-lock rules.
+//! [`lock`] for the protocol and stale-lock rules. Operations that delete
+//! (forget, prune, repair) demand a [`lock::LockGuard`] that is exclusive.
+//! Prune also leaves young packs that no index names alone, in case a
+//! snapshot is running behind a lock that looked stale; see [`prune`].
 
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod check;
 pub mod crypto;
 pub mod error;
+pub mod forget;
 pub mod format;
 pub mod fsmeta;
 pub mod id;
 pub mod index;
 pub mod lock;
 pub mod pack;
+pub mod policy;
+pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod tree;
 pub mod walk;
+
+#[cfg(test)]
+mod maintenance_tests;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 pub use error::{Error, Result};
 pub use repo::{IndexedRepository, InitOptions, Repository};

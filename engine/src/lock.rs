@@ -11,7 +11,6 @@
 //! is stale; so is a lock from this host whose process is gone. Stale locks are
 //! ignored, and `pvsnap unlock` deletes them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -45,7 +44,8 @@ impl LockInfo {
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         Header::decode(bytes, ObjectKind::Lock)?;
-        serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| Error::Invalid(format!("lock object: {e}")))
+        serde_json::from_slice(&bytes[HEADER_LEN..])
+            .map_err(|e| Error::Invalid(format!("lock object: {e}")))
     }
 
     /// Whether the holder is known to be gone.
@@ -60,7 +60,11 @@ impl LockInfo {
     pub fn describe(&self) -> String {
         format!(
             "{} lock for `{}` by pid {} on {} since {}",
-            if self.exclusive { "an exclusive" } else { "a shared" },
+            if self.exclusive {
+                "an exclusive"
+            } else {
+                "a shared"
+            },
             self.operation,
             self.pid,
             self.hostname,
@@ -79,7 +83,9 @@ fn process_alive(pid: u32) -> bool {
 pub fn list_locks(backend: &DynBackend) -> Result<Vec<(LockId, LockInfo)>> {
     let mut out = Vec::new();
     for (name, _) in backend.list(ObjectKind::Lock)? {
-        let Ok(id) = name.parse::<LockId>() else { continue };
+        let Ok(id) = name.parse::<LockId>() else {
+            continue;
+        };
         match backend.get(&ObjectKey::new(ObjectKind::Lock, &name)) {
             Ok(bytes) => out.push((id, LockInfo::decode(&bytes)?)),
             Err(crate::error::BackendError::NotFound { .. }) => {} // released meanwhile
@@ -92,14 +98,20 @@ pub fn list_locks(backend: &DynBackend) -> Result<Vec<(LockId, LockInfo)>> {
 /// A held lock; released (deleted) on drop.
 pub struct LockGuard {
     backend: DynBackend,
+    exclusive: bool,
     current: Arc<Mutex<LockId>>,
-    stop: Arc<AtomicBool>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
 
 impl LockGuard {
     /// Takes a shared (`exclusive == false`) or exclusive lock for `operation`.
-    pub fn acquire(backend: DynBackend, exclusive: bool, operation: &str, hostname: &str) -> Result<LockGuard> {
+    pub fn acquire(
+        backend: DynBackend,
+        exclusive: bool,
+        operation: &str,
+        hostname: &str,
+    ) -> Result<LockGuard> {
         let info = LockInfo {
             exclusive,
             hostname: hostname.to_string(),
@@ -113,44 +125,61 @@ impl LockGuard {
         let now = Timestamp::now();
         let conflicts: Vec<LockInfo> = list_locks(&backend)?
             .into_iter()
-            .filter(|(other, l)| *other != id && (exclusive || l.exclusive) && !l.is_stale(now, hostname))
+            .filter(|(other, l)| {
+                *other != id && (exclusive || l.exclusive) && !l.is_stale(now, hostname)
+            })
             .map(|(_, l)| l)
             .collect();
         if let Some(c) = conflicts.first() {
             backend.delete(&key)?;
-            return Err(Error::Locked { holder: c.describe() });
+            return Err(Error::Locked {
+                holder: c.describe(),
+            });
         }
         let current = Arc::new(Mutex::new(id));
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stop_rx) = std::sync::mpsc::channel();
         let refresher = {
-            let (backend, current, stop) = (backend.clone(), current.clone(), stop.clone());
+            let (backend, current) = (backend.clone(), current.clone());
             std::thread::Builder::new()
                 .name("pvsnap-lock-refresh".into())
-                .spawn(move || refresh_loop(backend, current, stop, info))
+                .spawn(move || refresh_loop(backend, current, stop_rx, info))
                 .ok()
         };
         Ok(LockGuard {
             backend,
+            exclusive,
             current,
-            stop,
+            stop: Some(stop),
             refresher,
         })
     }
 }
 
-fn refresh_loop(backend: DynBackend, current: Arc<Mutex<LockId>>, stop: Arc<AtomicBool>, mut info: LockInfo) {
-    let tick = Duration::from_millis(200);
-    let mut waited = Duration::ZERO;
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(tick);
-        waited += tick;
-        if waited < REFRESH {
-            continue;
-        }
-        waited = Duration::ZERO;
+impl LockGuard {
+    /// Whether this is an exclusive lock; operations that delete take one as
+    /// proof that no other operation runs.
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+}
+
+fn refresh_loop(
+    backend: DynBackend,
+    current: Arc<Mutex<LockId>>,
+    stop: std::sync::mpsc::Receiver<()>,
+    mut info: LockInfo,
+) {
+    // Wakes at once when the guard is dropped (the sender goes away).
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH) {
         info.time = Timestamp::now();
         let new = LockId(crate::id::Id::random());
-        if backend.put(&ObjectKey::new(ObjectKind::Lock, new.to_hex()), &info.encode()).is_ok() {
+        if backend
+            .put(
+                &ObjectKey::new(ObjectKind::Lock, new.to_hex()),
+                &info.encode(),
+            )
+            .is_ok()
+        {
             let mut cur = current.lock().expect("lock id mutex");
             let old = std::mem::replace(&mut *cur, new);
             if let Err(e) = backend.delete(&ObjectKey::new(ObjectKind::Lock, old.to_hex())) {
@@ -164,12 +193,15 @@ fn refresh_loop(backend: DynBackend, current: Arc<Mutex<LockId>>, stop: Arc<Atom
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
         let id = *self.current.lock().expect("lock id mutex");
-        if let Err(e) = self.backend.delete(&ObjectKey::new(ObjectKind::Lock, id.to_hex())) {
+        if let Err(e) = self
+            .backend
+            .delete(&ObjectKey::new(ObjectKind::Lock, id.to_hex()))
+        {
             tracing::warn!("could not release lock {id}: {e}");
         }
     }
@@ -185,9 +217,18 @@ mod tests {
         let b: DynBackend = Arc::new(MemoryBackend::new());
         let s1 = LockGuard::acquire(b.clone(), false, "snapshot", "h").unwrap();
         let s2 = LockGuard::acquire(b.clone(), false, "snapshot", "h").unwrap();
-        let err = LockGuard::acquire(b.clone(), true, "prune", "h").err().expect("must conflict");
-        assert!(err.to_string().contains("shared lock for `snapshot`"), "{err}");
-        assert_eq!(list_locks(&b).unwrap().len(), 2, "failed attempt left no lock behind");
+        let err = LockGuard::acquire(b.clone(), true, "prune", "h")
+            .err()
+            .expect("must conflict");
+        assert!(
+            err.to_string().contains("shared lock for `snapshot`"),
+            "{err}"
+        );
+        assert_eq!(
+            list_locks(&b).unwrap().len(),
+            2,
+            "failed attempt left no lock behind"
+        );
         drop(s1);
         drop(s2);
         assert!(list_locks(&b).unwrap().is_empty());
@@ -207,8 +248,11 @@ mod tests {
             operation: "prune".into(),
             time: Timestamp::now() - jiff::SignedDuration::from_secs(3600),
         };
-        b.put(&ObjectKey::new(ObjectKind::Lock, LockId(crate::id::Id::random()).to_hex()), &old.encode())
-            .unwrap();
+        b.put(
+            &ObjectKey::new(ObjectKind::Lock, LockId(crate::id::Id::random()).to_hex()),
+            &old.encode(),
+        )
+        .unwrap();
         let dead_here = LockInfo {
             hostname: "h".into(),
             pid: 999_999_999,
@@ -216,7 +260,13 @@ mod tests {
             ..old.clone()
         };
         assert!(dead_here.is_stale(Timestamp::now(), "h"));
-        assert!(!LockInfo { time: Timestamp::now(), ..old }.is_stale(Timestamp::now(), "h"));
+        assert!(
+            !LockInfo {
+                time: Timestamp::now(),
+                ..old
+            }
+            .is_stale(Timestamp::now(), "h")
+        );
         LockGuard::acquire(b, false, "snapshot", "h").unwrap();
     }
 }

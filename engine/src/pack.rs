@@ -62,7 +62,8 @@ impl PackBuilder {
         }
         let sealed = crypto.seal(TRAILER_AAD, trailer);
         self.buf.extend_from_slice(&sealed);
-        self.buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         FinishedPack {
             id: PackId(Id(*blake3::hash(&self.buf).as_bytes())),
             bytes: self.buf,
@@ -78,7 +79,10 @@ pub fn decode_trailer(plain: &[u8], what: &str) -> Result<Vec<BlobEntry>, Format
     if count.checked_mul(BlobEntry::ENCODED_LEN) != Some(r.remaining()) {
         return Err(FormatError::Invalid {
             what: what.to_string(),
-            detail: format!("trailer claims {count} entries but has {} bytes", r.remaining()),
+            detail: format!(
+                "trailer claims {count} entries but has {} bytes",
+                r.remaining()
+            ),
         });
     }
     (0..count).map(|_| BlobEntry::decode(&mut r)).collect()
@@ -86,7 +90,12 @@ pub fn decode_trailer(plain: &[u8], what: &str) -> Result<Vec<BlobEntry>, Format
 
 /// Reads and checks the trailer of pack `id` whose size is `size` bytes,
 /// fetching only the tail of the pack.
-pub fn read_trailer(backend: &dyn Backend, crypto: &Crypto, id: &PackId, size: u64) -> Result<Vec<BlobEntry>, Error> {
+pub fn read_trailer(
+    backend: &dyn Backend,
+    crypto: &Crypto,
+    id: &PackId,
+    size: u64,
+) -> Result<Vec<BlobEntry>, Error> {
     let key = ObjectKey::new(ObjectKind::Pack, id.to_hex());
     let what = format!("pack {id}");
     if size < (HEADER_LEN + 4) as u64 {
@@ -139,7 +148,10 @@ mod tests {
 
     #[test]
     fn pack_round_trip_plain_and_encrypted() {
-        for crypto in [Crypto::None, Crypto::Keyed(Box::new(Keys::from_master(&[9; 32])))] {
+        for crypto in [
+            Crypto::None,
+            Crypto::Keyed(Box::new(Keys::from_master(&[9; 32]))),
+        ] {
             let mut pb = PackBuilder::new(crypto.is_encrypted(), 1024);
             let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + i as usize]).collect();
             for b in &blobs {
@@ -164,7 +176,9 @@ mod tests {
             let entries = read_trailer(&mem, &crypto, &fp.id, fp.bytes.len() as u64).unwrap();
             assert_eq!(entries, fp.entries);
             for (e, b) in entries.iter().zip(&blobs) {
-                let stored = mem.get_range(&key, e.offset as u64, e.stored_len as u64).unwrap();
+                let stored = mem
+                    .get_range(&key, e.offset as u64, e.stored_len as u64)
+                    .unwrap();
                 assert_eq!(&blob::decode(&crypto, &fp.id, e, &stored).unwrap(), b);
             }
         }

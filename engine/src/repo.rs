@@ -147,18 +147,36 @@ impl Repository {
         let (crypto, seed, encryption) = match &opts.password {
             Some(pw) => {
                 let master = crate::crypto::new_master_key();
-                let slot = KeySlot::create(&master, pw, opts.kdf, Timestamp::now().to_string(), hostname())?;
+                let slot = KeySlot::create(
+                    &master,
+                    pw,
+                    opts.kdf,
+                    Timestamp::now().to_string(),
+                    hostname(),
+                )?;
                 let mut body = Header::new(ObjectKind::Key, false).encode().to_vec();
-                body.extend_from_slice(&serde_json::to_vec_pretty(&slot).expect("key slot serializes"));
-                backend.put(&ObjectKey::new(ObjectKind::Key, KeyId(Id::random()).to_hex()), &body)?;
-                (Crypto::Keyed(Box::new(Keys::from_master(&master))), None, "xchacha20poly1305")
+                body.extend_from_slice(
+                    &serde_json::to_vec_pretty(&slot).expect("key slot serializes"),
+                );
+                backend.put(
+                    &ObjectKey::new(ObjectKind::Key, KeyId(Id::random()).to_hex()),
+                    &body,
+                )?;
+                (
+                    Crypto::Keyed(Box::new(Keys::from_master(&master))),
+                    None,
+                    "xchacha20poly1305",
+                )
             }
             None => (Crypto::None, Some(rand::random::<u64>()), "none"),
         };
         let config = Config {
             version: REPO_VERSION,
             id: Id::random(),
-            chunker: ChunkerParams { seed, ..opts.chunker },
+            chunker: ChunkerParams {
+                seed,
+                ..opts.chunker
+            },
             compression: Compression {
                 algorithm: CompressionAlgorithm::Zstd,
                 level: opts.compression_level,
@@ -182,14 +200,17 @@ impl Repository {
     pub fn open(backend: DynBackend, password: Option<PasswordFn<'_>>) -> Result<Repository> {
         let bytes = match backend.get(&ObjectKey::config()) {
             Ok(b) => b,
-            Err(BackendError::NotFound { .. }) => return Err(Error::NotARepository(backend.location())),
+            Err(BackendError::NotFound { .. }) => {
+                return Err(Error::NotARepository(backend.location()));
+            }
             Err(e) => return Err(e.into()),
         };
         Header::decode(&bytes, ObjectKind::Config)?;
-        let config: Config = serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
-            what: format!("{}/config", backend.location()),
-            detail: e.to_string(),
-        })?;
+        let config: Config =
+            serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
+                what: format!("{}/config", backend.location()),
+                detail: e.to_string(),
+            })?;
         if config.version != REPO_VERSION {
             return Err(FormatError::UnsupportedVersion {
                 what: "repository",
@@ -198,7 +219,11 @@ impl Repository {
             }
             .into());
         }
-        if let Some(f) = config.required_features.iter().find(|f| !KNOWN_FEATURES.contains(&f.as_str())) {
+        if let Some(f) = config
+            .required_features
+            .iter()
+            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+        {
             return Err(FormatError::UnknownFeature(f.clone()).into());
         }
         validate_chunker(&config.chunker)?;
@@ -235,7 +260,10 @@ impl Repository {
 
     /// The chunker seed in force (stored, or derived from the key).
     pub fn chunker_seed(&self) -> u64 {
-        self.crypto.chunker_seed().or(self.config.chunker.seed).unwrap_or(0)
+        self.crypto
+            .chunker_seed()
+            .or(self.config.chunker.seed)
+            .unwrap_or(0)
     }
 
     /// Reads and decodes every index file.
@@ -258,10 +286,17 @@ impl Repository {
         Ok(IndexedRepository { repo: self, index })
     }
 
+    /// Pairs the repository with an index built by the caller (maintenance
+    /// code that has read and judged the index files itself).
+    pub fn with_index(self, index: Index) -> IndexedRepository {
+        IndexedRepository { repo: self, index }
+    }
+
     /// Writes an index file; returns its id.
     pub fn write_index(&self, file: &IndexFile) -> Result<(IndexId, u64)> {
         let (id, bytes) = file.encode(&self.crypto);
-        self.backend.put(&ObjectKey::new(ObjectKind::Index, id.to_hex()), &bytes)?;
+        self.backend
+            .put(&ObjectKey::new(ObjectKind::Index, id.to_hex()), &bytes)?;
         Ok((id, bytes.len() as u64))
     }
 
@@ -271,7 +306,9 @@ impl Repository {
 
     /// Encodes a snapshot object.
     pub fn encode_snapshot(&self, snap: &Snapshot) -> Vec<u8> {
-        let mut v = Header::new(ObjectKind::Snapshot, self.crypto.is_encrypted()).encode().to_vec();
+        let mut v = Header::new(ObjectKind::Snapshot, self.crypto.is_encrypted())
+            .encode()
+            .to_vec();
         let json = serde_json::to_vec(snap).expect("snapshot serializes");
         v.extend_from_slice(&self.crypto.seal(snap.id.0.as_bytes(), json));
         v
@@ -296,7 +333,9 @@ impl Repository {
         }
         let json = self
             .crypto
-            .open(id.0.as_bytes(), &bytes[HEADER_LEN..], &|| format!("snapshot {id}"))?;
+            .open(id.0.as_bytes(), &bytes[HEADER_LEN..], &|| {
+                format!("snapshot {id}")
+            })?;
         let snap: Snapshot = serde_json::from_slice(&json).map_err(|e| FormatError::Invalid {
             what: format!("snapshot {id}"),
             detail: e.to_string(),
@@ -337,7 +376,9 @@ impl Repository {
 /// Resolves `spec` within a list sorted oldest first.
 pub fn resolve_in<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
     if spec == "latest" {
-        return snaps.last().ok_or_else(|| Error::SnapshotNotFound(spec.into()));
+        return snaps
+            .last()
+            .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
     }
     if let Some(source) = spec.strip_prefix("latest:") {
         let want = source.trim_end_matches('/');
@@ -351,7 +392,10 @@ pub fn resolve_in<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot>
     if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::SnapshotNotFound(spec.into()));
     }
-    let matches: Vec<&Snapshot> = snaps.iter().filter(|s| s.id.to_hex().starts_with(&lower)).collect();
+    let matches: Vec<&Snapshot> = snaps
+        .iter()
+        .filter(|s| s.id.to_hex().starts_with(&lower))
+        .collect();
     match matches.len() {
         0 => Err(Error::SnapshotNotFound(spec.into())),
         1 => Ok(matches[0]),
@@ -374,7 +418,10 @@ fn validate_chunker(c: &ChunkerParams) -> Result<()> {
     } else {
         Err(FormatError::Invalid {
             what: "config".into(),
-            detail: format!("chunker sizes min {} avg {} max {} are out of range", c.min, c.avg, c.max),
+            detail: format!(
+                "chunker sizes min {} avg {} max {} are out of range",
+                c.min, c.avg, c.max
+            ),
         }
         .into())
     }
@@ -392,10 +439,11 @@ fn unlock(backend: &DynBackend, password: &[u8]) -> Result<[u8; 32]> {
     for (name, _) in slots {
         let bytes = backend.get(&ObjectKey::new(ObjectKind::Key, &name))?;
         Header::decode(&bytes, ObjectKind::Key)?;
-        let slot: KeySlot = serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
-            what: format!("key {name}"),
-            detail: e.to_string(),
-        })?;
+        let slot: KeySlot =
+            serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
+                what: format!("key {name}"),
+                detail: e.to_string(),
+            })?;
         if let Some(master) = slot.open(password)? {
             return Ok(master);
         }
@@ -471,10 +519,13 @@ impl IndexedRepository {
                 });
             };
             let tree = self.read_tree(subtree)?;
-            node = tree.find(part.as_bytes()).cloned().ok_or_else(|| Error::PathNotInSnapshot {
-                snapshot: snap.id.short(),
-                path: path.into(),
-            })?;
+            node = tree
+                .find(part.as_bytes())
+                .cloned()
+                .ok_or_else(|| Error::PathNotInSnapshot {
+                    snapshot: snap.id.short(),
+                    path: path.into(),
+                })?;
         }
         Ok(node)
     }

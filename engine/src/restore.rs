@@ -133,11 +133,24 @@ impl Filter {
 }
 
 /// Restores the snapshot's root content (or `subpath` below it) into `target`.
-pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>, target: &Path, opts: &RestoreOptions, progress: &RestoreProgress) -> Result<RestoreSummary> {
+pub fn restore(
+    repo: &IndexedRepository,
+    snap: &Snapshot,
+    subpath: Option<&str>,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
     let root = match subpath {
         Some(p) => repo.find_node(snap, p)?,
         None => snap.root.clone(),
+    };
+    // A new or empty target needs no check for what stands in the way.
+    let fresh = match fs::read_dir(target) {
+        Ok(mut rd) => rd.next().is_none(),
+        Err(e) if e.kind() == ErrorKind::NotFound => true,
+        Err(e) => return Err(Error::io(target, "read target folder", e)),
     };
     if opts.delete_extra && !(opts.includes.is_empty() && opts.excludes.is_empty()) {
         return Err(Error::Invalid(
@@ -146,7 +159,11 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
     }
     fs::create_dir_all(target).map_err(|e| Error::io(target, "create target folder", e))?;
     let filter = Filter {
-        includes: if opts.includes.is_empty() { None } else { Some(Excludes::new(&opts.includes)?) },
+        includes: if opts.includes.is_empty() {
+            None
+        } else {
+            Some(Excludes::new(&opts.includes)?)
+        },
         excludes: Excludes::new(&opts.excludes)?,
     };
     let set_owner = fsmeta::is_root();
@@ -160,10 +177,20 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
     let mut summary = RestoreSummary::default();
     let mut seen_inodes: HashMap<(u64, u64), usize> = HashMap::new();
 
-    // Phase 1: plan.
+    // Phase 1: plan; folders, symlinks and special files are made here.
     match &root.kind {
         NodeKind::Dir { subtree } => {
-            plan_dir(repo, subtree, target, Path::new(""), 1, filter.includes.is_none(), &filter, &mut plan, &mut seen_inodes)?;
+            plan_dir(
+                repo,
+                subtree,
+                target,
+                Path::new(""),
+                1,
+                filter.includes.is_none(),
+                &filter,
+                &mut plan,
+                &mut seen_inodes,
+            )?;
             plan.dirs.push((target.to_path_buf(), root.clone(), 0));
         }
         _ => {
@@ -171,108 +198,169 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
             plan_entry(&root, path, &mut plan, &mut seen_inodes)?;
         }
     }
-    if opts.delete_extra {
-        summary.deleted = inplace::delete_extra(repo, &plan.dirs)?;
-    }
-    for f in &mut plan.files {
-        if opts.reuse_existing
-            && let Some(resized) = inplace::prepare_existing(&f.path, f.node.size)?
-        {
-            f.reuse = true;
-            f.resized = resized;
-        } else {
-            create_file(&f.path, f.node.size)?;
+    if !fresh {
+        if opts.delete_extra {
+            summary.deleted = inplace::delete_extra(repo, &plan.dirs)?;
         }
-    }
-    if opts.reuse_existing {
-        let kept = inplace::keep_matching(repo, &plan.files, &mut plan.targets)?;
-        summary.files_skipped = kept.files;
-        summary.bytes_skipped = kept.bytes;
+        if opts.reuse_existing {
+            let existing: Vec<Option<bool>> = plan
+                .files
+                .par_iter()
+                .map(|f| inplace::prepare_existing(&f.path, f.node.size))
+                .collect::<Result<_>>()?;
+            for (f, resized) in plan.files.iter_mut().zip(existing) {
+                f.reuse = resized.is_some();
+                f.resized = resized.unwrap_or(false);
+            }
+            let kept = inplace::keep_matching(repo, &plan.files, &mut plan.targets)?;
+            summary.files_skipped = kept.files;
+            summary.bytes_skipped = kept.bytes;
+        }
+        plan.files
+            .par_iter()
+            .filter(|f| !f.reuse)
+            .try_for_each(|f| remove_existing(&f.path))?;
     }
     let total: u64 = plan.files.iter().map(|f| f.node.size).sum();
-    progress.total_bytes.store(total - summary.bytes_skipped, Ordering::Relaxed);
+    progress
+        .total_bytes
+        .store(total - summary.bytes_skipped, Ordering::Relaxed);
+    // Writes still owed to each file; the writer that brings it to zero sets
+    // the file's metadata through the open descriptor.
+    let remaining: Vec<AtomicU64> = (0..plan.files.len()).map(|_| AtomicU64::new(0)).collect();
+    for targets in plan.targets.values() {
+        for (fi, _) in targets {
+            remaining[*fi].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let open_file = |fi: usize| -> Result<File> {
+        let f = &plan.files[fi];
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode_compat(0o600)
+            .open(&f.path)
+            .map_err(|e| Error::io(&f.path, "create", e))?;
+        // The final size up front: holes stay holes, and the file is whole
+        // whatever order its chunks arrive in.
+        if !single_chunk(&f.node) {
+            file.set_len(f.node.size)
+                .map_err(|e| Error::io(&f.path, "set size", e))?;
+        }
+        Ok(file)
+    };
+    let finish_file = |fi: usize, file: &File| -> Result<()> {
+        let f = &plan.files[fi];
+        if f.reuse {
+            inplace::remove_extra_xattrs(&f.path, &f.node)
+                .map_err(|e| Error::io(&f.path, "set metadata", e))?;
+        }
+        fsmeta::apply_metadata_fd(file, &f.node, set_owner)
+            .map_err(|e| Error::io(&f.path, "set metadata", e))
+    };
+    // Files without stored content (empty, or only holes).
+    (0..plan.files.len())
+        .into_par_iter()
+        .filter(|fi| remaining[*fi].load(Ordering::Relaxed) == 0)
+        .try_for_each(|fi| finish_file(fi, &open_file(fi)?))?;
 
     // Phase 2: data, pack by pack.
     let mut by_pack: HashMap<PackId, Vec<(BlobEntry, ChunkId)>> = HashMap::new();
     let mut missing: Vec<ChunkId> = Vec::new();
     for chunk in plan.targets.keys() {
         match repo.index().get(&chunk.0) {
-            Some(loc) => by_pack.entry(loc.pack).or_default().push((loc.entry, *chunk)),
+            Some(loc) => by_pack
+                .entry(loc.pack)
+                .or_default()
+                .push((loc.entry, *chunk)),
             None => missing.push(*chunk),
         }
     }
     let damaged: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
-    for c in &missing {
-        for (fi, _) in &plan.targets[c] {
-            damaged.lock().expect("damaged").push((*fi, format!("chunk {} is not in the index", c.short())));
+    let mark_damaged = |chunk: &ChunkId, why: String| {
+        let mut d = damaged.lock().expect("damaged");
+        for (fi, _) in &plan.targets[chunk] {
+            d.push((*fi, why.clone()));
         }
+    };
+    for c in &missing {
+        mark_damaged(c, format!("chunk {} is not in the index", c.short()));
     }
     let written = AtomicU64::new(0);
     let packs: Vec<(PackId, Vec<(BlobEntry, ChunkId)>)> = by_pack.into_iter().collect();
-    packs.par_iter().try_for_each(|(pack, blobs)| -> Result<()> {
-        let mut blobs = blobs.clone();
-        blobs.sort_by_key(|(e, _)| e.offset);
-        let mut open: HashMap<usize, File> = HashMap::new();
-        for group in contiguous_groups(&blobs) {
-            let first = group[0].0.offset as u64;
-            let last = group.last().expect("non-empty group").0;
-            let span = last.offset as u64 + last.stored_len as u64 - first;
-            let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-            let bytes = match repo.backend().get_range(&key, first, span) {
-                Ok(b) => b,
-                Err(e) => {
-                    for (_, c) in group {
-                        for (fi, _) in &plan.targets[c] {
-                            damaged.lock().expect("damaged").push((*fi, format!("pack {}: {e}", pack.short())));
-                        }
-                    }
-                    continue;
-                }
-            };
-            for (entry, chunk) in group {
-                let start = (entry.offset as u64 - first) as usize;
-                let stored = &bytes[start..start + entry.stored_len as usize];
-                match blob::decode(repo.crypto(), pack, entry, stored) {
-                    Ok(raw) => {
-                        for (fi, off) in &plan.targets[chunk] {
-                            let f = match open.entry(*fi) {
-                                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                                std::collections::hash_map::Entry::Vacant(v) => {
-                                    let p = &plan.files[*fi].path;
-                                    v.insert(OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(p).map_err(|e| Error::io(p, "open for writing", e))?)
-                                }
-                            };
-                            f.write_all_at(&raw, *off).map_err(|e| Error::io(&plan.files[*fi].path, "write", e))?;
-                            written.fetch_add(raw.len() as u64, Ordering::Relaxed);
-                            progress.bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
-                        }
-                    }
+    packs
+        .par_iter()
+        .try_for_each(|(pack, blobs)| -> Result<()> {
+            let mut blobs = blobs.clone();
+            blobs.sort_by_key(|(e, _)| e.offset);
+            let mut open: HashMap<usize, File> = HashMap::new();
+            for group in contiguous_groups(&blobs) {
+                let first = group[0].0.offset as u64;
+                let last = group.last().expect("non-empty group").0;
+                let span = last.offset as u64 + last.stored_len as u64 - first;
+                let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
+                let bytes = match repo.backend().get_range(&key, first, span) {
+                    Ok(b) => b,
                     Err(e) => {
-                        for (fi, _) in &plan.targets[chunk] {
-                            damaged.lock().expect("damaged").push((*fi, e.to_string()));
+                        for (_, c) in group {
+                            mark_damaged(c, format!("pack {}: {e}", pack.short()));
+                        }
+                        continue;
+                    }
+                };
+                for (entry, chunk) in group {
+                    let start = (entry.offset as u64 - first) as usize;
+                    let stored = &bytes[start..start + entry.stored_len as usize];
+                    let raw = match blob::decode(repo.crypto(), pack, entry, stored) {
+                        Ok(raw) => raw,
+                        Err(e) => {
+                            mark_damaged(chunk, e.to_string());
+                            continue;
+                        }
+                    };
+                    for (fi, off) in &plan.targets[chunk] {
+                        let file = match open.entry(*fi) {
+                            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(open_file(*fi)?)
+                            }
+                        };
+                        file.write_all_at(&raw, *off)
+                            .map_err(|e| Error::io(&plan.files[*fi].path, "write", e))?;
+                        written.fetch_add(raw.len() as u64, Ordering::Relaxed);
+                        progress
+                            .bytes
+                            .fetch_add(raw.len() as u64, Ordering::Relaxed);
+                        if remaining[*fi].fetch_sub(1, Ordering::AcqRel) == 1 {
+                            let file = open.remove(fi).expect("just used");
+                            finish_file(*fi, &file)?;
                         }
                     }
                 }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
+
+    // Files left incomplete by damage still get their metadata.
+    let mut dmg = damaged.into_inner().expect("damaged");
+    dmg.sort();
+    dmg.dedup_by(|a, b| a.0 == b.0);
+    // (They may never have been opened: create them at their size.)
+    for (fi, _) in &dmg {
+        finish_file(*fi, &open_file(*fi)?)?;
+    }
 
     // Phase 3: hardlinks.
     for (path, first, _) in &plan.hardlinks {
         remove_existing(path)?;
-        fs::hard_link(&plan.files[*first].path, path).map_err(|e| Error::io(path, "create hardlink", e))?;
+        fs::hard_link(&plan.files[*first].path, path)
+            .map_err(|e| Error::io(path, "create hardlink", e))?;
         summary.links += 1;
     }
 
-    // Phase 4: metadata.
+    // Phase 4: metadata of symlinks, special files and folders (deepest first).
     let meta_err = |p: &Path, e: std::io::Error| Error::io(p, "set metadata", e);
-    plan.files.par_iter().try_for_each(|f| {
-        if f.reuse {
-            inplace::remove_extra_xattrs(&f.path, &f.node).map_err(|e| meta_err(&f.path, e))?;
-        }
-        fsmeta::apply_metadata(&f.path, &f.node, set_owner).map_err(|e| meta_err(&f.path, e))
-    })?;
     for (path, node) in &plan.others {
         fsmeta::apply_metadata(path, node, set_owner).map_err(|e| meta_err(path, e))?;
     }
@@ -288,15 +376,17 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
     summary.dirs = plan.dirs.len() as u64;
     summary.specials = plan.others.len() as u64;
     summary.bytes_written = written.load(Ordering::Relaxed);
-    let mut dmg = damaged.into_inner().expect("damaged");
-    dmg.sort();
-    dmg.dedup_by(|a, b| a.0 == b.0);
     summary.damaged = dmg
         .into_iter()
         .map(|(fi, why)| (plan.files[fi].path.to_string_lossy().into_owned(), why))
         .collect();
     summary.duration_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Whether a file's content is exactly one chunk (its write sets the size).
+fn single_chunk(node: &Node) -> bool {
+    matches!(&node.kind, NodeKind::File { content } if content.len() == 1 && content[0].chunk.is_some())
 }
 
 /// Splits blobs sorted by offset into runs read with one request each: a gap
@@ -323,7 +413,17 @@ fn contiguous_groups(blobs: &[(BlobEntry, ChunkId)]) -> Vec<&[(BlobEntry, ChunkI
 }
 
 #[allow(clippy::too_many_arguments)]
-fn plan_dir(repo: &IndexedRepository, tree_id: &crate::id::TreeId, dir: &Path, rel: &Path, depth: usize, inside_included: bool, filter: &Filter, plan: &mut Plan, seen: &mut HashMap<(u64, u64), usize>) -> Result<()> {
+fn plan_dir(
+    repo: &IndexedRepository,
+    tree_id: &crate::id::TreeId,
+    dir: &Path,
+    rel: &Path,
+    depth: usize,
+    inside_included: bool,
+    filter: &Filter,
+    plan: &mut Plan,
+    seen: &mut HashMap<(u64, u64), usize>,
+) -> Result<()> {
     let tree = repo.read_tree(tree_id)?;
     for node in &tree.nodes {
         let name = OsStr::from_bytes(&node.name);
@@ -340,17 +440,28 @@ fn plan_dir(repo: &IndexedRepository, tree_id: &crate::id::TreeId, dir: &Path, r
                     plan.dirs.push((path.clone(), node.clone(), depth));
                 }
                 let before = plan.files.len() + plan.others.len() + plan.hardlinks.len();
-                plan_dir(repo, subtree, &path, &child_rel, depth + 1, take, filter, plan, seen)?;
-                let restored_below = plan.files.len() + plan.others.len() + plan.hardlinks.len() > before;
+                plan_dir(
+                    repo,
+                    subtree,
+                    &path,
+                    &child_rel,
+                    depth + 1,
+                    take,
+                    filter,
+                    plan,
+                    seen,
+                )?;
+                let restored_below =
+                    plan.files.len() + plan.others.len() + plan.hardlinks.len() > before;
                 if !take && restored_below {
                     plan.dirs.push((path.clone(), node.clone(), depth));
                 }
             }
             _ if take => {
-                if let Some(parent) = path.parent()
-                    && (parent != dir || !inside_included)
-                {
-                    ensure_dir_all(parent, dir)?;
+                if let Some(parent) = path.parent() {
+                    if parent != dir || !inside_included {
+                        ensure_dir_all(parent, dir)?;
+                    }
                 }
                 plan_entry(node, path, plan, seen)?;
             }
@@ -360,7 +471,12 @@ fn plan_dir(repo: &IndexedRepository, tree_id: &crate::id::TreeId, dir: &Path, r
     Ok(())
 }
 
-fn plan_entry(node: &Node, path: PathBuf, plan: &mut Plan, seen: &mut HashMap<(u64, u64), usize>) -> Result<()> {
+fn plan_entry(
+    node: &Node,
+    path: PathBuf,
+    plan: &mut Plan,
+    seen: &mut HashMap<(u64, u64), usize>,
+) -> Result<()> {
     match &node.kind {
         NodeKind::File { content } => {
             if node.links > 1 {
@@ -387,12 +503,14 @@ fn plan_entry(node: &Node, path: PathBuf, plan: &mut Plan, seen: &mut HashMap<(u
         }
         NodeKind::Symlink { target } => {
             remove_existing(&path)?;
-            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path).map_err(|e| Error::io(&path, "create symlink", e))?;
+            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+                .map_err(|e| Error::io(&path, "create symlink", e))?;
             plan.others.push((path, node.clone()));
         }
         NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
             remove_existing(&path)?;
-            fsmeta::make_special(&path, node).map_err(|e| Error::io(&path, "create special file", e))?;
+            fsmeta::make_special(&path, node)
+                .map_err(|e| Error::io(&path, "create special file", e))?;
             plan.others.push((path, node.clone()));
         }
         NodeKind::Dir { .. } => unreachable!("folders are planned by plan_dir"),
@@ -403,7 +521,9 @@ fn plan_entry(node: &Node, path: PathBuf, plan: &mut Plan, seen: &mut HashMap<(u
 /// Removes whatever is at `path` unless it is a real folder.
 fn remove_existing(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(|e| Error::io(path, "replace folder", e)),
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(path).map_err(|e| Error::io(path, "replace folder", e))
+        }
         Ok(_) => fs::remove_file(path).map_err(|e| Error::io(path, "replace", e)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, "inspect", e)),
@@ -432,21 +552,6 @@ fn ensure_dir_all(path: &Path, base: &Path) -> Result<()> {
     ensure_dir(path)
 }
 
-fn create_file(path: &Path, size: u64) -> Result<()> {
-    remove_existing(path)?;
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode_compat(0o600)
-        .open(path)
-        .map_err(|e| Error::io(path, "create", e))?;
-    if size > 0 {
-        f.set_len(size).map_err(|e| Error::io(path, "set size", e))?;
-    }
-    Ok(())
-}
-
 trait ModeCompat {
     fn mode_compat(&mut self, mode: u32) -> &mut Self;
 }
@@ -459,7 +564,11 @@ impl ModeCompat for OpenOptions {
 /// Writes one file's content to `out` (holes as zeros).
 pub fn dump(repo: &IndexedRepository, node: &Node, out: &mut dyn Write) -> Result<u64> {
     let NodeKind::File { content } = &node.kind else {
-        return Err(Error::Invalid(format!("{}: is a {}, not a file; use `pvsnap ls` or `pvsnap restore`", node.name_lossy(), node.kind.name())));
+        return Err(Error::Invalid(format!(
+            "{}: is a {}, not a file; use `pvsnap ls` or `pvsnap restore`",
+            node.name_lossy(),
+            node.kind.name()
+        )));
     };
     let zeros = vec![0u8; 1024 * 1024];
     let mut n = 0;

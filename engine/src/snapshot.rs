@@ -69,7 +69,7 @@ pub struct Summary {
 /// A problem met while taking a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathIssue {
-    /// `unreadable`, `vanished`, `changed` or `skipped`.
+    /// `unreadable`, `vanished`, `changed`, `skipped`, or `lost` (set by `repair snapshots`).
     pub kind: String,
     pub path: String,
     pub message: String,
@@ -78,7 +78,7 @@ pub struct PathIssue {
 impl PathIssue {
     /// Whether the issue means content is missing from the snapshot.
     pub fn is_loss(&self) -> bool {
-        matches!(self.kind.as_str(), "unreadable" | "vanished")
+        matches!(self.kind.as_str(), "unreadable" | "vanished" | "lost")
     }
 }
 

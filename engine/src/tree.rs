@@ -99,7 +99,11 @@ impl Node {
 
 /// Refuses names that could escape a restore target or are not one path part.
 pub fn validate_name(name: &[u8]) -> Result<(), FormatError> {
-    let bad = name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0);
+    let bad = name.is_empty()
+        || name == b"."
+        || name == b".."
+        || name.contains(&b'/')
+        || name.contains(&0);
     if bad {
         return Err(FormatError::Invalid {
             what: "tree".into(),
@@ -172,7 +176,11 @@ pub(crate) mod tests {
 
     pub fn arb_node() -> impl Strategy<Value = Node> {
         let kind = prop_oneof![
-            proptest::collection::vec((proptest::option::of(any::<[u8; 32]>()), any::<u64>()), 0..4).prop_map(|v| NodeKind::File {
+            proptest::collection::vec(
+                (proptest::option::of(any::<[u8; 32]>()), any::<u64>()),
+                0..4
+            )
+            .prop_map(|v| NodeKind::File {
                 content: v
                     .into_iter()
                     .map(|(c, len)| Extent {
@@ -181,35 +189,62 @@ pub(crate) mod tests {
                     })
                     .collect()
             }),
-            any::<[u8; 32]>().prop_map(|t| NodeKind::Dir { subtree: TreeId(Id(t)) }),
-            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|target| NodeKind::Symlink { target }),
+            any::<[u8; 32]>().prop_map(|t| NodeKind::Dir {
+                subtree: TreeId(Id(t))
+            }),
+            proptest::collection::vec(any::<u8>(), 0..40)
+                .prop_map(|target| NodeKind::Symlink { target }),
             Just(NodeKind::Fifo),
             any::<u64>().prop_map(|rdev| NodeKind::CharDevice { rdev }),
             any::<u64>().prop_map(|rdev| NodeKind::BlockDevice { rdev }),
         ];
         (
-            proptest::collection::vec(1u8..=255, 1..20).prop_filter("valid name", |n| validate_name(n).is_ok()),
+            proptest::collection::vec(1u8..=255, 1..20)
+                .prop_filter("valid name", |n| validate_name(n).is_ok()),
             kind,
-            (any::<u32>(), any::<u32>(), any::<u32>(), proptest::option::of("[a-z]{1,8}"), any::<u64>()),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                proptest::option::of("[a-z]{1,8}"),
+                any::<u64>(),
+            ),
             (any::<i64>(), any::<i64>(), any::<u64>(), any::<u64>()),
-            proptest::collection::vec((proptest::collection::vec(any::<u8>(), 1..10), proptest::collection::vec(any::<u8>(), 0..10)), 0..3),
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 1..10),
+                    proptest::collection::vec(any::<u8>(), 0..10),
+                ),
+                0..3,
+            ),
         )
-            .prop_map(|(name, kind, (mode, uid, gid, user, size), (mtime_ns, ctime_ns, inode, links), xattrs)| Node {
-                name,
-                kind,
-                mode,
-                uid,
-                gid,
-                group: user.clone(),
-                user,
-                size,
-                mtime_ns,
-                ctime_ns,
-                inode,
-                device: 1,
-                links,
-                xattrs: xattrs.into_iter().map(|(name, value)| Xattr { name, value }).collect(),
-            })
+            .prop_map(
+                |(
+                    name,
+                    kind,
+                    (mode, uid, gid, user, size),
+                    (mtime_ns, ctime_ns, inode, links),
+                    xattrs,
+                )| Node {
+                    name,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    group: user.clone(),
+                    user,
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                    inode,
+                    device: 1,
+                    links,
+                    xattrs: xattrs
+                        .into_iter()
+                        .map(|(name, value)| Xattr { name, value })
+                        .collect(),
+                },
+            )
     }
 
     proptest! {

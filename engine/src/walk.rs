@@ -9,7 +9,12 @@ use crate::tree::{Node, NodeKind};
 
 /// Calls `f(path, node)` for every entry below `tree`, depth first, parents
 /// before children; paths are `/`-joined below `prefix`.
-pub fn walk(repo: &IndexedRepository, tree: &TreeId, prefix: &str, f: &mut dyn FnMut(&str, &Node) -> Result<()>) -> Result<()> {
+pub fn walk(
+    repo: &IndexedRepository,
+    tree: &TreeId,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &Node) -> Result<()>,
+) -> Result<()> {
     let t = repo.read_tree(tree)?;
     for node in &t.nodes {
         let path = join(prefix, &node.name_lossy());
@@ -45,7 +50,13 @@ pub fn diff(repo: &IndexedRepository, a: &TreeId, b: &TreeId) -> Result<Vec<Chan
     Ok(out)
 }
 
-fn diff_into(repo: &IndexedRepository, a: Option<&TreeId>, b: Option<&TreeId>, prefix: &str, out: &mut Vec<Change>) -> Result<()> {
+fn diff_into(
+    repo: &IndexedRepository,
+    a: Option<&TreeId>,
+    b: Option<&TreeId>,
+    prefix: &str,
+    out: &mut Vec<Change>,
+) -> Result<()> {
     if a == b {
         return Ok(());
     }
@@ -68,7 +79,10 @@ fn diff_into(repo: &IndexedRepository, a: Option<&TreeId>, b: Option<&TreeId>, p
             std::cmp::Ordering::Less => {
                 let n = &ta[i];
                 let path = join(prefix, &n.name_lossy());
-                out.push(Change { change: '-', path: path.clone() });
+                out.push(Change {
+                    change: '-',
+                    path: path.clone(),
+                });
                 if let NodeKind::Dir { subtree } = &n.kind {
                     diff_into(repo, Some(subtree), None, &path, out)?;
                 }
@@ -77,7 +91,10 @@ fn diff_into(repo: &IndexedRepository, a: Option<&TreeId>, b: Option<&TreeId>, p
             std::cmp::Ordering::Greater => {
                 let n = &tb[j];
                 let path = join(prefix, &n.name_lossy());
-                out.push(Change { change: '+', path: path.clone() });
+                out.push(Change {
+                    change: '+',
+                    path: path.clone(),
+                });
                 if let NodeKind::Dir { subtree } = &n.kind {
                     diff_into(repo, None, Some(subtree), &path, out)?;
                 }
@@ -89,7 +106,10 @@ fn diff_into(repo: &IndexedRepository, a: Option<&TreeId>, b: Option<&TreeId>, p
                 match (&x.kind, &y.kind) {
                     (NodeKind::Dir { subtree: sa }, NodeKind::Dir { subtree: sb }) => {
                         if !same_meta(x, y) {
-                            out.push(Change { change: 'U', path: path.clone() });
+                            out.push(Change {
+                                change: 'U',
+                                path: path.clone(),
+                            });
                         }
                         diff_into(repo, Some(sa), Some(sb), &path, out)?;
                     }
@@ -109,5 +129,9 @@ fn diff_into(repo: &IndexedRepository, a: Option<&TreeId>, b: Option<&TreeId>, p
 }
 
 fn same_meta(a: &Node, b: &Node) -> bool {
-    a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.mtime_ns == b.mtime_ns && a.xattrs == b.xattrs
+    a.mode == b.mode
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.mtime_ns == b.mtime_ns
+        && a.xattrs == b.xattrs
 }

@@ -26,12 +26,23 @@ fn fixture_source(root: &Path) {
     fs::create_dir_all(root.join("empty")).unwrap();
     let mut text = String::new();
     for i in 0..400_000u32 {
-        text.push_str(&format!("record {i:08} value {}\n", i.wrapping_mul(2654435761) % 1000));
+        text.push_str(&format!(
+            "record {i:08} value {}\n",
+            i.wrapping_mul(2654435761) % 1000
+        ));
     }
     fs::write(root.join("app/data.log"), &text).unwrap();
-    fs::write(root.join("app/config/settings.toml"), b"[server]\nport = 5432\n").unwrap();
+    fs::write(
+        root.join("app/config/settings.toml"),
+        b"[server]\nport = 5432\n",
+    )
+    .unwrap();
     fs::write(root.join("empty-file"), b"").unwrap();
-    fs::write(root.join(OsStr::from_bytes(b"caf\xe9-latin1")), b"latin-1 name").unwrap();
+    fs::write(
+        root.join(OsStr::from_bytes(b"caf\xe9-latin1")),
+        b"latin-1 name",
+    )
+    .unwrap();
     std::os::unix::fs::symlink("app/config/settings.toml", root.join("settings")).unwrap();
 }
 
@@ -46,7 +57,12 @@ const EXPECTED_LS: &str = "/app
 ";
 
 fn copy_dir(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -57,7 +73,12 @@ fn the_committed_v1_repository_still_restores() {
     let ls = env.ok(&["ls", FIXTURE_SNAPSHOT]);
     assert_eq!(String::from_utf8(ls.stdout).unwrap(), EXPECTED_LS);
     let target = env.path("out");
-    env.ok(&["restore", FIXTURE_SNAPSHOT, "--target", target.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        FIXTURE_SNAPSHOT,
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     let expected = env.path("expected");
     fixture_source(&expected);
     let content = |root: &Path| -> Vec<String> {
@@ -66,7 +87,11 @@ fn the_committed_v1_repository_still_restores() {
             .map(|l| {
                 // Keep the path, type and content; the fixture's times and owners are its own.
                 let path = l.split(" mode=").next().unwrap().to_string();
-                let tail = l.rsplit_once("nlink=").map(|x| x.1.split_once(' ').map(|y| y.1).unwrap_or("")).unwrap_or("").to_string();
+                let tail = l
+                    .rsplit_once("nlink=")
+                    .map(|x| x.1.split_once(' ').map(|y| y.1).unwrap_or(""))
+                    .unwrap_or("")
+                    .to_string();
                 format!("{path} {tail}")
             })
             .collect()
@@ -81,7 +106,11 @@ fn the_same_content_still_gets_the_same_chunk_ids() {
     let src = env.path("src");
     fixture_source(&src);
     let snap = env.snapshot(&src, &[]);
-    assert_eq!(snap["summary"]["data_blobs_added"], 0, "chunking or content ids changed: {}", snap["summary"]);
+    assert_eq!(
+        snap["summary"]["data_blobs_added"], 0,
+        "chunking or content ids changed: {}",
+        snap["summary"]
+    );
 }
 
 #[test]
@@ -97,11 +126,25 @@ fn write_fixture() {
     fixture_source(&src);
     let pv = env!("CARGO_BIN_EXE_pvsnap");
     let run = |args: &[&str]| {
-        let st = Command::new(pv).arg("--repo").arg(&repo).args(args).status().unwrap();
+        let st = Command::new(pv)
+            .arg("--repo")
+            .arg(&repo)
+            .args(args)
+            .status()
+            .unwrap();
         assert!(st.success());
     };
     run(&["init"]);
-    run(&["snapshot", src.to_str().unwrap(), "--time", "2026-11-21T00:00:00Z", "--host", "fixture", "--tag", "fixture"]);
+    run(&[
+        "snapshot",
+        src.to_str().unwrap(),
+        "--time",
+        "2026-11-21T00:00:00Z",
+        "--host",
+        "fixture",
+        "--tag",
+        "fixture",
+    ]);
     // Empty folders are not kept by git; the backend creates them on demand.
     for d in fs::read_dir(repo.join("data")).unwrap() {
         let d = d.unwrap().path();

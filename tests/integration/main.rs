@@ -6,4 +6,5 @@ mod util;
 mod deploy;
 mod fixture;
 mod k8s;
+mod maintenance;
 mod snapshot_restore;

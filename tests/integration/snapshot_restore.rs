@@ -13,18 +13,36 @@ use crate::util::{self, Env};
 fn set_mtime(p: &Path, sec: i64, nsec: i64) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let t = [
-        libc::timespec { tv_sec: sec, tv_nsec: nsec },
-        libc::timespec { tv_sec: sec, tv_nsec: nsec },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
     ];
     // SAFETY: valid path and two timespecs.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     assert_eq!(r, 0, "utimensat {}", p.display());
 }
 
 fn mknod(p: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: valid path.
-    assert_eq!(unsafe { libc::mknod(c.as_ptr(), kind | 0o640, rdev) }, 0, "mknod {}", p.display());
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), kind | 0o640, rdev) },
+        0,
+        "mknod {}",
+        p.display()
+    );
 }
 
 /// A folder holding every kind of entry pvsnap must round-trip.
@@ -33,8 +51,16 @@ fn build_everything(root: &Path) {
     fs::create_dir_all(root.join("empty-dir")).unwrap();
     fs::write(root.join("small.txt"), b"hello pvsnap\n").unwrap();
     fs::write(root.join("empty-file"), b"").unwrap();
-    fs::write(root.join("nested/deeper/deepest/big.bin"), util::noise(1, 5 * 1024 * 1024 + 17)).unwrap();
-    fs::write(root.join("nested/text.log"), "line of log text\n".repeat(50_000)).unwrap();
+    fs::write(
+        root.join("nested/deeper/deepest/big.bin"),
+        util::noise(1, 5 * 1024 * 1024 + 17),
+    )
+    .unwrap();
+    fs::write(
+        root.join("nested/text.log"),
+        "line of log text\n".repeat(50_000),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("small.txt", root.join("link-to-small")).unwrap();
     std::os::unix::fs::symlink("does/not/exist", root.join("dangling")).unwrap();
     fs::write(root.join("hard-a"), b"shared by two names").unwrap();
@@ -49,18 +75,34 @@ fn build_everything(root: &Path) {
     fs::write(&odd, b"odd name").unwrap();
     xattr::set(root.join("small.txt"), "user.pvsnap.test", b"xattr value").unwrap();
     // A sparse file: 64 MiB with two small data islands.
-    let sparse = fs::OpenOptions::new().write(true).create(true).truncate(true).open(root.join("sparse.img")).unwrap();
+    let sparse = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(root.join("sparse.img"))
+        .unwrap();
     sparse.set_len(64 * 1024 * 1024).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&sparse, b"island one", 4096).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&sparse, &util::noise(2, 8192), 40 * 1024 * 1024).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, &util::noise(2, 8192), 40 * 1024 * 1024)
+        .unwrap();
     drop(sparse);
     if util::is_root() {
         mknod(&root.join("chardev"), libc::S_IFCHR, libc::makedev(1, 3));
         mknod(&root.join("blockdev"), libc::S_IFBLK, libc::makedev(7, 200));
         std::os::unix::fs::lchown(root.join("small.txt"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(root.join("dangling"), Some(4321), Some(8765)).unwrap();
-        if Command::new("setfacl").arg("-m").arg("u:1234:rw").arg(root.join("nested/text.log")).status().is_ok_and(|s| s.success()) {
-            assert!(xattr::get(root.join("nested/text.log"), "system.posix_acl_access").unwrap().is_some());
+        if Command::new("setfacl")
+            .arg("-m")
+            .arg("u:1234:rw")
+            .arg(root.join("nested/text.log"))
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                xattr::get(root.join("nested/text.log"), "system.posix_acl_access")
+                    .unwrap()
+                    .is_some()
+            );
         }
     }
     set_mtime(&root.join("small.txt"), 1_600_000_000, 123_456_789);
@@ -84,12 +126,19 @@ fn every_kind_of_entry_round_trips_bit_exact() {
         assert_eq!(x, y);
     }
     // Hardlinks come back as hardlinks.
-    let (ma, mb) = (fs::metadata(target.join("hard-a")).unwrap(), fs::metadata(target.join("nested/hard-b")).unwrap());
+    let (ma, mb) = (
+        fs::metadata(target.join("hard-a")).unwrap(),
+        fs::metadata(target.join("nested/hard-b")).unwrap(),
+    );
     assert_eq!(ma.ino(), mb.ino());
     // Holes are not written: the restored sparse file allocates far less than its size.
     let sparse = fs::metadata(target.join("sparse.img")).unwrap();
     assert_eq!(sparse.len(), 64 * 1024 * 1024);
-    assert!(sparse.blocks() * 512 < 1024 * 1024, "restored sparse file allocates {} bytes", sparse.blocks() * 512);
+    assert!(
+        sparse.blocks() * 512 < 1024 * 1024,
+        "restored sparse file allocates {} bytes",
+        sparse.blocks() * 512
+    );
 }
 
 #[test]
@@ -102,7 +151,11 @@ fn holes_are_not_stored() {
     f.set_len(1 << 28).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"data", 1 << 27).unwrap();
     let snap = env.snapshot(&src, &[]);
-    assert!(snap["summary"]["bytes_read"].as_u64().unwrap() < 1 << 20, "{}", snap["summary"]);
+    assert!(
+        snap["summary"]["bytes_read"].as_u64().unwrap() < 1 << 20,
+        "{}",
+        snap["summary"]
+    );
     assert!(snap["summary"]["bytes_added"].as_u64().unwrap() < 1 << 20);
     let out = env.ok(&["dump", "latest", "/huge-sparse"]);
     assert_eq!(out.stdout.len(), 1 << 28);
@@ -150,7 +203,11 @@ fn unchanged_resnapshot_reads_nothing_and_changed_files_are_read() {
     assert_eq!(s["files_changed"], 1, "{s}");
     assert_eq!(s["files_new"], 1);
     assert_eq!(s["bytes_read"], 15 + 8);
-    let diff = env.ok(&["diff", second["id"].as_str().unwrap(), third["id"].as_str().unwrap()]);
+    let diff = env.ok(&[
+        "diff",
+        second["id"].as_str().unwrap(),
+        third["id"].as_str().unwrap(),
+    ]);
     let diff = String::from_utf8(diff.stdout).unwrap();
     assert!(diff.contains("M  /small.txt"), "{diff}");
     assert!(diff.contains("+  /brand-new"), "{diff}");
@@ -168,7 +225,11 @@ fn identical_content_in_two_sources_is_stored_once() {
     let a = env.snapshot(&env.path("one"), &[]);
     let b = env.snapshot(&env.path("two"), &[]);
     assert!(a["summary"]["bytes_added"].as_u64().unwrap() >= 8 * 1024 * 1024);
-    assert!(b["summary"]["bytes_added"].as_u64().unwrap() < 64 * 1024, "{}", b["summary"]);
+    assert!(
+        b["summary"]["bytes_added"].as_u64().unwrap() < 64 * 1024,
+        "{}",
+        b["summary"]
+    );
     assert_eq!(b["summary"]["data_blobs_added"], 0);
     assert!(b["parent"].is_null(), "another source has its own timeline");
 }
@@ -179,10 +240,18 @@ fn compressible_data_shrinks() {
     env.init();
     let src = env.path("src");
     fs::create_dir(&src).unwrap();
-    fs::write(src.join("log"), "2026-11-21 INFO request served in 3ms\n".repeat(200_000)).unwrap();
+    fs::write(
+        src.join("log"),
+        "2026-11-21 INFO request served in 3ms\n".repeat(200_000),
+    )
+    .unwrap();
     env.snapshot(&src, &[]);
-    let stats: serde_json::Value = serde_json::from_slice(&env.ok(&["stats", "--json"]).stdout).unwrap();
-    assert!(stats["compression_ratio"].as_f64().unwrap() > 10.0, "{stats}");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["stats", "--json"]).stdout).unwrap();
+    assert!(
+        stats["compression_ratio"].as_f64().unwrap() > 10.0,
+        "{stats}"
+    );
     assert!(stats["stored_size"].as_u64().unwrap() < stats["raw_size"].as_u64().unwrap() / 10);
 }
 
@@ -197,7 +266,13 @@ fn encrypted_repository_needs_the_password_and_holds_no_plaintext() {
     fs::create_dir(&src).unwrap();
     let marker = "PLAINTEXT-MARKER-0123456789 ".repeat(4000);
     fs::write(src.join("secret-file-name.txt"), &marker).unwrap();
-    let out = env.ok(&["--password-file", pwf, "snapshot", src.to_str().unwrap(), "--json"]);
+    let out = env.ok(&[
+        "--password-file",
+        pwf,
+        "snapshot",
+        src.to_str().unwrap(),
+        "--json",
+    ]);
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!snap[0]["id"].as_str().unwrap().is_empty());
 
@@ -205,7 +280,11 @@ fn encrypted_repository_needs_the_password_and_holds_no_plaintext() {
     for entry in walk_files(&env.repo()) {
         let bytes = fs::read(&entry).unwrap();
         for needle in [&b"PLAINTEXT-MARKER"[..], b"secret-file-name"] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} contains plaintext", entry.display());
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} contains plaintext",
+                entry.display()
+            );
         }
     }
     // Wrong password: exit 12 and a message naming the problem.
@@ -216,7 +295,11 @@ fn encrypted_repository_needs_the_password_and_holds_no_plaintext() {
     // No password at all, not on a terminal: a clear refusal.
     let none = env.run(&["snapshots"]);
     assert_ne!(none.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&none.stderr).contains("encrypted"), "{}", String::from_utf8_lossy(&none.stderr));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("encrypted"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
     // The right password via the environment restores the content.
     let target = env.path("out");
     let ok = env
@@ -225,8 +308,15 @@ fn encrypted_repository_needs_the_password_and_holds_no_plaintext() {
         .args(["restore", "latest", "--target", target.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert_eq!(fs::read_to_string(target.join("secret-file-name.txt")).unwrap(), marker);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("secret-file-name.txt")).unwrap(),
+        marker
+    );
 }
 
 fn walk_files(root: &Path) -> Vec<std::path::PathBuf> {
@@ -256,18 +346,29 @@ fn a_corrupted_pack_is_reported_not_silently_restored() {
     let packs: Vec<_> = walk_files(&env.repo().join("data"));
     assert_eq!(packs.len(), 2, "one data pack and one tree pack");
     // Flip a byte in the middle of the data pack (the big one).
-    let data_pack = packs.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let data_pack = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
     let mut bytes = fs::read(data_pack).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     fs::write(data_pack, bytes).unwrap();
     let target = env.path("out");
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("victim"), "names the damaged file: {err}");
     let dump = env.run(&["dump", "latest", "/victim"]);
-    assert!(!dump.status.success(), "dump must not print damaged content");
+    assert!(
+        !dump.status.success(),
+        "dump must not print damaged content"
+    );
 }
 
 #[test]
@@ -286,7 +387,10 @@ fn restore_never_writes_through_a_symlink_in_the_target() {
     std::os::unix::fs::symlink(&outside, target.join("d")).unwrap();
     std::os::unix::fs::symlink(outside.join("g-victim"), target.join("g")).unwrap();
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    assert!(fs::read_dir(&outside).unwrap().next().is_none(), "nothing was written outside the target");
+    assert!(
+        fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing was written outside the target"
+    );
     assert!(fs::symlink_metadata(target.join("d")).unwrap().is_dir());
     assert_eq!(fs::read(target.join("d/f")).unwrap(), b"payload");
     assert_eq!(fs::read(target.join("g")).unwrap(), b"file g");
@@ -304,15 +408,36 @@ fn include_exclude_and_subpath_restore() {
     fs::write(src.join("drop/c.txt"), b"c").unwrap();
     env.snapshot(&src, &["--exclude", "*.tmp"]);
     let t1 = env.path("t1");
-    env.ok(&["restore", "latest", "--target", t1.to_str().unwrap(), "--include", "keep"]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t1.to_str().unwrap(),
+        "--include",
+        "keep",
+    ]);
     assert!(t1.join("keep/sub/b.log").exists());
     assert!(!t1.join("drop").exists());
     let t2 = env.path("t2");
-    env.ok(&["restore", "latest", "--target", t2.to_str().unwrap(), "--exclude", "*.log"]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t2.to_str().unwrap(),
+        "--exclude",
+        "*.log",
+    ]);
     assert!(t2.join("keep/a.txt").exists() && t2.join("drop/c.txt").exists());
     assert!(!t2.join("keep/sub/b.log").exists());
     let t3 = env.path("t3");
-    env.ok(&["restore", "latest", "--target", t3.to_str().unwrap(), "--path", "/keep"]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t3.to_str().unwrap(),
+        "--path",
+        "/keep",
+    ]);
     assert_eq!(fs::read(t3.join("a.txt")).unwrap(), b"a");
     assert!(t3.join("sub/b.log").exists());
 }
@@ -328,19 +453,46 @@ fn excludes_tags_labels_time_and_dry_run() {
     fs::write(src.join("x.tmp"), b"tmp").unwrap();
     let dry = env.snapshot(&src, &["--dry-run"]);
     assert!(dry["summary"]["bytes_read"].as_u64().unwrap() > 0);
-    let listed: serde_json::Value = serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 0, "a dry run stores nothing");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "a dry run stores nothing"
+    );
 
-    let snap = env.snapshot(&src, &["--exclude", "/cache", "--exclude", "*.tmp", "--tag", "nightly", "--label", "app=db", "--time", "2026-01-02T03:04:05Z"]);
+    let snap = env.snapshot(
+        &src,
+        &[
+            "--exclude",
+            "/cache",
+            "--exclude",
+            "*.tmp",
+            "--tag",
+            "nightly",
+            "--label",
+            "app=db",
+            "--time",
+            "2026-01-02T03:04:05Z",
+        ],
+    );
     assert_eq!(snap["time"], "2026-01-02T03:04:05Z");
     let ls = String::from_utf8(env.ok(&["ls", "latest"]).stdout).unwrap();
     assert_eq!(ls.lines().collect::<Vec<_>>(), vec!["/data.db"]);
-    let listed: serde_json::Value = serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
     let s = &listed[0];
     assert_eq!(s["tags"][0], "nightly");
     assert_eq!(s["labels"]["app"], "db");
     assert_eq!(s["short_id"].as_str().unwrap().len(), 8);
-    for field in ["files_new", "files_changed", "files_unmodified", "bytes_read", "bytes_added", "duration_s"] {
+    for field in [
+        "files_new",
+        "files_changed",
+        "files_unmodified",
+        "bytes_read",
+        "bytes_added",
+        "duration_s",
+    ] {
         assert!(s["summary"][field].is_number(), "summary.{field} in {s}");
     }
 }
@@ -371,7 +523,11 @@ fn clear_errors_for_bad_input() {
     // Not a repository.
     let out = env.run(&["snapshots"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a pvsnap repository"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a pvsnap repository"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     env.init();
     // Missing path.
     let out = env.run(&["snapshot", "/nonexistent/pvsnap/path"]);
@@ -388,13 +544,22 @@ fn clear_errors_for_bad_input() {
     fs::write(&cfg, newer.as_bytes()).unwrap();
     let out = env.run(&["snapshots"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("upgrade pvsnap"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("upgrade pvsnap"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs pvsnap as an unprivileged user (root is needed to switch).
-fn as_nobody(_env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output {
+fn as_nobody(args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_pvsnap")]);
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_pvsnap"),
+    ]);
     c.args(args);
     c.env_remove("PVSNAP_REPO").env_remove("PVSNAP_PASSWORD");
     for (k, v) in extra_env {
@@ -419,16 +584,37 @@ fn unreadable_files_are_recorded_and_exit_3() {
     fs::set_permissions(src.join("readable"), fs::Permissions::from_mode(0o644)).unwrap();
     fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
     let repo = env.repo();
-    let out = as_nobody(&env, &["--repo", repo.to_str().unwrap(), "init"], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = as_nobody(&env, &["--repo", repo.to_str().unwrap(), "snapshot", src.to_str().unwrap(), "--json"], &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_nobody(&["--repo", repo.to_str().unwrap(), "init"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_nobody(
+        &[
+            "--repo",
+            repo.to_str().unwrap(),
+            "snapshot",
+            src.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let errors = v[0]["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["kind"], "unreadable");
     assert!(errors[0]["path"].as_str().unwrap().ends_with("/secret"));
-    assert_eq!(v[0]["summary"]["files_new"], 1, "the readable file is still saved");
+    assert_eq!(
+        v[0]["summary"]["files_new"], 1,
+        "the readable file is still saved"
+    );
 }
 
 #[test]
@@ -443,13 +629,23 @@ fn the_default_repository_is_created_on_first_snapshot() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
     let xdg = env.path("xdg");
-    let out = as_nobody(&env, &["snapshot", src.to_str().unwrap()], &[("XDG_DATA_HOME", xdg.to_str().unwrap())]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_nobody(
+        &["snapshot", src.to_str().unwrap()],
+        &[("XDG_DATA_HOME", xdg.to_str().unwrap())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("created repository at"), "{err}");
     assert!(xdg.join("pvsnap/repo/config").exists());
     // The second run uses it silently.
-    let out = as_nobody(&env, &["snapshot", src.to_str().unwrap()], &[("XDG_DATA_HOME", xdg.to_str().unwrap())]);
+    let out = as_nobody(
+        &["snapshot", src.to_str().unwrap()],
+        &[("XDG_DATA_HOME", xdg.to_str().unwrap())],
+    );
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("created"));
 }

@@ -29,14 +29,21 @@ impl Env {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pvsnap"));
         c.arg("--repo").arg(self.repo());
-        c.env_remove("PVSNAP_PASSWORD").env_remove("PVSNAP_REPO").env_remove("PVSNAP_PASSWORD_FILE");
+        c.env_remove("PVSNAP_PASSWORD")
+            .env_remove("PVSNAP_REPO")
+            .env_remove("PVSNAP_PASSWORD_FILE");
         c
     }
 
     /// Runs pvsnap and requires success.
     pub fn ok(&self, args: &[&str]) -> Output {
         let out = self.cmd().args(args).output().expect("run pvsnap");
-        assert!(out.status.success(), "pvsnap {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "pvsnap {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
         out
     }
 
@@ -54,7 +61,8 @@ impl Env {
         let mut args = vec!["snapshot", path.to_str().expect("utf-8 path"), "--json"];
         args.extend_from_slice(extra);
         let out = self.ok(&args);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("snapshot --json prints JSON");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("snapshot --json prints JSON");
         v[0].clone()
     }
 }
@@ -69,7 +77,9 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     let mut h = blake3_like(seed);
     for chunk in out.chunks_mut(8) {
-        h = h.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        h = h
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let b = (h ^ (h >> 29)).to_le_bytes();
         chunk.copy_from_slice(&b[..chunk.len()]);
     }
@@ -86,7 +96,10 @@ pub fn manifest(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
         entries.sort();
         for p in entries {
             let m = std::fs::symlink_metadata(&p).expect("lstat");

@@ -11,16 +11,65 @@ pub struct Args {
     /// Encrypt the repository with a password (XChaCha20-Poly1305, Argon2id key slots)
     #[arg(long)]
     pub encryption: bool,
+    /// Chunk sizes in KiB as MIN,AVG,MAX (default 256,1024,4096)
+    #[arg(long, value_parser = parse_chunker)]
+    pub chunker: Option<(u32, u32, u32)>,
+    /// zstd level for new data, 0 for none (default 3)
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+    /// Target pack file size in MiB (default 16)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub pack_size: Option<u32>,
+}
+
+fn parse_chunker(s: &str) -> Result<(u32, u32, u32), String> {
+    let parts: Vec<u32> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{p}` is not a number of KiB"))
+        })
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [a, b, c] if a <= b && b <= c => Ok((a * 1024, b * 1024, c * 1024)),
+        _ => Err(format!(
+            "`{s}` is not MIN,AVG,MAX in KiB with MIN <= AVG <= MAX"
+        )),
+    }
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let loc = crate::repo::location(cli)?;
-    let pw = if a.encryption { Some(crate::repo::password(cli, true)?) } else { None };
-    let repo = crate::repo::create(&loc.path, pw)?;
+    let pw = if a.encryption {
+        Some(crate::repo::password(cli, true)?)
+    } else {
+        None
+    };
+    let mut opts = pvsnap_engine::InitOptions {
+        password: pw,
+        ..Default::default()
+    };
+    if let Some((min, avg, max)) = a.chunker {
+        opts.chunker.min = min;
+        opts.chunker.avg = avg;
+        opts.chunker.max = max;
+    }
+    if let Some(l) = a.compression_level {
+        opts.compression_level = l;
+    }
+    if let Some(p) = a.pack_size {
+        opts.pack_size = p * 1024 * 1024;
+    }
+    let repo = crate::repo::create(&loc.path, opts)?;
     if !cli.quiet {
         println!(
             "created {} repository {} at {}",
-            if a.encryption { "encrypted" } else { "unencrypted" },
+            if a.encryption {
+                "encrypted"
+            } else {
+                "unencrypted"
+            },
             repo.config().id.short(),
             loc.path.display()
         );
@@ -42,7 +91,8 @@ pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
     let mut removed = 0;
     for (id, info) in pvsnap_engine::lock::list_locks(repo.backend())? {
         if a.remove_all || info.is_stale(now, &host) {
-            repo.backend().delete(&ObjectKey::new(ObjectKind::Lock, id.to_hex()))?;
+            repo.backend()
+                .delete(&ObjectKey::new(ObjectKind::Lock, id.to_hex()))?;
             removed += 1;
             if !cli.quiet {
                 eprintln!("removed {}", info.describe());

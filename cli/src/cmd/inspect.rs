@@ -35,7 +35,9 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
     let snaps: Vec<_> = repo
         .snapshots()?
         .into_iter()
-        .filter(|s| source.is_none_or(|src| s.source.key().trim_end_matches('/') == src.trim_end_matches('/')))
+        .filter(|s| {
+            source.is_none_or(|src| s.source.key().trim_end_matches('/') == src.trim_end_matches('/'))
+        })
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
         .collect();
     if a.json {
@@ -44,7 +46,11 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         return Ok(crate::exit::OK);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} source", "id", "time", "host", "files", "size", "tags")?;
+    writeln!(
+        out,
+        "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} source",
+        "id", "time", "host", "files", "size", "tags"
+    )?;
     for s in &snaps {
         writeln!(
             out,
@@ -101,7 +107,9 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
             source: e,
             action: "write",
         };
-        let mtime = jiff::Timestamp::from_nanosecond(n.mtime_ns as i128).map(output::local_time).unwrap_or_default();
+        let mtime = jiff::Timestamp::from_nanosecond(n.mtime_ns as i128)
+            .map(output::local_time)
+            .unwrap_or_default();
         if a.json {
             let e = LsEntry {
                 path,
@@ -114,13 +122,33 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
             };
             writeln!(out, "{}", serde_json::to_string(&e).expect("serializes")).map_err(io)
         } else if a.long {
-            writeln!(out, "{:<8} {:04o} {:>6} {:>6} {:>12} {} {}", n.kind.name(), n.mode, n.uid, n.gid, n.size, mtime, path).map_err(io)
+            writeln!(
+                out,
+                "{:<8} {:04o} {:>6} {:>6} {:>12} {} {}",
+                n.kind.name(),
+                n.mode,
+                n.uid,
+                n.gid,
+                n.size,
+                mtime,
+                path
+            )
+            .map_err(io)
         } else {
             writeln!(out, "{path}").map_err(io)
         }
     };
     match &node.kind {
-        NodeKind::Dir { subtree } => walk::walk(&repo, subtree, if start.trim_matches('/').is_empty() { "" } else { &prefix }, &mut print)?,
+        NodeKind::Dir { subtree } => walk::walk(
+            &repo,
+            subtree,
+            if start.trim_matches('/').is_empty() {
+                ""
+            } else {
+                &prefix
+            },
+            &mut print,
+        )?,
         _ => print(&prefix, &node)?,
     }
     Ok(crate::exit::OK)
@@ -200,7 +228,13 @@ pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<u8> {
     let snaps = repo.snapshots()?;
     let mut stored_size = 0;
     let mut pack_count = 0;
-    for kind in [ObjectKind::Config, ObjectKind::Key, ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot] {
+    for kind in [
+        ObjectKind::Config,
+        ObjectKind::Key,
+        ObjectKind::Pack,
+        ObjectKind::Index,
+        ObjectKind::Snapshot,
+    ] {
         let objs = repo.backend().list(kind)?;
         if kind == ObjectKind::Pack {
             pack_count = objs.len();
@@ -223,7 +257,13 @@ pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<u8> {
         }
     }
     let logical: u64 = snaps.iter().map(|s| s.summary.total_bytes).sum();
-    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { (a as f64 / b as f64 * 100.0).round() / 100.0 };
+    let ratio = |a: u64, b: u64| {
+        if b == 0 {
+            0.0
+        } else {
+            (a as f64 / b as f64 * 100.0).round() / 100.0
+        }
+    };
     let st = Stats {
         snapshot_count: snaps.len(),
         pack_count,
@@ -240,12 +280,23 @@ pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<u8> {
         output::json(&st)?;
     } else {
         println!("snapshots:          {}", st.snapshot_count);
-        println!("stored size:        {} in {} packs", output::bytes(st.stored_size), st.pack_count);
-        println!("raw size:           {} in {} chunks", output::bytes(st.raw_size), st.chunk_count);
+        println!(
+            "stored size:        {} in {} packs",
+            output::bytes(st.stored_size),
+            st.pack_count
+        );
+        println!(
+            "raw size:           {} in {} chunks",
+            output::bytes(st.raw_size),
+            st.chunk_count
+        );
         println!("logical size:       {}", output::bytes(st.logical_size));
         println!("deduplication:      {:.2}x", st.dedup_ratio);
         println!("compression:        {:.2}x", st.compression_ratio);
-        println!("index in memory:    {}", output::bytes(st.index_memory_bytes as u64));
+        println!(
+            "index in memory:    {}",
+            output::bytes(st.index_memory_bytes as u64)
+        );
     }
     Ok(crate::exit::OK)
 }

@@ -81,7 +81,13 @@ pub fn with_progress<T>(cli: &Cli, a: &Args, f: impl FnOnce(&RestoreProgress) ->
         crate::progress::Display::start(
             cli.quiet || a.json,
             "restore",
-            Box::new(move || (0, p.bytes.load(Ordering::Relaxed), p.total_bytes.load(Ordering::Relaxed))),
+            Box::new(move || {
+                (
+                    0,
+                    p.bytes.load(Ordering::Relaxed),
+                    p.total_bytes.load(Ordering::Relaxed),
+                )
+            }),
         )
     };
     f(&progress)

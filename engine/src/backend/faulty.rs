@@ -8,9 +8,11 @@ use crate::format::ObjectKind;
 
 /// Passes calls through to `inner` until `fail_puts_after` puts have succeeded,
 /// then fails every later put (as a crash would stop them). Negative: never fail.
+/// Deletes can be made to fail the same way with [`FaultyBackend::fail_deletes_after`].
 pub struct FaultyBackend {
     inner: DynBackend,
     puts_left: AtomicI64,
+    deletes_left: AtomicI64,
 }
 
 impl FaultyBackend {
@@ -18,8 +20,26 @@ impl FaultyBackend {
         FaultyBackend {
             inner,
             puts_left: AtomicI64::new(fail_puts_after),
+            deletes_left: AtomicI64::new(-1),
         }
     }
+
+    /// Also fails every delete after `n` deletes have succeeded (negative: never).
+    pub fn fail_deletes_after(self, n: i64) -> Self {
+        self.deletes_left.store(n, Ordering::SeqCst);
+        self
+    }
+}
+
+/// Takes one from a budget; false once it is spent (negative budgets never
+/// are). Atomic, so parallel puts cannot both take the last one.
+fn spend(left: &AtomicI64) -> bool {
+    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+        0 => None,
+        n if n > 0 => Some(n - 1),
+        n => Some(n),
+    })
+    .is_ok()
 }
 
 impl Backend for FaultyBackend {
@@ -27,12 +47,8 @@ impl Backend for FaultyBackend {
         self.inner.location()
     }
     fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
-        let left = self.puts_left.load(Ordering::SeqCst);
-        if left == 0 {
+        if !spend(&self.puts_left) {
             return Err(BackendError::Injected(format!("put {key}")));
-        }
-        if left > 0 {
-            self.puts_left.fetch_sub(1, Ordering::SeqCst);
         }
         self.inner.put(key, data)
     }
@@ -46,7 +62,13 @@ impl Backend for FaultyBackend {
         self.inner.list(kind)
     }
     fn delete(&self, key: &ObjectKey) -> Result<(), BackendError> {
+        if !spend(&self.deletes_left) {
+            return Err(BackendError::Injected(format!("delete {key}")));
+        }
         self.inner.delete(key)
+    }
+    fn modified(&self, key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
+        self.inner.modified(key)
     }
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         self.inner.exists(key)

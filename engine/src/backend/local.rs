@@ -201,6 +201,14 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
+    fn modified(&self, key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
+        let meta = fs::metadata(self.path(key)).map_err(|e| not_found_or(key, "stat", e))?;
+        let Ok(mtime) = meta.modified() else {
+            return Ok(None);
+        };
+        Ok(jiff::Timestamp::try_from(mtime).ok())
+    }
+
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         Ok(self.path(key).exists())
     }

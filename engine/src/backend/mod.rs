@@ -16,6 +16,10 @@
 //!   being written concurrently may or may not be listed.
 //! - [`Backend::delete`] removes an object; deleting a missing object succeeds
 //!   (so an interrupted prune can simply run again).
+//! - [`Backend::modified`] tells when an object was written (S3's
+//!   `Last-Modified`, a file's mtime), or `None` when the backend cannot say.
+//!   Prune uses it to leave young packs that no index names yet alone (see
+//!   `ARCHITECTURE.md`, "Prune and concurrent snapshots").
 //!
 //! Implementations: [`local::LocalBackend`] (the default), [`memory::MemoryBackend`]
 //! for tests, and the decorators [`DryRun`] and [`faulty::FaultyBackend`].
@@ -53,7 +57,11 @@ impl ObjectKey {
     pub fn path(&self) -> String {
         match self.kind {
             ObjectKind::Config => "config".to_string(),
-            ObjectKind::Pack => format!("data/{}/{}", &self.name[..2.min(self.name.len())], self.name),
+            ObjectKind::Pack => format!(
+                "data/{}/{}",
+                &self.name[..2.min(self.name.len())],
+                self.name
+            ),
             k => format!("{}/{}", k.name(), self.name),
         }
     }
@@ -75,6 +83,11 @@ pub trait Backend: Send + Sync {
     /// Every object of `kind`, as (name, size in bytes), in no particular order.
     fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>, BackendError>;
     fn delete(&self, key: &ObjectKey) -> Result<(), BackendError>;
+    /// When the object was written; `Ok(None)` when the backend cannot tell,
+    /// which prune treats as "too young to delete".
+    fn modified(&self, _key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
+        Ok(None)
+    }
     /// Whether the object exists. The default asks `list`; backends override it.
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         Ok(self.list(key.kind)?.iter().any(|(n, _)| *n == key.name))
@@ -115,13 +128,21 @@ impl Backend for DryRun {
     fn delete(&self, _key: &ObjectKey) -> Result<(), BackendError> {
         Ok(())
     }
+    fn modified(&self, key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
+        self.inner.modified(key)
+    }
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         self.inner.exists(key)
     }
 }
 
 /// Checks a requested range against an object's size; shared by backends.
-pub(crate) fn check_range(key: &ObjectKey, offset: u64, len: u64, size: u64) -> Result<(), BackendError> {
+pub(crate) fn check_range(
+    key: &ObjectKey,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<(), BackendError> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(BackendError::OutOfRange {
@@ -166,6 +187,9 @@ pub(crate) mod contract_tests {
         let cfg = ObjectKey::config();
         b.put(&cfg, b"c").unwrap();
         assert_eq!(b.get(&cfg).unwrap(), b"c");
-        assert_eq!(b.list(ObjectKind::Config).unwrap(), vec![("config".to_string(), 1)]);
+        assert_eq!(
+            b.list(ObjectKind::Config).unwrap(),
+            vec![("config".to_string(), 1)]
+        );
     }
 }

@@ -1,0 +1,608 @@
+//! `forget`, `prune`, `check`, `repair` and `policy`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use jiff::tz::TimeZone;
+use pvsnap_engine::check::{self, CheckReport, ReadData};
+use pvsnap_engine::forget::{self, ForgetReport, Selection};
+use pvsnap_engine::lock::LockGuard;
+use pvsnap_engine::policy::{self, NamedPolicy};
+use pvsnap_engine::prune::{self, PruneOptions, PruneReport};
+use pvsnap_engine::repair;
+use pvsnap_engine::retention::{GroupBy, KeepPolicy, KeepWithin};
+use pvsnap_engine::{Repository, repo::resolve_in};
+
+use crate::{Cli, output};
+
+/// The maintenance subcommands, flattened into the top-level command list.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Remove snapshots by a retention policy (or by id); `--prune` frees the space
+    Forget(ForgetArgs),
+    /// Delete data that no snapshot needs and repack half-empty packs
+    Prune(PruneArgs),
+    /// Verify the repository; exit code 4 names damaged snapshots and files
+    Check(CheckArgs),
+    /// Rebuild the index from the packs, or save what is left of damaged snapshots
+    Repair(RepairArgs),
+    /// Named retention policies stored in the repository
+    Policy(PolicyArgs),
+}
+
+pub fn run(cli: &Cli, c: &Command) -> Result<u8> {
+    match c {
+        Command::Forget(a) => forget(cli, a),
+        Command::Prune(a) => prune(cli, a),
+        Command::Check(a) => check(cli, a),
+        Command::Repair(a) => repair(cli, a),
+        Command::Policy(a) => policy(cli, a),
+    }
+}
+
+/// The `--keep-*` options, shared by `forget` and `policy set`.
+#[derive(clap::Args, Clone, Default)]
+pub struct KeepArgs {
+    /// Keep the N newest snapshots of each group
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot this close to the group's newest (e.g. 2d, 1y6m, 12h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<KeepWithin>,
+    /// Keep every snapshot carrying this tag (repeatable)
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// Judge snapshots in groups: a comma-separated list of source, host, tags
+    #[arg(long, value_name = "CRITERIA")]
+    pub group_by: Option<GroupBy>,
+}
+
+impl KeepArgs {
+    fn policy(&self) -> KeepPolicy {
+        KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            tags: self.keep_tags.clone(),
+        }
+    }
+}
+
+/// Options of prune, shared by `prune` and `forget --prune`.
+#[derive(clap::Args, Clone)]
+pub struct PruneTuning {
+    /// Repack a pack when more than this share of its bytes is unneeded
+    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    pub max_unused: f64,
+    /// Leave packs that no index names alone until they are this old (a snapshot may still be writing them)
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+#[derive(clap::Args)]
+pub struct ForgetArgs {
+    /// Remove exactly these snapshots (ids or unique prefixes) instead of applying a policy
+    #[arg(conflicts_with_all = ["policy", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within", "keep_tags"])]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// Apply the named policy stored in the repository (`default` always exists)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within", "keep_tags"])]
+    pub policy: Option<String>,
+    /// List every snapshot as keep or remove, with the rules that keep it; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub tuning: PruneTuning,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub tuning: PruneTuning,
+    /// Report what would be deleted and repacked; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Also read every blob: decrypt, decompress and hash it
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read part of the data: a random `10%` of the packs, or part `n/k` (k nights cover everything)
+    #[arg(long, value_name = "SUBSET")]
+    pub read_data_subset: Option<ReadData>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    pub what: RepairWhat,
+}
+
+#[derive(clap::Subcommand)]
+pub enum RepairWhat {
+    /// Rebuild the index from the pack trailers, superseding every old index file
+    Index {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write copies of damaged snapshots without their lost files (originals stay)
+    Snapshots {
+        /// Read every blob first, so damaged content counts as lost too
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub what: PolicyWhat,
+}
+
+#[derive(clap::Subcommand)]
+pub enum PolicyWhat {
+    /// Store (or replace) a named policy
+    Set {
+        name: String,
+        #[command(flatten)]
+        keep: KeepArgs,
+    },
+    /// List the policies, with the built-in `default`
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one policy
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a stored policy
+    Remove { name: String },
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage such as 10%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("`{s}`: give a percentage from 0% to 100%"));
+    }
+    Ok(v)
+}
+
+/// `90s`, `30m`, `24h`, `7d`, or combinations such as `1d12h`; `0` is zero.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration such as 30m, 24h or 7d");
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (mut total, mut num) = (0u64, String::new());
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|x| total.checked_add(x))
+            .ok_or_else(bad)?;
+        num.clear();
+    }
+    if !num.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn lock(repo: &Repository, exclusive: bool, operation: &str) -> Result<LockGuard> {
+    let host = pvsnap_engine::repo::hostname_public();
+    Ok(LockGuard::acquire(
+        repo.backend().clone(),
+        exclusive,
+        operation,
+        &host,
+    )?)
+}
+
+fn prune_options(t: &PruneTuning, dry_run: bool) -> PruneOptions {
+    PruneOptions {
+        max_unused_percent: t.max_unused,
+        grace: t.grace,
+        dry_run,
+        ..PruneOptions::default()
+    }
+}
+
+pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    let guard = lock(&repo, !a.dry_run, "forget")?;
+    let selection = if !a.snapshots.is_empty() {
+        let snaps = repo.snapshots()?;
+        let ids = a
+            .snapshots
+            .iter()
+            .map(|s| Ok(resolve_in(&snaps, s)?.id))
+            .collect::<Result<Vec<_>>>()?;
+        Selection::Ids(ids)
+    } else if let Some(name) = &a.policy {
+        let p = policy::get(&repo, name)?;
+        Selection::Policy {
+            keep: p.keep,
+            group_by: a.keep.group_by.unwrap_or(p.group_by),
+        }
+    } else {
+        Selection::Policy {
+            keep: a.keep.policy(),
+            group_by: a.keep.group_by.unwrap_or_default(),
+        }
+    };
+    let report = forget::forget(&repo, &guard, &selection, &TimeZone::system(), a.dry_run)?;
+    let pruned = if a.prune {
+        let mut opts = prune_options(&a.tuning, a.dry_run);
+        if a.dry_run {
+            opts.assume_removed = report
+                .snapshots
+                .iter()
+                .filter(|v| !v.keep)
+                .map(|v| v.id)
+                .collect();
+        }
+        Some(prune::prune(&repo, &guard, &opts)?)
+    } else {
+        None
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["prune"] = serde_json::to_value(&pruned)?;
+        output::json(&v)?;
+    } else if !cli.quiet {
+        print_forget(&report)?;
+        if let Some(p) = &pruned {
+            print_prune(p);
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+fn print_forget(r: &ForgetReport) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut group = None;
+    for v in &r.snapshots {
+        if group.as_ref() != Some(&v.group) {
+            writeln!(out, "{}:", v.group)?;
+            group = Some(v.group.clone());
+        }
+        let verdict = match (v.keep, r.dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would remove",
+            (false, false) => "removed",
+        };
+        writeln!(
+            out,
+            "  {verdict:<12} {}  {}  {}",
+            v.short_id,
+            output::local_time(v.time),
+            v.reasons.join(", ")
+        )?;
+    }
+    writeln!(
+        out,
+        "{} snapshot(s) kept, {} {}",
+        r.kept,
+        r.removed,
+        if r.dry_run {
+            "would be removed"
+        } else {
+            "removed"
+        }
+    )?;
+    Ok(())
+}
+
+pub fn prune(cli: &Cli, a: &PruneArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    let guard = lock(&repo, !a.dry_run, "prune")?;
+    let r = prune::prune(&repo, &guard, &prune_options(&a.tuning, a.dry_run))?;
+    if a.json {
+        output::json(&r)?;
+    } else if !cli.quiet {
+        print_prune(&r);
+    }
+    Ok(crate::exit::OK)
+}
+
+fn print_prune(r: &PruneReport) {
+    let would = if r.dry_run { "would be " } else { "" };
+    println!(
+        "prune: {} pack(s) {would}deleted, {} {would}repacked ({} blobs, {} copied), {} written; {} {would}freed ({} -> {}) in {:.2}s",
+        r.packs_deleted,
+        r.packs_repacked,
+        r.blobs_repacked,
+        output::bytes(r.bytes_repacked),
+        r.packs_written,
+        output::bytes(r.bytes_freed),
+        output::bytes(r.bytes_before),
+        output::bytes(r.bytes_after),
+        r.duration_s
+    );
+    if r.unreferenced_packs_kept > 0 {
+        println!(
+            "prune: {} pack(s) that no index names are younger than the grace period and were left alone",
+            r.unreferenced_packs_kept
+        );
+    }
+}
+
+pub fn check(cli: &Cli, a: &CheckArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    let _guard = lock(&repo, false, "check")?;
+    let read = match (a.read_data, a.read_data_subset) {
+        (true, _) => ReadData::All,
+        (false, Some(s)) => s,
+        (false, None) => ReadData::None,
+    };
+    let r = check::check(&repo, read)?;
+    if a.json {
+        output::json(&r)?;
+    } else {
+        print_check(&r, cli.quiet)?;
+    }
+    Ok(if r.ok {
+        crate::exit::OK
+    } else {
+        crate::exit::DAMAGED
+    })
+}
+
+fn print_check(r: &CheckReport, quiet: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if !quiet {
+        writeln!(
+            out,
+            "checked {} snapshot(s), {} index file(s), {} pack(s) ({} read in full), {} blob(s), {} tree(s)",
+            r.snapshots, r.index_files, r.packs, r.packs_read, r.blobs, r.trees_checked
+        )?;
+        for w in &r.warnings {
+            writeln!(out, "warning: {}", w.detail)?;
+        }
+    }
+    for e in &r.errors {
+        writeln!(out, "error: {}", e.detail)?;
+    }
+    for d in &r.damaged_snapshots {
+        writeln!(
+            out,
+            "damaged snapshot {} of {} at {}:",
+            d.id,
+            d.source,
+            output::local_time(d.time)
+        )?;
+        for p in &d.paths {
+            writeln!(out, "  {}: {}", p.path, p.reason)?;
+        }
+    }
+    if r.ok {
+        if !quiet {
+            writeln!(out, "no errors found")?;
+        }
+    } else {
+        eprintln!(
+            "pvsnap: {} error(s), {} damaged snapshot(s); `pvsnap repair index` rebuilds a damaged index, `pvsnap repair snapshots` saves what is left (exit code 4)",
+            r.errors.len(),
+            r.damaged_snapshots.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    let guard = lock(&repo, true, "repair")?;
+    match &a.what {
+        RepairWhat::Index { dry_run, json } => {
+            let r = repair::repair_index(&repo, &guard, *dry_run)?;
+            if *json {
+                output::json(&r)?;
+            } else if !cli.quiet {
+                for p in &r.packs_from_old_index {
+                    println!("pack {p}: trailer unreadable; kept the entries of the old index");
+                }
+                for p in &r.packs_unreadable {
+                    println!(
+                        "pack {}: unreadable and in no old index, so it is left out: {}",
+                        p.pack, p.error
+                    );
+                }
+                for p in &r.packs_missing {
+                    println!("pack {p}: named by the old index but missing");
+                }
+                println!(
+                    "{}index of {} pack(s), {} blob(s): {} file(s) written, {} old file(s) deleted",
+                    if *dry_run { "would write an " } else { "" },
+                    r.packs,
+                    r.blobs,
+                    r.index_files_written,
+                    r.index_files_deleted
+                );
+            }
+        }
+        RepairWhat::Snapshots {
+            read_data,
+            dry_run,
+            json,
+        } => {
+            let r = repair::repair_snapshots(&repo, &guard, *read_data, *dry_run)?;
+            if *json {
+                output::json(&r)?;
+            } else if !cli.quiet {
+                for s in &r.repaired {
+                    match s.repaired {
+                        Some(new) => println!(
+                            "snapshot {} of {}: repaired as {}; lost:",
+                            s.original.short(),
+                            s.source,
+                            new.short()
+                        ),
+                        None => println!(
+                            "snapshot {} of {}: would be repaired; lost:",
+                            s.original.short(),
+                            s.source
+                        ),
+                    }
+                    for d in &s.lost {
+                        println!("  {}: {}", d.path, d.reason);
+                    }
+                }
+                for id in &r.already_repaired {
+                    println!("snapshot {}: already has a repaired copy", id.short());
+                }
+                for u in &r.unreadable {
+                    println!("cannot repair: {u}");
+                }
+                println!(
+                    "{} snapshot(s) checked, {} repaired",
+                    r.snapshots_checked,
+                    r.repaired.len()
+                );
+            }
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+pub fn policy(cli: &Cli, a: &PolicyArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    match &a.what {
+        PolicyWhat::Set { name, keep } => {
+            let _guard = lock(&repo, false, "policy set")?;
+            let p = policy::set(
+                &repo,
+                name,
+                keep.policy(),
+                keep.group_by.unwrap_or_default(),
+            )?;
+            if !cli.quiet {
+                println!("policy {}: {}", p.name, describe(&p));
+            }
+        }
+        PolicyWhat::List { json } => {
+            let all = policy::list(&repo)?;
+            if *json {
+                output::json(&all)?;
+            } else {
+                for p in &all {
+                    println!(
+                        "{:<16} {}{}",
+                        p.name,
+                        describe(p),
+                        if p.builtin { " (built in)" } else { "" }
+                    );
+                }
+            }
+        }
+        PolicyWhat::Show { name, json } => {
+            let p = policy::get(&repo, name)?;
+            if *json {
+                output::json(&p)?;
+            } else {
+                println!("{}: {}", p.name, describe(&p));
+                if !p.builtin {
+                    println!("set {}", output::local_time(p.time));
+                }
+            }
+        }
+        PolicyWhat::Remove { name } => {
+            let _guard = lock(&repo, false, "policy remove")?;
+            if !policy::remove(&repo, name)? {
+                bail!("no stored policy named `{name}`; list them with `pvsnap policy list`");
+            }
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+/// `--keep-hourly 24 --keep-daily 7 (group by source)`.
+fn describe(p: &NamedPolicy) -> String {
+    let k = &p.keep;
+    let mut parts = Vec::new();
+    for (flag, n) in [
+        ("last", k.last),
+        ("hourly", k.hourly),
+        ("daily", k.daily),
+        ("weekly", k.weekly),
+        ("monthly", k.monthly),
+        ("yearly", k.yearly),
+    ] {
+        if let Some(n) = n.filter(|n| *n > 0) {
+            parts.push(format!("--keep-{flag} {n}"));
+        }
+    }
+    if let Some(w) = k.within.filter(|w| !w.is_zero()) {
+        parts.push(format!("--keep-within {w}"));
+    }
+    for t in &k.tags {
+        parts.push(format!("--keep-tag {t}"));
+    }
+    format!(
+        "{} (group by {})",
+        parts.join(" "),
+        if p.group_by == GroupBy::NONE {
+            "nothing".to_string()
+        } else {
+            p.group_by.to_string()
+        }
+    )
+}

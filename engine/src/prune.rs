@@ -1,0 +1,486 @@
+//! `prune`: removing what no snapshot needs any more.
+//!
+//! 1. **read**: every index file (prune refuses to run on an index it cannot
+//!    read: a pack described only by a damaged index file would look unused);
+//! 2. **mark**: walk the trees of every snapshot; every tree and data chunk
+//!    met is needed, and each needed blob is assigned one existing pack;
+//! 3. **sort packs**: a pack with nothing needed is deleted; a pack whose
+//!    unneeded blobs exceed `max_unused_percent` of its bytes is repacked; the
+//!    rest are kept. A pack that no index names is deleted once it is older
+//!    than the grace period (it may belong to a snapshot still running);
+//! 4. **repack**: the needed blobs of repacked packs are copied, as stored
+//!    (not recompressed, not re-encrypted, but checked), into new packs;
+//! 5. **index**: the new index is written as one or more files; the last one
+//!    written supersedes every old index file;
+//! 6. **delete**: old index files, then obsolete packs.
+//!
+//! Nothing is deleted before everything written is durable, so an interruption
+//! leaves either the old index (with every pack it names) or the new one (with
+//! every pack it names) in force, plus garbage that the next prune removes.
+//! See `ARCHITECTURE.md`, "Prune and concurrent snapshots".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::ObjectKey;
+use crate::blob::{self, BlobEntry, BlobKind};
+use crate::error::{Error, MaintenanceError, Result};
+use crate::format::ObjectKind;
+use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
+use crate::index::{self, Index, IndexFile};
+use crate::lock::LockGuard;
+use crate::pack::PackBuilder;
+use crate::repo::Repository;
+use crate::tree::NodeKind;
+
+/// Default share of a pack's bytes that may be unneeded before it is repacked.
+pub const DEFAULT_MAX_UNUSED_PERCENT: f64 = 10.0;
+
+/// Default age below which a pack no index names is left alone.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Repack a pack when more than this percentage of its bytes is unneeded.
+    pub max_unused_percent: f64,
+    /// Packs that no index names are deleted only when older than this.
+    pub grace: Duration,
+    /// Decide and report, change nothing.
+    pub dry_run: bool,
+    /// Snapshots to treat as already removed; only in a dry run (what
+    /// `forget --dry-run --prune` would free).
+    pub assume_removed: Vec<SnapshotId>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
+            grace: DEFAULT_GRACE,
+            dry_run: false,
+            assume_removed: Vec::new(),
+        }
+    }
+}
+
+/// What prune did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub snapshots: usize,
+    pub packs_before: usize,
+    pub packs_after: usize,
+    /// Packs removed because nothing in them is needed (including packs no
+    /// index named, older than the grace period).
+    pub packs_deleted: usize,
+    /// Packs whose needed blobs were copied into new packs, then removed.
+    pub packs_repacked: usize,
+    pub packs_written: usize,
+    /// Of `packs_deleted`: packs that no index named.
+    pub unreferenced_packs_deleted: usize,
+    /// Packs no index names that are younger than the grace period (or whose
+    /// age the backend cannot tell), left for a later prune.
+    pub unreferenced_packs_kept: usize,
+    /// Packs the index named that do not exist and held nothing needed; they
+    /// are left out of the new index.
+    pub missing_packs_forgotten: usize,
+    pub blobs_needed: usize,
+    /// Blobs no longer in the index: those of deleted packs and the unneeded
+    /// ones of repacked packs.
+    pub blobs_removed: usize,
+    pub blobs_repacked: usize,
+    pub index_files_written: usize,
+    pub index_files_deleted: usize,
+    /// Bytes of packs and index files before and after (after: an estimate in
+    /// a dry run).
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub bytes_freed: u64,
+    /// Bytes of blobs copied by repacking.
+    pub bytes_repacked: u64,
+    pub duration_s: f64,
+}
+
+/// The decisions of stages 1-3.
+struct Plan {
+    /// Every index file present, with its size.
+    old_index: Vec<(IndexId, u64)>,
+    rewrite_index: bool,
+    /// Packs that stay, with every entry the index lists for them.
+    keep: Vec<(PackId, Vec<BlobEntry>)>,
+    /// Packs to repack: (pack, how many blobs it holds, its needed entries).
+    repack: Vec<(PackId, usize, Vec<BlobEntry>)>,
+    /// Indexed packs with nothing needed: (pack, size, blob count).
+    delete: Vec<(PackId, u64, usize)>,
+    unreferenced_delete: Vec<(PackId, u64)>,
+    unreferenced_kept: usize,
+    missing: usize,
+    snapshots: usize,
+    needed: usize,
+    pack_bytes: HashMap<PackId, u64>,
+}
+
+/// Runs prune; needs the exclusive lock unless it is a dry run.
+pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result<PruneReport> {
+    if !opts.dry_run && !lock.is_exclusive() {
+        return Err(MaintenanceError::NeedsExclusiveLock { operation: "prune" }.into());
+    }
+    if !opts.dry_run && !opts.assume_removed.is_empty() {
+        return Err(Error::Invalid(
+            "prune: snapshots can be assumed removed only in a dry run".into(),
+        ));
+    }
+    let started = Instant::now();
+    let plan = plan(repo, opts)?;
+    let mut r = PruneReport {
+        dry_run: opts.dry_run,
+        snapshots: plan.snapshots,
+        packs_before: plan.pack_bytes.len(),
+        packs_deleted: plan.delete.len() + plan.unreferenced_delete.len(),
+        packs_repacked: plan.repack.len(),
+        unreferenced_packs_deleted: plan.unreferenced_delete.len(),
+        unreferenced_packs_kept: plan.unreferenced_kept,
+        missing_packs_forgotten: plan.missing,
+        blobs_needed: plan.needed,
+        bytes_before: plan.pack_bytes.values().sum::<u64>()
+            + plan.old_index.iter().map(|(_, n)| n).sum::<u64>(),
+        ..PruneReport::default()
+    };
+    for (_, total, needed) in &plan.repack {
+        r.blobs_removed += total - needed.len();
+        r.blobs_repacked += needed.len();
+        r.bytes_repacked += needed.iter().map(|e| e.stored_len as u64).sum::<u64>();
+    }
+    r.blobs_removed += plan.delete.iter().map(|(_, _, n)| n).sum::<usize>();
+    let old_index_bytes: u64 = plan.old_index.iter().map(|(_, n)| n).sum();
+    let untouched_bytes = plan
+        .keep
+        .iter()
+        .map(|(p, _)| plan.pack_bytes[p])
+        .sum::<u64>()
+        + unreferenced_kept_bytes(&plan);
+    if opts.dry_run {
+        let blobs_after: u64 =
+            plan.keep.iter().map(|(_, e)| e.len() as u64).sum::<u64>() + r.blobs_repacked as u64;
+        let new_packs = r.bytes_repacked.div_ceil(repo.config().pack_size as u64) as usize;
+        r.bytes_after = untouched_bytes
+            + r.bytes_repacked
+            + if plan.rewrite_index {
+                64 + 46 * blobs_after
+            } else {
+                old_index_bytes
+            };
+        r.index_files_deleted = if plan.rewrite_index {
+            plan.old_index.len()
+        } else {
+            0
+        };
+        r.packs_after = r.packs_before - r.packs_deleted - r.packs_repacked + new_packs;
+    } else {
+        let written = execute(repo, &plan)?;
+        r.packs_written = written.packs;
+        r.index_files_written = written.index_files;
+        r.index_files_deleted = written.index_files_deleted;
+        r.bytes_after = untouched_bytes
+            + written.pack_bytes
+            + if plan.rewrite_index {
+                written.index_bytes
+            } else {
+                old_index_bytes
+            };
+        r.packs_after = repo.backend().list(ObjectKind::Pack)?.len();
+    }
+    r.bytes_freed = r.bytes_before.saturating_sub(r.bytes_after);
+    r.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    Ok(r)
+}
+
+fn unreferenced_kept_bytes(plan: &Plan) -> u64 {
+    let accounted: HashSet<PackId> = plan
+        .keep
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(plan.repack.iter().map(|(p, _, _)| *p))
+        .chain(plan.delete.iter().map(|(p, _, _)| *p))
+        .chain(plan.unreferenced_delete.iter().map(|(p, _)| *p))
+        .collect();
+    plan.pack_bytes
+        .iter()
+        .filter(|(p, _)| !accounted.contains(p))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Stages 1-3.
+fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
+    // Stage 1: read.
+    let backend = repo.backend();
+    let index_sizes: HashMap<String, u64> = backend.list(ObjectKind::Index)?.into_iter().collect();
+    let files = repo.read_index_files()?;
+    let old_index: Vec<(IndexId, u64)> = files
+        .iter()
+        .map(|(id, _)| (*id, index_sizes.get(&id.to_hex()).copied().unwrap_or(0)))
+        .collect();
+    let superseded = index::superseded(&files);
+    let mut indexed: BTreeMap<PackId, Vec<BlobEntry>> = BTreeMap::new();
+    for (_, f) in files.iter().filter(|(id, _)| !superseded.contains(id)) {
+        for (pack, entries) in &f.packs {
+            indexed.entry(*pack).or_default().extend_from_slice(entries);
+        }
+    }
+    for entries in indexed.values_mut() {
+        entries.sort_by_key(|e| (e.offset, e.id));
+        entries.dedup_by_key(|e| e.id);
+    }
+    let pack_bytes: HashMap<PackId, u64> = backend
+        .list(ObjectKind::Pack)?
+        .into_iter()
+        .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
+        .collect();
+    let index = Index::from_files(&files);
+
+    // Stage 2: mark.
+    let mut snaps = repo.snapshots()?;
+    snaps.retain(|s| !opts.assume_removed.contains(&s.id));
+    let needed = mark(repo.clone().with_index(index), &snaps)?;
+    let mut chosen: HashMap<Id, PackId> = HashMap::with_capacity(needed.len());
+    for (pack, entries) in &indexed {
+        if !pack_bytes.contains_key(pack) {
+            continue;
+        }
+        for e in entries {
+            if needed.contains_key(&e.id) {
+                chosen.entry(e.id).or_insert(*pack);
+            }
+        }
+    }
+    if let Some((id, (kind, snap))) = needed.iter().find(|(id, _)| !chosen.contains_key(id)) {
+        let detail = match indexed
+            .iter()
+            .find(|(_, es)| es.iter().any(|e| e.id == *id))
+        {
+            Some((p, _)) => format!("its pack {p} is missing"),
+            None => "it is not in the index".to_string(),
+        };
+        return Err(MaintenanceError::MissingBlob {
+            snapshot: snap.to_hex(),
+            kind: kind.name(),
+            blob: id.to_hex(),
+            detail,
+        }
+        .into());
+    }
+
+    // Stage 3: sort packs.
+    let now = Timestamp::now();
+    let mut plan = Plan {
+        rewrite_index: files.len() > 1 || !superseded.is_empty(),
+        old_index,
+        keep: vec![],
+        repack: vec![],
+        delete: vec![],
+        unreferenced_delete: vec![],
+        unreferenced_kept: 0,
+        missing: 0,
+        snapshots: snaps.len(),
+        needed: needed.len(),
+        pack_bytes: HashMap::new(),
+    };
+    for (pack, entries) in indexed.iter() {
+        let Some(&size) = pack_bytes.get(pack) else {
+            plan.missing += 1;
+            continue;
+        };
+        let (used, unused): (Vec<BlobEntry>, Vec<BlobEntry>) = entries
+            .iter()
+            .partition(|e| chosen.get(&e.id) == Some(pack));
+        let unused_bytes: u64 = unused.iter().map(|e| e.stored_len as u64).sum();
+        if used.is_empty() {
+            plan.delete.push((*pack, size, entries.len()));
+        } else if unused_bytes as f64 * 100.0 > opts.max_unused_percent * size as f64 {
+            plan.repack.push((*pack, entries.len(), used));
+        } else {
+            plan.keep.push((*pack, entries.clone()));
+        }
+    }
+    for (pack, &size) in &pack_bytes {
+        if indexed.contains_key(pack) {
+            continue;
+        }
+        let age = backend
+            .modified(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?
+            .map(|t| now.duration_since(t));
+        let grace = jiff::SignedDuration::try_from(opts.grace).unwrap_or(jiff::SignedDuration::MAX);
+        if age.is_some_and(|a| a >= grace) {
+            plan.unreferenced_delete.push((*pack, size));
+        } else {
+            plan.unreferenced_kept += 1;
+        }
+    }
+    plan.unreferenced_delete.sort();
+    plan.rewrite_index |= plan.missing > 0 || !plan.delete.is_empty() || !plan.repack.is_empty();
+    plan.pack_bytes = pack_bytes;
+    Ok(plan)
+}
+
+/// Every blob reachable from `snaps`: id → (kind, first snapshot needing it).
+/// Trees are read level by level, in parallel; each tree once.
+pub(crate) fn mark(
+    repo: crate::repo::IndexedRepository,
+    snaps: &[crate::snapshot::Snapshot],
+) -> Result<HashMap<Id, (BlobKind, SnapshotId)>> {
+    let mut needed: HashMap<Id, (BlobKind, SnapshotId)> = HashMap::new();
+    let mut frontier: Vec<(TreeId, SnapshotId)> = Vec::new();
+    for s in snaps {
+        if needed.insert(s.tree.0, (BlobKind::Tree, s.id)).is_none() {
+            frontier.push((s.tree, s.id));
+        }
+    }
+    while !frontier.is_empty() {
+        let trees: Vec<_> = frontier
+            .par_iter()
+            .map(|(t, s)| (*s, *t, repo.read_tree(t)))
+            .collect();
+        frontier = Vec::new();
+        for (snap, id, tree) in trees {
+            let tree = tree.map_err(|e| MaintenanceError::MissingBlob {
+                snapshot: snap.to_hex(),
+                kind: "tree",
+                blob: id.to_hex(),
+                detail: e.to_string(),
+            })?;
+            for node in &tree.nodes {
+                if let NodeKind::Dir { subtree } = &node.kind {
+                    if needed.insert(subtree.0, (BlobKind::Tree, snap)).is_none() {
+                        frontier.push((*subtree, snap));
+                    }
+                }
+                for c in node.chunks() {
+                    needed.entry(c.0).or_insert((BlobKind::Data, snap));
+                }
+            }
+        }
+    }
+    Ok(needed)
+}
+
+/// Writes an index describing `packs` that supersedes `old`, as files of at
+/// most ~64k blobs. The file carrying `supersedes` is written last, so the old
+/// files stay in force until every new file is durable: an interruption
+/// leaves old and new files side by side, both describing existing packs.
+/// Returns (files written, bytes written).
+pub(crate) fn write_index_superseding(
+    repo: &Repository,
+    packs: &[(PackId, Vec<BlobEntry>)],
+    old: &[IndexId],
+) -> Result<(usize, u64)> {
+    let parts = crate::archiver::split_for_index(packs);
+    let (last, rest) = match parts.split_last() {
+        Some((last, rest)) => (last.to_vec(), rest),
+        None => (Vec::new(), &[][..]),
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for part in rest {
+        let (_, n) = repo.write_index(&IndexFile {
+            supersedes: vec![],
+            packs: part.to_vec(),
+        })?;
+        files += 1;
+        bytes += n;
+    }
+    let (_, n) = repo.write_index(&IndexFile {
+        supersedes: old.to_vec(),
+        packs: last,
+    })?;
+    Ok((files + 1, bytes + n))
+}
+
+struct Written {
+    packs: usize,
+    pack_bytes: u64,
+    index_files: usize,
+    index_bytes: u64,
+    index_files_deleted: usize,
+}
+
+/// Stages 4-6.
+fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
+    let backend = repo.backend();
+    let crypto = repo.crypto();
+    let pack_size = repo.config().pack_size as usize;
+    let mut w = Written {
+        packs: 0,
+        pack_bytes: 0,
+        index_files: 0,
+        index_bytes: 0,
+        index_files_deleted: 0,
+    };
+
+    // Stage 4: repack, checking every blob copied.
+    let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
+    let mut builders = [
+        PackBuilder::new(crypto.is_encrypted(), 0),
+        PackBuilder::new(crypto.is_encrypted(), 0),
+    ];
+    let mut flush = |b: PackBuilder, new_packs: &mut Vec<(PackId, Vec<BlobEntry>)>| -> Result<()> {
+        let fp = b.finish(crypto);
+        backend.put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
+        w.packs += 1;
+        w.pack_bytes += fp.bytes.len() as u64;
+        new_packs.push((fp.id, fp.entries));
+        Ok(())
+    };
+    for (pack, _, needed) in &plan.repack {
+        let bytes = backend.get(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
+        for e in needed {
+            let (start, end) = (e.offset as usize, e.offset as usize + e.stored_len as usize);
+            let stored = bytes.get(start..end).ok_or_else(|| Error::CorruptBlob {
+                id: e.id.to_hex(),
+                pack: pack.to_hex(),
+                detail: "lies past the end of the pack".into(),
+            })?;
+            blob::decode(crypto, pack, e, stored)?;
+            let b = &mut builders[e.kind as usize];
+            b.add(*e, stored);
+            if b.len() >= pack_size {
+                let full = std::mem::replace(b, PackBuilder::new(crypto.is_encrypted(), 0));
+                flush(full, &mut new_packs)?;
+            }
+        }
+    }
+    for b in builders {
+        if !b.is_empty() {
+            flush(b, &mut new_packs)?;
+        }
+    }
+
+    if plan.rewrite_index {
+        // Stage 5: the new index.
+        let all: Vec<(PackId, Vec<BlobEntry>)> =
+            plan.keep.iter().cloned().chain(new_packs).collect();
+        let old: Vec<IndexId> = plan.old_index.iter().map(|(id, _)| *id).collect();
+        (w.index_files, w.index_bytes) = write_index_superseding(repo, &all, &old)?;
+
+        // Stage 6a: the old index files, now superseded.
+        for (id, _) in &plan.old_index {
+            backend.delete(&ObjectKey::new(ObjectKind::Index, id.to_hex()))?;
+            w.index_files_deleted += 1;
+        }
+    }
+
+    // Stage 6b: packs that no index in force names any more.
+    let obsolete = plan
+        .delete
+        .iter()
+        .map(|(p, _, _)| p)
+        .chain(plan.repack.iter().map(|(p, _, _)| p))
+        .chain(plan.unreferenced_delete.iter().map(|(p, _)| p));
+    for pack in obsolete {
+        backend.delete(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
+    }
+    Ok(w)
+}

@@ -1,0 +1,396 @@
+//! `repair index` and `repair snapshots`.
+//!
+//! - **index**: the index is rebuilt from the packs themselves. Every pack's
+//!   trailer is read; a pack whose trailer is unreadable keeps the entries a
+//!   readable old index file gave it, if any. The new index supersedes every
+//!   old index file (readable or not), which are then deleted, in the same
+//!   crash-safe order as prune.
+//! - **snapshots**: for every snapshot that references lost blobs, a repaired
+//!   copy is written: new tree blobs without the files whose content is lost
+//!   (a folder whose tree is lost becomes empty), then a new snapshot object
+//!   tagged `repaired` with the label `repaired_from=<original id>`. The
+//!   original is never changed or removed; the user forgets it once satisfied.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::ObjectKey;
+use crate::blob::{self, BlobEntry, BlobKind};
+use crate::check::{self, DamagedPath, ReadData, Scan};
+use crate::error::{MaintenanceError, Result};
+use crate::format::ObjectKind;
+use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
+use crate::index::IndexFile;
+use crate::lock::LockGuard;
+use crate::pack::{self, PackBuilder};
+use crate::repo::Repository;
+use crate::snapshot::PathIssue;
+use crate::tree::{NodeKind, Tree};
+
+/// The tag of repaired snapshots.
+pub const REPAIRED_TAG: &str = "repaired";
+/// The label naming the snapshot a repaired one was made from.
+pub const REPAIRED_FROM_LABEL: &str = "repaired_from";
+
+fn need_exclusive(lock: &LockGuard, operation: &'static str) -> Result<()> {
+    if lock.is_exclusive() {
+        Ok(())
+    } else {
+        Err(MaintenanceError::NeedsExclusiveLock { operation }.into())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnreadablePack {
+    pub pack: PackId,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RepairIndexReport {
+    pub dry_run: bool,
+    pub packs: usize,
+    pub blobs: usize,
+    /// Packs whose trailer could not be read but which a readable old index
+    /// file described; they keep those entries.
+    pub packs_from_old_index: Vec<PackId>,
+    /// Packs neither their trailer nor an old index describes: they are in
+    /// no index now, and prune deletes them once past the grace period.
+    pub packs_unreadable: Vec<UnreadablePack>,
+    /// Packs the old index named that do not exist.
+    pub packs_missing: Vec<PackId>,
+    pub index_files_written: usize,
+    pub index_files_deleted: usize,
+    pub duration_s: f64,
+}
+
+/// Rebuilds the index from the pack trailers; needs the exclusive lock.
+pub fn repair_index(
+    repo: &Repository,
+    lock: &LockGuard,
+    dry_run: bool,
+) -> Result<RepairIndexReport> {
+    need_exclusive(lock, "repair index")?;
+    let started = Instant::now();
+    let backend = repo.backend();
+    let old_names: Vec<IndexId> = backend
+        .list(ObjectKind::Index)?
+        .into_iter()
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
+    let mut old: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
+    for id in &old_names {
+        let Ok(bytes) = backend.get(&ObjectKey::new(ObjectKind::Index, id.to_hex())) else {
+            continue;
+        };
+        let Ok(f) = IndexFile::decode(&bytes, repo.crypto(), &id.to_hex()) else {
+            continue;
+        };
+        for (p, e) in f.packs {
+            old.entry(p).or_default().extend(e);
+        }
+    }
+    let mut packs: Vec<(PackId, u64)> = backend
+        .list(ObjectKind::Pack)?
+        .into_iter()
+        .filter_map(|(n, s)| n.parse().ok().map(|p| (p, s)))
+        .collect();
+    packs.sort();
+    let read: Vec<(PackId, Result<Vec<BlobEntry>>)> = packs
+        .par_iter()
+        .map(|(p, size)| {
+            (
+                *p,
+                pack::read_trailer(backend.as_ref(), repo.crypto(), p, *size),
+            )
+        })
+        .collect();
+    let mut r = RepairIndexReport {
+        dry_run,
+        packs: packs.len(),
+        ..RepairIndexReport::default()
+    };
+    let present: HashSet<PackId> = packs.iter().map(|(p, _)| *p).collect();
+    r.packs_missing = old
+        .keys()
+        .copied()
+        .filter(|p| !present.contains(p))
+        .collect();
+    r.packs_missing.sort();
+    let mut new: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
+    for (p, entries) in read {
+        match entries {
+            Ok(e) => new.push((p, e)),
+            Err(err) => match old.remove(&p) {
+                Some(mut e) => {
+                    e.sort_by_key(|e| (e.offset, e.id));
+                    e.dedup();
+                    r.packs_from_old_index.push(p);
+                    new.push((p, e));
+                }
+                None => r.packs_unreadable.push(UnreadablePack {
+                    pack: p,
+                    error: err.to_string(),
+                }),
+            },
+        }
+    }
+    r.blobs = new.iter().map(|(_, e)| e.len()).sum();
+    if !dry_run {
+        (r.index_files_written, _) = crate::prune::write_index_superseding(repo, &new, &old_names)?;
+        for id in &old_names {
+            backend.delete(&ObjectKey::new(ObjectKind::Index, id.to_hex()))?;
+            r.index_files_deleted += 1;
+        }
+    }
+    r.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    Ok(r)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RepairedSnapshot {
+    pub original: SnapshotId,
+    /// The new snapshot (`None` in a dry run).
+    pub repaired: Option<SnapshotId>,
+    pub source: String,
+    pub time: jiff::Timestamp,
+    /// What the repaired snapshot no longer holds.
+    pub lost: Vec<DamagedPath>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RepairSnapshotsReport {
+    pub dry_run: bool,
+    pub snapshots_checked: usize,
+    pub repaired: Vec<RepairedSnapshot>,
+    /// Damaged snapshots skipped because a repaired copy of them exists.
+    pub already_repaired: Vec<SnapshotId>,
+    /// Snapshot objects that cannot be read at all (nothing to copy).
+    pub unreadable: Vec<String>,
+    pub trees_written: usize,
+    pub duration_s: f64,
+}
+
+/// Writes repaired copies of damaged snapshots; needs the exclusive lock.
+/// With `read_data`, every blob is read first, so damaged (not only missing)
+/// content counts as lost too.
+pub fn repair_snapshots(
+    repo: &Repository,
+    lock: &LockGuard,
+    read_data: bool,
+    dry_run: bool,
+) -> Result<RepairSnapshotsReport> {
+    need_exclusive(lock, "repair snapshots")?;
+    let started = Instant::now();
+    let scan = check::scan(
+        repo,
+        if read_data {
+            ReadData::All
+        } else {
+            ReadData::None
+        },
+    )?;
+    let mut r = RepairSnapshotsReport {
+        dry_run,
+        ..RepairSnapshotsReport::default()
+    };
+    let mut snaps = Vec::new();
+    for (name, _) in repo.backend().list(ObjectKind::Snapshot)? {
+        let Ok(id) = name.parse::<SnapshotId>() else {
+            continue;
+        };
+        match repo.load_snapshot(&id) {
+            Ok(s) => snaps.push(s),
+            Err(e) => r.unreadable.push(format!("snapshot {id}: {e}")),
+        }
+    }
+    snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    r.snapshots_checked = snaps.len();
+    let repaired_from: HashSet<String> = snaps
+        .iter()
+        .filter_map(|s| s.labels.get(REPAIRED_FROM_LABEL).cloned())
+        .collect();
+    let mut rw = Rewriter {
+        scan: &scan,
+        repo,
+        memo: HashMap::new(),
+        written: HashSet::new(),
+        pack: PackBuilder::new(repo.crypto().is_encrypted(), 0),
+        packs: Vec::new(),
+        dry_run,
+    };
+    let mut new_snaps = Vec::new();
+    for s in &snaps {
+        let (tree, lost) = rw.tree(&s.tree)?;
+        if lost.is_empty() {
+            continue;
+        }
+        if repaired_from.contains(&s.id.to_hex()) {
+            r.already_repaired.push(s.id);
+            continue;
+        }
+        let lost: Vec<DamagedPath> = lost
+            .into_iter()
+            .map(|d| DamagedPath {
+                path: format!("/{}", d.path),
+                reason: d.reason,
+            })
+            .collect();
+        let mut copy = s.clone();
+        copy.id = SnapshotId(Id::random());
+        copy.tree = tree;
+        copy.root.kind = NodeKind::Dir { subtree: tree };
+        if !copy.tags.iter().any(|t| t == REPAIRED_TAG) {
+            copy.tags.push(REPAIRED_TAG.into());
+        }
+        copy.labels
+            .insert(REPAIRED_FROM_LABEL.into(), s.id.to_hex());
+        copy.errors.extend(lost.iter().map(|d| PathIssue {
+            kind: "lost".into(),
+            path: d.path.clone(),
+            message: format!("removed by `pvsnap repair snapshots`: {}", d.reason),
+        }));
+        r.repaired.push(RepairedSnapshot {
+            original: s.id,
+            repaired: (!dry_run).then_some(copy.id),
+            source: s.source.key(),
+            time: s.time,
+            lost,
+        });
+        new_snaps.push(copy);
+    }
+    // Commit order as in a backup: packs, index, then the snapshot objects.
+    r.trees_written = rw.written.len();
+    if !dry_run {
+        rw.flush()?;
+        if !rw.packs.is_empty() {
+            repo.write_index(&IndexFile {
+                supersedes: vec![],
+                packs: std::mem::take(&mut rw.packs),
+            })?;
+        }
+        for s in &new_snaps {
+            repo.save_snapshot(s)?;
+        }
+    }
+    r.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    Ok(r)
+}
+
+/// Copies trees without their lost parts, each tree once.
+struct Rewriter<'a> {
+    scan: &'a Scan,
+    repo: &'a Repository,
+    /// Old tree → (new tree, lost paths below it, relative).
+    memo: HashMap<TreeId, (TreeId, Vec<DamagedPath>)>,
+    written: HashSet<Id>,
+    pack: PackBuilder,
+    packs: Vec<(PackId, Vec<BlobEntry>)>,
+    dry_run: bool,
+}
+
+impl Rewriter<'_> {
+    fn tree(&mut self, id: &TreeId) -> Result<(TreeId, Vec<DamagedPath>)> {
+        if let Some(done) = self.memo.get(id) {
+            return Ok(done.clone());
+        }
+        let (tree, mut lost) = match self.scan.read_tree(id) {
+            Err(why) => (
+                Tree::default(),
+                vec![DamagedPath {
+                    path: String::new(),
+                    reason: format!("folder contents lost: tree {}: {why}", id.short()),
+                }],
+            ),
+            Ok(mut tree) => {
+                let mut lost = Vec::new();
+                let mut kept = Vec::with_capacity(tree.nodes.len());
+                for mut node in std::mem::take(&mut tree.nodes) {
+                    let name = node.name_lossy();
+                    match &node.kind {
+                        NodeKind::Dir { subtree } => {
+                            let (new, below) = self.tree(subtree)?;
+                            lost.extend(below.into_iter().map(|d| DamagedPath {
+                                path: if d.path.is_empty() {
+                                    name.clone()
+                                } else {
+                                    format!("{name}/{}", d.path)
+                                },
+                                reason: d.reason,
+                            }));
+                            node.kind = NodeKind::Dir { subtree: new };
+                        }
+                        NodeKind::File { .. } => {
+                            if let Some(why) = node.chunks().find_map(|c| self.scan.problem(&c.0)) {
+                                lost.push(DamagedPath {
+                                    path: name,
+                                    reason: why,
+                                });
+                                continue;
+                            }
+                        }
+                        _ => {}
+                    }
+                    kept.push(node);
+                }
+                tree.nodes = kept;
+                (tree, lost)
+            }
+        };
+        let new = if lost.is_empty() {
+            *id
+        } else {
+            self.store(&tree)?
+        };
+        lost.sort();
+        self.memo.insert(*id, (new, lost.clone()));
+        Ok((new, lost))
+    }
+
+    fn store(&mut self, tree: &Tree) -> Result<TreeId> {
+        let raw = tree.encode();
+        let id = self.repo.crypto().content_id(&raw);
+        if self.scan.problem(&id).is_none() || !self.written.insert(id) || self.dry_run {
+            return Ok(TreeId(id));
+        }
+        let (stored, flags) = blob::encode(
+            self.repo.crypto(),
+            self.repo.config().compression.level,
+            BlobKind::Tree,
+            &id,
+            &raw,
+        );
+        let entry = BlobEntry {
+            kind: BlobKind::Tree,
+            flags,
+            id,
+            offset: 0,
+            stored_len: 0,
+            raw_len: raw.len() as u32,
+        };
+        self.pack.add(entry, &stored);
+        if self.pack.len() >= self.repo.config().pack_size as usize {
+            self.flush()?;
+        }
+        Ok(TreeId(id))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let full = std::mem::replace(
+            &mut self.pack,
+            PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
+        );
+        if full.is_empty() {
+            return Ok(());
+        }
+        let fp = full.finish(self.repo.crypto());
+        self.repo
+            .backend()
+            .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
+        self.packs.push((fp.id, fp.entries));
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! Fixtures shared by the maintenance tests: small in-memory repositories,
+//! folders to snapshot, and restoring a snapshot to compare its files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::archiver::{self, BackupOptions, Progress};
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Backend, DynBackend};
+use crate::crypto::KdfParams;
+use crate::format::ObjectKind;
+use crate::lock::LockGuard;
+use crate::repo::{ChunkerAlgorithm, ChunkerParams, InitOptions, Repository};
+use crate::restore::{self, RestoreOptions, RestoreProgress};
+use crate::snapshot::{Snapshot, Source};
+
+/// A repository in memory with tiny chunks and packs, so that a few files
+/// make many blobs and several packs.
+pub fn mem_repo(encrypted: bool) -> (Arc<MemoryBackend>, Repository) {
+    let mem = Arc::new(MemoryBackend::new());
+    let opts = InitOptions {
+        password: encrypted.then(|| b"pw".to_vec()),
+        chunker: ChunkerParams {
+            algorithm: ChunkerAlgorithm::FastCdc2020,
+            min: 1024,
+            avg: 4096,
+            max: 16384,
+            seed: None,
+        },
+        compression_level: 3,
+        pack_size: 48 * 1024,
+        kdf: KdfParams {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+        },
+    };
+    let repo = Repository::init(mem.clone(), opts).expect("init");
+    (mem, repo)
+}
+
+/// The same repository opened over another backend (a faulty decorator).
+pub fn reopen(backend: DynBackend) -> Repository {
+    let pw = || Ok(b"pw".to_vec());
+    Repository::open(backend, Some(&pw)).expect("reopen")
+}
+
+/// An exclusive lock on `repo`'s backend.
+pub fn exclusive(backend: &DynBackend) -> LockGuard {
+    LockGuard::acquire(backend.clone(), true, "test", "test-host").expect("lock")
+}
+
+/// Deterministic incompressible bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// Writes `files` (relative path → content) below `dir`, replacing what was there.
+pub fn write_tree(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).expect("clear");
+    }
+    for (rel, content) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, content).expect("write");
+    }
+}
+
+/// Takes a snapshot of `dir` recorded at `time`, with `dir`'s contents as the
+/// source key `source` (so several versions form one timeline).
+pub fn snapshot(repo: &Repository, dir: &Path, source: &str, time: &str) -> Snapshot {
+    let indexed = repo.clone().load_index().expect("index");
+    let snaps = repo.snapshots().expect("snapshots");
+    let src = Source::Path {
+        path: source.into(),
+    };
+    let opts = BackupOptions {
+        parent: archiver::find_parent(&snaps, &src),
+        source: Some(src),
+        time: Some(time.parse().expect("time")),
+        hostname: Some("test-host".into()),
+        ..BackupOptions::default()
+    };
+    archiver::backup(&indexed, dir, &opts, &Progress::default())
+        .expect("backup")
+        .snapshot
+}
+
+/// Restores `snap` and returns (files by relative path, damaged paths).
+pub fn restore_files(
+    repo: &Repository,
+    snap: &Snapshot,
+) -> (BTreeMap<String, Vec<u8>>, Vec<String>) {
+    let indexed = repo.clone().load_index().expect("index");
+    let target = tempfile::tempdir().expect("tempdir");
+    let summary = restore::restore(
+        &indexed,
+        snap,
+        None,
+        target.path(),
+        &RestoreOptions::default(),
+        &RestoreProgress::default(),
+    )
+    .expect("restore");
+    let mut files = BTreeMap::new();
+    let mut stack = vec![target.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(target.path())
+                    .expect("below")
+                    .to_string_lossy()
+                    .into_owned();
+                files.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    let damaged = summary
+        .damaged
+        .into_iter()
+        .map(|(p, _)| {
+            Path::new(&p)
+                .strip_prefix(target.path())
+                .expect("below")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    (files, damaged)
+}
+
+/// Bytes stored in packs, index files and snapshots: the repository's size
+/// as far as prune can change it.
+pub fn stored_bytes(b: &dyn Backend) -> u64 {
+    [ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot]
+        .into_iter()
+        .flat_map(|k| b.list(k).expect("list"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Bytes of packs and index files: what prune reports on.
+pub fn pack_and_index_bytes(b: &dyn Backend) -> u64 {
+    [ObjectKind::Pack, ObjectKind::Index]
+        .into_iter()
+        .flat_map(|k| b.list(k).expect("list"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// A set of files: `n` files of `size` bytes each, contents from `seed`.
+pub fn files(seed: u64, n: usize, size: usize) -> BTreeMap<String, Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("d{}/f{i:02}", i % 3),
+                noise(seed * 1000 + i as u64, size),
+            )
+        })
+        .collect()
+}
