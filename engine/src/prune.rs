@@ -354,10 +354,10 @@ pub(crate) fn mark(
                 detail: e.to_string(),
             })?;
             for node in &tree.nodes {
-                if let NodeKind::Dir { subtree } = &node.kind {
-                    if needed.insert(subtree.0, (BlobKind::Tree, snap)).is_none() {
-                        frontier.push((*subtree, snap));
-                    }
+                if let NodeKind::Dir { subtree } = &node.kind
+                    && needed.insert(subtree.0, (BlobKind::Tree, snap)).is_none()
+                {
+                    frontier.push((*subtree, snap));
                 }
                 for c in node.chunks() {
                     needed.entry(c.0).or_insert((BlobKind::Data, snap));

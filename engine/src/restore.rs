@@ -458,10 +458,10 @@ fn plan_dir(
                 }
             }
             _ if take => {
-                if let Some(parent) = path.parent() {
-                    if parent != dir || !inside_included {
-                        ensure_dir_all(parent, dir)?;
-                    }
+                if let Some(parent) = path.parent()
+                    && (parent != dir || !inside_included)
+                {
+                    ensure_dir_all(parent, dir)?;
                 }
                 plan_entry(node, path, plan, seen)?;
             }

@@ -272,18 +272,22 @@ fn rbac_grants_exactly_what_the_commands_use() {
 }
 
 /// Runs pvsnap with `args` against nothing: a usage error exits 2; flags
-/// that parse get as far as looking for the cluster.
+/// that parse get as far as looking for the cluster (snapshot) or the
+/// repository (forget).
 fn parses(args: &[String]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pvsnap"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(dir.path().join("no-kubeconfig"))
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pvsnap"));
+    c.args(args)
         .arg("--repo")
         .arg(dir.path().join("no-repo"))
-        .env_remove("PVSNAP_REPO")
-        .output()
-        .unwrap();
+        .env_remove("PVSNAP_REPO");
+    let expect = if args[0] == "snapshot" {
+        c.arg("--kubeconfig").arg(dir.path().join("no-kubeconfig"));
+        "no usable Kubernetes configuration"
+    } else {
+        "not a pvsnap repository"
+    };
+    let out = c.output().unwrap();
     assert_ne!(
         out.status.code(),
         Some(2),
@@ -291,7 +295,7 @@ fn parses(args: &[String]) -> Output {
         stderr(&out)
     );
     assert!(
-        stderr(&out).contains("no usable Kubernetes configuration"),
+        stderr(&out).contains(expect),
         "pvsnap {args:?}:\n{}",
         stderr(&out)
     );
@@ -312,16 +316,23 @@ fn the_cronjob_runs_a_command_the_cli_accepts_on_the_mounted_storage() {
         .spec
         .clone()
         .unwrap();
-    let c = &pod.containers[0];
-    let command = c.command.clone().unwrap();
-    assert_eq!(command[0], "pvsnap");
-    let args: Vec<String> = command[1..]
-        .iter()
-        .chain(c.args.iter().flatten())
-        .cloned()
-        .collect();
+    let argv = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
+        let command = c.command.clone().unwrap();
+        assert_eq!(command[0], "pvsnap");
+        command[1..]
+            .iter()
+            .chain(c.args.iter().flatten())
+            .cloned()
+            .collect()
+    };
+    // Snapshot first (an init container), then retention.
+    let c = &pod.init_containers.as_ref().expect("init container")[0];
+    let args = argv(c);
     assert_eq!(args[..3], ["snapshot", "--all-pvcs", "--all-namespaces"]);
     parses(&args);
+    let retention = argv(&pod.containers[0]);
+    assert_eq!(retention, ["forget", "--policy", "default", "--prune"]);
+    parses(&retention);
 
     // The storage folder is mounted where --host-root puts it.
     let host_root = &args[args
@@ -396,11 +407,14 @@ fn the_systemd_unit_runs_a_command_the_cli_accepts() {
         .filter_map(|l| l.strip_prefix("ExecStart="))
         .collect();
     assert!(!execs.is_empty());
+    let mut subcommands = Vec::new();
     for exec in execs {
         let words: Vec<String> = exec.split_whitespace().map(str::to_string).collect();
         assert!(words[0].ends_with("/pvsnap"), "{exec}");
         parses(&words[1..]);
+        subcommands.push(words[1].clone());
     }
+    assert_eq!(subcommands, ["snapshot", "forget"]);
     let timer = fs::read_to_string(deploy_dir().join("systemd/pvsnap-snapshot.timer")).unwrap();
     assert!(
         timer.lines().any(|l| l.starts_with("OnCalendar=")),

@@ -411,6 +411,22 @@ fn all_pvcs_by_namespace_selector_and_all_namespaces() {
         "{err}"
     );
 
+    // A listed claim on another node is that node's job: a notice, exit 0.
+    // Named explicitly, it is refused (see the refusals test).
+    let (code, snaps, err) = k.snapshot(&["--all-pvcs", "-l", "app in (cache,web)"]);
+    assert!(
+        err.contains("pvc/default/remote: skipped: persistentvolume"),
+        "{err}"
+    );
+    assert!(
+        err.contains("is on node node-b, but this is node node-a"),
+        "{err}"
+    );
+    assert_eq!(keys(&snaps), ["default/data"]);
+    assert_eq!(code, 1, "pending is still a failure: {err}");
+    let (code, snaps, err) = k.snapshot(&["--all-pvcs", "-l", "app=cache"]);
+    assert_eq!((code, snaps.len()), (0, 0), "{err}");
+
     // --namespace without --all-pvcs is a usage error.
     let out = k.run(&["snapshot", "pvc/default/data", "--namespace", "db"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

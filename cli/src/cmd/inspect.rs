@@ -29,14 +29,19 @@ pub struct SnapshotsArgs {
 }
 
 pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
-    let pvc = a.pvc.as_deref().map(|c| crate::k8s::parse_claim(c).map(|c| crate::k8s::claim_key(&c))).transpose()?;
+    let pvc = a
+        .pvc
+        .as_deref()
+        .map(|c| crate::k8s::parse_claim(c).map(|c| crate::k8s::claim_key(&c)))
+        .transpose()?;
     let source = pvc.as_ref().or(a.source.as_ref());
     let repo = crate::repo::open(cli, false, false)?;
     let snaps: Vec<_> = repo
         .snapshots()?
         .into_iter()
         .filter(|s| {
-            source.is_none_or(|src| s.source.key().trim_end_matches('/') == src.trim_end_matches('/'))
+            source
+                .is_none_or(|src| s.source.key().trim_end_matches('/') == src.trim_end_matches('/'))
         })
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
         .collect();

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Result;
 use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress, RestoreSummary};
@@ -38,10 +38,20 @@ pub struct Args {
     #[arg(long, value_name = "NS/NAME", help_heading = "Kubernetes")]
     pub to_new_pvc: Option<String>,
     /// Storage class of the new claim (default: the snapshot's claim's)
-    #[arg(long, value_name = "CLASS", requires = "to_new_pvc", help_heading = "Kubernetes")]
+    #[arg(
+        long,
+        value_name = "CLASS",
+        requires = "to_new_pvc",
+        help_heading = "Kubernetes"
+    )]
     pub storage_class: Option<String>,
     /// Host folder in which the new claim's volume directory is created [default: /var/snap/microk8s/common/default-storage]
-    #[arg(long, value_name = "DIR", requires = "to_new_pvc", help_heading = "Kubernetes")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "to_new_pvc",
+        help_heading = "Kubernetes"
+    )]
     pub storage_dir: Option<PathBuf>,
     /// Do not ask before overwriting the claim's volume (needed when standard input is not a terminal)
     #[arg(long, short = 'y', help_heading = "Kubernetes")]
@@ -69,7 +79,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         excludes: a.excludes.clone(),
         ..RestoreOptions::default()
     };
-    let summary = with_progress(cli, a, |p| restore::restore(&repo, &snap, a.path.as_deref(), target, &opts, p))?;
+    let summary = with_progress(cli, a, |p| {
+        restore::restore(&repo, &snap, a.path.as_deref(), target, &opts, p)
+    })?;
     report(cli, a, &snap, &target.display().to_string(), &summary, &[])
 }
 
@@ -95,7 +107,14 @@ pub fn with_progress<T>(cli: &Cli, a: &Args, f: impl FnOnce(&RestoreProgress) ->
 
 /// Prints the summary (with `extra` fields in JSON); exit code 4 when files
 /// could not be restored intact.
-pub fn report(cli: &Cli, a: &Args, snap: &Snapshot, target: &str, summary: &RestoreSummary, extra: &[(&str, serde_json::Value)]) -> Result<u8> {
+pub fn report(
+    cli: &Cli,
+    a: &Args,
+    snap: &Snapshot,
+    target: &str,
+    summary: &RestoreSummary,
+    extra: &[(&str, serde_json::Value)],
+) -> Result<u8> {
     if a.json {
         let mut v = serde_json::to_value(summary)?;
         if let Some(o) = v.as_object_mut() {

@@ -123,6 +123,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             Err(e) => bail!("{}: cannot snapshot: {e}; check the path", p.display()),
         }
     }
+    let named_claims = claims.len();
     let pre = a.pre_hook.as_ref().map(HostHook::new);
     let post = a.post_hook.as_ref().map(HostHook::new);
     let kube = if !claims.is_empty() || a.all_pvcs {
@@ -186,12 +187,26 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             failed.push(abs.display().to_string());
         }
     }
-    for claim in &claims {
-        if let Err(e) = run.claim(claim) {
-            eprintln!("pvsnap: {}: {e:#}", k8s::claim_key(claim));
-            failed.push(k8s::claim_key(claim));
+    // Claims listed by --all-pvcs (after the named ones) that live on
+    // another node are that node's to snapshot: a notice, not a failure.
+    let mut elsewhere = 0;
+    for (i, claim) in claims.iter().enumerate() {
+        let Err(e) = run.claim(claim) else { continue };
+        let other_node = matches!(
+            e.downcast_ref::<pvsnap_k8s::Error>(),
+            Some(pvsnap_k8s::Error::WrongNode { .. })
+        );
+        if i >= named_claims && other_node {
+            elsewhere += 1;
+            if !cli.quiet {
+                eprintln!("pvsnap: {}: skipped: {e:#}", k8s::claim_key(claim));
+            }
+            continue;
         }
+        eprintln!("pvsnap: {}: {e:#}", k8s::claim_key(claim));
+        failed.push(k8s::claim_key(claim));
     }
+    let sources = sources - elsewhere;
 
     if a.json {
         let v: Vec<serde_json::Value> = run.taken.iter().map(snapshot_json).collect();
