@@ -362,13 +362,41 @@ impl Repository {
         Ok(snaps)
     }
 
+    /// Every readable snapshot, oldest first, and the ids of those that could
+    /// not be read with the reason. For commands that only read: one damaged
+    /// snapshot object must not hide the others. Operations that delete use
+    /// [`Repository::snapshots`], which fails instead.
+    pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<(SnapshotId, Error)>)> {
+        let names = self.backend.list(ObjectKind::Snapshot)?;
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
+            .par_iter()
+            .filter_map(|(n, _)| n.parse::<SnapshotId>().ok())
+            .map(|id| (id, self.load_snapshot(&id)))
+            .collect();
+        let mut snaps = Vec::new();
+        let mut bad = Vec::new();
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => snaps.push(s),
+                Err(Error::Backend(BackendError::NotFound { .. })) => {} // forgotten meanwhile
+                Err(e) => bad.push((id, e)),
+            }
+        }
+        snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok((snaps, bad))
+    }
+
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
         Ok(self.backend.delete(&Self::snapshot_key(id))?)
     }
 
     /// Resolves a full id, a unique prefix, `latest` or `latest:SOURCE`.
+    /// Damaged snapshot objects are skipped with a warning.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
-        let snaps = self.snapshots()?;
+        let (snaps, bad) = self.snapshots_lenient()?;
+        for (id, e) in bad {
+            tracing::warn!("snapshot {} is unreadable and was skipped: {e}", id.short());
+        }
         resolve_in(&snaps, spec).cloned()
     }
 }
