@@ -34,6 +34,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod cache;
 pub mod check;
 pub mod crypto;
 pub mod error;

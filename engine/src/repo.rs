@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
 use crate::blob::{self, BlobKind};
+use crate::cache::PackCache;
 use crate::crypto::{Crypto, KdfParams, KeySlot, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
 use crate::format::{HEADER_LEN, Header, ObjectKind, REPO_VERSION};
@@ -112,6 +113,9 @@ impl Default for InitOptions {
 
 /// Supplies the passphrase when (and only when) the repository is encrypted.
 pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
+
+/// A snapshot object that could not be read, and why.
+pub type Unreadable = (SnapshotId, Error);
 
 /// An opened repository.
 #[derive(Clone)]
@@ -283,13 +287,21 @@ impl Repository {
     pub fn load_index(self) -> Result<IndexedRepository> {
         let files = self.read_index_files()?;
         let index = Index::from_files(&files);
-        Ok(IndexedRepository { repo: self, index })
+        Ok(IndexedRepository {
+            repo: self,
+            index,
+            tree_packs: PackCache::new(TREE_PACK_CACHE),
+        })
     }
 
     /// Pairs the repository with an index built by the caller (maintenance
     /// code that has read and judged the index files itself).
     pub fn with_index(self, index: Index) -> IndexedRepository {
-        IndexedRepository { repo: self, index }
+        IndexedRepository {
+            repo: self,
+            index,
+            tree_packs: PackCache::new(TREE_PACK_CACHE),
+        }
     }
 
     /// Writes an index file; returns its id.
@@ -366,7 +378,7 @@ impl Repository {
     /// not be read with the reason. For commands that only read: one damaged
     /// snapshot object must not hide the others. Operations that delete use
     /// [`Repository::snapshots`], which fails instead.
-    pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<(SnapshotId, Error)>)> {
+    pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
             .par_iter()
@@ -483,7 +495,11 @@ fn unlock(backend: &DynBackend, password: &[u8]) -> Result<[u8; 32]> {
 pub struct IndexedRepository {
     repo: Repository,
     index: Index,
+    tree_packs: PackCache,
 }
+
+/// Bytes of tree packs kept in memory (see [`crate::cache`]).
+const TREE_PACK_CACHE: usize = 128 * 1024 * 1024;
 
 impl std::ops::Deref for IndexedRepository {
     type Target = Repository;
@@ -512,17 +528,33 @@ impl IndexedRepository {
             kind: kind.name(),
         })?;
         let key = ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex());
-        let stored = self
-            .backend()
-            .get_range(&key, loc.entry.offset as u64, loc.entry.stored_len as u64)
-            .map_err(|e| match e {
-                BackendError::NotFound { .. } => Error::CorruptBlob {
+        let missing = |e: BackendError| match e {
+            BackendError::NotFound { .. } => Error::CorruptBlob {
+                id: id.to_hex(),
+                pack: loc.pack.to_hex(),
+                detail: "the pack is missing; run `pvsnap check`".into(),
+            },
+            e => e.into(),
+        };
+        let (start, len) = (loc.entry.offset as usize, loc.entry.stored_len as usize);
+        if loc.entry.kind == BlobKind::Tree {
+            let pack = self
+                .tree_packs
+                .get_or_load(&loc.pack, || self.backend().get(&key))
+                .map_err(missing)?;
+            let stored = pack
+                .get(start..start + len)
+                .ok_or_else(|| Error::CorruptBlob {
                     id: id.to_hex(),
                     pack: loc.pack.to_hex(),
-                    detail: "the pack is missing".into(),
-                },
-                e => e.into(),
-            })?;
+                    detail: "the pack is shorter than the index says".into(),
+                })?;
+            return blob::decode(self.crypto(), &loc.pack, &loc.entry, stored);
+        }
+        let stored = self
+            .backend()
+            .get_range(&key, start as u64, len as u64)
+            .map_err(missing)?;
         blob::decode(self.crypto(), &loc.pack, &loc.entry, &stored)
     }
 

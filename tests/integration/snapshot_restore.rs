@@ -660,14 +660,24 @@ fn two_writers_at_once_share_one_repository() {
         fs::create_dir_all(dir.join("own")).unwrap();
         fs::write(dir.join("shared.bin"), &shared).unwrap();
         for k in 0..200 {
-            fs::write(dir.join("own").join(format!("f{k}")), util::noise(100 + i as u64 * 1000 + k, 3000)).unwrap();
+            fs::write(
+                dir.join("own").join(format!("f{k}")),
+                util::noise(100 + i as u64 * 1000 + k, 3000),
+            )
+            .unwrap();
         }
     }
     let children: Vec<_> = ["node-a", "node-b"]
         .iter()
         .map(|d| {
             env.cmd()
-                .args(["snapshot", env.path(d).to_str().unwrap(), "--json", "--host", d])
+                .args([
+                    "snapshot",
+                    env.path(d).to_str().unwrap(),
+                    "--json",
+                    "--host",
+                    d,
+                ])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -676,14 +686,28 @@ fn two_writers_at_once_share_one_repository() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let check = env.run(&["check", "--read-data"]);
-    assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     for d in ["node-a", "node-b"] {
         let src = fs::canonicalize(env.path(d)).unwrap();
         let target = env.path(&format!("restored-{d}"));
-        env.ok(&["restore", &format!("latest:{}", src.display()), "--target", target.to_str().unwrap()]);
+        env.ok(&[
+            "restore",
+            &format!("latest:{}", src.display()),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
         assert_eq!(fs::read(target.join("shared.bin")).unwrap(), shared);
         assert_eq!(fs::read_dir(target.join("own")).unwrap().count(), 200);
     }
@@ -728,7 +752,10 @@ fn a_damaged_snapshot_object_does_not_hide_the_others() {
     let first = env.snapshot(&src, &[]);
     fs::write(src.join("f"), b"two").unwrap();
     env.snapshot(&src, &[]);
-    let obj = env.repo().join("snapshots").join(first["id"].as_str().unwrap());
+    let obj = env
+        .repo()
+        .join("snapshots")
+        .join(first["id"].as_str().unwrap());
     let mut bytes = fs::read(&obj).unwrap();
     let n = bytes.len();
     bytes[n - 3] ^= 0xff;

@@ -29,7 +29,10 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let (all, bad) = repo.snapshots_lenient()?;
     for (id, e) in &bad {
-        eprintln!("pvsnap: snapshot {} is unreadable and not listed: {e}; run `pvsnap check`", id.short());
+        eprintln!(
+            "pvsnap: snapshot {} is unreadable and not listed: {e}; run `pvsnap check`",
+            id.short()
+        );
     }
     let snaps: Vec<_> = all
         .into_iter()
