@@ -43,6 +43,7 @@ pub mod format;
 pub mod fsmeta;
 pub mod id;
 pub mod index;
+pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod policy;

@@ -7,14 +7,13 @@
 
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
 use crate::blob::{self, BlobKind};
 use crate::cache::PackCache;
-use crate::crypto::{Crypto, KdfParams, KeySlot, Keys};
+use crate::crypto::{Crypto, KdfParams, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
 use crate::format::{HEADER_LEN, Header, ObjectKind, REPO_VERSION};
 use crate::id::{ChunkId, Id, IndexId, KeyId, SnapshotId, TreeId};
@@ -123,6 +122,8 @@ pub struct Repository {
     backend: DynBackend,
     config: Arc<Config>,
     crypto: Crypto,
+    /// The master key and the slot that opened it (encrypted repositories).
+    master: Option<(KeyId, Arc<[u8; 32]>)>,
 }
 
 /// This machine's host name, as recorded in snapshots and locks.
@@ -148,24 +149,12 @@ impl Repository {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
         validate_chunker(&opts.chunker)?;
+        let mut opened = None;
         let (crypto, seed, encryption) = match &opts.password {
             Some(pw) => {
                 let master = crate::crypto::new_master_key();
-                let slot = KeySlot::create(
-                    &master,
-                    pw,
-                    opts.kdf,
-                    Timestamp::now().to_string(),
-                    hostname(),
-                )?;
-                let mut body = Header::new(ObjectKind::Key, false).encode().to_vec();
-                body.extend_from_slice(
-                    &serde_json::to_vec_pretty(&slot).expect("key slot serializes"),
-                );
-                backend.put(
-                    &ObjectKey::new(ObjectKind::Key, KeyId(Id::random()).to_hex()),
-                    &body,
-                )?;
+                let key_id = crate::keys::write_slot(&backend, &master, pw, opts.kdf)?;
+                opened = Some((key_id, Arc::new(master)));
                 (
                     Crypto::Keyed(Box::new(Keys::from_master(&master))),
                     None,
@@ -197,6 +186,7 @@ impl Repository {
             backend,
             config: Arc::new(config),
             crypto,
+            master: opened,
         })
     }
 
@@ -231,11 +221,15 @@ impl Repository {
             return Err(FormatError::UnknownFeature(f.clone()).into());
         }
         validate_chunker(&config.chunker)?;
+        let mut master = None;
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
             "xchacha20poly1305" => {
                 let pw = password.ok_or(CryptoError::PasswordRequired)?()?;
-                Crypto::Keyed(Box::new(Keys::from_master(&unlock(&backend, &pw)?)))
+                let (id, key) = crate::keys::unlock(&backend, &pw)?;
+                let crypto = Crypto::Keyed(Box::new(Keys::from_master(&key)));
+                master = Some((id, Arc::new(key)));
+                crypto
             }
             other => {
                 return Err(FormatError::Invalid {
@@ -249,7 +243,13 @@ impl Repository {
             backend,
             config: Arc::new(config),
             crypto,
+            master,
         })
+    }
+
+    /// The master key and the id of the slot that opened it, if encrypted.
+    pub(crate) fn master(&self) -> Option<&(KeyId, Arc<[u8; 32]>)> {
+        self.master.as_ref()
     }
 
     pub fn backend(&self) -> &DynBackend {
@@ -465,30 +465,6 @@ fn validate_chunker(c: &ChunkerParams) -> Result<()> {
         }
         .into())
     }
-}
-
-fn unlock(backend: &DynBackend, password: &[u8]) -> Result<[u8; 32]> {
-    let slots = backend.list(ObjectKind::Key)?;
-    if slots.is_empty() {
-        return Err(FormatError::Invalid {
-            what: format!("{}/keys", backend.location()),
-            detail: "encrypted repository without any key slot".into(),
-        }
-        .into());
-    }
-    for (name, _) in slots {
-        let bytes = backend.get(&ObjectKey::new(ObjectKind::Key, &name))?;
-        Header::decode(&bytes, ObjectKind::Key)?;
-        let slot: KeySlot =
-            serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
-                what: format!("key {name}"),
-                detail: e.to_string(),
-            })?;
-        if let Some(master) = slot.open(password)? {
-            return Ok(master);
-        }
-    }
-    Err(CryptoError::WrongPassword.into())
 }
 
 /// A repository with its index loaded.

@@ -767,3 +767,48 @@ fn a_damaged_snapshot_object_does_not_hide_the_others() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&first["id"].as_str().unwrap()[..8]));
     assert_eq!(env.ok(&["dump", "latest", "/f"]).stdout, b"two");
 }
+
+#[test]
+fn a_second_key_opens_the_repository_and_the_first_can_be_removed() {
+    let env = Env::new();
+    let (pw1, pw2) = (env.path("pw1"), env.path("pw2"));
+    fs::write(&pw1, "first secret\n").unwrap();
+    fs::write(&pw2, "second secret\n").unwrap();
+    let (p1, p2) = (pw1.to_str().unwrap(), pw2.to_str().unwrap());
+    env.ok(&["--password-file", p1, "init", "--encryption"]);
+    env.ok(&[
+        "--password-file",
+        p1,
+        "key",
+        "add",
+        "--new-password-file",
+        p2,
+    ]);
+    let keys: serde_json::Value = serde_json::from_slice(
+        &env.ok(&["--password-file", p2, "key", "list", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let first = keys.iter().find(|k| k["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&["--password-file", p2, "key", "remove", &first[..12]]);
+    assert_eq!(
+        env.run(&["--password-file", p1, "snapshots"]).status.code(),
+        Some(12)
+    );
+    env.ok(&["--password-file", p2, "snapshots"]);
+    let last = env.run(&[
+        "--password-file",
+        p2,
+        "key",
+        "remove",
+        &keys.iter().find(|k| k["current"] == true).unwrap()["id"]
+            .as_str()
+            .unwrap()[..12],
+    ]);
+    assert!(!last.status.success(), "the key in use is never removed");
+}
