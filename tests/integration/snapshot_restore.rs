@@ -812,3 +812,42 @@ fn a_second_key_opens_the_repository_and_the_first_can_be_removed() {
     ]);
     assert!(!last.status.success(), "the key in use is never removed");
 }
+
+#[test]
+fn one_file_system_keeps_mountpoints_but_not_their_content() {
+    if !util::is_root() {
+        eprintln!("needs root to mount a tmpfs; skipped");
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let mnt = src.join("mounted");
+    fs::create_dir_all(&mnt).unwrap();
+    fs::write(src.join("here"), b"same filesystem").unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "pvsnap-test"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    fs::write(mnt.join("elsewhere"), b"other filesystem").unwrap();
+
+    env.snapshot(&src, &["--one-file-system"]);
+    let ls = String::from_utf8(env.ok(&["ls", "latest"]).stdout).unwrap();
+    assert_eq!(
+        ls.lines().collect::<Vec<_>>(),
+        vec!["/here", "/mounted"],
+        "the mountpoint stays, empty"
+    );
+    env.snapshot(&src, &[]);
+    let ls = String::from_utf8(env.ok(&["ls", "latest"]).stdout).unwrap();
+    assert!(ls.contains("/mounted/elsewhere"), "{ls}");
+}
