@@ -69,6 +69,9 @@ pub enum Command {
     Stats(cmd::inspect::StatsArgs),
     /// Remove stale locks
     Unlock(cmd::init::UnlockArgs),
+    /// Manage the passphrases of an encrypted repository
+    #[command(subcommand)]
+    Key(cmd::key::KeyCommand),
     #[command(flatten)]
     Maintenance(cmd::maintenance::Command),
 }
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::inspect::diff(&cli, a),
         Command::Stats(a) => cmd::inspect::stats(&cli, a),
         Command::Unlock(a) => cmd::init::unlock(&cli, a),
+        Command::Key(c) => cmd::key::run(&cli, c),
         Command::Maintenance(c) => cmd::maintenance::run(&cli, c),
     };
     match result {

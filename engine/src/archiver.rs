@@ -387,6 +387,21 @@ impl Archiver<'_> {
         });
     }
 
+    /// The value, or `None` after recording why `path` could not be read.
+    fn readable<T>(&self, path: &Path, r: std::io::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.issue("vanished", path, "vanished before it was read");
+                None
+            }
+            Err(e) => {
+                self.issue("unreadable", path, e);
+                None
+            }
+        }
+    }
+
     fn load_parent_tree(&self, id: &TreeId) -> Option<Tree> {
         match self.repo.read_tree(id) {
             Ok(t) => Some(t),
@@ -441,16 +456,8 @@ impl Archiver<'_> {
         name: &OsStr,
         prev: Option<&Node>,
     ) -> Result<Option<Node>> {
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.issue("vanished", path, "vanished before it was read");
-                return Ok(None);
-            }
-            Err(e) => {
-                self.issue("unreadable", path, e);
-                return Ok(None);
-            }
+        let Some(meta) = self.readable(path, std::fs::symlink_metadata(path)) else {
+            return Ok(None);
         };
         // Setting an xattr changes ctime: with ctime and inode unchanged, the
         // parent's xattrs are still true and need not be read again.
@@ -603,16 +610,8 @@ impl Archiver<'_> {
     /// Reads a file's content into extents. Ok(None): the file could not be
     /// read and the issue is recorded. Err: the repository failed.
     fn read_content(&self, path: &Path) -> Result<Option<(Vec<Extent>, Metadata)>> {
-        let file = match open_for_read(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.issue("vanished", path, "vanished before it was read");
-                return Ok(None);
-            }
-            Err(e) => {
-                self.issue("unreadable", path, e);
-                return Ok(None);
-            }
+        let Some(file) = self.readable(path, open_for_read(path)) else {
+            return Ok(None);
         };
         let before = match file.metadata() {
             Ok(m) => m,

@@ -126,6 +126,16 @@ pub struct BlobLocation {
 pub struct Index {
     packs: Vec<PackId>,
     slots: Vec<Slot>,
+    /// `starts[p]` is the first slot whose id begins with the 16-bit prefix
+    /// `p` (65,537 entries, 256 KiB whatever the size): a lookup binary-searches
+    /// only its bucket, a few cache lines instead of ~24 misses at 10M blobs.
+    starts: Vec<u32>,
+}
+
+const BUCKETS: usize = 1 << 16;
+
+fn prefix(id: &[u8; 32]) -> usize {
+    (id[0] as usize) << 8 | id[1] as usize
 }
 
 impl Index {
@@ -147,6 +157,7 @@ impl Index {
         let mut idx = Index {
             packs: Vec::new(),
             slots: Vec::with_capacity(total),
+            starts: Vec::new(),
         };
         for f in live {
             for (pack, entries) in &f.packs {
@@ -177,6 +188,14 @@ impl Index {
             .sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
         self.slots.dedup_by(|a, b| a.id == b.id);
         self.slots.shrink_to_fit();
+        let mut starts = vec![0u32; BUCKETS + 1];
+        for s in &self.slots {
+            starts[prefix(&s.id) + 1] += 1;
+        }
+        for i in 1..=BUCKETS {
+            starts[i] += starts[i - 1];
+        }
+        self.starts = starts;
     }
 
     /// Adds the blobs of freshly written packs (after a backup wrote them).
@@ -190,10 +209,15 @@ impl Index {
     }
 
     fn slot(&self, id: &Id) -> Option<&Slot> {
-        self.slots
+        if self.slots.is_empty() {
+            return None;
+        }
+        let p = prefix(&id.0);
+        let bucket = &self.slots[self.starts[p] as usize..self.starts[p + 1] as usize];
+        bucket
             .binary_search_by(|s| s.id.cmp(&id.0))
             .ok()
-            .map(|i| &self.slots[i])
+            .map(|i| &bucket[i])
     }
 
     pub fn contains(&self, id: &Id) -> bool {
@@ -240,6 +264,7 @@ impl Index {
     pub fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
             + self.packs.capacity() * std::mem::size_of::<PackId>()
+            + self.starts.capacity() * 4
     }
 
     /// Size of one in-memory entry, for the record in `ARCHITECTURE.md`.
@@ -300,6 +325,35 @@ mod tests {
             // Any truncation is an error, never a panic.
             for cut in [bytes.len() - 1, bytes.len() / 2, 9] {
                 prop_assert!(IndexFile::decode(&bytes[..cut.max(1)], &crypto, "t").is_err());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_indexed_id_is_found_and_no_other(
+            ids in proptest::collection::hash_set(any::<[u8; 32]>(), 1..400),
+            probes in proptest::collection::vec(any::<[u8; 32]>(), 20),
+            // Ids sharing a 16-bit prefix land in one bucket.
+            prefix in any::<[u8; 2]>(),
+        ) {
+            let mut all: Vec<[u8; 32]> = ids.into_iter().collect();
+            for (i, p) in probes.iter().enumerate().take(10) {
+                let mut x = *p;
+                x[..2].copy_from_slice(&prefix);
+                x[31] = i as u8;
+                all.push(x);
+            }
+            all.sort();
+            all.dedup();
+            let entries: Vec<BlobEntry> = all.iter().map(|id| BlobEntry { kind: BlobKind::Data, flags: 0, id: Id(*id), offset: 1, stored_len: 2, raw_len: 3 }).collect();
+            let idx = Index::from_files(&[(IndexId::default(), IndexFile { supersedes: vec![], packs: vec![(PackId::default(), entries)] })]);
+            prop_assert_eq!(idx.len(), all.len());
+            for id in &all {
+                prop_assert!(idx.contains(&Id(*id)));
+            }
+            for p in &probes[10..] {
+                prop_assert_eq!(idx.contains(&Id(*p)), all.binary_search(p).is_ok());
             }
         }
     }

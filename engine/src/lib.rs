@@ -34,6 +34,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod cache;
 pub mod check;
 pub mod crypto;
 pub mod error;
@@ -42,6 +43,7 @@ pub mod format;
 pub mod fsmeta;
 pub mod id;
 pub mod index;
+pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod policy;

@@ -7,13 +7,13 @@
 
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
 use crate::blob::{self, BlobKind};
-use crate::crypto::{Crypto, KdfParams, KeySlot, Keys};
+use crate::cache::PackCache;
+use crate::crypto::{Crypto, KdfParams, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
 use crate::format::{HEADER_LEN, Header, ObjectKind, REPO_VERSION};
 use crate::id::{ChunkId, Id, IndexId, KeyId, SnapshotId, TreeId};
@@ -113,12 +113,17 @@ impl Default for InitOptions {
 /// Supplies the passphrase when (and only when) the repository is encrypted.
 pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 
+/// A snapshot object that could not be read, and why.
+pub type Unreadable = (SnapshotId, Error);
+
 /// An opened repository.
 #[derive(Clone)]
 pub struct Repository {
     backend: DynBackend,
     config: Arc<Config>,
     crypto: Crypto,
+    /// The master key and the slot that opened it (encrypted repositories).
+    master: Option<(KeyId, Arc<[u8; 32]>)>,
 }
 
 /// This machine's host name, as recorded in snapshots and locks.
@@ -144,24 +149,12 @@ impl Repository {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
         validate_chunker(&opts.chunker)?;
+        let mut opened = None;
         let (crypto, seed, encryption) = match &opts.password {
             Some(pw) => {
                 let master = crate::crypto::new_master_key();
-                let slot = KeySlot::create(
-                    &master,
-                    pw,
-                    opts.kdf,
-                    Timestamp::now().to_string(),
-                    hostname(),
-                )?;
-                let mut body = Header::new(ObjectKind::Key, false).encode().to_vec();
-                body.extend_from_slice(
-                    &serde_json::to_vec_pretty(&slot).expect("key slot serializes"),
-                );
-                backend.put(
-                    &ObjectKey::new(ObjectKind::Key, KeyId(Id::random()).to_hex()),
-                    &body,
-                )?;
+                let key_id = crate::keys::write_slot(&backend, &master, pw, opts.kdf)?;
+                opened = Some((key_id, Arc::new(master)));
                 (
                     Crypto::Keyed(Box::new(Keys::from_master(&master))),
                     None,
@@ -193,6 +186,7 @@ impl Repository {
             backend,
             config: Arc::new(config),
             crypto,
+            master: opened,
         })
     }
 
@@ -227,11 +221,15 @@ impl Repository {
             return Err(FormatError::UnknownFeature(f.clone()).into());
         }
         validate_chunker(&config.chunker)?;
+        let mut master = None;
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
             "xchacha20poly1305" => {
                 let pw = password.ok_or(CryptoError::PasswordRequired)?()?;
-                Crypto::Keyed(Box::new(Keys::from_master(&unlock(&backend, &pw)?)))
+                let (id, key) = crate::keys::unlock(&backend, &pw)?;
+                let crypto = Crypto::Keyed(Box::new(Keys::from_master(&key)));
+                master = Some((id, Arc::new(key)));
+                crypto
             }
             other => {
                 return Err(FormatError::Invalid {
@@ -245,7 +243,13 @@ impl Repository {
             backend,
             config: Arc::new(config),
             crypto,
+            master,
         })
+    }
+
+    /// The master key and the id of the slot that opened it, if encrypted.
+    pub(crate) fn master(&self) -> Option<&(KeyId, Arc<[u8; 32]>)> {
+        self.master.as_ref()
     }
 
     pub fn backend(&self) -> &DynBackend {
@@ -283,13 +287,21 @@ impl Repository {
     pub fn load_index(self) -> Result<IndexedRepository> {
         let files = self.read_index_files()?;
         let index = Index::from_files(&files);
-        Ok(IndexedRepository { repo: self, index })
+        Ok(IndexedRepository {
+            repo: self,
+            index,
+            tree_packs: PackCache::new(TREE_PACK_CACHE),
+        })
     }
 
     /// Pairs the repository with an index built by the caller (maintenance
     /// code that has read and judged the index files itself).
     pub fn with_index(self, index: Index) -> IndexedRepository {
-        IndexedRepository { repo: self, index }
+        IndexedRepository {
+            repo: self,
+            index,
+            tree_packs: PackCache::new(TREE_PACK_CACHE),
+        }
     }
 
     /// Writes an index file; returns its id.
@@ -362,13 +374,41 @@ impl Repository {
         Ok(snaps)
     }
 
+    /// Every readable snapshot, oldest first, and the ids of those that could
+    /// not be read with the reason. For commands that only read: one damaged
+    /// snapshot object must not hide the others. Operations that delete use
+    /// [`Repository::snapshots`], which fails instead.
+    pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
+        let names = self.backend.list(ObjectKind::Snapshot)?;
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
+            .par_iter()
+            .filter_map(|(n, _)| n.parse::<SnapshotId>().ok())
+            .map(|id| (id, self.load_snapshot(&id)))
+            .collect();
+        let mut snaps = Vec::new();
+        let mut bad = Vec::new();
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => snaps.push(s),
+                Err(Error::Backend(BackendError::NotFound { .. })) => {} // forgotten meanwhile
+                Err(e) => bad.push((id, e)),
+            }
+        }
+        snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok((snaps, bad))
+    }
+
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
         Ok(self.backend.delete(&Self::snapshot_key(id))?)
     }
 
     /// Resolves a full id, a unique prefix, `latest` or `latest:SOURCE`.
+    /// Damaged snapshot objects are skipped with a warning.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
-        let snaps = self.snapshots()?;
+        let (snaps, bad) = self.snapshots_lenient()?;
+        for (id, e) in bad {
+            tracing::warn!("snapshot {} is unreadable and was skipped: {e}", id.short());
+        }
         resolve_in(&snaps, spec).cloned()
     }
 }
@@ -427,35 +467,15 @@ fn validate_chunker(c: &ChunkerParams) -> Result<()> {
     }
 }
 
-fn unlock(backend: &DynBackend, password: &[u8]) -> Result<[u8; 32]> {
-    let slots = backend.list(ObjectKind::Key)?;
-    if slots.is_empty() {
-        return Err(FormatError::Invalid {
-            what: format!("{}/keys", backend.location()),
-            detail: "encrypted repository without any key slot".into(),
-        }
-        .into());
-    }
-    for (name, _) in slots {
-        let bytes = backend.get(&ObjectKey::new(ObjectKind::Key, &name))?;
-        Header::decode(&bytes, ObjectKind::Key)?;
-        let slot: KeySlot =
-            serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
-                what: format!("key {name}"),
-                detail: e.to_string(),
-            })?;
-        if let Some(master) = slot.open(password)? {
-            return Ok(master);
-        }
-    }
-    Err(CryptoError::WrongPassword.into())
-}
-
 /// A repository with its index loaded.
 pub struct IndexedRepository {
     repo: Repository,
     index: Index,
+    tree_packs: PackCache,
 }
+
+/// Bytes of tree packs kept in memory (see [`crate::cache`]).
+const TREE_PACK_CACHE: usize = 128 * 1024 * 1024;
 
 impl std::ops::Deref for IndexedRepository {
     type Target = Repository;
@@ -484,17 +504,33 @@ impl IndexedRepository {
             kind: kind.name(),
         })?;
         let key = ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex());
-        let stored = self
-            .backend()
-            .get_range(&key, loc.entry.offset as u64, loc.entry.stored_len as u64)
-            .map_err(|e| match e {
-                BackendError::NotFound { .. } => Error::CorruptBlob {
+        let missing = |e: BackendError| match e {
+            BackendError::NotFound { .. } => Error::CorruptBlob {
+                id: id.to_hex(),
+                pack: loc.pack.to_hex(),
+                detail: "the pack is missing; run `pvsnap check`".into(),
+            },
+            e => e.into(),
+        };
+        let (start, len) = (loc.entry.offset as usize, loc.entry.stored_len as usize);
+        if loc.entry.kind == BlobKind::Tree {
+            let pack = self
+                .tree_packs
+                .get_or_load(&loc.pack, || self.backend().get(&key))
+                .map_err(missing)?;
+            let stored = pack
+                .get(start..start + len)
+                .ok_or_else(|| Error::CorruptBlob {
                     id: id.to_hex(),
                     pack: loc.pack.to_hex(),
-                    detail: "the pack is missing".into(),
-                },
-                e => e.into(),
-            })?;
+                    detail: "the pack is shorter than the index says".into(),
+                })?;
+            return blob::decode(self.crypto(), &loc.pack, &loc.entry, stored);
+        }
+        let stored = self
+            .backend()
+            .get_range(&key, start as u64, len as u64)
+            .map_err(missing)?;
         blob::decode(self.crypto(), &loc.pack, &loc.entry, &stored)
     }
 

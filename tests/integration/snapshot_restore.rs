@@ -649,3 +649,205 @@ fn the_default_repository_is_created_on_first_snapshot() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("created"));
 }
+
+#[test]
+fn two_writers_at_once_share_one_repository() {
+    let env = Env::new();
+    env.init();
+    let shared = util::noise(11, 6 * 1024 * 1024);
+    for (i, d) in ["node-a", "node-b"].iter().enumerate() {
+        let dir = env.path(d);
+        fs::create_dir_all(dir.join("own")).unwrap();
+        fs::write(dir.join("shared.bin"), &shared).unwrap();
+        for k in 0..200 {
+            fs::write(
+                dir.join("own").join(format!("f{k}")),
+                util::noise(100 + i as u64 * 1000 + k, 3000),
+            )
+            .unwrap();
+        }
+    }
+    let children: Vec<_> = ["node-a", "node-b"]
+        .iter()
+        .map(|d| {
+            env.cmd()
+                .args([
+                    "snapshot",
+                    env.path(d).to_str().unwrap(),
+                    "--json",
+                    "--host",
+                    d,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let check = env.run(&["check", "--read-data"]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for d in ["node-a", "node-b"] {
+        let src = fs::canonicalize(env.path(d)).unwrap();
+        let target = env.path(&format!("restored-{d}"));
+        env.ok(&[
+            "restore",
+            &format!("latest:{}", src.display()),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(fs::read(target.join("shared.bin")).unwrap(), shared);
+        assert_eq!(fs::read_dir(target.join("own")).unwrap().count(), 200);
+    }
+}
+
+#[test]
+fn a_file_changing_while_it_is_read_is_reported() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    let path = src.join("growing.log");
+    fs::write(&path, util::noise(5, 256 * 1024 * 1024)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::io::Write::write_all(&mut f, b"appended line\n").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    // The writer runs for the whole snapshot, which takes far longer than the
+    // kernel's timestamp granularity, so the file's mtime moves during the read.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let snap = env.snapshot(&src, &[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let errors = snap["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e["kind"] == "changed" && e["path"].as_str().unwrap().ends_with("growing.log")), "{errors:?}");
+}
+
+#[test]
+fn a_damaged_snapshot_object_does_not_hide_the_others() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"one").unwrap();
+    let first = env.snapshot(&src, &[]);
+    fs::write(src.join("f"), b"two").unwrap();
+    env.snapshot(&src, &[]);
+    let obj = env
+        .repo()
+        .join("snapshots")
+        .join(first["id"].as_str().unwrap());
+    let mut bytes = fs::read(&obj).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    fs::write(&obj, bytes).unwrap();
+    let out = env.run(&["snapshots", "--json"]);
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&first["id"].as_str().unwrap()[..8]));
+    assert_eq!(env.ok(&["dump", "latest", "/f"]).stdout, b"two");
+}
+
+#[test]
+fn a_second_key_opens_the_repository_and_the_first_can_be_removed() {
+    let env = Env::new();
+    let (pw1, pw2) = (env.path("pw1"), env.path("pw2"));
+    fs::write(&pw1, "first secret\n").unwrap();
+    fs::write(&pw2, "second secret\n").unwrap();
+    let (p1, p2) = (pw1.to_str().unwrap(), pw2.to_str().unwrap());
+    env.ok(&["--password-file", p1, "init", "--encryption"]);
+    env.ok(&[
+        "--password-file",
+        p1,
+        "key",
+        "add",
+        "--new-password-file",
+        p2,
+    ]);
+    let keys: serde_json::Value = serde_json::from_slice(
+        &env.ok(&["--password-file", p2, "key", "list", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let first = keys.iter().find(|k| k["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&["--password-file", p2, "key", "remove", &first[..12]]);
+    assert_eq!(
+        env.run(&["--password-file", p1, "snapshots"]).status.code(),
+        Some(12)
+    );
+    env.ok(&["--password-file", p2, "snapshots"]);
+    let last = env.run(&[
+        "--password-file",
+        p2,
+        "key",
+        "remove",
+        &keys.iter().find(|k| k["current"] == true).unwrap()["id"]
+            .as_str()
+            .unwrap()[..12],
+    ]);
+    assert!(!last.status.success(), "the key in use is never removed");
+}
+
+#[test]
+fn one_file_system_keeps_mountpoints_but_not_their_content() {
+    if !util::is_root() {
+        eprintln!("needs root to mount a tmpfs; skipped");
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    let mnt = src.join("mounted");
+    fs::create_dir_all(&mnt).unwrap();
+    fs::write(src.join("here"), b"same filesystem").unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "pvsnap-test"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    fs::write(mnt.join("elsewhere"), b"other filesystem").unwrap();
+
+    env.snapshot(&src, &["--one-file-system"]);
+    let ls = String::from_utf8(env.ok(&["ls", "latest"]).stdout).unwrap();
+    assert_eq!(
+        ls.lines().collect::<Vec<_>>(),
+        vec!["/here", "/mounted"],
+        "the mountpoint stays, empty"
+    );
+    env.snapshot(&src, &[]);
+    let ls = String::from_utf8(env.ok(&["ls", "latest"]).stdout).unwrap();
+    assert!(ls.contains("/mounted/elsewhere"), "{ls}");
+}

@@ -36,8 +36,14 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         .transpose()?;
     let source = pvc.as_ref().or(a.source.as_ref());
     let repo = crate::repo::open(cli, false, false)?;
-    let snaps: Vec<_> = repo
-        .snapshots()?
+    let (all, bad) = repo.snapshots_lenient()?;
+    for (id, e) in &bad {
+        eprintln!(
+            "pvsnap: snapshot {} is unreadable and not listed: {e}; run `pvsnap check`",
+            id.short()
+        );
+    }
+    let snaps: Vec<_> = all
         .into_iter()
         .filter(|s| {
             source

@@ -2,6 +2,7 @@
 
 pub mod init;
 pub mod inspect;
+pub mod key;
 pub mod maintenance;
 pub mod restore;
 pub mod restore_pvc;

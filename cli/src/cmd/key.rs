@@ -1,0 +1,92 @@
+//! `pvsnap key list|add|remove`: passphrases of an encrypted repository.
+
+use anyhow::Result;
+use pvsnap_engine::crypto::KdfParams;
+use pvsnap_engine::id::KeyId;
+
+use crate::{Cli, output};
+
+#[derive(clap::Subcommand)]
+pub enum KeyCommand {
+    /// List the key slots
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a passphrase (read from --new-password-file, PVSNAP_NEW_PASSWORD or the terminal)
+    Add {
+        /// File holding the new passphrase
+        #[arg(long)]
+        new_password_file: Option<std::path::PathBuf>,
+    },
+    /// Remove a key slot by id or unique prefix
+    Remove { id: String },
+}
+
+fn new_password(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
+    if let Some(f) = file {
+        let s = std::fs::read(f)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read the new password: {e}", f.display()))?;
+        return Ok(s.strip_suffix(b"\n").unwrap_or(&s).to_vec());
+    }
+    if let Some(p) = std::env::var_os("PVSNAP_NEW_PASSWORD") {
+        return Ok(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec());
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("give the new password with --new-password-file or PVSNAP_NEW_PASSWORD");
+    }
+    let p = rpassword::prompt_password("new password: ")?;
+    if rpassword::prompt_password("again: ")? != p {
+        anyhow::bail!("the two passwords differ");
+    }
+    Ok(p.into_bytes())
+}
+
+pub fn run(cli: &Cli, c: &KeyCommand) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    match c {
+        KeyCommand::List { json } => {
+            let keys = repo.keys()?;
+            if *json {
+                output::json(&keys)?;
+            } else {
+                for k in keys {
+                    println!(
+                        "{} {} {} {}",
+                        if k.current { "*" } else { " " },
+                        k.id.short(),
+                        k.created,
+                        k.hostname
+                    );
+                }
+            }
+        }
+        KeyCommand::Add { new_password_file } => {
+            let pw = new_password(new_password_file)?;
+            let id = repo.add_key(&pw, KdfParams::default())?;
+            if !cli.quiet {
+                println!("added key {}", id.short());
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let matches: Vec<KeyId> = repo
+                .keys()?
+                .into_iter()
+                .map(|k| k.id)
+                .filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase()))
+                .collect();
+            match matches.as_slice() {
+                [one] => {
+                    repo.remove_key(one)?;
+                    if !cli.quiet {
+                        println!("removed key {}", one.short());
+                    }
+                }
+                [] => anyhow::bail!("no key matches `{id}`; list them with `pvsnap key list`"),
+                _ => anyhow::bail!("`{id}` matches {} keys; give more digits", matches.len()),
+            }
+        }
+    }
+    Ok(crate::exit::OK)
+}
