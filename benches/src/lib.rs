@@ -12,7 +12,7 @@ pub fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             out.extend_from_slice(&x.to_le_bytes());
         } else {
             out.extend_from_slice(&(i / 64).to_le_bytes());
