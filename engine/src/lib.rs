@@ -43,6 +43,7 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod tree;
+pub mod vfs;
 pub mod walk;
 
 pub use error::{Error, Result};
