@@ -64,6 +64,8 @@ pub enum Command {
     Stats(cmd::inspect::StatsArgs),
     /// Remove stale locks
     Unlock(cmd::init::UnlockArgs),
+    /// Show the snapshots as a read-only filesystem
+    Mount(cmd::mount::Args),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::inspect::diff(&cli, a),
         Command::Stats(a) => cmd::inspect::stats(&cli, a),
         Command::Unlock(a) => cmd::init::unlock(&cli, a),
+        Command::Mount(a) => cmd::mount::run(&cli, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

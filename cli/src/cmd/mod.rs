@@ -2,6 +2,7 @@
 
 pub mod init;
 pub mod inspect;
+pub mod mount;
 pub mod restore;
 pub mod snapshot;
 
