@@ -3,4 +3,5 @@
 
 mod util;
 
+mod mount;
 mod snapshot_restore;
