@@ -140,6 +140,8 @@ fn read_block(max_chunk: u32) -> usize {
     (16 * 1024 * 1024).max(4 * max_chunk as usize)
 }
 
+type HardlinkMap = HashMap<(u64, u64), (i64, Vec<Extent>)>;
+
 struct Archiver<'a> {
     repo: &'a IndexedRepository,
     excludes: Excludes,
@@ -154,7 +156,8 @@ struct Archiver<'a> {
     tree_pack: Mutex<PackBuilder>,
     written: Mutex<Vec<(PackId, Vec<BlobEntry>)>>,
     issues: Mutex<Vec<PathIssue>>,
-    hardlinks: Mutex<HashMap<(u64, u64), (i64, Vec<Extent>)>>,
+    /// (device, inode) → (mtime, content) of files with several names.
+    hardlinks: Mutex<HardlinkMap>,
     files_new: AtomicU64,
     files_changed: AtomicU64,
     files_unmodified: AtomicU64,

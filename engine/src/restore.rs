@@ -223,7 +223,7 @@ pub fn restore(repo: &IndexedRepository, snap: &Snapshot, subpath: Option<&str>,
     for (path, node) in &plan.others {
         fsmeta::apply_metadata(path, node, set_owner).map_err(|e| meta_err(path, e))?;
     }
-    plan.dirs.sort_by(|a, b| b.2.cmp(&a.2));
+    plan.dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
     for (path, node, _) in &plan.dirs {
         fsmeta::apply_metadata(path, node, set_owner).map_err(|e| meta_err(path, e))?;
     }
