@@ -178,7 +178,11 @@ pub struct DirEntry<'a> {
 /// Bytes returned by [`Vfs::read`]: a window of one cached chunk (no copy) or
 /// an assembled buffer.
 pub enum ReadData {
-    Shared { chunk: Arc<Vec<u8>>, start: usize, len: usize },
+    Shared {
+        chunk: Arc<Vec<u8>>,
+        start: usize,
+        len: usize,
+    },
     Owned(Vec<u8>),
 }
 
@@ -231,11 +235,19 @@ impl FileMap {
 
     /// Bytes of stored (non-hole) content.
     pub fn stored_len(&self) -> u64 {
-        self.extents.iter().filter(|e| e.chunk.is_some()).map(|e| e.len).sum()
+        self.extents
+            .iter()
+            .filter(|e| e.chunk.is_some())
+            .map(|e| e.len)
+            .sum()
     }
 }
 
 /// What an inode stands for.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "inodes already live behind an Arc; most are nodes"
+)]
 enum What {
     /// A folder or symlink of the layout, by its path from the root.
     Layout(Vec<Vec<u8>>),
@@ -291,7 +303,10 @@ impl Vfs {
         let root = match &opts.snapshot {
             Some(s) => {
                 if !s.root.is_dir() {
-                    return Err(Error::Invalid(format!("snapshot {}: its root is not a folder", s.id.short())));
+                    return Err(Error::Invalid(format!(
+                        "snapshot {}: its root is not a folder",
+                        s.id.short()
+                    )));
                 }
                 Inode {
                     parent: ROOT,
@@ -311,7 +326,8 @@ impl Vfs {
         let (ids, snaps) = match &opts.snapshot {
             Some(_) => (BTreeSet::new(), vec![]),
             None => {
-                let snaps: Vec<Arc<Snapshot>> = repo.snapshots()?.into_iter().map(Arc::new).collect();
+                let snaps: Vec<Arc<Snapshot>> =
+                    repo.snapshots()?.into_iter().map(Arc::new).collect();
                 (snaps.iter().map(|s| s.id).collect(), snaps)
             }
         };
@@ -354,7 +370,10 @@ impl Vfs {
     fn inode(&self, ino: u64) -> VfsResult<Arc<Inode>> {
         let t = self.table.read().expect("inode table");
         let i = ino.checked_sub(1).ok_or(VfsError::UnknownInode(ino))?;
-        t.inodes.get(i as usize).cloned().ok_or(VfsError::UnknownInode(ino))
+        t.inodes
+            .get(i as usize)
+            .cloned()
+            .ok_or(VfsError::UnknownInode(ino))
     }
 
     /// Re-lists snapshots if the last check is older than `refresh_every`;
@@ -363,7 +382,9 @@ impl Vfs {
         if self.opts.snapshot.is_some() {
             return;
         }
-        let Ok(mut checked) = self.checked.try_lock() else { return };
+        let Ok(mut checked) = self.checked.try_lock() else {
+            return;
+        };
         if checked.elapsed() < self.opts.refresh_every {
             return;
         }
@@ -387,7 +408,8 @@ impl Vfs {
         if listed == old.ids {
             return Ok(false);
         }
-        let known: HashMap<SnapshotId, &Arc<Snapshot>> = old.snaps.iter().map(|s| (s.id, s)).collect();
+        let known: HashMap<SnapshotId, &Arc<Snapshot>> =
+            old.snaps.iter().map(|s| (s.id, s)).collect();
         let mut ids = BTreeSet::new();
         let mut snaps = Vec::with_capacity(listed.len());
         for id in listed {
@@ -408,13 +430,25 @@ impl Vfs {
         // index read after listing covers every snapshot listed.
         let repo = Arc::new(old.repo.repository().clone().load_index()?);
         let layout = layout::build(&snaps, &self.opts.time_zone);
-        *self.state.write().expect("vfs state") = Arc::new(State { repo, ids, snaps, layout });
+        *self.state.write().expect("vfs state") = Arc::new(State {
+            repo,
+            ids,
+            snaps,
+            layout,
+        });
         Ok(true)
     }
 
     /// The inode for `name` in `parent`, made by `make(ino)` when new or when
     /// the known one no longer `fits`. `link` is the hardlink key, if any.
-    fn intern(&self, parent: u64, name: &[u8], make: impl FnOnce(u64) -> What, fits: impl Fn(&What) -> bool, link: Option<(u64, u64, u64)>) -> (u64, Arc<Inode>) {
+    fn intern(
+        &self,
+        parent: u64,
+        name: &[u8],
+        make: impl FnOnce(u64) -> What,
+        fits: impl Fn(&What) -> bool,
+        link: Option<(u64, u64, u64)>,
+    ) -> (u64, Arc<Inode>) {
         let key = (parent, name.to_vec());
         {
             let t = self.table.read().expect("inode table");
@@ -437,7 +471,10 @@ impl Vfs {
             return (ino, t.inodes[ino as usize - 1].clone());
         }
         let ino = t.inodes.len() as u64 + 1;
-        let inode = Arc::new(Inode { parent, what: make(ino) });
+        let inode = Arc::new(Inode {
+            parent,
+            what: make(ino),
+        });
         t.inodes.push(inode.clone());
         t.names.insert(key, ino);
         if let Some(l) = link {
@@ -446,7 +483,13 @@ impl Vfs {
         (ino, inode)
     }
 
-    fn layout_child(&self, parent: u64, path: &[Vec<u8>], name: &[u8], node: &VNode) -> (u64, Arc<Inode>) {
+    fn layout_child(
+        &self,
+        parent: u64,
+        path: &[Vec<u8>],
+        name: &[u8],
+        node: &VNode,
+    ) -> (u64, Arc<Inode>) {
         match node {
             VNode::Snapshot(s) => self.intern(
                 parent,
@@ -474,7 +517,13 @@ impl Vfs {
         }
     }
 
-    fn node_child(&self, parent: u64, view: u64, snapshot: SnapshotId, node: &Node) -> (u64, Arc<Inode>) {
+    fn node_child(
+        &self,
+        parent: u64,
+        view: u64,
+        snapshot: SnapshotId,
+        node: &Node,
+    ) -> (u64, Arc<Inode>) {
         let link = (!node.is_dir() && node.links > 1).then_some((view, node.device, node.inode));
         self.intern(
             parent,
@@ -485,7 +534,12 @@ impl Vfs {
                     NodeKind::File { content } => Some(FileMap::new(std::mem::take(content))),
                     _ => None,
                 };
-                What::Node { view, snapshot, node, file }
+                What::Node {
+                    view,
+                    snapshot,
+                    node,
+                    file,
+                }
             },
             |_| true,
             link,
@@ -505,11 +559,20 @@ impl Vfs {
                     NodeKind::File { content } => content.len() * std::mem::size_of::<Extent>(),
                     _ => 0,
                 };
-                std::mem::size_of::<Node>() + n.name.len() + content + n.xattrs.iter().map(|x| x.name.len() + x.value.len() + 48).sum::<usize>()
+                std::mem::size_of::<Node>()
+                    + n.name.len()
+                    + content
+                    + n.xattrs
+                        .iter()
+                        .map(|x| x.name.len() + x.value.len() + 48)
+                        .sum::<usize>()
             })
             .sum::<usize>()
             + 64;
-        self.trees.lock().expect("tree cache").insert(*id, tree.clone(), weight);
+        self.trees
+            .lock()
+            .expect("tree cache")
+            .insert(*id, tree.clone(), weight);
         Ok(tree)
     }
 
@@ -523,7 +586,9 @@ impl Vfs {
             true => (FileKind::Dir, 0o555, 0, root.mtime_ns),
             false => match root.resolve(path).ok_or(VfsError::NotFound)? {
                 VNode::Dir(d) => (FileKind::Dir, 0o555, 0, d.mtime_ns),
-                VNode::Link(target) => (FileKind::Symlink, 0o777, target.len() as u64, root.mtime_ns),
+                VNode::Link(target) => {
+                    (FileKind::Symlink, 0o777, target.len() as u64, root.mtime_ns)
+                }
                 // Snapshot roots get `What::Node` inodes; a layout inode here is stale.
                 VNode::Snapshot(_) => return Err(VfsError::NotFound),
             },
@@ -567,7 +632,12 @@ impl Vfs {
                 let (ino, inode) = self.layout_child(parent, path, name, child);
                 self.attr_of(ino, &inode, &state)
             }
-            What::Node { view, snapshot, node, .. } => {
+            What::Node {
+                view,
+                snapshot,
+                node,
+                ..
+            } => {
                 let NodeKind::Dir { subtree } = &node.kind else {
                     return Err(VfsError::NotDir(parent));
                 };
@@ -583,7 +653,12 @@ impl Vfs {
     /// Lists folder `ino` from `offset` (0: the start), calling `add` for each
     /// entry, `.` and `..` first, until `add` returns true (its buffer is full;
     /// that entry was not taken).
-    pub fn readdir(&self, ino: u64, offset: u64, add: &mut dyn FnMut(DirEntry<'_>) -> bool) -> VfsResult<()> {
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> VfsResult<()> {
         let inode = self.inode(ino)?;
         if matches!(inode.what, What::Layout(_)) {
             self.maybe_refresh();
@@ -629,7 +704,12 @@ impl Vfs {
                     }
                 }
             }
-            What::Node { view, snapshot, node, .. } => {
+            What::Node {
+                view,
+                snapshot,
+                node,
+                ..
+            } => {
                 let NodeKind::Dir { subtree } = &node.kind else {
                     return Err(VfsError::NotDir(ino));
                 };
@@ -698,9 +778,16 @@ impl Vfs {
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> VfsResult<ReadData> {
         let inode = self.inode(ino)?;
         let (node, file) = match &inode.what {
-            What::Node { node, file: Some(file), .. } => (node, file),
+            What::Node {
+                node,
+                file: Some(file),
+                ..
+            } => (node, file),
             What::Node { node, .. } if node.is_dir() => return Err(VfsError::IsDir(ino)),
-            What::Layout(p) if p.is_empty() || matches!(self.state().layout.resolve(p), Some(VNode::Dir(_))) => {
+            What::Layout(p)
+                if p.is_empty()
+                    || matches!(self.state().layout.resolve(p), Some(VNode::Dir(_))) =>
+            {
                 return Err(VfsError::IsDir(ino));
             }
             _ => return Err(VfsError::NotFile(ino)),
@@ -736,7 +823,9 @@ impl Vfs {
                     match e.chunk {
                         Some(c) => {
                             let chunk = self.chunk(&repo, &c, e.len)?;
-                            out.extend_from_slice(&chunk[(pos - start) as usize..(stop - start) as usize]);
+                            out.extend_from_slice(
+                                &chunk[(pos - start) as usize..(stop - start) as usize],
+                            );
                         }
                         None => out.resize(out.len() + (stop - pos) as usize, 0),
                     }
@@ -754,7 +843,9 @@ impl Vfs {
     }
 
     fn chunk(&self, repo: &IndexedRepository, id: &ChunkId, len: u64) -> VfsResult<Arc<Vec<u8>>> {
-        Ok(self.chunks.get(id, len as usize, &|| load_chunk(repo, id, len))?)
+        Ok(self
+            .chunks
+            .get(id, len as usize, &|| load_chunk(repo, id, len))?)
     }
 
     /// When a read continues where the previous one ended (or starts the
@@ -763,7 +854,9 @@ impl Vfs {
         if self.opts.readahead_bytes == 0 {
             return;
         }
-        let last = file.extent_at(end - 1).unwrap_or(file.extents.len().saturating_sub(1));
+        let last = file
+            .extent_at(end - 1)
+            .unwrap_or(file.extents.len().saturating_sub(1));
         let prev = file.last_extent.swap(last, Ordering::Relaxed);
         // Requests of one sequential reader may arrive slightly out of order.
         let sequential = first == 0 || (prev != usize::MAX && first.abs_diff(prev) <= 1);
@@ -772,14 +865,23 @@ impl Vfs {
         }
         let mut ahead = 0u64;
         for (e, _) in file.extents.iter().zip(&file.starts).skip(last + 1) {
-            if ahead >= self.opts.readahead_bytes || self.prefetches.load(Ordering::Relaxed) >= MAX_PREFETCHES {
+            if ahead >= self.opts.readahead_bytes
+                || self.prefetches.load(Ordering::Relaxed) >= MAX_PREFETCHES
+            {
                 break;
             }
             ahead += e.len;
             let Some(id) = e.chunk else { continue };
-            let Some(claim) = self.chunks.claim(&id, e.len as usize) else { continue };
+            let Some(claim) = self.chunks.claim(&id, e.len as usize) else {
+                continue;
+            };
             self.prefetches.fetch_add(1, Ordering::Relaxed);
-            let (cache, repo, counter, len) = (self.chunks.clone(), repo.clone(), self.prefetches.clone(), e.len);
+            let (cache, repo, counter, len) = (
+                self.chunks.clone(),
+                repo.clone(),
+                self.prefetches.clone(),
+                e.len,
+            );
             rayon::spawn(move || {
                 if let Err(e) = cache.fill_claim(claim, &|| load_chunk(&repo, &id, len)) {
                     tracing::debug!("read-ahead of chunk {} failed: {e}", id.short());

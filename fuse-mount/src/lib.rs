@@ -22,9 +22,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session,
+    SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use pvsnap_engine::vfs::{Attr, FileKind, Vfs, VfsError};
 
@@ -83,7 +85,11 @@ pub struct Mount {
 /// through fuser and the setuid `fusermount3`.
 pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> io::Result<Mount> {
     let mountpoint = mountpoint.canonicalize()?;
-    let acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    let acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -113,7 +119,9 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> io::Resul
         let u = s.unmount_callable();
         (s, Some(u))
     };
-    let session = std::thread::Builder::new().name("pvsnap-fuse".into()).spawn(move || session.run())?;
+    let session = std::thread::Builder::new()
+        .name("pvsnap-fuse".into())
+        .spawn(move || session.run())?;
     Ok(Mount {
         session: Some(session),
         mountpoint,
@@ -123,7 +131,10 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> io::Resul
 
 /// Opens /dev/fuse and mounts it read-only on `mountpoint`; returns the device.
 fn mount_fuse(mountpoint: &Path, opts: &MountOptions) -> io::Result<OwnedFd> {
-    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
     let fd = OwnedFd::from(dev);
     // SAFETY: getuid and getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -136,10 +147,23 @@ fn mount_fuse(mountpoint: &Path, opts: &MountOptions) -> io::Result<OwnedFd> {
         data.push_str(",allow_other");
     }
     let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let (source, target, fstype, data) = (c(opts.fs_name.as_bytes())?, c(mountpoint.as_os_str().as_bytes())?, c(b"fuse.pvsnap")?, c(data.as_bytes())?);
+    let (source, target, fstype, data) = (
+        c(opts.fs_name.as_bytes())?,
+        c(mountpoint.as_os_str().as_bytes())?,
+        c(b"fuse.pvsnap")?,
+        c(data.as_bytes())?,
+    );
     let flags = libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID | libc::MS_NOATIME;
     // SAFETY: all four strings are valid and NUL-terminated for the call.
-    let r = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -148,7 +172,9 @@ fn mount_fuse(mountpoint: &Path, opts: &MountOptions) -> io::Result<OwnedFd> {
 
 /// Detaches the mount at `mountpoint` (`umount -l`).
 fn detach(mountpoint: &Path) -> bool {
-    let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) else { return false };
+    let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: path is a valid NUL-terminated string.
     unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0 }
 }
@@ -166,7 +192,9 @@ impl Mount {
     /// Waits for the session to end.
     pub fn join(mut self) -> io::Result<()> {
         match self.session.take() {
-            Some(s) => s.join().map_err(|_| io::Error::other("the FUSE session panicked"))?,
+            Some(s) => s
+                .join()
+                .map_err(|_| io::Error::other("the FUSE session panicked"))?,
             None => Ok(()),
         }
     }
@@ -213,7 +241,11 @@ fn errno(e: &VfsError) -> Errno {
 
 fn time(ns: i64) -> SystemTime {
     let d = Duration::from_nanos(ns.unsigned_abs());
-    if ns >= 0 { UNIX_EPOCH + d } else { UNIX_EPOCH - d }
+    if ns >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
 }
 
 /// A glibc `dev_t` in the kernel's 32-bit `new_encode_dev` form, which FUSE carries.
@@ -269,7 +301,8 @@ fn reply_xattr(bytes: &[u8], size: u32, reply: ReplyXattr) {
 impl Filesystem for PvsnapFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Listings with attributes save one lookup per entry (`ls -l`, `cp -a`).
-        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         if let Err(max) = config.set_max_readahead(MAX_READ) {
             let _ = config.set_max_readahead(max);
         }
@@ -310,25 +343,61 @@ impl Filesystem for PvsnapFs {
         }
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         match self.vfs.read(ino.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let r = self.vfs.readdir(ino.0, offset, &mut |e| {
             let kind = file_attr(&e.attr).kind;
-            reply.add(INodeNo(e.attr.ino), e.next_offset, kind, OsStr::from_bytes(e.name))
+            reply.add(
+                INodeNo(e.attr.ino),
+                e.next_offset,
+                kind,
+                OsStr::from_bytes(e.name),
+            )
         });
         match r {
             Ok(()) => reply.ok(),
@@ -336,9 +405,23 @@ impl Filesystem for PvsnapFs {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let r = self.vfs.readdir(ino.0, offset, &mut |e| {
-            reply.add(INodeNo(e.attr.ino), e.next_offset, OsStr::from_bytes(e.name), ttl(&e.attr), &file_attr(&e.attr), Generation(0))
+            reply.add(
+                INodeNo(e.attr.ino),
+                e.next_offset,
+                OsStr::from_bytes(e.name),
+                ttl(&e.attr),
+                &file_attr(&e.attr),
+                Generation(0),
+            )
         });
         match r {
             Ok(()) => reply.ok(),
@@ -347,7 +430,16 @@ impl Filesystem for PvsnapFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, self.vfs.inode_count() as u64, 0, BLKSIZE, 255, BLKSIZE);
+        reply.statfs(
+            0,
+            0,
+            0,
+            self.vfs.inode_count() as u64,
+            0,
+            BLKSIZE,
+            255,
+            BLKSIZE,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -397,11 +489,28 @@ impl Filesystem for PvsnapFs {
         reply.error(Errno::EROFS);
     }
 
-    fn mknod(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
-    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
@@ -413,27 +522,79 @@ impl Filesystem for PvsnapFs {
         reply.error(Errno::EROFS);
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
-    fn rename(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _newparent: INodeNo, _newname: &OsStr, _flags: RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         reply.error(Errno::EROFS);
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
-    fn write(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: u64, _data: &[u8], _wf: WriteFlags, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyWrite) {
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
         reply.error(Errno::EROFS);
     }
 
-    fn create(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         reply.error(Errno::EROFS);
     }
 
-    fn setxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _value: &[u8], _flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         reply.error(Errno::EROFS);
     }
 
@@ -441,7 +602,16 @@ impl Filesystem for PvsnapFs {
         reply.error(Errno::EROFS);
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _offset: u64, _length: u64, _mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
         reply.error(Errno::EROFS);
     }
 
@@ -469,7 +639,12 @@ mod tests {
     #[test]
     fn device_numbers_survive_the_kernel_encoding() {
         // glibc makedev(major, minor), and the kernel's new_decode_dev.
-        let makedev = |major: u64, minor: u64| ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12);
+        let makedev = |major: u64, minor: u64| {
+            ((major & 0xfff) << 8)
+                | ((major & !0xfff) << 32)
+                | (minor & 0xff)
+                | ((minor & !0xff) << 12)
+        };
         let decode = |d: u32| {
             let d = d as u64;
             ((d & 0xfff00) >> 8, (d & 0xff) | ((d >> 12) & 0xfff00))
@@ -481,7 +656,10 @@ mod tests {
 
     #[test]
     fn times_before_1970_are_kept() {
-        assert_eq!(time(-1_500_000_000), UNIX_EPOCH - Duration::from_millis(1500));
+        assert_eq!(
+            time(-1_500_000_000),
+            UNIX_EPOCH - Duration::from_millis(1500)
+        );
         assert_eq!(time(2_000_000_001), UNIX_EPOCH + Duration::new(2, 1));
     }
 }

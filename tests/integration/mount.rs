@@ -27,7 +27,9 @@ fn fuse_or_skip(test: &str) -> bool {
         eprintln!("skipping {test}: {why} (PVSNAP_SKIP_FUSE_TESTS=1)");
         return false;
     }
-    panic!("{test}: cannot test the FUSE mount: {why}; run as root with /dev/fuse, or set PVSNAP_SKIP_FUSE_TESTS=1 to skip");
+    panic!(
+        "{test}: cannot test the FUSE mount: {why}; run as root with /dev/fuse, or set PVSNAP_SKIP_FUSE_TESTS=1 to skip"
+    );
 }
 
 /// The mount points in /proc/self/mountinfo.
@@ -74,9 +76,16 @@ impl Mounted {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !is_mounted(&m.dir) {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("pvsnap mount exited with {status} before mounting:\n{}", m.log());
+                panic!(
+                    "pvsnap mount exited with {status} before mounting:\n{}",
+                    m.log()
+                );
             }
-            assert!(Instant::now() < deadline, "not mounted after 60 s:\n{}", m.log());
+            assert!(
+                Instant::now() < deadline,
+                "not mounted after 60 s:\n{}",
+                m.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         m
@@ -130,7 +139,12 @@ impl Drop for Mounted {
 fn mknod(p: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: c is a valid path.
-    assert_eq!(unsafe { libc::mknod(c.as_ptr(), kind | 0o640, rdev) }, 0, "mknod {}", p.display());
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), kind | 0o640, rdev) },
+        0,
+        "mknod {}",
+        p.display()
+    );
 }
 
 /// A folder with every kind of entry a mount must show as captured.
@@ -138,7 +152,11 @@ fn build_tree(root: &Path) {
     fs::create_dir_all(root.join("a/b/c")).unwrap();
     fs::create_dir(root.join("empty")).unwrap();
     fs::write(root.join("text"), "some text\n".repeat(1000)).unwrap();
-    fs::write(root.join("a/b/c/noise"), util::noise(3, 3 * 1024 * 1024 + 5)).unwrap();
+    fs::write(
+        root.join("a/b/c/noise"),
+        util::noise(3, 3 * 1024 * 1024 + 5),
+    )
+    .unwrap();
     fs::write(root.join("zero-length"), b"").unwrap();
     fs::write(root.join("one"), b"two names, one file").unwrap();
     fs::hard_link(root.join("one"), root.join("a/other-name")).unwrap();
@@ -147,7 +165,11 @@ fn build_tree(root: &Path) {
     mknod(&root.join("fifo"), libc::S_IFIFO, 0);
     mknod(&root.join("null-ish"), libc::S_IFCHR, libc::makedev(1, 3));
     mknod(&root.join("loop-ish"), libc::S_IFBLK, libc::makedev(7, 300));
-    fs::write(root.join(OsStr::from_bytes(b"name-\xff-not-utf8")), b"bytes").unwrap();
+    fs::write(
+        root.join(OsStr::from_bytes(b"name-\xff-not-utf8")),
+        b"bytes",
+    )
+    .unwrap();
     let exe = root.join("setuid");
     fs::write(&exe, b"#!/bin/sh\n").unwrap();
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o4750)).unwrap();
@@ -162,7 +184,10 @@ fn build_tree(root: &Path) {
 
 /// The only entry of a folder.
 fn only_entry(dir: &Path) -> String {
-    let names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?} in {}", dir.display());
     names[0].clone()
 }
@@ -180,14 +205,30 @@ fn a_snapshot_copied_out_of_the_mount_equals_the_original() {
     let m = Mounted::start(&env, "mnt", &[]);
     let snap = m.path("snapshots").join(only_entry(&m.path("snapshots")));
     let want = util::manifest(&src);
-    assert_eq!(util::manifest(&snap), want, "the tree as seen through the mount");
+    assert_eq!(
+        util::manifest(&snap),
+        want,
+        "the tree as seen through the mount"
+    );
     let out = env.path("out");
-    let cp = Command::new("cp").arg("-a").arg(&snap).arg(&out).output().unwrap();
-    assert!(cp.status.success(), "cp -a: {}", String::from_utf8_lossy(&cp.stderr));
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&snap)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        cp.status.success(),
+        "cp -a: {}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
     assert_eq!(util::manifest(&out), want, "the tree copied out with cp -a");
     // The manifest does not show inode numbers: hardlinks must share one.
     use std::os::unix::fs::MetadataExt;
-    let (x, y) = (fs::metadata(snap.join("one")).unwrap(), fs::metadata(snap.join("a/other-name")).unwrap());
+    let (x, y) = (
+        fs::metadata(snap.join("one")).unwrap(),
+        fs::metadata(snap.join("a/other-name")).unwrap(),
+    );
     assert_eq!((x.ino(), x.nlink()), (y.ino(), 2));
     assert_ne!(x.ino(), fs::metadata(snap.join("text")).unwrap().ino());
 }
@@ -218,9 +259,15 @@ fn random_reads_of_a_large_file_match_the_original() {
     assert_eq!(f.metadata().unwrap().len(), data.len() as u64);
     let mut x = 0x5eed_u64;
     for i in 0..300 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let off = (x >> 24) % (data.len() as u64 + 4096);
-        let len = if i % 10 == 0 { 3 << 20 } else { (x >> 40) as usize % 300_000 + 1 };
+        let len = if i % 10 == 0 {
+            3 << 20
+        } else {
+            (x >> 40) as usize % 300_000 + 1
+        };
         let mut buf = vec![0u8; len];
         let mut got = 0;
         while got < len {
@@ -232,9 +279,15 @@ fn random_reads_of_a_large_file_match_the_original() {
         }
         let from = (off as usize).min(data.len());
         let to = (off as usize + len).min(data.len());
-        assert!(buf[..got] == data[from..to], "pread of {len} bytes at {off}");
+        assert!(
+            buf[..got] == data[from..to],
+            "pread of {len} bytes at {off}"
+        );
     }
-    assert!(fs::read(m.path("big")).unwrap() == data, "a sequential read of the whole file");
+    assert!(
+        fs::read(m.path("big")).unwrap() == data,
+        "a sequential read of the whole file"
+    );
 }
 
 /// The folder name of a path source, as the documentation describes it.
@@ -245,7 +298,9 @@ fn escaped(path: &Path) -> String {
 
 fn local_name(rfc3339: &str) -> String {
     let t: jiff::Timestamp = rfc3339.parse().unwrap();
-    t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%dT%H:%M:%S").to_string()
+    t.to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
 }
 
 #[test]
@@ -262,23 +317,47 @@ fn the_layout_finds_snapshots_by_time_source_and_id_and_new_ones_appear() {
     let first = env.snapshot(&src, &["--time", "2026-03-04T05:06:07.1Z"]);
     fs::write(src.join("f"), b"second").unwrap();
     let second = env.snapshot(&src, &["--time", "2026-03-04T05:06:07.9Z"]);
-    let (s1, s2) = (first["short_id"].as_str().unwrap(), second["short_id"].as_str().unwrap());
+    let (s1, s2) = (
+        first["short_id"].as_str().unwrap(),
+        second["short_id"].as_str().unwrap(),
+    );
     let time = local_name("2026-03-04T05:06:07Z");
     let m = Mounted::start(&env, "mnt", &[]);
 
-    let mut names: Vec<String> = fs::read_dir(m.path("snapshots")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(m.path("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     let mut want = vec![format!("{time}_{s1}"), format!("{time}_{s2}")];
     want.sort();
     assert_eq!(names, want);
-    assert_eq!(fs::read_link(m.path(&format!("ids/{s2}"))).unwrap(), Path::new(&format!("../snapshots/{time}_{s2}")));
+    assert_eq!(
+        fs::read_link(m.path(&format!("ids/{s2}"))).unwrap(),
+        Path::new(&format!("../snapshots/{time}_{s2}"))
+    );
     assert_eq!(fs::read(m.path(&format!("ids/{s1}/f"))).unwrap(), b"first");
 
-    let timeline = m.path("sources").join(escaped(&fs::canonicalize(&src).unwrap()));
-    assert!(timeline.file_name().unwrap().to_str().unwrap().ends_with("my%5Fdata"), "{}", timeline.display());
+    let timeline = m
+        .path("sources")
+        .join(escaped(&fs::canonicalize(&src).unwrap()));
+    assert!(
+        timeline
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with("my%5Fdata"),
+        "{}",
+        timeline.display()
+    );
     assert_eq!(fs::read(timeline.join(&time).join("f")).unwrap(), b"first");
     let later = format!("{time}_{s2}");
-    assert_eq!(fs::read_link(timeline.join("latest")).unwrap(), Path::new(&later), "same second: the later one has its id appended");
+    assert_eq!(
+        fs::read_link(timeline.join("latest")).unwrap(),
+        Path::new(&later),
+        "same second: the later one has its id appended"
+    );
     assert_eq!(fs::read(timeline.join("latest/f")).unwrap(), b"second");
 
     // Taken while mounted: shows up without remounting.
@@ -287,7 +366,11 @@ fn the_layout_finds_snapshots_by_time_source_and_id_and_new_ones_appear() {
     let s3 = third["short_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     while fs::read_dir(m.path("snapshots")).unwrap().count() < 3 {
-        assert!(Instant::now() < deadline, "the new snapshot did not appear:\n{}", m.log());
+        assert!(
+            Instant::now() < deadline,
+            "the new snapshot did not appear:\n{}",
+            m.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(fs::read(m.path(&format!("ids/{s3}/f"))).unwrap(), b"third");
@@ -305,17 +388,30 @@ fn writes_fail_with_erofs() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"keep me").unwrap();
     let snap = env.snapshot(&src, &[]);
-    let m = Mounted::start(&env, "mnt", &["--snapshot", snap["short_id"].as_str().unwrap()]);
+    let m = Mounted::start(
+        &env,
+        "mnt",
+        &["--snapshot", snap["short_id"].as_str().unwrap()],
+    );
     let erofs = |r: std::io::Result<()>, what: &str| {
         let e = r.expect_err(what);
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
     };
-    erofs(fs::OpenOptions::new().write(true).open(m.path("f")).map(drop), "open for writing");
+    erofs(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("f"))
+            .map(drop),
+        "open for writing",
+    );
     erofs(fs::File::create(m.path("new")).map(drop), "create");
     erofs(fs::remove_file(m.path("f")), "unlink");
     erofs(fs::create_dir(m.path("d")), "mkdir");
     erofs(fs::rename(m.path("f"), m.path("g")), "rename");
-    erofs(fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)), "chmod");
+    erofs(
+        fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)),
+        "chmod",
+    );
     erofs(xattr::set(m.path("f"), "user.x", b"y"), "setxattr");
     assert_eq!(fs::read(m.path("f")).unwrap(), b"keep me");
 }
@@ -341,8 +437,16 @@ fn sigterm_and_fusermount_unmount_cleanly() {
     assert_eq!(locks(), 0, "the lock is released");
 
     let mut m = Mounted::start(&env, "mnt2", &[]);
-    let out = Command::new("fusermount3").arg("-u").arg(&m.dir).output().expect("fusermount3 (apt-get install fuse3)");
-    assert!(out.status.success(), "fusermount3 -u: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.dir)
+        .output()
+        .expect("fusermount3 (apt-get install fuse3)");
+    assert!(
+        out.status.success(),
+        "fusermount3 -u: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(m.wait_exit(), "exit 0 after fusermount3 -u:\n{}", m.log());
     assert!(!is_mounted(&m.dir));
     assert_eq!(locks(), 0);
@@ -358,14 +462,26 @@ fn bad_mountpoints_are_refused_clearly() {
     let missing = env.path("missing");
     let out = env.run(&["mount", missing.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no such folder"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such folder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let full = env.path("full");
     fs::create_dir(&full).unwrap();
     fs::write(full.join("x"), b"").unwrap();
     let out = env.run(&["mount", full.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = Mounted::start(&env, "mnt", &[]);
     let out = env.run(&["mount", m.dir.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already a mount point"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already a mount point"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

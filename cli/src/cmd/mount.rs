@@ -37,7 +37,9 @@ pub struct Args {
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let mountpoint = check_mountpoint(&a.mountpoint)?;
     if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse does not exist: load the FUSE module (`modprobe fuse`); in a container, pass the device (`--device /dev/fuse`)");
+        bail!(
+            "/dev/fuse does not exist: load the FUSE module (`modprobe fuse`); in a container, pass the device (`--device /dev/fuse`)"
+        );
     }
     // Before any thread starts, so that every thread inherits the mask and
     // the signals reach only the waiter below.
@@ -52,7 +54,11 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let location = crate::repo::location(cli)?.path;
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "mount")?;
-    let snapshot = a.snapshot.as_deref().map(|s| repo.resolve_snapshot(s)).transpose()?;
+    let snapshot = a
+        .snapshot
+        .as_deref()
+        .map(|s| repo.resolve_snapshot(s))
+        .transpose()?;
     let what = match &snapshot {
         Some(s) => format!("snapshot {}", s.short_id()),
         None => "repository".to_string(),
@@ -67,7 +73,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         fs_name: format!("pvsnap:{}", location.display()).replace([',', ' '], "_"),
         ..MountOptions::default()
     };
-    let mount = pvsnap_fuse::mount(vfs, &mountpoint, &opts).with_context(|| format!("{}: cannot mount", mountpoint.display()))?;
+    let mount = pvsnap_fuse::mount(vfs, &mountpoint, &opts)
+        .with_context(|| format!("{}: cannot mount", mountpoint.display()))?;
     if !cli.quiet {
         eprintln!(
             "mounted {what} on {mp}; unmount with Ctrl-C or `fusermount3 -u {mp}`",
@@ -112,15 +119,24 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!("{p}: not a folder; mount on an empty folder"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{p}: no such folder; create it first (`mkdir -p {p}`)"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{p}: no such folder; create it first (`mkdir -p {p}`)")
+        }
         Err(e) => bail!("{p}: cannot use as a mountpoint: {e}"),
     }
     let abs = std::fs::canonicalize(path).with_context(|| format!("{p}: cannot resolve"))?;
-    let mountinfo = std::fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    let mountinfo =
+        std::fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
     if mount_points(&mountinfo).any(|m| m == abs.as_os_str().as_bytes()) {
-        bail!("{p}: already a mount point (busy); unmount it first (`fusermount3 -u {p}` or `umount {p}`)");
+        bail!(
+            "{p}: already a mount point (busy); unmount it first (`fusermount3 -u {p}` or `umount {p}`)"
+        );
     }
-    if std::fs::read_dir(&abs).with_context(|| format!("{p}: cannot list"))?.next().is_some() {
+    if std::fs::read_dir(&abs)
+        .with_context(|| format!("{p}: cannot list"))?
+        .next()
+        .is_some()
+    {
         bail!("{p}: not empty; mount on an empty folder");
     }
     Ok(abs)
@@ -128,24 +144,32 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf> {
 
 /// The mount points listed in `/proc/self/mountinfo` (5th field, octal escapes undone).
 fn mount_points(mountinfo: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
-    mountinfo.split(|&b| b == b'\n').filter_map(|line| line.split(|&b| b == b' ').nth(4)).map(|field| {
-        let mut out = Vec::with_capacity(field.len());
-        let mut i = 0;
-        while i < field.len() {
-            let octal = field.get(i + 1..i + 4).filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-            match octal {
-                Some(d) => {
-                    out.push(d.iter().fold(0u8, |acc, c| acc.wrapping_mul(8) + (c - b'0')));
-                    i += 4;
-                }
-                None => {
-                    out.push(field[i]);
-                    i += 1;
+    mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|field| {
+            let mut out = Vec::with_capacity(field.len());
+            let mut i = 0;
+            while i < field.len() {
+                let octal = field
+                    .get(i + 1..i + 4)
+                    .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+                match octal {
+                    Some(d) => {
+                        out.push(
+                            d.iter()
+                                .fold(0u8, |acc, c| acc.wrapping_mul(8) + (c - b'0')),
+                        );
+                        i += 4;
+                    }
+                    None => {
+                        out.push(field[i]);
+                        i += 1;
+                    }
                 }
             }
-        }
-        out
-    })
+            out
+        })
 }
 
 /// SIGINT, SIGTERM and SIGHUP, blocked in every thread and taken by one waiter.
@@ -167,7 +191,10 @@ impl Signals {
         // SAFETY: set is initialised; the old mask is not asked for.
         let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if r != 0 {
-            bail!("cannot block signals: {}", std::io::Error::from_raw_os_error(r));
+            bail!(
+                "cannot block signals: {}",
+                std::io::Error::from_raw_os_error(r)
+            );
         }
         Ok(Signals { set })
     }
@@ -231,7 +258,11 @@ mod daemon {
                 let mut status = 0;
                 // SAFETY: pid is our child; status is a valid out pointer.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
-                let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) as u8 } else { crate::exit::ERROR };
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status) as u8
+                } else {
+                    crate::exit::ERROR
+                };
                 Ok(Fork::Parent(code))
             }
         }
@@ -243,7 +274,11 @@ mod daemon {
         pub fn detach(self) -> Result<()> {
             // SAFETY: setsid has no preconditions; it fails harmlessly if we lead a group.
             unsafe { libc::setsid() };
-            let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").context("cannot open /dev/null")?;
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .context("cannot open /dev/null")?;
             for fd in 0..=2 {
                 // SAFETY: both descriptors are open; dup2 replaces fd atomically.
                 unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };

@@ -60,7 +60,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
         self.remove(&key);
         self.tick += 1;
         self.order.insert(self.tick, key.clone());
-        self.map.insert(key, Entry { value, weight, tick: self.tick });
+        self.map.insert(
+            key,
+            Entry {
+                value,
+                weight,
+                tick: self.tick,
+            },
+        );
         self.weight += weight;
         self.evict();
     }
@@ -83,7 +90,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
 
     fn evict(&mut self) {
         while self.weight > self.capacity && self.map.len() > 1 {
-            let Some((_, key)) = self.order.pop_first() else { break };
+            let Some((_, key)) = self.order.pop_first() else {
+                break;
+            };
             if let Some(e) = self.map.remove(&key) {
                 self.weight -= e.weight;
             }
@@ -129,7 +138,12 @@ impl ChunkCache {
 
     /// The chunk's bytes, from the cache or by calling `load`. `expected_len`
     /// is the chunk's size, counted against the bound while it loads.
-    pub(crate) fn get(&self, id: &ChunkId, expected_len: usize, load: &dyn Fn() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn get(
+        &self,
+        id: &ChunkId,
+        expected_len: usize,
+        load: &dyn Fn() -> Result<Vec<u8>>,
+    ) -> Result<Arc<Vec<u8>>> {
         loop {
             let (slot, owner) = {
                 let mut lru = self.lru();
@@ -170,11 +184,20 @@ impl ChunkCache {
     }
 
     /// Loads a claimed chunk (a read-ahead task calls this).
-    pub(crate) fn fill_claim(&self, claim: Claim, load: &dyn Fn() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn fill_claim(
+        &self,
+        claim: Claim,
+        load: &dyn Fn() -> Result<Vec<u8>>,
+    ) -> Result<Arc<Vec<u8>>> {
         self.fill(&claim.id, &claim.slot, load)
     }
 
-    fn fill(&self, id: &ChunkId, slot: &Arc<Slot>, load: &dyn Fn() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+    fn fill(
+        &self,
+        id: &ChunkId,
+        slot: &Arc<Slot>,
+        load: &dyn Fn() -> Result<Vec<u8>>,
+    ) -> Result<Arc<Vec<u8>>> {
         let result = load();
         let mut state = slot.state.lock().expect("chunk slot");
         let out = match result {
@@ -227,7 +250,10 @@ mod tests {
         assert!(l.contains(&1) && l.contains(&3));
         assert_eq!(l.weight(), 8);
         l.insert(4, 4, 100);
-        assert!(l.contains(&4), "an entry larger than the bound is still kept");
+        assert!(
+            l.contains(&4),
+            "an entry larger than the bound is still kept"
+        );
         assert_eq!(l.weight(), 100);
         l.set_weight(&4, 2);
         l.insert(5, 5, 2);
@@ -246,7 +272,10 @@ mod tests {
             Ok(vec![1, 2, 3])
         };
         let claim = cache.claim(&id, 3).expect("not cached yet");
-        assert!(cache.claim(&id, 3).is_none(), "a loading chunk is not claimed twice");
+        assert!(
+            cache.claim(&id, 3).is_none(),
+            "a loading chunk is not claimed twice"
+        );
         cache.fill_claim(claim, &ok).unwrap();
         assert_eq!(*cache.get(&id, 3, &ok).unwrap(), vec![1, 2, 3]);
         assert_eq!(loads.load(Ordering::SeqCst), 1);
@@ -254,6 +283,10 @@ mod tests {
         let other = ChunkId(Id([8; 32]));
         let fail = || Err(Error::Invalid("boom".into()));
         assert!(cache.get(&other, 3, &fail).is_err());
-        assert_eq!(*cache.get(&other, 3, &ok).unwrap(), vec![1, 2, 3], "the failure was not cached");
+        assert_eq!(
+            *cache.get(&other, 3, &ok).unwrap(),
+            vec![1, 2, 3],
+            "the failure was not cached"
+        );
     }
 }

@@ -64,7 +64,10 @@ impl VDir {
     }
 
     fn dir_mut(&mut self, name: &[u8]) -> &mut VDir {
-        let node = self.entries.entry(name.to_vec()).or_insert_with(|| VNode::Dir(VDir::default()));
+        let node = self
+            .entries
+            .entry(name.to_vec())
+            .or_insert_with(|| VNode::Dir(VDir::default()));
         if !matches!(node, VNode::Dir(_)) {
             *node = VNode::Dir(VDir::default());
         }
@@ -125,7 +128,9 @@ pub fn source_dirs(source: &Source) -> Vec<String> {
 
 /// `YYYY-MM-DDTHH:MM:SS` in `tz`.
 pub fn time_name(t: jiff::Timestamp, tz: &TimeZone) -> String {
-    t.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S").to_string()
+    t.to_zoned(tz.clone())
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
 }
 
 /// How many hex digits name every snapshot uniquely: at least 8.
@@ -152,19 +157,25 @@ pub(crate) fn build(snaps: &[Arc<Snapshot>], tz: &TimeZone) -> VDir {
     for snap in snaps {
         let short = &snap.id.to_hex()[..digits];
         let time = time_name(snap.time, tz);
-        let mtime = snap.time.as_nanosecond().clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+        let mtime = snap
+            .time
+            .as_nanosecond()
+            .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
         root.mtime_ns = root.mtime_ns.max(mtime);
         let name = format!("{time}_{short}");
         {
             let dir = root.dir_mut(b"snapshots");
             dir.mtime_ns = dir.mtime_ns.max(mtime);
-            dir.entries.insert(name.clone().into_bytes(), VNode::Snapshot(snap.clone()));
+            dir.entries
+                .insert(name.clone().into_bytes(), VNode::Snapshot(snap.clone()));
         }
         {
             let dir = root.dir_mut(b"ids");
             dir.mtime_ns = dir.mtime_ns.max(mtime);
-            dir.entries
-                .insert(short.as_bytes().to_vec(), VNode::Link(format!("../snapshots/{name}").into_bytes()));
+            dir.entries.insert(
+                short.as_bytes().to_vec(),
+                VNode::Link(format!("../snapshots/{name}").into_bytes()),
+            );
         }
         let mut dir = root.dir_mut(b"sources");
         dir.mtime_ns = dir.mtime_ns.max(mtime);
@@ -176,8 +187,10 @@ pub(crate) fn build(snaps: &[Arc<Snapshot>], tz: &TimeZone) -> VDir {
         if dir.entries.contains_key(entry.as_bytes()) {
             entry = format!("{time}_{short}");
         }
-        dir.entries.insert(entry.clone().into_bytes(), VNode::Snapshot(snap.clone()));
-        dir.entries.insert(b"latest".to_vec(), VNode::Link(entry.into_bytes()));
+        dir.entries
+            .insert(entry.clone().into_bytes(), VNode::Snapshot(snap.clone()));
+        dir.entries
+            .insert(b"latest".to_vec(), VNode::Link(entry.into_bytes()));
     }
     root
 }
@@ -226,7 +239,19 @@ mod tests {
 
     #[test]
     fn names_of_different_sources_never_collide() {
-        let paths = ["/var/lib/x", "/var/lib_x", "/var_lib/x", "/var%5Flib/x", "/", "//", "x", "./x", "._x", "_x", "/x_"];
+        let paths = [
+            "/var/lib/x",
+            "/var/lib_x",
+            "/var_lib/x",
+            "/var%5Flib/x",
+            "/",
+            "//",
+            "x",
+            "./x",
+            "._x",
+            "_x",
+            "/x_",
+        ];
         let mut names: Vec<String> = paths.iter().map(|p| path_source_name(p)).collect();
         for ns in ["x", "_x", "var_lib_x", "%5F", "", "\0", ".", ".."] {
             names.push(escape_part(ns));
@@ -250,7 +275,11 @@ mod tests {
         let ids = [SnapshotId(Id(a)), SnapshotId(Id(b)), SnapshotId(Id(c))];
         assert_eq!(short_id_len(&ids[..1]), 8);
         assert_eq!(short_id_len(&[ids[0], ids[2]]), 8);
-        assert_eq!(short_id_len(&ids), 9, "ab000000 00… and ab000000 10… differ at digit 9");
+        assert_eq!(
+            short_id_len(&ids),
+            9,
+            "ab000000 00… and ab000000 10… differ at digit 9"
+        );
     }
 
     fn snap(id: u8, secs: i64, source: Source) -> Arc<Snapshot> {
@@ -296,12 +325,17 @@ mod tests {
                 other => panic!("{path:?} is {other:?}"),
             }
         };
-        dir.entries.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect()
+        dir.entries
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
     }
 
     #[test]
     fn layout_has_snapshots_sources_and_ids() {
-        let path = Source::Path { path: "/var/lib/x".into() };
+        let path = Source::Path {
+            path: "/var/lib/x".into(),
+        };
         let pvc = Source::Pvc {
             cluster: "c".into(),
             namespace: "prod".into(),
@@ -313,25 +347,48 @@ mod tests {
             node: None,
             host_path: "/mnt/pv-1".into(),
         };
-        let snaps = vec![snap(0x11, 100, path.clone()), snap(0x22, 100, path.clone()), snap(0x33, 200, pvc)];
+        let snaps = vec![
+            snap(0x11, 100, path.clone()),
+            snap(0x22, 100, path.clone()),
+            snap(0x33, 200, pvc),
+        ];
         let root = build(&snaps, &TimeZone::UTC);
         assert_eq!(names(&root, &[]), ["ids", "snapshots", "sources"]);
         assert_eq!(
             names(&root, &["snapshots"]),
-            ["1970-01-01T00:01:40_11111111", "1970-01-01T00:01:40_22222222", "1970-01-01T00:03:20_33333333"]
+            [
+                "1970-01-01T00:01:40_11111111",
+                "1970-01-01T00:01:40_22222222",
+                "1970-01-01T00:03:20_33333333"
+            ]
         );
         assert_eq!(names(&root, &["sources"]), ["_var_lib_x", "prod"]);
         assert_eq!(
             names(&root, &["sources", "_var_lib_x"]),
-            ["1970-01-01T00:01:40", "1970-01-01T00:01:40_22222222", "latest"],
+            [
+                "1970-01-01T00:01:40",
+                "1970-01-01T00:01:40_22222222",
+                "latest"
+            ],
             "the later snapshot in the same second gets its id appended"
         );
-        let latest = root.resolve(&[b"sources".to_vec(), b"_var_lib_x".to_vec(), b"latest".to_vec()]);
+        let latest = root.resolve(&[
+            b"sources".to_vec(),
+            b"_var_lib_x".to_vec(),
+            b"latest".to_vec(),
+        ]);
         assert!(matches!(latest, Some(VNode::Link(t)) if t == b"1970-01-01T00:01:40_22222222"));
-        assert_eq!(names(&root, &["sources", "prod", "db"]), ["1970-01-01T00:03:20", "latest"]);
+        assert_eq!(
+            names(&root, &["sources", "prod", "db"]),
+            ["1970-01-01T00:03:20", "latest"]
+        );
         let id = root.resolve(&[b"ids".to_vec(), b"33333333".to_vec()]);
-        assert!(matches!(id, Some(VNode::Link(t)) if t == b"../snapshots/1970-01-01T00:03:20_33333333"));
-        let VNode::Dir(sources) = &root.entries[&b"sources".to_vec()] else { panic!() };
+        assert!(
+            matches!(id, Some(VNode::Link(t)) if t == b"../snapshots/1970-01-01T00:03:20_33333333")
+        );
+        let VNode::Dir(sources) = &root.entries[&b"sources".to_vec()] else {
+            panic!()
+        };
         assert_eq!(sources.mtime_ns, 200_000_000_000);
     }
 }

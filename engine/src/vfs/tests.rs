@@ -28,10 +28,22 @@ fn linear(extents: &[Extent], offset: u64) -> Option<usize> {
 #[test]
 fn extent_search_finds_chunks_holes_and_skips_empty_extents() {
     let extents = vec![
-        Extent { chunk: chunk(1), len: 10 },
-        Extent { chunk: None, len: 5 },
-        Extent { chunk: chunk(2), len: 0 },
-        Extent { chunk: chunk(3), len: 7 },
+        Extent {
+            chunk: chunk(1),
+            len: 10,
+        },
+        Extent {
+            chunk: None,
+            len: 5,
+        },
+        Extent {
+            chunk: chunk(2),
+            len: 0,
+        },
+        Extent {
+            chunk: chunk(3),
+            len: 7,
+        },
     ];
     let map = FileMap::new(extents.clone());
     assert_eq!(map.extent_at(0), Some(0));
@@ -68,7 +80,10 @@ fn repo() -> IndexedRepository {
         },
         ..InitOptions::default()
     };
-    Repository::init(Arc::new(MemoryBackend::new()), opts).unwrap().load_index().unwrap()
+    Repository::init(Arc::new(MemoryBackend::new()), opts)
+        .unwrap()
+        .load_index()
+        .unwrap()
 }
 
 fn backup(repo: &mut IndexedRepository, dir: &Path, secs: i64) -> Snapshot {
@@ -89,7 +104,11 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
             x ^= x >> 7;
             x ^= x << 17;
             // Half random, half compressible.
-            if (i / 3000) % 2 == 0 { x as u8 } else { b'a' + (i % 7) as u8 }
+            if (i / 3000) % 2 == 0 {
+                x as u8
+            } else {
+                b'a' + (i % 7) as u8
+            }
         })
         .collect()
 }
@@ -158,21 +177,42 @@ fn a_snapshot_reads_back_at_any_offset_with_its_metadata() {
     let snap = backup(&mut r, src.path(), 1_000_000);
     let vfs = Vfs::new(r, opts()).unwrap();
 
-    assert_eq!(names(&vfs, ROOT), [".", "..", "ids", "snapshots", "sources"]);
+    assert_eq!(
+        names(&vfs, ROOT),
+        [".", "..", "ids", "snapshots", "sources"]
+    );
     let dir_name = format!("1970-01-12T13:46:40_{}", snap.id.short());
-    assert_eq!(names(&vfs, walk(&vfs, "snapshots").unwrap().ino), [".", "..", dir_name.as_str()]);
+    assert_eq!(
+        names(&vfs, walk(&vfs, "snapshots").unwrap().ino),
+        [".", "..", dir_name.as_str()]
+    );
     let root = walk(&vfs, &format!("snapshots/{dir_name}")).unwrap();
-    assert_eq!(names(&vfs, root.ino), [".", "..", "a-link", "big", "sparse", "sub", "sym"]);
+    assert_eq!(
+        names(&vfs, root.ino),
+        [".", "..", "a-link", "big", "sparse", "sub", "sym"]
+    );
 
     let big_attr = vfs.lookup(root.ino, b"big").unwrap();
     let meta = std::fs::metadata(src.path().join("big")).unwrap();
-    assert_eq!((big_attr.kind, big_attr.size, big_attr.perm), (FileKind::File, big.len() as u64, meta.mode() & 0o7777));
-    assert_eq!(big_attr.mtime_ns, meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
-    assert_eq!(read_all(&vfs, big_attr.ino, big_attr.size, 65536), big, "sequential reads");
+    assert_eq!(
+        (big_attr.kind, big_attr.size, big_attr.perm),
+        (FileKind::File, big.len() as u64, meta.mode() & 0o7777)
+    );
+    assert_eq!(
+        big_attr.mtime_ns,
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    );
+    assert_eq!(
+        read_all(&vfs, big_attr.ino, big_attr.size, 65536),
+        big,
+        "sequential reads"
+    );
     // Random reads, across chunk boundaries and past the end.
     let mut x = 7u64;
     for _ in 0..200 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let off = (x >> 33) % (big.len() as u64 + 100);
         let len = ((x >> 13) % 40_000) as u32;
         let got = vfs.read(big_attr.ino, off, len).unwrap();
@@ -184,7 +224,11 @@ fn a_snapshot_reads_back_at_any_offset_with_its_metadata() {
     let sparse_attr = vfs.lookup(root.ino, b"sparse").unwrap();
     let mut want = vec![0u8; 200_000];
     want[150_000..155_000].copy_from_slice(&big[..5000]);
-    assert_eq!(read_all(&vfs, sparse_attr.ino, 200_000, 30_000), want, "holes read as zeros");
+    assert_eq!(
+        read_all(&vfs, sparse_attr.ino, 200_000, 30_000),
+        want,
+        "holes read as zeros"
+    );
 
     let link = vfs.lookup(root.ino, b"a-link").unwrap();
     let sub = vfs.lookup(root.ino, b"sub").unwrap();
@@ -197,7 +241,10 @@ fn a_snapshot_reads_back_at_any_offset_with_its_metadata() {
     assert_eq!((sym.kind, sym.size), (FileKind::Symlink, 5));
     assert_eq!(vfs.readlink(sym.ino).unwrap(), b"sub/a");
     assert!(matches!(vfs.readlink(a.ino), Err(VfsError::NotSymlink(_))));
-    assert!(matches!(vfs.lookup(root.ino, b"nope"), Err(VfsError::NotFound)));
+    assert!(matches!(
+        vfs.lookup(root.ino, b"nope"),
+        Err(VfsError::NotFound)
+    ));
     assert!(matches!(vfs.lookup(a.ino, b"x"), Err(VfsError::NotDir(_))));
     assert!(matches!(vfs.read(sub.ino, 0, 1), Err(VfsError::IsDir(_))));
 
@@ -205,7 +252,10 @@ fn a_snapshot_reads_back_at_any_offset_with_its_metadata() {
         assert_eq!(vfs.listxattr(big_attr.ino).unwrap(), b"user.note\0");
         assert_eq!(vfs.getxattr(big_attr.ino, b"user.note").unwrap(), b"v1");
     }
-    assert!(matches!(vfs.getxattr(a.ino, b"user.none"), Err(VfsError::NoXattr)));
+    assert!(matches!(
+        vfs.getxattr(a.ino, b"user.none"),
+        Err(VfsError::NoXattr)
+    ));
 }
 
 #[test]
@@ -217,13 +267,20 @@ fn sources_and_ids_lead_to_the_snapshots_and_new_snapshots_appear() {
     let mut writer = r.repository().clone().load_index().unwrap();
     let vfs = Vfs::new(r, opts()).unwrap();
 
-    let source = layout::path_source_name(&std::fs::canonicalize(src.path()).unwrap().to_string_lossy());
+    let source =
+        layout::path_source_name(&std::fs::canonicalize(src.path()).unwrap().to_string_lossy());
     let timeline = walk(&vfs, &format!("sources/{source}")).unwrap();
-    assert_eq!(names(&vfs, timeline.ino), [".", "..", "1970-01-01T00:01:40", "latest"]);
+    assert_eq!(
+        names(&vfs, timeline.ino),
+        [".", "..", "1970-01-01T00:01:40", "latest"]
+    );
     let latest = vfs.lookup(timeline.ino, b"latest").unwrap();
     assert_eq!(vfs.readlink(latest.ino).unwrap(), b"1970-01-01T00:01:40");
     let id = walk(&vfs, &format!("ids/{}", first.id.short())).unwrap();
-    assert_eq!(vfs.readlink(id.ino).unwrap(), format!("../snapshots/1970-01-01T00:01:40_{}", first.id.short()).into_bytes());
+    assert_eq!(
+        vfs.readlink(id.ino).unwrap(),
+        format!("../snapshots/1970-01-01T00:01:40_{}", first.id.short()).into_bytes()
+    );
     let f = walk(&vfs, &format!("sources/{source}/1970-01-01T00:01:40/f")).unwrap();
     assert_eq!(&vfs.read(f.ino, 0, 10).unwrap()[..], b"one");
 
@@ -232,14 +289,30 @@ fn sources_and_ids_lead_to_the_snapshots_and_new_snapshots_appear() {
     let second = backup(&mut writer, src.path(), 100);
     assert_eq!(
         names(&vfs, timeline.ino),
-        [".", "..", "1970-01-01T00:01:40", &format!("1970-01-01T00:01:40_{}", second.id.short()), "latest"],
+        [
+            ".",
+            "..",
+            "1970-01-01T00:01:40",
+            &format!("1970-01-01T00:01:40_{}", second.id.short()),
+            "latest"
+        ],
         "the second snapshot in the same second is told apart by its id"
     );
-    assert_eq!(vfs.readlink(latest.ino).unwrap(), format!("1970-01-01T00:01:40_{}", second.id.short()).into_bytes());
+    assert_eq!(
+        vfs.readlink(latest.ino).unwrap(),
+        format!("1970-01-01T00:01:40_{}", second.id.short()).into_bytes()
+    );
     let f2 = walk(&vfs, &format!("sources/{source}/latest/f"));
     // `latest` is a symlink: lookups do not follow it.
     assert!(matches!(f2, Err(VfsError::NotDir(_))));
-    let f2 = walk(&vfs, &format!("sources/{source}/1970-01-01T00:01:40_{}/f", second.id.short())).unwrap();
+    let f2 = walk(
+        &vfs,
+        &format!(
+            "sources/{source}/1970-01-01T00:01:40_{}/f",
+            second.id.short()
+        ),
+    )
+    .unwrap();
     assert_eq!(&vfs.read(f2.ino, 0, 100).unwrap()[..], b"two, longer");
     assert_eq!(vfs.snapshot_count(), 2);
 }
