@@ -7,7 +7,6 @@
 
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -125,9 +124,7 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf> {
         Err(e) => bail!("{p}: cannot use as a mountpoint: {e}"),
     }
     let abs = std::fs::canonicalize(path).with_context(|| format!("{p}: cannot resolve"))?;
-    let mountinfo =
-        std::fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    if mount_points(&mountinfo).any(|m| m == abs.as_os_str().as_bytes()) {
+    if pvsnap_fuse::is_mount_point(&abs).context("cannot read /proc/self/mountinfo")? {
         bail!(
             "{p}: already a mount point (busy); unmount it first (`fusermount3 -u {p}` or `umount {p}`)"
         );
@@ -140,36 +137,6 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf> {
         bail!("{p}: not empty; mount on an empty folder");
     }
     Ok(abs)
-}
-
-/// The mount points listed in `/proc/self/mountinfo` (5th field, octal escapes undone).
-fn mount_points(mountinfo: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
-    mountinfo
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| {
-            let mut out = Vec::with_capacity(field.len());
-            let mut i = 0;
-            while i < field.len() {
-                let octal = field
-                    .get(i + 1..i + 4)
-                    .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-                match octal {
-                    Some(d) => {
-                        out.push(
-                            d.iter()
-                                .fold(0u8, |acc, c| acc.wrapping_mul(8) + (c - b'0')),
-                        );
-                        i += 4;
-                    }
-                    None => {
-                        out.push(field[i]);
-                        i += 1;
-                    }
-                }
-            }
-            out
-        })
 }
 
 /// SIGINT, SIGTERM and SIGHUP, blocked in every thread and taken by one waiter.
@@ -287,17 +254,5 @@ mod daemon {
             std::io::Write::write_all(&mut &f, b"1").context("cannot tell the parent process")?;
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_points_are_unescaped() {
-        let info = b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n36 22 0:31 / /mnt/with\\040space rw - fuse pvsnap rw\n";
-        let points: Vec<Vec<u8>> = mount_points(info).collect();
-        assert_eq!(points, [b"/".to_vec(), b"/mnt/with space".to_vec()]);
     }
 }
