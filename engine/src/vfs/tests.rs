@@ -86,9 +86,10 @@ fn repo() -> IndexedRepository {
         .unwrap()
 }
 
-fn backup(repo: &mut IndexedRepository, dir: &Path, secs: i64) -> Snapshot {
+/// A snapshot of `dir` recorded at `millis` after the epoch.
+fn backup(repo: &mut IndexedRepository, dir: &Path, millis: i64) -> Snapshot {
     let opts = BackupOptions {
-        time: Some(jiff::Timestamp::from_second(secs).unwrap()),
+        time: Some(jiff::Timestamp::from_millisecond(millis).unwrap()),
         ..BackupOptions::default()
     };
     let out = archiver::backup(repo, dir, &opts, &Progress::default()).unwrap();
@@ -174,7 +175,7 @@ fn a_snapshot_reads_back_at_any_offset_with_its_metadata() {
     let xattrs = xattr::set(src.path().join("big"), "user.note", b"v1").is_ok();
 
     let mut r = repo();
-    let snap = backup(&mut r, src.path(), 1_000_000);
+    let snap = backup(&mut r, src.path(), 1_000_000_000);
     let vfs = Vfs::new(r, opts()).unwrap();
 
     assert_eq!(
@@ -263,7 +264,7 @@ fn sources_and_ids_lead_to_the_snapshots_and_new_snapshots_appear() {
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("f"), b"one").unwrap();
     let mut r = repo();
-    let first = backup(&mut r, src.path(), 100);
+    let first = backup(&mut r, src.path(), 100_100);
     let mut writer = r.repository().clone().load_index().unwrap();
     let vfs = Vfs::new(r, opts()).unwrap();
 
@@ -286,7 +287,8 @@ fn sources_and_ids_lead_to_the_snapshots_and_new_snapshots_appear() {
 
     // A snapshot taken while mounted, with content the old index does not know.
     std::fs::write(src.path().join("f"), b"two, longer").unwrap();
-    let second = backup(&mut writer, src.path(), 100);
+    // Same second, later: told apart by its id.
+    let second = backup(&mut writer, src.path(), 100_900);
     assert_eq!(
         names(&vfs, timeline.ino),
         [
@@ -322,7 +324,7 @@ fn one_snapshot_at_the_root() {
     let src = tempfile::tempdir().unwrap();
     std::fs::write(src.path().join("f"), b"x").unwrap();
     let mut r = repo();
-    let snap = backup(&mut r, src.path(), 100);
+    let snap = backup(&mut r, src.path(), 100_000);
     let vfs = Vfs::new(
         r,
         VfsOptions {
