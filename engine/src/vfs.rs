@@ -29,7 +29,7 @@
 //! holes. Chunks come from a byte-bounded LRU cache ([`VfsOptions::cache_bytes`])
 //! that loads each chunk once however many readers want it. When a file is read
 //! sequentially, the chunks of the next [`VfsOptions::readahead_bytes`] are
-//! loaded ahead on rayon's thread pool.
+//! loaded ahead on [`VfsOptions::readahead_threads`] threads of their own.
 //!
 //! Every method takes `&self` and is safe to call from many threads at once.
 
@@ -49,7 +49,7 @@ use crate::id::{ChunkId, SnapshotId, TreeId};
 use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Extent, Node, NodeKind, Tree};
-use cache::{ChunkCache, Lru};
+use cache::{ChunkCache, Loader, Lru};
 use layout::{VDir, VNode};
 
 /// The inode number of the root folder.
@@ -67,6 +67,8 @@ pub struct VfsOptions {
     pub cache_bytes: usize,
     /// How far ahead of a sequential reader chunks are loaded, in bytes.
     pub readahead_bytes: u64,
+    /// Threads loading chunks ahead of readers.
+    pub readahead_threads: usize,
     /// Bound of the tree cache, in (estimated) bytes.
     pub tree_cache_bytes: usize,
     /// How often, at most, the snapshot list is checked for changes.
@@ -84,6 +86,7 @@ impl Default for VfsOptions {
             snapshot: None,
             cache_bytes: 64 << 20,
             readahead_bytes: 8 << 20,
+            readahead_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tree_cache_bytes: 32 << 20,
             refresh_every: Duration::from_secs(3),
             // SAFETY: geteuid and getegid have no preconditions.
@@ -290,7 +293,7 @@ pub struct Vfs {
     table: RwLock<Table>,
     trees: Mutex<Lru<TreeId, Arc<Tree>>>,
     chunks: Arc<ChunkCache>,
-    prefetches: Arc<AtomicUsize>,
+    loader: Loader,
     checked: Mutex<Instant>,
     started_ns: i64,
 }
@@ -345,7 +348,7 @@ impl Vfs {
             }),
             trees: Mutex::new(Lru::new(opts.tree_cache_bytes)),
             chunks: Arc::new(ChunkCache::new(opts.cache_bytes)),
-            prefetches: Arc::new(AtomicUsize::new(0)),
+            loader: Loader::new(opts.readahead_threads),
             checked: Mutex::new(Instant::now()),
             started_ns,
             opts,
@@ -865,9 +868,7 @@ impl Vfs {
         }
         let mut ahead = 0u64;
         for (e, _) in file.extents.iter().zip(&file.starts).skip(last + 1) {
-            if ahead >= self.opts.readahead_bytes
-                || self.prefetches.load(Ordering::Relaxed) >= MAX_PREFETCHES
-            {
+            if ahead >= self.opts.readahead_bytes || self.loader.pending() >= MAX_PREFETCHES {
                 break;
             }
             ahead += e.len;
@@ -875,18 +876,11 @@ impl Vfs {
             let Some(claim) = self.chunks.claim(&id, e.len as usize) else {
                 continue;
             };
-            self.prefetches.fetch_add(1, Ordering::Relaxed);
-            let (cache, repo, counter, len) = (
-                self.chunks.clone(),
-                repo.clone(),
-                self.prefetches.clone(),
-                e.len,
-            );
-            rayon::spawn(move || {
+            let (cache, repo, len) = (self.chunks.clone(), repo.clone(), e.len);
+            self.loader.spawn(move || {
                 if let Err(e) = cache.fill_claim(claim, &|| load_chunk(&repo, &id, len)) {
                     tracing::debug!("read-ahead of chunk {} failed: {e}", id.short());
                 }
-                counter.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }

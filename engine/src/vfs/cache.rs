@@ -4,11 +4,12 @@
 //! A chunk is loaded once even when a reader and a read-ahead task want it at
 //! the same time: the first asker inserts a *loading* slot and reads; everybody
 //! else waits on that slot. A failed load removes the slot, so the next reader
-//! tries again and sees the error itself.
+//! tries again and sees the error itself. Read-ahead jobs run on a [`Loader`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use crate::error::Result;
 use crate::id::ChunkId;
@@ -226,6 +227,61 @@ impl ChunkCache {
     }
 }
 
+/// Threads that run read-ahead jobs. Idle threads block on a channel; rayon's
+/// workers would spin a while first, which a busy machine pays for on every
+/// chunk. The threads end when the loader is dropped.
+pub(crate) struct Loader {
+    tx: mpsc::Sender<Job>,
+    pending: Arc<AtomicUsize>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl Loader {
+    pub(crate) fn new(threads: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pvsnap-readahead-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().expect("read-ahead queue").recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start a read-ahead thread: {e}");
+            }
+        }
+        Loader {
+            tx,
+            pending: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Jobs queued or running.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        let pending = self.pending.clone();
+        pending.fetch_add(1, Ordering::Relaxed);
+        let job = Box::new(move || {
+            job();
+            pending.fetch_sub(1, Ordering::Relaxed);
+        });
+        if self.tx.send(job).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A chunk claimed for loading by [`ChunkCache::claim`].
 pub(crate) struct Claim {
     id: ChunkId,
@@ -237,7 +293,6 @@ mod tests {
     use super::*;
     use crate::error::Error;
     use crate::id::Id;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn lru_evicts_least_recently_used_by_weight() {
