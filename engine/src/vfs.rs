@@ -116,6 +116,8 @@ pub enum VfsError {
     NotFile(u64),
     #[error("no such extended attribute")]
     NoXattr,
+    #[error("no data or hole at or after the offset")]
+    PastEnd,
     #[error(transparent)]
     Repo(#[from] Error),
 }
@@ -129,6 +131,7 @@ impl VfsError {
             VfsError::IsDir(_) => libc::EISDIR,
             VfsError::NotSymlink(_) | VfsError::NotFile(_) => libc::EINVAL,
             VfsError::NoXattr => libc::ENODATA,
+            VfsError::PastEnd => libc::ENXIO,
             VfsError::Repo(_) => libc::EIO,
         }
     }
@@ -234,6 +237,32 @@ impl FileMap {
             return None;
         }
         Some(self.starts.partition_point(|&s| s <= offset) - 1)
+    }
+
+    /// Where the first data (`data`) or hole (`!data`) at or after `offset`
+    /// begins, in a file of `size` bytes; the end of the file counts as a hole.
+    /// `None` when there is no such place before `size`.
+    pub fn seek(&self, offset: u64, data: bool, size: u64) -> Option<u64> {
+        if offset >= size {
+            return None;
+        }
+        let found = match self.extent_at(offset) {
+            Some(first) => (first..self.extents.len())
+                .find(|&i| self.extents[i].len > 0 && self.extents[i].chunk.is_some() == data)
+                .map(|i| self.starts[i].max(offset)),
+            None => None,
+        };
+        // Past the extents the file reads as zeros: a hole up to its end.
+        let found = match found {
+            Some(at) => Some(at),
+            None if data => None,
+            None => Some(self.content_len.max(offset)),
+        };
+        match found {
+            Some(at) if at < size => Some(at),
+            _ if data => None,
+            _ => Some(size),
+        }
     }
 
     /// Bytes of stored (non-hole) content.
@@ -774,6 +803,19 @@ impl Vfs {
                 .map(|x| x.value.clone())
                 .ok_or(VfsError::NoXattr),
             What::Layout(_) => Err(VfsError::NoXattr),
+        }
+    }
+
+    /// `lseek(SEEK_DATA)` (`data`) or `lseek(SEEK_HOLE)` on file `ino`.
+    pub fn seek(&self, ino: u64, offset: u64, data: bool) -> VfsResult<u64> {
+        let inode = self.inode(ino)?;
+        match &inode.what {
+            What::Node {
+                node,
+                file: Some(file),
+                ..
+            } => file.seek(offset, data, node.size).ok_or(VfsError::PastEnd),
+            _ => Err(VfsError::NotFile(ino)),
         }
     }
 

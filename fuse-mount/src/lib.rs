@@ -9,6 +9,11 @@
 //! multithreaded fuser session (one `/dev/fuse` clone per thread), so a slow
 //! read does not hold up a `stat`.
 //!
+//! Files are opened for direct I/O where the kernel allows mmap of such files
+//! (Linux 6.6+): reads bypass the kernel's page cache and the vfs's own chunk
+//! cache and read-ahead serve them, which halves the CPU a sequential read
+//! costs. Elsewhere the page cache is used, with a widened read-ahead window.
+//!
 //! Mounting needs no libfuse: as root this crate calls mount(2) itself; other
 //! users need the setuid `fusermount3`.
 
@@ -23,10 +28,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session,
-    SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use pvsnap_engine::vfs::{Attr, FileKind, Vfs, VfsError};
 
@@ -105,7 +110,10 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> io::Resul
     config.acl = acl;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let fs = PvsnapFs { vfs };
+    let fs = PvsnapFs {
+        vfs,
+        direct_io: false,
+    };
     // SAFETY: geteuid has no preconditions.
     let (session, fusermount) = if unsafe { libc::geteuid() } == 0 {
         let fd = mount_fuse(&mountpoint, opts)?;
@@ -309,6 +317,8 @@ impl Mount {
 /// The fuser filesystem: a thin translation of [`Vfs`].
 struct PvsnapFs {
     vfs: Arc<Vfs>,
+    /// Whether files are opened for direct I/O; see [`Filesystem::init`] below.
+    direct_io: bool,
 }
 
 fn errno(e: &VfsError) -> Errno {
@@ -386,6 +396,15 @@ impl Filesystem for PvsnapFs {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
+        // Direct I/O hands each read() to us and copies our reply straight
+        // into the reader's buffer: one copy fewer than going through the page
+        // cache, and no kernel read-ahead to wait on (the vfs reads ahead).
+        // A sequential read then costs about half the CPU. It is used only
+        // where the kernel still allows mmap of such files (Linux 6.6+), so
+        // that programs can still be run and mapped from the mount.
+        self.direct_io = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
         Ok(())
     }
 
@@ -415,7 +434,11 @@ impl Filesystem for PvsnapFs {
             return reply.error(Errno::EROFS);
         }
         match self.vfs.getattr(ino.0) {
-            // Content never changes: the page cache may outlive this open.
+            // Content never changes: cached pages may outlive this open.
+            Ok(a) if a.stable && self.direct_io => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Ok(a) if a.stable => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -437,6 +460,43 @@ impl Filesystem for PvsnapFs {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.vfs.seek(ino.0, offset, data) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn flush(

@@ -231,6 +231,29 @@ fn a_snapshot_copied_out_of_the_mount_equals_the_original() {
     );
     assert_eq!((x.ino(), x.nlink()), (y.ino(), 2));
     assert_ne!(x.ino(), fs::metadata(snap.join("text")).unwrap().ino());
+    // Holes are where the original has them (SEEK_DATA / SEEK_HOLE).
+    let (orig, mounted) = (
+        fs::File::open(src.join("sparse")).unwrap(),
+        fs::File::open(snap.join("sparse")).unwrap(),
+    );
+    let seek = |f: &fs::File, off: i64, whence: i32| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: lseek on an open descriptor has no memory-safety preconditions.
+        unsafe { libc::lseek(f.as_raw_fd(), off, whence) }
+    };
+    for (off, whence) in [
+        (0, libc::SEEK_DATA),
+        (0, libc::SEEK_HOLE),
+        (5 << 20, libc::SEEK_HOLE),
+        ((5 << 20) + 3, libc::SEEK_DATA),
+        (7 << 20, libc::SEEK_DATA),
+    ] {
+        assert_eq!(
+            seek(&mounted, off, whence),
+            seek(&orig, off, whence),
+            "lseek({off}, {whence})"
+        );
+    }
 }
 
 #[test]
@@ -288,6 +311,30 @@ fn random_reads_of_a_large_file_match_the_original() {
         fs::read(m.path("big")).unwrap() == data,
         "a sequential read of the whole file"
     );
+    // Mapped, as a program run from the mount would be.
+    use std::os::fd::AsRawFd;
+    // SAFETY: a private read-only mapping of an open file, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            data.len(),
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the mapping is data.len() readable bytes.
+    let mapped = unsafe { std::slice::from_raw_parts(p as *const u8, data.len()) };
+    assert!(mapped == &data[..], "the mapped file");
+    // SAFETY: p is the mapping made above.
+    unsafe { libc::munmap(p, data.len()) };
 }
 
 /// The folder name of a path source, as the documentation describes it.

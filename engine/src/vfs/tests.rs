@@ -57,6 +57,46 @@ fn extent_search_finds_chunks_holes_and_skips_empty_extents() {
     assert_eq!(FileMap::new(vec![]).extent_at(0), None);
 }
 
+#[test]
+fn seek_finds_data_and_holes() {
+    // data 0..10, hole 10..15, data 15..22, then zeros past the content up to 30.
+    let map = FileMap::new(vec![
+        Extent {
+            chunk: chunk(1),
+            len: 10,
+        },
+        Extent {
+            chunk: None,
+            len: 5,
+        },
+        Extent {
+            chunk: chunk(2),
+            len: 0,
+        },
+        Extent {
+            chunk: chunk(3),
+            len: 7,
+        },
+    ]);
+    let data = |off| map.seek(off, true, 30);
+    let hole = |off| map.seek(off, false, 30);
+    assert_eq!(
+        (data(0), data(9), data(10), data(14), data(21), data(22)),
+        (Some(0), Some(9), Some(15), Some(15), Some(21), None)
+    );
+    assert_eq!(
+        (hole(0), hole(12), hole(15), hole(22), hole(29), hole(30)),
+        (Some(10), Some(12), Some(22), Some(22), Some(29), None)
+    );
+    // Content longer than the recorded size is cut at the size.
+    assert_eq!(map.seek(15, true, 12), None);
+    assert_eq!(
+        map.seek(0, false, 8),
+        Some(8),
+        "the end of the file is a hole"
+    );
+}
+
 proptest! {
     #[test]
     fn extent_search_agrees_with_a_linear_scan(lens in proptest::collection::vec((0u64..20, any::<bool>()), 0..30)) {
