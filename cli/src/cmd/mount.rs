@@ -18,7 +18,20 @@ use pvsnap_fuse::{MountOptions, Unmounted};
 
 use crate::Cli;
 
+/// The layout, for `pvsnap mount --help`.
+const LAYOUT: &str = "\
+Layout of the mount (times in the local time zone):
+  snapshots/<YYYY-MM-DDTHH:MM:SS>_<id>/   every snapshot
+  sources/<source>/<YYYY-MM-DDTHH:MM:SS>/ one timeline per source, and
+  sources/<source>/latest                 a symlink to its newest snapshot
+  ids/<id>                                a symlink to ../snapshots/<time>_<id>
+A path source is named by its path with `/` as `_` (and `_`, `%` as `%5F`,
+`%25`): /var/lib/my_app is `_var_lib_my%5Fapp`. A PVC is `<namespace>/<pvc>`.
+A second snapshot of a source in the same second gets `_<id>` appended.
+With --snapshot, the root is that snapshot's tree.";
+
 #[derive(clap::Args)]
+#[command(after_long_help = LAYOUT)]
 pub struct Args {
     /// Empty folder to mount on
     pub mountpoint: PathBuf,
