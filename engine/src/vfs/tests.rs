@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::archiver::{self, BackupOptions, Progress};
 use crate::backend::memory::MemoryBackend;
-use crate::id::Id;
+use crate::id::{ChunkId, Id};
 use crate::repo::{ChunkerParams, InitOptions, Repository};
 
 fn chunk(n: u8) -> Option<ChunkId> {
