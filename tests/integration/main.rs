@@ -5,4 +5,5 @@ mod util;
 
 mod fixture;
 mod maintenance;
+mod mount;
 mod snapshot_restore;
