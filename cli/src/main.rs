@@ -74,6 +74,8 @@ pub enum Command {
     Key(cmd::key::KeyCommand),
     #[command(flatten)]
     Maintenance(cmd::maintenance::Command),
+    /// Show the snapshots as a read-only filesystem
+    Mount(cmd::mount::Args),
 }
 
 fn main() -> ExitCode {
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
         Command::Unlock(a) => cmd::init::unlock(&cli, a),
         Command::Key(c) => cmd::key::run(&cli, c),
         Command::Maintenance(c) => cmd::maintenance::run(&cli, c),
+        Command::Mount(a) => cmd::mount::run(&cli, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -565,7 +565,7 @@ impl Archiver<'_> {
                 && *m == mtime
             {
                 counter.fetch_add(1, Ordering::Relaxed);
-                let node = fsmeta::node_from_meta(
+                let mut node = fsmeta::node_from_meta(
                     name,
                     meta,
                     NodeKind::File {
@@ -574,6 +574,8 @@ impl Archiver<'_> {
                     &self.names,
                     xattrs,
                 );
+                // The size of what was read, not of what the inode is now.
+                node.size = content.iter().map(|e| e.len).sum();
                 return done(node);
             }
         }

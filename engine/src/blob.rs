@@ -138,14 +138,14 @@ pub fn decode(
         detail,
     };
     let payload = crypto
-        .open(&blob_aad(e.kind, &e.id), stored, &|| {
+        .open_borrowed(&blob_aad(e.kind, &e.id), stored, &|| {
             format!("blob {} in pack {}", e.id, pack)
         })
         .map_err(|_| corrupt("authentication failed".into()))?;
     let raw = if e.flags & BLOB_FLAG_ZSTD != 0 {
         decompress(&payload, e.raw_len as usize).map_err(|err| corrupt(format!("zstd: {err}")))?
     } else {
-        payload
+        payload.into_owned()
     };
     if raw.len() != e.raw_len as usize {
         return Err(corrupt(format!(

@@ -88,9 +88,20 @@ impl Crypto {
         sealed: &[u8],
         what: &dyn Fn() -> String,
     ) -> Result<Vec<u8>, CryptoError> {
+        Ok(self.open_borrowed(aad, sealed, what)?.into_owned())
+    }
+
+    /// Like [`Crypto::open`], without copying when there is no key.
+    pub fn open_borrowed<'a>(
+        &self,
+        aad: &[u8],
+        sealed: &'a [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, CryptoError> {
         match self {
-            Crypto::None => Ok(sealed.to_vec()),
+            Crypto::None => Ok(std::borrow::Cow::Borrowed(sealed)),
             Crypto::Keyed(k) => open_with(&k.cipher, aad, sealed)
+                .map(std::borrow::Cow::Owned)
                 .ok_or_else(|| CryptoError::Authentication { what: what() }),
         }
     }

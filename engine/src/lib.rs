@@ -54,6 +54,7 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod tree;
+pub mod vfs;
 pub mod walk;
 
 #[cfg(test)]

@@ -503,6 +503,17 @@ impl IndexedRepository {
             id: id.to_hex(),
             kind: kind.name(),
         })?;
+        if loc.entry.kind != kind {
+            return Err(Error::CorruptBlob {
+                id: id.to_hex(),
+                pack: loc.pack.to_hex(),
+                detail: format!(
+                    "the index lists a {} blob where a {} blob was expected",
+                    loc.entry.kind.name(),
+                    kind.name()
+                ),
+            });
+        }
         let key = ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex());
         let missing = |e: BackendError| match e {
             BackendError::NotFound { .. } => Error::CorruptBlob {

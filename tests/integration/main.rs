@@ -7,4 +7,5 @@ mod deploy;
 mod fixture;
 mod k8s;
 mod maintenance;
+mod mount;
 mod snapshot_restore;

@@ -4,6 +4,7 @@ pub mod init;
 pub mod inspect;
 pub mod key;
 pub mod maintenance;
+pub mod mount;
 pub mod restore;
 pub mod restore_pvc;
 pub mod snapshot;

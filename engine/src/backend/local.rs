@@ -6,7 +6,7 @@
 //! is fsynced. A crash leaves at most a `.tmp-*` file, which `list` ignores.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use super::{Backend, ObjectKey, check_range};
@@ -132,13 +132,36 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        let mut f = File::open(self.path(key)).map_err(|e| not_found_or(key, "open", e))?;
-        let size = f.metadata().map_err(|e| io(&key.path(), "stat", e))?.len();
-        check_range(key, offset, len, size)?;
-        let mut buf = vec![0u8; len as usize];
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| io(&key.path(), "read", e))?;
+        let f = File::open(self.path(key)).map_err(|e| not_found_or(key, "open", e))?;
+        // Read without zero-filling the buffer or asking the size first; the
+        // size is looked up only to explain a short read.
+        let mut buf = Vec::with_capacity(len as usize);
+        let mut at = offset;
+        loop {
+            let spare = buf.spare_capacity_mut();
+            if spare.is_empty() {
+                break;
+            }
+            // SAFETY: read_at only writes into the spare capacity, and exactly
+            // `n` bytes are marked initialised after it returned `n`.
+            let n = unsafe {
+                let dst =
+                    std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len());
+                match std::os::unix::fs::FileExt::read_at(&f, dst, at) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io(&key.path(), "read", e)),
+                }
+            };
+            if n == 0 {
+                let size = f.metadata().map_err(|e| io(&key.path(), "stat", e))?.len();
+                check_range(key, offset, len, size)?;
+                return Err(io(&key.path(), "read", ErrorKind::UnexpectedEof.into()));
+            }
+            // SAFETY: see above.
+            unsafe { buf.set_len(buf.len() + n) };
+            at += n as u64;
+        }
         Ok(buf)
     }
 

@@ -1,0 +1,386 @@
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::archiver::{self, BackupOptions, Progress};
+use crate::backend::memory::MemoryBackend;
+use crate::id::{ChunkId, Id};
+use crate::repo::{ChunkerParams, InitOptions, Repository};
+
+fn chunk(n: u8) -> Option<ChunkId> {
+    Some(ChunkId(Id([n; 32])))
+}
+
+/// The extent holding `offset` by walking the list: what the binary search must agree with.
+fn linear(extents: &[Extent], offset: u64) -> Option<usize> {
+    let mut pos = 0;
+    for (i, e) in extents.iter().enumerate() {
+        if offset < pos + e.len {
+            return Some(i);
+        }
+        pos += e.len;
+    }
+    None
+}
+
+#[test]
+fn extent_search_finds_chunks_holes_and_skips_empty_extents() {
+    let extents = vec![
+        Extent {
+            chunk: chunk(1),
+            len: 10,
+        },
+        Extent {
+            chunk: None,
+            len: 5,
+        },
+        Extent {
+            chunk: chunk(2),
+            len: 0,
+        },
+        Extent {
+            chunk: chunk(3),
+            len: 7,
+        },
+    ];
+    let map = FileMap::new(extents.clone());
+    assert_eq!(map.extent_at(0), Some(0));
+    assert_eq!(map.extent_at(9), Some(0));
+    assert_eq!(map.extent_at(10), Some(1), "the hole");
+    assert_eq!(map.extent_at(14), Some(1));
+    assert_eq!(map.extent_at(15), Some(3), "the empty extent is skipped");
+    assert_eq!(map.extent_at(21), Some(3));
+    assert_eq!(map.extent_at(22), None, "past the content");
+    assert_eq!(map.stored_len(), 17);
+    assert_eq!(FileMap::new(vec![]).extent_at(0), None);
+}
+
+#[test]
+fn seek_finds_data_and_holes() {
+    // data 0..10, hole 10..15, data 15..22, then zeros past the content up to 30.
+    let map = FileMap::new(vec![
+        Extent {
+            chunk: chunk(1),
+            len: 10,
+        },
+        Extent {
+            chunk: None,
+            len: 5,
+        },
+        Extent {
+            chunk: chunk(2),
+            len: 0,
+        },
+        Extent {
+            chunk: chunk(3),
+            len: 7,
+        },
+    ]);
+    let data = |off| map.seek(off, true, 30);
+    let hole = |off| map.seek(off, false, 30);
+    assert_eq!(
+        (data(0), data(9), data(10), data(14), data(21), data(22)),
+        (Some(0), Some(9), Some(15), Some(15), Some(21), None)
+    );
+    assert_eq!(
+        (hole(0), hole(12), hole(15), hole(22), hole(29), hole(30)),
+        (Some(10), Some(12), Some(22), Some(22), Some(29), None)
+    );
+    // Content longer than the recorded size is cut at the size.
+    assert_eq!(map.seek(15, true, 12), None);
+    assert_eq!(
+        map.seek(0, false, 8),
+        Some(8),
+        "the end of the file is a hole"
+    );
+}
+
+proptest! {
+    #[test]
+    fn extent_search_agrees_with_a_linear_scan(lens in proptest::collection::vec((0u64..20, any::<bool>()), 0..30)) {
+        let extents: Vec<Extent> = lens.iter().map(|&(len, hole)| Extent { chunk: if hole { None } else { chunk(1) }, len }).collect();
+        let map = FileMap::new(extents.clone());
+        let total: u64 = lens.iter().map(|l| l.0).sum();
+        for off in 0..total + 3 {
+            prop_assert_eq!(map.extent_at(off), linear(&extents, off), "offset {}", off);
+        }
+    }
+}
+
+/// A repository in memory with small chunks, so that small files have many.
+fn repo() -> IndexedRepository {
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min: 1024,
+            avg: 4096,
+            max: 16384,
+            ..ChunkerParams::default()
+        },
+        ..InitOptions::default()
+    };
+    Repository::init(Arc::new(MemoryBackend::new()), opts)
+        .unwrap()
+        .load_index()
+        .unwrap()
+}
+
+/// A snapshot of `dir` recorded at `millis` after the epoch.
+fn backup(repo: &mut IndexedRepository, dir: &Path, millis: i64) -> Snapshot {
+    let opts = BackupOptions {
+        time: Some(jiff::Timestamp::from_millisecond(millis).unwrap()),
+        ..BackupOptions::default()
+    };
+    let out = archiver::backup(repo, dir, &opts, &Progress::default()).unwrap();
+    repo.index_mut().extend(&out.new_packs);
+    out.snapshot
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Half random, half compressible.
+            if (i / 3000) % 2 == 0 {
+                x as u8
+            } else {
+                b'a' + (i % 7) as u8
+            }
+        })
+        .collect()
+}
+
+fn opts() -> VfsOptions {
+    VfsOptions {
+        time_zone: TimeZone::UTC,
+        refresh_every: Duration::ZERO,
+        cache_bytes: 64 * 1024,
+        readahead_bytes: 32 * 1024,
+        ..VfsOptions::default()
+    }
+}
+
+fn names(vfs: &Vfs, ino: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    vfs.readdir(ino, 0, &mut |e| {
+        out.push(String::from_utf8_lossy(e.name).into_owned());
+        false
+    })
+    .unwrap();
+    out
+}
+
+/// Follows `path` from the root by lookups.
+fn walk(vfs: &Vfs, path: &str) -> VfsResult<Attr> {
+    let mut attr = vfs.getattr(ROOT)?;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        attr = vfs.lookup(attr.ino, part.as_bytes())?;
+    }
+    Ok(attr)
+}
+
+fn read_all(vfs: &Vfs, ino: u64, size: u64, step: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    loop {
+        let got = vfs.read(ino, off, step).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&got);
+        off += got.len() as u64;
+    }
+    assert_eq!(out.len() as u64, size);
+    out
+}
+
+#[test]
+fn a_snapshot_reads_back_at_any_offset_with_its_metadata() {
+    let src = tempfile::tempdir().unwrap();
+    let big = noise(300_000, 1);
+    std::fs::write(src.path().join("big"), &big).unwrap();
+    std::fs::create_dir(src.path().join("sub")).unwrap();
+    std::fs::write(src.path().join("sub/a"), b"hello").unwrap();
+    std::fs::hard_link(src.path().join("sub/a"), src.path().join("a-link")).unwrap();
+    std::os::unix::fs::symlink("sub/a", src.path().join("sym")).unwrap();
+    // A file with a hole in the middle (a hole where the filesystem supports them).
+    let sparse = std::fs::File::create(src.path().join("sparse")).unwrap();
+    sparse.set_len(200_000).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, &big[..5000], 150_000).unwrap();
+    drop(sparse);
+    let xattrs = xattr::set(src.path().join("big"), "user.note", b"v1").is_ok();
+
+    let mut r = repo();
+    let snap = backup(&mut r, src.path(), 1_000_000_000);
+    let vfs = Vfs::new(r, opts()).unwrap();
+
+    assert_eq!(
+        names(&vfs, ROOT),
+        [".", "..", "ids", "snapshots", "sources"]
+    );
+    let dir_name = format!("1970-01-12T13:46:40_{}", snap.id.short());
+    assert_eq!(
+        names(&vfs, walk(&vfs, "snapshots").unwrap().ino),
+        [".", "..", dir_name.as_str()]
+    );
+    let root = walk(&vfs, &format!("snapshots/{dir_name}")).unwrap();
+    assert_eq!(
+        names(&vfs, root.ino),
+        [".", "..", "a-link", "big", "sparse", "sub", "sym"]
+    );
+
+    let big_attr = vfs.lookup(root.ino, b"big").unwrap();
+    let meta = std::fs::metadata(src.path().join("big")).unwrap();
+    assert_eq!(
+        (big_attr.kind, big_attr.size, big_attr.perm),
+        (FileKind::File, big.len() as u64, meta.mode() & 0o7777)
+    );
+    assert_eq!(
+        big_attr.mtime_ns,
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    );
+    assert_eq!(
+        read_all(&vfs, big_attr.ino, big_attr.size, 65536),
+        big,
+        "sequential reads"
+    );
+    // Random reads, across chunk boundaries and past the end.
+    let mut x = 7u64;
+    for _ in 0..200 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 33) % (big.len() as u64 + 100);
+        let len = ((x >> 13) % 40_000) as u32;
+        let got = vfs.read(big_attr.ino, off, len).unwrap();
+        let from = (off as usize).min(big.len());
+        let to = (off as usize + len as usize).min(big.len());
+        assert_eq!(&got[..], &big[from..to], "read {len} at {off}");
+    }
+
+    let sparse_attr = vfs.lookup(root.ino, b"sparse").unwrap();
+    let mut want = vec![0u8; 200_000];
+    want[150_000..155_000].copy_from_slice(&big[..5000]);
+    assert_eq!(
+        read_all(&vfs, sparse_attr.ino, 200_000, 30_000),
+        want,
+        "holes read as zeros"
+    );
+
+    let link = vfs.lookup(root.ino, b"a-link").unwrap();
+    let sub = vfs.lookup(root.ino, b"sub").unwrap();
+    let a = vfs.lookup(sub.ino, b"a").unwrap();
+    assert_eq!(link.ino, a.ino, "hardlinks share an inode");
+    assert_eq!(a.nlink, 2);
+    assert_eq!(&vfs.read(a.ino, 0, 100).unwrap()[..], b"hello");
+
+    let sym = vfs.lookup(root.ino, b"sym").unwrap();
+    assert_eq!((sym.kind, sym.size), (FileKind::Symlink, 5));
+    assert_eq!(vfs.readlink(sym.ino).unwrap(), b"sub/a");
+    assert!(matches!(vfs.readlink(a.ino), Err(VfsError::NotSymlink(_))));
+    assert!(matches!(
+        vfs.lookup(root.ino, b"nope"),
+        Err(VfsError::NotFound)
+    ));
+    assert!(matches!(vfs.lookup(a.ino, b"x"), Err(VfsError::NotDir(_))));
+    assert!(matches!(vfs.read(sub.ino, 0, 1), Err(VfsError::IsDir(_))));
+
+    if xattrs {
+        assert_eq!(vfs.listxattr(big_attr.ino).unwrap(), b"user.note\0");
+        assert_eq!(vfs.getxattr(big_attr.ino, b"user.note").unwrap(), b"v1");
+    }
+    assert!(matches!(
+        vfs.getxattr(a.ino, b"user.none"),
+        Err(VfsError::NoXattr)
+    ));
+}
+
+#[test]
+fn sources_and_ids_lead_to_the_snapshots_and_new_snapshots_appear() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), b"one").unwrap();
+    let mut r = repo();
+    let first = backup(&mut r, src.path(), 100_100);
+    let mut writer = r.repository().clone().load_index().unwrap();
+    let vfs = Vfs::new(r, opts()).unwrap();
+
+    let source =
+        layout::path_source_name(&std::fs::canonicalize(src.path()).unwrap().to_string_lossy());
+    let timeline = walk(&vfs, &format!("sources/{source}")).unwrap();
+    assert_eq!(
+        names(&vfs, timeline.ino),
+        [".", "..", "1970-01-01T00:01:40", "latest"]
+    );
+    let latest = vfs.lookup(timeline.ino, b"latest").unwrap();
+    assert_eq!(vfs.readlink(latest.ino).unwrap(), b"1970-01-01T00:01:40");
+    let id = walk(&vfs, &format!("ids/{}", first.id.short())).unwrap();
+    assert_eq!(
+        vfs.readlink(id.ino).unwrap(),
+        format!("../snapshots/1970-01-01T00:01:40_{}", first.id.short()).into_bytes()
+    );
+    let f = walk(&vfs, &format!("sources/{source}/1970-01-01T00:01:40/f")).unwrap();
+    assert_eq!(&vfs.read(f.ino, 0, 10).unwrap()[..], b"one");
+
+    // A snapshot taken while mounted, with content the old index does not know.
+    std::fs::write(src.path().join("f"), b"two, longer").unwrap();
+    // Same second, later: told apart by its id.
+    let second = backup(&mut writer, src.path(), 100_900);
+    assert_eq!(
+        names(&vfs, timeline.ino),
+        [
+            ".",
+            "..",
+            "1970-01-01T00:01:40",
+            &format!("1970-01-01T00:01:40_{}", second.id.short()),
+            "latest"
+        ],
+        "the second snapshot in the same second is told apart by its id"
+    );
+    assert_eq!(
+        vfs.readlink(latest.ino).unwrap(),
+        format!("1970-01-01T00:01:40_{}", second.id.short()).into_bytes()
+    );
+    let f2 = walk(&vfs, &format!("sources/{source}/latest/f"));
+    // `latest` is a symlink: lookups do not follow it.
+    assert!(matches!(f2, Err(VfsError::NotDir(_))));
+    let f2 = walk(
+        &vfs,
+        &format!(
+            "sources/{source}/1970-01-01T00:01:40_{}/f",
+            second.id.short()
+        ),
+    )
+    .unwrap();
+    assert_eq!(&vfs.read(f2.ino, 0, 100).unwrap()[..], b"two, longer");
+    assert_eq!(vfs.snapshot_count(), 2);
+}
+
+#[test]
+fn one_snapshot_at_the_root() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), b"x").unwrap();
+    let mut r = repo();
+    let snap = backup(&mut r, src.path(), 100_000);
+    let vfs = Vfs::new(
+        r,
+        VfsOptions {
+            snapshot: Some(snap),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(names(&vfs, ROOT), [".", "..", "f"]);
+    assert!(vfs.getattr(ROOT).unwrap().stable);
+    // Listing from an offset continues after the entries already taken.
+    let mut rest = Vec::new();
+    vfs.readdir(ROOT, 2, &mut |e| {
+        rest.push(e.name.to_vec());
+        false
+    })
+    .unwrap();
+    assert_eq!(rest, [b"f".to_vec()]);
+}
