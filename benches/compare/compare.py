@@ -811,12 +811,15 @@ class RsyncFull(Tool):
 
 class RsyncLinkDest(RsyncFull):
     name = "rsync-linkdest"
-    note = "rsync -a --link-dest=<previous snapshot folder>"
+    note = ("rsync -a --modify-window=-1 --link-dest=<previous snapshot folder> (without --modify-window=-1, "
+            "rsync's quick check compares whole seconds and links a changed file of the same size and second "
+            "to its old content: PostgreSQL's pg_internal.init does that here)")
 
     def snapshot_cmd(self, src, n):
         if n == 1:
             return super().snapshot_cmd(src, n)
-        return [self.exe, "-a", f"--link-dest={self.repo}/snap-{n - 1}", f"{src}/", f"{self.repo}/snap-{n}/"]
+        return [self.exe, "-a", "--modify-window=-1", f"--link-dest={self.repo}/snap-{n - 1}", f"{src}/",
+                f"{self.repo}/snap-{n}/"]
 
 
 class Restic(Tool):
@@ -951,7 +954,7 @@ def reset_live(states: Path, live: Path) -> None:
     metadata then differs from state A in any way, it is recreated with cp -a.
     """
     if live.is_dir():
-        run(["rsync", "-a", "--delete", "--inplace", f"{states / 'A'}/", f"{live}/"])
+        run(["rsync", "-a", "--delete", "--inplace", "--modify-window=-1", f"{states / 'A'}/", f"{live}/"])
         if meta_scan(live) == meta_scan(states / "A"):
             sync()
             return
@@ -963,7 +966,9 @@ def reset_live(states: Path, live: Path) -> None:
 
 
 def live_to_b(states: Path, live: Path) -> None:
-    run(["rsync", "-a", "--delete", "--inplace", f"{states / 'B'}/", f"{live}/"])
+    # --modify-window=-1: compare mtimes to the nanosecond; by default rsync
+    # skips a file of the same size changed within the same second.
+    run(["rsync", "-a", "--delete", "--inplace", "--modify-window=-1", f"{states / 'B'}/", f"{live}/"])
     sync()
 
 
@@ -982,6 +987,60 @@ print(*walk(sys.argv[1]))
 """
 
 
+class RestoreTarget:
+    """Where a restore step writes: a folder on a freshly made ext4 filesystem
+    (a loop-mounted sparse image, made and removed untimed), so every tool and
+    the `cp -a` floor start from the same empty filesystem. Restoring into the
+    work folder instead makes the result depend on what was deleted there just
+    before: ext4 avoids reusing recently freed inodes and its allocator then
+    scans, which moved the same restore between 1.4 s and 9 s on this machine."""
+
+    fresh = True
+
+    def __init__(self, workdir: Path, name: str, size_bytes: int):
+        self.base = workdir / "restore"
+        self.name = name
+        self.size = max(size_bytes * 2 + (1 << 30), 2 << 30)
+        self.mnt = self.base / f"{name}.mnt"
+        self.img = self.base / f"{name}.img"
+
+    def __enter__(self) -> Path:
+        self.base.mkdir(parents=True, exist_ok=True)
+        if not RestoreTarget.fresh:
+            t = self.base / self.name
+            rmtree(t)
+            t.mkdir(parents=True)
+            return t
+        self._cleanup()
+        with open(self.img, "wb") as f:
+            f.truncate(self.size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+                        str(self.img)], check=True, stdout=subprocess.DEVNULL)
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-o", "loop,nodiscard", str(self.img), str(self.mnt)], check=True)
+        t = self.mnt / "target"
+        t.mkdir()
+        sync()
+        return t
+
+    def _cleanup(self):
+        if self.mnt.exists() and os.path.ismount(self.mnt):
+            subprocess.run(["umount", str(self.mnt)], check=False)
+        if self.img.exists():
+            self.img.unlink()
+
+    def __exit__(self, *exc):
+        if RestoreTarget.fresh:
+            self._cleanup()
+        else:
+            rmtree(self.base / self.name)
+        return False
+
+
+def fresh_fs_available() -> bool:
+    return os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None and Path("/dev/loop-control").exists()
+
+
 def run_floors(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed: Timed) -> list[dict]:
     out = []
     reset_live(states, live)
@@ -991,17 +1050,14 @@ def run_floors(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed
          ["bash", "-c", 'find "$1" -printf "%s %T@\\n" > /dev/null', "_", str(live)], False),
         ("stat-walk-py", "unchanged", [sys.executable, "-c", PY_WALK, str(live)], False),
     ]
-    target = workdir / "restore" / f"{ds}-floor"
-    target.parent.mkdir(parents=True, exist_ok=True)
     for name, cmp_step, cmd, shell in specs:
         sync()
         r = timed(cmd, shell=shell)
         out.append(floor_sample(ds, rep, name, cmp_step, r))
-    rmtree(target)
-    sync()
-    r = timed(["cp", "-a", f"{states / 'B'}", str(target)])
-    out.append(floor_sample(ds, rep, "cp -a", "restore", r))
-    rmtree(target)
+    with RestoreTarget(workdir, f"{ds}-floor", du_bytes(states / "B")) as target:
+        sync()
+        r = timed(["cp", "-a", f"{states / 'B'}/.", str(target)])
+        out.append(floor_sample(ds, rep, "cp -a", "restore", r))
     for s in out:
         flag = "ok" if s["ok"] else f"FAILED rc={s['rc']}"
         log(f"  floor {s['floor']:<15} {s['wall_s']:8.3f}s cpu {s['cpu_s']:7.2f}s  {flag}")
@@ -1021,8 +1077,7 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
     rmtree(tool.rundir)
     tool.rundir.mkdir(parents=True)
     tool.aux.mkdir()
-    target = workdir / "restore" / f"{ds}-{tool.name}"
-    rmtree(target)
+    restore_fs = RestoreTarget(workdir, f"{ds}-{tool.name}", du_bytes(states / "B"))
     reset_live(states, live)
     env = tool.env()
     icmd = tool.init_cmd()
@@ -1038,7 +1093,7 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
             live_to_b(states, live)
         cwd = None
         if step == "restore":
-            target.mkdir(parents=True)
+            target = restore_fs.__enter__()
             cmd = tool.restore_cmd(target, n - 1)
             cwd = tool.restore_cwd(target)
         else:
@@ -1065,6 +1120,8 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
             s["verify"] = v
             s["ok"] = v["ok"]
             s["restored_bytes"] = du_bytes(target)
+        if step == "restore":
+            restore_fs.__exit__(None, None, None)
         samples.append(s)
         flag = "ok" if s["ok"] else ("RESTORE VERIFY FAILED" if r["rc"] == 0 else f"FAILED rc={r['rc']}")
         log(f"  {tool.name:<15} {step:<12} {r['wall_s']:8.3f}s cpu {r['cpu_s']:7.2f}s "
@@ -1184,6 +1241,7 @@ def markdown(report: dict) -> str:
           f"- profile: {'smoke' if report['smoke'] else 'full'}, repetitions: {report['reps']}, "
           f"seed: {report['seed']}, total run time {report['total_seconds']:.0f}s",
           "- cache: warm-cache runs (page cache is not dropped); `sync` is called before and after every step.",
+          f"- restores (and the `cp -a` floor) go into: {report.get('restores_into', 'work folder')}.",
           "- values are medians over repetitions; ratios are wall-time ratios of medians.", ""]
     L += ["## Tool versions", ""]
     for k, v in report["versions"].items():
@@ -1294,6 +1352,9 @@ def main() -> int:
                          "(default: all; rustic only when already installed)")
     ap.add_argument("--pvsnap", default=None, help="pvsnap binary (default: <repo>/target/release/pvsnap or PATH)")
     ap.add_argument("--workdir", default="/work/benchdata", help="scratch directory (datasets, repos, restores)")
+    ap.add_argument("--restore-into", choices=["fresh-fs", "workdir"], default=None,
+                    help="restore onto a freshly made ext4 loop filesystem each time (default when root) "
+                         "or into the work folder")
     ap.add_argument("--out", default=None, help="JSON output with all raw samples (default WORKDIR/results.json)")
     ap.add_argument("--markdown", default=None, help="Markdown report (default WORKDIR/results.md)")
     ap.add_argument("--seed", type=int, default=42, help="dataset generator seed")
@@ -1317,6 +1378,12 @@ def main() -> int:
     if bad:
         die(f"unknown tool(s) {bad}; choose from {ALL_TOOLS}")
     workdir = Path(args.workdir).resolve()
+    want_fresh = args.restore_into != "workdir"
+    if args.restore_into == "fresh-fs" and not fresh_fs_available():
+        print("--restore-into fresh-fs needs root, mkfs.ext4 and loop devices", file=sys.stderr)
+        return 2
+    RestoreTarget.fresh = want_fresh and fresh_fs_available()
+    log(f"restores go {'onto a fresh ext4 filesystem each' if RestoreTarget.fresh else 'into the work folder'}")
     repo_root = Path(__file__).resolve().parents[2]
     if workdir == repo_root or repo_root in workdir.parents:
         die(f"--workdir {workdir} is inside the source tree; use a scratch directory")
@@ -1418,6 +1485,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "smoke": args.smoke,
+        "restores_into": "fresh ext4 filesystem per restore" if RestoreTarget.fresh else "work folder",
         "reps": reps,
         "seed": args.seed,
         "machine": machine_info(workdir),
