@@ -45,7 +45,7 @@ use crate::format::ObjectKind;
 use crate::fsmeta::{self, NameCache, SourceKind};
 use crate::id::{ChunkId, Id, PackId, SnapshotId, TreeId};
 use crate::index::IndexFile;
-use crate::pack::PackBuilder;
+use crate::pack::{FinishedPack, PackBuilder};
 use crate::repo::IndexedRepository;
 use crate::snapshot::{PathIssue, Snapshot, Source, Summary};
 use crate::tree::{Extent, Node, NodeKind, Tree};
@@ -159,6 +159,9 @@ struct Archiver<'a> {
     data_pack: Mutex<PackBuilder>,
     tree_pack: Mutex<PackBuilder>,
     written: Mutex<Vec<(PackId, Vec<BlobEntry>)>>,
+    /// Finished packs on their way to the backend (closed by `finish_uploads`).
+    uploads: Mutex<Option<std::sync::mpsc::SyncSender<FinishedPack>>>,
+    upload_error: Mutex<Option<Error>>,
     issues: Mutex<Vec<PathIssue>>,
     hardlinks: Mutex<HashMap<InodeKey, (i64, Vec<Extent>)>>,
     files_new: AtomicU64,
@@ -254,6 +257,7 @@ pub fn store(
     }
     let cfg = repo.config();
     let encrypted = repo.crypto().is_encrypted();
+    let (upload_tx, upload_rx) = std::sync::mpsc::sync_channel::<FinishedPack>(2);
     let a = Archiver {
         repo,
         excludes: Excludes::new(&opts.excludes)?,
@@ -267,6 +271,8 @@ pub fn store(
         data_pack: Mutex::new(PackBuilder::new(encrypted, 0)),
         tree_pack: Mutex::new(PackBuilder::new(encrypted, 0)),
         written: Mutex::new(Vec::new()),
+        uploads: Mutex::new(Some(upload_tx)),
+        upload_error: Mutex::new(None),
         issues: Mutex::new(Vec::new()),
         hardlinks: Mutex::new(HashMap::new()),
         files_new: AtomicU64::new(0),
@@ -291,8 +297,21 @@ pub fn store(
         .thread_name(|i| format!("pvsnap-backup-{i}"))
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
-    let tree_id = pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref()))?;
-    a.flush_packs()?;
+    // Packs are stored by a thread of their own, so workers keep chunking and
+    // compressing while a pack is written and fsynced; at most two finished
+    // packs wait in memory.
+    let tree_id = std::thread::scope(|scope| {
+        let uploader = scope.spawn(|| a.upload_packs(upload_rx));
+        let walked = pool
+            .install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref()))
+            .and_then(|t| a.flush_packs().map(|()| t));
+        a.uploads.lock().expect("uploads").take(); // closes the channel
+        uploader.join().expect("the pack uploader does not panic");
+        walked
+    })?;
+    if let Some(e) = a.upload_error.lock().expect("upload error").take() {
+        return Err(e);
+    }
 
     // Stage 7: index files for every pack written.
     let new_packs = std::mem::take(&mut *a.written.lock().expect("written"));
@@ -797,18 +816,44 @@ impl Archiver<'_> {
         Ok(())
     }
 
+    /// Hands a full pack to the uploader thread.
     fn write_pack(&self, p: PackBuilder) -> Result<()> {
         let fp = p.finish(self.repo.crypto());
-        self.repo
-            .backend()
-            .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
-        self.bytes_added
-            .fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
-        self.written
-            .lock()
-            .expect("written")
-            .push((fp.id, fp.entries));
+        let tx = self.uploads.lock().expect("uploads").clone();
+        match tx {
+            Some(tx) if tx.send(fp).is_ok() => {}
+            _ => return Err(Error::Invalid("the pack writer stopped".into())),
+        }
+        if let Some(e) = self.upload_error.lock().expect("upload error").take() {
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// The uploader: stores each pack, then records it for the index. After a
+    /// failure it keeps draining (so no worker blocks) and reports the error.
+    fn upload_packs(&self, rx: std::sync::mpsc::Receiver<FinishedPack>) {
+        let mut failed = false;
+        for fp in rx {
+            if failed {
+                continue;
+            }
+            let key = ObjectKey::new(ObjectKind::Pack, fp.id.to_hex());
+            match self.repo.backend().put(&key, &fp.bytes) {
+                Ok(()) => {
+                    self.bytes_added
+                        .fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
+                    self.written
+                        .lock()
+                        .expect("written")
+                        .push((fp.id, fp.entries));
+                }
+                Err(e) => {
+                    failed = true;
+                    *self.upload_error.lock().expect("upload error") = Some(e.into());
+                }
+            }
+        }
     }
 
     fn flush_packs(&self) -> Result<()> {
@@ -858,5 +903,85 @@ fn open_for_read(path: &Path) -> std::io::Result<File> {
     match open(libc::O_NOATIME) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicI64;
+
+    use super::*;
+    use crate::backend::{Backend, DynBackend};
+    use crate::error::BackendError;
+    use crate::testutil;
+
+    /// Fails the n-th pack put (and every later one); other objects pass, so
+    /// the snapshot could commit if a lost pack went unnoticed.
+    struct FailPack {
+        inner: DynBackend,
+        packs_left: AtomicI64,
+    }
+
+    impl Backend for FailPack {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+            if key.kind == ObjectKind::Pack && self.packs_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
+                return Err(BackendError::Injected(format!("put {key}")));
+            }
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
+            self.inner.get(key)
+        }
+        fn get_range(
+            &self,
+            key: &ObjectKey,
+            offset: u64,
+            len: u64,
+        ) -> Result<Vec<u8>, BackendError> {
+            self.inner.get_range(key, offset, len)
+        }
+        fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>, BackendError> {
+            self.inner.list(kind)
+        }
+        fn delete(&self, key: &ObjectKey) -> Result<(), BackendError> {
+            self.inner.delete(key)
+        }
+    }
+
+    #[test]
+    fn a_failing_pack_store_fails_the_snapshot_and_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // mem_repo's 48 KiB packs: these files make dozens of packs.
+        testutil::write_tree(dir.path(), &testutil::files(9, 40, 64 * 1024));
+        for fail_at in [0, 1, 5, 20] {
+            let (mem, _) = testutil::mem_repo(false);
+            let inner: DynBackend = mem.clone();
+            let failing: DynBackend = Arc::new(FailPack {
+                inner,
+                packs_left: AtomicI64::new(fail_at),
+            });
+            let indexed = testutil::reopen(failing).load_index().unwrap();
+            let r = backup(
+                &indexed,
+                dir.path(),
+                &BackupOptions::default(),
+                &Progress::default(),
+            );
+            let listed = mem.list(ObjectKind::Snapshot).unwrap();
+            match r {
+                Err(_) => assert!(
+                    listed.is_empty(),
+                    "pack {fail_at}: no snapshot object after a failure"
+                ),
+                Ok(o) => panic!(
+                    "pack {fail_at}: snapshot {} committed though a pack was lost",
+                    o.snapshot.id
+                ),
+            }
+        }
     }
 }
