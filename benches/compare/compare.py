@@ -1136,9 +1136,55 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
             break
     if isinstance(tool, Pvsnap) and samples and samples[-1]["ok"]:
         samples[-1]["repo_stats"] = tool.stats()
-    rmtree(target)
+        if ds == "img":
+            samples += mount_vs_dump(tool, ds, rep, workdir, timed)
     rmtree(tool.rundir)
     return samples
+
+
+def mount_vs_dump(tool: "Pvsnap", ds: str, rep: int, workdir: Path, timed: Timed) -> list[dict]:
+    """Sequential read of the dataset's one large file through `pvsnap mount`
+    (`dd bs=1M`) against `pvsnap dump` of the same file, both to /dev/null."""
+    out = []
+    ls = subprocess.run([tool.exe, "--repo", str(tool.repo), "ls", "latest", "--long"], capture_output=True,
+                        text=True, stdin=subprocess.DEVNULL)
+    rows = [line.split() for line in ls.stdout.splitlines() if line.startswith("file")]
+    if ls.returncode != 0 or not rows:
+        log(f"  pvsnap mount-vs-dump: no file to read ({ls.stderr.strip()[-200:]})")
+        return out
+    path, size = rows[0][-1], int(rows[0][4])
+    mnt = workdir / "mnt" / ds
+    mnt.mkdir(parents=True, exist_ok=True)
+    q = shlex.quote
+    r = timed(f"{q(tool.exe)} --repo {q(str(tool.repo))} dump latest {q(path)} > /dev/null", shell=True)
+    out.append({"kind": "extra", "what": "dump", "dataset": ds, "rep": rep, "ok": r["rc"] == 0, "rc": r["rc"],
+                "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "bytes": size, "cmd": r["cmd"]})
+    proc = subprocess.Popen([tool.exe, "--repo", str(tool.repo), "mount", str(mnt), "--snapshot", "latest"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        if not os.path.ismount(mnt):
+            why = proc.stderr.read().decode(errors="replace")[-300:] if proc.poll() is not None else "timeout"
+            log(f"  pvsnap mount did not come up: {why}")
+            out.append({"kind": "extra", "what": "mount-read", "dataset": ds, "rep": rep, "ok": False, "rc": -1,
+                        "wall_s": None, "cpu_s": None, "bytes": size, "cmd": "mount"})
+            return out
+        r = timed(["dd", f"if={mnt}{path}", "of=/dev/null", "bs=1M"])
+        out.append({"kind": "extra", "what": "mount-read", "dataset": ds, "rep": rep, "ok": r["rc"] == 0,
+                    "rc": r["rc"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "bytes": size, "cmd": r["cmd"]})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+    for s in out:
+        mbps = s["bytes"] / s["wall_s"] / 1e6 if s["ok"] and s["wall_s"] else 0
+        log(f"  pvsnap {s['what']:<12} {s['wall_s'] or 0:8.3f}s {mbps:8.0f} MB/s  {'ok' if s['ok'] else 'FAILED'}")
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -1167,6 +1213,15 @@ def summarize(samples: list[dict]) -> dict:
             "repo_bytes": med([s.get("repo_bytes") for s in ok]),
             "added_bytes": med([s.get("added_bytes") for s in ok]),
         }
+    for what in ("dump", "mount-read"):
+        for ds in {s["dataset"] for s in samples if s["kind"] == "extra"}:
+            ok = [s for s in samples if s["kind"] == "extra" and s["what"] == what and s["dataset"] == ds and s["ok"]]
+            if ok:
+                out[f"{ds}|pvsnap-{what}|read"] = {"dataset": ds, "tool": f"pvsnap-{what}", "step": "read", "n": len(ok),
+                                                   "failures": 0, "wall_s": med([s["wall_s"] for s in ok]),
+                                                   "cpu_s": med([s["cpu_s"] for s in ok]), "maxrss_kib": None,
+                                                   "repo_bytes": None, "added_bytes": None,
+                                                   "mb_per_s": med([s["bytes"] / s["wall_s"] / 1e6 for s in ok])}
     # stat-walk: the faster of the two walks
     for ds in {k[0] for k in groups}:
         cands = [out.get(f"{ds}|floor:stat-walk-find|unchanged"), out.get(f"{ds}|floor:stat-walk-py|unchanged")]
@@ -1216,6 +1271,13 @@ def evaluate_goals(summary: dict, datasets: list[str]) -> list[dict]:
         if pm and rm:
             rows.append({"goal": "peak RSS MiB <= restic (max over steps)", "dataset": ds, "pvsnap": pm / 1024,
                          "reference": rm / 1024, "ratio": pm / rm, "target": "<= 1.0x restic", "pass": pm <= rm})
+    for ds in datasets:
+        m, d = g(f"{ds}|pvsnap-mount-read|read"), g(f"{ds}|pvsnap-dump|read")
+        if m and d and m.get("mb_per_s") and d.get("mb_per_s"):
+            ratio = m["mb_per_s"] / d["mb_per_s"]
+            rows.append({"goal": "mount sequential read MB/s >= 0.7x dump", "dataset": ds, "pvsnap": m["mb_per_s"],
+                         "reference": d["mb_per_s"], "ratio": ratio, "target": ">= 0.7x pvsnap dump",
+                         "pass": ratio >= 0.7})
     return rows
 
 
@@ -1475,7 +1537,8 @@ def main() -> int:
                 for s in run_tool(tool, ds, rep, states, live, workdir, timed, args.seed + rep):
                     samples.append(s)
                     if not s["ok"]:
-                        what = "restore verification FAILED" if s.get("verify") else f"{s['step']} failed (rc={s['rc']})"
+                        step = s.get("step") or s.get("what")
+                        what = "restore verification FAILED" if s.get("verify") else f"{step} failed (rc={s['rc']})"
                         failures.append(f"{ds} rep {rep}: {t} {what}")
         rmtree(live)
 
