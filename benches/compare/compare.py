@@ -947,6 +947,23 @@ def meta_scan(root: Path) -> dict[str, tuple]:
     return out
 
 
+def warm(path: Path) -> None:
+    """Reads every file below `path` (untimed) so that each tool snapshots from
+    the page cache: the run writes many gigabytes (rsync copies, restore
+    filesystems) and would otherwise evict the live folder at random, making
+    whichever tool came next read from disk."""
+    def read_all(p: str) -> None:
+        try:
+            with open(p, "rb", buffering=0) as f:
+                while f.read(1 << 20):
+                    pass
+        except OSError:
+            pass
+    files = [os.path.join(d, n) for d, _, ns in os.walk(path) for n in ns]
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        list(ex.map(read_all, files))
+
+
 def reset_live(states: Path, live: Path) -> None:
     """Bring the live directory to state A (same path for every tool).
 
@@ -1098,6 +1115,7 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
             cwd = tool.restore_cwd(target)
         else:
             cmd = tool.snapshot_cmd(live, n)
+            warm(live)
         sync()
         r = timed(cmd, env=env, cwd=cwd)
         sync()
@@ -1302,7 +1320,7 @@ def markdown(report: dict) -> str:
           f"{m['os']}, workdir filesystem {m['workdir_fs']}",
           f"- profile: {'smoke' if report['smoke'] else 'full'}, repetitions: {report['reps']}, "
           f"seed: {report['seed']}, total run time {report['total_seconds']:.0f}s",
-          "- cache: warm-cache runs (page cache is not dropped); `sync` is called before and after every step.",
+          "- cache: warm-cache runs: the live folder is read (untimed) before every snapshot step; `sync` is called before and after every step.",
           f"- restores (and the `cp -a` floor) go into: {report.get('restores_into', 'work folder')}.",
           "- values are medians over repetitions; ratios are wall-time ratios of medians.", ""]
     L += ["## Tool versions", ""]

@@ -79,6 +79,14 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
+    // Large buffers (read blocks, packs) come and go all the time. glibc raises
+    // its mmap threshold after the first ones are freed and then serves them
+    // from per-thread arenas that never shrink, which doubled peak memory on
+    // large files. A fixed threshold keeps them mmapped and returned on free.
+    // SAFETY: mallopt only adjusts allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -139,8 +139,10 @@ impl Excludes {
 }
 
 /// Read block for file content: large enough for several maximal chunks.
+/// Twice the largest chunk: every block yields at least one final cut, and two
+/// workers reading large files hold 16 MiB between them with default chunks.
 fn read_block(max_chunk: u32) -> usize {
-    (16 * 1024 * 1024).max(4 * max_chunk as usize)
+    2 * max_chunk as usize
 }
 
 /// (device, inode) of a file with several names.
@@ -154,6 +156,8 @@ struct Archiver<'a> {
     names: NameCache,
     level: i32,
     pack_size: usize,
+    /// Bytes reserved for a pack buffer: it never grows by doubling.
+    pack_capacity: usize,
     seed: u64,
     pending: Mutex<HashSet<Id>>,
     data_pack: Mutex<PackBuilder>,
@@ -257,7 +261,7 @@ pub fn store(
     }
     let cfg = repo.config();
     let encrypted = repo.crypto().is_encrypted();
-    let (upload_tx, upload_rx) = std::sync::mpsc::sync_channel::<FinishedPack>(2);
+    let (upload_tx, upload_rx) = std::sync::mpsc::sync_channel::<FinishedPack>(1);
     let a = Archiver {
         repo,
         excludes: Excludes::new(&opts.excludes)?,
@@ -270,6 +274,7 @@ pub fn store(
         pending: Mutex::new(HashSet::new()),
         data_pack: Mutex::new(PackBuilder::new(encrypted, 0)),
         tree_pack: Mutex::new(PackBuilder::new(encrypted, 0)),
+        pack_capacity: cfg.pack_size as usize + cfg.chunker.max as usize + 64 * 1024,
         written: Mutex::new(Vec::new()),
         uploads: Mutex::new(Some(upload_tx)),
         upload_error: Mutex::new(None),
@@ -298,7 +303,7 @@ pub fn store(
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
     // Packs are stored by a thread of their own, so workers keep chunking and
-    // compressing while a pack is written and fsynced; at most two finished
+    // compressing while a pack is written and fsynced; at most one finished
     // packs wait in memory.
     let tree_id = std::thread::scope(|scope| {
         let uploader = scope.spawn(|| a.upload_packs(upload_rx));
@@ -800,11 +805,14 @@ impl Archiver<'_> {
         counter.fetch_add(1, Ordering::Relaxed);
         let full = {
             let mut p = packer.lock().expect("packer");
+            if p.is_empty() && kind == BlobKind::Data {
+                p.reserve(self.pack_capacity);
+            }
             p.add(entry, &stored);
             if p.len() >= self.pack_size {
                 Some(std::mem::replace(
                     &mut *p,
-                    PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
+                    PackBuilder::new(self.repo.crypto().is_encrypted(), self.pack_capacity),
                 ))
             } else {
                 None

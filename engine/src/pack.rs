@@ -37,6 +37,11 @@ impl PackBuilder {
         }
     }
 
+    /// Reserves room for a pack of `capacity` bytes in total.
+    pub fn reserve(&mut self, capacity: usize) {
+        self.buf.reserve(capacity.saturating_sub(self.buf.len()));
+    }
+
     /// Bytes so far, header included.
     pub fn len(&self) -> usize {
         self.buf.len()
