@@ -136,17 +136,6 @@ impl Drop for Mounted {
     }
 }
 
-fn mknod(p: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: c is a valid path.
-    assert_eq!(
-        unsafe { libc::mknod(c.as_ptr(), kind | 0o640, rdev) },
-        0,
-        "mknod {}",
-        p.display()
-    );
-}
-
 /// A folder with every kind of entry a mount must show as captured.
 fn build_tree(root: &Path) {
     fs::create_dir_all(root.join("a/b/c")).unwrap();
@@ -162,9 +151,9 @@ fn build_tree(root: &Path) {
     fs::hard_link(root.join("one"), root.join("a/other-name")).unwrap();
     std::os::unix::fs::symlink("text", root.join("link")).unwrap();
     std::os::unix::fs::symlink("/nowhere/at/all", root.join("dangling")).unwrap();
-    mknod(&root.join("fifo"), libc::S_IFIFO, 0);
-    mknod(&root.join("null-ish"), libc::S_IFCHR, libc::makedev(1, 3));
-    mknod(&root.join("loop-ish"), libc::S_IFBLK, libc::makedev(7, 300));
+    util::mknod(&root.join("fifo"), libc::S_IFIFO, 0);
+    util::mknod(&root.join("null-ish"), libc::S_IFCHR, libc::makedev(1, 3));
+    util::mknod(&root.join("loop-ish"), libc::S_IFBLK, libc::makedev(7, 300));
     fs::write(
         root.join(OsStr::from_bytes(b"name-\xff-not-utf8")),
         b"bytes",

@@ -10,41 +10,6 @@ use std::process::Command;
 
 use crate::util::{self, Env};
 
-fn set_mtime(p: &Path, sec: i64, nsec: i64) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    let t = [
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-    ];
-    // SAFETY: valid path and two timespecs.
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            t.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(r, 0, "utimensat {}", p.display());
-}
-
-fn mknod(p: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid path.
-    assert_eq!(
-        unsafe { libc::mknod(c.as_ptr(), kind | 0o640, rdev) },
-        0,
-        "mknod {}",
-        p.display()
-    );
-}
-
 /// A folder holding every kind of entry pvsnap must round-trip.
 fn build_everything(root: &Path) {
     fs::create_dir_all(root.join("nested/deeper/deepest")).unwrap();
@@ -65,7 +30,7 @@ fn build_everything(root: &Path) {
     std::os::unix::fs::symlink("does/not/exist", root.join("dangling")).unwrap();
     fs::write(root.join("hard-a"), b"shared by two names").unwrap();
     fs::hard_link(root.join("hard-a"), root.join("nested/hard-b")).unwrap();
-    mknod(&root.join("fifo"), libc::S_IFIFO, 0);
+    util::mknod(&root.join("fifo"), libc::S_IFIFO, 0);
     let setuid = root.join("setuid-bin");
     fs::write(&setuid, b"#!/bin/sh\n").unwrap();
     fs::set_permissions(&setuid, fs::Permissions::from_mode(0o4755)).unwrap();
@@ -87,8 +52,8 @@ fn build_everything(root: &Path) {
         .unwrap();
     drop(sparse);
     if util::is_root() {
-        mknod(&root.join("chardev"), libc::S_IFCHR, libc::makedev(1, 3));
-        mknod(&root.join("blockdev"), libc::S_IFBLK, libc::makedev(7, 200));
+        util::mknod(&root.join("chardev"), libc::S_IFCHR, libc::makedev(1, 3));
+        util::mknod(&root.join("blockdev"), libc::S_IFBLK, libc::makedev(7, 200));
         std::os::unix::fs::lchown(root.join("small.txt"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(root.join("dangling"), Some(4321), Some(8765)).unwrap();
         if Command::new("setfacl")
@@ -105,9 +70,9 @@ fn build_everything(root: &Path) {
             );
         }
     }
-    set_mtime(&root.join("small.txt"), 1_600_000_000, 123_456_789);
-    set_mtime(&root.join("dangling"), 1_500_000_000, 987_654_321);
-    set_mtime(&root.join("nested/deeper"), 1_400_000_000, 5);
+    util::set_mtime(&root.join("small.txt"), 1_600_000_000, 123_456_789);
+    util::set_mtime(&root.join("dangling"), 1_500_000_000, 987_654_321);
+    util::set_mtime(&root.join("nested/deeper"), 1_400_000_000, 5);
 }
 
 #[test]
@@ -551,6 +516,18 @@ fn clear_errors_for_bad_input() {
     );
 }
 
+/// A scratch folder an unprivileged user may write to; `None` (test skipped,
+/// said on stderr) when not root, since switching users needs root.
+fn env_for_nobody() -> Option<Env> {
+    if !util::is_root() {
+        eprintln!("needs root to switch to an unprivileged user; skipped");
+        return None;
+    }
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    Some(env)
+}
+
 /// Runs pvsnap as an unprivileged user (root is needed to switch).
 fn as_nobody(args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new("setpriv");
@@ -570,12 +547,7 @@ fn as_nobody(args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output 
 
 #[test]
 fn unreadable_files_are_recorded_and_exit_3() {
-    if !util::is_root() {
-        eprintln!("needs root to switch to an unprivileged user; skipped");
-        return;
-    }
-    let env = Env::new();
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let Some(env) = env_for_nobody() else { return };
     let src = env.path("src");
     fs::create_dir(&src).unwrap();
     fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
@@ -619,12 +591,7 @@ fn unreadable_files_are_recorded_and_exit_3() {
 
 #[test]
 fn the_default_repository_is_created_on_first_snapshot() {
-    if !util::is_root() {
-        eprintln!("needs root to switch to an unprivileged user; skipped");
-        return;
-    }
-    let env = Env::new();
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let Some(env) = env_for_nobody() else { return };
     let src = env.path("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();

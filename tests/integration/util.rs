@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -158,4 +159,41 @@ pub fn checksum(b: &[u8]) -> String {
         h = h.wrapping_mul(0x100000001b3);
     }
     format!("{h:016x}:{}", b.len())
+}
+
+/// Makes a fifo or device node (mode 0640).
+pub fn mknod(p: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), kind | 0o640, rdev) },
+        0,
+        "mknod {}",
+        p.display()
+    );
+}
+
+/// Sets a path's atime and mtime without following a symlink.
+pub fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let t = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    // SAFETY: valid path and two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "utimensat {}", p.display());
 }
