@@ -93,36 +93,210 @@ fn blob_aad(kind: BlobKind, id: &Id) -> [u8; 33] {
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static PROBE: RefCell<Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static ENCODE_BUFFERS: RefCell<EncodeBuffers> = RefCell::new(EncodeBuffers::default());
 }
 
-fn compress(level: i32, raw: &[u8]) -> Option<Vec<u8>> {
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.as_ref().map(|(l, _)| *l) != Some(level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+/// Blobs at least this long are probed before zstd is run on all of them.
+const PROBE_MIN: usize = 64 * 1024;
+/// Samples taken by the probe, spread evenly over the blob.
+const PROBE_SAMPLES: usize = 8;
+const PROBE_LEN: usize = 4096;
+/// A sample that zstd's fastest level shrinks below this fraction (in
+/// 1/1024ths) means the blob is worth compressing.
+const PROBE_SHRINK: usize = 973; // 95 %
+
+/// Whether zstd is worth running on `raw`. Compressing incompressible data
+/// (media, archives, encrypted files) at level 3 costs about as much CPU as
+/// chunking and hashing it together; the probe costs a few percent of that.
+/// It samples `PROBE_SAMPLES` pieces spread over the blob and says yes as soon
+/// as one of them shrinks by 5 % at zstd's fastest level, so a blob is stored
+/// raw only when every sample looked like noise. Short blobs are always tried.
+fn worth_compressing(raw: &[u8]) -> bool {
+    if raw.len() < PROBE_MIN {
+        return true;
+    }
+    PROBE.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.is_none() {
+            let Ok(c) = zstd::bulk::Compressor::new(1) else {
+                return true;
+            };
+            *p = Some((
+                c,
+                Vec::with_capacity(zstd::zstd_safe::compress_bound(PROBE_LEN)),
+            ));
         }
-        c.as_mut()?.1.compress(raw).ok()
+        let (c, out) = p.as_mut().expect("set above");
+        let step = (raw.len() - PROBE_LEN) / (PROBE_SAMPLES - 1);
+        (0..PROBE_SAMPLES).any(|i| {
+            let sample = &raw[i * step..i * step + PROBE_LEN];
+            out.clear();
+            match c.compress_to_buffer(sample, out) {
+                Ok(n) => n * 1024 < PROBE_LEN * PROBE_SHRINK,
+                Err(_) => true,
+            }
+        })
     })
 }
 
-fn decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+/// Compresses `raw` into `out` (replacing its content); false when zstd does
+/// not make it smaller, or fails.
+fn compress_into(level: i32, raw: &[u8], out: &mut Vec<u8>) -> bool {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            match zstd::bulk::Compressor::new(level) {
+                Ok(z) => *c = Some((level, z)),
+                Err(_) => return false,
+            }
+        }
+        let (_, z) = c.as_mut().expect("set above");
+        out.clear();
+        // Room for zstd's worst case, so it writes straight into `out`.
+        out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        matches!(z.compress_to_buffer(raw, out), Ok(n) if n < raw.len())
+    })
+}
+
+fn decompress_into(stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
             *d = Some(zstd::bulk::Decompressor::new()?);
         }
-        d.as_mut().expect("set above").decompress(stored, raw_len)
+        out.clear();
+        // A frame longer than `raw_len` does not fit and is an error.
+        out.reserve(raw_len);
+        d.as_mut()
+            .expect("set above")
+            .decompress_to_buffer(stored, out)
+            .map(|_| ())
     })
+}
+
+/// Per-thread output buffers of [`encode_with`], kept between blobs so that
+/// storing a blob allocates (and faults in) no fresh memory.
+#[derive(Default)]
+struct EncodeBuffers {
+    zstd: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+/// Compresses (level 0 = never) and seals `raw`, and hands the stored bytes and
+/// their flags to `f`. Nothing is allocated once the calling thread has
+/// encoded a blob of this size; an unencrypted blob that zstd does not shrink
+/// is handed over without a copy.
+pub fn encode_with<R>(
+    crypto: &Crypto,
+    level: i32,
+    kind: BlobKind,
+    id: &Id,
+    raw: &[u8],
+    f: impl FnOnce(&[u8], u8) -> R,
+) -> R {
+    // Taken out of the thread-local (not borrowed) so that `f` may encode too.
+    let mut b = ENCODE_BUFFERS.take();
+    let compressed = level > 0 && worth_compressing(raw) && compress_into(level, raw, &mut b.zstd);
+    let (payload, flags) = if compressed {
+        (&b.zstd[..], BLOB_FLAG_ZSTD)
+    } else {
+        (raw, 0)
+    };
+    let r = if crypto.is_encrypted() {
+        b.sealed.clear();
+        crypto.seal_into(&blob_aad(kind, id), payload, &mut b.sealed);
+        f(&b.sealed, flags)
+    } else {
+        f(payload, flags)
+    };
+    ENCODE_BUFFERS.set(b);
+    r
 }
 
 /// Compresses (level 0 = never) and seals `raw`; returns stored bytes and flags.
 pub fn encode(crypto: &Crypto, level: i32, kind: BlobKind, id: &Id, raw: &[u8]) -> (Vec<u8>, u8) {
-    let (payload, flags) = match (level > 0).then(|| compress(level, raw)).flatten() {
-        Some(z) if z.len() < raw.len() => (z, BLOB_FLAG_ZSTD),
-        _ => (raw.to_vec(), 0),
+    encode_with(crypto, level, kind, id, raw, |stored, flags| {
+        (stored.to_vec(), flags)
+    })
+}
+
+/// Buffers reused by [`decode_in`] from one blob to the next.
+#[derive(Default)]
+pub struct DecodeBuffers {
+    plain: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+/// Where [`decode_in`] left a blob's verified content.
+enum Decoded {
+    /// The stored bytes are the content (unencrypted, not compressed).
+    Stored,
+    /// `DecodeBuffers::plain` (encrypted, not compressed).
+    Plain,
+    /// `DecodeBuffers::raw` (compressed).
+    Raw,
+}
+
+fn decode_to(
+    crypto: &Crypto,
+    pack: &PackId,
+    e: &BlobEntry,
+    stored: &[u8],
+    bufs: &mut DecodeBuffers,
+) -> Result<Decoded, Error> {
+    let corrupt = |detail: String| Error::CorruptBlob {
+        id: e.id.to_hex(),
+        pack: pack.to_hex(),
+        detail,
     };
-    (crypto.seal(&blob_aad(kind, id), payload), flags)
+    let encrypted = crypto.is_encrypted();
+    if encrypted {
+        crypto
+            .open_into(&blob_aad(e.kind, &e.id), stored, &mut bufs.plain, &|| {
+                format!("blob {} in pack {}", e.id, pack)
+            })
+            .map_err(|_| corrupt("authentication failed".into()))?;
+    }
+    let payload = if encrypted { &bufs.plain[..] } else { stored };
+    let (raw, at) = if e.flags & BLOB_FLAG_ZSTD != 0 {
+        decompress_into(payload, e.raw_len as usize, &mut bufs.raw)
+            .map_err(|err| corrupt(format!("zstd: {err}")))?;
+        (&bufs.raw[..], Decoded::Raw)
+    } else if encrypted {
+        (payload, Decoded::Plain)
+    } else {
+        (payload, Decoded::Stored)
+    };
+    if raw.len() != e.raw_len as usize {
+        return Err(corrupt(format!(
+            "length {} instead of {}",
+            raw.len(),
+            e.raw_len
+        )));
+    }
+    if crypto.content_id(raw) != e.id {
+        return Err(corrupt("content does not match its id".into()));
+    }
+    Ok(at)
+}
+
+/// Opens, decompresses and verifies a blob read from pack `pack`, using
+/// `bufs` for whatever must be written out; the content of an unencrypted,
+/// uncompressed blob is `stored` itself, verified, not copied.
+pub fn decode_in<'a>(
+    crypto: &Crypto,
+    pack: &PackId,
+    e: &BlobEntry,
+    stored: &'a [u8],
+    bufs: &'a mut DecodeBuffers,
+) -> Result<&'a [u8], Error> {
+    Ok(match decode_to(crypto, pack, e, stored, bufs)? {
+        Decoded::Stored => stored,
+        Decoded::Plain => &bufs.plain,
+        Decoded::Raw => &bufs.raw,
+    })
 }
 
 /// Opens, decompresses and verifies a blob read from pack `pack`.
@@ -132,32 +306,12 @@ pub fn decode(
     e: &BlobEntry,
     stored: &[u8],
 ) -> Result<Vec<u8>, Error> {
-    let corrupt = |detail: String| Error::CorruptBlob {
-        id: e.id.to_hex(),
-        pack: pack.to_hex(),
-        detail,
-    };
-    let payload = crypto
-        .open_borrowed(&blob_aad(e.kind, &e.id), stored, &|| {
-            format!("blob {} in pack {}", e.id, pack)
-        })
-        .map_err(|_| corrupt("authentication failed".into()))?;
-    let raw = if e.flags & BLOB_FLAG_ZSTD != 0 {
-        decompress(&payload, e.raw_len as usize).map_err(|err| corrupt(format!("zstd: {err}")))?
-    } else {
-        payload.into_owned()
-    };
-    if raw.len() != e.raw_len as usize {
-        return Err(corrupt(format!(
-            "length {} instead of {}",
-            raw.len(),
-            e.raw_len
-        )));
-    }
-    if crypto.content_id(&raw) != e.id {
-        return Err(corrupt("content does not match its id".into()));
-    }
-    Ok(raw)
+    let mut bufs = DecodeBuffers::default();
+    Ok(match decode_to(crypto, pack, e, stored, &mut bufs)? {
+        Decoded::Stored => stored.to_vec(),
+        Decoded::Plain => bufs.plain,
+        Decoded::Raw => bufs.raw,
+    })
 }
 
 #[cfg(test)]
@@ -195,6 +349,100 @@ mod tests {
             "incompressible data is stored raw"
         );
         assert_eq!(stored, noise);
+    }
+
+    fn noise(seed: &[u8], len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(seed)
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    }
+
+    fn entry_for(id: Id, flags: u8, stored: &[u8], raw: &[u8]) -> BlobEntry {
+        BlobEntry {
+            kind: BlobKind::Data,
+            flags,
+            id,
+            offset: 0,
+            stored_len: stored.len() as u32,
+            raw_len: raw.len() as u32,
+        }
+    }
+
+    #[test]
+    fn the_probe_stores_noise_raw_and_compresses_anything_a_sample_shrinks() {
+        let c = Crypto::None;
+        let big_noise = noise(b"media", 1 << 20);
+        let (stored, flags) = encode(&c, 3, BlobKind::Data, &c.content_id(&big_noise), &big_noise);
+        assert_eq!(flags, 0);
+        assert_eq!(stored, big_noise);
+        assert!(!worth_compressing(&big_noise));
+
+        // Noise with a compressible region where only one sample falls.
+        let mut mixed = big_noise.clone();
+        let n = mixed.len();
+        mixed[n - 64 * 1024..].copy_from_slice(&b"row 17, status ok; ".repeat(4000)[..64 * 1024]);
+        assert!(worth_compressing(&mixed));
+        let (stored, flags) = encode(&c, 3, BlobKind::Data, &c.content_id(&mixed), &mixed);
+        assert_eq!(flags, BLOB_FLAG_ZSTD);
+        assert!(stored.len() < mixed.len());
+        let e = entry_for(c.content_id(&mixed), flags, &stored, &mixed);
+        assert_eq!(decode(&c, &PackId::default(), &e, &stored).unwrap(), mixed);
+
+        // Short blobs are always tried.
+        assert!(worth_compressing(&big_noise[..PROBE_MIN - 1]));
+    }
+
+    #[test]
+    fn decoding_with_reused_buffers_never_leaks_an_earlier_blob() {
+        for c in [
+            Crypto::None,
+            Crypto::Keyed(Box::new(Keys::from_master(&[5; 32]))),
+        ] {
+            let blobs = [
+                b"long text long text ".repeat(20_000),
+                noise(b"a", 300_000),
+                b"short".to_vec(),
+                noise(b"b", 10),
+                b"abc".repeat(100),
+            ];
+            let mut bufs = DecodeBuffers::default();
+            for raw in &blobs {
+                let id = c.content_id(raw);
+                let (stored, flags) = encode(&c, 3, BlobKind::Data, &id, raw);
+                let e = entry_for(id, flags, &stored, raw);
+                let got = decode_in(&c, &PackId::default(), &e, &stored, &mut bufs).unwrap();
+                assert_eq!(got, &raw[..]);
+                if !c.is_encrypted() && flags == 0 {
+                    assert_eq!(got.as_ptr(), stored.as_ptr(), "raw blobs are not copied");
+                }
+                // A damaged copy fails and the next blob still decodes.
+                let mut bad = stored.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 1;
+                assert!(decode_in(&c, &PackId::default(), &e, &bad, &mut bufs).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_longer_than_its_entry_says_is_corrupt() {
+        let c = Crypto::None;
+        let raw = b"0123456789".repeat(1000);
+        let id = c.content_id(&raw);
+        let (stored, flags) = encode(&c, 3, BlobKind::Data, &id, &raw);
+        assert_eq!(flags, BLOB_FLAG_ZSTD);
+        let mut e = entry_for(id, flags, &stored, &raw);
+        e.raw_len -= 1;
+        let mut bufs = DecodeBuffers::default();
+        // A larger buffer from an earlier blob must not let the frame through.
+        bufs.raw.reserve(1 << 20);
+        assert!(matches!(
+            decode_in(&c, &PackId::default(), &e, &stored, &mut bufs),
+            Err(Error::CorruptBlob { .. })
+        ));
     }
 
     #[test]

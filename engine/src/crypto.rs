@@ -8,8 +8,8 @@
 //! content ids (stored names reveal nothing about content), and the chunker seed
 //! (cut points reveal nothing about content either).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +78,65 @@ impl Crypto {
         match self {
             Crypto::None => plain,
             Crypto::Keyed(k) => seal_with(&k.cipher, aad, &plain),
+        }
+    }
+
+    /// Appends `seal(plain)` to `out`: the same bytes as [`Crypto::seal`],
+    /// without allocating when `out` has room.
+    pub fn seal_into(&self, aad: &[u8], plain: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Crypto::None => out.extend_from_slice(plain),
+            Crypto::Keyed(k) => {
+                let mut nonce = [0u8; NONCE_LEN];
+                rand::rngs::OsRng.fill_bytes(&mut nonce);
+                out.extend_from_slice(&nonce);
+                let start = out.len();
+                out.extend_from_slice(plain);
+                let tag = k
+                    .cipher
+                    .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[start..])
+                    .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+                out.extend_from_slice(&tag);
+            }
+        }
+    }
+
+    /// Opens sealed bytes of an encrypted repository into `out` (replacing its
+    /// content), reusing its allocation. Without a key there is nothing to open
+    /// and the bytes are copied.
+    pub fn open_into(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), CryptoError> {
+        out.clear();
+        match self {
+            Crypto::None => {
+                out.extend_from_slice(sealed);
+                Ok(())
+            }
+            Crypto::Keyed(k) => {
+                let fail = || CryptoError::Authentication { what: what() };
+                if sealed.len() < NONCE_LEN + TAG_LEN {
+                    return Err(fail());
+                }
+                let (nonce, rest) = sealed.split_at(NONCE_LEN);
+                let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+                out.extend_from_slice(ct);
+                k.cipher
+                    .decrypt_in_place_detached(
+                        XNonce::from_slice(nonce),
+                        aad,
+                        out,
+                        Tag::from_slice(tag),
+                    )
+                    .map_err(|_| {
+                        out.clear();
+                        fail()
+                    })
+            }
         }
     }
 
@@ -247,6 +306,41 @@ mod tests {
             m_cost: 64,
             t_cost: 1,
             p_cost: 1,
+        }
+    }
+
+    #[test]
+    fn buffer_variants_agree_with_the_allocating_ones() {
+        for c in [
+            Crypto::None,
+            Crypto::Keyed(Box::new(Keys::from_master(&[9u8; 32]))),
+        ] {
+            let what = || "x".to_string();
+            // seal_into appends after what the buffer holds.
+            let mut out = b"prefix".to_vec();
+            c.seal_into(b"aad", b"payload bytes", &mut out);
+            assert_eq!(&out[..6], b"prefix");
+            assert_eq!(out.len(), 6 + 13 + c.overhead());
+            assert_eq!(c.open(b"aad", &out[6..], &what).unwrap(), b"payload bytes");
+            // open_into replaces the buffer's content.
+            let sealed = c.seal(b"aad", b"other payload".to_vec());
+            let mut plain = b"stale content that must go".to_vec();
+            c.open_into(b"aad", &sealed, &mut plain, &what).unwrap();
+            assert_eq!(plain, b"other payload");
+            if c.is_encrypted() {
+                let mut bad = sealed.clone();
+                bad[NONCE_LEN] ^= 1;
+                assert!(matches!(
+                    c.open_into(b"aad", &bad, &mut plain, &what),
+                    Err(CryptoError::Authentication { .. })
+                ));
+                assert!(plain.is_empty(), "nothing unauthenticated is left behind");
+                assert!(
+                    c.open_into(b"aad", &sealed[..20], &mut plain, &what)
+                        .is_err()
+                );
+                assert!(c.open_into(b"bad", &sealed, &mut plain, &what).is_err());
+            }
         }
     }
 
