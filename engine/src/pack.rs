@@ -29,7 +29,13 @@ pub struct FinishedPack {
 
 impl PackBuilder {
     pub fn new(encrypted: bool, capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity);
+        Self::with_buffer(encrypted, Vec::with_capacity(capacity))
+    }
+
+    /// A builder writing into `buf`, whose content is discarded and whose
+    /// allocation is kept: packs built one after another reuse one buffer.
+    pub fn with_buffer(encrypted: bool, mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.extend_from_slice(&Header::new(ObjectKind::Pack, encrypted).encode());
         PackBuilder {
             buf,

@@ -289,9 +289,11 @@ pub fn restore(
     }
     let written = AtomicU64::new(0);
     let packs: Vec<(PackId, Vec<(BlobEntry, ChunkId)>)> = by_pack.into_iter().collect();
-    packs
-        .par_iter()
-        .try_for_each(|(pack, blobs)| -> Result<()> {
+    // Each worker reuses one range buffer and one set of decode buffers for
+    // every pack it handles: no blob allocates memory of its own.
+    packs.par_iter().try_for_each_init(
+        || (Vec::new(), blob::DecodeBuffers::default()),
+        |(bytes, bufs), (pack, blobs)| -> Result<()> {
             let mut blobs = blobs.clone();
             blobs.sort_by_key(|(e, _)| e.offset);
             let mut open: HashMap<usize, File> = HashMap::new();
@@ -300,8 +302,8 @@ pub fn restore(
                 let last = group.last().expect("non-empty group").0;
                 let span = last.offset as u64 + last.stored_len as u64 - first;
                 let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-                let bytes = match repo.backend().get_range(&key, first, span) {
-                    Ok(b) => b,
+                match repo.backend().get_range_into(&key, first, span, bytes) {
+                    Ok(()) => {}
                     Err(e) => {
                         for (_, c) in group {
                             mark_damaged(c, format!("pack {}: {e}", pack.short()));
@@ -312,7 +314,7 @@ pub fn restore(
                 for (entry, chunk) in group {
                     let start = (entry.offset as u64 - first) as usize;
                     let stored = &bytes[start..start + entry.stored_len as usize];
-                    let raw = match blob::decode(repo.crypto(), pack, entry, stored) {
+                    let raw = match blob::decode_in(repo.crypto(), pack, entry, stored, bufs) {
                         Ok(raw) => raw,
                         Err(e) => {
                             mark_damaged(chunk, e.to_string());
@@ -326,7 +328,7 @@ pub fn restore(
                                 v.insert(open_file(*fi)?)
                             }
                         };
-                        file.write_all_at(&raw, *off)
+                        file.write_all_at(raw, *off)
                             .map_err(|e| Error::io(&plan.files[*fi].path, "write", e))?;
                         written.fetch_add(raw.len() as u64, Ordering::Relaxed);
                         progress
@@ -340,7 +342,8 @@ pub fn restore(
                 }
             }
             Ok(())
-        })?;
+        },
+    )?;
 
     // Files left incomplete by damage still get their metadata.
     let mut dmg = damaged.into_inner().expect("damaged");

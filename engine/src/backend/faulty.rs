@@ -58,6 +58,15 @@ impl Backend for FaultyBackend {
     fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
         self.inner.get_range(key, offset, len)
     }
+    fn get_range_into(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), BackendError> {
+        self.inner.get_range_into(key, offset, len, buf)
+    }
     fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>, BackendError> {
         self.inner.list(kind)
     }
