@@ -951,7 +951,11 @@ def warm(path: Path) -> None:
     """Reads every file below `path` (untimed) so that each tool snapshots from
     the page cache: the run writes many gigabytes (rsync copies, restore
     filesystems) and would otherwise evict the live folder at random, making
-    whichever tool came next read from disk."""
+    whichever tool came next read from disk. Before a restore the tool's
+    repository is read the same way (and the source of `cp -a`): a tool that
+    wrote its repository around the page cache, or whose repository was evicted
+    by the steps in between, would otherwise restore from disk while `cp -a`
+    copies from memory."""
     def read_all(p: str) -> None:
         try:
             with open(p, "rb", buffering=0) as f:
@@ -1072,6 +1076,7 @@ def run_floors(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed
         r = timed(cmd, shell=shell)
         out.append(floor_sample(ds, rep, name, cmp_step, r))
     with RestoreTarget(workdir, f"{ds}-floor", du_bytes(states / "B")) as target:
+        warm(states / "B")
         sync()
         r = timed(["cp", "-a", f"{states / 'B'}/.", str(target)])
         out.append(floor_sample(ds, rep, "cp -a", "restore", r))
@@ -1113,6 +1118,7 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
             target = restore_fs.__enter__()
             cmd = tool.restore_cmd(target, n - 1)
             cwd = tool.restore_cwd(target)
+            warm(tool.repo)
         else:
             cmd = tool.snapshot_cmd(live, n)
             warm(live)
