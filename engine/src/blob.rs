@@ -327,21 +327,10 @@ mod tests {
         let (stored, flags) = encode(&c, 3, BlobKind::Data, &id, &text);
         assert_eq!(flags, BLOB_FLAG_ZSTD);
         assert!(stored.len() < text.len() / 10);
-        let e = BlobEntry {
-            kind: BlobKind::Data,
-            flags,
-            id,
-            offset: 0,
-            stored_len: stored.len() as u32,
-            raw_len: text.len() as u32,
-        };
+        let e = entry_for(id, flags, &stored, &text);
         assert_eq!(decode(&c, &PackId::default(), &e, &stored).unwrap(), text);
 
-        let mut noise = vec![0u8; 4096];
-        blake3::Hasher::new()
-            .update(b"seed")
-            .finalize_xof()
-            .fill(&mut noise);
+        let noise = noise(b"seed", 4096);
         let (stored, flags) = encode(&c, 3, BlobKind::Data, &c.content_id(&noise), &noise);
         assert_eq!(
             flags & BLOB_FLAG_ZSTD,
@@ -454,14 +443,7 @@ mod tests {
             let raw = b"hello hello hello hello".to_vec();
             let id = c.content_id(&raw);
             let (mut stored, flags) = encode(&c, 0, BlobKind::Data, &id, &raw);
-            let e = BlobEntry {
-                kind: BlobKind::Data,
-                flags,
-                id,
-                offset: 0,
-                stored_len: stored.len() as u32,
-                raw_len: raw.len() as u32,
-            };
+            let e = entry_for(id, flags, &stored, &raw);
             let n = stored.len() - 1;
             stored[n] ^= 0x20;
             assert!(matches!(

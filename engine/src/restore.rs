@@ -288,7 +288,16 @@ pub fn restore(
         mark_damaged(c, format!("chunk {} is not in the index", c.short()));
     }
     let written = AtomicU64::new(0);
-    let packs: Vec<(PackId, Vec<(BlobEntry, ChunkId)>)> = by_pack.into_iter().collect();
+    let mut packs: Vec<(PackId, Vec<(BlobEntry, ChunkId)>)> = by_pack.into_iter().collect();
+    // Packs in the order of the first file position they fill: a snapshot
+    // stores a large file's chunks pack after pack, so its restore then
+    // writes front to back (one stream per worker) instead of at random.
+    packs.sort_by_cached_key(|(_, blobs)| {
+        blobs
+            .iter()
+            .flat_map(|(_, c)| plan.targets[c].iter().copied())
+            .min()
+    });
     // Each worker reuses one range buffer and one set of decode buffers for
     // every pack it handles: no blob allocates memory of its own.
     packs.par_iter().try_for_each_init(

@@ -100,8 +100,11 @@ impl LocalBackend {
                         .map_err(|e| ("write", e))?;
                     return Ok(f);
                 }
-                // Filesystems without O_DIRECT refuse the open.
-                Err((_, e)) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                // Filesystems without O_DIRECT refuse the open, possibly
+                // after creating the file (the name is ours alone).
+                Err((_, e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    let _ = fs::remove_file(path);
+                }
                 Err(e) => return Err(e),
             }
         }
