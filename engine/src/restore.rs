@@ -311,15 +311,12 @@ pub fn restore(
                 let last = group.last().expect("non-empty group").0;
                 let span = last.offset as u64 + last.stored_len as u64 - first;
                 let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-                match repo.backend().get_range_into(&key, first, span, bytes) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        for (_, c) in group {
-                            mark_damaged(c, format!("pack {}: {e}", pack.short()));
-                        }
-                        continue;
+                if let Err(e) = repo.backend().get_range_into(&key, first, span, bytes) {
+                    for (_, c) in group {
+                        mark_damaged(c, format!("pack {}: {e}", pack.short()));
                     }
-                };
+                    continue;
+                }
                 for (entry, chunk) in group {
                     let start = (entry.offset as u64 - first) as usize;
                     let stored = &bytes[start..start + entry.stored_len as usize];
