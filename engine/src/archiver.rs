@@ -744,7 +744,9 @@ impl Archiver<'_> {
         } else {
             Vec::new()
         };
-        let r = self.chunk_blocks(file, off, len, [&mut a[..block], &mut b[..]], out);
+        // Both blocks have the same length (the second is empty for a short segment).
+        let second = block.min(b.len());
+        let r = self.chunk_blocks(file, off, len, [&mut a[..block], &mut b[..second]], out);
         let mut spare = self.spare_blocks.lock().expect("blocks");
         for buf in [a, b] {
             if spare.len() < SPARE_BLOCKS && !buf.is_empty() {
