@@ -272,14 +272,18 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         .collect();
     let selected = read_data.select(&present);
     let found = Mutex::new((Vec::new(), Vec::new(), 0usize));
-    selected.par_iter().for_each(|p| {
+    // Each worker reads every pack into one buffer and decodes every blob
+    // into one set of buffers: no pack or blob allocates memory of its own.
+    let init = || (Vec::new(), blob::DecodeBuffers::default());
+    selected.par_iter().for_each_init(init, |(bytes, bufs), p| {
         let (mut errs, mut bads, mut n) = (Vec::new(), Vec::new(), 0);
-        match backend.get(&ObjectKey::new(ObjectKind::Pack, p.to_hex())) {
+        let key = ObjectKey::new(ObjectKind::Pack, p.to_hex());
+        match backend.get_range_into(&key, 0, sizes[p], bytes) {
             Err(e) => {
                 errs.push(Problem::new(ProblemKind::PackDamaged, format!("pack {p}: {e}")).pack(*p))
             }
-            Ok(bytes) => {
-                if *blake3::hash(&bytes).as_bytes() != p.0.0 {
+            Ok(()) => {
+                if *blake3::hash(bytes).as_bytes() != p.0.0 {
                     errs.push(
                         Problem::new(
                             ProblemKind::PackHashMismatch,
@@ -295,7 +299,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
                         continue;
                     };
                     n += 1;
-                    if let Err(err) = blob::decode(repo.crypto(), p, e, stored) {
+                    if let Err(err) = blob::decode_in(repo.crypto(), p, e, stored, bufs) {
                         let why = match err {
                             Error::CorruptBlob { detail, .. } => detail,
                             other => other.to_string(),

@@ -395,6 +395,12 @@ fn check_names_the_pack_snapshot_and_files_of_a_flipped_byte() {
             .iter()
             .any(|e| e.kind == ProblemKind::PackHashMismatch && e.pack == Some(pack))
     );
+    // Workers reuse their buffers from pack to pack: no other pack is blamed.
+    assert!(
+        r.errors.iter().all(|e| e.pack == Some(pack)),
+        "{:#?}",
+        r.errors
+    );
     for (snap, _) in &hist {
         let expected = files_with_chunk(&repo, snap, &loc.entry.id);
         let named: BTreeSet<String> = r

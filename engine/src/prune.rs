@@ -434,6 +434,7 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         new_packs.push((fp.id, fp.entries));
         Ok(())
     };
+    let mut bufs = blob::DecodeBuffers::default();
     for (pack, _, needed) in &plan.repack {
         let bytes = backend.get(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
         for e in needed {
@@ -443,7 +444,7 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
                 pack: pack.to_hex(),
                 detail: "lies past the end of the pack".into(),
             })?;
-            blob::decode(crypto, pack, e, stored)?;
+            blob::decode_in(crypto, pack, e, stored, &mut bufs)?;
             let b = &mut builders[e.kind as usize];
             b.add(*e, stored);
             if b.len() >= pack_size {
