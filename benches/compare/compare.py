@@ -1008,6 +1008,15 @@ print(*walk(sys.argv[1]))
 """
 
 
+RESTORE_WARMUPS = 1
+"""Untimed restores of the same kind (same tool, or `cp -a`) run onto their
+own fresh filesystem before each timed one, as hyperfine's `--warmup` does.
+On the machine these numbers come from, a restore right after another
+restore of the same kind is about twice as fast as one after different work
+(BENCHMARKS.md, "What remains"), whichever tool it is; without a warm-up the
+timed restore measures what ran before it as much as the restore."""
+
+
 class RestoreTarget:
     """Where a restore step writes: a folder on a freshly made ext4 filesystem
     (a loop-mounted sparse image, made and removed untimed), so every tool and
@@ -1075,11 +1084,13 @@ def run_floors(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed
         sync()
         r = timed(cmd, shell=shell)
         out.append(floor_sample(ds, rep, name, cmp_step, r))
-    with RestoreTarget(workdir, f"{ds}-floor", du_bytes(states / "B")) as target:
-        warm(states / "B")
-        sync()
-        r = timed(["cp", "-a", f"{states / 'B'}/.", str(target)])
-        out.append(floor_sample(ds, rep, "cp -a", "restore", r))
+    for warmup in [True] * RESTORE_WARMUPS + [False]:
+        with RestoreTarget(workdir, f"{ds}-floor", du_bytes(states / "B")) as target:
+            warm(states / "B")
+            sync()
+            r = timed(["cp", "-a", f"{states / 'B'}/.", str(target)])
+            if not warmup:
+                out.append(floor_sample(ds, rep, "cp -a", "restore", r))
     for s in out:
         flag = "ok" if s["ok"] else f"FAILED rc={s['rc']}"
         log(f"  floor {s['floor']:<15} {s['wall_s']:8.3f}s cpu {s['cpu_s']:7.2f}s  {flag}")
@@ -1115,6 +1126,14 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
             live_to_b(states, live)
         cwd = None
         if step == "restore":
+            for _ in range(RESTORE_WARMUPS):
+                target = restore_fs.__enter__()
+                warm(tool.repo)
+                sync()
+                w = timed(tool.restore_cmd(target, n - 1), env=env, cwd=tool.restore_cwd(target))
+                restore_fs.__exit__(None, None, None)
+                if w["rc"] != 0:
+                    log(f"  {tool.name}: warm-up restore failed rc={w['rc']} (the timed one reports it)")
             target = restore_fs.__enter__()
             cmd = tool.restore_cmd(target, n - 1)
             cwd = tool.restore_cwd(target)
@@ -1340,7 +1359,8 @@ def markdown(report: dict) -> str:
           f"- profile: {'smoke' if report['smoke'] else 'full'}, repetitions: {report['reps']}, "
           f"seed: {report['seed']}, total run time {report['total_seconds']:.0f}s",
           "- cache: warm-cache runs: the live folder is read (untimed) before every snapshot step; `sync` is called before and after every step.",
-          f"- restores (and the `cp -a` floor) go into: {report.get('restores_into', 'work folder')}.",
+          f"- restores (and the `cp -a` floor) go into: {report.get('restores_into', 'work folder')}; "
+          f"untimed warm-up restores of the same kind before each: {report.get('restore_warmups', 0)}.",
           "- values are medians over repetitions; ratios are wall-time ratios of medians.", ""]
     L += ["## Tool versions", ""]
     for k, v in report["versions"].items():
@@ -1456,6 +1476,8 @@ def main() -> int:
     ap.add_argument("--restore-into", choices=["fresh-fs", "workdir"], default=None,
                     help="restore onto a freshly made ext4 loop filesystem each time (default when root) "
                          "or into the work folder")
+    ap.add_argument("--restore-warmups", type=int, default=1,
+                    help="untimed restores of the same kind before each timed restore and cp -a (default 1)")
     ap.add_argument("--out", default=None, help="JSON output with all raw samples (default WORKDIR/results.json)")
     ap.add_argument("--markdown", default=None, help="Markdown report (default WORKDIR/results.md)")
     ap.add_argument("--seed", type=int, default=42, help="dataset generator seed")
@@ -1497,6 +1519,8 @@ def main() -> int:
         print("--restore-into fresh-fs needs root, mkfs.ext4 and loop devices", file=sys.stderr)
         return 2
     RestoreTarget.fresh = want_fresh and fresh_fs_available()
+    global RESTORE_WARMUPS
+    RESTORE_WARMUPS = max(0, args.restore_warmups)
     log(f"restores go {'onto a fresh ext4 filesystem each' if RestoreTarget.fresh else 'into the work folder'}")
     repo_root = Path(__file__).resolve().parents[2]
     if workdir == repo_root or repo_root in workdir.parents:
@@ -1601,6 +1625,7 @@ def main() -> int:
         "command": command,
         "smoke": args.smoke,
         "restores_into": "fresh ext4 filesystem per restore" if RestoreTarget.fresh else "work folder",
+        "restore_warmups": RESTORE_WARMUPS,
         "reps": reps,
         "seed": args.seed,
         "machine": machine_info(workdir),
