@@ -710,6 +710,18 @@ def locate_restored(target: Path, live: Path) -> Path:
 # timed execution
 
 
+REPORTED_KIB = Path("/sys/module/page_reporting/parameters/reported_kib")
+
+
+def reported_kib() -> int | None:
+    """Memory the guest has handed back to its host so far (free page
+    reporting), or None where the kernel does not report free pages."""
+    try:
+        return int(REPORTED_KIB.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class Timed:
     def __init__(self, tmpdir: Path, timeout: float):
         self.tmpdir = tmpdir
@@ -722,6 +734,7 @@ class Timed:
         argv = ["bash", "-c", "set -o pipefail; " + cmd] if shell else [str(c) for c in cmd]
         full = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(tf), *argv]
         penv = dict(os.environ, LC_ALL="C", **(env or {}))
+        rk0 = reported_kib()
         with open(so, "wb") as fo, open(se, "wb") as fe:
             t0 = time.perf_counter()
             p = subprocess.Popen(full, env=penv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
@@ -734,6 +747,7 @@ class Timed:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
             wall = time.perf_counter() - t0
+        rk1 = reported_kib()
         user = sys_ = 0.0
         rss = 0
         try:
@@ -753,6 +767,9 @@ class Timed:
             "sys_s": sys_,
             "cpu_s": round(user + sys_, 3),
             "maxrss_kib": rss,
+            # MiB the guest handed back to the host while the command ran;
+            # pages handed back must be supplied again before they are used
+            "host_reported_mib": None if rk0 is None or rk1 is None else round((rk1 - rk0) / 1024, 1),
             "stdout": stdout,
             "stderr_tail": stderr[-3000:],
         }
@@ -1100,8 +1117,8 @@ def run_floors(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed
 def floor_sample(ds, rep, name, cmp_step, r) -> dict:
     return {"kind": "floor", "dataset": ds, "rep": rep, "floor": name, "compares_to": cmp_step,
             "ok": r["rc"] == 0, "rc": r["rc"], "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "user_s": r["user_s"],
-            "sys_s": r["sys_s"], "maxrss_kib": r["maxrss_kib"], "cmd": r["cmd"],
-            **({"stderr_tail": r["stderr_tail"]} if r["rc"] != 0 else {})}
+            "sys_s": r["sys_s"], "maxrss_kib": r["maxrss_kib"], "host_reported_mib": r["host_reported_mib"],
+            "cmd": r["cmd"], **({"stderr_tail": r["stderr_tail"]} if r["rc"] != 0 else {})}
 
 
 def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: Path, timed: Timed,
@@ -1147,7 +1164,8 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
         size = du_bytes(tool.repo)
         s = {"kind": "step", "dataset": ds, "rep": rep, "tool": tool.name, "step": step, "ok": r["rc"] == 0,
              "rc": r["rc"], "wall_s": r["wall_s"], "user_s": r["user_s"], "sys_s": r["sys_s"], "cpu_s": r["cpu_s"],
-             "maxrss_kib": r["maxrss_kib"], "repo_bytes": size, "added_bytes": size - prev_size, "cmd": r["cmd"]}
+             "maxrss_kib": r["maxrss_kib"], "repo_bytes": size, "added_bytes": size - prev_size,
+             "host_reported_mib": r["host_reported_mib"], "cmd": r["cmd"]}
         prev_size = size
         if r["rc"] != 0:
             s["stderr_tail"] = r["stderr_tail"]
@@ -1356,6 +1374,7 @@ def markdown(report: dict) -> str:
           f"- command: `{report['command']}`",
           f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']:.1f} GiB RAM, kernel {m['kernel']}, "
           f"{m['os']}, workdir filesystem {m['workdir_fs']}",
+          f"- memory reclaim: {'; '.join(m.get('memory_reclaim') or ['none found'])}",
           f"- profile: {'smoke' if report['smoke'] else 'full'}, repetitions: {report['reps']}, "
           f"seed: {report['seed']}, total run time {report['total_seconds']:.0f}s",
           "- cache: warm-cache runs: the live folder is read (untimed) before every snapshot step; `sync` is called before and after every step.",
@@ -1452,7 +1471,39 @@ def machine_info(workdir: Path) -> dict:
         pass
     fs = first_line(["stat", "-f", "-c", "%T", str(workdir)])
     return {"nproc": os.cpu_count(), "cpu_model": cpu, "ram_gib": ram, "kernel": platform.release(), "os": osname,
-            "workdir_fs": fs, "python": platform.python_version()}
+            "workdir_fs": fs, "python": platform.python_version(), "memory_reclaim": memory_reclaim()}
+
+
+def memory_reclaim() -> list[str]:
+    """What takes memory away from under a run, where the kernel says so: free
+    page reporting to the host, and DAMON schemes (kdamond) that page out or
+    reclaim memory nobody touched for a while. Both move restore times
+    (BENCHMARKS.md, "Memory the host takes back")."""
+    out = []
+    pr = Path("/sys/module/page_reporting/parameters")
+    if pr.is_dir():
+        vals = {}
+        for name in ("page_reporting_order", "min_free_ms"):
+            try:
+                vals[name] = (pr / name).read_text().strip()
+            except OSError:
+                pass
+        out.append("free page reporting to the host" + "".join(f", {k}={v}" for k, v in vals.items()))
+    for ctx in sorted(glob.glob("/sys/kernel/mm/damon/admin/kdamonds/*/contexts/*")):
+        kd = Path(ctx).parents[1]
+        try:
+            if (kd / "state").read_text().strip() != "on":
+                continue
+            aggr_us = int((Path(ctx) / "monitoring_attrs" / "intervals" / "aggr_us").read_text())
+            ops = (Path(ctx) / "operations").read_text().strip()
+            for sch in sorted(glob.glob(f"{ctx}/schemes/[0-9]*")):
+                sp = Path(sch)
+                action = (sp / "action").read_text().strip()
+                age = int((sp / "access_pattern" / "age" / "min").read_text())
+                out.append(f"DAMON ({ops}) {action} of memory idle for {age * aggr_us / 1e6:g} s or more")
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def default_pvsnap() -> str:
