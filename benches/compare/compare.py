@@ -1030,8 +1030,9 @@ RESTORE_WARMUPS = 1
 own fresh filesystem before each timed one, as hyperfine's `--warmup` does.
 On the machine these numbers come from, a restore right after another
 restore of the same kind is about twice as fast as one after different work
-(BENCHMARKS.md, "What remains"), whichever tool it is; without a warm-up the
-timed restore measures what ran before it as much as the restore."""
+(BENCHMARKS.md, "What remains" and "Memory the host takes back"), whichever
+tool it is; without a warm-up the timed restore measures what ran before it
+as much as the restore."""
 
 
 class RestoreTarget:
@@ -1365,7 +1366,8 @@ def evaluate_goals(summary: dict, datasets: list[str], samples: list[dict] | Non
         if p and c and p["wall_s"] is not None and c["wall_s"]:
             rows.append({"goal": "restore never slower than cp -a", "dataset": ds, "pvsnap": p["wall_s"],
                          "reference": c["wall_s"], "ratio": p["wall_s"] / c["wall_s"], "target": "<= 1.0x cp -a",
-                         "pass": p["wall_s"] <= c["wall_s"], "held_in": held_in(samples, ds, "restore", "floor:cp -a", 1.0)})
+                         "pass": p["wall_s"] <= c["wall_s"],
+                         "held_in": held_in(samples, ds, "restore", "floor:cp -a", 1.0)})
     for ds in datasets:
         pr = [g(f"{ds}|pvsnap|{s}") for s in STEPS]
         rr = [g(f"{ds}|restic|{s}") for s in STEPS]
