@@ -28,7 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -45,6 +45,7 @@ use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind};
 
 mod inplace;
+mod schedule;
 #[cfg(test)]
 mod tests;
 
@@ -233,7 +234,11 @@ pub fn restore(
             remaining[*fi].fetch_add(1, Ordering::Relaxed);
         }
     }
-    let open_file = |fi: usize| -> Result<File> {
+    // Whether some worker has given the file its final size already.
+    let sized: Vec<AtomicBool> = (0..plan.files.len())
+        .map(|_| AtomicBool::new(false))
+        .collect();
+    let open_file = |fi: usize, set_size: bool| -> Result<File> {
         let f = &plan.files[fi];
         let file = OpenOptions::new()
             .write(true)
@@ -244,7 +249,7 @@ pub fn restore(
             .map_err(|e| Error::io(&f.path, "create", e))?;
         // The final size up front: holes stay holes, and the file is whole
         // whatever order its chunks arrive in.
-        if !single_chunk(&f.node) {
+        if set_size && !single_chunk(&f.node) {
             file.set_len(f.node.size)
                 .map_err(|e| Error::io(&f.path, "set size", e))?;
         }
@@ -263,9 +268,9 @@ pub fn restore(
     (0..plan.files.len())
         .into_par_iter()
         .filter(|fi| remaining[*fi].load(Ordering::Relaxed) == 0)
-        .try_for_each(|fi| finish_file(fi, &open_file(fi)?))?;
+        .try_for_each(|fi| finish_file(fi, &open_file(fi, true)?))?;
 
-    // Phase 2: data, pack by pack.
+    // Phase 2: data, in units of a few MiB (see `schedule`).
     let mut by_pack: HashMap<PackId, Vec<(BlobEntry, ChunkId)>> = HashMap::new();
     let mut missing: Vec<ChunkId> = Vec::new();
     for chunk in plan.targets.keys() {
@@ -288,68 +293,82 @@ pub fn restore(
         mark_damaged(c, format!("chunk {} is not in the index", c.short()));
     }
     let written = AtomicU64::new(0);
-    let mut packs: Vec<(PackId, Vec<(BlobEntry, ChunkId)>)> = by_pack.into_iter().collect();
-    // Packs in the order of the first file position they fill: a snapshot
-    // stores a large file's chunks pack after pack, so its restore then
-    // writes front to back (one stream per worker) instead of at random.
-    packs.sort_by_cached_key(|(_, blobs)| {
-        blobs
-            .iter()
-            .flat_map(|(_, c)| plan.targets[c].iter().copied())
-            .min()
-    });
-    // Each worker reuses one range buffer and one set of decode buffers for
-    // every pack it handles: no blob allocates memory of its own.
-    packs.par_iter().try_for_each_init(
-        || (Vec::new(), blob::DecodeBuffers::default()),
-        |(bytes, bufs), (pack, blobs)| -> Result<()> {
-            let mut blobs = blobs.clone();
-            blobs.sort_by_key(|(e, _)| e.offset);
-            let mut open: HashMap<usize, File> = HashMap::new();
-            for group in contiguous_groups(&blobs) {
-                let first = group[0].0.offset as u64;
-                let last = group.last().expect("non-empty group").0;
-                let span = last.offset as u64 + last.stored_len as u64 - first;
-                let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-                if let Err(e) = repo.backend().get_range_into(&key, first, span, bytes) {
-                    for (_, c) in group {
-                        mark_damaged(c, format!("pack {}: {e}", pack.short()));
-                    }
+    let units = schedule::units(by_pack, &plan.targets);
+    let scheduler = schedule::Scheduler::new(&units);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    // One unit of work: read its range of the pack, then check, decode and
+    // write each blob to every place it belongs. `open` keeps the worker's
+    // files open from one unit to the next.
+    let run_unit = |unit: &schedule::Unit,
+                    bytes: &mut Vec<u8>,
+                    bufs: &mut blob::DecodeBuffers,
+                    open: &mut HashMap<usize, File>|
+     -> Result<()> {
+        open.retain(|fi, _| unit.files.binary_search(fi).is_ok());
+        let pack = &unit.pack;
+        let first = unit.blobs[0].0.offset as u64;
+        let last = unit.blobs.last().expect("non-empty unit").0;
+        let span = last.offset as u64 + last.stored_len as u64 - first;
+        let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
+        if let Err(e) = repo.backend().get_range_into(&key, first, span, bytes) {
+            for (_, c) in &unit.blobs {
+                mark_damaged(c, format!("pack {}: {e}", pack.short()));
+            }
+            return Ok(());
+        }
+        for (entry, chunk) in &unit.blobs {
+            let start = (entry.offset as u64 - first) as usize;
+            let stored = &bytes[start..start + entry.stored_len as usize];
+            let raw = match blob::decode_in(repo.crypto(), pack, entry, stored, bufs) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    mark_damaged(chunk, e.to_string());
                     continue;
                 }
-                for (entry, chunk) in group {
-                    let start = (entry.offset as u64 - first) as usize;
-                    let stored = &bytes[start..start + entry.stored_len as usize];
-                    let raw = match blob::decode_in(repo.crypto(), pack, entry, stored, bufs) {
-                        Ok(raw) => raw,
-                        Err(e) => {
-                            mark_damaged(chunk, e.to_string());
-                            continue;
-                        }
-                    };
-                    for (fi, off) in &plan.targets[chunk] {
-                        let file = match open.entry(*fi) {
-                            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(v) => {
-                                v.insert(open_file(*fi)?)
-                            }
-                        };
-                        file.write_all_at(raw, *off)
-                            .map_err(|e| Error::io(&plan.files[*fi].path, "write", e))?;
-                        written.fetch_add(raw.len() as u64, Ordering::Relaxed);
-                        progress
-                            .bytes
-                            .fetch_add(raw.len() as u64, Ordering::Relaxed);
-                        if remaining[*fi].fetch_sub(1, Ordering::AcqRel) == 1 {
-                            let file = open.remove(fi).expect("just used");
-                            finish_file(*fi, &file)?;
-                        }
+            };
+            for (fi, off) in &plan.targets[chunk] {
+                let file = match open.entry(*fi) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(open_file(*fi, !sized[*fi].swap(true, Ordering::AcqRel))?)
                     }
+                };
+                file.write_all_at(raw, *off)
+                    .map_err(|e| Error::io(&plan.files[*fi].path, "write", e))?;
+                written.fetch_add(raw.len() as u64, Ordering::Relaxed);
+                progress
+                    .bytes
+                    .fetch_add(raw.len() as u64, Ordering::Relaxed);
+                if remaining[*fi].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let file = open.remove(fi).expect("just used");
+                    finish_file(*fi, &file)?;
                 }
             }
-            Ok(())
-        },
-    )?;
+        }
+        Ok(())
+    };
+    let workers = rayon::current_num_threads().clamp(1, units.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let (mut bytes, mut bufs, mut open) =
+                    (Vec::new(), blob::DecodeBuffers::default(), HashMap::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(i) = scheduler.next() else { break };
+                    let r = run_unit(&units[i], &mut bytes, &mut bufs, &mut open);
+                    scheduler.done(i);
+                    if let Err(e) = r {
+                        stop.store(true, Ordering::Relaxed);
+                        failed.lock().expect("failed").get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().expect("failed") {
+        return Err(e);
+    }
 
     // Files left incomplete by damage still get their metadata.
     let mut dmg = damaged.into_inner().expect("damaged");
@@ -357,7 +376,7 @@ pub fn restore(
     dmg.dedup_by(|a, b| a.0 == b.0);
     // (They may never have been opened: create them at their size.)
     for (fi, _) in &dmg {
-        finish_file(*fi, &open_file(*fi)?)?;
+        finish_file(*fi, &open_file(*fi, true)?)?;
     }
 
     // Phase 3: hardlinks.
@@ -396,29 +415,6 @@ pub fn restore(
 /// Whether a file's content is exactly one chunk (its write sets the size).
 fn single_chunk(node: &Node) -> bool {
     matches!(&node.kind, NodeKind::File { content } if content.len() == 1 && content[0].chunk.is_some())
-}
-
-/// Splits blobs sorted by offset into runs read with one request each: a gap
-/// of up to 1 MiB is read through rather than making another request.
-fn contiguous_groups(blobs: &[(BlobEntry, ChunkId)]) -> Vec<&[(BlobEntry, ChunkId)]> {
-    const GAP: u64 = 1024 * 1024;
-    const MAX_SPAN: u64 = 64 * 1024 * 1024;
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in 1..blobs.len() {
-        let prev = &blobs[i - 1].0;
-        let cur = &blobs[i].0;
-        let prev_end = prev.offset as u64 + prev.stored_len as u64;
-        let span = cur.offset as u64 + cur.stored_len as u64 - blobs[start].0.offset as u64;
-        if cur.offset as u64 > prev_end + GAP || span > MAX_SPAN {
-            out.push(&blobs[start..i]);
-            start = i;
-        }
-    }
-    if start < blobs.len() {
-        out.push(&blobs[start..]);
-    }
-    out
 }
 
 #[allow(clippy::too_many_arguments)]
