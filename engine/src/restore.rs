@@ -4,8 +4,9 @@
 //! 1. **plan**: walk the snapshot's trees, create folders, symlinks and special
 //!    files, create every regular file at its final size (holes stay holes) and
 //!    note which chunk goes to which file offset;
-//! 2. **data** (parallel, pack by pack): read each needed range of a pack once,
-//!    check and decode each blob, and write it to every place it belongs;
+//! 2. **data** (parallel, in units of a few MiB, see [`schedule`]): read each
+//!    needed range of a pack once, check and decode each blob, and write it to
+//!    every place it belongs; workers are kept off files another one is writing;
 //! 3. **links**: hardlinks to files restored in phase 2;
 //! 4. **metadata**: owners, xattrs, modes and times; folders last, deepest first.
 //!

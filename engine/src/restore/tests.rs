@@ -1,6 +1,7 @@
 //! Restores in place: exact content after restoring over a dirty target,
 //! extra entries removed without following symlinks, and chunks already in
-//! place not written again.
+//! place not written again. And a fresh restore cut into many units for more
+//! workers than files: every byte and every time lands.
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -312,4 +313,46 @@ fn deleting_extra_entries_refuses_filters() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("--exclude"), "{err}");
+}
+
+#[test]
+fn many_units_and_more_workers_than_files_restore_every_byte_and_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("small")).unwrap();
+    // Two files of several units each, and a copy of one (the same chunks go
+    // to two files).
+    let big = noise(21, 19 * 1024 * 1024 + 333);
+    fs::write(src.join("big-a"), &big).unwrap();
+    fs::write(src.join("big-copy"), &big).unwrap();
+    fs::write(src.join("big-b"), noise(22, 17 * 1024 * 1024)).unwrap();
+    // One block repeated: the same chunks go to many offsets of one file.
+    fs::write(src.join("repeated"), noise(23, 300 * 1024).repeat(40)).unwrap();
+    for i in 0..200u64 {
+        let p = src.join("small").join(format!("f{i}"));
+        fs::write(&p, noise(100 + i, 500 + i as usize * 37)).unwrap();
+    }
+    for (i, name) in ["big-a", "big-copy", "big-b", "repeated", "small/f7"]
+        .iter()
+        .enumerate()
+    {
+        let t =
+            std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000 + i as u64, 123_456_789);
+        fs::File::options()
+            .write(true)
+            .open(src.join(name))
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+            .unwrap();
+    }
+    let mut r = repo();
+    let snap = snapshot(&mut r, &src);
+    let target = tmp.path().join("target");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    let summary = pool.install(|| restore_with(&r, &snap, &target, &RestoreOptions::default()));
+    assert_eq!(summary.files, 204);
+    assert_eq!(manifest(&src), manifest(&target));
 }
