@@ -103,7 +103,7 @@ struct State {
     taken: Vec<bool>,
     /// Every unit before this one is taken.
     first_open: usize,
-    /// Workers writing each file now.
+    /// Workers writing each file now; a file nobody writes has no entry.
     busy: HashMap<usize, u32>,
 }
 
@@ -132,12 +132,7 @@ impl<'a> Scheduler<'a> {
         let free = (s.first_open..self.units.len())
             .filter(|&i| !s.taken[i])
             .take(WINDOW)
-            .find(|&i| {
-                self.units[i]
-                    .files
-                    .iter()
-                    .all(|f| s.busy.get(f).is_none_or(|&n| n == 0))
-            });
+            .find(|&i| self.units[i].files.iter().all(|f| !s.busy.contains_key(f)));
         let pick = free.unwrap_or(s.first_open);
         s.taken[pick] = true;
         for f in &self.units[pick].files {
