@@ -21,7 +21,8 @@ use crate::id::{ChunkId, PackId};
 
 /// Most file content a unit writes (more only when one chunk is larger).
 pub(super) const UNIT_BYTES: u64 = 8 * 1024 * 1024;
-/// How many units ahead a worker looks for one that touches no busy file.
+/// How many candidates (units, or runs of units of one busy file) a worker
+/// looks at for one that touches no busy file.
 pub(super) const WINDOW: usize = 32;
 /// A gap between blobs up to this size is read through rather than split.
 const GAP: u64 = 1024 * 1024;
@@ -96,6 +97,9 @@ fn unit(
 /// Hands out units to workers; see the module documentation.
 pub(super) struct Scheduler<'a> {
     units: &'a [Unit],
+    /// For a unit that writes one file: the first unit after it that does not
+    /// write only that same file. Otherwise the unit after it.
+    run_end: Vec<usize>,
     state: Mutex<State>,
 }
 
@@ -109,8 +113,15 @@ struct State {
 
 impl<'a> Scheduler<'a> {
     pub fn new(units: &'a [Unit]) -> Self {
+        let mut run_end: Vec<usize> = (1..=units.len()).collect();
+        for i in (0..units.len().saturating_sub(1)).rev() {
+            if units[i].files.len() == 1 && units[i + 1].files == units[i].files {
+                run_end[i] = run_end[i + 1];
+            }
+        }
         Scheduler {
             units,
+            run_end,
             state: Mutex::new(State {
                 taken: vec![false; units.len()],
                 first_open: 0,
@@ -129,10 +140,21 @@ impl<'a> Scheduler<'a> {
         if s.first_open == self.units.len() {
             return None;
         }
-        let free = (s.first_open..self.units.len())
-            .filter(|&i| !s.taken[i])
-            .take(WINDOW)
-            .find(|&i| self.units[i].files.iter().all(|f| !s.busy.contains_key(f)));
+        let (mut i, mut looked, mut free) = (s.first_open, 0, None);
+        while i < self.units.len() && looked < WINDOW {
+            if s.taken[i] {
+                i += 1;
+                continue;
+            }
+            looked += 1;
+            let files = &self.units[i].files;
+            if files.iter().all(|f| !s.busy.contains_key(f)) {
+                free = Some(i);
+                break;
+            }
+            // Every unit up to `run_end` writes this same busy file.
+            i = self.run_end[i];
+        }
         let pick = free.unwrap_or(s.first_open);
         s.taken[pick] = true;
         for f in &self.units[pick].files {
@@ -242,6 +264,38 @@ mod tests {
         s.done(a);
         let c = s.next().unwrap();
         assert_eq!(units[c].files, vec![0]);
+    }
+
+    #[test]
+    fn a_worker_looks_past_a_long_run_of_a_busy_file() {
+        // File 0 is many more units than the window; file 1 is one unit.
+        let n = WINDOW as u8 + 8;
+        let mut blobs = vec![];
+        let mut targets = HashMap::new();
+        for k in 0..=n {
+            let (file, at) = if k < n { (0, k as u64) } else { (1, 0) };
+            blobs.push((entry(k as u32 * 1000, 1000, UNIT_BYTES as u32), chunk(k)));
+            targets.insert(chunk(k), vec![(file, at * UNIT_BYTES)]);
+        }
+        let mut by_pack = HashMap::new();
+        by_pack.insert(PackId(Id([3; 32])), blobs);
+        let units = units(by_pack, &targets);
+        assert_eq!(units.len(), n as usize + 1);
+        let s = Scheduler::new(&units);
+        let a = s.next().unwrap();
+        let b = s.next().unwrap();
+        assert_eq!(units[a].files, vec![0]);
+        assert_eq!(
+            units[b].files,
+            vec![1],
+            "second worker finds the other file"
+        );
+        // Nothing else is free now: the next unit in order is taken.
+        let c = s.next().unwrap();
+        assert_eq!(
+            (units[c].files.clone(), units[c].first),
+            (vec![0], (0, UNIT_BYTES))
+        );
     }
 
     #[test]
