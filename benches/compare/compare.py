@@ -23,6 +23,7 @@ page cache is not dropped, `sync` is called between steps.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import glob
 import hashlib
@@ -1509,6 +1510,39 @@ def machine_info(workdir: Path) -> dict:
             "workdir_fs": fs, "python": platform.python_version(), "memory_reclaim": memory_reclaim()}
 
 
+PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+
+
+def set_page_reporting_order(order: int) -> None:
+    """Report only free blocks of 2^order pages to the host for the rest of
+    the run, and put the old value back when the harness exits. Freed memory
+    handed back to the host at the default order made the same restore take
+    one or three times as long, whichever tool it was (BENCHMARKS.md,
+    "Memory the host takes back")."""
+    try:
+        old = PAGE_REPORTING_ORDER.read_text().strip()
+    except OSError as e:
+        die(f"--page-reporting-order: cannot read {PAGE_REPORTING_ORDER} ({e}); "
+            "this kernel does not report free pages, so leave the option out")
+    try:
+        PAGE_REPORTING_ORDER.write_text(str(order))
+    except OSError as e:
+        die(f"--page-reporting-order {order}: the kernel refused it ({e}); "
+            "it takes 0 to 10 (the largest block order) and needs root")
+
+    def put_back():
+        try:
+            PAGE_REPORTING_ORDER.write_text(old)
+        except OSError as e:
+            print(f"could not put page_reporting_order back to {old}: {e}; "
+                  f"run: echo {old} > {PAGE_REPORTING_ORDER}", file=sys.stderr)
+
+    atexit.register(put_back)
+    # A terminated run exits through atexit too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    log(f"page_reporting_order {old} -> {order} for this run")
+
+
 def memory_reclaim() -> list[str]:
     """What takes memory away from under a run, where the kernel says so: free
     page reporting to the host, and DAMON schemes (kdamond) that page out or
@@ -1570,6 +1604,9 @@ def main() -> int:
     ap.add_argument("--regen", action="store_true", help="regenerate datasets even if cached")
     ap.add_argument("--step-timeout", type=float, default=None, help="seconds per timed step (default 7200, smoke 300)")
     ap.add_argument("--rustic-install-timeout", type=int, default=1800, help="time box for cargo install rustic-rs")
+    ap.add_argument("--page-reporting-order", type=int, default=None, metavar="N",
+                    help="for the run, hand only free blocks of 2^N pages back to the host "
+                         "(free page reporting; root; put back at exit). See BENCHMARKS.md")
     ap.add_argument("--report-from", default=None, metavar="JSON",
                     help="re-evaluate the goals of a saved run and print its Markdown report (runs nothing)")
     args = ap.parse_args()
@@ -1617,6 +1654,8 @@ def main() -> int:
     out_json = Path(args.out) if args.out else workdir / "results.json"
     out_md = Path(args.markdown) if args.markdown else workdir / "results.md"
 
+    if args.page_reporting_order is not None:
+        set_page_reporting_order(args.page_reporting_order)
     ensure_packages(datasets, tools)
 
     exes: dict[str, str] = {}

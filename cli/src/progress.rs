@@ -36,7 +36,8 @@ impl Display {
                 bar.set_length(total.max(done));
                 bar.set_position(done);
                 bar.set_message(format!("{files} files"));
-                std::thread::sleep(Duration::from_millis(150));
+                // Woken early by `drop`, so the command does not end late.
+                std::thread::park_timeout(Duration::from_millis(150));
             }
             bar.finish_and_clear();
         });
@@ -51,6 +52,7 @@ impl Drop for Display {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
