@@ -104,9 +104,10 @@ pub(super) struct Scheduler<'a> {
 }
 
 struct State {
-    taken: Vec<bool>,
-    /// Every unit before this one is taken.
-    first_open: usize,
+    /// `open[i] == i` while unit `i` is not taken; a taken unit points further
+    /// on (path-halved in [`State::open_from`]), so the search steps over any
+    /// number of taken units in near-constant time. `open[len]` is the end.
+    open: Vec<usize>,
     /// Workers writing each file now; a file nobody writes has no entry.
     busy: HashMap<usize, u32>,
 }
@@ -123,8 +124,7 @@ impl<'a> Scheduler<'a> {
             units,
             run_end,
             state: Mutex::new(State {
-                taken: vec![false; units.len()],
-                first_open: 0,
+                open: (0..=units.len()).collect(),
                 busy: HashMap::new(),
             }),
         }
@@ -134,18 +134,12 @@ impl<'a> Scheduler<'a> {
     /// calls [`Scheduler::done`] with it when its writes are finished.
     pub fn next(&self) -> Option<usize> {
         let mut s = self.state.lock().expect("scheduler");
-        while s.first_open < self.units.len() && s.taken[s.first_open] {
-            s.first_open += 1;
-        }
-        if s.first_open == self.units.len() {
+        let first = s.open_from(0);
+        if first == self.units.len() {
             return None;
         }
-        let (mut i, mut looked, mut free) = (s.first_open, 0, None);
+        let (mut i, mut looked, mut free) = (first, 0, None);
         while i < self.units.len() && looked < WINDOW {
-            if s.taken[i] {
-                i += 1;
-                continue;
-            }
             looked += 1;
             let files = &self.units[i].files;
             if files.iter().all(|f| !s.busy.contains_key(f)) {
@@ -153,10 +147,10 @@ impl<'a> Scheduler<'a> {
                 break;
             }
             // Every unit up to `run_end` writes this same busy file.
-            i = self.run_end[i];
+            i = s.open_from(self.run_end[i]);
         }
-        let pick = free.unwrap_or(s.first_open);
-        s.taken[pick] = true;
+        let pick = free.unwrap_or(first);
+        s.open[pick] = pick + 1;
         for f in &self.units[pick].files {
             *s.busy.entry(*f).or_default() += 1;
         }
@@ -173,6 +167,18 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
+    }
+}
+
+impl State {
+    /// The first unit at or after `i` that is not taken (`len` if none).
+    fn open_from(&mut self, mut i: usize) -> usize {
+        while self.open[i] != i {
+            let next = self.open[self.open[i]];
+            self.open[i] = next;
+            i = next;
+        }
+        i
     }
 }
 
@@ -296,6 +302,29 @@ mod tests {
             (units[c].files.clone(), units[c].first),
             (vec![0], (0, UNIT_BYTES))
         );
+    }
+
+    #[test]
+    fn every_unit_is_handed_out_once_when_workers_jump_ahead() {
+        // Three files of 40 one-MiB chunks; one worker keeps its unit while
+        // the other takes and finishes many, out of order.
+        let (by_pack, targets) = layout(3, 40);
+        let units = units(by_pack, &targets);
+        let s = Scheduler::new(&units);
+        let mut got = vec![s.next().unwrap()];
+        let held = got[0];
+        while let Some(i) = s.next() {
+            got.push(i);
+            s.done(i);
+        }
+        s.done(held);
+        // While file 0 is busy, the other files' ten units come first.
+        let others = units.iter().filter(|u| u.files != vec![0]).count();
+        assert_eq!(others, 10);
+        assert!(got[1..=others].iter().all(|&i| units[i].files != vec![0]));
+        got.sort();
+        assert_eq!(got, (0..units.len()).collect::<Vec<_>>());
+        assert!(s.state.lock().unwrap().busy.is_empty());
     }
 
     #[test]
