@@ -161,18 +161,29 @@ fn compress_into(level: i32, raw: &[u8], out: &mut Vec<u8>) -> bool {
 }
 
 fn decompress_into(stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    out.clear();
+    decompress_append(stored, raw_len, out)
+}
+
+/// Decompresses a frame onto the end of `out`; on error `out` is as it was.
+fn decompress_append(stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
             *d = Some(zstd::bulk::Decompressor::new()?);
         }
-        out.clear();
-        // A frame longer than `raw_len` does not fit and is an error.
+        // A frame longer than `raw_len` may fill the spare capacity; the
+        // caller's length check turns that into an error.
+        let start = out.len();
         out.reserve(raw_len);
-        d.as_mut()
+        let mut at = std::io::Cursor::new(std::mem::take(out));
+        at.set_position(start as u64);
+        let r = d
+            .as_mut()
             .expect("set above")
-            .decompress_to_buffer(stored, out)
-            .map(|_| ())
+            .decompress_to_buffer(stored, &mut at);
+        *out = at.into_inner();
+        r.map(|_| ())
     })
 }
 
@@ -239,6 +250,29 @@ enum Decoded {
     Raw,
 }
 
+fn corrupt(pack: &PackId, e: &BlobEntry, detail: String) -> Error {
+    Error::CorruptBlob {
+        id: e.id.to_hex(),
+        pack: pack.to_hex(),
+        detail,
+    }
+}
+
+/// Checks decoded content against the entry's length and id.
+fn verify(crypto: &Crypto, pack: &PackId, e: &BlobEntry, raw: &[u8]) -> Result<(), Error> {
+    if raw.len() != e.raw_len as usize {
+        return Err(corrupt(
+            pack,
+            e,
+            format!("length {} instead of {}", raw.len(), e.raw_len),
+        ));
+    }
+    if crypto.content_id(raw) != e.id {
+        return Err(corrupt(pack, e, "content does not match its id".into()));
+    }
+    Ok(())
+}
+
 fn decode_to(
     crypto: &Crypto,
     pack: &PackId,
@@ -246,40 +280,65 @@ fn decode_to(
     stored: &[u8],
     bufs: &mut DecodeBuffers,
 ) -> Result<Decoded, Error> {
-    let corrupt = |detail: String| Error::CorruptBlob {
-        id: e.id.to_hex(),
-        pack: pack.to_hex(),
-        detail,
-    };
     let encrypted = crypto.is_encrypted();
     if encrypted {
         crypto
             .open_into(&blob_aad(e.kind, &e.id), stored, &mut bufs.plain, &|| {
                 format!("blob {} in pack {}", e.id, pack)
             })
-            .map_err(|_| corrupt("authentication failed".into()))?;
+            .map_err(|_| corrupt(pack, e, "authentication failed".into()))?;
     }
     let payload = if encrypted { &bufs.plain[..] } else { stored };
     let (raw, at) = if e.flags & BLOB_FLAG_ZSTD != 0 {
         decompress_into(payload, e.raw_len as usize, &mut bufs.raw)
-            .map_err(|err| corrupt(format!("zstd: {err}")))?;
+            .map_err(|err| corrupt(pack, e, format!("zstd: {err}")))?;
         (&bufs.raw[..], Decoded::Raw)
     } else if encrypted {
         (payload, Decoded::Plain)
     } else {
         (payload, Decoded::Stored)
     };
-    if raw.len() != e.raw_len as usize {
-        return Err(corrupt(format!(
-            "length {} instead of {}",
-            raw.len(),
-            e.raw_len
-        )));
-    }
-    if crypto.content_id(raw) != e.id {
-        return Err(corrupt("content does not match its id".into()));
-    }
+    verify(crypto, pack, e, raw)?;
     Ok(at)
+}
+
+/// Where [`decode_in_place`] left a blob's verified content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// This range of the stored bytes (opened there when encrypted).
+    Stored(std::ops::Range<usize>),
+    /// This range of the output buffer (decompressed there).
+    Out(std::ops::Range<usize>),
+}
+
+/// Opens, decompresses and verifies a blob without copying it: an encrypted
+/// blob is opened where it lies in `stored`, and a compressed one is
+/// decompressed onto the end of `out`. The content is where the returned
+/// [`Content`] says. On error `stored` may have changed, `out` has not.
+pub fn decode_in_place(
+    crypto: &Crypto,
+    pack: &PackId,
+    e: &BlobEntry,
+    stored: &mut [u8],
+    out: &mut Vec<u8>,
+) -> Result<Content, Error> {
+    let payload = crypto
+        .open_in_place(&blob_aad(e.kind, &e.id), stored, &|| {
+            format!("blob {} in pack {}", e.id, pack)
+        })
+        .map_err(|_| corrupt(pack, e, "authentication failed".into()))?;
+    if e.flags & BLOB_FLAG_ZSTD == 0 {
+        verify(crypto, pack, e, &stored[payload.clone()])?;
+        return Ok(Content::Stored(payload));
+    }
+    let start = out.len();
+    decompress_append(&stored[payload], e.raw_len as usize, out)
+        .map_err(|err| corrupt(pack, e, format!("zstd: {err}")))?;
+    if let Err(err) = verify(crypto, pack, e, &out[start..]) {
+        out.truncate(start);
+        return Err(err);
+    }
+    Ok(Content::Out(start..out.len()))
 }
 
 /// Opens, decompresses and verifies a blob read from pack `pack`, using
@@ -417,6 +476,52 @@ mod tests {
     }
 
     #[test]
+    fn decoding_in_place_appends_each_blob_and_leaves_damage_out() {
+        for c in [
+            Crypto::None,
+            Crypto::Keyed(Box::new(Keys::from_master(&[6; 32]))),
+        ] {
+            let blobs = [
+                b"long text long text ".repeat(20_000),
+                noise(b"a", 300_000),
+                b"abc".repeat(100),
+                noise(b"b", 10),
+                b"more text ".repeat(5_000),
+            ];
+            let mut out = b"earlier".to_vec();
+            let mut placed = Vec::new();
+            for raw in &blobs {
+                let id = c.content_id(raw);
+                let (stored, flags) = encode(&c, 3, BlobKind::Data, &id, raw);
+                let e = entry_for(id, flags, &stored, raw);
+                // A damaged copy fails and leaves `out` as it was.
+                let mut bad = stored.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 1;
+                let before = out.clone();
+                assert!(decode_in_place(&c, &PackId::default(), &e, &mut bad, &mut out).is_err());
+                assert_eq!(out, before);
+                let mut held = stored.clone();
+                match decode_in_place(&c, &PackId::default(), &e, &mut held, &mut out).unwrap() {
+                    Content::Stored(r) => {
+                        assert_eq!(flags, 0, "only uncompressed blobs stay where they are");
+                        assert_eq!(&held[r], &raw[..]);
+                    }
+                    Content::Out(r) => {
+                        assert_eq!(flags, BLOB_FLAG_ZSTD);
+                        placed.push((r, raw));
+                    }
+                }
+            }
+            assert_eq!(&out[..7], b"earlier");
+            assert_eq!(placed.len(), 3);
+            for (r, raw) in placed {
+                assert_eq!(&out[r], &raw[..]);
+            }
+        }
+    }
+
+    #[test]
     fn a_frame_longer_than_its_entry_says_is_corrupt() {
         let c = Crypto::None;
         let raw = b"0123456789".repeat(1000);
@@ -432,6 +537,13 @@ mod tests {
             decode_in(&c, &PackId::default(), &e, &stored, &mut bufs),
             Err(Error::CorruptBlob { .. })
         ));
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut held = stored.clone();
+        assert!(matches!(
+            decode_in_place(&c, &PackId::default(), &e, &mut held, &mut out),
+            Err(Error::CorruptBlob { .. })
+        ));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -140,6 +140,38 @@ impl Crypto {
         }
     }
 
+    /// Opens sealed bytes where they lie and returns where in `sealed` the
+    /// plaintext now is. On failure the bytes are left undefined. Without a
+    /// key the plaintext is all of `sealed`.
+    pub fn open_in_place(
+        &self,
+        aad: &[u8],
+        sealed: &mut [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<std::ops::Range<usize>, CryptoError> {
+        match self {
+            Crypto::None => Ok(0..sealed.len()),
+            Crypto::Keyed(k) => {
+                let fail = || CryptoError::Authentication { what: what() };
+                let len = sealed.len();
+                if len < NONCE_LEN + TAG_LEN {
+                    return Err(fail());
+                }
+                let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+                let (ct, tag) = rest.split_at_mut(len - NONCE_LEN - TAG_LEN);
+                k.cipher
+                    .decrypt_in_place_detached(
+                        XNonce::from_slice(nonce),
+                        aad,
+                        ct,
+                        Tag::from_slice(tag),
+                    )
+                    .map_err(|_| fail())?;
+                Ok(NONCE_LEN..len - TAG_LEN)
+            }
+        }
+    }
+
     /// Opens what [`Crypto::seal`] produced; `what` names the object in errors.
     pub fn open(
         &self,
@@ -340,6 +372,28 @@ mod tests {
                         .is_err()
                 );
                 assert!(c.open_into(b"bad", &sealed, &mut plain, &what).is_err());
+            }
+            // open_in_place leaves the plaintext inside the sealed bytes.
+            let mut buf = sealed.clone();
+            let at = c.open_in_place(b"aad", &mut buf, &what).unwrap();
+            assert_eq!(&buf[at], b"other payload");
+            if c.is_encrypted() {
+                for (i, aad) in [
+                    (NONCE_LEN, &b"aad"[..]),
+                    (sealed.len() - 1, b"aad"),
+                    (0, b"bad"),
+                ] {
+                    let mut bad = sealed.clone();
+                    if aad == b"aad" {
+                        bad[i] ^= 1;
+                    }
+                    assert!(matches!(
+                        c.open_in_place(aad, &mut bad, &what),
+                        Err(CryptoError::Authentication { .. })
+                    ));
+                }
+                let mut short = sealed[..NONCE_LEN + TAG_LEN - 1].to_vec();
+                assert!(c.open_in_place(b"aad", &mut short, &what).is_err());
             }
         }
     }
