@@ -6,7 +6,9 @@
 //!    note which chunk goes to which file offset;
 //! 2. **data** (parallel, in units of a few MiB, see [`schedule`]): read each
 //!    needed range of a pack once, check and decode each blob, and write it to
-//!    every place it belongs; workers are kept off files another one is writing;
+//!    every place it belongs; workers are kept off files another one is
+//!    writing, and one that meets a busy file leaves its bytes with the file's
+//!    writer (see [`handoff`]);
 //! 3. **links**: hardlinks to files restored in phase 2;
 //! 4. **metadata**: owners, xattrs, modes and times; folders last, deepest first.
 //!
@@ -45,6 +47,7 @@ use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind};
 
+mod handoff;
 mod inplace;
 mod schedule;
 #[cfg(test)]
@@ -298,54 +301,91 @@ pub fn restore(
     let scheduler = schedule::Scheduler::new(&units);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     let stop = AtomicBool::new(false);
-    // One unit of work: read its range of the pack, then check, decode and
-    // write each blob to every place it belongs. `open` keeps the worker's
-    // files open from one unit to the next.
-    let run_unit = |unit: &schedule::Unit,
-                    bytes: &mut Vec<u8>,
-                    bufs: &mut blob::DecodeBuffers,
-                    open: &mut HashMap<usize, File>|
-     -> Result<()> {
+    let pool: Mutex<Vec<UnitData>> = Mutex::new(Vec::new());
+    let handoff = handoff::Handoff::new(schedule::UNIT_BYTES);
+    // Writes `job`'s pieces into file `fi` through the worker's descriptor;
+    // the write that completes the file sets its metadata.
+    let write_job = |fi: usize, job: Job, open: &mut HashMap<usize, File>| -> Result<()> {
+        let file = match open.entry(fi) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(open_file(fi, !sized[fi].swap(true, Ordering::AcqRel))?)
+            }
+        };
+        for &(off, blob) in &job.pieces {
+            let raw = job.data.content(blob);
+            file.write_all_at(raw, off)
+                .map_err(|e| Error::io(&plan.files[fi].path, "write", e))?;
+            written.fetch_add(raw.len() as u64, Ordering::Relaxed);
+            progress
+                .bytes
+                .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            if remaining[fi].fetch_sub(1, Ordering::AcqRel) == 1 {
+                let file = open.remove(&fi).expect("just used");
+                return finish_file(fi, &file);
+            }
+        }
+        Ok(())
+    };
+    // One unit of work: read its range of the pack, check and decode each
+    // blob, then hand each file its pieces (see `handoff`). `open` keeps the
+    // worker's files open from one unit to the next.
+    let run_unit = |unit: &schedule::Unit, open: &mut HashMap<usize, File>| -> Result<()> {
         open.retain(|fi, _| unit.files.binary_search(fi).is_ok());
+        let mut data = pool.lock().expect("pool").pop().unwrap_or_default();
         let pack = &unit.pack;
         let first = unit.blobs[0].0.offset as u64;
         let last = unit.blobs.last().expect("non-empty unit").0;
         let span = last.offset as u64 + last.stored_len as u64 - first;
         let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-        if let Err(e) = repo.backend().get_range_into(&key, first, span, bytes) {
+        if let Err(e) = repo
+            .backend()
+            .get_range_into(&key, first, span, &mut data.bytes)
+        {
             for (_, c) in &unit.blobs {
                 mark_damaged(c, format!("pack {}: {e}", pack.short()));
             }
+            pool.lock().expect("pool").push(data);
             return Ok(());
         }
-        for (entry, chunk) in &unit.blobs {
+        data.out.clear();
+        data.at.clear();
+        // Each file's pieces, in the order of `unit.files`.
+        let mut pieces: Vec<Vec<(u64, usize)>> = vec![Vec::new(); unit.files.len()];
+        for (i, (entry, chunk)) in unit.blobs.iter().enumerate() {
             let start = (entry.offset as u64 - first) as usize;
-            let stored = &bytes[start..start + entry.stored_len as usize];
-            let raw = match blob::decode_in(repo.crypto(), pack, entry, stored, bufs) {
-                Ok(raw) => raw,
+            let stored = &mut data.bytes[start..start + entry.stored_len as usize];
+            match blob::decode_in_place(repo.crypto(), pack, entry, stored, &mut data.out) {
+                Ok(blob::Content::Stored(r)) => {
+                    data.at.push(Piece::Bytes(start + r.start..start + r.end));
+                }
+                Ok(blob::Content::Out(r)) => data.at.push(Piece::Out(r)),
                 Err(e) => {
+                    data.at.push(Piece::Damaged);
                     mark_damaged(chunk, e.to_string());
                     continue;
                 }
-            };
-            for (fi, off) in &plan.targets[chunk] {
-                let file = match open.entry(*fi) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(open_file(*fi, !sized[*fi].swap(true, Ordering::AcqRel))?)
-                    }
-                };
-                file.write_all_at(raw, *off)
-                    .map_err(|e| Error::io(&plan.files[*fi].path, "write", e))?;
-                written.fetch_add(raw.len() as u64, Ordering::Relaxed);
-                progress
-                    .bytes
-                    .fetch_add(raw.len() as u64, Ordering::Relaxed);
-                if remaining[*fi].fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let file = open.remove(fi).expect("just used");
-                    finish_file(*fi, &file)?;
-                }
             }
+            for (fi, off) in &plan.targets[chunk] {
+                let k = unit.files.binary_search(fi).expect("unit lists its files");
+                pieces[k].push((*off, i));
+            }
+        }
+        let data = std::sync::Arc::new(Pooled {
+            data: Some(data),
+            pool: &pool,
+        });
+        for (k, p) in pieces.into_iter().enumerate() {
+            if p.is_empty() {
+                continue;
+            }
+            let fi = unit.files[k];
+            let bytes: u64 = p.iter().map(|(_, b)| data.content(*b).len() as u64).sum();
+            let job = Job {
+                data: data.clone(),
+                pieces: p,
+            };
+            handoff.submit(fi, job, bytes, |job| write_job(fi, job, open))?;
         }
         Ok(())
     };
@@ -353,11 +393,10 @@ pub fn restore(
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
-                let (mut bytes, mut bufs, mut open) =
-                    (Vec::new(), blob::DecodeBuffers::default(), HashMap::new());
+                let mut open = HashMap::new();
                 while !stop.load(Ordering::Relaxed) {
                     let Some(i) = scheduler.next() else { break };
-                    let r = run_unit(&units[i], &mut bytes, &mut bufs, &mut open);
+                    let r = run_unit(&units[i], &mut open);
                     scheduler.done(i);
                     if let Err(e) = r {
                         stop.store(true, Ordering::Relaxed);
@@ -411,6 +450,58 @@ pub fn restore(
         .collect();
     summary.duration_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// A unit's pack range and decoded blobs, kept for whichever worker writes
+/// them and reused from one unit to the next.
+#[derive(Default)]
+struct UnitData {
+    /// The unit's range of its pack; uncompressed blobs are written from
+    /// here (opened in place when encrypted).
+    bytes: Vec<u8>,
+    /// The compressed blobs' content, back to back.
+    out: Vec<u8>,
+    /// Where each blob of the unit is, in the unit's order.
+    at: Vec<Piece>,
+}
+
+enum Piece {
+    Bytes(std::ops::Range<usize>),
+    Out(std::ops::Range<usize>),
+    /// Failed its check; nothing of it is written.
+    Damaged,
+}
+
+/// A [`UnitData`] that goes back to the pool when the last writer is done
+/// with it, so restoring allocates (and faults in) no fresh buffers.
+struct Pooled<'a> {
+    data: Option<UnitData>,
+    pool: &'a Mutex<Vec<UnitData>>,
+}
+
+impl Pooled<'_> {
+    fn content(&self, blob: usize) -> &[u8] {
+        let d = self.data.as_ref().expect("until dropped");
+        match &d.at[blob] {
+            Piece::Bytes(r) => &d.bytes[r.clone()],
+            Piece::Out(r) => &d.out[r.clone()],
+            Piece::Damaged => unreachable!("damaged blobs get no pieces"),
+        }
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let (Some(d), Ok(mut pool)) = (self.data.take(), self.pool.lock()) {
+            pool.push(d);
+        }
+    }
+}
+
+/// What one file gets from one unit: (file offset, blob index) pieces.
+struct Job<'a> {
+    data: std::sync::Arc<Pooled<'a>>,
+    pieces: Vec<(u64, usize)>,
 }
 
 /// Whether a file's content is exactly one chunk (its write sets the size).
