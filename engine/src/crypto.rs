@@ -125,17 +125,12 @@ impl Crypto {
                 let (nonce, rest) = sealed.split_at(NONCE_LEN);
                 let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
                 out.extend_from_slice(ct);
-                k.cipher
-                    .decrypt_in_place_detached(
-                        XNonce::from_slice(nonce),
-                        aad,
-                        out,
-                        Tag::from_slice(tag),
-                    )
-                    .map_err(|_| {
-                        out.clear();
-                        fail()
-                    })
+                if open_detached(&k.cipher, aad, nonce, out, tag) {
+                    Ok(())
+                } else {
+                    out.clear();
+                    Err(fail())
+                }
             }
         }
     }
@@ -159,14 +154,9 @@ impl Crypto {
                 }
                 let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
                 let (ct, tag) = rest.split_at_mut(len - NONCE_LEN - TAG_LEN);
-                k.cipher
-                    .decrypt_in_place_detached(
-                        XNonce::from_slice(nonce),
-                        aad,
-                        ct,
-                        Tag::from_slice(tag),
-                    )
-                    .map_err(|_| fail())?;
+                if !open_detached(&k.cipher, aad, nonce, ct, tag) {
+                    return Err(fail());
+                }
                 Ok(NONCE_LEN..len - TAG_LEN)
             }
         }
@@ -216,6 +206,19 @@ fn seal_with(cipher: &XChaCha20Poly1305, aad: &[u8], plain: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
     out
+}
+
+/// Checks `tag` over `ct` and `aad`, then decrypts `ct` where it lies.
+fn open_detached(
+    cipher: &XChaCha20Poly1305,
+    aad: &[u8],
+    nonce: &[u8],
+    ct: &mut [u8],
+    tag: &[u8],
+) -> bool {
+    cipher
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, ct, Tag::from_slice(tag))
+        .is_ok()
 }
 
 fn open_with(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
