@@ -161,7 +161,105 @@ pub fn source_kind(meta: &Metadata) -> SourceKind {
 
 /// The data segments `(offset, len)` of an open file of `size` bytes; the gaps
 /// between them are holes. Files without holes give one segment.
+///
+/// Allocated but unwritten extents (from `fallocate`, or a restore's zeroed
+/// runs) read as zeros and `SEEK_HOLE` reports them as holes; they are data
+/// here, so the space they hold is restored as allocated, not sparse.
 pub fn data_segments(file: &File, meta: &Metadata) -> Vec<(u64, u64)> {
+    let segs = seek_data_segments(file, meta);
+    if meta.len() == 0 || segs == [(0, meta.len())] {
+        return segs;
+    }
+    match unwritten_extents(file) {
+        Ok(unwritten) if !unwritten.is_empty() => union(segs, unwritten, meta.len()),
+        _ => segs,
+    }
+}
+
+/// Both lists of `(offset, len)` as one sorted list without overlaps, cut
+/// at `size`.
+fn union(mut a: Vec<(u64, u64)>, b: Vec<(u64, u64)>, size: u64) -> Vec<(u64, u64)> {
+    a.extend(b);
+    a.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(a.len());
+    for (off, len) in a {
+        let end = (off + len).min(size);
+        if end <= off {
+            continue;
+        }
+        match out.last_mut() {
+            Some((o, l)) if off <= *o + *l => *l = (*l).max(end - *o),
+            _ => out.push((off, end - off)),
+        }
+    }
+    out
+}
+
+/// The file's allocated but unwritten extents `(offset, len)`, from the
+/// `FS_IOC_FIEMAP` ioctl; an error where the file system has no extent map.
+pub fn unwritten_extents(file: &File) -> std::io::Result<Vec<(u64, u64)>> {
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const EXTENT_LAST: u32 = 0x1;
+    const EXTENT_UNWRITTEN: u32 = 0x800;
+    const BATCH: usize = 128;
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Map {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped: u32,
+        count: u32,
+        reserved: u32,
+        extents: [Extent; BATCH],
+    }
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let mut map = Map {
+            start,
+            length: u64::MAX - start,
+            flags: 0,
+            mapped: 0,
+            count: BATCH as u32,
+            reserved: 0,
+            extents: [Extent::default(); BATCH],
+        };
+        // SAFETY: `map` is a `struct fiemap` followed by room for `count`
+        // extents, as the ioctl expects; it lives across the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map as *mut Map) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let got = &map.extents[..(map.mapped as usize).min(BATCH)];
+        let Some(last) = got.last() else {
+            return Ok(out);
+        };
+        for e in got {
+            if e.flags & EXTENT_UNWRITTEN != 0 {
+                match out.last_mut() {
+                    Some((o, l)) if *o + *l == e.logical => *l += e.length,
+                    _ => out.push((e.logical, e.length)),
+                }
+            }
+        }
+        if last.flags & EXTENT_LAST != 0 || got.len() < BATCH {
+            return Ok(out);
+        }
+        start = last.logical + last.length;
+    }
+}
+
+/// [`data_segments`] as `SEEK_DATA`/`SEEK_HOLE` see them.
+fn seek_data_segments(file: &File, meta: &Metadata) -> Vec<(u64, u64)> {
     let size = meta.len();
     if size == 0 {
         return vec![];
@@ -319,4 +417,20 @@ pub fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::union;
+
+    #[test]
+    fn union_merges_overlapping_and_touching_segments_and_cuts_at_the_size() {
+        let data = vec![(0, 10), (50, 10)];
+        let unwritten = vec![(8, 4), (20, 5), (25, 5), (55, 100)];
+        assert_eq!(
+            union(data, unwritten, 90),
+            vec![(0, 12), (20, 10), (50, 40)]
+        );
+        assert_eq!(union(vec![], vec![(100, 5)], 90), vec![]);
+    }
 }

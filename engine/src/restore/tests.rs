@@ -356,3 +356,45 @@ fn many_units_and_more_workers_than_files_restore_every_byte_and_time() {
     assert_eq!(summary.files, 204);
     assert_eq!(manifest(&src), manifest(&target));
 }
+
+#[test]
+fn holes_stay_holes_and_allocated_zeros_stay_allocated_through_two_round_trips() {
+    use std::os::fd::AsRawFd;
+    const MIB: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // A 1 MiB hole, 2 MiB preallocated (unwritten), data, 1 MiB of written
+    // zeros, data, a 1 MiB hole at the end.
+    let f = fs::File::create(src.join("vm.img")).unwrap();
+    f.set_len(7 * MIB).unwrap();
+    // SAFETY: fallocate on a valid descriptor.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, MIB as i64, 2 * MIB as i64) } != 0 {
+        eprintln!("skipped: this file system cannot preallocate");
+        return;
+    }
+    f.write_all_at(&noise(7, MIB as usize), 3 * MIB).unwrap();
+    f.write_all_at(&vec![0u8; MIB as usize], 4 * MIB).unwrap();
+    f.write_all_at(&noise(8, MIB as usize), 5 * MIB).unwrap();
+    f.sync_all().unwrap();
+    let allocated = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
+    assert_eq!(allocated(&src.join("vm.img")), 5 * MIB);
+
+    let mut repo = repo();
+    let mut from = src.clone();
+    for round in 1..=2 {
+        let snap = snapshot(&mut repo, &from);
+        let to = dir.path().join(format!("restored{round}"));
+        restore_with(&repo, &snap, &to, &RestoreOptions::default());
+        assert_eq!(manifest(&to), manifest(&src), "round {round}");
+        let file = fs::File::open(to.join("vm.img")).unwrap();
+        file.sync_all().unwrap();
+        // (ext4 counts a block of its extent tree too.)
+        let a = allocated(&to.join("vm.img"));
+        assert!(
+            (5 * MIB..5 * MIB + 64 * 1024).contains(&a),
+            "round {round}: {a} bytes allocated, not 5 MiB as in the source"
+        );
+        from = to;
+    }
+}
