@@ -28,7 +28,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +52,7 @@ mod inplace;
 mod schedule;
 #[cfg(test)]
 mod tests;
+mod zeros;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -303,6 +304,7 @@ pub fn restore(
     let stop = AtomicBool::new(false);
     let pool: Mutex<Vec<UnitData>> = Mutex::new(Vec::new());
     let handoff = handoff::Handoff::new(schedule::UNIT_BYTES);
+    let writer = zeros::ZeroWriter::new();
     // Writes `job`'s pieces into file `fi` through the worker's descriptor;
     // the write that completes the file sets its metadata.
     let write_job = |fi: usize, job: Job, open: &mut HashMap<usize, File>| -> Result<()> {
@@ -314,7 +316,8 @@ pub fn restore(
         };
         for &(off, blob) in &job.pieces {
             let raw = job.data.content(blob);
-            file.write_all_at(raw, off)
+            writer
+                .write_at(file, raw, off)
                 .map_err(|e| Error::io(&plan.files[fi].path, "write", e))?;
             written.fetch_add(raw.len() as u64, Ordering::Relaxed);
             progress
