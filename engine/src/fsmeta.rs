@@ -251,10 +251,11 @@ pub fn unwritten_extents(file: &File) -> std::io::Result<Vec<(u64, u64)>> {
                 }
             }
         }
-        if last.flags & EXTENT_LAST != 0 || got.len() < BATCH {
+        let next = last.logical + last.length;
+        if last.flags & EXTENT_LAST != 0 || got.len() < BATCH || next <= start {
             return Ok(out);
         }
-        start = last.logical + last.length;
+        start = next;
     }
 }
 
