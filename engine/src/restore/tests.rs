@@ -373,6 +373,12 @@ fn holes_stay_holes_and_allocated_zeros_stay_allocated_through_two_round_trips()
         eprintln!("skipped: this file system cannot preallocate");
         return;
     }
+    // tmpfs preallocates but has no extent map to show it with: there the
+    // snapshot reads the space as a hole, which is what the file system says.
+    if !matches!(crate::fsmeta::unwritten_extents(&f), Ok(e) if !e.is_empty()) {
+        eprintln!("skipped: this file system does not report preallocated extents");
+        return;
+    }
     f.write_all_at(&noise(7, MIB as usize), 3 * MIB).unwrap();
     f.write_all_at(&vec![0u8; MIB as usize], 4 * MIB).unwrap();
     f.write_all_at(&noise(8, MIB as usize), 5 * MIB).unwrap();
