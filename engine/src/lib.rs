@@ -53,6 +53,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;
+pub mod sys;
 pub mod tree;
 pub mod vfs;
 pub mod walk;

@@ -18,18 +18,26 @@
 //! written, and entries the snapshot does not have are deleted. See
 //! [`inplace`].
 //!
-//! Every target path is built from tree entry names that were validated on
-//! decode (no `/`, `.` or `..`), and nothing in the target is followed: an
-//! existing symlink where the snapshot has a folder or file is replaced, never
-//! written through.
+//! Every entry is made from a tree entry name validated on decode (no `/`,
+//! `.` or `..`), and the snapshot's root must be a folder with a valid name
+//! (checked here again, whatever loaded the snapshot). Nothing in the target
+//! is followed: every entry is created, opened or removed relative to its
+//! folder's descriptor, opened step by step from the target's without
+//! following symlinks (see [`dirs`]); an existing symlink where the snapshot
+//! has a folder or file is replaced, never written through, and a folder
+//! swapped for a symlink during the restore makes what is below it fail with
+//! an error.
+//!
+//! Damage costs only what it touches: a file whose chunks are damaged is
+//! restored as far as it can be, a folder whose tree cannot be read is
+//! restored empty, and both are listed in [`RestoreSummary::damaged`].
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs::File;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -45,14 +53,22 @@ use crate::fsmeta;
 use crate::id::{ChunkId, PackId};
 use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
+use crate::sys::dir::Dir;
 use crate::tree::{Node, NodeKind};
 
+use dirs::{Dirs, TARGET};
+use plan::{Filter, Plan, PlannedFile, Walk};
+
+mod dirs;
 mod handoff;
 mod inplace;
+mod plan;
 mod schedule;
 #[cfg(test)]
 mod tests;
 mod zeros;
+
+pub use plan::MAX_DEPTH;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -85,7 +101,9 @@ pub struct RestoreSummary {
     /// Entries deleted from the target because the snapshot does not have
     /// them (a deleted folder counts once).
     pub deleted: u64,
-    /// Paths whose content could not be restored intact, with the reason.
+    /// Paths whose content could not be restored intact, with the reason:
+    /// files with damaged chunks, and folders whose tree could not be read
+    /// (everything below such a folder is missing).
     pub damaged: Vec<(String, String)>,
     pub duration_s: f64,
 }
@@ -97,45 +115,30 @@ pub struct RestoreProgress {
     pub total_bytes: AtomicU64,
 }
 
-struct PlannedFile {
-    path: PathBuf,
-    node: Node,
-    /// An existing file updated in place (see [`RestoreOptions::reuse_existing`]).
-    reuse: bool,
-    /// Its length had to be changed.
-    resized: bool,
-}
-
-struct Plan {
-    files: Vec<PlannedFile>,
-    /// (link path, index into files of the first name).
-    hardlinks: Vec<(PathBuf, usize, Node)>,
-    others: Vec<(PathBuf, Node)>,
-    dirs: Vec<(PathBuf, Node, usize)>,
-    /// chunk → every (file index, offset) it goes to.
-    targets: HashMap<ChunkId, Vec<(usize, u64)>>,
-}
-
-struct Filter {
-    includes: Option<Excludes>,
-    excludes: Excludes,
-}
-
-impl Filter {
-    /// (restore this entry, descend into it)
-    fn check(&self, rel: &Path, name: &OsStr, inside_included: bool) -> (bool, bool) {
-        if !self.excludes.is_empty() && self.excludes.matches(rel, name) {
-            return (false, false);
-        }
-        match &self.includes {
-            None => (true, true),
-            Some(_) if inside_included => (true, true),
-            Some(inc) => {
-                let hit = inc.matches(rel, name);
-                (hit, true)
-            }
-        }
+/// Refuses a root entry that could lead a restore out of its target. The
+/// snapshot's own root (`whole`) must be a folder whose name is empty (as
+/// snapshots write it) or one valid path component; a node found below the
+/// root by path may be of any kind, with a valid name.
+fn check_root(snap: &Snapshot, root: &Node, whole: bool) -> Result<()> {
+    let bad = |detail: String| Error::Unsafe {
+        path: format!("snapshot {}", snap.id.short()),
+        detail: format!("{detail}; nothing was restored. Run `pvsnap check`; the snapshot object may be damaged or crafted"),
+    };
+    if !(whole && root.name.is_empty()) {
+        crate::tree::validate_name(&root.name).map_err(|_| {
+            bad(format!(
+                "its root entry has the invalid name {:?}",
+                root.name_lossy()
+            ))
+        })?;
     }
+    if whole && !root.is_dir() {
+        return Err(bad(format!(
+            "its root entry is a {}, not a folder",
+            root.kind.name()
+        )));
+    }
+    Ok(())
 }
 
 /// Restores the snapshot's root content (or `subpath` below it) into `target`.
@@ -148,22 +151,28 @@ pub fn restore(
     progress: &RestoreProgress,
 ) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
+    let whole = subpath
+        .map(|p| p.split('/').all(|c| c.is_empty() || c == "."))
+        .unwrap_or(true);
+    check_root(snap, &snap.root, true)?;
     let root = match subpath {
         Some(p) => repo.find_node(snap, p)?,
         None => snap.root.clone(),
     };
-    // A new or empty target needs no check for what stands in the way.
-    let fresh = match fs::read_dir(target) {
-        Ok(mut rd) => rd.next().is_none(),
-        Err(e) if e.kind() == ErrorKind::NotFound => true,
-        Err(e) => return Err(Error::io(target, "read target folder", e)),
-    };
+    check_root(snap, &root, whole)?;
     if opts.delete_extra && !(opts.includes.is_empty() && opts.excludes.is_empty()) {
         return Err(Error::Invalid(
             "deleting extra entries cannot be combined with --include or --exclude: the target would lose what the filter left out".into(),
         ));
     }
-    fs::create_dir_all(target).map_err(|e| Error::io(target, "create target folder", e))?;
+    std::fs::create_dir_all(target).map_err(|e| Error::io(target, "create target folder", e))?;
+    let dirs = Dirs::new(target)?;
+    // A new or empty target needs no check for what stands in the way.
+    let fresh = dirs
+        .open(TARGET)?
+        .names()
+        .map_err(|e| Error::io(target, "read target folder", e))?
+        .is_empty();
     let filter = Filter {
         includes: if opts.includes.is_empty() {
             None
@@ -173,64 +182,64 @@ pub fn restore(
         excludes: Excludes::new(&opts.excludes)?,
     };
     let set_owner = fsmeta::is_root();
-    let mut plan = Plan {
-        files: vec![],
-        hardlinks: vec![],
-        others: vec![],
-        dirs: vec![],
-        targets: HashMap::new(),
+    let mut walk = Walk {
+        repo,
+        filter: &filter,
+        plan: Plan {
+            files: vec![],
+            hardlinks: vec![],
+            others: vec![],
+            dirs: vec![],
+            targets: HashMap::new(),
+            lost: vec![],
+            unread: Default::default(),
+        },
+        dirs,
+        seen: HashMap::new(),
     };
     let mut summary = RestoreSummary::default();
-    let mut seen_inodes: HashMap<(u64, u64), usize> = HashMap::new();
 
     // Phase 1: plan; folders, symlinks and special files are made here.
     match &root.kind {
         NodeKind::Dir { subtree } => {
-            plan_dir(
-                repo,
-                subtree,
-                target,
-                Path::new(""),
-                1,
-                filter.includes.is_none(),
-                &filter,
-                &mut plan,
-                &mut seen_inodes,
-            )?;
-            plan.dirs.push((target.to_path_buf(), root.clone(), 0));
+            walk.dir(subtree, TARGET, Path::new(""), 1, filter.includes.is_none())?;
+            walk.plan.dirs.push((TARGET, root.clone(), 0));
         }
-        _ => {
-            let path = target.join(OsStr::from_bytes(&root.name));
-            plan_entry(&root, path, &mut plan, &mut seen_inodes)?;
-        }
+        _ => walk.entry(&root, TARGET)?,
     }
+    let Walk {
+        mut plan, dirs, ..
+    } = walk;
     if !fresh {
         if opts.delete_extra {
-            summary.deleted = inplace::delete_extra(repo, &plan.dirs)?;
+            summary.deleted = inplace::delete_extra(repo, &dirs, &plan.dirs, &plan.unread)?;
         }
         if opts.reuse_existing {
             let existing: Vec<Option<bool>> = plan
                 .files
                 .par_iter()
-                .map(|f| inplace::prepare_existing(&f.path, f.node.size))
+                .map(|f| inplace::prepare_existing(&dirs, f))
                 .collect::<Result<_>>()?;
             for (f, resized) in plan.files.iter_mut().zip(existing) {
                 f.reuse = resized.is_some();
                 f.resized = resized.unwrap_or(false);
             }
-            let kept = inplace::keep_matching(repo, &plan.files, &mut plan.targets)?;
+            let kept = inplace::keep_matching(repo, &dirs, &plan.files, &mut plan.targets)?;
             summary.files_skipped = kept.files;
             summary.bytes_skipped = kept.bytes;
         }
         plan.files
             .par_iter()
             .filter(|f| !f.reuse)
-            .try_for_each(|f| remove_existing(&f.path))?;
+            .try_for_each(|f| dirs::remove_existing(&*dirs.open(f.dir)?, &f.node.name, &f.path))?;
     }
-    let total: u64 = plan.files.iter().map(|f| f.node.size).sum();
+    let total: u64 = plan
+        .files
+        .iter()
+        .fold(0u64, |t, f| t.saturating_add(f.node.size));
     progress
         .total_bytes
-        .store(total - summary.bytes_skipped, Ordering::Relaxed);
+        .store(total.saturating_sub(summary.bytes_skipped), Ordering::Relaxed);
     // Writes still owed to each file; the writer that brings it to zero sets
     // the file's metadata through the open descriptor.
     let remaining: Vec<AtomicU64> = (0..plan.files.len()).map(|_| AtomicU64::new(0)).collect();
@@ -245,12 +254,13 @@ pub fn restore(
         .collect();
     let open_file = |fi: usize, set_size: bool| -> Result<File> {
         let f = &plan.files[fi];
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .mode_compat(0o600)
-            .open(&f.path)
+        let file = dirs
+            .open(f.dir)?
+            .open_file(
+                OsStr::from_bytes(&f.node.name),
+                libc::O_WRONLY | libc::O_CREAT,
+                0o600,
+            )
             .map_err(|e| Error::io(&f.path, "create", e))?;
         // The final size up front: holes stay holes, and the file is whole
         // whatever order its chunks arrive in.
@@ -263,7 +273,7 @@ pub fn restore(
     let finish_file = |fi: usize, file: &File| -> Result<()> {
         let f = &plan.files[fi];
         if f.reuse {
-            inplace::remove_extra_xattrs(&f.path, &f.node)
+            inplace::remove_extra_xattrs(file, &f.path, &f.node)
                 .map_err(|e| Error::io(&f.path, "set metadata", e))?;
         }
         fsmeta::apply_metadata_fd(file, &f.node, set_owner)
@@ -338,12 +348,18 @@ pub fn restore(
         let mut data = pool.lock().expect("pool").pop().unwrap_or_default();
         let pack = &unit.pack;
         let first = unit.blobs[0].0.offset as u64;
-        let last = unit.blobs.last().expect("non-empty unit").0;
-        let span = last.offset as u64 + last.stored_len as u64 - first;
+        // The furthest end of any blob (a damaged index may list a blob that
+        // reaches past the last one's end).
+        let end = unit
+            .blobs
+            .iter()
+            .map(|(e, _)| e.offset as u64 + e.stored_len as u64)
+            .max()
+            .unwrap_or(first);
         let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
         if let Err(e) = repo
             .backend()
-            .get_range_into(&key, first, span, &mut data.bytes)
+            .get_range_into(&key, first, end - first, &mut data.bytes)
         {
             for (_, c) in &unit.blobs {
                 mark_damaged(c, format!("pack {}: {e}", pack.short()));
@@ -357,7 +373,20 @@ pub fn restore(
         let mut pieces: Vec<Vec<(u64, usize)>> = vec![Vec::new(); unit.files.len()];
         for (i, (entry, chunk)) in unit.blobs.iter().enumerate() {
             let start = (entry.offset as u64 - first) as usize;
-            let stored = &mut data.bytes[start..start + entry.stored_len as usize];
+            let Some(stored) = data
+                .bytes
+                .get_mut(start..start + entry.stored_len as usize)
+            else {
+                data.at.push(Piece::Damaged);
+                mark_damaged(
+                    chunk,
+                    format!(
+                        "pack {}: the index gives a range past the bytes read; run `pvsnap check --read-data`",
+                        pack.short()
+                    ),
+                );
+                continue;
+            };
             match blob::decode_in_place(repo.crypto(), pack, entry, stored, &mut data.out) {
                 Ok(blob::Content::Stored(r)) => {
                     data.at.push(Piece::Bytes(start + r.start..start + r.end));
@@ -423,36 +452,74 @@ pub fn restore(
     }
 
     // Phase 3: hardlinks.
-    for (path, first, _) in &plan.hardlinks {
-        remove_existing(path)?;
-        fs::hard_link(&plan.files[*first].path, path)
-            .map_err(|e| Error::io(path, "create hardlink", e))?;
+    for ((dir, path, node), first) in &plan.hardlinks {
+        let d = dirs.open(*dir)?;
+        dirs::remove_existing(&d, &node.name, path)?;
+        let f = &plan.files[*first];
+        d.hard_link(
+            OsStr::from_bytes(&node.name),
+            &*dirs.open(f.dir)?,
+            OsStr::from_bytes(&f.node.name),
+        )
+        .map_err(|e| Error::io(path, "create hardlink", e))?;
         summary.links += 1;
     }
 
     // Phase 4: metadata of symlinks, special files and folders (deepest first).
     let meta_err = |p: &Path, e: std::io::Error| Error::io(p, "set metadata", e);
-    for (path, node) in &plan.others {
-        fsmeta::apply_metadata(path, node, set_owner).map_err(|e| meta_err(path, e))?;
+    for (dir, path, node) in &plan.others {
+        apply_metadata_at(&*dirs.open(*dir)?, node, set_owner).map_err(|e| meta_err(path, e))?;
     }
     plan.dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
-    for (path, node, _) in &plan.dirs {
+    for (dir, node, _) in &plan.dirs {
+        let path = dirs.path(*dir);
+        let d = dirs.open(*dir)?;
         if opts.delete_extra {
-            inplace::remove_extra_xattrs(path, node).map_err(|e| meta_err(path, e))?;
+            inplace::remove_extra_xattrs(d.as_file(), path, node).map_err(|e| meta_err(path, e))?;
         }
-        fsmeta::apply_metadata(path, node, set_owner).map_err(|e| meta_err(path, e))?;
+        fsmeta::apply_metadata_fd(d.as_file(), node, set_owner).map_err(|e| meta_err(path, e))?;
     }
 
     summary.files = plan.files.len() as u64;
     summary.dirs = plan.dirs.len() as u64;
     summary.specials = plan.others.len() as u64;
     summary.bytes_written = written.load(Ordering::Relaxed);
-    summary.damaged = dmg
-        .into_iter()
-        .map(|(fi, why)| (plan.files[fi].path.to_string_lossy().into_owned(), why))
-        .collect();
+    summary.damaged = plan.lost;
+    summary.damaged.extend(
+        dmg.into_iter()
+            .map(|(fi, why)| (plan.files[fi].path.to_string_lossy().into_owned(), why)),
+    );
     summary.duration_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Sets the metadata of a symlink or special file `node` in folder `dir`,
+/// never following it: owner and times through the folder's descriptor,
+/// the mode with `fchmodat(AT_SYMLINK_NOFOLLOW)`, extended attributes of a
+/// special file through `/proc/self/fd` of the folder.
+fn apply_metadata_at(dir: &Dir, node: &Node, set_owner: bool) -> std::io::Result<()> {
+    let name = OsStr::from_bytes(&node.name);
+    if set_owner {
+        dir.chown(name, node.uid, node.gid)?;
+    }
+    if !matches!(node.kind, NodeKind::Symlink { .. }) {
+        let at = dir.proc_path(name);
+        for x in &node.xattrs {
+            let xname = OsStr::from_bytes(&x.name);
+            if let Err(e) = xattr::set(&at, xname, &x.value) {
+                if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "{}: could not set xattr {}: {e}",
+                    node.name_lossy(),
+                    xname.to_string_lossy()
+                );
+            }
+        }
+        dir.chmod(name, node.mode)?;
+    }
+    dir.set_times(name, node.mtime_ns)
 }
 
 /// A unit's pack range and decoded blobs, kept for whichever worker writes
@@ -510,155 +577,6 @@ struct Job<'a> {
 /// Whether a file's content is exactly one chunk (its write sets the size).
 fn single_chunk(node: &Node) -> bool {
     matches!(&node.kind, NodeKind::File { content } if content.len() == 1 && content[0].chunk.is_some())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn plan_dir(
-    repo: &IndexedRepository,
-    tree_id: &crate::id::TreeId,
-    dir: &Path,
-    rel: &Path,
-    depth: usize,
-    inside_included: bool,
-    filter: &Filter,
-    plan: &mut Plan,
-    seen: &mut HashMap<(u64, u64), usize>,
-) -> Result<()> {
-    let tree = repo.read_tree(tree_id)?;
-    for node in &tree.nodes {
-        let name = OsStr::from_bytes(&node.name);
-        let child_rel = rel.join(name);
-        let (take, descend) = filter.check(&child_rel, name, inside_included);
-        let path = dir.join(name);
-        match &node.kind {
-            NodeKind::Dir { subtree } => {
-                if !descend {
-                    continue;
-                }
-                if take {
-                    ensure_dir(&path)?;
-                    plan.dirs.push((path.clone(), node.clone(), depth));
-                }
-                let before = plan.files.len() + plan.others.len() + plan.hardlinks.len();
-                plan_dir(
-                    repo,
-                    subtree,
-                    &path,
-                    &child_rel,
-                    depth + 1,
-                    take,
-                    filter,
-                    plan,
-                    seen,
-                )?;
-                let restored_below =
-                    plan.files.len() + plan.others.len() + plan.hardlinks.len() > before;
-                if !take && restored_below {
-                    plan.dirs.push((path.clone(), node.clone(), depth));
-                }
-            }
-            _ if take => {
-                if let Some(parent) = path.parent()
-                    && (parent != dir || !inside_included)
-                {
-                    ensure_dir_all(parent, dir)?;
-                }
-                plan_entry(node, path, plan, seen)?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn plan_entry(
-    node: &Node,
-    path: PathBuf,
-    plan: &mut Plan,
-    seen: &mut HashMap<(u64, u64), usize>,
-) -> Result<()> {
-    match &node.kind {
-        NodeKind::File { content } => {
-            if node.links > 1 {
-                if let Some(&first) = seen.get(&(node.device, node.inode)) {
-                    plan.hardlinks.push((path, first, node.clone()));
-                    return Ok(());
-                }
-                seen.insert((node.device, node.inode), plan.files.len());
-            }
-            let fi = plan.files.len();
-            let mut off = 0;
-            for e in content {
-                if let Some(c) = e.chunk {
-                    plan.targets.entry(c).or_default().push((fi, off));
-                }
-                off += e.len;
-            }
-            plan.files.push(PlannedFile {
-                path,
-                node: node.clone(),
-                reuse: false,
-                resized: false,
-            });
-        }
-        NodeKind::Symlink { target } => {
-            remove_existing(&path)?;
-            std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
-                .map_err(|e| Error::io(&path, "create symlink", e))?;
-            plan.others.push((path, node.clone()));
-        }
-        NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
-            remove_existing(&path)?;
-            fsmeta::make_special(&path, node)
-                .map_err(|e| Error::io(&path, "create special file", e))?;
-            plan.others.push((path, node.clone()));
-        }
-        NodeKind::Dir { .. } => unreachable!("folders are planned by plan_dir"),
-    }
-    Ok(())
-}
-
-/// Removes whatever is at `path` unless it is a real folder.
-fn remove_existing(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            fs::remove_dir_all(path).map_err(|e| Error::io(path, "replace folder", e))
-        }
-        Ok(_) => fs::remove_file(path).map_err(|e| Error::io(path, "replace", e)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(path, "inspect", e)),
-    }
-}
-
-/// Makes `path` a real folder, replacing a symlink or file that stands there.
-fn ensure_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => fs::remove_file(path).map_err(|e| Error::io(path, "replace", e))?,
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(path, "inspect", e)),
-    }
-    fs::create_dir(path).map_err(|e| Error::io(path, "create folder", e))
-}
-
-/// Creates the folders from `base` down to `path`, replacing symlinks.
-fn ensure_dir_all(path: &Path, base: &Path) -> Result<()> {
-    if path == base || !path.starts_with(base) {
-        return ensure_dir(path);
-    }
-    if let Some(parent) = path.parent() {
-        ensure_dir_all(parent, base)?;
-    }
-    ensure_dir(path)
-}
-
-trait ModeCompat {
-    fn mode_compat(&mut self, mode: u32) -> &mut Self;
-}
-impl ModeCompat for OpenOptions {
-    fn mode_compat(&mut self, mode: u32) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, mode)
-    }
 }
 
 /// Writes one file's content to `out` (holes as zeros).

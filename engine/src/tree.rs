@@ -97,6 +97,13 @@ impl Node {
     }
 }
 
+/// Deepest folder level that restore, `check`, listings and the mount follow
+/// below a snapshot's root; deeper folders are reported as lost. Trees are
+/// named by their content, so they cannot form a cycle, but a crafted chain
+/// of trees can be arbitrarily deep: this bounds every walk and its stack.
+/// It is far beyond what a path of `PATH_MAX` (4096 bytes) can reach.
+pub const MAX_DEPTH: usize = 1024;
+
 /// Refuses names that could escape a restore target or are not one path part.
 pub fn validate_name(name: &[u8]) -> Result<(), FormatError> {
     let bad = name.is_empty()

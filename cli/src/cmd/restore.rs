@@ -19,6 +19,9 @@ pub struct Args {
     /// Folder to restore into; the snapshot's root content lands directly in it
     #[arg(long, required_unless_present_any = ["to_pvc", "to_new_pvc"], conflicts_with_all = ["to_pvc", "to_new_pvc"])]
     pub target: Option<PathBuf>,
+    /// When --target is a symlink, restore into the folder it points to (refused otherwise)
+    #[arg(long, requires = "target")]
+    pub follow_target: bool,
     /// Restore only this path inside the snapshot
     #[arg(long)]
     pub path: Option<String>,
@@ -70,7 +73,10 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     if let Some(claim) = &a.to_new_pvc {
         return super::restore_pvc::to_new_claim(cli, a, claim);
     }
-    let target = a.target.as_ref().expect("clap requires --target");
+    let target = &checked_target(
+        a.target.as_ref().expect("clap requires --target"),
+        a.follow_target,
+    )?;
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
@@ -83,6 +89,54 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         restore::restore(&repo, &snap, a.path.as_deref(), target, &opts, p)
     })?;
     report(cli, a, &snap, &target.display().to_string(), &summary, &[])
+}
+
+/// The folder to restore into: a symlink is refused unless `follow` (then
+/// its destination is used, and said so), and so is anything that is not a
+/// folder. A missing target is created by the restore.
+fn checked_target(target: &std::path::Path, follow: bool) -> Result<PathBuf> {
+    let meta = match std::fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(target.to_path_buf()),
+        Err(e) => anyhow::bail!("{}: cannot inspect the restore target: {e}", target.display()),
+    };
+    if meta.file_type().is_symlink() {
+        let to = std::fs::read_link(target)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|e| format!("(unreadable: {e})"));
+        if !follow {
+            anyhow::bail!(
+                "{}: the restore target is a symlink to {to}; pass the folder itself, or add --follow-target to restore into {to}",
+                target.display()
+            );
+        }
+        let real = std::fs::canonicalize(target).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: the restore target is a symlink to {to}, which cannot be resolved: {e}",
+                target.display()
+            )
+        })?;
+        if !real.is_dir() {
+            anyhow::bail!(
+                "{}: the restore target is a symlink to {}, which is not a folder; pass a folder",
+                target.display(),
+                real.display()
+            );
+        }
+        eprintln!(
+            "pvsnap: {} is a symlink; restoring into {} (--follow-target)",
+            target.display(),
+            real.display()
+        );
+        return Ok(real);
+    }
+    if !meta.is_dir() {
+        anyhow::bail!(
+            "{}: the restore target exists and is not a folder; pass a folder (new or existing)",
+            target.display()
+        );
+    }
+    Ok(target.to_path_buf())
 }
 
 /// Runs a restore with a progress display.

@@ -12,51 +12,61 @@
 //!   file system cannot punch holes). A file with more than one name is not
 //!   reused: writing into it would change the other names too.
 //! * **Delete** ([`delete_extra`]): in every folder of the plan, entries
-//!   whose names the snapshot's tree does not have are removed. Folder paths
-//!   come from validated tree names below the target, and by the time this
-//!   runs every folder on the way has been made a real folder, so removal
-//!   stays below the target; a symlink is removed as a link, and
-//!   `remove_dir_all` does not follow symlinks inside what it removes.
+//!   whose names the snapshot's tree does not have are removed. Folders are
+//!   reached by descriptor from the target (see [`super::dirs`]), a symlink
+//!   is removed as a link, and a folder is emptied through descriptors of
+//!   its own subfolders, so removal stays below the target. A folder whose
+//!   tree could not be read is left as it is.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{PlannedFile, remove_existing};
+use super::PlannedFile;
+use super::dirs::{self, Dirs};
 use crate::archiver::read_at_full;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::repo::IndexedRepository;
+use crate::sys::dir::EntryKind;
 use crate::tree::{Node, NodeKind};
 
 /// Removes the entries of each planned folder that its tree does not name.
-/// Returns how many entries were removed (a folder counts once).
+/// Folders whose tree could not be read (`unread`) are left alone: what is
+/// in them cannot be compared. Returns how many entries were removed (a
+/// folder counts once).
 pub(super) fn delete_extra(
     repo: &IndexedRepository,
-    dirs: &[(PathBuf, Node, usize)],
+    dirs: &Dirs,
+    planned: &[(usize, Node, usize)],
+    unread: &HashSet<usize>,
 ) -> Result<u64> {
     let mut deleted = 0;
-    for (path, node, _) in dirs {
+    for (dir, node, _) in planned {
         let NodeKind::Dir { subtree } = &node.kind else {
             continue;
         };
-        let tree = repo.read_tree(subtree)?;
+        if unread.contains(dir) {
+            continue;
+        }
+        let Ok(tree) = repo.read_tree(subtree) else {
+            continue;
+        };
+        let path = dirs.path(*dir);
         let keep: HashSet<&[u8]> = tree.nodes.iter().map(|n| n.name.as_slice()).collect();
-        let entries = fs::read_dir(path).map_err(|e| Error::io(path, "list folder", e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(path, "list folder", e))?;
-            let name = entry.file_name();
+        let d = dirs.open(*dir)?;
+        let names = d.names().map_err(|e| Error::io(path, "list folder", e))?;
+        for name in names {
             if !keep.contains(name.as_bytes()) {
                 let extra = path.join(&name);
                 tracing::debug!("{}: not in the snapshot, deleting", extra.display());
-                remove_existing(&extra)?;
+                dirs::remove_existing(&d, name.as_bytes(), &extra)?;
                 deleted += 1;
             }
         }
@@ -64,28 +74,26 @@ pub(super) fn delete_extra(
     Ok(deleted)
 }
 
-/// Prepares an existing file at `path` for an in-place update: when it is a
-/// regular file with a single name that can be opened for writing, sets its
-/// length to `size` and returns whether that changed it. `None`: nothing
+/// Prepares an existing file for an in-place update: when it is a regular
+/// file with a single name that can be opened for writing, sets its length
+/// to the snapshot's and returns whether that changed it. `None`: nothing
 /// reusable there (the caller creates the file afresh).
-pub(super) fn prepare_existing(path: &Path, size: u64) -> Result<Option<bool>> {
-    let before = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(path, "inspect", e)),
+pub(super) fn prepare_existing(dirs: &Dirs, f: &PlannedFile) -> Result<Option<bool>> {
+    let (path, size) = (&f.path, f.node.size);
+    let d = dirs.open(f.dir)?;
+    let name = OsStr::from_bytes(&f.node.name);
+    let before = match d.entry(name).map_err(|e| Error::io(path, "inspect", e))? {
+        None => return Ok(None),
+        Some(b) => b,
     };
-    if !before.file_type().is_file() || before.nlink() != 1 {
+    if before.kind != EntryKind::File || before.nlink != 1 {
         return Ok(None);
     }
-    let Ok(file) = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    else {
+    let Ok(file) = d.open_file(name, libc::O_WRONLY, 0) else {
         return Ok(None);
     };
     let meta = file.metadata().map_err(|e| Error::io(path, "inspect", e))?;
-    if !meta.file_type().is_file() || meta.ino() != before.ino() || meta.dev() != before.dev() {
+    if !meta.file_type().is_file() || meta.ino() != before.ino || meta.dev() != before.dev {
         return Ok(None); // replaced between the two looks
     }
     if meta.len() == size {
@@ -108,6 +116,7 @@ pub(super) struct Kept {
 /// in place from `targets` (chunks left without targets are dropped).
 pub(super) fn keep_matching(
     repo: &IndexedRepository,
+    dirs: &Dirs,
     files: &[PlannedFile],
     targets: &mut HashMap<ChunkId, Vec<(usize, u64)>>,
 ) -> Result<Kept> {
@@ -115,7 +124,7 @@ pub(super) fn keep_matching(
         .par_iter()
         .enumerate()
         .filter(|(_, f)| f.reuse)
-        .map(|(fi, f)| compare_file(repo, f).map(|m| (fi, m)))
+        .map(|(fi, f)| compare_file(repo, dirs, f).map(|m| (fi, m)))
         .collect::<Result<_>>()?;
     let mut kept = Kept { files: 0, bytes: 0 };
     for (fi, m) in found {
@@ -142,7 +151,7 @@ struct FileMatch {
     untouched: bool,
 }
 
-fn compare_file(repo: &IndexedRepository, f: &PlannedFile) -> Result<FileMatch> {
+fn compare_file(repo: &IndexedRepository, dirs: &Dirs, f: &PlannedFile) -> Result<FileMatch> {
     let mut m = FileMatch {
         in_place: Vec::new(),
         untouched: true,
@@ -151,11 +160,9 @@ fn compare_file(repo: &IndexedRepository, f: &PlannedFile) -> Result<FileMatch> 
         return Ok(m);
     };
     let io = |action: &'static str| move |e| Error::io(&f.path, action, e);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&f.path)
+    let file = dirs
+        .open(f.dir)?
+        .open_file(OsStr::from_bytes(&f.node.name), libc::O_RDWR, 0)
         .map_err(io("open for comparing"))?;
     let mut buf = Vec::new();
     let mut off = 0u64;
@@ -256,10 +263,12 @@ fn punch_hole(file: &File, off: u64, len: u64) -> bool {
 }
 
 /// Removes extended attributes that `node` does not have (an existing entry
-/// may carry ones the snapshot never had). Attributes this process may not
-/// remove are left with a warning, as `apply_metadata` does when setting.
-pub(super) fn remove_extra_xattrs(path: &Path, node: &Node) -> std::io::Result<()> {
-    let names = match xattr::list(path) {
+/// may carry ones the snapshot never had), through the entry's descriptor.
+/// Attributes this process may not remove are left with a warning, as
+/// `apply_metadata` does when setting.
+pub(super) fn remove_extra_xattrs(file: &File, path: &Path, node: &Node) -> std::io::Result<()> {
+    use xattr::FileExt as _;
+    let names = match file.list_xattr() {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
         Err(e) => return Err(e),
@@ -268,7 +277,7 @@ pub(super) fn remove_extra_xattrs(path: &Path, node: &Node) -> std::io::Result<(
         if node.xattrs.iter().any(|x| x.name == name.as_bytes()) {
             continue;
         }
-        if let Err(e) = xattr::remove(path, &name) {
+        if let Err(e) = file.remove_xattr(&name) {
             if !matches!(
                 e.raw_os_error(),
                 Some(libc::EPERM | libc::ENOTSUP | libc::ENODATA)

@@ -1,0 +1,235 @@
+//! Phase 1 of a restore: walk the snapshot's trees, make folders, symlinks
+//! and special files, and note which chunk goes to which file offset.
+//!
+//! A folder whose tree cannot be read (missing, damaged, of the wrong kind)
+//! or that lies deeper than [`MAX_DEPTH`] is noted in [`Plan::lost`] and the
+//! walk goes on, so one damaged tree costs only what is below it. A file
+//! whose extents add up past what a file can hold is noted there too.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::dirs::{self, Dirs};
+use crate::archiver::Excludes;
+use crate::error::Result;
+use crate::id::{ChunkId, TreeId};
+use crate::repo::IndexedRepository;
+use crate::tree::{Node, NodeKind};
+
+/// Deepest folder level restore, `check` and listings follow below a
+/// snapshot's root; what lies deeper is reported as lost. Trees are named
+/// by their content, so they cannot form a cycle, but a crafted chain of
+/// trees could be arbitrarily deep: this bounds the walk (and its stack).
+/// Far above what a path of `PATH_MAX` (4096 bytes) can reach.
+pub const MAX_DEPTH: usize = crate::tree::MAX_DEPTH;
+
+pub(super) struct PlannedFile {
+    /// Its folder (see [`Dirs`]); its name is `node.name`.
+    pub dir: usize,
+    pub path: PathBuf,
+    pub node: Node,
+    /// An existing file updated in place (see `RestoreOptions::reuse_existing`).
+    pub reuse: bool,
+    /// Its length had to be changed.
+    pub resized: bool,
+}
+
+/// An entry restored in phase 1 or 3: (folder, path, node).
+pub(super) type Placed = (usize, PathBuf, Node);
+
+pub(super) struct Plan {
+    pub files: Vec<PlannedFile>,
+    /// (link, index into files of the first name).
+    pub hardlinks: Vec<(Placed, usize)>,
+    pub others: Vec<Placed>,
+    /// (folder, its node, depth).
+    pub dirs: Vec<(usize, Node, usize)>,
+    /// chunk → every (file index, offset) it goes to.
+    pub targets: HashMap<ChunkId, Vec<(usize, u64)>>,
+    /// Folders and files that cannot be restored, with the reason.
+    pub lost: Vec<(String, String)>,
+    /// Folders whose trees could not be read (not to be cleaned in place).
+    pub unread: std::collections::HashSet<usize>,
+}
+
+pub(super) struct Filter {
+    pub includes: Option<Excludes>,
+    pub excludes: Excludes,
+}
+
+impl Filter {
+    /// (restore this entry, descend into it)
+    fn check(&self, rel: &Path, name: &OsStr, inside_included: bool) -> (bool, bool) {
+        if !self.excludes.is_empty() && self.excludes.matches(rel, name) {
+            return (false, false);
+        }
+        match &self.includes {
+            None => (true, true),
+            Some(_) if inside_included => (true, true),
+            Some(inc) => {
+                let hit = inc.matches(rel, name);
+                (hit, true)
+            }
+        }
+    }
+}
+
+pub(super) struct Walk<'a> {
+    pub repo: &'a IndexedRepository,
+    pub filter: &'a Filter,
+    pub plan: Plan,
+    pub dirs: Dirs,
+    pub seen: HashMap<(u64, u64), usize>,
+}
+
+impl Walk<'_> {
+    /// Plans the entries of tree `tree_id` into folder `dir`.
+    pub fn dir(
+        &mut self,
+        tree_id: &TreeId,
+        dir: usize,
+        rel: &Path,
+        depth: usize,
+        inside_included: bool,
+    ) -> Result<()> {
+        if depth > MAX_DEPTH {
+            self.plan.unread.insert(dir);
+            self.plan.lost.push((
+                self.dirs.path(dir).display().to_string(),
+                format!("folder contents not restored: deeper than {MAX_DEPTH} levels"),
+            ));
+            return Ok(());
+        }
+        let tree = match self.repo.read_tree(tree_id) {
+            Ok(t) => t,
+            Err(e) => {
+                self.plan.unread.insert(dir);
+                self.plan.lost.push((
+                    self.dirs.path(dir).display().to_string(),
+                    format!("folder contents lost: tree {}: {e}", tree_id.short()),
+                ));
+                return Ok(());
+            }
+        };
+        for node in &tree.nodes {
+            let name = OsStr::from_bytes(&node.name);
+            let child_rel = rel.join(name);
+            let (take, descend) = self.filter.check(&child_rel, name, inside_included);
+            match &node.kind {
+                NodeKind::Dir { subtree } => {
+                    if !descend {
+                        continue;
+                    }
+                    if take {
+                        self.dirs.ensure(dir)?;
+                        let d = self.dirs.open(dir)?;
+                        let path = self.dirs.path(dir).join(name);
+                        dirs::ensure_dir(&d, &node.name, &path)?;
+                    }
+                    let child = self.dirs.add(dir, &node.name, take);
+                    if take {
+                        self.plan.dirs.push((child, node.clone(), depth));
+                    }
+                    let before = self.placed();
+                    self.dir(subtree, child, &child_rel, depth + 1, take)?;
+                    if !take && self.placed() > before {
+                        self.plan.dirs.push((child, node.clone(), depth));
+                    }
+                }
+                _ if take => {
+                    self.dirs.ensure(dir)?;
+                    self.entry(node, dir)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn placed(&self) -> usize {
+        self.plan.files.len() + self.plan.others.len() + self.plan.hardlinks.len()
+    }
+
+    /// Plans a non-folder entry `node` in folder `dir` (which exists).
+    pub fn entry(&mut self, node: &Node, dir: usize) -> Result<()> {
+        let path = self.dirs.path(dir).join(OsStr::from_bytes(&node.name));
+        let plan = &mut self.plan;
+        match &node.kind {
+            NodeKind::File { content } => {
+                if node.links > 1
+                    && let Some(&first) = self.seen.get(&(node.device, node.inode))
+                {
+                    plan.hardlinks.push(((dir, path, node.clone()), first));
+                    return Ok(());
+                }
+                // Offsets past what a file can hold are damage, not a write
+                // that fails half way.
+                let mut off = 0u64;
+                let mut at = Vec::new();
+                for e in content {
+                    if let Some(c) = e.chunk {
+                        at.push((c, off));
+                    }
+                    off = match off.checked_add(e.len) {
+                        Some(o) if o <= i64::MAX as u64 => o,
+                        _ => {
+                            plan.lost.push((
+                                path.display().to_string(),
+                                "not restored: its extents add up to more than a file can hold".into(),
+                            ));
+                            return Ok(());
+                        }
+                    };
+                }
+                if node.size > i64::MAX as u64 {
+                    plan.lost.push((
+                        path.display().to_string(),
+                        format!("not restored: its size {} is more than a file can hold", node.size),
+                    ));
+                    return Ok(());
+                }
+                let fi = plan.files.len();
+                if node.links > 1 {
+                    self.seen.insert((node.device, node.inode), fi);
+                }
+                for (c, off) in at {
+                    plan.targets.entry(c).or_default().push((fi, off));
+                }
+                plan.files.push(PlannedFile {
+                    dir,
+                    path,
+                    node: node.clone(),
+                    reuse: false,
+                    resized: false,
+                });
+            }
+            NodeKind::Symlink { target } => {
+                let d = self.dirs.open(dir)?;
+                dirs::remove_existing(&d, &node.name, &path)?;
+                d.symlink(OsStr::from_bytes(target), OsStr::from_bytes(&node.name))
+                    .map_err(|e| crate::error::Error::io(&path, "create symlink", e))?;
+                plan.others.push((dir, path, node.clone()));
+            }
+            NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
+                let (kind, rdev) = match node.kind {
+                    NodeKind::CharDevice { rdev } => (libc::S_IFCHR, rdev),
+                    NodeKind::BlockDevice { rdev } => (libc::S_IFBLK, rdev),
+                    _ => (libc::S_IFIFO, 0),
+                };
+                let d = self.dirs.open(dir)?;
+                dirs::remove_existing(&d, &node.name, &path)?;
+                d.mknod(
+                    OsStr::from_bytes(&node.name),
+                    kind | (node.mode & 0o777),
+                    rdev,
+                )
+                .map_err(|e| crate::error::Error::io(&path, "create special file", e))?;
+                plan.others.push((dir, path, node.clone()));
+            }
+            NodeKind::Dir { .. } => unreachable!("folders are planned by Walk::dir"),
+        }
+        Ok(())
+    }
+}
