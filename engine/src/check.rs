@@ -458,7 +458,7 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
     };
     let mut damaged_snapshots = Vec::new();
     for s in &snaps {
-        let paths = walker.tree(&s.tree);
+        let paths = walker.tree(&s.tree, 1);
         if !paths.is_empty() {
             damaged_snapshots.push(DamagedSnapshot {
                 id: s.id,
@@ -501,9 +501,20 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     /// Paths (relative, no leading `/`; "" is the tree itself) that cannot be restored.
-    fn tree(&mut self, id: &TreeId) -> Arc<Vec<DamagedPath>> {
+    /// `depth` bounds the walk (see [`crate::tree::MAX_DEPTH`]).
+    fn tree(&mut self, id: &TreeId, depth: usize) -> Arc<Vec<DamagedPath>> {
         if let Some(d) = self.memo.get(id) {
             return d.clone();
+        }
+        if depth > crate::tree::MAX_DEPTH {
+            return Arc::new(vec![DamagedPath {
+                path: String::new(),
+                reason: format!(
+                    "folder contents not restorable: deeper than {} levels (tree {})",
+                    crate::tree::MAX_DEPTH,
+                    id.short()
+                ),
+            }]);
         }
         let mut out = Vec::new();
         match self.scan.read_tree(id) {
@@ -516,7 +527,7 @@ impl Walker<'_> {
                     let name = node.name_lossy();
                     match &node.kind {
                         NodeKind::Dir { subtree } => {
-                            for d in self.tree(subtree).iter() {
+                            for d in self.tree(subtree, depth + 1).iter() {
                                 let path = if d.path.is_empty() {
                                     name.clone()
                                 } else {
@@ -528,8 +539,12 @@ impl Walker<'_> {
                                 });
                             }
                         }
-                        NodeKind::File { .. } => {
-                            if let Some(why) = node.chunks().find_map(|c| self.scan.problem(&c.0)) {
+                        NodeKind::File { content } => {
+                            let why = node
+                                .chunks()
+                                .find_map(|c| self.scan.problem(&c.0))
+                                .or_else(|| extents_problem(&self.scan.repo, content));
+                            if let Some(why) = why {
                                 out.push(DamagedPath {
                                     path: name,
                                     reason: why,
@@ -545,4 +560,29 @@ impl Walker<'_> {
         self.memo.insert(*id, out.clone());
         out
     }
+}
+
+/// What is wrong with a file's extents, if anything: lengths that add up
+/// past what a file can hold, or a chunk whose stored length is not the
+/// extent's (restore would put the following bytes at the wrong place).
+fn extents_problem(repo: &IndexedRepository, content: &[crate::tree::Extent]) -> Option<String> {
+    let mut total = 0u64;
+    for e in content {
+        total = match total.checked_add(e.len) {
+            Some(t) if t <= i64::MAX as u64 => t,
+            _ => return Some("its extents add up to more than a file can hold".into()),
+        };
+        if let Some(c) = e.chunk
+            && let Some(loc) = repo.index().get(&c.0)
+            && loc.entry.raw_len as u64 != e.len
+        {
+            return Some(format!(
+                "chunk {} holds {} bytes where the file's extent says {}",
+                c.short(),
+                loc.entry.raw_len,
+                e.len
+            ));
+        }
+    }
+    None
 }

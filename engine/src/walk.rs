@@ -2,28 +2,74 @@
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::TreeId;
 use crate::repo::IndexedRepository;
-use crate::tree::{Node, NodeKind};
+use crate::tree::{MAX_DEPTH, Node, NodeKind};
 
 /// Calls `f(path, node)` for every entry below `tree`, depth first, parents
-/// before children; paths are `/`-joined below `prefix`.
+/// before children; paths are `/`-joined below `prefix`. Fails on the first
+/// tree that cannot be read (see [`walk_lenient`] to go on past it).
 pub fn walk(
     repo: &IndexedRepository,
     tree: &TreeId,
     prefix: &str,
     f: &mut dyn FnMut(&str, &Node) -> Result<()>,
 ) -> Result<()> {
-    let t = repo.read_tree(tree)?;
+    walk_in(repo, tree, prefix, 1, f, &mut None)
+}
+
+/// Like [`walk`], but a folder whose tree cannot be read (or that lies
+/// deeper than [`MAX_DEPTH`]) is skipped and returned with the reason, and
+/// the walk goes on. Its own entry has been passed to `f` already; the
+/// path `prefix` (or `/`) stands for `tree` itself.
+pub fn walk_lenient(
+    repo: &IndexedRepository,
+    tree: &TreeId,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &Node) -> Result<()>,
+) -> Result<Vec<(String, String)>> {
+    let mut lost = Some(Vec::new());
+    walk_in(repo, tree, prefix, 1, f, &mut lost)?;
+    Ok(lost.unwrap_or_default())
+}
+
+fn walk_in(
+    repo: &IndexedRepository,
+    tree: &TreeId,
+    prefix: &str,
+    depth: usize,
+    f: &mut dyn FnMut(&str, &Node) -> Result<()>,
+    lost: &mut Option<Vec<(String, String)>>,
+) -> Result<()> {
+    let here = || if prefix.is_empty() { "/" } else { prefix }.to_string();
+    let t = if depth > MAX_DEPTH {
+        Err(too_deep(&here()))
+    } else {
+        repo.read_tree(tree)
+    };
+    let t = match (t, lost.as_mut()) {
+        (Ok(t), _) => t,
+        (Err(e), Some(lost)) => {
+            lost.push((here(), format!("folder contents lost: tree {}: {e}", tree.short())));
+            return Ok(());
+        }
+        (Err(e), None) => return Err(e),
+    };
     for node in &t.nodes {
         let path = join(prefix, &node.name_lossy());
         f(&path, node)?;
         if let NodeKind::Dir { subtree } = &node.kind {
-            walk(repo, subtree, &path, f)?;
+            walk_in(repo, subtree, &path, depth + 1, f, lost)?;
         }
     }
     Ok(())
+}
+
+fn too_deep(path: &str) -> Error {
+    Error::Invalid(format!(
+        "{path}: folders nest deeper than {MAX_DEPTH} levels; the snapshot is damaged or crafted, run `pvsnap check`"
+    ))
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -46,7 +92,7 @@ pub struct Change {
 /// without being read.
 pub fn diff(repo: &IndexedRepository, a: &TreeId, b: &TreeId) -> Result<Vec<Change>> {
     let mut out = Vec::new();
-    diff_into(repo, Some(a), Some(b), "", &mut out)?;
+    diff_into(repo, Some(a), Some(b), "", 1, &mut out)?;
     Ok(out)
 }
 
@@ -55,10 +101,14 @@ fn diff_into(
     a: Option<&TreeId>,
     b: Option<&TreeId>,
     prefix: &str,
+    depth: usize,
     out: &mut Vec<Change>,
 ) -> Result<()> {
     if a == b {
         return Ok(());
+    }
+    if depth > MAX_DEPTH {
+        return Err(too_deep(prefix));
     }
     let ta = match a {
         Some(id) => repo.read_tree(id)?.nodes,
@@ -84,7 +134,7 @@ fn diff_into(
                     path: path.clone(),
                 });
                 if let NodeKind::Dir { subtree } = &n.kind {
-                    diff_into(repo, Some(subtree), None, &path, out)?;
+                    diff_into(repo, Some(subtree), None, &path, depth + 1, out)?;
                 }
                 i += 1;
             }
@@ -96,7 +146,7 @@ fn diff_into(
                     path: path.clone(),
                 });
                 if let NodeKind::Dir { subtree } = &n.kind {
-                    diff_into(repo, None, Some(subtree), &path, out)?;
+                    diff_into(repo, None, Some(subtree), &path, depth + 1, out)?;
                 }
                 j += 1;
             }
@@ -111,7 +161,7 @@ fn diff_into(
                                 path: path.clone(),
                             });
                         }
-                        diff_into(repo, Some(sa), Some(sb), &path, out)?;
+                        diff_into(repo, Some(sa), Some(sb), &path, depth + 1, out)?;
                     }
                     (ka, kb) if std::mem::discriminant(ka) != std::mem::discriminant(kb) => {
                         out.push(Change { change: 'T', path });

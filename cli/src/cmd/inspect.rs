@@ -149,8 +149,8 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
             writeln!(out, "{path}").map_err(io)
         }
     };
-    match &node.kind {
-        NodeKind::Dir { subtree } => walk::walk(
+    let lost = match &node.kind {
+        NodeKind::Dir { subtree } => walk::walk_lenient(
             &repo,
             subtree,
             if start.trim_matches('/').is_empty() {
@@ -160,7 +160,20 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
             },
             &mut print,
         )?,
-        _ => print(&prefix, &node)?,
+        _ => {
+            print(&prefix, &node)?;
+            vec![]
+        }
+    };
+    if !lost.is_empty() {
+        for (path, why) in &lost {
+            eprintln!("pvsnap: damaged: {path}: {why}");
+        }
+        eprintln!(
+            "pvsnap: {} folder(s) could not be listed; run `pvsnap check --read-data` (exit code 4)",
+            lost.len()
+        );
+        return Ok(crate::exit::DAMAGED);
     }
     Ok(crate::exit::OK)
 }

@@ -16,14 +16,8 @@ use crate::archiver::Excludes;
 use crate::error::Result;
 use crate::id::{ChunkId, TreeId};
 use crate::repo::IndexedRepository;
-use crate::tree::{Node, NodeKind};
+use crate::tree::{MAX_DEPTH, Node, NodeKind};
 
-/// Deepest folder level restore, `check` and listings follow below a
-/// snapshot's root; what lies deeper is reported as lost. Trees are named
-/// by their content, so they cannot form a cycle, but a crafted chain of
-/// trees could be arbitrarily deep: this bounds the walk (and its stack).
-/// Far above what a path of `PATH_MAX` (4096 bytes) can reach.
-pub const MAX_DEPTH: usize = crate::tree::MAX_DEPTH;
 
 pub(super) struct PlannedFile {
     /// Its folder (see [`Dirs`]); its name is `node.name`.
@@ -170,6 +164,22 @@ impl Walk<'_> {
                 let mut at = Vec::new();
                 for e in content {
                     if let Some(c) = e.chunk {
+                        // A chunk of another length than its extent would
+                        // shift what follows: damage, named as such.
+                        if let Some(loc) = self.repo.index().get(&c.0)
+                            && loc.entry.raw_len as u64 != e.len
+                        {
+                            plan.lost.push((
+                                path.display().to_string(),
+                                format!(
+                                    "not restored: chunk {} holds {} bytes where the file's extent says {}",
+                                    c.short(),
+                                    loc.entry.raw_len,
+                                    e.len
+                                ),
+                            ));
+                            return Ok(());
+                        }
                         at.push((c, off));
                     }
                     off = match off.checked_add(e.len) {
