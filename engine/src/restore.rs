@@ -120,7 +120,9 @@ pub struct RestoreProgress {
 fn check_root(snap: &Snapshot, root: &Node, whole: bool) -> Result<()> {
     let bad = |detail: String| Error::Unsafe {
         path: format!("snapshot {}", snap.id.short()),
-        detail: format!("{detail}; nothing was restored. Run `pvsnap check`; the snapshot object may be damaged or crafted"),
+        detail: format!(
+            "{detail}; nothing was restored. Run `pvsnap check`; the snapshot object may be damaged or crafted"
+        ),
     };
     if !(whole && root.name.is_empty()) {
         crate::tree::validate_name(&root.name).map_err(|_| {
@@ -205,9 +207,7 @@ pub fn restore(
         }
         _ => walk.entry(&root, TARGET)?,
     }
-    let Walk {
-        mut plan, dirs, ..
-    } = walk;
+    let Walk { mut plan, dirs, .. } = walk;
     if !fresh {
         if opts.delete_extra {
             summary.deleted = inplace::delete_extra(repo, &dirs, &plan.dirs, &plan.unread)?;
@@ -235,9 +235,10 @@ pub fn restore(
         .files
         .iter()
         .fold(0u64, |t, f| t.saturating_add(f.node.size));
-    progress
-        .total_bytes
-        .store(total.saturating_sub(summary.bytes_skipped), Ordering::Relaxed);
+    progress.total_bytes.store(
+        total.saturating_sub(summary.bytes_skipped),
+        Ordering::Relaxed,
+    );
     // Writes still owed to each file; the writer that brings it to zero sets
     // the file's metadata through the open descriptor.
     let remaining: Vec<AtomicU64> = (0..plan.files.len()).map(|_| AtomicU64::new(0)).collect();
@@ -371,10 +372,7 @@ pub fn restore(
         let mut pieces: Vec<Vec<(u64, usize)>> = vec![Vec::new(); unit.files.len()];
         for (i, (entry, chunk)) in unit.blobs.iter().enumerate() {
             let start = (entry.offset as u64 - first) as usize;
-            let Some(stored) = data
-                .bytes
-                .get_mut(start..start + entry.stored_len as usize)
-            else {
+            let Some(stored) = data.bytes.get_mut(start..start + entry.stored_len as usize) else {
                 data.at.push(Piece::Damaged);
                 mark_damaged(
                     chunk,

@@ -51,7 +51,10 @@ fn walk_in(
     let t = match (t, lost.as_mut()) {
         (Ok(t), _) => t,
         (Err(e), Some(lost)) => {
-            lost.push((here(), format!("folder contents lost: tree {}: {e}", tree.short())));
+            lost.push((
+                here(),
+                format!("folder contents lost: tree {}: {e}", tree.short()),
+            ));
             return Ok(());
         }
         (Err(e), None) => return Err(e),

@@ -98,7 +98,10 @@ fn checked_target(target: &std::path::Path, follow: bool) -> Result<PathBuf> {
     let meta = match std::fs::symlink_metadata(target) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(target.to_path_buf()),
-        Err(e) => anyhow::bail!("{}: cannot inspect the restore target: {e}", target.display()),
+        Err(e) => anyhow::bail!(
+            "{}: cannot inspect the restore target: {e}",
+            target.display()
+        ),
     };
     if meta.file_type().is_symlink() {
         let to = std::fs::read_link(target)

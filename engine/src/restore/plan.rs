@@ -18,7 +18,6 @@ use crate::id::{ChunkId, TreeId};
 use crate::repo::IndexedRepository;
 use crate::tree::{MAX_DEPTH, Node, NodeKind};
 
-
 pub(super) struct PlannedFile {
     /// Its folder (see [`Dirs`]); its name is `node.name`.
     pub dir: usize,
@@ -187,7 +186,8 @@ impl Walk<'_> {
                         _ => {
                             plan.lost.push((
                                 path.display().to_string(),
-                                "not restored: its extents add up to more than a file can hold".into(),
+                                "not restored: its extents add up to more than a file can hold"
+                                    .into(),
                             ));
                             return Ok(());
                         }
@@ -196,7 +196,10 @@ impl Walk<'_> {
                 if node.size > i64::MAX as u64 {
                     plan.lost.push((
                         path.display().to_string(),
-                        format!("not restored: its size {} is more than a file can hold", node.size),
+                        format!(
+                            "not restored: its size {} is more than a file can hold",
+                            node.size
+                        ),
                     ));
                     return Ok(());
                 }

@@ -212,7 +212,9 @@ impl Dir {
                 }
                 let c = cname(name)?;
                 // SAFETY: valid descriptor and NUL-terminated name.
-                check(unsafe { libc::unlinkat(self.file.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+                check(unsafe {
+                    libc::unlinkat(self.file.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR)
+                })
             }
             Some(_) => self.remove_file(name),
         }
