@@ -57,12 +57,20 @@ fn enter_error(path: &Path, e: std::io::Error) -> Error {
 impl Dirs {
     /// Opens the target folder (which must exist; a symlink is refused).
     pub fn new(target: &Path) -> Result<Dirs> {
-        let dir = Dir::open(target).map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => Error::Unsafe {
-                path: target.display().to_string(),
-                detail: "the restore target is a symlink; pass the folder it points to".into(),
-            },
-            _ => Error::io(target, "open target folder", e),
+        let dir = Dir::open(target).map_err(|e| {
+            let link = std::fs::symlink_metadata(target).is_ok_and(|m| m.is_symlink());
+            match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR) if link => Error::Unsafe {
+                    path: target.display().to_string(),
+                    detail: "the restore target is a symlink; pass the folder it points to".into(),
+                },
+                Some(libc::ENOTDIR) => Error::Unsafe {
+                    path: target.display().to_string(),
+                    detail: "the restore target is not a folder; pass a folder (new or existing)"
+                        .into(),
+                },
+                _ => Error::io(target, "open target folder", e),
+            }
         })?;
         Ok(Dirs {
             slots: vec![Slot {
@@ -150,4 +158,95 @@ pub(super) fn ensure_dir(dir: &Dir, name: &[u8], path: &Path) -> Result<()> {
     }
     dir.create_dir(name, 0o700)
         .map_err(|e| Error::io(path, "create folder", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_empty(p: &Path) -> bool {
+        std::fs::read_dir(p).unwrap().next().is_none()
+    }
+
+    /// What restore does for a file in `d/`: open the folder by descriptor
+    /// from the target, then create the file in it.
+    fn write_in(dirs: &Dirs, dir: usize, name: &str) -> Result<()> {
+        let f = dirs
+            .open(dir)?
+            .open_file(OsStr::new(name), libc::O_WRONLY | libc::O_CREAT, 0o600)
+            .map_err(|e| Error::io(dirs.path(dir), "create", e))?;
+        std::io::Write::write_all(&mut &f, b"payload").unwrap();
+        Ok(())
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_before_it_is_opened_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let (target, outside) = (base.path().join("t"), base.path().join("outside"));
+        std::fs::create_dir_all(target.join("d/e")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let mut dirs = Dirs::new(&target).unwrap();
+        let d = dirs.add(TARGET, b"d", true);
+        let e = dirs.add(d, b"e", true);
+        // The swap: `d` becomes a symlink to a folder outside (with an `e`).
+        std::fs::create_dir(outside.join("e")).unwrap();
+        std::fs::rename(target.join("d"), target.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("d")).unwrap();
+        for dir in [d, e] {
+            let err = write_in(&dirs, dir, "f").unwrap_err();
+            assert!(
+                matches!(&err, Error::Unsafe { path, .. } if path.ends_with("t/d")),
+                "names the swapped folder: {err}"
+            );
+            assert!(err.to_string().contains("not a folder any more"), "{err}");
+        }
+        assert!(is_empty(&outside.join("e")), "nothing written outside");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_folder_swapped_after_it_was_opened_keeps_receiving_inside_the_target() {
+        let base = tempfile::tempdir().unwrap();
+        let (target, outside) = (base.path().join("t"), base.path().join("outside"));
+        std::fs::create_dir_all(target.join("d")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let mut dirs = Dirs::new(&target).unwrap();
+        let d = dirs.add(TARGET, b"d", true);
+        write_in(&dirs, d, "first").unwrap();
+        std::fs::rename(target.join("d"), target.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("d")).unwrap();
+        // The descriptor held for `d` is the real folder, now `d.old`.
+        write_in(&dirs, d, "second").unwrap();
+        assert!(is_empty(&outside), "nothing written outside");
+        assert_eq!(
+            std::fs::read(target.join("d.old/second")).unwrap(),
+            b"payload"
+        );
+    }
+
+    #[test]
+    fn removing_a_folder_never_follows_a_symlink_inside_it() {
+        let base = tempfile::tempdir().unwrap();
+        let (target, outside) = (base.path().join("t"), base.path().join("outside"));
+        std::fs::create_dir_all(target.join("d/deeper")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"k").unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("d/link")).unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("d/deeper/link")).unwrap();
+        let dirs = Dirs::new(&target).unwrap();
+        remove_existing(&dirs.open(TARGET).unwrap(), b"d", &target.join("d")).unwrap();
+        assert!(!target.join("d").exists());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"k");
+    }
+
+    #[test]
+    fn a_target_that_is_a_symlink_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        std::fs::create_dir(base.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", base.path().join("link")).unwrap();
+        let Err(err) = Dirs::new(&base.path().join("link")) else {
+            panic!("a symlink target was opened");
+        };
+        assert!(err.to_string().contains("is a symlink"), "{err}");
+    }
 }
