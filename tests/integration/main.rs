@@ -5,6 +5,7 @@ mod util;
 
 mod deploy;
 mod fixture;
+mod hostile;
 mod k8s;
 mod maintenance;
 mod mount;

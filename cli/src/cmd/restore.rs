@@ -208,7 +208,7 @@ pub fn report(
             eprintln!("pvsnap: damaged: {path}: {why}");
         }
         eprintln!(
-            "pvsnap: {} file(s) could not be restored intact; run `pvsnap check --read-data` (exit code 4)",
+            "pvsnap: {} file(s) or folder(s) could not be restored intact; run `pvsnap check --read-data` (exit code 4)",
             summary.damaged.len()
         );
         return Ok(crate::exit::DAMAGED);
