@@ -9,17 +9,6 @@ use serde_json::Value;
 
 use crate::util::{self, Env};
 
-/// Snapshot ids in the order `snapshots --json` lists them (oldest first).
-fn snapshot_ids(env: &Env) -> Vec<String> {
-    let out = env.ok(&["snapshots", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s["id"].as_str().expect("id").to_string())
-        .collect()
-}
-
 /// A snapshot that exits 0 after an ordinary `forget --prune` must restore.
 /// Before index files had a random part, the second snapshot of `S` wrote an
 /// index file byte-identical to one the prune's index superseded, so every
