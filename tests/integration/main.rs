@@ -9,4 +9,5 @@ mod hostile;
 mod k8s;
 mod maintenance;
 mod mount;
+mod safety;
 mod snapshot_restore;
