@@ -114,9 +114,10 @@ pub struct RestoreProgress {
 }
 
 /// Refuses a root entry that could lead a restore out of its target. The
-/// snapshot's own root (`whole`) must be a folder whose name is empty (as
-/// snapshots write it) or one valid path component; a node found below the
-/// root by path may be of any kind, with a valid name.
+/// snapshot's own root (`whole`) must be a folder without a name, as
+/// `Snapshot::validate_root` demands when a snapshot is loaded; a node found
+/// below the root by path may be of any kind, with a valid name. Checked
+/// here again, whatever loaded the snapshot, before anything is touched.
 fn check_root(snap: &Snapshot, root: &Node, whole: bool) -> Result<()> {
     let bad = |detail: String| Error::Unsafe {
         path: format!("snapshot {}", snap.id.short()),
@@ -124,7 +125,13 @@ fn check_root(snap: &Snapshot, root: &Node, whole: bool) -> Result<()> {
             "{detail}; nothing was restored. Run `pvsnap check`; the snapshot object may be damaged or crafted"
         ),
     };
-    if !(whole && root.name.is_empty()) {
+    if whole && !root.name.is_empty() {
+        return Err(bad(format!(
+            "its root entry is named {:?}, but a root has no name",
+            root.name_lossy()
+        )));
+    }
+    if !whole {
         crate::tree::validate_name(&root.name).map_err(|_| {
             bad(format!(
                 "its root entry has the invalid name {:?}",
