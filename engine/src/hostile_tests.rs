@@ -643,7 +643,12 @@ fn run(case: &Case) -> Outcome {
         )
     });
     out.restore_flagged = flagged(&r);
-    if std::env::var_os("HOSTILE_DEBUG").is_some() { eprintln!("DEBUG {name}: {:?}", r.as_ref().map(|s| &s.damaged).map_err(|e| e.to_string())); }
+    if std::env::var_os("HOSTILE_DEBUG").is_some() {
+        eprintln!(
+            "DEBUG {name}: {:?}",
+            r.as_ref().map(|s| &s.damaged).map_err(|e| e.to_string())
+        );
+    }
     // In place, deleting what the snapshot does not have.
     let again = base.path().join("again");
     std::fs::create_dir_all(again.join("sub")).expect("again");

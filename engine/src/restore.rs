@@ -471,7 +471,8 @@ pub fn restore(
     // Phase 4: metadata of symlinks, special files and folders (deepest first).
     let meta_err = |p: &Path, e: std::io::Error| Error::io(p, "set metadata", e);
     for (dir, path, node) in &plan.others {
-        apply_metadata_at(&*dirs.open(*dir)?, node, set_owner).map_err(|e| meta_err(path, e))?;
+        apply_metadata_at(&*dirs.open(*dir)?, path, node, set_owner)
+            .map_err(|e| meta_err(path, e))?;
     }
     plan.dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
     for (dir, node, _) in &plan.dirs {
@@ -499,14 +500,19 @@ pub fn restore(
 /// Sets the metadata of a symlink or special file `node` in folder `dir`,
 /// never following it: owner and times through the folder's descriptor,
 /// the mode with `fchmodat(AT_SYMLINK_NOFOLLOW)`, extended attributes of a
-/// special file through `/proc/self/fd` of the folder.
-fn apply_metadata_at(dir: &Dir, node: &Node, set_owner: bool) -> std::io::Result<()> {
+/// special file through `/proc/self/fd` of the folder (by `path` where
+/// `/proc` is not mounted).
+fn apply_metadata_at(dir: &Dir, path: &Path, node: &Node, set_owner: bool) -> std::io::Result<()> {
     let name = OsStr::from_bytes(&node.name);
     if set_owner {
         dir.chown(name, node.uid, node.gid)?;
     }
     if !matches!(node.kind, NodeKind::Symlink { .. }) {
-        let at = dir.proc_path(name);
+        let at = if Path::new("/proc/self/fd").is_dir() {
+            dir.proc_path(name)
+        } else {
+            path.to_path_buf()
+        };
         for x in &node.xattrs {
             let xname = OsStr::from_bytes(&x.name);
             if let Err(e) = xattr::set(&at, xname, &x.value) {
@@ -515,7 +521,7 @@ fn apply_metadata_at(dir: &Dir, node: &Node, set_owner: bool) -> std::io::Result
                 }
                 tracing::warn!(
                     "{}: could not set xattr {}: {e}",
-                    node.name_lossy(),
+                    path.display(),
                     xname.to_string_lossy()
                 );
             }

@@ -292,17 +292,29 @@ impl Dir {
     }
 
     /// `fchmodat` without following `name` (a symlink there is an error).
+    /// Where the C library cannot change a mode without following (old
+    /// kernels without `/proc`), the entry is checked not to be a symlink
+    /// and changed the plain way.
     pub fn chmod(&self, name: &OsStr, mode: u32) -> io::Result<()> {
         let c = cname(name)?;
-        // SAFETY: valid descriptor and NUL-terminated name.
-        check(unsafe {
-            libc::fchmodat(
-                self.file.as_raw_fd(),
-                c.as_ptr(),
-                mode as libc::mode_t,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })
+        let at = |flags| {
+            // SAFETY: valid descriptor and NUL-terminated name.
+            check(unsafe {
+                libc::fchmodat(
+                    self.file.as_raw_fd(),
+                    c.as_ptr(),
+                    mode as libc::mode_t,
+                    flags,
+                )
+            })
+        };
+        match at(libc::AT_SYMLINK_NOFOLLOW) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => match self.entry(name)? {
+                Some(i) if i.kind != EntryKind::Symlink => at(0),
+                _ => Err(e),
+            },
+            r => r,
+        }
     }
 
     /// `utimensat` (access and modification time) without following `name`.
