@@ -19,10 +19,10 @@ pub fn walk(
     walk_in(repo, tree, prefix, 1, f, &mut None)
 }
 
-/// Like [`walk`], but a folder whose tree cannot be read (or that lies
-/// deeper than [`MAX_DEPTH`]) is skipped and returned with the reason, and
-/// the walk goes on. Its own entry has been passed to `f` already; the
-/// path `prefix` (or `/`) stands for `tree` itself.
+/// Like [`walk`], but a folder below `tree` whose tree cannot be read (or
+/// that lies deeper than [`MAX_DEPTH`]) is skipped, after its own entry was
+/// passed to `f`, and returned with its path and the reason; the walk goes
+/// on. `tree` itself must be readable.
 pub fn walk_lenient(
     repo: &IndexedRepository,
     tree: &TreeId,
@@ -50,14 +50,14 @@ fn walk_in(
     };
     let t = match (t, lost.as_mut()) {
         (Ok(t), _) => t,
-        (Err(e), Some(lost)) => {
+        (Err(e), Some(lost)) if depth > 1 => {
             lost.push((
                 here(),
                 format!("folder contents lost: tree {}: {e}", tree.short()),
             ));
             return Ok(());
         }
-        (Err(e), None) => return Err(e),
+        (Err(e), _) => return Err(e),
     };
     for node in &t.nodes {
         let path = join(prefix, &node.name_lossy());

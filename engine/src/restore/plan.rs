@@ -3,7 +3,8 @@
 //!
 //! A folder whose tree cannot be read (missing, damaged, of the wrong kind)
 //! or that lies deeper than [`MAX_DEPTH`] is noted in [`Plan::lost`] and the
-//! walk goes on, so one damaged tree costs only what is below it. A file
+//! walk goes on, so one damaged tree costs only what is below it. Only the
+//! restored folder's own tree is needed: without it the restore fails. A file
 //! whose extents add up past what a file can hold is noted there too.
 
 use std::collections::HashMap;
@@ -97,6 +98,8 @@ impl Walk<'_> {
         }
         let tree = match self.repo.read_tree(tree_id) {
             Ok(t) => t,
+            // Nothing at all can be restored: an error, not damage.
+            Err(e) if depth == 1 => return Err(e),
             Err(e) => {
                 self.plan.unread.insert(dir);
                 self.plan.lost.push((
