@@ -1,10 +1,14 @@
 //! `repair index` and `repair snapshots`.
 //!
 //! - **index**: the index is rebuilt from the packs themselves. Every pack's
-//!   trailer is read; a pack whose trailer is unreadable keeps the entries a
-//!   readable old index file gave it, if any. The new index supersedes every
-//!   old index file (readable or not), which are then deleted, in the same
-//!   crash-safe order as prune.
+//!   trailer is read. A pack whose trailer is unreadable (a truncated pack has
+//!   lost it) is salvaged: each blob a readable old index file placed in it is
+//!   read and verified (inside the pack, opens, decompresses, hashes to its
+//!   id), and only the whole ones are kept; the rest leave the index, so the
+//!   next snapshot stores those chunks again instead of deduplicating against
+//!   bytes that are gone. The new index supersedes every old index file
+//!   (readable or not), which are then deleted, in the same crash-safe order
+//!   as prune.
 //! - **snapshots**: for every snapshot that references lost blobs, a repaired
 //!   copy is written: new tree blobs without the files whose content is lost
 //!   (a folder whose tree is lost becomes empty), then a new snapshot object
@@ -20,12 +24,13 @@ use serde::Serialize;
 use crate::backend::ObjectKey;
 use crate::blob::{self, BlobEntry, BlobKind};
 use crate::check::{self, DamagedPath, ReadData, Scan};
-use crate::error::{MaintenanceError, Result};
-use crate::format::ObjectKind;
+use crate::error::{BackendError, MaintenanceError, Result};
+use crate::format::{HEADER_LEN, ObjectKind};
 use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::index::IndexFile;
 use crate::lock::LockGuard;
 use crate::pack::{self, PackBuilder};
+use crate::repo::IndexMode;
 use crate::repo::Repository;
 use crate::snapshot::PathIssue;
 use crate::tree::{NodeKind, Tree};
@@ -49,14 +54,28 @@ pub struct UnreadablePack {
     pub error: String,
 }
 
+/// A pack whose trailer is unreadable, and what could be saved of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SalvagedPack {
+    pub pack: PackId,
+    /// Blobs verified whole, kept in the index.
+    pub kept: usize,
+    /// Blobs lost (past the pack's end) or damaged, left out of the index.
+    pub dropped: usize,
+    /// Why the trailer could not be read.
+    pub error: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RepairIndexReport {
     pub dry_run: bool,
     pub packs: usize,
     pub blobs: usize,
     /// Packs whose trailer could not be read but which a readable old index
-    /// file described; they keep those entries.
-    pub packs_from_old_index: Vec<PackId>,
+    /// file described; they keep the entries whose blobs are whole.
+    pub packs_salvaged: Vec<SalvagedPack>,
+    /// Blobs left out of the index because their bytes are lost or damaged.
+    pub blobs_dropped: usize,
     /// Packs neither their trailer nor an old index describes: they are in
     /// no index now, and prune deletes them once past the grace period.
     pub packs_unreadable: Vec<UnreadablePack>,
@@ -76,19 +95,15 @@ pub fn repair_index(
     need_exclusive(lock, "repair index")?;
     let started = Instant::now();
     let backend = repo.backend();
-    let old_names: Vec<IndexId> = backend
-        .list(ObjectKind::Index)?
-        .into_iter()
-        .filter_map(|(n, _)| n.parse().ok())
-        .collect();
+    let read = repo.read_index_files_with(IndexMode::Lenient)?;
+    let mut old_names: Vec<IndexId> = read.files.iter().map(|(id, _)| *id).collect();
+    old_names.extend(
+        read.unreadable
+            .iter()
+            .filter_map(|u| u.name.parse::<IndexId>().ok()),
+    );
     let mut old: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
-    for id in &old_names {
-        let Ok(bytes) = backend.get(&ObjectKey::new(ObjectKind::Index, id.to_hex())) else {
-            continue;
-        };
-        let Ok(f) = IndexFile::decode(&bytes, repo.crypto(), &id.to_hex()) else {
-            continue;
-        };
+    for (_, f) in read.files {
         for (p, e) in f.packs {
             old.entry(p).or_default().extend(e);
         }
@@ -120,16 +135,36 @@ pub fn repair_index(
         .filter(|p| !present.contains(p))
         .collect();
     r.packs_missing.sort();
+    let sizes: HashMap<PackId, u64> = packs.iter().copied().collect();
     let mut new: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
     for (p, entries) in read {
         match entries {
-            Ok(e) => new.push((p, e)),
+            Ok(mut e) => {
+                // A trailer is trusted for what it says, not for pointing
+                // outside its own pack.
+                let listed = e.len();
+                e.retain(|e| {
+                    e.offset as u64 >= HEADER_LEN as u64
+                        && e.offset as u64 + e.stored_len as u64 <= sizes[&p]
+                });
+                r.blobs_dropped += listed - e.len();
+                new.push((p, e));
+            }
             Err(err) => match old.remove(&p) {
                 Some(mut e) => {
                     e.sort_by_key(|e| (e.offset, e.id));
                     e.dedup();
-                    r.packs_from_old_index.push(p);
-                    new.push((p, e));
+                    let whole = salvage(repo, &p, sizes[&p], &e)?;
+                    r.blobs_dropped += e.len() - whole.len();
+                    r.packs_salvaged.push(SalvagedPack {
+                        pack: p,
+                        kept: whole.len(),
+                        dropped: e.len() - whole.len(),
+                        error: err.to_string(),
+                    });
+                    if !whole.is_empty() {
+                        new.push((p, whole));
+                    }
                 }
                 None => r.packs_unreadable.push(UnreadablePack {
                     pack: p,
@@ -148,6 +183,43 @@ pub fn repair_index(
     }
     r.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     Ok(r)
+}
+
+/// The entries among `entries` (sorted by offset) whose blobs lie inside
+/// pack `p` of `size` bytes and open, decompress and hash to their id.
+fn salvage(
+    repo: &Repository,
+    p: &PackId,
+    size: u64,
+    entries: &[BlobEntry],
+) -> Result<Vec<BlobEntry>> {
+    let bytes =
+        match repo
+            .backend()
+            .get_range(&ObjectKey::new(ObjectKind::Pack, p.to_hex()), 0, size)
+        {
+            Ok(b) => b,
+            // Gone or shrunk since it was listed: nothing in it can be trusted.
+            Err(BackendError::NotFound { .. } | BackendError::OutOfRange { .. }) => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let mut bufs = blob::DecodeBuffers::default();
+    Ok(entries
+        .iter()
+        .filter(|e| {
+            let start = e.offset as usize;
+            let Some(stored) = (start >= HEADER_LEN)
+                .then(|| bytes.get(start..start.saturating_add(e.stored_len as usize)))
+                .flatten()
+            else {
+                return false;
+            };
+            blob::decode_in(repo.crypto(), p, e, stored, &mut bufs).is_ok()
+        })
+        .copied()
+        .collect())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -204,7 +276,9 @@ pub fn repair_snapshots(
         };
         match repo.load_snapshot(&id) {
             Ok(s) => snaps.push(s),
-            Err(e) => r.unreadable.push(format!("snapshot {id}: {e}")),
+            Err(e) => r
+                .unreadable
+                .push(format!("{e}; remove it with `pvsnap forget {id}`")),
         }
     }
     snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
