@@ -4,9 +4,11 @@
 //!   trailer is read. A pack whose trailer is unreadable (a truncated pack has
 //!   lost it) is salvaged: each blob a readable old index file placed in it is
 //!   read and verified (inside the pack, opens, decompresses, hashes to its
-//!   id), and only the whole ones are kept; the rest leave the index, so the
-//!   next snapshot stores those chunks again instead of deduplicating against
-//!   bytes that are gone. The new index supersedes every old index file
+//!   id), and the whole ones are copied, as stored, into new packs; the
+//!   damaged pack leaves the index (prune deletes it after the grace period)
+//!   and so do its lost blobs, so the next snapshot stores those chunks again
+//!   instead of deduplicating against bytes that are gone, and check finds
+//!   only intact packs. The new index supersedes every old index file
 //!   (readable or not), which are then deleted, in the same crash-safe order
 //!   as prune.
 //! - **snapshots**: for every snapshot that references lost blobs, a repaired
@@ -58,7 +60,7 @@ pub struct UnreadablePack {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SalvagedPack {
     pub pack: PackId,
-    /// Blobs verified whole, kept in the index.
+    /// Blobs verified whole, copied into new packs.
     pub kept: usize,
     /// Blobs lost (past the pack's end) or damaged, left out of the index.
     pub dropped: usize,
@@ -137,6 +139,7 @@ pub fn repair_index(
     r.packs_missing.sort();
     let sizes: HashMap<PackId, u64> = packs.iter().copied().collect();
     let mut new: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
+    let mut copier = Copier::new(repo, dry_run);
     for (p, entries) in read {
         match entries {
             Ok(mut e) => {
@@ -154,17 +157,14 @@ pub fn repair_index(
                 Some(mut e) => {
                     e.sort_by_key(|e| (e.offset, e.id));
                     e.dedup();
-                    let whole = salvage(repo, &p, sizes[&p], &e)?;
-                    r.blobs_dropped += e.len() - whole.len();
+                    let kept = salvage(repo, &p, sizes[&p], &e, &mut copier)?;
+                    r.blobs_dropped += e.len() - kept;
                     r.packs_salvaged.push(SalvagedPack {
                         pack: p,
-                        kept: whole.len(),
-                        dropped: e.len() - whole.len(),
+                        kept,
+                        dropped: e.len() - kept,
                         error: err.to_string(),
                     });
-                    if !whole.is_empty() {
-                        new.push((p, whole));
-                    }
                 }
                 None => r.packs_unreadable.push(UnreadablePack {
                     pack: p,
@@ -173,6 +173,7 @@ pub fn repair_index(
             },
         }
     }
+    new.extend(copier.finish()?);
     r.blobs = new.iter().map(|(_, e)| e.len()).sum();
     if !dry_run {
         (r.index_files_written, _) = crate::prune::write_index_superseding(repo, &new, &old_names)?;
@@ -185,14 +186,16 @@ pub fn repair_index(
     Ok(r)
 }
 
-/// The entries among `entries` (sorted by offset) whose blobs lie inside
-/// pack `p` of `size` bytes and open, decompress and hash to their id.
+/// Copies the blobs among `entries` that lie inside pack `p` of `size`
+/// bytes and open, decompress and hash to their id into `copier`; returns how
+/// many it copied.
 fn salvage(
     repo: &Repository,
     p: &PackId,
     size: u64,
     entries: &[BlobEntry],
-) -> Result<Vec<BlobEntry>> {
+    copier: &mut Copier<'_>,
+) -> Result<usize> {
     let bytes =
         match repo
             .backend()
@@ -200,26 +203,78 @@ fn salvage(
         {
             Ok(b) => b,
             // Gone or shrunk since it was listed: nothing in it can be trusted.
-            Err(BackendError::NotFound { .. } | BackendError::OutOfRange { .. }) => {
-                return Ok(Vec::new());
-            }
+            Err(BackendError::NotFound { .. } | BackendError::OutOfRange { .. }) => return Ok(0),
             Err(e) => return Err(e.into()),
         };
     let mut bufs = blob::DecodeBuffers::default();
-    Ok(entries
-        .iter()
-        .filter(|e| {
-            let start = e.offset as usize;
-            let Some(stored) = (start >= HEADER_LEN)
-                .then(|| bytes.get(start..start.saturating_add(e.stored_len as usize)))
-                .flatten()
-            else {
-                return false;
-            };
-            blob::decode_in(repo.crypto(), p, e, stored, &mut bufs).is_ok()
-        })
-        .copied()
-        .collect())
+    let mut kept = 0;
+    for e in entries {
+        let start = e.offset as usize;
+        let Some(stored) = (start >= HEADER_LEN)
+            .then(|| bytes.get(start..start.saturating_add(e.stored_len as usize)))
+            .flatten()
+        else {
+            continue;
+        };
+        if blob::decode_in(repo.crypto(), p, e, stored, &mut bufs).is_ok() {
+            copier.add(e, stored)?;
+            kept += 1;
+        }
+    }
+    Ok(kept)
+}
+
+/// Copies blobs, as stored, into new packs (data and trees apart).
+struct Copier<'a> {
+    repo: &'a Repository,
+    dry_run: bool,
+    builders: [PackBuilder; 2],
+    done: Vec<(PackId, Vec<BlobEntry>)>,
+}
+
+impl<'a> Copier<'a> {
+    fn new(repo: &'a Repository, dry_run: bool) -> Self {
+        let enc = repo.crypto().is_encrypted();
+        Copier {
+            repo,
+            dry_run,
+            builders: [PackBuilder::new(enc, 0), PackBuilder::new(enc, 0)],
+            done: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, e: &BlobEntry, stored: &[u8]) -> Result<()> {
+        let b = &mut self.builders[e.kind as usize];
+        b.add(*e, stored);
+        if b.len() >= self.repo.config().pack_size as usize {
+            let full = std::mem::replace(b, PackBuilder::new(self.repo.crypto().is_encrypted(), 0));
+            self.write(full)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, b: PackBuilder) -> Result<()> {
+        let fp = b.finish(self.repo.crypto());
+        if !self.dry_run {
+            self.repo
+                .backend()
+                .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
+        }
+        self.done.push((fp.id, fp.entries));
+        Ok(())
+    }
+
+    /// Writes what is pending; returns every pack written.
+    fn finish(mut self) -> Result<Vec<(PackId, Vec<BlobEntry>)>> {
+        let enc = self.repo.crypto().is_encrypted();
+        for i in 0..2 {
+            let b = std::mem::replace(&mut self.builders[i], PackBuilder::new(enc, 0));
+            if !b.is_empty() {
+                self.write(b)?;
+            }
+        }
+        Ok(self.done)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
