@@ -3,6 +3,7 @@
 
 mod util;
 
+mod damage;
 mod deploy;
 mod fixture;
 mod k8s;
