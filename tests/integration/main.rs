@@ -5,6 +5,7 @@ mod util;
 
 mod damage;
 mod deploy;
+mod diskfull;
 mod fixture;
 mod k8s;
 mod maintenance;

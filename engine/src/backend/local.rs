@@ -482,6 +482,32 @@ mod tests {
     }
 
     #[test]
+    fn a_full_file_system_is_named_with_the_command_that_frees_space() {
+        let b = LocalBackend::new("/srv/repo");
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = b.full(io(
+                "data/ab/abab",
+                "write",
+                std::io::Error::from_raw_os_error(errno),
+            ));
+            assert!(matches!(e, BackendError::NoSpace { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("data/ab/abab")
+                    && msg.contains("no space left")
+                    && msg.contains("`pvsnap --repo /srv/repo prune --grace 0`"),
+                "{msg}"
+            );
+        }
+        let other = b.full(io(
+            "data/ab/abab",
+            "write",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ));
+        assert!(matches!(other, BackendError::Io { .. }), "{other}");
+    }
+
+    #[test]
     fn leftovers_are_listed_in_every_object_folder_and_only_they_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let b = LocalBackend::new(dir.path());
