@@ -191,6 +191,12 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
             files.push((id, file));
         }
     }
+    for (name, _) in names.iter().filter(|(n, _)| n.parse::<IndexId>().is_err()) {
+        errors.push(Problem::new(
+            ProblemKind::IndexDamaged,
+            format!("index file {name}: the name is not an index id; move it out of index/"),
+        ));
+    }
     for u in read.unreadable {
         let mut p = Problem::new(
             ProblemKind::IndexDamaged,

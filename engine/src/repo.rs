@@ -346,7 +346,8 @@ impl Repository {
         let names = self.backend.list(ObjectKind::Index)?;
         let read: Vec<(String, Result<(IndexId, IndexFile, bool)>)> = names
             .par_iter()
-            .filter(|(name, _)| mode == IndexMode::Lenient || name.parse::<IndexId>().is_ok())
+            // Other names are no index files of ours (check reports them).
+            .filter(|(name, _)| name.parse::<IndexId>().is_ok())
             .map(|(name, _)| {
                 let r = self.read_index_file(name).map(|(id, f, bytes)| {
                     let named = *blake3::hash(&bytes).as_bytes() == id.0.0;
@@ -506,9 +507,7 @@ impl Repository {
     /// Damaged snapshot objects are skipped with a warning.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
         let (snaps, bad) = self.snapshots_lenient()?;
-        for (id, e) in bad {
-            tracing::warn!("snapshot {} is unreadable and was skipped: {e}", id.short());
-        }
+        warn_unreadable_snapshots(&bad);
         resolve_in(&snaps, spec).cloned()
     }
 }
