@@ -344,7 +344,9 @@ impl Repository {
     /// prune differ only in the mode.
     pub fn read_index_files_with(&self, mode: IndexMode) -> Result<IndexFiles> {
         let names = self.backend.list(ObjectKind::Index)?;
-        let read: Vec<(String, Result<(IndexId, IndexFile, bool)>)> = names
+        // (name, (id, file, whether its bytes hash to its name), or why not)
+        type Read = (String, Result<(IndexId, IndexFile, bool)>);
+        let read: Vec<Read> = names
             .par_iter()
             // Other names are no index files of ours (check reports them).
             .filter(|(name, _)| name.parse::<IndexId>().is_ok())
