@@ -291,3 +291,41 @@ fn a_truncated_pack_is_named_salvaged_and_stored_again() {
     let out = code(&env, &["check", "--read-data"], 0);
     assert!(!stdout(&out).contains("warning"), "{}", stdout(&out));
 }
+
+/// What killed runs leave: temporary files that check reports and prune
+/// removes once older than the grace period (all of them with `--grace 0`).
+#[test]
+fn leftovers_of_killed_runs_are_reported_by_check_and_removed_by_prune() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write_files(&src, 5, 2, 30_000);
+    env.snapshot(&src, &[]);
+    let old = env.repo().join("data/5e/.tmp-1a2b3c4d");
+    let young = env.repo().join("index/.tmp-5e6f7a8b");
+    std::fs::write(&old, vec![1u8; 300_000]).unwrap();
+    std::fs::write(&young, vec![2u8; 1_000]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400))
+        .unwrap();
+
+    let out = code(&env, &["check"], 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("2 temporary file(s), 301000 bytes")
+            && text.contains("pvsnap prune --grace 0"),
+        "{text}"
+    );
+    let out = code(&env, &["prune", "--json"], 0);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["leftovers_removed"], 1, "{r}");
+    assert_eq!(r["leftovers_kept"], 1, "{r}");
+    assert!(!old.exists() && young.exists());
+    code(&env, &["prune", "--grace", "0"], 0);
+    assert!(!young.exists());
+    let out = code(&env, &["check"], 0);
+    assert!(!stdout(&out).contains("temporary"), "{}", stdout(&out));
+}
