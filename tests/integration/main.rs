@@ -10,4 +10,5 @@ mod fixture;
 mod k8s;
 mod maintenance;
 mod mount;
+mod safety;
 mod snapshot_restore;
