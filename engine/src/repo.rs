@@ -462,7 +462,8 @@ impl Repository {
         crate::snapshot::decode_snapshot(&bytes, &self.crypto, id)
     }
 
-    /// Every snapshot, oldest first (ties broken by id).
+    /// Every snapshot, oldest first (ties broken by id); fails on the first
+    /// object that cannot be read (see [`Repository::snapshots_lenient`]).
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let mut snaps: Vec<Snapshot> = names
@@ -475,9 +476,10 @@ impl Repository {
     }
 
     /// Every readable snapshot, oldest first, and the ids of those that could
-    /// not be read with the reason. For commands that only read: one damaged
-    /// snapshot object must not hide the others. Operations that delete use
-    /// [`Repository::snapshots`], which fails instead.
+    /// not be read with the reason: one damaged snapshot object must not
+    /// hide the others or stop a backup. Callers decide what an unreadable
+    /// one means: readers warn and go on, `forget` removes it only by id,
+    /// and prune refuses to run (it cannot know what the object needs).
     pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
