@@ -176,6 +176,11 @@ fn a_damaged_index_file_of_an_encrypted_repository_blocks_only_what_it_describes
         stderr(&out)
     );
     same_tree(&a, &ta);
+    // So do ls and dump.
+    let out = run(&["ls", &spec], 0);
+    assert!(stdout(&out).contains("f03"), "{}", stdout(&out));
+    let out = run(&["dump", &spec, "f01"], 0);
+    assert!(out.stdout == std::fs::read(a.join("f01")).unwrap());
 
     let out = run(&["check"], 4);
     assert!(stdout(&out).contains(&name), "{}", stdout(&out));
