@@ -47,7 +47,7 @@ use serde::Serialize;
 use crate::archiver::Excludes;
 use crate::backend::ObjectKey;
 use crate::blob::{self, BlobEntry};
-use crate::error::{Error, Result};
+use crate::error::{BackendError, Error, Result};
 use crate::format::ObjectKind;
 use crate::fsmeta;
 use crate::id::{ChunkId, PackId};
@@ -363,10 +363,17 @@ pub fn restore(
             .max()
             .unwrap_or(first);
         let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-        if let Err(e) = repo
+        let read = match repo
             .backend()
             .get_range_into(&key, first, end - first, &mut data.bytes)
         {
+            // A truncated pack: the blobs before its end are still whole.
+            Err(BackendError::OutOfRange { size, .. }) if size > first => repo
+                .backend()
+                .get_range_into(&key, first, size - first, &mut data.bytes),
+            r => r,
+        };
+        if let Err(e) = read {
             for (_, c) in &unit.blobs {
                 mark_damaged(c, format!("pack {}: {e}", pack.short()));
             }
@@ -384,8 +391,9 @@ pub fn restore(
                 mark_damaged(
                     chunk,
                     format!(
-                        "pack {}: the index gives a range past the bytes read; run `pvsnap check --read-data`",
-                        pack.short()
+                        "pack {} is truncated or the index is wrong: chunk {} lay past what could be read; run `pvsnap check --read-data`",
+                        pack.short(),
+                        chunk.short()
                     ),
                 );
                 continue;

@@ -3,7 +3,9 @@
 
 mod util;
 
+mod damage;
 mod deploy;
+mod diskfull;
 mod fixture;
 mod hostile;
 mod k8s;
