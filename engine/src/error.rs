@@ -157,10 +157,10 @@ pub enum Error {
     },
     #[error("{path}: {detail}")]
     Unsafe { path: String, detail: String },
-    #[error(
-        "repository is locked by {holder}; wait for it to finish, or if that process is gone run `pvsnap unlock`"
-    )]
-    Locked { holder: String },
+    /// `remedy` says how long the lock may still block and the command that
+    /// removes it.
+    #[error("repository is locked by {holder}; {remedy}")]
+    Locked { holder: String, remedy: String },
     #[error("invalid pattern `{pattern}`: {detail}")]
     Pattern { pattern: String, detail: String },
     #[error("{0}")]

@@ -1,8 +1,6 @@
 //! `pvsnap init` and `pvsnap unlock`.
 
 use anyhow::Result;
-use pvsnap_engine::backend::ObjectKey;
-use pvsnap_engine::format::ObjectKind;
 
 use crate::Cli;
 
@@ -79,28 +77,44 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
 
 #[derive(clap::Args)]
 pub struct UnlockArgs {
-    /// Remove every lock, not only stale ones (only when no pvsnap runs on any host)
-    #[arg(long)]
+    /// Remove every lock, live ones too (only when no pvsnap runs on any host)
+    #[arg(long, conflicts_with = "locks")]
     pub remove_all: bool,
+    /// Remove these locks (id or its first digits, as the "locked" message
+    /// names them), live or not; make sure their process is gone first
+    #[arg(value_name = "LOCK")]
+    pub locks: Vec<String>,
 }
 
+/// Removes stale and unreadable locks, every lock, or the named ones.
 pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
+    use pvsnap_engine::lock::{self, Unlock};
     let repo = crate::repo::open(cli, false, false)?;
     let host = pvsnap_engine::repo::hostname_public();
-    let now = jiff::Timestamp::now();
-    let mut removed = 0;
-    for (id, info) in pvsnap_engine::lock::list_locks(repo.backend())? {
-        if a.remove_all || info.is_stale(now, &host) {
-            repo.backend()
-                .delete(&ObjectKey::new(ObjectKind::Lock, id.to_hex()))?;
-            removed += 1;
-            if !cli.quiet {
-                eprintln!("removed {}", info.describe());
+    let which = if a.remove_all {
+        Unlock::All
+    } else if !a.locks.is_empty() {
+        Unlock::Named(a.locks.clone())
+    } else {
+        Unlock::Stale
+    };
+    let r = lock::unlock(repo.backend(), &which, &host)?;
+    if !cli.quiet {
+        let now = jiff::Timestamp::now();
+        for (l, status) in &r.removed {
+            match status.reason() {
+                Some(why) => eprintln!("removed {}: {why}", l.describe_at(now)),
+                None => eprintln!("removed {} (it was live)", l.describe_at(now)),
             }
         }
-    }
-    if !cli.quiet {
-        println!("{removed} lock(s) removed");
+        for l in &r.kept {
+            eprintln!(
+                "kept {}: it is live; `pvsnap unlock {}` removes it once its process is gone",
+                l.describe_at(now),
+                l.short()
+            );
+        }
+        println!("{} lock(s) removed", r.removed.len());
     }
     Ok(crate::exit::OK)
 }
