@@ -110,6 +110,46 @@ impl Default for InitOptions {
     }
 }
 
+impl InitOptions {
+    /// Refuses options a repository cannot be created with, so a caller can
+    /// check them before it creates anything.
+    pub fn validate(&self) -> Result<()> {
+        use fastcdc::v2020 as f;
+        let c = &self.chunker;
+        if validate_chunker(c).is_err() {
+            return Err(Error::Invalid(format!(
+                "chunk sizes min {} avg {} max {} bytes are out of range: min {}..={}, avg {}..={}, max {}..={} bytes, and min <= avg <= max",
+                c.min,
+                c.avg,
+                c.max,
+                f::MINIMUM_MIN,
+                f::MINIMUM_MAX,
+                f::AVERAGE_MIN,
+                f::AVERAGE_MAX,
+                f::MAXIMUM_MIN,
+                f::MAXIMUM_MAX
+            )));
+        }
+        if !(0..=22).contains(&self.compression_level) {
+            return Err(Error::Invalid(format!(
+                "compression level {} is out of range: 0 (none) to 22",
+                self.compression_level
+            )));
+        }
+        if self.pack_size == 0 {
+            return Err(Error::Invalid("pack size 0: give at least 1 MiB".into()));
+        }
+        let k = self.kdf;
+        argon2::Params::new(k.m_cost, k.t_cost, k.p_cost, Some(32)).map_err(|e| {
+            Error::Invalid(format!(
+                "key derivation parameters m_cost {} t_cost {} p_cost {}: {e}",
+                k.m_cost, k.t_cost, k.p_cost
+            ))
+        })?;
+        Ok(())
+    }
+}
+
 /// Supplies the passphrase when (and only when) the repository is encrypted.
 pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 
@@ -145,10 +185,10 @@ pub(crate) fn hostname() -> String {
 impl Repository {
     /// Creates a repository in an empty backend.
     pub fn init(backend: DynBackend, opts: InitOptions) -> Result<Repository> {
+        opts.validate()?;
         if backend.exists(&ObjectKey::config())? {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
-        validate_chunker(&opts.chunker)?;
         let mut opened = None;
         let (crypto, seed, encryption) = match &opts.password {
             Some(pw) => {

@@ -9,4 +9,5 @@ mod k8s;
 mod locks;
 mod maintenance;
 mod mount;
+mod permissions;
 mod snapshot_restore;

@@ -1,6 +1,7 @@
 //! `pvsnap init` and `pvsnap unlock`.
 
 use anyhow::Result;
+use pvsnap_engine::backend::local::Modes;
 
 use crate::Cli;
 
@@ -18,6 +19,10 @@ pub struct Args {
     /// Target pack file size in MiB (default 16)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub pack_size: Option<u32>,
+    /// Let the owner's group read the repository (files 0640, folders 0750;
+    /// default: owner only, 0600 and 0700). Later writers keep the choice.
+    #[arg(long)]
+    pub group_access: bool,
 }
 
 fn parse_chunker(s: &str) -> Result<(u32, u32, u32), String> {
@@ -29,8 +34,12 @@ fn parse_chunker(s: &str) -> Result<(u32, u32, u32), String> {
                 .map_err(|_| format!("`{p}` is not a number of KiB"))
         })
         .collect::<Result<_, _>>()?;
+    let bytes = |k: u32| {
+        k.checked_mul(1024)
+            .ok_or_else(|| format!("{k} KiB is too large a chunk size"))
+    };
     match parts.as_slice() {
-        [a, b, c] if a <= b && b <= c => Ok((a * 1024, b * 1024, c * 1024)),
+        [a, b, c] if a <= b && b <= c => Ok((bytes(*a)?, bytes(*b)?, bytes(*c)?)),
         _ => Err(format!(
             "`{s}` is not MIN,AVG,MAX in KiB with MIN <= AVG <= MAX"
         )),
@@ -59,7 +68,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     if let Some(p) = a.pack_size {
         opts.pack_size = p * 1024 * 1024;
     }
-    let repo = crate::repo::create(&loc.path, opts)?;
+    let modes = if a.group_access {
+        Modes::GROUP
+    } else {
+        Modes::PRIVATE
+    };
+    let repo = crate::repo::create(&loc.path, opts, modes)?;
     if !cli.quiet {
         println!(
             "created {} repository {} at {}",
