@@ -90,7 +90,11 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
     match Repository::open(be.clone(), Some(&pw)) {
         Ok(r) => Ok(r),
         Err(Error::NotARepository(_)) if create_default && !loc.explicit && !dry_run => {
-            create(&loc.path, pvsnap_engine::InitOptions::default(), Modes::PRIVATE)?;
+            create(
+                &loc.path,
+                pvsnap_engine::InitOptions::default(),
+                Modes::PRIVATE,
+            )?;
             if !cli.quiet {
                 eprintln!("pvsnap: created repository at {}", loc.path.display());
             }
@@ -163,8 +167,8 @@ impl Created {
     fn undo(&self) {
         let gone = match &self.top_new {
             Some(top) => std::fs::remove_dir_all(top),
-            None => std::fs::read_dir(&self.root).and_then(|rd| {
-                rd.map(|e| {
+            None => std::fs::read_dir(&self.root).and_then(|mut rd| {
+                rd.try_for_each(|e| {
                     let p = e?.path();
                     if p.is_dir() {
                         std::fs::remove_dir_all(&p)
@@ -172,7 +176,6 @@ impl Created {
                         std::fs::remove_file(&p)
                     }
                 })
-                .collect()
             }),
         };
         if let Err(e) = gone {

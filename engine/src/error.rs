@@ -81,6 +81,11 @@ pub enum CryptoError {
     )]
     WrongPassword,
     #[error(
+        "no intact key slot opens with this password, and key slot(s) {} are damaged (unreadable, or with impossible sizes); if the password belongs to one of them, open the repository with another password of it and see `pvsnap key list`",
+        damaged.join(", ")
+    )]
+    DamagedSlots { damaged: Vec<String> },
+    #[error(
         "this repository is encrypted; give its password via PVSNAP_PASSWORD, --password-file or the prompt"
     )]
     PasswordRequired,

@@ -327,8 +327,7 @@ pub fn unlock(backend: &DynBackend, which: &Unlock, this_host: &str) -> Result<U
     if let Unlock::Named(prefixes) = which {
         for p in prefixes {
             let p = p.to_ascii_lowercase();
-            let hits: Vec<&ListedLock> =
-                locks.iter().filter(|l| l.name.starts_with(&p)).collect();
+            let hits: Vec<&ListedLock> = locks.iter().filter(|l| l.name.starts_with(&p)).collect();
             match hits.as_slice() {
                 [one] => {
                     named.insert(one.name.clone());

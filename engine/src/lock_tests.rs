@@ -126,12 +126,7 @@ fn unreadable_locks_do_not_block_and_unlock_removes_them() {
     let r = unlock(&b, &Unlock::Stale, "h").unwrap();
     let mut removed: Vec<String> = r.removed.iter().map(|(l, _)| l.name.clone()).collect();
     removed.sort();
-    let mut expected = vec![
-        empty,
-        garbage,
-        bad_json,
-        "not-a-lock-id".to_string(),
-    ];
+    let mut expected = vec![empty, garbage, bad_json, "not-a-lock-id".to_string()];
     expected.sort();
     assert_eq!(removed, expected);
     assert!(
@@ -283,12 +278,10 @@ fn unlock_by_id_removes_only_that_lock_and_refuses_unknown_ids() {
     let c = plant(&b, &info("node-c", false, 0).encode());
     let stale = plant(&b, &info("node-d", false, 3600).encode());
     let err = unlock(&b, &Unlock::Named(vec!["zz".into()]), "node-a")
-        .err()
-        .expect("no lock starts with zz");
+        .expect_err("no lock starts with zz");
     assert!(err.to_string().contains("no lock"), "{err}");
     let err = unlock(&b, &Unlock::Named(vec![String::new()]), "node-a")
-        .err()
-        .expect("an empty prefix names every lock");
+        .expect_err("an empty prefix names every lock");
     assert!(err.to_string().contains("matches 3 locks"), "{err}");
     assert_eq!(names(&b).len(), 3, "nothing removed by a refused unlock");
 

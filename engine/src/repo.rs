@@ -245,7 +245,18 @@ impl Repository {
                 what: format!("{}/config", backend.location()),
                 detail: e.to_string(),
             })?;
-        if config.version != REPO_VERSION {
+        if config.version < REPO_VERSION {
+            // Version 1 is the first; a smaller one was never written.
+            return Err(FormatError::Invalid {
+                what: format!("{}/config", backend.location()),
+                detail: format!(
+                    "repository version {} is invalid (versions start at 1): the config is damaged; restore it from a copy of the repository",
+                    config.version
+                ),
+            }
+            .into());
+        }
+        if config.version > REPO_VERSION {
             return Err(FormatError::UnsupportedVersion {
                 what: "repository",
                 found: config.version,

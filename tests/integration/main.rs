@@ -5,6 +5,7 @@ mod util;
 
 mod deploy;
 mod fixture;
+mod guards;
 mod k8s;
 mod locks;
 mod maintenance;

@@ -49,7 +49,11 @@ fn wrong_modes(root: &Path, file: u32, dir: u32) -> Vec<String> {
             bad.push(format!("{} {mode:o}", p.display()));
         }
     }
-    assert!(seen > 260, "walked only {seen} paths under {}", root.display());
+    assert!(
+        seen > 260,
+        "walked only {seen} paths under {}",
+        root.display()
+    );
     bad
 }
 
@@ -88,7 +92,15 @@ fn every_write_under(umask: &str, init_extra: &[&str], file: u32, dir: u32) {
     ok_under(
         &env,
         umask,
-        &["--password-file", pw, "policy", "set", "p", "--keep-last", "1"],
+        &[
+            "--password-file",
+            pw,
+            "policy",
+            "set",
+            "p",
+            "--keep-last",
+            "1",
+        ],
     );
     ok_under(
         &env,

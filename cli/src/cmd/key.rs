@@ -52,13 +52,20 @@ pub fn run(cli: &Cli, c: &KeyCommand) -> Result<u8> {
                 output::json(&keys)?;
             } else {
                 for k in keys {
-                    println!(
-                        "{} {} {} {}",
-                        if k.current { "*" } else { " " },
-                        k.id.short(),
-                        k.created,
-                        k.hostname
-                    );
+                    match &k.damaged {
+                        None => println!(
+                            "{} {} {} {}",
+                            if k.current { "*" } else { " " },
+                            k.id.short(),
+                            k.created,
+                            k.hostname
+                        ),
+                        Some(why) => println!(
+                            "! {} damaged: {why}; `pvsnap key remove {}` removes it",
+                            k.id.short(),
+                            k.id.short()
+                        ),
+                    }
                 }
             }
         }

@@ -119,7 +119,10 @@ impl LocalBackend {
         if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(|e| io(&at(parent), "create folder", e))?;
         }
-        match fs::DirBuilder::new().mode(self.modes.dir).create(&self.root) {
+        match fs::DirBuilder::new()
+            .mode(self.modes.dir)
+            .create(&self.root)
+        {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists && self.root.is_dir() => {}
             Err(e) => return Err(io(&at(&self.root), "create folder", e)),
@@ -128,11 +131,13 @@ impl LocalBackend {
             .map_err(|e| io(&at(&self.root), "set permissions", e))?;
         for kind in KINDS_WITH_DIRS {
             let d = self.root.join(kind.name());
-            self.make_dirs(&d).map_err(|e| io(&at(&d), "create folder", e))?;
+            self.make_dirs(&d)
+                .map_err(|e| io(&at(&d), "create folder", e))?;
         }
         for i in 0..=255u8 {
             let d = self.root.join("data").join(format!("{i:02x}"));
-            self.make_dirs(&d).map_err(|e| io(&at(&d), "create folder", e))?;
+            self.make_dirs(&d)
+                .map_err(|e| io(&at(&d), "create folder", e))?;
         }
         sync_dir(&self.root).map_err(|e| io(&at(&self.root), "fsync", e))?;
         Ok(())
@@ -144,7 +149,10 @@ impl LocalBackend {
         if dir.is_dir() {
             return Ok(());
         }
-        if let Some(parent) = dir.parent().filter(|p| *p != self.root && p.starts_with(&self.root)) {
+        if let Some(parent) = dir
+            .parent()
+            .filter(|p| *p != self.root && p.starts_with(&self.root))
+        {
             self.make_dirs(parent)?;
         }
         match fs::DirBuilder::new().mode(self.modes.dir).create(dir) {
@@ -477,7 +485,11 @@ mod tests {
         assert_eq!(b.modes(), Modes::PRIVATE);
         b.create_layout().unwrap();
         b.put(&ObjectKey::config(), b"config").unwrap();
-        assert_eq!(mode(&root), 0o700, "an existing empty folder is made private");
+        assert_eq!(
+            mode(&root),
+            0o700,
+            "an existing empty folder is made private"
+        );
         assert_eq!(mode(&root.join("keys")), 0o700);
         assert_eq!(mode(&root.join("config")), 0o600);
         assert_eq!(LocalBackend::new(&root).modes(), Modes::PRIVATE);
