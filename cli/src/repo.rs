@@ -51,10 +51,11 @@ pub fn backend(path: &std::path::Path) -> DynBackend {
 
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
 pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
+    // Copies read on the way are wiped; the engine wipes the one returned.
     if let Some(f) = &cli.password_file {
-        let s = std::fs::read(f).map_err(|e| {
+        let s = zeroize::Zeroizing::new(std::fs::read(f).map_err(|e| {
             Error::Invalid(format!("{}: cannot read password file: {e}", f.display()))
-        })?;
+        })?);
         let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
         return Ok(trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec());
     }
@@ -64,16 +65,20 @@ pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
     if !std::io::stdin().is_terminal() {
         return Err(pvsnap_engine::error::CryptoError::PasswordRequired.into());
     }
-    let p = rpassword::prompt_password("repository password: ")
-        .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
+    let p = zeroize::Zeroizing::new(
+        rpassword::prompt_password("repository password: ")
+            .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?,
+    );
     if confirm {
-        let again = rpassword::prompt_password("again: ")
-            .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
-        if again != p {
+        let again = zeroize::Zeroizing::new(
+            rpassword::prompt_password("again: ")
+                .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?,
+        );
+        if *again != *p {
             return Err(Error::Invalid("the two passwords differ".into()));
         }
     }
-    Ok(p.into_bytes())
+    Ok(p.as_bytes().to_vec())
 }
 
 /// Opens the repository, or creates it if it is the default one and

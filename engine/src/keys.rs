@@ -129,7 +129,10 @@ fn decode_slot(name: &str, bytes: &[u8]) -> Result<KeySlot> {
 
 /// The master key and the slot `password` opens. When none opens and some
 /// slots are damaged, the error names them: the password may be one of theirs.
-pub(crate) fn unlock(backend: &DynBackend, password: &[u8]) -> Result<(KeyId, [u8; 32])> {
+pub(crate) fn unlock(
+    backend: &DynBackend,
+    password: &[u8],
+) -> Result<(KeyId, zeroize::Zeroizing<[u8; 32]>)> {
     let slots = read_slots(backend)?;
     if slots.intact.is_empty() && slots.damaged.is_empty() {
         return Err(FormatError::Invalid {
@@ -159,7 +162,7 @@ pub(crate) fn unlock(backend: &DynBackend, password: &[u8]) -> Result<(KeyId, [u
     .into())
 }
 
-fn encrypted(repo: &Repository) -> Result<&(KeyId, std::sync::Arc<[u8; 32]>)> {
+fn encrypted(repo: &Repository) -> Result<&(KeyId, crate::repo::MasterKey)> {
     repo.master()
         .ok_or_else(|| Error::Invalid("this repository is not encrypted; it has no keys".into()))
 }

@@ -150,6 +150,10 @@ impl InitOptions {
     }
 }
 
+/// The master key of an encrypted repository, wiped when the last holder
+/// drops it.
+pub(crate) type MasterKey = Arc<zeroize::Zeroizing<[u8; 32]>>;
+
 /// Supplies the passphrase when (and only when) the repository is encrypted.
 pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 
@@ -163,7 +167,7 @@ pub struct Repository {
     config: Arc<Config>,
     crypto: Crypto,
     /// The master key and the slot that opened it (encrypted repositories).
-    master: Option<(KeyId, Arc<[u8; 32]>)>,
+    master: Option<(KeyId, MasterKey)>,
 }
 
 /// This machine's host name, as recorded in snapshots and locks.
@@ -184,17 +188,19 @@ pub(crate) fn hostname() -> String {
 
 impl Repository {
     /// Creates a repository in an empty backend.
-    pub fn init(backend: DynBackend, opts: InitOptions) -> Result<Repository> {
+    pub fn init(backend: DynBackend, mut opts: InitOptions) -> Result<Repository> {
+        // Wiped on every way out.
+        let password = opts.password.take().map(zeroize::Zeroizing::new);
         opts.validate()?;
         if backend.exists(&ObjectKey::config())? {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
         let mut opened = None;
-        let (crypto, seed, encryption) = match &opts.password {
+        let (crypto, seed, encryption) = match &password {
             Some(pw) => {
                 let master = crate::crypto::new_master_key();
                 let key_id = crate::keys::write_slot(&backend, &master, pw, opts.kdf)?;
-                opened = Some((key_id, Arc::new(master)));
+                opened = Some((key_id, Arc::new(master.clone())));
                 (
                     Crypto::Keyed(Box::new(Keys::from_master(&master))),
                     None,
@@ -276,7 +282,7 @@ impl Repository {
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
             "xchacha20poly1305" => {
-                let pw = password.ok_or(CryptoError::PasswordRequired)?()?;
+                let pw = zeroize::Zeroizing::new(password.ok_or(CryptoError::PasswordRequired)?()?);
                 let (id, key) = crate::keys::unlock(&backend, &pw)?;
                 let crypto = Crypto::Keyed(Box::new(Keys::from_master(&key)));
                 master = Some((id, Arc::new(key)));
@@ -299,7 +305,7 @@ impl Repository {
     }
 
     /// The master key and the id of the slot that opened it, if encrypted.
-    pub(crate) fn master(&self) -> Option<&(KeyId, Arc<[u8; 32]>)> {
+    pub(crate) fn master(&self) -> Option<&(KeyId, MasterKey)> {
         self.master.as_ref()
     }
 
