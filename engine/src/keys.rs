@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::backend::{DynBackend, ObjectKey};
 use crate::crypto::{KdfParams, KeySlot};
 use crate::error::{CryptoError, Error, FormatError, Result};
-use crate::format::{HEADER_LEN, Header, ObjectKind};
+use crate::format::{ObjectKind, decode_checked, encode_checked};
 use crate::id::{Id, KeyId};
 use crate::repo::Repository;
 
@@ -40,8 +40,11 @@ pub(crate) fn write_slot(
         Timestamp::now().to_string(),
         crate::repo::hostname(),
     )?;
-    let mut body = Header::new(ObjectKind::Key, false).encode().to_vec();
-    body.extend_from_slice(&serde_json::to_vec_pretty(&slot).expect("key slot serializes"));
+    let body = encode_checked(
+        ObjectKind::Key,
+        false,
+        &serde_json::to_vec_pretty(&slot).expect("key slot serializes"),
+    );
     let id = KeyId(Id::random());
     backend.put(&ObjectKey::new(ObjectKind::Key, id.to_hex()), &body)?;
     Ok(id)
@@ -118,9 +121,9 @@ fn read_slots(backend: &DynBackend) -> Result<Slots> {
 }
 
 fn decode_slot(name: &str, bytes: &[u8]) -> Result<KeySlot> {
-    Header::decode(bytes, ObjectKind::Key)?;
+    let (_, json) = decode_checked(bytes, ObjectKind::Key, &|| format!("key {name}"))?;
     Ok(
-        serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
+        serde_json::from_slice(json).map_err(|e| FormatError::Invalid {
             what: format!("key {name}"),
             detail: e.to_string(),
         })?,
@@ -300,16 +303,27 @@ mod tests {
         let second = repo.add_key(b"second", cheap()).unwrap();
         let key = ObjectKey::new(ObjectKind::Key, second.to_hex());
         let good = b.get(&key).unwrap();
-        let slot: serde_json::Value = serde_json::from_slice(&good[HEADER_LEN..]).unwrap();
+        let (_, json) = decode_checked(&good, ObjectKind::Key, &String::new).unwrap();
+        let slot: serde_json::Value = serde_json::from_slice(json).unwrap();
+        // Version 1 slots (no checksum), so the fields themselves are judged.
         let with = |field: &str, value: serde_json::Value| {
             let mut v = slot.clone();
             v[field] = value;
-            let mut bytes = good[..HEADER_LEN].to_vec();
+            let mut bytes = b"PVSN\x02\x01\x00\x00".to_vec();
             bytes.extend_from_slice(&serde_json::to_vec(&v).unwrap());
             bytes
         };
+        // An intact version 1 slot still opens.
+        b.delete(&key).unwrap();
+        b.put(&key, &with("kdf", "argon2id".into())).unwrap();
+        let open = || Ok(b"second".to_vec());
+        Repository::open(b.clone(), Some(&open)).expect("a version 1 slot opens");
+        let mut flipped = good.clone();
+        let last = flipped.len() - 3;
+        flipped[last] ^= 1;
         let damages: Vec<(&str, Vec<u8>)> = vec![
             ("truncated", good[..good.len() / 2].to_vec()),
+            ("checksum", flipped),
             ("empty", Vec::new()),
             ("salt", with("salt", "00".into())),
             ("sealed", with("sealed_master", "00".repeat(40).into())),

@@ -459,6 +459,10 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         }
     }
 
+    // A pack is named by the hash of its bytes, so a repacked pack can have
+    // the very name of an old pack about to be deleted (same blobs, same
+    // order, unencrypted): that name now holds needed data and must stay.
+    let written: HashSet<PackId> = new_packs.iter().map(|(p, _)| *p).collect();
     if plan.rewrite_index {
         // Stage 5: the new index.
         let all: Vec<(PackId, Vec<BlobEntry>)> =
@@ -479,7 +483,8 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         .iter()
         .map(|(p, _, _)| p)
         .chain(plan.repack.iter().map(|(p, _, _)| p))
-        .chain(plan.unreferenced_delete.iter().map(|(p, _)| p));
+        .chain(plan.unreferenced_delete.iter().map(|(p, _)| p))
+        .filter(|p| !written.contains(p));
     for pack in obsolete {
         backend.delete(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
     }

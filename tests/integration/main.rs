@@ -11,4 +11,5 @@ mod locks;
 mod maintenance;
 mod mount;
 mod permissions;
+mod safety;
 mod snapshot_restore;

@@ -56,9 +56,11 @@ impl Modes {
     };
 
     /// The modes a repository whose `config` has mode `config_mode` uses:
-    /// group access when the group may read the config.
+    /// group access when the group may read the config and others may not.
+    /// A config readable by everyone was written before modes were set (umask
+    /// 022 gave 0644); such a repository is taken as private from now on.
     pub fn from_config_mode(config_mode: u32) -> Modes {
-        if config_mode & 0o040 != 0 {
+        if config_mode & 0o040 != 0 && config_mode & 0o007 == 0 {
             Modes::GROUP
         } else {
             Modes::PRIVATE
@@ -493,6 +495,16 @@ mod tests {
         assert_eq!(mode(&root.join("keys")), 0o700);
         assert_eq!(mode(&root.join("config")), 0o600);
         assert_eq!(LocalBackend::new(&root).modes(), Modes::PRIVATE);
+        // A repository written before modes were set: config 0644 (umask 022)
+        // or 0664 (umask 002) is not a choice of group access.
+        for (old, want) in [
+            (0o644, Modes::PRIVATE),
+            (0o664, Modes::PRIVATE),
+            (0o640, Modes::GROUP),
+            (0o600, Modes::PRIVATE),
+        ] {
+            assert_eq!(Modes::from_config_mode(old), want, "{old:o}");
+        }
     }
 
     #[test]
