@@ -153,3 +153,33 @@ fn a_lock_from_the_future_is_reported_and_removable() {
     );
     assert!(lock_names(&env.repo()).is_empty());
 }
+
+#[test]
+fn unlock_needs_no_password_and_no_repository_is_not_one() {
+    let env = Env::new();
+    let pw = env.path("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    env.ok(&[
+        "--password-file",
+        pw.to_str().unwrap(),
+        "init",
+        "--encryption",
+    ]);
+    std::fs::write(env.repo().join("locks").join("cd".repeat(32)), b"").unwrap();
+    // No password in the environment, none on a terminal.
+    let out = env.ok(&["unlock"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 lock(s) removed"),
+        "{}",
+        stderr(&out)
+    );
+    let elsewhere = Env::new();
+    std::fs::create_dir_all(elsewhere.repo()).unwrap();
+    let out = elsewhere.run(&["unlock", "--remove-all"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a pvsnap repository"),
+        "{}",
+        stderr(&out)
+    );
+}

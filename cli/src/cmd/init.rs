@@ -103,7 +103,16 @@ pub struct UnlockArgs {
 /// Removes stale and unreadable locks, every lock, or the named ones.
 pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
     use pvsnap_engine::lock::{self, Unlock};
-    let repo = crate::repo::open(cli, false, false)?;
+    // Locks are never encrypted: no password is needed to remove them, and
+    // a repository whose key slots cannot be opened can still be unlocked.
+    let loc = crate::repo::location(cli)?;
+    let backend = crate::repo::backend(&loc.path);
+    if !backend.exists(&pvsnap_engine::backend::ObjectKey::config())? {
+        anyhow::bail!(
+            "{}: not a pvsnap repository (no config object); name the repository with --repo",
+            loc.path.display()
+        );
+    }
     let host = pvsnap_engine::repo::hostname_public();
     let which = if a.remove_all {
         Unlock::All
@@ -112,7 +121,7 @@ pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
     } else {
         Unlock::Stale
     };
-    let r = lock::unlock(repo.backend(), &which, &host)?;
+    let r = lock::unlock(&backend, &which, &host)?;
     if !cli.quiet {
         let now = jiff::Timestamp::now();
         for (l, status) in &r.removed {
