@@ -59,6 +59,8 @@ pub mod vfs;
 pub mod walk;
 
 #[cfg(test)]
+mod damage_tests;
+#[cfg(test)]
 mod maintenance_tests;
 #[cfg(test)]
 pub(crate) mod testutil;

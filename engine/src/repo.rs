@@ -207,6 +207,57 @@ pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 /// A snapshot object that could not be read, and why.
 pub type Unreadable = (SnapshotId, Error);
 
+/// How [`Repository::read_index_files_with`] treats an index file it cannot
+/// read (missing meanwhile, truncated, failing authentication, undecodable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexMode {
+    /// Fail. For operations that delete (prune): a pack described only by an
+    /// unreadable file would look unused.
+    Strict,
+    /// Skip the file and report it. For readers: whatever the other files
+    /// describe can still be read, and a snapshot simply stores again any
+    /// chunk it cannot find.
+    Lenient,
+}
+
+/// An index file that could not be read, and why.
+#[derive(Debug)]
+pub struct UnreadableIndex {
+    /// Its name in `index/`.
+    pub name: String,
+    pub error: Error,
+}
+
+impl std::fmt::Display for UnreadableIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "index file {} is unreadable and was skipped: {}; what it describes cannot be read until `pvsnap repair index` rebuilds the index",
+            self.name, self.error
+        )
+    }
+}
+
+/// The index files read, and (leniently) those that could not be.
+#[derive(Debug, Default)]
+pub struct IndexFiles {
+    pub files: Vec<(IndexId, IndexFile)>,
+    pub unreadable: Vec<UnreadableIndex>,
+    /// Files among `files` whose bytes do not hash to their name (check
+    /// reports them).
+    pub misnamed: Vec<IndexId>,
+}
+
+/// Logs a warning for each unreadable snapshot object, naming the command
+/// that removes it.
+pub fn warn_unreadable_snapshots(bad: &[Unreadable]) {
+    for (id, e) in bad {
+        tracing::warn!(
+            "skipped an unreadable snapshot object: {e}; remove it with `pvsnap forget {id}`"
+        );
+    }
+}
+
 /// An opened repository.
 #[derive(Clone)]
 pub struct Repository {
@@ -340,23 +391,75 @@ impl Repository {
             .unwrap_or(0)
     }
 
-    /// Reads and decodes every index file.
+    /// Reads and decodes every index file; fails on the first that cannot
+    /// be read ([`IndexMode::Strict`]).
     pub fn read_index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
-        let names = self.backend.list(ObjectKind::Index)?;
-        names
-            .par_iter()
-            .filter_map(|(name, _)| name.parse::<IndexId>().ok().map(|id| (id, name)))
-            .map(|(id, name)| {
-                let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
-                Ok((id, IndexFile::decode(&bytes, &self.crypto, name)?))
-            })
-            .collect()
+        Ok(self.read_index_files_with(IndexMode::Strict)?.files)
     }
 
-    /// Loads the index: the repository can now read blobs.
+    /// Reads and decodes one index file, named as in `index/`; returns the
+    /// bytes too (check compares them with the name).
+    pub fn read_index_file(&self, name: &str) -> Result<(IndexId, IndexFile, Vec<u8>)> {
+        let id: IndexId = name.parse().map_err(|_| FormatError::Invalid {
+            what: format!("index {name}"),
+            detail: "the name is not an index id".into(),
+        })?;
+        let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
+        let file = IndexFile::decode(&bytes, &self.crypto, name)?;
+        Ok((id, file, bytes))
+    }
+
+    /// Reads and decodes every index file; `mode` says what an unreadable
+    /// one does. The one way to read index files: readers, check, repair and
+    /// prune differ only in the mode.
+    pub fn read_index_files_with(&self, mode: IndexMode) -> Result<IndexFiles> {
+        let names = self.backend.list(ObjectKind::Index)?;
+        // (name, (id, file, whether its bytes hash to its name), or why not)
+        type Read = (String, Result<(IndexId, IndexFile, bool)>);
+        let read: Vec<Read> = names
+            .par_iter()
+            // Other names are no index files of ours (check reports them).
+            .filter(|(name, _)| name.parse::<IndexId>().is_ok())
+            .map(|(name, _)| {
+                let r = self.read_index_file(name).map(|(id, f, bytes)| {
+                    let named = *blake3::hash(&bytes).as_bytes() == id.0.0;
+                    (id, f, named)
+                });
+                (name.clone(), r)
+            })
+            .collect();
+        let mut out = IndexFiles::default();
+        for (name, r) in read {
+            match r {
+                Ok((id, f, named)) => {
+                    if !named {
+                        out.misnamed.push(id);
+                    }
+                    out.files.push((id, f));
+                }
+                // Deleted since it was listed (a prune finishing): it was superseded.
+                Err(Error::Backend(BackendError::NotFound { .. })) => {}
+                Err(e) if mode == IndexMode::Strict => {
+                    return Err(Error::IndexUnreadable {
+                        name,
+                        detail: e.to_string(),
+                    });
+                }
+                Err(error) => out.unreadable.push(UnreadableIndex { name, error }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the index: the repository can now read blobs. An index file
+    /// that cannot be read is skipped with a warning (see
+    /// [`IndexMode::Lenient`]): what the others describe stays readable.
     pub fn load_index(self) -> Result<IndexedRepository> {
-        let files = self.read_index_files()?;
-        let index = Index::from_files(&files);
+        let read = self.read_index_files_with(IndexMode::Lenient)?;
+        for u in &read.unreadable {
+            tracing::warn!("{u}");
+        }
+        let index = Index::from_files(&read.files);
         Ok(IndexedRepository {
             repo: self,
             index,
@@ -405,7 +508,8 @@ impl Repository {
         crate::snapshot::decode_snapshot(&bytes, &self.crypto, id)
     }
 
-    /// Every snapshot, oldest first (ties broken by id).
+    /// Every snapshot, oldest first (ties broken by id); fails on the first
+    /// object that cannot be read (see [`Repository::snapshots_lenient`]).
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let mut snaps: Vec<Snapshot> = names
@@ -418,9 +522,10 @@ impl Repository {
     }
 
     /// Every readable snapshot, oldest first, and the ids of those that could
-    /// not be read with the reason. For commands that only read: one damaged
-    /// snapshot object must not hide the others. Operations that delete use
-    /// [`Repository::snapshots`], which fails instead.
+    /// not be read with the reason: one damaged snapshot object must not
+    /// hide the others or stop a backup. Callers decide what an unreadable
+    /// one means: readers warn and go on, `forget` removes it only by id,
+    /// and prune refuses to run (it cannot know what the object needs).
     pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
@@ -449,9 +554,7 @@ impl Repository {
     /// Damaged snapshot objects are skipped with a warning.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
         let (snaps, bad) = self.snapshots_lenient()?;
-        for (id, e) in bad {
-            tracing::warn!("snapshot {} is unreadable and was skipped: {e}", id.short());
-        }
+        warn_unreadable_snapshots(&bad);
         resolve_in(&snaps, spec).cloned()
     }
 }

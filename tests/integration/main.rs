@@ -3,7 +3,9 @@
 
 mod util;
 
+mod damage;
 mod deploy;
+mod diskfull;
 mod fixture;
 mod guards;
 mod k8s;
