@@ -157,6 +157,50 @@ impl Default for InitOptions {
     }
 }
 
+impl InitOptions {
+    /// Refuses options a repository cannot be created with, so a caller can
+    /// check them before it creates anything.
+    pub fn validate(&self) -> Result<()> {
+        use fastcdc::v2020 as f;
+        let c = &self.chunker;
+        if validate_chunker(c).is_err() {
+            return Err(Error::Invalid(format!(
+                "chunk sizes min {} avg {} max {} bytes are out of range: min {}..={}, avg {}..={}, max {}..={} bytes, and min <= avg <= max",
+                c.min,
+                c.avg,
+                c.max,
+                f::MINIMUM_MIN,
+                f::MINIMUM_MAX,
+                f::AVERAGE_MIN,
+                f::AVERAGE_MAX,
+                f::MAXIMUM_MIN,
+                f::MAXIMUM_MAX
+            )));
+        }
+        if !(0..=22).contains(&self.compression_level) {
+            return Err(Error::Invalid(format!(
+                "compression level {} is out of range: 0 (none) to 22",
+                self.compression_level
+            )));
+        }
+        if self.pack_size == 0 {
+            return Err(Error::Invalid("pack size 0: give at least 1 MiB".into()));
+        }
+        let k = self.kdf;
+        argon2::Params::new(k.m_cost, k.t_cost, k.p_cost, Some(32)).map_err(|e| {
+            Error::Invalid(format!(
+                "key derivation parameters m_cost {} t_cost {} p_cost {}: {e}",
+                k.m_cost, k.t_cost, k.p_cost
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// The master key of an encrypted repository, wiped when the last holder
+/// drops it.
+pub(crate) type MasterKey = Arc<zeroize::Zeroizing<[u8; 32]>>;
+
 /// Supplies the passphrase when (and only when) the repository is encrypted.
 pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 
@@ -218,7 +262,7 @@ pub struct Repository {
     config: Arc<Config>,
     crypto: Crypto,
     /// The master key and the slot that opened it (encrypted repositories).
-    master: Option<(KeyId, Arc<[u8; 32]>)>,
+    master: Option<(KeyId, MasterKey)>,
 }
 
 /// This machine's host name, as recorded in snapshots and locks.
@@ -239,17 +283,19 @@ pub(crate) fn hostname() -> String {
 
 impl Repository {
     /// Creates a repository in an empty backend.
-    pub fn init(backend: DynBackend, opts: InitOptions) -> Result<Repository> {
+    pub fn init(backend: DynBackend, mut opts: InitOptions) -> Result<Repository> {
+        // Wiped on every way out.
+        let password = opts.password.take().map(zeroize::Zeroizing::new);
+        opts.validate()?;
         if backend.exists(&ObjectKey::config())? {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
-        validate_chunker(&opts.chunker)?;
         let mut opened = None;
-        let (crypto, seed, encryption) = match &opts.password {
+        let (crypto, seed, encryption) = match &password {
             Some(pw) => {
                 let master = crate::crypto::new_master_key();
                 let key_id = crate::keys::write_slot(&backend, &master, pw, opts.kdf)?;
-                opened = Some((key_id, Arc::new(master)));
+                opened = Some((key_id, Arc::new(master.clone())));
                 (
                     Crypto::Keyed(Box::new(Keys::from_master(&master))),
                     None,
@@ -297,7 +343,7 @@ impl Repository {
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
             "xchacha20poly1305" => {
-                let pw = password.ok_or(CryptoError::PasswordRequired)?()?;
+                let pw = zeroize::Zeroizing::new(password.ok_or(CryptoError::PasswordRequired)?()?);
                 let (id, key) = crate::keys::unlock(&backend, &pw)?;
                 let crypto = Crypto::Keyed(Box::new(Keys::from_master(&key)));
                 master = Some((id, Arc::new(key)));
@@ -320,7 +366,7 @@ impl Repository {
     }
 
     /// The master key and the id of the slot that opened it, if encrypted.
-    pub(crate) fn master(&self) -> Option<&(KeyId, Arc<[u8; 32]>)> {
+    pub(crate) fn master(&self) -> Option<&(KeyId, MasterKey)> {
         self.master.as_ref()
     }
 
