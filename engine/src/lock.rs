@@ -37,7 +37,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, Result};
 use crate::format::{ObjectKind, decode_checked, encode_checked};
 use crate::id::LockId;
 
@@ -161,17 +161,22 @@ pub enum LockStatus {
     Future,
     /// The object cannot be read; the reason.
     Unreadable(String),
+    /// Written by a newer pvsnap (a lock version or flags this one does not
+    /// know): it cannot be judged, so it is taken as a live exclusive lock
+    /// and only removed by its id.
+    Newer(String),
 }
 
 impl LockStatus {
+    /// Whether the lock blocks: live, or too new to judge.
     pub fn is_live(&self) -> bool {
-        *self == LockStatus::Live
+        matches!(self, LockStatus::Live | LockStatus::Newer(_))
     }
 
     /// Why a stale lock is stale, for messages; `None` for a live one.
     pub fn reason(&self) -> Option<String> {
         match self {
-            LockStatus::Live => None,
+            LockStatus::Live | LockStatus::Newer(_) => None,
             LockStatus::Expired => Some(format!(
                 "not refreshed for more than {}",
                 human(signed(STALE))
@@ -206,6 +211,9 @@ pub struct ListedLock {
     pub name: String,
     /// What it holds, or why it cannot be read.
     pub info: std::result::Result<LockInfo, String>,
+    /// The object is well formed but of a newer lock version or with flags
+    /// this pvsnap does not know (see [`LockStatus::Newer`]).
+    pub newer: bool,
 }
 
 impl ListedLock {
@@ -221,6 +229,7 @@ impl ListedLock {
     pub fn status(&self, now: Timestamp, this_host: &str) -> LockStatus {
         match &self.info {
             Ok(info) => info.status(now, this_host),
+            Err(why) if self.newer => LockStatus::Newer(why.clone()),
             Err(why) => LockStatus::Unreadable(why.clone()),
         }
     }
@@ -229,6 +238,9 @@ impl ListedLock {
     pub fn describe_at(&self, now: Timestamp) -> String {
         match &self.info {
             Ok(info) => format!("{} ({})", info.describe_at(now), self.key().path()),
+            Err(_) if self.newer => {
+                format!("a lock written by a newer pvsnap ({})", self.key().path())
+            }
             Err(_) => format!("unreadable lock {}", self.key().path()),
         }
     }
@@ -239,15 +251,24 @@ impl ListedLock {
 pub fn list_locks(backend: &DynBackend) -> Result<Vec<ListedLock>> {
     let mut out = Vec::new();
     for (name, _) in backend.list(ObjectKind::Lock)? {
+        let mut newer = false;
         let info = match backend.get(&ObjectKey::new(ObjectKind::Lock, &name)) {
             Ok(_) if name.parse::<LockId>().is_err() => {
                 Err("the name is not a lock id (64 hex digits)".to_string())
             }
-            Ok(bytes) => LockInfo::decode(&bytes).map_err(|e| e.to_string()),
+            Ok(bytes) => LockInfo::decode(&bytes).map_err(|e| {
+                newer = matches!(
+                    e,
+                    Error::Format(
+                        FormatError::UnsupportedVersion { .. } | FormatError::UnknownFlags { .. }
+                    )
+                );
+                e.to_string()
+            }),
             Err(crate::error::BackendError::NotFound { .. }) => continue, // released meanwhile
             Err(e) => return Err(e.into()),
         };
-        out.push(ListedLock { name, info });
+        out.push(ListedLock { name, info, newer });
     }
     Ok(out)
 }
@@ -259,10 +280,13 @@ fn locked_error(backend: &DynBackend, lock: &ListedLock, now: Timestamp, this_ho
     let repo = shell_word(location.trim_end_matches(" (dry run)"));
     let holder = lock.describe_at(now);
     let Ok(info) = &lock.info else {
-        // Unreadable locks never conflict; kept total for safety.
+        // Only locks of a newer pvsnap conflict among those not read.
         return Error::Locked {
             holder,
-            remedy: format!("run `pvsnap --repo {repo} unlock`"),
+            remedy: format!(
+                "wait for the newer pvsnap to finish, or upgrade this one; if no newer pvsnap runs on any host, remove it with `pvsnap --repo {repo} unlock {}`",
+                lock.short()
+            ),
         };
     };
     let stale_at = info.stale_at();
@@ -433,6 +457,9 @@ fn no_conflict(backend: &DynBackend, own: LockId, exclusive: bool, this_host: &s
         }
         match (lock.status(now, this_host), &lock.info) {
             (LockStatus::Live, Ok(info)) if exclusive || info.exclusive => {
+                conflict.get_or_insert(lock);
+            }
+            (LockStatus::Newer(_), _) => {
                 conflict.get_or_insert(lock);
             }
             (LockStatus::Unreadable(why), _) => tracing::warn!(

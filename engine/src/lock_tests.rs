@@ -311,3 +311,35 @@ fn durations_read_like_a_person_writes_them() {
     assert_eq!(shell_word("/srv/repo"), "/srv/repo");
     assert_eq!(shell_word("/srv/my repo's"), r"'/srv/my repo'\''s'");
 }
+
+/// A lock of a newer pvsnap cannot be judged (its holder, age and kind are
+/// in bytes this version does not know), so it blocks every operation, is
+/// kept by a plain `unlock`, and goes only when removed by its id. Damage, in
+/// contrast, never blocks.
+#[test]
+fn a_lock_of_a_newer_version_blocks_and_only_its_id_removes_it() {
+    let b = mem();
+    let mut newer = info("h", false, 0).encode();
+    newer[5] = 9; // a lock version from the future
+    let name = plant(&b, &newer);
+    let listed = list_locks(&b).unwrap();
+    assert!(matches!(
+        listed[0].status(Timestamp::now(), "h"),
+        LockStatus::Newer(_)
+    ));
+    for exclusive in [false, true] {
+        let Err(err) = LockGuard::acquire(b.clone(), exclusive, "snapshot", "h") else {
+            panic!("a lock of a newer pvsnap did not block");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("newer pvsnap") && text.contains(&format!("unlock {}", &name[..8])),
+            "{text}"
+        );
+    }
+    let r = unlock(&b, &Unlock::Stale, "h").unwrap();
+    assert!(r.removed.is_empty() && r.kept.len() == 1, "{r:?}");
+    unlock(&b, &Unlock::Named(vec![name[..8].to_string()]), "h").unwrap();
+    drop(LockGuard::acquire(b.clone(), true, "prune", "h").unwrap());
+    assert!(names(&b).is_empty());
+}
