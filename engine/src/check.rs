@@ -176,21 +176,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
     // each must hash to its name.
     let names = backend.list(ObjectKind::Index)?;
     let read = repo.read_index_files_with(IndexMode::Lenient)?;
-    let mut files = Vec::new();
-    for (id, file) in read.files {
-        if read.misnamed.contains(&id) {
-            let mut p = Problem::new(
-                ProblemKind::IndexDamaged,
-                format!(
-                    "index file {id}: its bytes do not hash to its name; run `pvsnap repair index`"
-                ),
-            );
-            p.index = Some(id);
-            errors.push(p);
-        } else {
-            files.push((id, file));
-        }
-    }
+    let files = read.files;
     for (name, _) in names.iter().filter(|(n, _)| n.parse::<IndexId>().is_err()) {
         errors.push(Problem::new(
             ProblemKind::IndexDamaged,

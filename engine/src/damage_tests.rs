@@ -446,3 +446,26 @@ fn check_reports_leftovers_and_prune_removes_those_past_the_grace_period() {
     assert!(r.ok && r.leftovers == 0 && r.warnings.is_empty(), "{r:#?}");
     assert_whole(&repo, &s, &files);
 }
+
+/// A snapshot taken after a pack was truncated or lost, before anyone ran
+/// check or repair, must not deduplicate against the blobs that are gone: it
+/// stores them again, so it restores whole although it exited 0.
+#[test]
+fn a_snapshot_taken_before_repair_does_not_lean_on_a_truncated_or_lost_pack() {
+    for (encrypted, lose_whole_pack) in [(false, false), (true, false), (false, true)] {
+        let (mem, repo) = mem_repo(encrypted);
+        let files = testutil::files(7, 18, 12_000);
+        let s = snap_dir(&repo, &files, "/data", "2026-01-01T00:00:00Z");
+        let ends = chunk_ends(&repo, &s);
+        let victim = ends.values().flatten().map(|(p, _)| *p).next().unwrap();
+        let key = ObjectKey::new(ObjectKind::Pack, victim.to_hex());
+        if lose_whole_pack {
+            mem.delete(&key).unwrap();
+        } else {
+            let size = mem.get(&key).unwrap().len();
+            mem.tamper(&key, |b| b.truncate(size / 2));
+        }
+        let s2 = snap_dir(&repo, &files, "/data", "2026-01-02T00:00:00Z");
+        assert_whole(&repo, &s2, &files);
+    }
+}

@@ -95,6 +95,11 @@ pub enum CryptoError {
     )]
     WrongPassword,
     #[error(
+        "no intact key slot opens with this password, and key slot(s) {} are damaged (unreadable, or with impossible sizes); if the password belongs to one of them, open the repository with another password of it and see `pvsnap key list`",
+        damaged.join(", ")
+    )]
+    DamagedSlots { damaged: Vec<String> },
+    #[error(
         "this repository is encrypted; give its password via PVSNAP_PASSWORD, --password-file or the prompt"
     )]
     PasswordRequired,
@@ -171,10 +176,10 @@ pub enum Error {
     },
     #[error("{path}: {detail}")]
     Unsafe { path: String, detail: String },
-    #[error(
-        "repository is locked by {holder}; wait for it to finish, or if that process is gone run `pvsnap unlock`"
-    )]
-    Locked { holder: String },
+    /// `remedy` says how long the lock may still block and the command that
+    /// removes it.
+    #[error("repository is locked by {holder}; {remedy}")]
+    Locked { holder: String, remedy: String },
     #[error("invalid pattern `{pattern}`: {detail}")]
     Pattern { pattern: String, detail: String },
     #[error(

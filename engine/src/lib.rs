@@ -37,6 +37,7 @@ pub mod blob;
 pub mod cache;
 pub mod check;
 pub mod crypto;
+pub mod duration;
 pub mod error;
 pub mod forget;
 pub mod format;

@@ -16,7 +16,7 @@ use crate::cache::PackCache;
 use crate::crypto::{Crypto, KdfParams, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
 use crate::format::{ObjectKind, REPO_VERSION, decode_checked, encode_checked};
-use crate::id::{ChunkId, Id, IndexId, KeyId, SnapshotId, TreeId};
+use crate::id::{ChunkId, Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
 use crate::index::{Index, IndexFile};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
@@ -157,6 +157,50 @@ impl Default for InitOptions {
     }
 }
 
+impl InitOptions {
+    /// Refuses options a repository cannot be created with, so a caller can
+    /// check them before it creates anything.
+    pub fn validate(&self) -> Result<()> {
+        use fastcdc::v2020 as f;
+        let c = &self.chunker;
+        if validate_chunker(c).is_err() {
+            return Err(Error::Invalid(format!(
+                "chunk sizes min {} avg {} max {} bytes are out of range: min {}..={}, avg {}..={}, max {}..={} bytes, and min <= avg <= max",
+                c.min,
+                c.avg,
+                c.max,
+                f::MINIMUM_MIN,
+                f::MINIMUM_MAX,
+                f::AVERAGE_MIN,
+                f::AVERAGE_MAX,
+                f::MAXIMUM_MIN,
+                f::MAXIMUM_MAX
+            )));
+        }
+        if !(0..=22).contains(&self.compression_level) {
+            return Err(Error::Invalid(format!(
+                "compression level {} is out of range: 0 (none) to 22",
+                self.compression_level
+            )));
+        }
+        if self.pack_size == 0 {
+            return Err(Error::Invalid("pack size 0: give at least 1 MiB".into()));
+        }
+        let k = self.kdf;
+        argon2::Params::new(k.m_cost, k.t_cost, k.p_cost, Some(32)).map_err(|e| {
+            Error::Invalid(format!(
+                "key derivation parameters m_cost {} t_cost {} p_cost {}: {e}",
+                k.m_cost, k.t_cost, k.p_cost
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// The master key of an encrypted repository, wiped when the last holder
+/// drops it.
+pub(crate) type MasterKey = Arc<zeroize::Zeroizing<[u8; 32]>>;
+
 /// Supplies the passphrase when (and only when) the repository is encrypted.
 pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 
@@ -199,9 +243,6 @@ impl std::fmt::Display for UnreadableIndex {
 pub struct IndexFiles {
     pub files: Vec<(IndexId, IndexFile)>,
     pub unreadable: Vec<UnreadableIndex>,
-    /// Files among `files` whose bytes do not hash to their name (check
-    /// reports them).
-    pub misnamed: Vec<IndexId>,
 }
 
 /// Logs a warning for each unreadable snapshot object, naming the command
@@ -221,7 +262,7 @@ pub struct Repository {
     config: Arc<Config>,
     crypto: Crypto,
     /// The master key and the slot that opened it (encrypted repositories).
-    master: Option<(KeyId, Arc<[u8; 32]>)>,
+    master: Option<(KeyId, MasterKey)>,
 }
 
 /// This machine's host name, as recorded in snapshots and locks.
@@ -242,17 +283,19 @@ pub(crate) fn hostname() -> String {
 
 impl Repository {
     /// Creates a repository in an empty backend.
-    pub fn init(backend: DynBackend, opts: InitOptions) -> Result<Repository> {
+    pub fn init(backend: DynBackend, mut opts: InitOptions) -> Result<Repository> {
+        // Wiped on every way out.
+        let password = opts.password.take().map(zeroize::Zeroizing::new);
+        opts.validate()?;
         if backend.exists(&ObjectKey::config())? {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
-        validate_chunker(&opts.chunker)?;
         let mut opened = None;
-        let (crypto, seed, encryption) = match &opts.password {
+        let (crypto, seed, encryption) = match &password {
             Some(pw) => {
                 let master = crate::crypto::new_master_key();
                 let key_id = crate::keys::write_slot(&backend, &master, pw, opts.kdf)?;
-                opened = Some((key_id, Arc::new(master)));
+                opened = Some((key_id, Arc::new(master.clone())));
                 (
                     Crypto::Keyed(Box::new(Keys::from_master(&master))),
                     None,
@@ -300,7 +343,7 @@ impl Repository {
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
             "xchacha20poly1305" => {
-                let pw = password.ok_or(CryptoError::PasswordRequired)?()?;
+                let pw = zeroize::Zeroizing::new(password.ok_or(CryptoError::PasswordRequired)?()?);
                 let (id, key) = crate::keys::unlock(&backend, &pw)?;
                 let crypto = Crypto::Keyed(Box::new(Keys::from_master(&key)));
                 master = Some((id, Arc::new(key)));
@@ -323,7 +366,7 @@ impl Repository {
     }
 
     /// The master key and the id of the slot that opened it, if encrypted.
-    pub(crate) fn master(&self) -> Option<&(KeyId, Arc<[u8; 32]>)> {
+    pub(crate) fn master(&self) -> Option<&(KeyId, MasterKey)> {
         self.master.as_ref()
     }
 
@@ -368,29 +411,22 @@ impl Repository {
     /// prune differ only in the mode.
     pub fn read_index_files_with(&self, mode: IndexMode) -> Result<IndexFiles> {
         let names = self.backend.list(ObjectKind::Index)?;
-        // (name, (id, file, whether its bytes hash to its name), or why not)
-        type Read = (String, Result<(IndexId, IndexFile, bool)>);
+        // (name, (id, file), or why not). A file whose bytes do not hash to
+        // its name is refused by its decoder, so it lands in `unreadable`.
+        type Read = (String, Result<(IndexId, IndexFile)>);
         let read: Vec<Read> = names
             .par_iter()
             // Other names are no index files of ours (check reports them).
             .filter(|(name, _)| name.parse::<IndexId>().is_ok())
             .map(|(name, _)| {
-                let r = self.read_index_file(name).map(|(id, f, bytes)| {
-                    let named = *blake3::hash(&bytes).as_bytes() == id.0.0;
-                    (id, f, named)
-                });
+                let r = self.read_index_file(name).map(|(id, f, _)| (id, f));
                 (name.clone(), r)
             })
             .collect();
         let mut out = IndexFiles::default();
         for (name, r) in read {
             match r {
-                Ok((id, f, named)) => {
-                    if !named {
-                        out.misnamed.push(id);
-                    }
-                    out.files.push((id, f));
-                }
+                Ok((id, f)) => out.files.push((id, f)),
                 // Deleted since it was listed (a prune finishing): it was superseded.
                 Err(Error::Backend(BackendError::NotFound { .. })) => {}
                 Err(e) if mode == IndexMode::Strict => {
@@ -413,12 +449,52 @@ impl Repository {
         for u in &read.unreadable {
             tracing::warn!("{u}");
         }
-        let index = Index::from_files(&read.files);
+        let index = self.usable_index(&read.files)?;
         Ok(IndexedRepository {
             repo: self,
             index,
             tree_packs: PackCache::new(TREE_PACK_CACHE),
         })
+    }
+
+    /// The index of `files` without entries whose pack is missing or too
+    /// short to hold them. A snapshot deduplicates against the index: an
+    /// entry in a truncated or lost pack would make it reference data that
+    /// is not there, exit 0 and be damaged from the start. Left out, the
+    /// chunk is stored again. Packs are listed after the index files were
+    /// read, so every pack those files name was written before the listing.
+    fn usable_index(&self, files: &[(IndexId, IndexFile)]) -> Result<Index> {
+        let sizes: std::collections::HashMap<PackId, u64> = self
+            .backend
+            .list(ObjectKind::Pack)?
+            .into_iter()
+            .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
+            .collect();
+        let unusable = std::sync::Mutex::new(std::collections::BTreeMap::new());
+        let index = Index::from_files_where(files, |pack, e| {
+            let fits = sizes
+                .get(pack)
+                .is_some_and(|&size| e.offset as u64 + e.stored_len as u64 <= size);
+            if !fits {
+                *unusable
+                    .lock()
+                    .expect("unusable")
+                    .entry(*pack)
+                    .or_insert(0usize) += 1;
+            }
+            fits
+        });
+        for (pack, n) in unusable.into_inner().expect("unusable") {
+            let why = if sizes.contains_key(&pack) {
+                "is shorter than the index says"
+            } else {
+                "is missing"
+            };
+            tracing::warn!(
+                "pack {pack} {why}: {n} blob(s) listed in it are not used (a snapshot stores them again); run `pvsnap check`, then `pvsnap repair index`"
+            );
+        }
+        Ok(index)
     }
 
     /// Pairs the repository with an index built by the caller (maintenance

@@ -215,36 +215,10 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// `90s`, `30m`, `24h`, `7d`, or combinations such as `1d12h`; `0` is zero.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration such as 30m, 24h or 7d");
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let (mut total, mut num) = (0u64, String::new());
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|x| total.checked_add(x))
-            .ok_or_else(bad)?;
-        num.clear();
-    }
-    if !num.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
+/// `90s`, `30m`, `24h`, `7d`, combinations such as `1d12h`, or `0`
+/// (`pvsnap_engine::duration`, shared with `--wait-timeout` and keep-within).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    pvsnap_engine::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn lock(repo: &Repository, exclusive: bool, operation: &str) -> Result<LockGuard> {

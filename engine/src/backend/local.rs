@@ -13,10 +13,16 @@
 //! a copy into freshly allocated memory for every byte. The aligned body goes
 //! through a small reused buffer; the unaligned tail, and filesystems that
 //! refuse `O_DIRECT`, are written normally. The fsync is the same either way.
+//!
+//! Permissions do not depend on the umask: every file is created 0600 and
+//! every folder 0700 (set explicitly after creation), or 0640 and 0750 in a
+//! repository created with group access ([`Modes::GROUP`]). The choice is
+//! recorded by the mode of the `config` file itself, so a later writer (any
+//! user of the group) follows it without a format change.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,6 +35,39 @@ pub struct LocalBackend {
     root: PathBuf,
     /// Aligned staging buffer for `O_DIRECT` writes (allocated on first use).
     direct_buf: Mutex<Vec<u8>>,
+    modes: Modes,
+}
+
+/// Permission bits of the files and folders a repository is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modes {
+    pub file: u32,
+    pub dir: u32,
+}
+
+impl Modes {
+    /// Only the owner reads and writes (the default).
+    pub const PRIVATE: Modes = Modes {
+        file: 0o600,
+        dir: 0o700,
+    };
+    /// The owner's group may read too (`pvsnap init --group-access`).
+    pub const GROUP: Modes = Modes {
+        file: 0o640,
+        dir: 0o750,
+    };
+
+    /// The modes a repository whose `config` has mode `config_mode` uses:
+    /// group access when the group may read the config and others may not.
+    /// A config readable by everyone was written before modes were set (umask
+    /// 022 gave 0644); such a repository is taken as private from now on.
+    pub fn from_config_mode(config_mode: u32) -> Modes {
+        if config_mode & 0o040 != 0 && config_mode & 0o007 == 0 {
+            Modes::GROUP
+        } else {
+            Modes::PRIVATE
+        }
+    }
 }
 
 /// Objects at least this large are written with `O_DIRECT`.
@@ -49,29 +88,83 @@ const KINDS_WITH_DIRS: [ObjectKind; 6] = [
 ];
 
 impl LocalBackend {
+    /// The repository at `root`; its permission modes follow those of its
+    /// `config` ([`Modes::PRIVATE`] when there is none yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let modes = fs::metadata(root.join("config"))
+            .map(|m| Modes::from_config_mode(m.permissions().mode()))
+            .unwrap_or(Modes::PRIVATE);
         LocalBackend {
-            root: root.into(),
+            root,
             direct_buf: Mutex::new(Vec::new()),
+            modes,
         }
+    }
+
+    /// Sets the modes of what this backend creates (for `init`).
+    pub fn with_modes(mut self, modes: Modes) -> Self {
+        self.modes = modes;
+        self
+    }
+
+    pub fn modes(&self) -> Modes {
+        self.modes
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Creates the folder layout (idempotent).
+    /// Creates the folder layout (idempotent), the root folder included; the
+    /// root gets the folder mode even when it existed (empty) before.
     pub fn create_layout(&self) -> Result<(), BackendError> {
+        let at = |d: &Path| d.display().to_string();
+        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| io(&at(parent), "create folder", e))?;
+        }
+        match fs::DirBuilder::new()
+            .mode(self.modes.dir)
+            .create(&self.root)
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && self.root.is_dir() => {}
+            Err(e) => return Err(io(&at(&self.root), "create folder", e)),
+        }
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(self.modes.dir))
+            .map_err(|e| io(&at(&self.root), "set permissions", e))?;
         for kind in KINDS_WITH_DIRS {
             let d = self.root.join(kind.name());
-            fs::create_dir_all(&d).map_err(|e| io(&d.display().to_string(), "create folder", e))?;
+            self.make_dirs(&d)
+                .map_err(|e| io(&at(&d), "create folder", e))?;
         }
         for i in 0..=255u8 {
             let d = self.root.join("data").join(format!("{i:02x}"));
-            fs::create_dir_all(&d).map_err(|e| io(&d.display().to_string(), "create folder", e))?;
+            self.make_dirs(&d)
+                .map_err(|e| io(&at(&d), "create folder", e))?;
         }
-        sync_dir(&self.root).map_err(|e| io(&self.root.display().to_string(), "fsync", e))?;
+        sync_dir(&self.root).map_err(|e| io(&at(&self.root), "fsync", e))?;
         Ok(())
+    }
+
+    /// Creates `dir` (inside the root) and the missing folders between, each
+    /// with the folder mode whatever the umask.
+    fn make_dirs(&self, dir: &Path) -> std::io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir
+            .parent()
+            .filter(|p| *p != self.root && p.starts_with(&self.root))
+        {
+            self.make_dirs(parent)?;
+        }
+        match fs::DirBuilder::new().mode(self.modes.dir).create(dir) {
+            Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(self.modes.dir)),
+            // Another writer made it meanwhile (with the same mode).
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn path(&self, key: &ObjectKey) -> PathBuf {
@@ -130,7 +223,8 @@ impl LocalBackend {
             };
         }
         if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| io(&key.path(), "create folder", e))?;
+            self.make_dirs(dir)
+                .map_err(|e| io(&key.path(), "create folder", e))?;
         }
         let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
         let result = (|| -> Result<(), BackendError> {
@@ -161,12 +255,17 @@ impl LocalBackend {
     /// Creates `path` (which must not exist) holding `data`, not yet synced.
     fn write_new(&self, path: &Path, data: &[u8]) -> Result<File, (&'static str, std::io::Error)> {
         let create = |direct: bool| {
-            OpenOptions::new()
+            let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(self.modes.file)
                 .custom_flags(if direct { libc::O_DIRECT } else { 0 })
                 .open(path)
-                .map_err(|e| ("create temporary file", e))
+                .map_err(|e| ("create temporary file", e))?;
+            // The umask may have taken bits the repository wants (group read).
+            f.set_permissions(fs::Permissions::from_mode(self.modes.file))
+                .map_err(|e| ("set permissions", e))?;
+            Ok(f)
         };
         let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         if data.len() >= DIRECT_MIN {
@@ -470,6 +569,60 @@ mod tests {
         let b = LocalBackend::new(dir.path());
         b.create_layout().unwrap();
         super::super::contract_tests::run(&b);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn objects_and_folders_get_the_repository_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let b = LocalBackend::new(&root).with_modes(Modes::GROUP);
+        b.create_layout().unwrap();
+        b.put(&ObjectKey::config(), b"config").unwrap();
+        // A fresh backend on the same folder follows the config's mode.
+        let b: crate::backend::DynBackend = std::sync::Arc::new(LocalBackend::new(&root));
+        fs::remove_dir(root.join("data/ab")).unwrap();
+        b.put(&ObjectKey::new(ObjectKind::Pack, "ab".repeat(32)), b"pack")
+            .unwrap();
+        let lock = crate::lock::LockGuard::acquire(b.clone(), false, "test", "h").unwrap();
+        let locks: Vec<_> = fs::read_dir(root.join("locks")).unwrap().collect();
+        assert_eq!(locks.len(), 1);
+        assert_eq!(mode(&locks[0].as_ref().unwrap().path()), 0o640);
+        drop(lock);
+        assert_eq!(mode(&root), 0o750);
+        assert_eq!(mode(&root.join("data/ab")), 0o750);
+        assert_eq!(mode(&root.join("data/00")), 0o750);
+        assert_eq!(mode(&root.join("data/ab").join("ab".repeat(32))), 0o640);
+        assert_eq!(mode(&root.join("config")), 0o640);
+
+        let root = dir.path().join("private");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        let b = LocalBackend::new(&root);
+        assert_eq!(b.modes(), Modes::PRIVATE);
+        b.create_layout().unwrap();
+        b.put(&ObjectKey::config(), b"config").unwrap();
+        assert_eq!(
+            mode(&root),
+            0o700,
+            "an existing empty folder is made private"
+        );
+        assert_eq!(mode(&root.join("keys")), 0o700);
+        assert_eq!(mode(&root.join("config")), 0o600);
+        assert_eq!(LocalBackend::new(&root).modes(), Modes::PRIVATE);
+        // A repository written before modes were set: config 0644 (umask 022)
+        // or 0664 (umask 002) is not a choice of group access.
+        for (old, want) in [
+            (0o644, Modes::PRIVATE),
+            (0o664, Modes::PRIVATE),
+            (0o640, Modes::GROUP),
+            (0o600, Modes::PRIVATE),
+        ] {
+            assert_eq!(Modes::from_config_mode(old), want, "{old:o}");
+        }
     }
 
     #[test]
