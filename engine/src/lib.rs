@@ -60,6 +60,8 @@ pub mod walk;
 #[cfg(test)]
 mod maintenance_tests;
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
 
 pub use error::{Error, Result};
