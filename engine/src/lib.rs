@@ -58,6 +58,8 @@ pub mod vfs;
 pub mod walk;
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod maintenance_tests;
 #[cfg(test)]
 mod model_tests;

@@ -459,6 +459,11 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         }
     }
 
+    // Packs are named by their content: a pack written here can have the
+    // name of one planned for deletion, e.g. the same repack left unindexed
+    // by an interrupted prune. It is the new index's now and stays.
+    let written: HashSet<PackId> = new_packs.iter().map(|(p, _)| *p).collect();
+
     if plan.rewrite_index {
         // Stage 5: the new index.
         let all: Vec<(PackId, Vec<BlobEntry>)> =
@@ -479,7 +484,8 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         .iter()
         .map(|(p, _, _)| p)
         .chain(plan.repack.iter().map(|(p, _, _)| p))
-        .chain(plan.unreferenced_delete.iter().map(|(p, _)| p));
+        .chain(plan.unreferenced_delete.iter().map(|(p, _)| p))
+        .filter(|p| !written.contains(p));
     for pack in obsolete {
         backend.delete(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
     }
