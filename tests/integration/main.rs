@@ -6,6 +6,7 @@ mod util;
 mod deploy;
 mod fixture;
 mod k8s;
+mod kill;
 mod maintenance;
 mod mount;
 mod snapshot_restore;
