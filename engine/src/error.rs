@@ -44,6 +44,10 @@ pub enum FormatError {
     UnknownFeature(String),
     #[error("{what}: {detail}")]
     Invalid { what: String, detail: String },
+    #[error(
+        "{what}: checksum mismatch, the object is damaged; run `pvsnap check` to see what it affects"
+    )]
+    ChecksumMismatch { what: String },
 }
 
 /// Problems talking to the storage behind a repository.

@@ -459,11 +459,10 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         }
     }
 
-    // Packs are named by their content: a pack written here can have the
-    // name of one planned for deletion, e.g. the same repack left unindexed
-    // by an interrupted prune. It is the new index's now and stays.
+    // A pack is named by the hash of its bytes, so a repacked pack can have
+    // the very name of an old pack about to be deleted (same blobs, same
+    // order, unencrypted): that name now holds needed data and must stay.
     let written: HashSet<PackId> = new_packs.iter().map(|(p, _)| *p).collect();
-
     if plan.rewrite_index {
         // Stage 5: the new index.
         let all: Vec<(PackId, Vec<BlobEntry>)> =

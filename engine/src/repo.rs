@@ -15,7 +15,7 @@ use crate::blob::{self, BlobKind};
 use crate::cache::PackCache;
 use crate::crypto::{Crypto, KdfParams, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
-use crate::format::{HEADER_LEN, Header, ObjectKind, REPO_VERSION};
+use crate::format::{ObjectKind, REPO_VERSION, decode_checked, encode_checked};
 use crate::id::{ChunkId, Id, IndexId, KeyId, SnapshotId, TreeId};
 use crate::index::{Index, IndexFile};
 use crate::snapshot::Snapshot;
@@ -68,6 +68,53 @@ pub struct Config {
     pub required_features: Vec<String>,
     #[serde(default)]
     pub optional_features: Vec<String>,
+}
+
+impl Config {
+    /// The stored bytes: a checked object (see
+    /// [`crate::format::encode_checked`]) around the JSON, never encrypted.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_checked(
+            ObjectKind::Config,
+            false,
+            &serde_json::to_vec_pretty(self).expect("config serializes"),
+        )
+    }
+
+    /// Decodes and validates the config object of the repository at
+    /// `location` (named in errors).
+    pub fn decode(bytes: &[u8], location: &str) -> Result<Config> {
+        let what = || format!("{location}/config");
+        let (_, json) = decode_checked(bytes, ObjectKind::Config, &what)?;
+        let config: Config = serde_json::from_slice(json).map_err(|e| FormatError::Invalid {
+            what: what(),
+            detail: e.to_string(),
+        })?;
+        if config.version > REPO_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                what: "repository",
+                found: config.version,
+                supported: REPO_VERSION,
+            }
+            .into());
+        }
+        if config.version == 0 {
+            return Err(FormatError::Invalid {
+                what: what(),
+                detail: "repository version 0 does not exist: the config is damaged".into(),
+            }
+            .into());
+        }
+        if let Some(f) = config
+            .required_features
+            .iter()
+            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+        {
+            return Err(FormatError::UnknownFeature(f.clone()).into());
+        }
+        validate_chunker(&config.chunker)?;
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -179,9 +226,7 @@ impl Repository {
             required_features: vec![],
             optional_features: vec![],
         };
-        let mut bytes = Header::new(ObjectKind::Config, false).encode().to_vec();
-        bytes.extend_from_slice(&serde_json::to_vec_pretty(&config).expect("config serializes"));
-        backend.put(&ObjectKey::config(), &bytes)?;
+        backend.put(&ObjectKey::config(), &config.encode())?;
         Ok(Repository {
             backend,
             config: Arc::new(config),
@@ -199,28 +244,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        Header::decode(&bytes, ObjectKind::Config)?;
-        let config: Config =
-            serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
-                what: format!("{}/config", backend.location()),
-                detail: e.to_string(),
-            })?;
-        if config.version != REPO_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: "repository",
-                found: config.version,
-                supported: REPO_VERSION,
-            }
-            .into());
-        }
-        if let Some(f) = config
-            .required_features
-            .iter()
-            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
-        {
-            return Err(FormatError::UnknownFeature(f.clone()).into());
-        }
-        validate_chunker(&config.chunker)?;
+        let config = Config::decode(&bytes, &backend.location())?;
         let mut master = None;
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
@@ -318,12 +342,7 @@ impl Repository {
 
     /// Encodes a snapshot object.
     pub fn encode_snapshot(&self, snap: &Snapshot) -> Vec<u8> {
-        let mut v = Header::new(ObjectKind::Snapshot, self.crypto.is_encrypted())
-            .encode()
-            .to_vec();
-        let json = serde_json::to_vec(snap).expect("snapshot serializes");
-        v.extend_from_slice(&self.crypto.seal(snap.id.0.as_bytes(), json));
-        v
+        crate::snapshot::encode_snapshot(snap, &self.crypto)
     }
 
     /// Writes a snapshot object: the commit point. Returns the bytes written.
@@ -333,33 +352,11 @@ impl Repository {
         Ok(bytes.len() as u64)
     }
 
+    /// Reads and validates one snapshot object (see
+    /// [`crate::snapshot::decode_snapshot`]).
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let bytes = self.backend.get(&Self::snapshot_key(id))?;
-        let header = Header::decode(&bytes, ObjectKind::Snapshot)?;
-        if header.encrypted() != self.crypto.is_encrypted() {
-            return Err(FormatError::Invalid {
-                what: format!("snapshot {id}"),
-                detail: "encryption flag does not match the repository".into(),
-            }
-            .into());
-        }
-        let json = self
-            .crypto
-            .open(id.0.as_bytes(), &bytes[HEADER_LEN..], &|| {
-                format!("snapshot {id}")
-            })?;
-        let snap: Snapshot = serde_json::from_slice(&json).map_err(|e| FormatError::Invalid {
-            what: format!("snapshot {id}"),
-            detail: e.to_string(),
-        })?;
-        if snap.id != *id {
-            return Err(FormatError::Invalid {
-                what: format!("snapshot {id}"),
-                detail: format!("object claims id {}", snap.id),
-            }
-            .into());
-        }
-        Ok(snap)
+        crate::snapshot::decode_snapshot(&bytes, &self.crypto, id)
     }
 
     /// Every snapshot, oldest first (ties broken by id).

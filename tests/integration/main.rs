@@ -9,4 +9,5 @@ mod k8s;
 mod kill;
 mod maintenance;
 mod mount;
+mod safety;
 mod snapshot_restore;
