@@ -371,9 +371,9 @@ impl World {
             }
             Change::Mkdir { name } => {
                 let rel = format!("e{name}");
-                if !self.sources[s].contains_key(&rel) {
-                    std::fs::create_dir(root.join(&rel)).map_err(err("mkdir"))?;
-                    self.sources[s].insert(rel, Entry::Dir);
+                if let std::collections::btree_map::Entry::Vacant(v) = self.sources[s].entry(rel) {
+                    std::fs::create_dir(root.join(v.key())).map_err(err("mkdir"))?;
+                    v.insert(Entry::Dir);
                 }
             }
             Change::Symlink { name, target } => {
