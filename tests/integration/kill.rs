@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::util::{self, Env};
 
 /// Files of the source: content seeds by relative path.
-const FILES: usize = 48;
+const FILES: usize = 64;
 const FILE_LEN: usize = 384 * 1024;
 
 /// A seeded generator for delays and choices (splitmix64).
