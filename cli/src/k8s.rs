@@ -136,10 +136,10 @@ pub fn source_of(r: &ResolvedClaim) -> Source {
     }
 }
 
-/// Parses durations such as `90s`, `5m` or `1m30s`.
+/// Parses durations such as `90s`, `5m` or `1m30s` (the reader `--grace`
+/// and keep-within use too).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    pvsnap_k8s::parse_go_duration(s)
-        .ok_or_else(|| format!("`{s}` is not a duration such as 90s, 5m or 1m30s"))
+    crate::cmd::maintenance::parse_duration(s)
 }
 
 /// One line per hook: `pre hook in pod ns/p container c: ok (12 ms)`.

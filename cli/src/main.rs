@@ -141,7 +141,9 @@ fn main() -> ExitCode {
 fn exit_code_for(e: &anyhow::Error) -> u8 {
     use pvsnap_engine::error::{CryptoError, Error};
     match e.downcast_ref::<Error>() {
-        Some(Error::Crypto(CryptoError::WrongPassword)) => exit::WRONG_PASSWORD,
+        Some(Error::Crypto(CryptoError::WrongPassword | CryptoError::DamagedSlots { .. })) => {
+            exit::WRONG_PASSWORD
+        }
         Some(Error::Locked { .. }) => exit::LOCKED,
         _ => exit::ERROR,
     }

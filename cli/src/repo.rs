@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use pvsnap_engine::backend::local::LocalBackend;
+use pvsnap_engine::backend::local::{LocalBackend, Modes};
 use pvsnap_engine::backend::{DryRun, DynBackend};
 use pvsnap_engine::{Error, Repository};
 
@@ -51,10 +51,11 @@ pub fn backend(path: &std::path::Path) -> DynBackend {
 
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
 pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
+    // Copies read on the way are wiped; the engine wipes the one returned.
     if let Some(f) = &cli.password_file {
-        let s = std::fs::read(f).map_err(|e| {
+        let s = zeroize::Zeroizing::new(std::fs::read(f).map_err(|e| {
             Error::Invalid(format!("{}: cannot read password file: {e}", f.display()))
-        })?;
+        })?);
         let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
         return Ok(trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec());
     }
@@ -64,16 +65,20 @@ pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
     if !std::io::stdin().is_terminal() {
         return Err(pvsnap_engine::error::CryptoError::PasswordRequired.into());
     }
-    let p = rpassword::prompt_password("repository password: ")
-        .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
+    let p = zeroize::Zeroizing::new(
+        rpassword::prompt_password("repository password: ")
+            .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?,
+    );
     if confirm {
-        let again = rpassword::prompt_password("again: ")
-            .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?;
-        if again != p {
+        let again = zeroize::Zeroizing::new(
+            rpassword::prompt_password("again: ")
+                .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?,
+        );
+        if *again != *p {
             return Err(Error::Invalid("the two passwords differ".into()));
         }
     }
-    Ok(p.into_bytes())
+    Ok(p.as_bytes().to_vec())
 }
 
 /// Opens the repository, or creates it if it is the default one and
@@ -90,7 +95,11 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
     match Repository::open(be.clone(), Some(&pw)) {
         Ok(r) => Ok(r),
         Err(Error::NotARepository(_)) if create_default && !loc.explicit && !dry_run => {
-            create(&loc.path, pvsnap_engine::InitOptions::default())?;
+            create(
+                &loc.path,
+                pvsnap_engine::InitOptions::default(),
+                Modes::PRIVATE,
+            )?;
             if !cli.quiet {
                 eprintln!("pvsnap: created repository at {}", loc.path.display());
             }
@@ -108,17 +117,106 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
     }
 }
 
-/// Creates the folder layout and the repository objects.
-pub fn create(path: &std::path::Path, opts: pvsnap_engine::InitOptions) -> Result<Repository> {
+/// Creates the folder layout and the repository objects. The options are
+/// checked before anything is created; when a later step fails, what this
+/// call created is removed again (and only that), so a retry starts clean.
+pub fn create(
+    path: &std::path::Path,
+    opts: pvsnap_engine::InitOptions,
+    modes: Modes,
+) -> Result<Repository> {
+    opts.validate()?;
     if path.exists() && std::fs::read_dir(path)?.next().is_some() && !path.join("config").exists() {
         bail!(
             "{}: folder is not empty and is not a repository; choose an empty or new folder",
             path.display()
         );
     }
-    let local = LocalBackend::new(path);
-    local
+    if path.join("config").exists() {
+        return Err(Error::AlreadyInitialized(path.display().to_string()).into());
+    }
+    let created = Created::before(path);
+    let local = LocalBackend::new(path).with_modes(modes);
+    let result = local
         .create_layout()
-        .with_context(|| format!("{}: cannot create the repository folders", path.display()))?;
-    Ok(Repository::init(Arc::new(local), opts)?)
+        .with_context(|| format!("{}: cannot create the repository folders", path.display()))
+        .and_then(|()| Ok(Repository::init(Arc::new(local), opts)?));
+    if result.is_err() {
+        created.undo();
+    }
+    result
+}
+
+/// What creating a repository at a path will have created: the topmost
+/// folder that did not exist, or (for an existing empty folder) its entries.
+struct Created {
+    root: PathBuf,
+    top_new: Option<PathBuf>,
+}
+
+impl Created {
+    fn before(root: &std::path::Path) -> Created {
+        let top_new = root
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last()
+            .map(PathBuf::from);
+        Created {
+            root: root.to_path_buf(),
+            top_new,
+        }
+    }
+
+    /// Removes what was created; the root was empty before, so all it holds
+    /// now is ours.
+    fn undo(&self) {
+        let gone = match &self.top_new {
+            Some(top) => std::fs::remove_dir_all(top),
+            None => std::fs::read_dir(&self.root).and_then(|mut rd| {
+                rd.try_for_each(|e| {
+                    let p = e?.path();
+                    if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    }
+                })
+            }),
+        };
+        if let Err(e) = gone {
+            eprintln!(
+                "pvsnap: could not remove the partly created repository at {}: {e}; remove it before retrying",
+                self.root.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undo_removes_only_what_creating_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = dir.path().join("keep");
+        std::fs::write(&keep, b"x").unwrap();
+        // New folders, two levels deep.
+        let root = dir.path().join("a/b/repo");
+        let created = Created::before(&root);
+        std::fs::create_dir_all(root.join("data/00")).unwrap();
+        created.undo();
+        assert!(!dir.path().join("a").exists());
+        assert!(keep.exists());
+        // An existing empty folder stays, emptied.
+        let root = dir.path().join("empty");
+        std::fs::create_dir(&root).unwrap();
+        let created = Created::before(&root);
+        std::fs::create_dir_all(root.join("data/00")).unwrap();
+        std::fs::write(root.join("config"), b"c").unwrap();
+        created.undo();
+        assert!(root.is_dir());
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        assert!(keep.exists());
+    }
 }

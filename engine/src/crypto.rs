@@ -12,6 +12,7 @@ use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::CryptoError;
 use crate::format::{NONCE_LEN, TAG_LEN};
@@ -31,14 +32,21 @@ pub struct Keys {
 
 impl Keys {
     pub fn from_master(master: &[u8; 32]) -> Self {
-        let data = blake3::derive_key(CTX_DATA, master);
-        let id_key = blake3::derive_key(CTX_ID, master);
-        let seed = blake3::derive_key(CTX_SEED, master);
+        let data = Zeroizing::new(blake3::derive_key(CTX_DATA, master));
+        let seed = Zeroizing::new(blake3::derive_key(CTX_SEED, master));
         Keys {
-            cipher: XChaCha20Poly1305::new((&data).into()),
-            id_key,
+            cipher: XChaCha20Poly1305::new((&*data).into()),
+            id_key: blake3::derive_key(CTX_ID, master),
             chunker_seed: u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
         }
+    }
+}
+
+/// Key material is wiped when it is dropped (the cipher wipes its own key).
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.id_key.zeroize();
+        self.chunker_seed.zeroize();
     }
 }
 
@@ -271,17 +279,17 @@ fn kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<XChaCha20Poly1305, 
     let params = argon2::Params::new(p.m_cost, p.t_cost, p.p_cost, Some(32))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut out = [0u8; 32];
+    let mut out = Zeroizing::new([0u8; 32]);
     argon
-        .hash_password_into(password, salt, &mut out)
+        .hash_password_into(password, salt, &mut *out)
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-    Ok(XChaCha20Poly1305::new((&out).into()))
+    Ok(XChaCha20Poly1305::new((&*out).into()))
 }
 
 /// A fresh random master key.
-pub fn new_master_key() -> [u8; 32] {
-    let mut m = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut m);
+pub fn new_master_key() -> Zeroizing<[u8; 32]> {
+    let mut m = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(&mut *m);
     m
 }
 
@@ -307,7 +315,7 @@ impl KeySlot {
     }
 
     /// The master key, or `None` when `password` does not open this slot.
-    pub fn open(&self, password: &[u8]) -> Result<Option<[u8; 32]>, CryptoError> {
+    pub fn open(&self, password: &[u8]) -> Result<Option<Zeroizing<[u8; 32]>>, CryptoError> {
         if self.kdf != "argon2id" {
             return Err(CryptoError::Kdf(format!(
                 "unknown key derivation `{}`",
@@ -316,7 +324,8 @@ impl KeySlot {
         }
         let cipher = kek(password, &self.salt, self.params)?;
         Ok(open_with(&cipher, KEY_SLOT_AAD, &self.sealed_master)
-            .and_then(|m| <[u8; 32]>::try_from(m.as_slice()).ok()))
+            .map(Zeroizing::new)
+            .and_then(|m| <[u8; 32]>::try_from(m.as_slice()).ok().map(Zeroizing::new)))
     }
 }
 
@@ -433,7 +442,7 @@ mod tests {
     fn key_slot_opens_only_with_its_password() {
         let master = new_master_key();
         let slot = KeySlot::create(&master, b"pw", cheap(), "t".into(), "h".into()).unwrap();
-        assert_eq!(slot.open(b"pw").unwrap(), Some(master));
+        assert_eq!(slot.open(b"pw").unwrap(), Some(master.clone()));
         assert_eq!(slot.open(b"wrong").unwrap(), None);
         let json = serde_json::to_string(&slot).unwrap();
         let back: KeySlot = serde_json::from_str(&json).unwrap();

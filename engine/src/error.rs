@@ -74,6 +74,16 @@ pub enum BackendError {
     },
     #[error("injected fault: {0}")]
     Injected(String),
+    #[error("{path}: not a temporary file left by an interrupted write; refusing to remove it")]
+    NotALeftover { path: String },
+    #[error(
+        "{key}: {op} failed: no space left on the file system holding the repository {location}. Free space there (or give the repository more room) and run the command again. What this run stored before it failed is given back by `pvsnap --repo {location} prune` once older than the grace period (24h by default), or right away by `pvsnap --repo {location} prune --grace 0` when no other pvsnap command is using the repository"
+    )]
+    NoSpace {
+        key: String,
+        op: &'static str,
+        location: String,
+    },
 }
 
 /// Problems with keys and sealed data.
@@ -84,6 +94,11 @@ pub enum CryptoError {
         "wrong password: no key slot of this repository opens with it; check PVSNAP_PASSWORD or --password-file"
     )]
     WrongPassword,
+    #[error(
+        "no intact key slot opens with this password, and key slot(s) {} are damaged (unreadable, or with impossible sizes); if the password belongs to one of them, open the repository with another password of it and see `pvsnap key list`",
+        damaged.join(", ")
+    )]
+    DamagedSlots { damaged: Vec<String> },
     #[error(
         "this repository is encrypted; give its password via PVSNAP_PASSWORD, --password-file or the prompt"
     )]
@@ -161,12 +176,20 @@ pub enum Error {
     },
     #[error("{path}: {detail}")]
     Unsafe { path: String, detail: String },
-    #[error(
-        "repository is locked by {holder}; wait for it to finish, or if that process is gone run `pvsnap unlock`"
-    )]
-    Locked { holder: String },
+    /// `remedy` says how long the lock may still block and the command that
+    /// removes it.
+    #[error("repository is locked by {holder}; {remedy}")]
+    Locked { holder: String, remedy: String },
     #[error("invalid pattern `{pattern}`: {detail}")]
     Pattern { pattern: String, detail: String },
+    #[error(
+        "index file {name} cannot be read ({detail}); the packs it describes cannot be told from unused ones, so nothing was changed. Run `pvsnap repair index`, then this command again"
+    )]
+    IndexUnreadable { name: String, detail: String },
+    #[error(
+        "{detail}; the data this snapshot needs cannot be known, so nothing was deleted. Remove it with `pvsnap forget {id}` (or put back an intact copy of snapshots/{id}), then run this command again"
+    )]
+    SnapshotUnreadable { id: String, detail: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -164,6 +164,16 @@ impl Index {
     /// another one present are skipped; a blob stored in several packs keeps one
     /// location (the duplicates are prune's to remove).
     pub fn from_files(files: &[(IndexId, IndexFile)]) -> Self {
+        Self::from_files_where(files, |_, _| true)
+    }
+
+    /// [`Index::from_files`], keeping only the entries `usable` accepts
+    /// (before duplicates are dropped, so a blob stored in a usable and an
+    /// unusable pack keeps the usable location).
+    pub fn from_files_where(
+        files: &[(IndexId, IndexFile)],
+        usable: impl Fn(&PackId, &BlobEntry) -> bool,
+    ) -> Self {
         let superseded = superseded(files);
         let live: Vec<&IndexFile> = files
             .iter()
@@ -182,7 +192,16 @@ impl Index {
         };
         for f in live {
             for (pack, entries) in &f.packs {
-                idx.push_pack(*pack, entries);
+                if entries.iter().all(|e| usable(pack, e)) {
+                    idx.push_pack(*pack, entries);
+                } else {
+                    let kept: Vec<BlobEntry> = entries
+                        .iter()
+                        .filter(|e| usable(pack, e))
+                        .copied()
+                        .collect();
+                    idx.push_pack(*pack, &kept);
+                }
             }
         }
         idx.finish();

@@ -21,6 +21,9 @@ pub struct KeyInfo {
     pub hostname: String,
     /// Whether this slot opened the repository in this process.
     pub current: bool,
+    /// Why the slot cannot be used, when it is damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// Stores a new slot sealing `master` under `password`.
@@ -47,42 +50,122 @@ pub(crate) fn write_slot(
     Ok(id)
 }
 
-fn read_slots(backend: &DynBackend) -> Result<Vec<(KeyId, KeySlot)>> {
-    let mut out = Vec::new();
+/// Key slots as read: the intact ones, and the damaged ones with the reason.
+struct Slots {
+    intact: Vec<(KeyId, KeySlot)>,
+    damaged: Vec<(String, String)>,
+}
+
+/// Largest Argon2 parameters a slot may ask for: far above what pvsnap
+/// writes, low enough that a crafted slot cannot take all memory or hours.
+const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
+const MAX_T_COST: u32 = 64;
+const MAX_P_COST: u32 = 64;
+/// `nonce (24) || sealed 32-byte master key || tag (16)`.
+const SEALED_MASTER_LEN: usize = 24 + 32 + 16;
+
+/// Why a parsed slot cannot be a slot pvsnap wrote, if it cannot.
+fn slot_damage(slot: &KeySlot) -> Option<String> {
+    let p = slot.params;
+    if slot.kdf != "argon2id" {
+        return Some(format!("unknown key derivation `{}`", slot.kdf));
+    }
+    if !(8..=64).contains(&slot.salt.len()) {
+        return Some(format!(
+            "salt of {} bytes (8 to 64 expected)",
+            slot.salt.len()
+        ));
+    }
+    if slot.sealed_master.len() != SEALED_MASTER_LEN {
+        return Some(format!(
+            "sealed master key of {} bytes ({SEALED_MASTER_LEN} expected)",
+            slot.sealed_master.len()
+        ));
+    }
+    if p.m_cost > MAX_M_COST_KIB || p.t_cost > MAX_T_COST || p.p_cost > MAX_P_COST {
+        return Some(format!(
+            "key derivation parameters m_cost {} t_cost {} p_cost {} are beyond any pvsnap writes",
+            p.m_cost, p.t_cost, p.p_cost
+        ));
+    }
+    if let Err(e) = argon2::Params::new(p.m_cost, p.t_cost, p.p_cost, Some(32)) {
+        return Some(format!(
+            "key derivation parameters m_cost {} t_cost {} p_cost {}: {e}",
+            p.m_cost, p.t_cost, p.p_cost
+        ));
+    }
+    None
+}
+
+/// Reads every slot; bytes that are not a slot pvsnap wrote (header, JSON,
+/// sizes, parameters, a checksum) make that slot damaged, not the read fail.
+fn read_slots(backend: &DynBackend) -> Result<Slots> {
+    let mut slots = Slots {
+        intact: Vec::new(),
+        damaged: Vec::new(),
+    };
     for (name, _) in backend.list(ObjectKind::Key)? {
         let Ok(id) = name.parse::<KeyId>() else {
             continue;
         };
         let bytes = backend.get(&ObjectKey::new(ObjectKind::Key, &name))?;
-        let (_, json) = decode_checked(&bytes, ObjectKind::Key, &|| format!("key {name}"))?;
-        let slot: KeySlot = serde_json::from_slice(json).map_err(|e| FormatError::Invalid {
-            what: format!("key {name}"),
-            detail: e.to_string(),
-        })?;
-        out.push((id, slot));
+        match decode_slot(&name, &bytes) {
+            Ok(slot) => match slot_damage(&slot) {
+                None => slots.intact.push((id, slot)),
+                Some(why) => slots.damaged.push((name, why)),
+            },
+            Err(e) => slots.damaged.push((name, e.to_string())),
+        }
     }
-    Ok(out)
+    Ok(slots)
 }
 
-/// The master key and the slot `password` opens.
-pub(crate) fn unlock(backend: &DynBackend, password: &[u8]) -> Result<(KeyId, [u8; 32])> {
+fn decode_slot(name: &str, bytes: &[u8]) -> Result<KeySlot> {
+    let (_, json) = decode_checked(bytes, ObjectKind::Key, &|| format!("key {name}"))?;
+    Ok(
+        serde_json::from_slice(json).map_err(|e| FormatError::Invalid {
+            what: format!("key {name}"),
+            detail: e.to_string(),
+        })?,
+    )
+}
+
+/// The master key and the slot `password` opens. When none opens and some
+/// slots are damaged, the error names them: the password may be one of theirs.
+pub(crate) fn unlock(
+    backend: &DynBackend,
+    password: &[u8],
+) -> Result<(KeyId, zeroize::Zeroizing<[u8; 32]>)> {
     let slots = read_slots(backend)?;
-    if slots.is_empty() {
+    if slots.intact.is_empty() && slots.damaged.is_empty() {
         return Err(FormatError::Invalid {
             what: format!("{}/keys", backend.location()),
             detail: "encrypted repository without any key slot".into(),
         }
         .into());
     }
-    for (id, slot) in slots {
+    for (id, slot) in slots.intact {
         if let Some(master) = slot.open(password)? {
             return Ok((id, master));
         }
     }
-    Err(CryptoError::WrongPassword.into())
+    if slots.damaged.is_empty() {
+        return Err(CryptoError::WrongPassword.into());
+    }
+    for (name, why) in &slots.damaged {
+        tracing::warn!("key slot keys/{name} is damaged: {why}");
+    }
+    Err(CryptoError::DamagedSlots {
+        damaged: slots
+            .damaged
+            .iter()
+            .map(|(name, _)| name.get(..8).unwrap_or(name).to_string())
+            .collect(),
+    }
+    .into())
 }
 
-fn encrypted(repo: &Repository) -> Result<&(KeyId, std::sync::Arc<[u8; 32]>)> {
+fn encrypted(repo: &Repository) -> Result<&(KeyId, crate::repo::MasterKey)> {
     repo.master()
         .ok_or_else(|| Error::Invalid("this repository is not encrypted; it has no keys".into()))
 }
@@ -91,15 +174,27 @@ impl Repository {
     /// Every key slot, oldest first.
     pub fn keys(&self) -> Result<Vec<KeyInfo>> {
         let (current, _) = encrypted(self)?;
-        let mut keys: Vec<KeyInfo> = read_slots(self.backend())?
+        let slots = read_slots(self.backend())?;
+        let mut keys: Vec<KeyInfo> = slots
+            .intact
             .into_iter()
             .map(|(id, s)| KeyInfo {
                 id,
                 created: s.created,
                 hostname: s.hostname,
                 current: id == *current,
+                damaged: None,
             })
             .collect();
+        keys.extend(slots.damaged.into_iter().filter_map(|(name, why)| {
+            Some(KeyInfo {
+                id: name.parse().ok()?,
+                created: String::new(),
+                hostname: String::new(),
+                current: false,
+                damaged: Some(why),
+            })
+        }));
         keys.sort_by(|a, b| a.created.cmp(&b.created));
         Ok(keys)
     }
@@ -191,6 +286,92 @@ mod tests {
             repo.crypto().content_id(b"x"),
             via_second.crypto().content_id(b"x")
         );
+    }
+
+    #[test]
+    fn a_damaged_slot_is_named_not_taken_for_a_wrong_password() {
+        let b: DynBackend = Arc::new(MemoryBackend::new());
+        let repo = Repository::init(
+            b.clone(),
+            InitOptions {
+                password: Some(b"first".to_vec()),
+                kdf: cheap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let second = repo.add_key(b"second", cheap()).unwrap();
+        let key = ObjectKey::new(ObjectKind::Key, second.to_hex());
+        let good = b.get(&key).unwrap();
+        let (_, json) = decode_checked(&good, ObjectKind::Key, &String::new).unwrap();
+        let slot: serde_json::Value = serde_json::from_slice(json).unwrap();
+        // Version 1 slots (no checksum), so the fields themselves are judged.
+        let with = |field: &str, value: serde_json::Value| {
+            let mut v = slot.clone();
+            v[field] = value;
+            let mut bytes = b"PVSN\x02\x01\x00\x00".to_vec();
+            bytes.extend_from_slice(&serde_json::to_vec(&v).unwrap());
+            bytes
+        };
+        // An intact version 1 slot still opens.
+        b.delete(&key).unwrap();
+        b.put(&key, &with("kdf", "argon2id".into())).unwrap();
+        let open = || Ok(b"second".to_vec());
+        Repository::open(b.clone(), Some(&open)).expect("a version 1 slot opens");
+        let mut flipped = good.clone();
+        let last = flipped.len() - 3;
+        flipped[last] ^= 1;
+        let damages: Vec<(&str, Vec<u8>)> = vec![
+            ("truncated", good[..good.len() / 2].to_vec()),
+            ("checksum", flipped),
+            ("empty", Vec::new()),
+            ("salt", with("salt", "00".into())),
+            ("sealed", with("sealed_master", "00".repeat(40).into())),
+            (
+                "params",
+                with(
+                    "params",
+                    serde_json::json!({"m_cost": u32::MAX, "t_cost": 1, "p_cost": 1}),
+                ),
+            ),
+            (
+                "zero",
+                with(
+                    "params",
+                    serde_json::json!({"m_cost": 64, "t_cost": 0, "p_cost": 1}),
+                ),
+            ),
+            ("kdf", with("kdf", "scrypt".into())),
+        ];
+        for (what, bytes) in damages {
+            b.delete(&key).unwrap();
+            b.put(&key, &bytes).unwrap();
+            for pw in [&b"second"[..], b"third"] {
+                let open = || Ok(pw.to_vec());
+                match Repository::open(b.clone(), Some(&open)) {
+                    Err(Error::Crypto(CryptoError::DamagedSlots { damaged })) => {
+                        assert_eq!(damaged, vec![second.to_hex()[..8].to_string()], "{what}");
+                    }
+                    Err(e) => panic!("{what}: {e}"),
+                    Ok(_) => panic!("{what}: opened"),
+                }
+            }
+            let open = || Ok(b"first".to_vec());
+            let repo = Repository::open(b.clone(), Some(&open)).unwrap();
+            let keys = repo.keys().unwrap();
+            assert_eq!(keys.len(), 2, "{what}");
+            assert!(
+                keys.iter().any(|k| k.id == second && k.damaged.is_some()),
+                "{what}: key list names the damaged slot"
+            );
+        }
+        // Only intact slots and a password none opens: a wrong password.
+        b.delete(&key).unwrap();
+        let open = || Ok(b"third".to_vec());
+        assert!(matches!(
+            Repository::open(b.clone(), Some(&open)),
+            Err(Error::Crypto(CryptoError::WrongPassword))
+        ));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod blob;
 pub mod cache;
 pub mod check;
 pub mod crypto;
+pub mod duration;
 pub mod error;
 pub mod forget;
 pub mod format;
@@ -59,6 +60,8 @@ pub mod walk;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod damage_tests;
 #[cfg(test)]
 mod maintenance_tests;
 #[cfg(test)]

@@ -4,27 +4,48 @@
 //! host, pid, operation and time. Taking a lock is: write our lock object, then
 //! list all locks; if any live lock conflicts (either side exclusive), delete
 //! ours and fail. Two writers racing both see each other and both back off, so
-//! the protocol is safe on any backend that lists what was written before.
+//! the protocol is safe on any backend that lists what was written before. An
+//! attempt that fails for any reason (a conflict, a listing that fails) deletes
+//! the lock object it wrote.
 //!
 //! A lock is live while its holder refreshes it: the holder writes a new lock
-//! object and deletes the old one every [`REFRESH`]. A lock older than [`STALE`]
-//! is stale; so is a lock from this host whose process is gone. Stale locks are
-//! ignored, and `pvsnap unlock` deletes them.
+//! object and deletes the old one every [`REFRESH`]. Every other lock object is
+//! stale, and [`LockStatus`] says why:
+//!
+//! - its time is more than [`STALE`] ago (the holder stopped refreshing it);
+//! - it was written on this host by a process that no longer exists;
+//! - its time is more than [`SKEW`] in the future: no clock we trust wrote it,
+//!   and a future time would otherwise block for as long as the clocks
+//!   disagree. It is reported whenever a lock is taken. A lock up to [`SKEW`]
+//!   ahead is live (clocks of hosts differ a little);
+//! - it cannot be read (empty, truncated, garbage, a name that is no lock id).
+//!   Objects are written whole (temporary name, then link; on object storage a
+//!   put is atomic), so an unreadable lock is not one being written: it is
+//!   damage, and no process can be relying on it. It is reported whenever a
+//!   lock is taken.
+//!
+//! Stale locks never block, and `pvsnap unlock` deletes them. A live lock of
+//! another host that is known to be gone (a killed pod) is deleted with
+//! `pvsnap unlock <id>` or `pvsnap unlock --remove-all`, after making sure the
+//! process is gone; otherwise it turns stale [`STALE`] after its time.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, Result};
 use crate::format::{ObjectKind, decode_checked, encode_checked};
 use crate::id::LockId;
 
 pub const REFRESH: Duration = Duration::from_secs(5 * 60);
 pub const STALE: Duration = Duration::from_secs(30 * 60);
+/// How far in the future a lock's time may be and the lock still count as
+/// live (clock differences between hosts).
+pub const SKEW: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -49,18 +70,57 @@ impl LockInfo {
         serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("lock object: {e}")))
     }
 
-    /// Whether the holder is known to be gone.
-    pub fn is_stale(&self, now: Timestamp, this_host: &str) -> bool {
+    /// Whether this lock is live or stale, and why, as seen by `this_host`
+    /// at `now`.
+    pub fn status(&self, now: Timestamp, this_host: &str) -> LockStatus {
         let age = now.duration_since(self.time);
-        if age > jiff::SignedDuration::try_from(STALE).expect("fits") {
-            return true;
+        if age < -signed(SKEW) {
+            return LockStatus::Future;
         }
-        self.hostname == this_host && !process_alive(self.pid)
+        if age > signed(STALE) {
+            return LockStatus::Expired;
+        }
+        if self.hostname == this_host && !process_alive(self.pid) {
+            return LockStatus::HolderGone;
+        }
+        LockStatus::Live
+    }
+
+    /// Whether the holder is known to be gone (see [`LockInfo::status`]).
+    pub fn is_stale(&self, now: Timestamp, this_host: &str) -> bool {
+        self.status(now, this_host) != LockStatus::Live
+    }
+
+    /// When this lock turns stale by itself unless its holder refreshes it.
+    pub fn stale_at(&self) -> Timestamp {
+        self.time.saturating_add(signed(STALE)).unwrap_or(self.time)
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "{} lock for `{}` by pid {} on {} since {}",
+            "{} lock for `{}` by pid {} on host {} since {}",
+            if self.exclusive {
+                "an exclusive"
+            } else {
+                "a shared"
+            },
+            self.operation,
+            self.pid,
+            self.hostname,
+            self.time
+        )
+    }
+
+    /// [`LockInfo::describe`] with the age of the lock as seen at `now`.
+    pub fn describe_at(&self, now: Timestamp) -> String {
+        let age = now.duration_since(self.time);
+        let when = if age.is_negative() {
+            format!("{} in the future", human(-age))
+        } else {
+            format!("{} ago", human(age))
+        };
+        format!(
+            "{} lock for `{}` by pid {} on host {}, taken or refreshed {when} ({})",
             if self.exclusive {
                 "an exclusive"
             } else {
@@ -74,26 +134,260 @@ impl LockInfo {
     }
 }
 
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// A duration as a person reads it: `2h 5m`, `12m 3s`, `40s`.
+fn human(d: SignedDuration) -> String {
+    let s = d.as_secs().unsigned_abs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+/// What a lock object means to an operation that wants a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockStatus {
+    /// Its holder may still run: it blocks conflicting operations.
+    Live,
+    /// Its time is more than [`STALE`] ago: the holder stopped refreshing it.
+    Expired,
+    /// Written on this host by a process that no longer exists.
+    HolderGone,
+    /// Its time is more than [`SKEW`] in the future.
+    Future,
+    /// The object cannot be read; the reason.
+    Unreadable(String),
+    /// Written by a newer pvsnap (a lock version or flags this one does not
+    /// know): it cannot be judged, so it is taken as a live exclusive lock
+    /// and only removed by its id.
+    Newer(String),
+}
+
+impl LockStatus {
+    /// Whether the lock blocks: live, or too new to judge.
+    pub fn is_live(&self) -> bool {
+        matches!(self, LockStatus::Live | LockStatus::Newer(_))
+    }
+
+    /// Why a stale lock is stale, for messages; `None` for a live one.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            LockStatus::Live | LockStatus::Newer(_) => None,
+            LockStatus::Expired => Some(format!(
+                "not refreshed for more than {}",
+                human(signed(STALE))
+            )),
+            LockStatus::HolderGone => Some("its process on this host is gone".into()),
+            LockStatus::Future => Some(format!(
+                "its time is more than {} in the future (a host with a wrong clock?)",
+                human(signed(SKEW))
+            )),
+            LockStatus::Unreadable(why) => Some(format!("unreadable: {why}")),
+        }
+    }
+}
+
 fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        // 0 and negative numbers name process groups, never one process.
+        return false;
+    }
     // SAFETY: kill with signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Every lock object in the repository.
-pub fn list_locks(backend: &DynBackend) -> Result<Vec<(LockId, LockInfo)>> {
-    let mut out = Vec::new();
-    for (name, _) in backend.list(ObjectKind::Lock)? {
-        let Ok(id) = name.parse::<LockId>() else {
-            continue;
-        };
-        match backend.get(&ObjectKey::new(ObjectKind::Lock, &name)) {
-            Ok(bytes) => out.push((id, LockInfo::decode(&bytes)?)),
-            Err(crate::error::BackendError::NotFound { .. }) => {} // released meanwhile
-            Err(e) => return Err(e.into()),
+/// One object under `locks/`, as read.
+#[derive(Debug, Clone)]
+pub struct ListedLock {
+    /// The object name: a lock id in hex, unless the object is damage.
+    pub name: String,
+    /// What it holds, or why it cannot be read.
+    pub info: std::result::Result<LockInfo, String>,
+    /// The object is well formed but of a newer lock version or with flags
+    /// this pvsnap does not know (see [`LockStatus::Newer`]).
+    pub newer: bool,
+}
+
+impl ListedLock {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(ObjectKind::Lock, self.name.clone())
+    }
+
+    /// The first 8 hex digits of the name, as `pvsnap unlock` accepts it.
+    pub fn short(&self) -> &str {
+        self.name.get(..8).unwrap_or(&self.name)
+    }
+
+    pub fn status(&self, now: Timestamp, this_host: &str) -> LockStatus {
+        match &self.info {
+            Ok(info) => info.status(now, this_host),
+            Err(why) if self.newer => LockStatus::Newer(why.clone()),
+            Err(why) => LockStatus::Unreadable(why.clone()),
         }
     }
+
+    /// `locks/<name>` and what it holds, for messages.
+    pub fn describe_at(&self, now: Timestamp) -> String {
+        match &self.info {
+            Ok(info) => format!("{} ({})", info.describe_at(now), self.key().path()),
+            Err(_) if self.newer => {
+                format!("a lock written by a newer pvsnap ({})", self.key().path())
+            }
+            Err(_) => format!("unreadable lock {}", self.key().path()),
+        }
+    }
+}
+
+/// Every object under `locks/`, readable or not. Fails only when the listing
+/// or a read fails, never on the bytes of an object.
+pub fn list_locks(backend: &DynBackend) -> Result<Vec<ListedLock>> {
+    let mut out = Vec::new();
+    for (name, _) in backend.list(ObjectKind::Lock)? {
+        let mut newer = false;
+        let info = match backend.get(&ObjectKey::new(ObjectKind::Lock, &name)) {
+            Ok(_) if name.parse::<LockId>().is_err() => {
+                Err("the name is not a lock id (64 hex digits)".to_string())
+            }
+            Ok(bytes) => LockInfo::decode(&bytes).map_err(|e| {
+                newer = matches!(
+                    e,
+                    Error::Format(
+                        FormatError::UnsupportedVersion { .. } | FormatError::UnknownFlags { .. }
+                    )
+                );
+                e.to_string()
+            }),
+            Err(crate::error::BackendError::NotFound { .. }) => continue, // released meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        out.push(ListedLock { name, info, newer });
+    }
     Ok(out)
+}
+
+/// The message of a failed lock attempt: who holds the conflicting lock, how
+/// old it is, and what removes it.
+fn locked_error(backend: &DynBackend, lock: &ListedLock, now: Timestamp, this_host: &str) -> Error {
+    let location = backend.location();
+    let repo = shell_word(location.trim_end_matches(" (dry run)"));
+    let holder = lock.describe_at(now);
+    let Ok(info) = &lock.info else {
+        // Only locks of a newer pvsnap conflict among those not read.
+        return Error::Locked {
+            holder,
+            remedy: format!(
+                "wait for the newer pvsnap to finish, or upgrade this one; if no newer pvsnap runs on any host, remove it with `pvsnap --repo {repo} unlock {}`",
+                lock.short()
+            ),
+        };
+    };
+    let stale_at = info.stale_at();
+    let by_itself = format!(
+        "unless it is refreshed, it turns stale at {stale_at} (in {}) and stops blocking",
+        human(stale_at.duration_since(now).max(SignedDuration::ZERO))
+    );
+    let remedy = if info.hostname == this_host {
+        format!(
+            "wait for pid {} to finish, or stop it (its lock goes with it); if pid {} is not pvsnap, remove the lock with `pvsnap --repo {repo} unlock {}`; {by_itself}",
+            info.pid,
+            info.pid,
+            lock.short()
+        )
+    } else {
+        format!(
+            "wait for it to finish; if that process is gone (a killed pod, a host that went down), make sure it is, then run `pvsnap --repo {repo} unlock --remove-all` (or `pvsnap --repo {repo} unlock {}` to remove only this lock); {by_itself}",
+            lock.short()
+        )
+    };
+    Error::Locked { holder, remedy }
+}
+
+/// `s` quoted for a POSIX shell when it needs to be.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%=".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Which locks [`unlock`] removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlock {
+    /// Stale and unreadable locks only.
+    Stale,
+    /// Every lock, live ones included.
+    All,
+    /// The locks whose names start with these prefixes, live or not.
+    Named(Vec<String>),
+}
+
+/// What [`unlock`] did.
+#[derive(Debug, Default)]
+pub struct UnlockReport {
+    /// Removed locks, each with its status when it was removed.
+    pub removed: Vec<(ListedLock, LockStatus)>,
+    /// Live locks left in place.
+    pub kept: Vec<ListedLock>,
+}
+
+/// Removes locks: stale and unreadable ones, every one, or the named ones. A
+/// prefix that names no lock, or more than one, is an error and nothing is
+/// removed.
+pub fn unlock(backend: &DynBackend, which: &Unlock, this_host: &str) -> Result<UnlockReport> {
+    let now = Timestamp::now();
+    let locks = list_locks(backend)?;
+    let mut named = std::collections::HashSet::new();
+    if let Unlock::Named(prefixes) = which {
+        for p in prefixes {
+            let p = p.to_ascii_lowercase();
+            let hits: Vec<&ListedLock> = locks.iter().filter(|l| l.name.starts_with(&p)).collect();
+            match hits.as_slice() {
+                [one] => {
+                    named.insert(one.name.clone());
+                }
+                [] => {
+                    return Err(Error::Invalid(format!(
+                        "no lock in {} starts with `{p}`; `pvsnap unlock` without ids lists the locks it keeps",
+                        backend.location()
+                    )));
+                }
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "`{p}` matches {} locks; give more digits of the lock id",
+                        hits.len()
+                    )));
+                }
+            }
+        }
+    }
+    let mut report = UnlockReport::default();
+    for lock in locks {
+        let status = lock.status(now, this_host);
+        let remove = match which {
+            Unlock::Stale => !status.is_live(),
+            Unlock::All => true,
+            Unlock::Named(_) => named.contains(&lock.name),
+        };
+        if remove {
+            backend.delete(&lock.key())?;
+            report.removed.push((lock, status));
+        } else if status.is_live() {
+            report.kept.push(lock);
+        }
+    }
+    Ok(report)
 }
 
 /// A held lock; released (deleted) on drop.
@@ -123,19 +417,14 @@ impl LockGuard {
         let id = LockId(crate::id::Id::random());
         let key = ObjectKey::new(ObjectKind::Lock, id.to_hex());
         backend.put(&key, &info.encode())?;
-        let now = Timestamp::now();
-        let conflicts: Vec<LockInfo> = list_locks(&backend)?
-            .into_iter()
-            .filter(|(other, l)| {
-                *other != id && (exclusive || l.exclusive) && !l.is_stale(now, hostname)
-            })
-            .map(|(_, l)| l)
-            .collect();
-        if let Some(c) = conflicts.first() {
-            backend.delete(&key)?;
-            return Err(Error::Locked {
-                holder: c.describe(),
-            });
+        if let Err(e) = no_conflict(&backend, id, exclusive, hostname) {
+            if let Err(d) = backend.delete(&key) {
+                tracing::warn!(
+                    "could not remove this attempt's lock {}: {d}; `pvsnap unlock` removes it once this process is gone",
+                    key.path()
+                );
+            }
+            return Err(e);
         }
         let current = Arc::new(Mutex::new(id));
         let (stop, stop_rx) = std::sync::mpsc::channel();
@@ -153,6 +442,41 @@ impl LockGuard {
             stop: Some(stop),
             refresher,
         })
+    }
+}
+
+/// Fails with [`Error::Locked`] when a live lock other than `own` conflicts;
+/// reports unreadable and future locks on the way.
+fn no_conflict(backend: &DynBackend, own: LockId, exclusive: bool, this_host: &str) -> Result<()> {
+    let now = Timestamp::now();
+    let own = own.to_hex();
+    let mut conflict = None;
+    for lock in list_locks(backend)? {
+        if lock.name == own {
+            continue;
+        }
+        match (lock.status(now, this_host), &lock.info) {
+            (LockStatus::Live, Ok(info)) if exclusive || info.exclusive => {
+                conflict.get_or_insert(lock);
+            }
+            (LockStatus::Newer(_), _) => {
+                conflict.get_or_insert(lock);
+            }
+            (LockStatus::Unreadable(why), _) => tracing::warn!(
+                "lock {} is unreadable ({why}); it is ignored, and `pvsnap unlock` removes it",
+                lock.key().path()
+            ),
+            (LockStatus::Future, _) => tracing::warn!(
+                "{} is more than {} in the future: it is treated as stale, and `pvsnap unlock` removes it; check the clock of that host",
+                lock.describe_at(now),
+                human(signed(SKEW))
+            ),
+            _ => {}
+        }
+    }
+    match conflict {
+        Some(lock) => Err(locked_error(backend, &lock, now, this_host)),
+        None => Ok(()),
     }
 }
 
@@ -209,65 +533,5 @@ impl Drop for LockGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::memory::MemoryBackend;
-
-    #[test]
-    fn shared_locks_coexist_and_exclusive_excludes() {
-        let b: DynBackend = Arc::new(MemoryBackend::new());
-        let s1 = LockGuard::acquire(b.clone(), false, "snapshot", "h").unwrap();
-        let s2 = LockGuard::acquire(b.clone(), false, "snapshot", "h").unwrap();
-        let err = LockGuard::acquire(b.clone(), true, "prune", "h")
-            .err()
-            .expect("must conflict");
-        assert!(
-            err.to_string().contains("shared lock for `snapshot`"),
-            "{err}"
-        );
-        assert_eq!(
-            list_locks(&b).unwrap().len(),
-            2,
-            "failed attempt left no lock behind"
-        );
-        drop(s1);
-        drop(s2);
-        assert!(list_locks(&b).unwrap().is_empty());
-        let x = LockGuard::acquire(b.clone(), true, "prune", "h").unwrap();
-        assert!(LockGuard::acquire(b.clone(), false, "snapshot", "h").is_err());
-        drop(x);
-        LockGuard::acquire(b.clone(), false, "snapshot", "h").unwrap();
-    }
-
-    #[test]
-    fn stale_locks_are_ignored() {
-        let b: DynBackend = Arc::new(MemoryBackend::new());
-        let old = LockInfo {
-            exclusive: true,
-            hostname: "elsewhere".into(),
-            pid: 1,
-            operation: "prune".into(),
-            time: Timestamp::now() - jiff::SignedDuration::from_secs(3600),
-        };
-        b.put(
-            &ObjectKey::new(ObjectKind::Lock, LockId(crate::id::Id::random()).to_hex()),
-            &old.encode(),
-        )
-        .unwrap();
-        let dead_here = LockInfo {
-            hostname: "h".into(),
-            pid: 999_999_999,
-            time: Timestamp::now(),
-            ..old.clone()
-        };
-        assert!(dead_here.is_stale(Timestamp::now(), "h"));
-        assert!(
-            !LockInfo {
-                time: Timestamp::now(),
-                ..old
-            }
-            .is_stale(Timestamp::now(), "h")
-        );
-        LockGuard::acquire(b, false, "snapshot", "h").unwrap();
-    }
-}
+#[path = "lock_tests.rs"]
+mod tests;

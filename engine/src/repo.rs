@@ -16,7 +16,7 @@ use crate::cache::PackCache;
 use crate::crypto::{Crypto, KdfParams, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
 use crate::format::{ObjectKind, REPO_VERSION, decode_checked, encode_checked};
-use crate::id::{ChunkId, Id, IndexId, KeyId, SnapshotId, TreeId};
+use crate::id::{ChunkId, Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
 use crate::index::{Index, IndexFile};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
@@ -157,11 +157,103 @@ impl Default for InitOptions {
     }
 }
 
+impl InitOptions {
+    /// Refuses options a repository cannot be created with, so a caller can
+    /// check them before it creates anything.
+    pub fn validate(&self) -> Result<()> {
+        use fastcdc::v2020 as f;
+        let c = &self.chunker;
+        if validate_chunker(c).is_err() {
+            return Err(Error::Invalid(format!(
+                "chunk sizes min {} avg {} max {} bytes are out of range: min {}..={}, avg {}..={}, max {}..={} bytes, and min <= avg <= max",
+                c.min,
+                c.avg,
+                c.max,
+                f::MINIMUM_MIN,
+                f::MINIMUM_MAX,
+                f::AVERAGE_MIN,
+                f::AVERAGE_MAX,
+                f::MAXIMUM_MIN,
+                f::MAXIMUM_MAX
+            )));
+        }
+        if !(0..=22).contains(&self.compression_level) {
+            return Err(Error::Invalid(format!(
+                "compression level {} is out of range: 0 (none) to 22",
+                self.compression_level
+            )));
+        }
+        if self.pack_size == 0 {
+            return Err(Error::Invalid("pack size 0: give at least 1 MiB".into()));
+        }
+        let k = self.kdf;
+        argon2::Params::new(k.m_cost, k.t_cost, k.p_cost, Some(32)).map_err(|e| {
+            Error::Invalid(format!(
+                "key derivation parameters m_cost {} t_cost {} p_cost {}: {e}",
+                k.m_cost, k.t_cost, k.p_cost
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// The master key of an encrypted repository, wiped when the last holder
+/// drops it.
+pub(crate) type MasterKey = Arc<zeroize::Zeroizing<[u8; 32]>>;
+
 /// Supplies the passphrase when (and only when) the repository is encrypted.
 pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 
 /// A snapshot object that could not be read, and why.
 pub type Unreadable = (SnapshotId, Error);
+
+/// How [`Repository::read_index_files_with`] treats an index file it cannot
+/// read (missing meanwhile, truncated, failing authentication, undecodable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexMode {
+    /// Fail. For operations that delete (prune): a pack described only by an
+    /// unreadable file would look unused.
+    Strict,
+    /// Skip the file and report it. For readers: whatever the other files
+    /// describe can still be read, and a snapshot simply stores again any
+    /// chunk it cannot find.
+    Lenient,
+}
+
+/// An index file that could not be read, and why.
+#[derive(Debug)]
+pub struct UnreadableIndex {
+    /// Its name in `index/`.
+    pub name: String,
+    pub error: Error,
+}
+
+impl std::fmt::Display for UnreadableIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "index file {} is unreadable and was skipped: {}; what it describes cannot be read until `pvsnap repair index` rebuilds the index",
+            self.name, self.error
+        )
+    }
+}
+
+/// The index files read, and (leniently) those that could not be.
+#[derive(Debug, Default)]
+pub struct IndexFiles {
+    pub files: Vec<(IndexId, IndexFile)>,
+    pub unreadable: Vec<UnreadableIndex>,
+}
+
+/// Logs a warning for each unreadable snapshot object, naming the command
+/// that removes it.
+pub fn warn_unreadable_snapshots(bad: &[Unreadable]) {
+    for (id, e) in bad {
+        tracing::warn!(
+            "skipped an unreadable snapshot object: {e}; remove it with `pvsnap forget {id}`"
+        );
+    }
+}
 
 /// An opened repository.
 #[derive(Clone)]
@@ -170,7 +262,7 @@ pub struct Repository {
     config: Arc<Config>,
     crypto: Crypto,
     /// The master key and the slot that opened it (encrypted repositories).
-    master: Option<(KeyId, Arc<[u8; 32]>)>,
+    master: Option<(KeyId, MasterKey)>,
 }
 
 /// This machine's host name, as recorded in snapshots and locks.
@@ -191,17 +283,19 @@ pub(crate) fn hostname() -> String {
 
 impl Repository {
     /// Creates a repository in an empty backend.
-    pub fn init(backend: DynBackend, opts: InitOptions) -> Result<Repository> {
+    pub fn init(backend: DynBackend, mut opts: InitOptions) -> Result<Repository> {
+        // Wiped on every way out.
+        let password = opts.password.take().map(zeroize::Zeroizing::new);
+        opts.validate()?;
         if backend.exists(&ObjectKey::config())? {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
-        validate_chunker(&opts.chunker)?;
         let mut opened = None;
-        let (crypto, seed, encryption) = match &opts.password {
+        let (crypto, seed, encryption) = match &password {
             Some(pw) => {
                 let master = crate::crypto::new_master_key();
                 let key_id = crate::keys::write_slot(&backend, &master, pw, opts.kdf)?;
-                opened = Some((key_id, Arc::new(master)));
+                opened = Some((key_id, Arc::new(master.clone())));
                 (
                     Crypto::Keyed(Box::new(Keys::from_master(&master))),
                     None,
@@ -249,7 +343,7 @@ impl Repository {
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
             "xchacha20poly1305" => {
-                let pw = password.ok_or(CryptoError::PasswordRequired)?()?;
+                let pw = zeroize::Zeroizing::new(password.ok_or(CryptoError::PasswordRequired)?()?);
                 let (id, key) = crate::keys::unlock(&backend, &pw)?;
                 let crypto = Crypto::Keyed(Box::new(Keys::from_master(&key)));
                 master = Some((id, Arc::new(key)));
@@ -272,7 +366,7 @@ impl Repository {
     }
 
     /// The master key and the id of the slot that opened it, if encrypted.
-    pub(crate) fn master(&self) -> Option<&(KeyId, Arc<[u8; 32]>)> {
+    pub(crate) fn master(&self) -> Option<&(KeyId, MasterKey)> {
         self.master.as_ref()
     }
 
@@ -294,28 +388,113 @@ impl Repository {
             .unwrap_or(0)
     }
 
-    /// Reads and decodes every index file.
+    /// Reads and decodes every index file; fails on the first that cannot
+    /// be read ([`IndexMode::Strict`]).
     pub fn read_index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
-        let names = self.backend.list(ObjectKind::Index)?;
-        names
-            .par_iter()
-            .filter_map(|(name, _)| name.parse::<IndexId>().ok().map(|id| (id, name)))
-            .map(|(id, name)| {
-                let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
-                Ok((id, IndexFile::decode(&bytes, &self.crypto, name)?))
-            })
-            .collect()
+        Ok(self.read_index_files_with(IndexMode::Strict)?.files)
     }
 
-    /// Loads the index: the repository can now read blobs.
+    /// Reads and decodes one index file, named as in `index/`; returns the
+    /// bytes too (check compares them with the name).
+    pub fn read_index_file(&self, name: &str) -> Result<(IndexId, IndexFile, Vec<u8>)> {
+        let id: IndexId = name.parse().map_err(|_| FormatError::Invalid {
+            what: format!("index {name}"),
+            detail: "the name is not an index id".into(),
+        })?;
+        let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
+        let file = IndexFile::decode(&bytes, &self.crypto, name)?;
+        Ok((id, file, bytes))
+    }
+
+    /// Reads and decodes every index file; `mode` says what an unreadable
+    /// one does. The one way to read index files: readers, check, repair and
+    /// prune differ only in the mode.
+    pub fn read_index_files_with(&self, mode: IndexMode) -> Result<IndexFiles> {
+        let names = self.backend.list(ObjectKind::Index)?;
+        // (name, (id, file), or why not). A file whose bytes do not hash to
+        // its name is refused by its decoder, so it lands in `unreadable`.
+        type Read = (String, Result<(IndexId, IndexFile)>);
+        let read: Vec<Read> = names
+            .par_iter()
+            // Other names are no index files of ours (check reports them).
+            .filter(|(name, _)| name.parse::<IndexId>().is_ok())
+            .map(|(name, _)| {
+                let r = self.read_index_file(name).map(|(id, f, _)| (id, f));
+                (name.clone(), r)
+            })
+            .collect();
+        let mut out = IndexFiles::default();
+        for (name, r) in read {
+            match r {
+                Ok((id, f)) => out.files.push((id, f)),
+                // Deleted since it was listed (a prune finishing): it was superseded.
+                Err(Error::Backend(BackendError::NotFound { .. })) => {}
+                Err(e) if mode == IndexMode::Strict => {
+                    return Err(Error::IndexUnreadable {
+                        name,
+                        detail: e.to_string(),
+                    });
+                }
+                Err(error) => out.unreadable.push(UnreadableIndex { name, error }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the index: the repository can now read blobs. An index file
+    /// that cannot be read is skipped with a warning (see
+    /// [`IndexMode::Lenient`]): what the others describe stays readable.
     pub fn load_index(self) -> Result<IndexedRepository> {
-        let files = self.read_index_files()?;
-        let index = Index::from_files(&files);
+        let read = self.read_index_files_with(IndexMode::Lenient)?;
+        for u in &read.unreadable {
+            tracing::warn!("{u}");
+        }
+        let index = self.usable_index(&read.files)?;
         Ok(IndexedRepository {
             repo: self,
             index,
             tree_packs: PackCache::new(TREE_PACK_CACHE),
         })
+    }
+
+    /// The index of `files` without entries whose pack is missing or too
+    /// short to hold them. A snapshot deduplicates against the index: an
+    /// entry in a truncated or lost pack would make it reference data that
+    /// is not there, exit 0 and be damaged from the start. Left out, the
+    /// chunk is stored again. Packs are listed after the index files were
+    /// read, so every pack those files name was written before the listing.
+    fn usable_index(&self, files: &[(IndexId, IndexFile)]) -> Result<Index> {
+        let sizes: std::collections::HashMap<PackId, u64> = self
+            .backend
+            .list(ObjectKind::Pack)?
+            .into_iter()
+            .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
+            .collect();
+        let unusable = std::sync::Mutex::new(std::collections::BTreeMap::new());
+        let index = Index::from_files_where(files, |pack, e| {
+            let fits = sizes
+                .get(pack)
+                .is_some_and(|&size| e.offset as u64 + e.stored_len as u64 <= size);
+            if !fits {
+                *unusable
+                    .lock()
+                    .expect("unusable")
+                    .entry(*pack)
+                    .or_insert(0usize) += 1;
+            }
+            fits
+        });
+        for (pack, n) in unusable.into_inner().expect("unusable") {
+            let why = if sizes.contains_key(&pack) {
+                "is shorter than the index says"
+            } else {
+                "is missing"
+            };
+            tracing::warn!(
+                "pack {pack} {why}: {n} blob(s) listed in it are not used (a snapshot stores them again); run `pvsnap check`, then `pvsnap repair index`"
+            );
+        }
+        Ok(index)
     }
 
     /// Pairs the repository with an index built by the caller (maintenance
@@ -359,7 +538,8 @@ impl Repository {
         crate::snapshot::decode_snapshot(&bytes, &self.crypto, id)
     }
 
-    /// Every snapshot, oldest first (ties broken by id).
+    /// Every snapshot, oldest first (ties broken by id); fails on the first
+    /// object that cannot be read (see [`Repository::snapshots_lenient`]).
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let mut snaps: Vec<Snapshot> = names
@@ -372,9 +552,10 @@ impl Repository {
     }
 
     /// Every readable snapshot, oldest first, and the ids of those that could
-    /// not be read with the reason. For commands that only read: one damaged
-    /// snapshot object must not hide the others. Operations that delete use
-    /// [`Repository::snapshots`], which fails instead.
+    /// not be read with the reason: one damaged snapshot object must not
+    /// hide the others or stop a backup. Callers decide what an unreadable
+    /// one means: readers warn and go on, `forget` removes it only by id,
+    /// and prune refuses to run (it cannot know what the object needs).
     pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
@@ -403,9 +584,7 @@ impl Repository {
     /// Damaged snapshot objects are skipped with a warning.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
         let (snaps, bad) = self.snapshots_lenient()?;
-        for (id, e) in bad {
-            tracing::warn!("snapshot {} is unreadable and was skipped: {e}", id.short());
-        }
+        warn_unreadable_snapshots(&bad);
         resolve_in(&snaps, spec).cloned()
     }
 }

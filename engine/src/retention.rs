@@ -70,6 +70,12 @@ pub enum RetentionError {
          pass at least one --keep-* option (for example --keep-last 1); a count of 0 switches a rule off"
     )]
     EmptyPolicy,
+    /// A `keep_tags` entry is empty.
+    #[error(
+        "empty --keep-tag (keep_tags entry): no snapshot carries an empty tag, so the rule would \
+         keep nothing; name a tag (list them with `pvsnap snapshots`) or leave the option out"
+    )]
+    EmptyTag,
     /// A `keep_within` string could not be read.
     #[error(
         "invalid keep-within duration {input:?}: {reason}; write numbers followed by \
@@ -212,38 +218,19 @@ impl FromStr for KeepWithin {
             input: input.to_string(),
             reason,
         };
-        if input.is_empty() {
-            return Err(fail("it is empty".to_string()));
-        }
         let mut parts: [Option<u32>; 5] = [None; 5];
-        let mut rest = input;
-        while !rest.is_empty() {
-            let digits_end = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            let (number, after) = rest.split_at(digits_end);
-            let mut chars = after.chars();
-            let Some(unit) = chars.next() else {
-                return Err(fail(format!("the number {number} has no unit")));
-            };
-            let slot = WITHIN_UNITS.iter().position(|u| *u == unit);
-            let slot = match (number.is_empty(), slot) {
-                (true, Some(_)) => {
-                    return Err(fail(format!("unit {unit:?} has no number before it")));
-                }
-                (true, None) => return Err(fail(format!("unexpected character {unit:?}"))),
-                (false, None) => {
-                    return Err(fail(format!("unknown unit {unit:?} after {number}")));
-                }
-                (false, Some(slot)) => slot,
-            };
-            let value: u32 = number
+        for t in crate::duration::terms(input, &["y", "m", "w", "d", "h"], false).map_err(fail)? {
+            let slot = WITHIN_UNITS
+                .iter()
+                .position(|u| t.unit.starts_with(*u))
+                .expect("terms only gives the units asked for");
+            let value: u32 = t
+                .number
                 .parse()
-                .map_err(|_| fail(format!("the number {number} is too large")))?;
+                .map_err(|_| fail(format!("the number {} is too large", t.number)))?;
             if parts[slot].replace(value).is_some() {
-                return Err(fail(format!("unit {unit:?} appears more than once")));
+                return Err(fail(format!("unit '{}' appears more than once", t.unit)));
             }
-            rest = chars.as_str();
         }
         Self::from_parts(parts.map(|p| p.unwrap_or(0))).map_err(fail)
     }
@@ -309,6 +296,11 @@ impl KeepPolicy {
     /// Refuses a policy that would keep nothing, so that `forget` never
     /// removes every snapshot by accident.
     pub fn validate(&self) -> Result<(), RetentionError> {
+        // An empty tag is carried by no snapshot: it would switch the tag
+        // rule on while keeping nothing.
+        if self.tags.iter().any(|t| t.trim().is_empty()) {
+            return Err(RetentionError::EmptyTag);
+        }
         if self.is_empty() {
             Err(RetentionError::EmptyPolicy)
         } else {
@@ -1200,6 +1192,13 @@ mod tests {
             ..KeepPolicy::default()
         };
         assert_eq!(only_tags.validate(), Ok(()));
+        for empty in ["", "  "] {
+            let tags = KeepPolicy {
+                tags: vec!["prod".into(), empty.into()],
+                ..KeepPolicy::default()
+            };
+            assert_eq!(tags.validate(), Err(RetentionError::EmptyTag));
+        }
         assert_eq!(default_policy().validate(), Ok(()));
     }
 

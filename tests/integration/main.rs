@@ -3,11 +3,16 @@
 
 mod util;
 
+mod damage;
 mod deploy;
+mod diskfull;
 mod fixture;
+mod guards;
 mod k8s;
 mod kill;
+mod locks;
 mod maintenance;
 mod mount;
+mod permissions;
 mod safety;
 mod snapshot_restore;

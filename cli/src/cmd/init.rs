@@ -1,8 +1,7 @@
 //! `pvsnap init` and `pvsnap unlock`.
 
 use anyhow::Result;
-use pvsnap_engine::backend::ObjectKey;
-use pvsnap_engine::format::ObjectKind;
+use pvsnap_engine::backend::local::Modes;
 
 use crate::Cli;
 
@@ -20,6 +19,10 @@ pub struct Args {
     /// Target pack file size in MiB (default 16)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub pack_size: Option<u32>,
+    /// Let the owner's group read the repository (files 0640, folders 0750;
+    /// default: owner only, 0600 and 0700). Later writers keep the choice.
+    #[arg(long)]
+    pub group_access: bool,
 }
 
 fn parse_chunker(s: &str) -> Result<(u32, u32, u32), String> {
@@ -31,8 +34,12 @@ fn parse_chunker(s: &str) -> Result<(u32, u32, u32), String> {
                 .map_err(|_| format!("`{p}` is not a number of KiB"))
         })
         .collect::<Result<_, _>>()?;
+    let bytes = |k: u32| {
+        k.checked_mul(1024)
+            .ok_or_else(|| format!("{k} KiB is too large a chunk size"))
+    };
     match parts.as_slice() {
-        [a, b, c] if a <= b && b <= c => Ok((a * 1024, b * 1024, c * 1024)),
+        [a, b, c] if a <= b && b <= c => Ok((bytes(*a)?, bytes(*b)?, bytes(*c)?)),
         _ => Err(format!(
             "`{s}` is not MIN,AVG,MAX in KiB with MIN <= AVG <= MAX"
         )),
@@ -61,7 +68,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     if let Some(p) = a.pack_size {
         opts.pack_size = p * 1024 * 1024;
     }
-    let repo = crate::repo::create(&loc.path, opts)?;
+    let modes = if a.group_access {
+        Modes::GROUP
+    } else {
+        Modes::PRIVATE
+    };
+    let repo = crate::repo::create(&loc.path, opts, modes)?;
     if !cli.quiet {
         println!(
             "created {} repository {} at {}",
@@ -79,28 +91,53 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
 
 #[derive(clap::Args)]
 pub struct UnlockArgs {
-    /// Remove every lock, not only stale ones (only when no pvsnap runs on any host)
-    #[arg(long)]
+    /// Remove every lock, live ones too (only when no pvsnap runs on any host)
+    #[arg(long, conflicts_with = "locks")]
     pub remove_all: bool,
+    /// Remove these locks (id or its first digits, as the "locked" message
+    /// names them), live or not; make sure their process is gone first
+    #[arg(value_name = "LOCK")]
+    pub locks: Vec<String>,
 }
 
+/// Removes stale and unreadable locks, every lock, or the named ones.
 pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
-    let repo = crate::repo::open(cli, false, false)?;
+    use pvsnap_engine::lock::{self, Unlock};
+    // Locks are never encrypted: no password is needed to remove them, and
+    // a repository whose key slots cannot be opened can still be unlocked.
+    let loc = crate::repo::location(cli)?;
+    let backend = crate::repo::backend(&loc.path);
+    if !backend.exists(&pvsnap_engine::backend::ObjectKey::config())? {
+        anyhow::bail!(
+            "{}: not a pvsnap repository (no config object); name the repository with --repo",
+            loc.path.display()
+        );
+    }
     let host = pvsnap_engine::repo::hostname_public();
-    let now = jiff::Timestamp::now();
-    let mut removed = 0;
-    for (id, info) in pvsnap_engine::lock::list_locks(repo.backend())? {
-        if a.remove_all || info.is_stale(now, &host) {
-            repo.backend()
-                .delete(&ObjectKey::new(ObjectKind::Lock, id.to_hex()))?;
-            removed += 1;
-            if !cli.quiet {
-                eprintln!("removed {}", info.describe());
+    let which = if a.remove_all {
+        Unlock::All
+    } else if !a.locks.is_empty() {
+        Unlock::Named(a.locks.clone())
+    } else {
+        Unlock::Stale
+    };
+    let r = lock::unlock(&backend, &which, &host)?;
+    if !cli.quiet {
+        let now = jiff::Timestamp::now();
+        for (l, status) in &r.removed {
+            match status.reason() {
+                Some(why) => eprintln!("removed {}: {why}", l.describe_at(now)),
+                None => eprintln!("removed {} (it was live)", l.describe_at(now)),
             }
         }
-    }
-    if !cli.quiet {
-        println!("{removed} lock(s) removed");
+        for l in &r.kept {
+            eprintln!(
+                "kept {}: it is live; `pvsnap unlock {}` removes it once its process is gone",
+                l.describe_at(now),
+                l.short()
+            );
+        }
+        println!("{} lock(s) removed", r.removed.len());
     }
     Ok(crate::exit::OK)
 }

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use pvsnap_engine::crypto::KdfParams;
 use pvsnap_engine::id::KeyId;
+use zeroize::Zeroizing;
 
 use crate::{Cli, output};
 
@@ -24,23 +25,28 @@ pub enum KeyCommand {
     Remove { id: String },
 }
 
-fn new_password(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
+/// The new password; every copy read on the way is wiped.
+fn new_password(file: &Option<std::path::PathBuf>) -> Result<Zeroizing<Vec<u8>>> {
     if let Some(f) = file {
-        let s = std::fs::read(f)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read the new password: {e}", f.display()))?;
-        return Ok(s.strip_suffix(b"\n").unwrap_or(&s).to_vec());
+        let s =
+            Zeroizing::new(std::fs::read(f).map_err(|e| {
+                anyhow::anyhow!("{}: cannot read the new password: {e}", f.display())
+            })?);
+        return Ok(Zeroizing::new(s.strip_suffix(b"\n").unwrap_or(&s).to_vec()));
     }
     if let Some(p) = std::env::var_os("PVSNAP_NEW_PASSWORD") {
-        return Ok(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec());
+        return Ok(Zeroizing::new(
+            std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec(),
+        ));
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         anyhow::bail!("give the new password with --new-password-file or PVSNAP_NEW_PASSWORD");
     }
-    let p = rpassword::prompt_password("new password: ")?;
-    if rpassword::prompt_password("again: ")? != p {
+    let p = Zeroizing::new(rpassword::prompt_password("new password: ")?);
+    if *Zeroizing::new(rpassword::prompt_password("again: ")?) != *p {
         anyhow::bail!("the two passwords differ");
     }
-    Ok(p.into_bytes())
+    Ok(Zeroizing::new(p.as_bytes().to_vec()))
 }
 
 pub fn run(cli: &Cli, c: &KeyCommand) -> Result<u8> {
@@ -52,13 +58,20 @@ pub fn run(cli: &Cli, c: &KeyCommand) -> Result<u8> {
                 output::json(&keys)?;
             } else {
                 for k in keys {
-                    println!(
-                        "{} {} {} {}",
-                        if k.current { "*" } else { " " },
-                        k.id.short(),
-                        k.created,
-                        k.hostname
-                    );
+                    match &k.damaged {
+                        None => println!(
+                            "{} {} {} {}",
+                            if k.current { "*" } else { " " },
+                            k.id.short(),
+                            k.created,
+                            k.hostname
+                        ),
+                        Some(why) => println!(
+                            "! {} damaged: {why}; `pvsnap key remove {}` removes it",
+                            k.id.short(),
+                            k.id.short()
+                        ),
+                    }
                 }
             }
         }

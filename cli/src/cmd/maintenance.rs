@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use jiff::tz::TimeZone;
+use pvsnap_engine::Repository;
 use pvsnap_engine::check::{self, CheckReport, ReadData};
 use pvsnap_engine::forget::{self, ForgetReport, Selection};
 use pvsnap_engine::lock::LockGuard;
@@ -12,7 +13,6 @@ use pvsnap_engine::policy::{self, NamedPolicy};
 use pvsnap_engine::prune::{self, PruneOptions, PruneReport};
 use pvsnap_engine::repair;
 use pvsnap_engine::retention::{GroupBy, KeepPolicy, KeepWithin};
-use pvsnap_engine::{Repository, repo::resolve_in};
 
 use crate::{Cli, output};
 
@@ -215,36 +215,10 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// `90s`, `30m`, `24h`, `7d`, or combinations such as `1d12h`; `0` is zero.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration such as 30m, 24h or 7d");
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let (mut total, mut num) = (0u64, String::new());
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|x| total.checked_add(x))
-            .ok_or_else(bad)?;
-        num.clear();
-    }
-    if !num.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
+/// `90s`, `30m`, `24h`, `7d`, combinations such as `1d12h`, or `0`
+/// (`pvsnap_engine::duration`, shared with `--wait-timeout` and keep-within).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    pvsnap_engine::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn lock(repo: &Repository, exclusive: bool, operation: &str) -> Result<LockGuard> {
@@ -270,13 +244,7 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let guard = lock(&repo, !a.dry_run, "forget")?;
     let selection = if !a.snapshots.is_empty() {
-        let snaps = repo.snapshots()?;
-        let ids = a
-            .snapshots
-            .iter()
-            .map(|s| Ok(resolve_in(&snaps, s)?.id))
-            .collect::<Result<Vec<_>>>()?;
-        Selection::Ids(ids)
+        Selection::Ids(forget::resolve_ids(&repo, &a.snapshots)?)
     } else if let Some(name) = &a.policy {
         let p = policy::get(&repo, name)?;
         Selection::Policy {
@@ -298,6 +266,7 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
                 .iter()
                 .filter(|v| !v.keep)
                 .map(|v| v.id)
+                .chain(report.unreadable_removed.iter().copied())
                 .collect();
         }
         Some(prune::prune(&repo, &guard, &opts)?)
@@ -336,6 +305,23 @@ fn print_forget(r: &ForgetReport) -> Result<()> {
             v.short_id,
             output::local_time(v.time),
             v.reasons.join(", ")
+        )?;
+    }
+    for id in &r.unreadable_removed {
+        let verdict = if r.dry_run { "would remove" } else { "removed" };
+        writeln!(
+            out,
+            "  {verdict:<12} {}  (unreadable snapshot object)",
+            id.short()
+        )?;
+    }
+    for u in &r.unreadable_skipped {
+        writeln!(
+            out,
+            "  {:<12} {}  unreadable, left alone: remove it with `pvsnap forget {}`",
+            "skipped",
+            u.id.short(),
+            u.id
         )?;
     }
     writeln!(
@@ -378,6 +364,19 @@ fn print_prune(r: &PruneReport) {
         output::bytes(r.bytes_after),
         r.duration_s
     );
+    if r.leftovers_removed > 0 {
+        println!(
+            "prune: {} temporary file(s) of interrupted writes {would}removed ({})",
+            r.leftovers_removed,
+            output::bytes(r.leftover_bytes_removed)
+        );
+    }
+    if r.leftovers_kept > 0 {
+        println!(
+            "prune: {} temporary file(s) younger than the grace period were left alone",
+            r.leftovers_kept
+        );
+    }
     if r.unreferenced_packs_kept > 0 {
         println!(
             "prune: {} pack(s) that no index names are younger than the grace period and were left alone",
@@ -457,8 +456,11 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {
-                for p in &r.packs_from_old_index {
-                    println!("pack {p}: trailer unreadable; kept the entries of the old index");
+                for p in &r.packs_salvaged {
+                    println!(
+                        "pack {}: trailer unreadable ({}); kept {} whole blob(s) the old index placed in it, left out {} lost or damaged one(s)",
+                        p.pack, p.error, p.kept, p.dropped
+                    );
                 }
                 for p in &r.packs_unreadable {
                     println!(
@@ -477,6 +479,12 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
                     r.index_files_written,
                     r.index_files_deleted
                 );
+                if r.blobs_dropped > 0 {
+                    println!(
+                        "{} blob(s) are lost and no longer indexed: the next snapshot stores them again if their source still has them; `pvsnap check` names the snapshots that need them, `pvsnap repair snapshots` saves the rest of those",
+                        r.blobs_dropped
+                    );
+                }
             }
         }
         RepairWhat::Snapshots {

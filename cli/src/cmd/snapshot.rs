@@ -92,9 +92,23 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// An RFC 3339 time with `Z` or an offset of at most ±24:00 (jiff alone
+/// takes up to ±25:59:59, which no place on earth uses).
 pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
-    s.parse::<jiff::Timestamp>()
-        .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2026-11-21T10:00:00Z: {e}"))
+    use jiff::fmt::temporal::{Pieces, PiecesOffset};
+    let example = "such as 2026-11-21T10:00:00Z or 2026-11-21T11:00:00+01:00";
+    let t = s
+        .parse::<jiff::Timestamp>()
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time {example}: {e}"))?;
+    if let Ok(Some(PiecesOffset::Numeric(n))) = Pieces::parse(s).map(|p| p.offset())
+        && n.offset().seconds().unsigned_abs() > 24 * 3600
+    {
+        return Err(format!(
+            "`{s}`: the offset {} is beyond ±24:00; give the time {example}",
+            n.offset()
+        ));
+    }
+    Ok(t)
 }
 
 /// What one run shares between its sources.
@@ -160,7 +174,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
 
     let repo = crate::repo::open(cli, true, a.dry_run)?;
     let (repo, _lock) = super::locked(repo, false, "snapshot")?;
-    let existing = repo.snapshots()?;
+    // A damaged snapshot object is no parent: warn and look past it.
+    let (existing, bad) = repo.snapshots_lenient()?;
+    pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
     let mut run = Run {
         cli,
         args: a,
@@ -388,5 +404,36 @@ fn print_human(s: &Snapshot, dry_run: bool) {
     }
     for e in &s.errors {
         println!("  {}: {} ({})", e.kind, e.path, e.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_with_offsets_beyond_a_day_are_refused() {
+        for ok in [
+            "2026-11-21T10:00:00Z",
+            "2026-11-21T10:00:00+01:00",
+            "2026-11-21T10:00:00-24:00",
+            "2026-11-21T10:00:00+24:00",
+        ] {
+            assert!(super::parse_time(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "2026-11-21T10:00:00+25:00",
+            "2026-11-21T10:00:00-24:01",
+            "2026-11-21T10:00:00+24:00:01",
+            "2026-02-30T10:00:00Z",
+            "2026-11-21T24:00:01Z",
+            "2026-11-21T10:00:00",
+            "",
+        ] {
+            assert!(super::parse_time(bad).is_err(), "{bad}");
+        }
+        assert!(
+            super::parse_time("2026-11-21T10:00:00+25:00")
+                .unwrap_err()
+                .contains("beyond ±24:00")
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! Writes are crash-safe: the bytes go to a temporary file in the target folder,
 //! are fsynced, then hard-linked to their final name (which fails instead of
 //! replacing an existing object), the temporary name is removed and the folder
-//! is fsynced. A crash leaves at most a `.tmp-*` file, which `list` ignores.
+//! is fsynced. A crash leaves at most a `.tmp-*` file, which `list` ignores
+//! and [`Backend::leftovers`] reports: in the repository root (the config),
+//! in each object folder and in each `data/xx` folder.
 //!
 //! Large objects (packs) are written with `O_DIRECT` where the filesystem
 //! allows it: a pack is written once and not read again soon, so copying it
@@ -11,15 +13,21 @@
 //! a copy into freshly allocated memory for every byte. The aligned body goes
 //! through a small reused buffer; the unaligned tail, and filesystems that
 //! refuse `O_DIRECT`, are written normally. The fsync is the same either way.
+//!
+//! Permissions do not depend on the umask: every file is created 0600 and
+//! every folder 0700 (set explicitly after creation), or 0640 and 0750 in a
+//! repository created with group access ([`Modes::GROUP`]). The choice is
+//! recorded by the mode of the `config` file itself, so a later writer (any
+//! user of the group) follows it without a format change.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Backend, ObjectKey, check_range};
+use super::{Backend, Leftover, ObjectKey, check_range};
 use crate::error::BackendError;
 use crate::format::ObjectKind;
 
@@ -27,6 +35,39 @@ pub struct LocalBackend {
     root: PathBuf,
     /// Aligned staging buffer for `O_DIRECT` writes (allocated on first use).
     direct_buf: Mutex<Vec<u8>>,
+    modes: Modes,
+}
+
+/// Permission bits of the files and folders a repository is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modes {
+    pub file: u32,
+    pub dir: u32,
+}
+
+impl Modes {
+    /// Only the owner reads and writes (the default).
+    pub const PRIVATE: Modes = Modes {
+        file: 0o600,
+        dir: 0o700,
+    };
+    /// The owner's group may read too (`pvsnap init --group-access`).
+    pub const GROUP: Modes = Modes {
+        file: 0o640,
+        dir: 0o750,
+    };
+
+    /// The modes a repository whose `config` has mode `config_mode` uses:
+    /// group access when the group may read the config and others may not.
+    /// A config readable by everyone was written before modes were set (umask
+    /// 022 gave 0644); such a repository is taken as private from now on.
+    pub fn from_config_mode(config_mode: u32) -> Modes {
+        if config_mode & 0o040 != 0 && config_mode & 0o007 == 0 {
+            Modes::GROUP
+        } else {
+            Modes::PRIVATE
+        }
+    }
 }
 
 /// Objects at least this large are written with `O_DIRECT`.
@@ -47,33 +88,166 @@ const KINDS_WITH_DIRS: [ObjectKind; 6] = [
 ];
 
 impl LocalBackend {
+    /// The repository at `root`; its permission modes follow those of its
+    /// `config` ([`Modes::PRIVATE`] when there is none yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let modes = fs::metadata(root.join("config"))
+            .map(|m| Modes::from_config_mode(m.permissions().mode()))
+            .unwrap_or(Modes::PRIVATE);
         LocalBackend {
-            root: root.into(),
+            root,
             direct_buf: Mutex::new(Vec::new()),
+            modes,
         }
+    }
+
+    /// Sets the modes of what this backend creates (for `init`).
+    pub fn with_modes(mut self, modes: Modes) -> Self {
+        self.modes = modes;
+        self
+    }
+
+    pub fn modes(&self) -> Modes {
+        self.modes
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Creates the folder layout (idempotent).
+    /// Creates the folder layout (idempotent), the root folder included; the
+    /// root gets the folder mode even when it existed (empty) before.
     pub fn create_layout(&self) -> Result<(), BackendError> {
+        let at = |d: &Path| d.display().to_string();
+        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| io(&at(parent), "create folder", e))?;
+        }
+        match fs::DirBuilder::new()
+            .mode(self.modes.dir)
+            .create(&self.root)
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && self.root.is_dir() => {}
+            Err(e) => return Err(io(&at(&self.root), "create folder", e)),
+        }
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(self.modes.dir))
+            .map_err(|e| io(&at(&self.root), "set permissions", e))?;
         for kind in KINDS_WITH_DIRS {
             let d = self.root.join(kind.name());
-            fs::create_dir_all(&d).map_err(|e| io(&d.display().to_string(), "create folder", e))?;
+            self.make_dirs(&d)
+                .map_err(|e| io(&at(&d), "create folder", e))?;
         }
         for i in 0..=255u8 {
             let d = self.root.join("data").join(format!("{i:02x}"));
-            fs::create_dir_all(&d).map_err(|e| io(&d.display().to_string(), "create folder", e))?;
+            self.make_dirs(&d)
+                .map_err(|e| io(&at(&d), "create folder", e))?;
         }
-        sync_dir(&self.root).map_err(|e| io(&self.root.display().to_string(), "fsync", e))?;
+        sync_dir(&self.root).map_err(|e| io(&at(&self.root), "fsync", e))?;
         Ok(())
+    }
+
+    /// Creates `dir` (inside the root) and the missing folders between, each
+    /// with the folder mode whatever the umask.
+    fn make_dirs(&self, dir: &Path) -> std::io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir
+            .parent()
+            .filter(|p| *p != self.root && p.starts_with(&self.root))
+        {
+            self.make_dirs(parent)?;
+        }
+        match fs::DirBuilder::new().mode(self.modes.dir).create(dir) {
+            Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(self.modes.dir)),
+            // Another writer made it meanwhile (with the same mode).
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn path(&self, key: &ObjectKey) -> PathBuf {
         self.root.join(key.path())
+    }
+
+    /// The folders objects are written in, relative to the root ("" is the
+    /// root itself, where the config lives).
+    fn object_folders(&self) -> Vec<String> {
+        let mut out = vec![String::new()];
+        out.extend(
+            KINDS_WITH_DIRS
+                .iter()
+                .filter(|k| **k != ObjectKind::Pack)
+                .map(|k| k.name().to_string()),
+        );
+        out.extend((0..=255u8).map(|i| format!("data/{i:02x}")));
+        out
+    }
+
+    /// Turns a full file system into an error that says what to do.
+    fn full(&self, e: BackendError) -> BackendError {
+        match e {
+            BackendError::Io { key, op, source }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                BackendError::NoSpace {
+                    key,
+                    op,
+                    location: self.location(),
+                }
+            }
+            e => e,
+        }
+    }
+}
+
+/// Whether `name` is what [`LocalBackend::put`] names its temporary files.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with(TMP_PREFIX) && !name.contains('/')
+}
+
+/// Prefix of temporary files; the rest is random.
+const TMP_PREFIX: &str = ".tmp-";
+
+impl LocalBackend {
+    /// [`Backend::put`], before a full file system is explained.
+    fn put_inner(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+        let path = self.path(key);
+        let dir = path.parent().expect("object paths have a parent");
+        if path.exists() {
+            return match same_content(&path, data) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(BackendError::Conflict { key: key.path() }),
+                Err(e) => Err(io(&key.path(), "compare", e)),
+            };
+        }
+        if !dir.exists() {
+            self.make_dirs(dir)
+                .map_err(|e| io(&key.path(), "create folder", e))?;
+        }
+        let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
+        let result = (|| -> Result<(), BackendError> {
+            let f = self
+                .write_new(&tmp, data)
+                .map_err(|(op, e)| io(&key.path(), op, e))?;
+            f.sync_all().map_err(|e| io(&key.path(), "fsync", e))?;
+            drop(f);
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    // Another writer won the race; fine when it wrote the same bytes.
+                    if !same_content(&path, data).map_err(|e| io(&key.path(), "compare", e))? {
+                        return Err(BackendError::Conflict { key: key.path() });
+                    }
+                }
+                Err(e) => return Err(io(&key.path(), "link into place", e)),
+            }
+            Ok(())
+        })();
+        let _ = fs::remove_file(&tmp);
+        result?;
+        sync_dir(dir).map_err(|e| io(&key.path(), "fsync folder", e))
     }
 }
 
@@ -81,12 +255,17 @@ impl LocalBackend {
     /// Creates `path` (which must not exist) holding `data`, not yet synced.
     fn write_new(&self, path: &Path, data: &[u8]) -> Result<File, (&'static str, std::io::Error)> {
         let create = |direct: bool| {
-            OpenOptions::new()
+            let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(self.modes.file)
                 .custom_flags(if direct { libc::O_DIRECT } else { 0 })
                 .open(path)
-                .map_err(|e| ("create temporary file", e))
+                .map_err(|e| ("create temporary file", e))?;
+            // The umask may have taken bits the repository wants (group read).
+            f.set_permissions(fs::Permissions::from_mode(self.modes.file))
+                .map_err(|e| ("set permissions", e))?;
+            Ok(f)
         };
         let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         if data.len() >= DIRECT_MIN {
@@ -184,40 +363,7 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
-        let path = self.path(key);
-        let dir = path.parent().expect("object paths have a parent");
-        if path.exists() {
-            return match same_content(&path, data) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(BackendError::Conflict { key: key.path() }),
-                Err(e) => Err(io(&key.path(), "compare", e)),
-            };
-        }
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| io(&key.path(), "create folder", e))?;
-        }
-        let tmp = dir.join(format!(".tmp-{}", crate::id::Id::random().short()));
-        let result = (|| -> Result<(), BackendError> {
-            let f = self
-                .write_new(&tmp, data)
-                .map_err(|(op, e)| io(&key.path(), op, e))?;
-            f.sync_all().map_err(|e| io(&key.path(), "fsync", e))?;
-            drop(f);
-            match fs::hard_link(&tmp, &path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    // Another writer won the race; fine when it wrote the same bytes.
-                    if !same_content(&path, data).map_err(|e| io(&key.path(), "compare", e))? {
-                        return Err(BackendError::Conflict { key: key.path() });
-                    }
-                }
-                Err(e) => return Err(io(&key.path(), "link into place", e)),
-            }
-            Ok(())
-        })();
-        let _ = fs::remove_file(&tmp);
-        result?;
-        sync_dir(dir).map_err(|e| io(&key.path(), "fsync folder", e))
+        self.put_inner(key, data).map_err(|e| self.full(e))
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
@@ -340,6 +486,77 @@ impl Backend for LocalBackend {
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         Ok(self.path(key).exists())
     }
+
+    fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
+        let mut out = Vec::new();
+        for folder in self.object_folders() {
+            let dir = self.root.join(&folder);
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir.display().to_string(), "list", e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| io(&dir.display().to_string(), "list", e))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if !is_temporary(&name) {
+                    continue;
+                }
+                let path = if folder.is_empty() {
+                    name
+                } else {
+                    format!("{folder}/{name}")
+                };
+                let meta = match ent.metadata() {
+                    Ok(m) => m,
+                    // Removed meanwhile (its write finished or failed).
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&path, "stat", e)),
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                out.push(Leftover {
+                    size: meta.len(),
+                    modified: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| jiff::Timestamp::try_from(t).ok()),
+                    path,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), BackendError> {
+        let refuse = || BackendError::NotALeftover {
+            path: leftover.path.clone(),
+        };
+        let (folder, name) = match leftover.path.rsplit_once('/') {
+            Some((folder, name)) => (folder, name),
+            None => ("", leftover.path.as_str()),
+        };
+        if !is_temporary(name) || !self.object_folders().iter().any(|f| f == folder) {
+            return Err(refuse());
+        }
+        let path = self.root.join(&leftover.path);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if !m.is_file() => return Err(refuse()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&leftover.path, "stat", e)),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&leftover.path, "delete", e)),
+        }
+        if let Some(dir) = path.parent() {
+            sync_dir(dir).map_err(|e| io(&leftover.path, "fsync folder", e))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +571,60 @@ mod tests {
         super::super::contract_tests::run(&b);
     }
 
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn objects_and_folders_get_the_repository_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let b = LocalBackend::new(&root).with_modes(Modes::GROUP);
+        b.create_layout().unwrap();
+        b.put(&ObjectKey::config(), b"config").unwrap();
+        // A fresh backend on the same folder follows the config's mode.
+        let b: crate::backend::DynBackend = std::sync::Arc::new(LocalBackend::new(&root));
+        fs::remove_dir(root.join("data/ab")).unwrap();
+        b.put(&ObjectKey::new(ObjectKind::Pack, "ab".repeat(32)), b"pack")
+            .unwrap();
+        let lock = crate::lock::LockGuard::acquire(b.clone(), false, "test", "h").unwrap();
+        let locks: Vec<_> = fs::read_dir(root.join("locks")).unwrap().collect();
+        assert_eq!(locks.len(), 1);
+        assert_eq!(mode(&locks[0].as_ref().unwrap().path()), 0o640);
+        drop(lock);
+        assert_eq!(mode(&root), 0o750);
+        assert_eq!(mode(&root.join("data/ab")), 0o750);
+        assert_eq!(mode(&root.join("data/00")), 0o750);
+        assert_eq!(mode(&root.join("data/ab").join("ab".repeat(32))), 0o640);
+        assert_eq!(mode(&root.join("config")), 0o640);
+
+        let root = dir.path().join("private");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        let b = LocalBackend::new(&root);
+        assert_eq!(b.modes(), Modes::PRIVATE);
+        b.create_layout().unwrap();
+        b.put(&ObjectKey::config(), b"config").unwrap();
+        assert_eq!(
+            mode(&root),
+            0o700,
+            "an existing empty folder is made private"
+        );
+        assert_eq!(mode(&root.join("keys")), 0o700);
+        assert_eq!(mode(&root.join("config")), 0o600);
+        assert_eq!(LocalBackend::new(&root).modes(), Modes::PRIVATE);
+        // A repository written before modes were set: config 0644 (umask 022)
+        // or 0664 (umask 002) is not a choice of group access.
+        for (old, want) in [
+            (0o644, Modes::PRIVATE),
+            (0o664, Modes::PRIVATE),
+            (0o640, Modes::GROUP),
+            (0o600, Modes::PRIVATE),
+        ] {
+            assert_eq!(Modes::from_config_mode(old), want, "{old:o}");
+        }
+    }
+
     #[test]
     fn leftover_temporary_files_are_not_listed() {
         let dir = tempfile::tempdir().unwrap();
@@ -361,5 +632,100 @@ mod tests {
         b.create_layout().unwrap();
         fs::write(dir.path().join("index/.tmp-deadbeef"), b"partial").unwrap();
         assert!(b.list(ObjectKind::Index).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_full_file_system_is_named_with_the_command_that_frees_space() {
+        let b = LocalBackend::new("/srv/repo");
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = b.full(io(
+                "data/ab/abab",
+                "write",
+                std::io::Error::from_raw_os_error(errno),
+            ));
+            assert!(matches!(e, BackendError::NoSpace { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("data/ab/abab")
+                    && msg.contains("no space left")
+                    && msg.contains("`pvsnap --repo /srv/repo prune --grace 0`"),
+                "{msg}"
+            );
+        }
+        let other = b.full(io(
+            "data/ab/abab",
+            "write",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ));
+        assert!(matches!(other, BackendError::Io { .. }), "{other}");
+    }
+
+    #[test]
+    fn leftovers_are_listed_in_every_object_folder_and_only_they_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.create_layout().unwrap();
+        let pack = ObjectKey::new(ObjectKind::Pack, "ab".repeat(32));
+        b.put(&pack, b"a whole pack").unwrap();
+        b.put(&ObjectKey::config(), b"c").unwrap();
+        let planted = [
+            ("data/ab/.tmp-00000001", 5usize),
+            ("index/.tmp-00000002", 7),
+            ("snapshots/.tmp-00000003", 11),
+            ("keys/.tmp-00000004", 13),
+            (".tmp-00000005", 17),
+        ];
+        for (p, n) in planted {
+            fs::write(dir.path().join(p), vec![0u8; n]).unwrap();
+        }
+        // Not temporary files of ours: left alone.
+        fs::write(dir.path().join("index/.hidden"), b"x").unwrap();
+        fs::create_dir(dir.path().join("locks/.tmp-dir")).unwrap();
+        let mut got: Vec<(String, u64)> = b
+            .leftovers()
+            .unwrap()
+            .into_iter()
+            .map(|l| {
+                assert!(l.modified.is_some(), "{} has no time", l.path);
+                (l.path, l.size)
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, u64)> = planted
+            .iter()
+            .map(|(p, n)| (p.to_string(), *n as u64))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        for l in b.leftovers().unwrap() {
+            b.remove_leftover(&l).unwrap();
+            b.remove_leftover(&l).unwrap();
+        }
+        assert!(b.leftovers().unwrap().is_empty());
+        assert!(dir.path().join("index/.hidden").exists());
+        assert_eq!(b.get(&pack).unwrap(), b"a whole pack");
+        for path in [
+            "config",
+            "data/ab/abab",
+            "index/.hidden",
+            "../.tmp-00000001",
+            "data/ab/../../.tmp-x/.tmp-1",
+            "locks/.tmp-dir",
+        ] {
+            let l = Leftover {
+                path: path.into(),
+                size: 0,
+                modified: None,
+            };
+            assert!(
+                matches!(
+                    b.remove_leftover(&l),
+                    Err(BackendError::NotALeftover { .. })
+                ),
+                "{path} was not refused"
+            );
+        }
+        assert!(dir.path().join("config").exists());
+        assert!(dir.path().join("locks/.tmp-dir").is_dir());
     }
 }
