@@ -60,11 +60,15 @@ pub mod vfs;
 pub mod walk;
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod damage_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
 mod maintenance_tests;
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 

@@ -10,6 +10,7 @@ mod fixture;
 mod guards;
 mod hostile;
 mod k8s;
+mod kill;
 mod locks;
 mod maintenance;
 mod mount;
