@@ -41,6 +41,8 @@ pub mod error;
 pub mod forget;
 pub mod format;
 pub mod fsmeta;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod index;
 pub mod keys;
@@ -57,6 +59,8 @@ pub mod tree;
 pub mod vfs;
 pub mod walk;
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod maintenance_tests;
 #[cfg(test)]
