@@ -3,6 +3,7 @@
 
 mod util;
 
+mod corruption;
 mod deploy;
 mod fixture;
 mod k8s;
