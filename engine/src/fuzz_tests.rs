@@ -168,7 +168,7 @@ fn every_target_has_seeds_that_decode() {
     use crate::backend::ObjectKey;
     for (name, f) in TARGETS {
         let seeds = fuzzing::seeds(name);
-        assert!(seeds.len() >= 1, "{name} has no seed");
+        assert!(!seeds.is_empty(), "{name} has no seed");
         for s in &seeds {
             drive(name, s).unwrap();
             f(s);

@@ -39,8 +39,11 @@ const FUZZ_KDF_BUDGET: KdfParams = KdfParams {
     p_cost: 2,
 };
 
+/// A decoder's entry point: any bytes in, no answer out.
+pub type Driver = fn(&[u8]);
+
 /// The targets, by name: the cargo-fuzz binaries are called the same.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Driver)] = &[
     ("pack_trailer", pack_trailer),
     ("index_file", index_file),
     ("tree", tree),
