@@ -25,9 +25,9 @@ use crate::blob::{self, BlobEntry};
 use crate::error::{Error, Result};
 use crate::format::{HEADER_LEN, ObjectKind};
 use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::index::{self, Index, IndexFile};
+use crate::index::{self, Index};
 use crate::pack;
-use crate::repo::{IndexedRepository, Repository};
+use crate::repo::{IndexMode, IndexedRepository, Repository};
 use crate::tree::{NodeKind, Tree};
 
 mod read_data;
@@ -55,6 +55,8 @@ pub enum ProblemKind {
     UnreferencedPack,
     /// Warning: an index file superseded by another one (prune removes it).
     SupersededIndex,
+    /// Warning: temporary files left by interrupted writes (prune removes them).
+    Leftovers,
 }
 
 /// One problem, naming the objects concerned.
@@ -123,6 +125,9 @@ pub struct CheckReport {
     pub trees_checked: usize,
     pub packs_read: usize,
     pub blobs_read: usize,
+    /// Temporary files left by interrupted writes, and their bytes.
+    pub leftovers: usize,
+    pub leftover_bytes: u64,
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
     pub damaged_snapshots: Vec<DamagedSnapshot>,
@@ -167,36 +172,41 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
 
-    // Stage 1: index files.
+    // Stage 1: index files, read leniently (each damaged one is named), and
+    // each must hash to its name.
     let names = backend.list(ObjectKind::Index)?;
-    let decoded: Vec<(String, Result<(IndexId, IndexFile)>)> = names
-        .par_iter()
-        .map(|(name, _)| {
-            let r = (|| {
-                let id: IndexId = name
-                    .parse()
-                    .map_err(|_| Error::Invalid("name is not an index id".into()))?;
-                let bytes = backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
-                let file = IndexFile::decode(&bytes, repo.crypto(), name)?;
-                if *blake3::hash(&bytes).as_bytes() != id.0.0 {
-                    return Err(Error::Invalid("its bytes do not hash to its name".into()));
-                }
-                Ok((id, file))
-            })();
-            (name.clone(), r)
-        })
-        .collect();
+    let read = repo.read_index_files_with(IndexMode::Lenient)?;
     let mut files = Vec::new();
-    for (name, r) in decoded {
-        match r {
-            Ok(f) => files.push(f),
-            Err(e) => {
-                let mut p =
-                    Problem::new(ProblemKind::IndexDamaged, format!("index file {name}: {e}"));
-                p.index = name.parse().ok();
-                errors.push(p);
-            }
+    for (id, file) in read.files {
+        if read.misnamed.contains(&id) {
+            let mut p = Problem::new(
+                ProblemKind::IndexDamaged,
+                format!(
+                    "index file {id}: its bytes do not hash to its name; run `pvsnap repair index`"
+                ),
+            );
+            p.index = Some(id);
+            errors.push(p);
+        } else {
+            files.push((id, file));
         }
+    }
+    for (name, _) in names.iter().filter(|(n, _)| n.parse::<IndexId>().is_err()) {
+        errors.push(Problem::new(
+            ProblemKind::IndexDamaged,
+            format!("index file {name}: the name is not an index id; move it out of index/"),
+        ));
+    }
+    for u in read.unreadable {
+        let mut p = Problem::new(
+            ProblemKind::IndexDamaged,
+            format!(
+                "index file {}: {}; run `pvsnap repair index`",
+                u.name, u.error
+            ),
+        );
+        p.index = u.name.parse().ok();
+        errors.push(p);
     }
     let superseded = index::superseded(&files);
     for id in &superseded {
@@ -436,21 +446,37 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         match repo.load_snapshot(&id) {
             Ok(s) => snaps.push(s),
             Err(e) => {
-                let mut p =
-                    Problem::new(ProblemKind::SnapshotDamaged, format!("snapshot {id}: {e}"));
+                let mut p = Problem::new(
+                    ProblemKind::SnapshotDamaged,
+                    format!(
+                        "{e}; remove it with `pvsnap forget {id}` (prune refuses to run while it exists)"
+                    ),
+                );
                 p.snapshot = Some(id);
                 errors.push(p);
             }
         }
     }
     snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-    let (index_files, packs, packs_read, blobs_read, blobs, warnings) = (
+    let mut warnings = scan.warnings.clone();
+    let leftovers = repo.backend().leftovers()?;
+    let leftover_bytes: u64 = leftovers.iter().map(|l| l.size).sum();
+    if !leftovers.is_empty() {
+        warnings.push(Problem::new(
+            ProblemKind::Leftovers,
+            format!(
+                "{} temporary file(s), {leftover_bytes} bytes, left by interrupted writes (e.g. {}); `pvsnap prune` removes those older than its grace period, `pvsnap prune --grace 0` all of them when no other pvsnap command is running",
+                leftovers.len(),
+                leftovers[0].path
+            ),
+        ));
+    }
+    let (index_files, packs, packs_read, blobs_read, blobs) = (
         scan.index_files,
         scan.packs,
         scan.packs_read,
         scan.blobs_read,
         scan.repo.index().len(),
-        scan.warnings.clone(),
     );
     let mut walker = Walker {
         scan: &scan,
@@ -486,6 +512,8 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         trees_checked,
         packs_read,
         blobs_read,
+        leftovers: leftovers.len(),
+        leftover_bytes,
         errors,
         warnings,
         damaged_snapshots,

@@ -44,6 +44,10 @@ pub enum FormatError {
     UnknownFeature(String),
     #[error("{what}: {detail}")]
     Invalid { what: String, detail: String },
+    #[error(
+        "{what}: checksum mismatch, the object is damaged; run `pvsnap check` to see what it affects"
+    )]
+    ChecksumMismatch { what: String },
 }
 
 /// Problems talking to the storage behind a repository.
@@ -70,6 +74,16 @@ pub enum BackendError {
     },
     #[error("injected fault: {0}")]
     Injected(String),
+    #[error("{path}: not a temporary file left by an interrupted write; refusing to remove it")]
+    NotALeftover { path: String },
+    #[error(
+        "{key}: {op} failed: no space left on the file system holding the repository {location}. Free space there (or give the repository more room) and run the command again. What this run stored before it failed is given back by `pvsnap --repo {location} prune` once older than the grace period (24h by default), or right away by `pvsnap --repo {location} prune --grace 0` when no other pvsnap command is using the repository"
+    )]
+    NoSpace {
+        key: String,
+        op: &'static str,
+        location: String,
+    },
 }
 
 /// Problems with keys and sealed data.
@@ -163,6 +177,14 @@ pub enum Error {
     Locked { holder: String },
     #[error("invalid pattern `{pattern}`: {detail}")]
     Pattern { pattern: String, detail: String },
+    #[error(
+        "index file {name} cannot be read ({detail}); the packs it describes cannot be told from unused ones, so nothing was changed. Run `pvsnap repair index`, then this command again"
+    )]
+    IndexUnreadable { name: String, detail: String },
+    #[error(
+        "{detail}; the data this snapshot needs cannot be known, so nothing was deleted. Remove it with `pvsnap forget {id}` (or put back an intact copy of snapshots/{id}), then run this command again"
+    )]
+    SnapshotUnreadable { id: String, detail: String },
     #[error("{0}")]
     Invalid(String),
 }

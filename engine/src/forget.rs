@@ -4,6 +4,10 @@
 //! the repository's snapshots, explains every verdict and deletes the
 //! snapshot objects that no rule keeps. Deleting snapshots frees nothing by
 //! itself: `prune` removes the data that no remaining snapshot needs.
+//!
+//! A snapshot object that cannot be read can still be removed by its id (or
+//! a unique prefix of its name); a policy cannot judge it, so it leaves it
+//! alone and reports it.
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -49,6 +53,55 @@ pub struct ForgetReport {
     pub snapshots: Vec<Verdict>,
     pub kept: usize,
     pub removed: usize,
+    /// Unreadable snapshot objects removed because their id was given.
+    pub unreadable_removed: Vec<SnapshotId>,
+    /// Unreadable snapshot objects left alone (a policy cannot judge them).
+    pub unreadable_skipped: Vec<UnreadableSnapshot>,
+}
+
+/// A snapshot object that cannot be read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnreadableSnapshot {
+    pub id: SnapshotId,
+    pub error: String,
+}
+
+/// Resolves what the user typed (full ids, unique prefixes, `latest`,
+/// `latest:SOURCE`) to snapshot ids. Ids and prefixes are matched against the
+/// names of every snapshot object, readable or not, so a damaged one can be
+/// named; `latest` forms consider the readable ones.
+pub fn resolve_ids(repo: &Repository, specs: &[String]) -> Result<Vec<SnapshotId>> {
+    let (snaps, _) = repo.snapshots_lenient()?;
+    let all: Vec<SnapshotId> = repo
+        .backend()
+        .list(crate::format::ObjectKind::Snapshot)?
+        .into_iter()
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect();
+    specs
+        .iter()
+        .map(|spec| {
+            if spec.starts_with("latest") {
+                return Ok(crate::repo::resolve_in(&snaps, spec)?.id);
+            }
+            let lower = spec.to_ascii_lowercase();
+            if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::SnapshotNotFound(spec.clone()));
+            }
+            let matches: Vec<&SnapshotId> = all
+                .iter()
+                .filter(|id| id.to_hex().starts_with(&lower))
+                .collect();
+            match matches.len() {
+                0 => Err(Error::SnapshotNotFound(spec.clone())),
+                1 => Ok(*matches[0]),
+                n => Err(Error::AmbiguousSnapshot {
+                    prefix: spec.clone(),
+                    count: n,
+                }),
+            }
+        })
+        .collect()
 }
 
 fn info(s: &Snapshot) -> SnapshotInfo {
@@ -118,10 +171,46 @@ pub fn forget(
         }
         .into());
     }
-    let snaps = repo.snapshots()?;
-    let verdicts = plan(&snaps, selection, tz)?;
+    let (snaps, bad) = repo.snapshots_lenient()?;
+    let (verdicts, unreadable_removed, unreadable_skipped) = match selection {
+        Selection::Ids(ids) => {
+            let (gone, readable): (Vec<SnapshotId>, Vec<SnapshotId>) =
+                ids.iter().partition(|id| bad.iter().any(|(b, _)| b == *id));
+            let verdicts = plan(&snaps, &Selection::Ids(readable), tz)?;
+            let skipped = bad
+                .iter()
+                .filter(|(b, _)| !gone.contains(b))
+                .map(|(id, e)| UnreadableSnapshot {
+                    id: *id,
+                    error: e.to_string(),
+                })
+                .collect();
+            (verdicts, gone, skipped)
+        }
+        Selection::Policy { .. } => {
+            let skipped: Vec<UnreadableSnapshot> = bad
+                .iter()
+                .map(|(id, e)| UnreadableSnapshot {
+                    id: *id,
+                    error: e.to_string(),
+                })
+                .collect();
+            for u in &skipped {
+                tracing::warn!(
+                    "left an unreadable snapshot object alone (no rule can judge it): {}; remove it with `pvsnap forget {}`",
+                    u.error,
+                    u.id
+                );
+            }
+            (plan(&snaps, selection, tz)?, Vec::new(), skipped)
+        }
+    };
     let removed = verdicts.iter().filter(|v| !v.keep).count();
     if !dry_run {
+        for id in &unreadable_removed {
+            repo.delete_snapshot(id)?;
+            tracing::info!("removed unreadable snapshot {id}");
+        }
         for v in verdicts.iter().filter(|v| !v.keep) {
             repo.delete_snapshot(&v.id)?;
             tracing::info!(
@@ -135,8 +224,10 @@ pub fn forget(
     Ok(ForgetReport {
         dry_run,
         kept: verdicts.len() - removed,
-        removed,
+        removed: removed + unreadable_removed.len(),
         snapshots: verdicts,
+        unreadable_removed,
+        unreadable_skipped,
     })
 }
 

@@ -48,9 +48,18 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
-    /// The newest version this build writes, and the only one it reads.
+    /// The newest version this build writes. Every version from 1 up to it
+    /// is read (older decoders are kept, frozen, beside the new ones).
     pub const fn current_version(self) -> u8 {
-        1
+        match self {
+            // Version 2 of the JSON objects adds a checksum (see
+            // [`encode_checked`]); version 2 of index files adds a random part
+            // so that no two writes ever give one name (see `index`).
+            Self::Config | Self::Key | Self::Index | Self::Snapshot | Self::Lock | Self::Policy => {
+                2
+            }
+            Self::Pack => 1,
+        }
     }
 
     pub fn from_byte(b: u8) -> Option<Self> {
@@ -132,7 +141,13 @@ impl Header {
             });
         }
         let version = bytes[5];
-        if version != kind.current_version() {
+        if version == 0 {
+            return Err(FormatError::Invalid {
+                what: kind.name().to_string(),
+                detail: "format version 0 does not exist: the object is damaged".into(),
+            });
+        }
+        if version > kind.current_version() {
             return Err(FormatError::UnsupportedVersion {
                 what: kind.name(),
                 found: version as u32,
@@ -152,6 +167,54 @@ impl Header {
             flags,
         })
     }
+}
+
+/// Length of the checksum that follows the header of a checked object.
+pub const CHECKSUM_LEN: usize = 32;
+
+/// Encodes an object whose body is protected by a checksum: the header at
+/// the kind's current version, then `blake3(header || body)`, then `body`.
+/// Used for the objects that are not named by their hash (config, key
+/// slots, snapshots, locks, policies), so that a flipped byte in any of them
+/// is found when it is read, also in unencrypted repositories.
+pub fn encode_checked(kind: ObjectKind, encrypted: bool, body: &[u8]) -> Vec<u8> {
+    let header = Header::new(kind, encrypted).encode();
+    let mut h = blake3::Hasher::new();
+    h.update(&header);
+    h.update(body);
+    let mut out = Vec::with_capacity(HEADER_LEN + CHECKSUM_LEN + body.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(h.finalize().as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Decodes an object written by [`encode_checked`] (version 2 and later) or
+/// by an older pvsnap (version 1, no checksum), returning its header and
+/// body. `what` names the object in the error.
+pub fn decode_checked<'a>(
+    bytes: &'a [u8],
+    kind: ObjectKind,
+    what: &dyn Fn() -> String,
+) -> Result<(Header, &'a [u8]), FormatError> {
+    let header = Header::decode(bytes, kind)?;
+    if header.version < 2 {
+        return Ok((header, &bytes[HEADER_LEN..]));
+    }
+    let Some(body) = bytes.get(HEADER_LEN + CHECKSUM_LEN..) else {
+        return Err(FormatError::Truncated {
+            what: kind.name(),
+            need: HEADER_LEN + CHECKSUM_LEN,
+            have: bytes.len(),
+        });
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(&bytes[..HEADER_LEN]);
+    h.update(body);
+    if h.finalize().as_bytes() != &bytes[HEADER_LEN..HEADER_LEN + CHECKSUM_LEN] {
+        return Err(FormatError::ChecksumMismatch { what: what() });
+    }
+    Ok((header, body))
 }
 
 /// Little-endian cursor used by the hand-written decoders (packs, indexes).
@@ -216,6 +279,11 @@ mod tests {
             FormatError::UnsupportedVersion { found: 2, .. }
         ));
         assert!(err.to_string().contains("newer"), "{err}");
+        let mut zero = b;
+        zero[5] = 0;
+        let err = Header::decode(&zero, ObjectKind::Pack).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(!err.to_string().contains("upgrade"), "{err}");
         let mut flags = b;
         flags[6] = 0x80;
         assert!(matches!(
@@ -230,5 +298,33 @@ mod tests {
             Header::decode(b"XXXXXXXX", ObjectKind::Pack),
             Err(FormatError::BadMagic { .. })
         ));
+    }
+
+    #[test]
+    fn checked_objects_find_every_flipped_byte_and_old_versions_still_read() {
+        let body = br#"{"hello":"world"}"#;
+        let bytes = encode_checked(ObjectKind::Snapshot, false, body);
+        let what = || "snapshot x".to_string();
+        let (h, got) = decode_checked(&bytes, ObjectKind::Snapshot, &what).unwrap();
+        assert_eq!((h.version, got), (2, &body[..]));
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = bytes.clone();
+                bad[i] ^= bit;
+                assert!(
+                    decode_checked(&bad, ObjectKind::Snapshot, &what).is_err(),
+                    "flip of bit {bit:#x} at byte {i} was not noticed"
+                );
+            }
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode_checked(&bytes[..cut], ObjectKind::Snapshot, &what).is_err());
+        }
+        // Version 1: header and body, no checksum.
+        let mut v1 = Header::new(ObjectKind::Snapshot, false).encode();
+        v1[5] = 1;
+        let old = [&v1[..], body].concat();
+        let (h, got) = decode_checked(&old, ObjectKind::Snapshot, &what).unwrap();
+        assert_eq!((h.version, got), (1, &body[..]));
     }
 }

@@ -3,7 +3,11 @@
 //! On disk, `index/<id>` files list packs and their blob entries; they are
 //! written after the packs they describe, and an index file may name older index
 //! files it *supersedes* (prune writes one complete index and then deletes the
-//! old ones). In memory, [`Index`] is one sorted vector of fixed-size entries,
+//! old ones). An index file is named by the hash of its bytes, and since
+//! version 2 those bytes begin with a random part: no two writes ever give
+//! the same name, so a file that supersedes another can only ever hide files
+//! its writer had read, never one written after it (a later snapshot that
+//! stores the same packs writes a file of its own, with a name of its own). In memory, [`Index`] is one sorted vector of fixed-size entries,
 //! 52 bytes a blob (see `ARCHITECTURE.md` for the measurement), searched by
 //! binary search.
 
@@ -16,6 +20,8 @@ use crate::format::{HEADER_LEN, Header, ObjectKind, Reader};
 use crate::id::{Id, IndexId, PackId};
 
 const INDEX_AAD: &[u8] = b"pvsnap index v1";
+/// Length of the random part that starts the body of a version 2 index file.
+pub const INDEX_NONCE_LEN: usize = 16;
 
 /// Contents of one index file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +34,7 @@ impl IndexFile {
     /// Encodes to the stored bytes, returning them with their id.
     pub fn encode(&self, crypto: &Crypto) -> (IndexId, Vec<u8>) {
         let mut body = Vec::new();
+        body.extend_from_slice(&rand::random::<[u8; INDEX_NONCE_LEN]>());
         body.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         for s in &self.supersedes {
             body.extend_from_slice(&s.0.0);
@@ -47,7 +54,18 @@ impl IndexFile {
         (IndexId(Id(*blake3::hash(&out).as_bytes())), out)
     }
 
+    /// Decodes an index file. When `name` is an index id (as it is for every
+    /// stored file), the bytes must hash to it: a damaged index file is
+    /// refused as a whole, in unencrypted repositories too.
     pub fn decode(bytes: &[u8], crypto: &Crypto, name: &str) -> Result<Self, crate::error::Error> {
+        if let Ok(id) = name.parse::<IndexId>()
+            && blake3::hash(bytes).as_bytes() != &id.0.0
+        {
+            return Err(FormatError::ChecksumMismatch {
+                what: format!("index {name}"),
+            }
+            .into());
+        }
         let header = Header::decode(bytes, ObjectKind::Index)?;
         if header.encrypted() != crypto.is_encrypted() {
             return Err(FormatError::Invalid {
@@ -58,6 +76,9 @@ impl IndexFile {
         }
         let body = crypto.open(INDEX_AAD, &bytes[HEADER_LEN..], &|| format!("index {name}"))?;
         let mut r = Reader::new(&body, "index file");
+        if header.version >= 2 {
+            r.take(INDEX_NONCE_LEN)?;
+        }
         let n = r.u32()? as usize;
         let mut supersedes = Vec::with_capacity(n.min(r.remaining() / 32));
         for _ in 0..n {
@@ -384,6 +405,45 @@ mod tests {
             both.get(&Id([1; 32])).unwrap().entry,
             entry(1, BlobKind::Data)
         );
+    }
+
+    /// The shape of the bug that made a snapshot unrestorable after prune: a
+    /// later write of the very same content must never get the name of a
+    /// file that another file supersedes.
+    #[test]
+    fn the_same_content_written_twice_gets_two_names() {
+        for crypto in [
+            Crypto::None,
+            Crypto::Keyed(Box::new(crate::crypto::Keys::from_master(&[5; 32]))),
+        ] {
+            let f = IndexFile {
+                supersedes: vec![],
+                packs: vec![(PackId(Id([1; 32])), vec![entry(1, BlobKind::Data)])],
+            };
+            let (a, abytes) = f.encode(&crypto);
+            let (b, bbytes) = f.encode(&crypto);
+            assert_ne!(a, b);
+            assert_eq!(IndexFile::decode(&abytes, &crypto, &a.to_hex()).unwrap(), f);
+            assert_eq!(IndexFile::decode(&bbytes, &crypto, &b.to_hex()).unwrap(), f);
+            // Stored under another name (or damaged), it is refused.
+            let err = IndexFile::decode(&abytes, &crypto, &b.to_hex()).unwrap_err();
+            assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        }
+    }
+
+    /// Index files written by version 1 (no random part) still read.
+    #[test]
+    fn version_1_index_files_still_read() {
+        let f = IndexFile {
+            supersedes: vec![IndexId(Id([9; 32]))],
+            packs: vec![(PackId(Id([1; 32])), vec![entry(3, BlobKind::Tree)])],
+        };
+        let (_, v2) = f.encode(&Crypto::None);
+        let mut v1 = v2[..HEADER_LEN].to_vec();
+        v1[5] = 1;
+        v1.extend_from_slice(&v2[HEADER_LEN + INDEX_NONCE_LEN..]);
+        let name = blake3::hash(&v1).to_hex().to_string();
+        assert_eq!(IndexFile::decode(&v1, &Crypto::None, &name).unwrap(), f);
     }
 
     #[test]

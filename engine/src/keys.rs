@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::backend::{DynBackend, ObjectKey};
 use crate::crypto::{KdfParams, KeySlot};
 use crate::error::{CryptoError, Error, FormatError, Result};
-use crate::format::{HEADER_LEN, Header, ObjectKind};
+use crate::format::{ObjectKind, decode_checked, encode_checked};
 use crate::id::{Id, KeyId};
 use crate::repo::Repository;
 
@@ -37,8 +37,11 @@ pub(crate) fn write_slot(
         Timestamp::now().to_string(),
         crate::repo::hostname(),
     )?;
-    let mut body = Header::new(ObjectKind::Key, false).encode().to_vec();
-    body.extend_from_slice(&serde_json::to_vec_pretty(&slot).expect("key slot serializes"));
+    let body = encode_checked(
+        ObjectKind::Key,
+        false,
+        &serde_json::to_vec_pretty(&slot).expect("key slot serializes"),
+    );
     let id = KeyId(Id::random());
     backend.put(&ObjectKey::new(ObjectKind::Key, id.to_hex()), &body)?;
     Ok(id)
@@ -51,12 +54,11 @@ fn read_slots(backend: &DynBackend) -> Result<Vec<(KeyId, KeySlot)>> {
             continue;
         };
         let bytes = backend.get(&ObjectKey::new(ObjectKind::Key, &name))?;
-        Header::decode(&bytes, ObjectKind::Key)?;
-        let slot: KeySlot =
-            serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
-                what: format!("key {name}"),
-                detail: e.to_string(),
-            })?;
+        let (_, json) = decode_checked(&bytes, ObjectKind::Key, &|| format!("key {name}"))?;
+        let slot: KeySlot = serde_json::from_slice(json).map_err(|e| FormatError::Invalid {
+            what: format!("key {name}"),
+            detail: e.to_string(),
+        })?;
         out.push((id, slot));
     }
     Ok(out)

@@ -60,6 +60,8 @@ pub mod vfs;
 pub mod walk;
 
 #[cfg(test)]
+mod damage_tests;
+#[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
 mod maintenance_tests;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
 use crate::error::{Error, Result};
-use crate::format::{HEADER_LEN, Header, ObjectKind};
+use crate::format::{ObjectKind, decode_checked, encode_checked};
 use crate::id::LockId;
 
 pub const REFRESH: Duration = Duration::from_secs(5 * 60);
@@ -37,15 +37,16 @@ pub struct LockInfo {
 
 impl LockInfo {
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Header::new(ObjectKind::Lock, false).encode().to_vec();
-        v.extend_from_slice(&serde_json::to_vec(self).expect("lock info serializes"));
-        v
+        encode_checked(
+            ObjectKind::Lock,
+            false,
+            &serde_json::to_vec(self).expect("lock info serializes"),
+        )
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        Header::decode(bytes, ObjectKind::Lock)?;
-        serde_json::from_slice(&bytes[HEADER_LEN..])
-            .map_err(|e| Error::Invalid(format!("lock object: {e}")))
+        let (_, json) = decode_checked(bytes, ObjectKind::Lock, &|| "lock object".into())?;
+        serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("lock object: {e}")))
     }
 
     /// Whether the holder is known to be gone.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::ObjectKey;
 use crate::error::{BackendError, FormatError, MaintenanceError, Result};
-use crate::format::{HEADER_LEN, Header, ObjectKind};
+use crate::format::{ObjectKind, decode_checked, encode_checked};
 use crate::repo::Repository;
 use crate::retention::{self, GroupBy, KeepPolicy};
 
@@ -103,17 +103,15 @@ pub fn encode(repo: &Repository, policy: &NamedPolicy) -> (String, Vec<u8>) {
     rand::rngs::OsRng.fill_bytes(&mut rev);
     let object = format!("{}{REVISION_SEP}{}", policy.name, hex::encode(rev));
     let json = serde_json::to_vec(policy).expect("policy serializes");
-    let mut bytes = Header::new(ObjectKind::Policy, repo.crypto().is_encrypted())
-        .encode()
-        .to_vec();
-    bytes.extend_from_slice(&repo.crypto().seal(&aad(&object), json));
+    let sealed = repo.crypto().seal(&aad(&object), json);
+    let bytes = encode_checked(ObjectKind::Policy, repo.crypto().is_encrypted(), &sealed);
     (object, bytes)
 }
 
 /// Decodes the object `object` (its name in `policies/`).
 pub fn decode(repo: &Repository, object: &str, bytes: &[u8]) -> Result<NamedPolicy> {
     let what = || format!("policies/{object}");
-    let header = Header::decode(bytes, ObjectKind::Policy)?;
+    let (header, sealed) = decode_checked(bytes, ObjectKind::Policy, &what)?;
     if header.encrypted() != repo.crypto().is_encrypted() {
         return Err(FormatError::Invalid {
             what: what(),
@@ -121,9 +119,7 @@ pub fn decode(repo: &Repository, object: &str, bytes: &[u8]) -> Result<NamedPoli
         }
         .into());
     }
-    let json = repo
-        .crypto()
-        .open(&aad(object), &bytes[HEADER_LEN..], &what)?;
+    let json = repo.crypto().open(&aad(object), sealed, &what)?;
     let p: NamedPolicy = serde_json::from_slice(&json).map_err(|e| FormatError::Invalid {
         what: what(),
         detail: e.to_string(),

@@ -14,6 +14,14 @@
 //!    written supersedes every old index file;
 //! 6. **delete**: old index files, then obsolete packs.
 //!
+//! Before stage 4, temporary files that interrupted writes left (see
+//! [`crate::backend::Backend::leftovers`]) are removed when older than the
+//! grace period: nothing reads them, and after a full disk they are what a
+//! user needs back first.
+//!
+//! Prune refuses to run (and changes nothing) while a snapshot object or an
+//! index file cannot be read: it could not know what they reference.
+//!
 //! Nothing is deleted before everything written is durable, so an interruption
 //! leaves either the old index (with every pack it names) or the new one (with
 //! every pack it names) in force, plus garbage that the next prune removes.
@@ -26,7 +34,7 @@ use jiff::Timestamp;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::ObjectKey;
+use crate::backend::{Leftover, ObjectKey};
 use crate::blob::{self, BlobEntry, BlobKind};
 use crate::error::{Error, MaintenanceError, Result};
 use crate::format::ObjectKind;
@@ -102,6 +110,12 @@ pub struct PruneReport {
     pub bytes_freed: u64,
     /// Bytes of blobs copied by repacking.
     pub bytes_repacked: u64,
+    /// Temporary files of interrupted writes removed (older than the grace
+    /// period), and their bytes.
+    pub leftovers_removed: usize,
+    pub leftover_bytes_removed: u64,
+    /// Temporary files younger than the grace period, left alone.
+    pub leftovers_kept: usize,
     pub duration_s: f64,
 }
 
@@ -122,6 +136,9 @@ struct Plan {
     snapshots: usize,
     needed: usize,
     pack_bytes: HashMap<PackId, u64>,
+    /// Temporary files older than the grace period.
+    leftovers: Vec<Leftover>,
+    leftovers_kept: usize,
 }
 
 /// Runs prune; needs the exclusive lock unless it is a dry run.
@@ -146,6 +163,9 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
         unreferenced_packs_kept: plan.unreferenced_kept,
         missing_packs_forgotten: plan.missing,
         blobs_needed: plan.needed,
+        leftovers_removed: plan.leftovers.len(),
+        leftover_bytes_removed: plan.leftovers.iter().map(|l| l.size).sum(),
+        leftovers_kept: plan.leftovers_kept,
         bytes_before: plan.pack_bytes.values().sum::<u64>()
             + plan.old_index.iter().map(|(_, n)| n).sum::<u64>(),
         ..PruneReport::default()
@@ -181,6 +201,9 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
         };
         r.packs_after = r.packs_before - r.packs_deleted - r.packs_repacked + new_packs;
     } else {
+        for l in &plan.leftovers {
+            repo.backend().remove_leftover(l)?;
+        }
         let written = execute(repo, &plan)?;
         r.packs_written = written.packs;
         r.index_files_written = written.index_files;
@@ -243,8 +266,18 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         .collect();
     let index = Index::from_files(&files);
 
-    // Stage 2: mark.
-    let mut snaps = repo.snapshots()?;
+    // Stage 2: mark. An unreadable snapshot stops prune: what it needs is
+    // unknown (a dry run may assume it removed, as `forget --dry-run --prune`).
+    let (mut snaps, bad) = repo.snapshots_lenient()?;
+    if let Some((id, e)) = bad
+        .into_iter()
+        .find(|(id, _)| !opts.assume_removed.contains(id))
+    {
+        return Err(Error::SnapshotUnreadable {
+            id: id.to_hex(),
+            detail: e.to_string(),
+        });
+    }
     snaps.retain(|s| !opts.assume_removed.contains(&s.id));
     let needed = mark(repo.clone().with_index(index), &snaps)?;
     let mut chosen: HashMap<Id, PackId> = HashMap::with_capacity(needed.len());
@@ -289,7 +322,15 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         snapshots: snaps.len(),
         needed: needed.len(),
         pack_bytes: HashMap::new(),
+        leftovers: Vec::new(),
+        leftovers_kept: 0,
     };
+    let (old, young): (Vec<Leftover>, Vec<Leftover>) = backend
+        .leftovers()?
+        .into_iter()
+        .partition(|l| l.older_than(opts.grace, now));
+    plan.leftovers = old;
+    plan.leftovers_kept = young.len();
     for (pack, entries) in indexed.iter() {
         let Some(&size) = pack_bytes.get(pack) else {
             plan.missing += 1;
@@ -459,6 +500,10 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         }
     }
 
+    // A pack is named by the hash of its bytes, so a repacked pack can have
+    // the very name of an old pack about to be deleted (same blobs, same
+    // order, unencrypted): that name now holds needed data and must stay.
+    let written: HashSet<PackId> = new_packs.iter().map(|(p, _)| *p).collect();
     if plan.rewrite_index {
         // Stage 5: the new index.
         let all: Vec<(PackId, Vec<BlobEntry>)> =
@@ -479,7 +524,8 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         .iter()
         .map(|(p, _, _)| p)
         .chain(plan.repack.iter().map(|(p, _, _)| p))
-        .chain(plan.unreferenced_delete.iter().map(|(p, _)| p));
+        .chain(plan.unreferenced_delete.iter().map(|(p, _)| p))
+        .filter(|p| !written.contains(p));
     for pack in obsolete {
         backend.delete(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
     }

@@ -1,10 +1,16 @@
 //! `repair index` and `repair snapshots`.
 //!
 //! - **index**: the index is rebuilt from the packs themselves. Every pack's
-//!   trailer is read; a pack whose trailer is unreadable keeps the entries a
-//!   readable old index file gave it, if any. The new index supersedes every
-//!   old index file (readable or not), which are then deleted, in the same
-//!   crash-safe order as prune.
+//!   trailer is read. A pack whose trailer is unreadable (a truncated pack has
+//!   lost it) is salvaged: each blob a readable old index file placed in it is
+//!   read and verified (inside the pack, opens, decompresses, hashes to its
+//!   id), and the whole ones are copied, as stored, into new packs; the
+//!   damaged pack leaves the index (prune deletes it after the grace period)
+//!   and so do its lost blobs, so the next snapshot stores those chunks again
+//!   instead of deduplicating against bytes that are gone, and check finds
+//!   only intact packs. The new index supersedes every old index file
+//!   (readable or not), which are then deleted, in the same crash-safe order
+//!   as prune.
 //! - **snapshots**: for every snapshot that references lost blobs, a repaired
 //!   copy is written: new tree blobs without the files whose content is lost
 //!   (a folder whose tree is lost becomes empty), then a new snapshot object
@@ -20,12 +26,13 @@ use serde::Serialize;
 use crate::backend::ObjectKey;
 use crate::blob::{self, BlobEntry, BlobKind};
 use crate::check::{self, DamagedPath, ReadData, Scan};
-use crate::error::{MaintenanceError, Result};
-use crate::format::ObjectKind;
+use crate::error::{BackendError, MaintenanceError, Result};
+use crate::format::{HEADER_LEN, ObjectKind};
 use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::index::IndexFile;
 use crate::lock::LockGuard;
 use crate::pack::{self, PackBuilder};
+use crate::repo::IndexMode;
 use crate::repo::Repository;
 use crate::snapshot::PathIssue;
 use crate::tree::{NodeKind, Tree};
@@ -49,14 +56,28 @@ pub struct UnreadablePack {
     pub error: String,
 }
 
+/// A pack whose trailer is unreadable, and what could be saved of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SalvagedPack {
+    pub pack: PackId,
+    /// Blobs verified whole, copied into new packs.
+    pub kept: usize,
+    /// Blobs lost (past the pack's end) or damaged, left out of the index.
+    pub dropped: usize,
+    /// Why the trailer could not be read.
+    pub error: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RepairIndexReport {
     pub dry_run: bool,
     pub packs: usize,
     pub blobs: usize,
     /// Packs whose trailer could not be read but which a readable old index
-    /// file described; they keep those entries.
-    pub packs_from_old_index: Vec<PackId>,
+    /// file described; they keep the entries whose blobs are whole.
+    pub packs_salvaged: Vec<SalvagedPack>,
+    /// Blobs left out of the index because their bytes are lost or damaged.
+    pub blobs_dropped: usize,
     /// Packs neither their trailer nor an old index describes: they are in
     /// no index now, and prune deletes them once past the grace period.
     pub packs_unreadable: Vec<UnreadablePack>,
@@ -76,19 +97,15 @@ pub fn repair_index(
     need_exclusive(lock, "repair index")?;
     let started = Instant::now();
     let backend = repo.backend();
-    let old_names: Vec<IndexId> = backend
-        .list(ObjectKind::Index)?
-        .into_iter()
-        .filter_map(|(n, _)| n.parse().ok())
-        .collect();
+    let read = repo.read_index_files_with(IndexMode::Lenient)?;
+    let mut old_names: Vec<IndexId> = read.files.iter().map(|(id, _)| *id).collect();
+    old_names.extend(
+        read.unreadable
+            .iter()
+            .filter_map(|u| u.name.parse::<IndexId>().ok()),
+    );
     let mut old: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
-    for id in &old_names {
-        let Ok(bytes) = backend.get(&ObjectKey::new(ObjectKind::Index, id.to_hex())) else {
-            continue;
-        };
-        let Ok(f) = IndexFile::decode(&bytes, repo.crypto(), &id.to_hex()) else {
-            continue;
-        };
+    for (_, f) in read.files {
         for (p, e) in f.packs {
             old.entry(p).or_default().extend(e);
         }
@@ -120,16 +137,34 @@ pub fn repair_index(
         .filter(|p| !present.contains(p))
         .collect();
     r.packs_missing.sort();
+    let sizes: HashMap<PackId, u64> = packs.iter().copied().collect();
     let mut new: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
+    let mut copier = Copier::new(repo, dry_run);
     for (p, entries) in read {
         match entries {
-            Ok(e) => new.push((p, e)),
+            Ok(mut e) => {
+                // A trailer is trusted for what it says, not for pointing
+                // outside its own pack.
+                let listed = e.len();
+                e.retain(|e| {
+                    e.offset as u64 >= HEADER_LEN as u64
+                        && e.offset as u64 + e.stored_len as u64 <= sizes[&p]
+                });
+                r.blobs_dropped += listed - e.len();
+                new.push((p, e));
+            }
             Err(err) => match old.remove(&p) {
                 Some(mut e) => {
                     e.sort_by_key(|e| (e.offset, e.id));
                     e.dedup();
-                    r.packs_from_old_index.push(p);
-                    new.push((p, e));
+                    let kept = salvage(repo, &p, sizes[&p], &e, &mut copier)?;
+                    r.blobs_dropped += e.len() - kept;
+                    r.packs_salvaged.push(SalvagedPack {
+                        pack: p,
+                        kept,
+                        dropped: e.len() - kept,
+                        error: err.to_string(),
+                    });
                 }
                 None => r.packs_unreadable.push(UnreadablePack {
                     pack: p,
@@ -138,6 +173,7 @@ pub fn repair_index(
             },
         }
     }
+    new.extend(copier.finish()?);
     r.blobs = new.iter().map(|(_, e)| e.len()).sum();
     if !dry_run {
         (r.index_files_written, _) = crate::prune::write_index_superseding(repo, &new, &old_names)?;
@@ -148,6 +184,97 @@ pub fn repair_index(
     }
     r.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     Ok(r)
+}
+
+/// Copies the blobs among `entries` that lie inside pack `p` of `size`
+/// bytes and open, decompress and hash to their id into `copier`; returns how
+/// many it copied.
+fn salvage(
+    repo: &Repository,
+    p: &PackId,
+    size: u64,
+    entries: &[BlobEntry],
+    copier: &mut Copier<'_>,
+) -> Result<usize> {
+    let bytes =
+        match repo
+            .backend()
+            .get_range(&ObjectKey::new(ObjectKind::Pack, p.to_hex()), 0, size)
+        {
+            Ok(b) => b,
+            // Gone or shrunk since it was listed: nothing in it can be trusted.
+            Err(BackendError::NotFound { .. } | BackendError::OutOfRange { .. }) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+    let mut bufs = blob::DecodeBuffers::default();
+    let mut kept = 0;
+    for e in entries {
+        let start = e.offset as usize;
+        let Some(stored) = (start >= HEADER_LEN)
+            .then(|| bytes.get(start..start.saturating_add(e.stored_len as usize)))
+            .flatten()
+        else {
+            continue;
+        };
+        if blob::decode_in(repo.crypto(), p, e, stored, &mut bufs).is_ok() {
+            copier.add(e, stored)?;
+            kept += 1;
+        }
+    }
+    Ok(kept)
+}
+
+/// Copies blobs, as stored, into new packs (data and trees apart).
+struct Copier<'a> {
+    repo: &'a Repository,
+    dry_run: bool,
+    builders: [PackBuilder; 2],
+    done: Vec<(PackId, Vec<BlobEntry>)>,
+}
+
+impl<'a> Copier<'a> {
+    fn new(repo: &'a Repository, dry_run: bool) -> Self {
+        let enc = repo.crypto().is_encrypted();
+        Copier {
+            repo,
+            dry_run,
+            builders: [PackBuilder::new(enc, 0), PackBuilder::new(enc, 0)],
+            done: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, e: &BlobEntry, stored: &[u8]) -> Result<()> {
+        let b = &mut self.builders[e.kind as usize];
+        b.add(*e, stored);
+        if b.len() >= self.repo.config().pack_size as usize {
+            let full = std::mem::replace(b, PackBuilder::new(self.repo.crypto().is_encrypted(), 0));
+            self.write(full)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, b: PackBuilder) -> Result<()> {
+        let fp = b.finish(self.repo.crypto());
+        if !self.dry_run {
+            self.repo
+                .backend()
+                .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
+        }
+        self.done.push((fp.id, fp.entries));
+        Ok(())
+    }
+
+    /// Writes what is pending; returns every pack written.
+    fn finish(mut self) -> Result<Vec<(PackId, Vec<BlobEntry>)>> {
+        let enc = self.repo.crypto().is_encrypted();
+        for i in 0..2 {
+            let b = std::mem::replace(&mut self.builders[i], PackBuilder::new(enc, 0));
+            if !b.is_empty() {
+                self.write(b)?;
+            }
+        }
+        Ok(self.done)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -204,7 +331,9 @@ pub fn repair_snapshots(
         };
         match repo.load_snapshot(&id) {
             Ok(s) => snaps.push(s),
-            Err(e) => r.unreadable.push(format!("snapshot {id}: {e}")),
+            Err(e) => r
+                .unreadable
+                .push(format!("{e}; remove it with `pvsnap forget {id}`")),
         }
     }
     snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));

@@ -15,7 +15,7 @@ use crate::blob::{self, BlobKind};
 use crate::cache::PackCache;
 use crate::crypto::{Crypto, KdfParams, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
-use crate::format::{HEADER_LEN, Header, ObjectKind, REPO_VERSION};
+use crate::format::{ObjectKind, REPO_VERSION, decode_checked, encode_checked};
 use crate::id::{ChunkId, Id, IndexId, KeyId, SnapshotId, TreeId};
 use crate::index::{Index, IndexFile};
 use crate::snapshot::Snapshot;
@@ -70,6 +70,53 @@ pub struct Config {
     pub optional_features: Vec<String>,
 }
 
+impl Config {
+    /// The stored bytes: a checked object (see
+    /// [`crate::format::encode_checked`]) around the JSON, never encrypted.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_checked(
+            ObjectKind::Config,
+            false,
+            &serde_json::to_vec_pretty(self).expect("config serializes"),
+        )
+    }
+
+    /// Decodes and validates the config object of the repository at
+    /// `location` (named in errors).
+    pub fn decode(bytes: &[u8], location: &str) -> Result<Config> {
+        let what = || format!("{location}/config");
+        let (_, json) = decode_checked(bytes, ObjectKind::Config, &what)?;
+        let config: Config = serde_json::from_slice(json).map_err(|e| FormatError::Invalid {
+            what: what(),
+            detail: e.to_string(),
+        })?;
+        if config.version > REPO_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                what: "repository",
+                found: config.version,
+                supported: REPO_VERSION,
+            }
+            .into());
+        }
+        if config.version == 0 {
+            return Err(FormatError::Invalid {
+                what: what(),
+                detail: "repository version 0 does not exist: the config is damaged".into(),
+            }
+            .into());
+        }
+        if let Some(f) = config
+            .required_features
+            .iter()
+            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+        {
+            return Err(FormatError::UnknownFeature(f.clone()).into());
+        }
+        validate_chunker(&config.chunker)?;
+        Ok(config)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Compression {
     pub algorithm: CompressionAlgorithm,
@@ -115,6 +162,57 @@ pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 
 /// A snapshot object that could not be read, and why.
 pub type Unreadable = (SnapshotId, Error);
+
+/// How [`Repository::read_index_files_with`] treats an index file it cannot
+/// read (missing meanwhile, truncated, failing authentication, undecodable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexMode {
+    /// Fail. For operations that delete (prune): a pack described only by an
+    /// unreadable file would look unused.
+    Strict,
+    /// Skip the file and report it. For readers: whatever the other files
+    /// describe can still be read, and a snapshot simply stores again any
+    /// chunk it cannot find.
+    Lenient,
+}
+
+/// An index file that could not be read, and why.
+#[derive(Debug)]
+pub struct UnreadableIndex {
+    /// Its name in `index/`.
+    pub name: String,
+    pub error: Error,
+}
+
+impl std::fmt::Display for UnreadableIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "index file {} is unreadable and was skipped: {}; what it describes cannot be read until `pvsnap repair index` rebuilds the index",
+            self.name, self.error
+        )
+    }
+}
+
+/// The index files read, and (leniently) those that could not be.
+#[derive(Debug, Default)]
+pub struct IndexFiles {
+    pub files: Vec<(IndexId, IndexFile)>,
+    pub unreadable: Vec<UnreadableIndex>,
+    /// Files among `files` whose bytes do not hash to their name (check
+    /// reports them).
+    pub misnamed: Vec<IndexId>,
+}
+
+/// Logs a warning for each unreadable snapshot object, naming the command
+/// that removes it.
+pub fn warn_unreadable_snapshots(bad: &[Unreadable]) {
+    for (id, e) in bad {
+        tracing::warn!(
+            "skipped an unreadable snapshot object: {e}; remove it with `pvsnap forget {id}`"
+        );
+    }
+}
 
 /// An opened repository.
 #[derive(Clone)]
@@ -179,9 +277,7 @@ impl Repository {
             required_features: vec![],
             optional_features: vec![],
         };
-        let mut bytes = Header::new(ObjectKind::Config, false).encode().to_vec();
-        bytes.extend_from_slice(&serde_json::to_vec_pretty(&config).expect("config serializes"));
-        backend.put(&ObjectKey::config(), &bytes)?;
+        backend.put(&ObjectKey::config(), &config.encode())?;
         Ok(Repository {
             backend,
             config: Arc::new(config),
@@ -199,28 +295,7 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        Header::decode(&bytes, ObjectKind::Config)?;
-        let config: Config =
-            serde_json::from_slice(&bytes[HEADER_LEN..]).map_err(|e| FormatError::Invalid {
-                what: format!("{}/config", backend.location()),
-                detail: e.to_string(),
-            })?;
-        if config.version != REPO_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: "repository",
-                found: config.version,
-                supported: REPO_VERSION,
-            }
-            .into());
-        }
-        if let Some(f) = config
-            .required_features
-            .iter()
-            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
-        {
-            return Err(FormatError::UnknownFeature(f.clone()).into());
-        }
-        validate_chunker(&config.chunker)?;
+        let config = Config::decode(&bytes, &backend.location())?;
         let mut master = None;
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
@@ -270,23 +345,75 @@ impl Repository {
             .unwrap_or(0)
     }
 
-    /// Reads and decodes every index file.
+    /// Reads and decodes every index file; fails on the first that cannot
+    /// be read ([`IndexMode::Strict`]).
     pub fn read_index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
-        let names = self.backend.list(ObjectKind::Index)?;
-        names
-            .par_iter()
-            .filter_map(|(name, _)| name.parse::<IndexId>().ok().map(|id| (id, name)))
-            .map(|(id, name)| {
-                let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
-                Ok((id, IndexFile::decode(&bytes, &self.crypto, name)?))
-            })
-            .collect()
+        Ok(self.read_index_files_with(IndexMode::Strict)?.files)
     }
 
-    /// Loads the index: the repository can now read blobs.
+    /// Reads and decodes one index file, named as in `index/`; returns the
+    /// bytes too (check compares them with the name).
+    pub fn read_index_file(&self, name: &str) -> Result<(IndexId, IndexFile, Vec<u8>)> {
+        let id: IndexId = name.parse().map_err(|_| FormatError::Invalid {
+            what: format!("index {name}"),
+            detail: "the name is not an index id".into(),
+        })?;
+        let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
+        let file = IndexFile::decode(&bytes, &self.crypto, name)?;
+        Ok((id, file, bytes))
+    }
+
+    /// Reads and decodes every index file; `mode` says what an unreadable
+    /// one does. The one way to read index files: readers, check, repair and
+    /// prune differ only in the mode.
+    pub fn read_index_files_with(&self, mode: IndexMode) -> Result<IndexFiles> {
+        let names = self.backend.list(ObjectKind::Index)?;
+        // (name, (id, file, whether its bytes hash to its name), or why not)
+        type Read = (String, Result<(IndexId, IndexFile, bool)>);
+        let read: Vec<Read> = names
+            .par_iter()
+            // Other names are no index files of ours (check reports them).
+            .filter(|(name, _)| name.parse::<IndexId>().is_ok())
+            .map(|(name, _)| {
+                let r = self.read_index_file(name).map(|(id, f, bytes)| {
+                    let named = *blake3::hash(&bytes).as_bytes() == id.0.0;
+                    (id, f, named)
+                });
+                (name.clone(), r)
+            })
+            .collect();
+        let mut out = IndexFiles::default();
+        for (name, r) in read {
+            match r {
+                Ok((id, f, named)) => {
+                    if !named {
+                        out.misnamed.push(id);
+                    }
+                    out.files.push((id, f));
+                }
+                // Deleted since it was listed (a prune finishing): it was superseded.
+                Err(Error::Backend(BackendError::NotFound { .. })) => {}
+                Err(e) if mode == IndexMode::Strict => {
+                    return Err(Error::IndexUnreadable {
+                        name,
+                        detail: e.to_string(),
+                    });
+                }
+                Err(error) => out.unreadable.push(UnreadableIndex { name, error }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the index: the repository can now read blobs. An index file
+    /// that cannot be read is skipped with a warning (see
+    /// [`IndexMode::Lenient`]): what the others describe stays readable.
     pub fn load_index(self) -> Result<IndexedRepository> {
-        let files = self.read_index_files()?;
-        let index = Index::from_files(&files);
+        let read = self.read_index_files_with(IndexMode::Lenient)?;
+        for u in &read.unreadable {
+            tracing::warn!("{u}");
+        }
+        let index = Index::from_files(&read.files);
         Ok(IndexedRepository {
             repo: self,
             index,
@@ -318,12 +445,7 @@ impl Repository {
 
     /// Encodes a snapshot object.
     pub fn encode_snapshot(&self, snap: &Snapshot) -> Vec<u8> {
-        let mut v = Header::new(ObjectKind::Snapshot, self.crypto.is_encrypted())
-            .encode()
-            .to_vec();
-        let json = serde_json::to_vec(snap).expect("snapshot serializes");
-        v.extend_from_slice(&self.crypto.seal(snap.id.0.as_bytes(), json));
-        v
+        crate::snapshot::encode_snapshot(snap, &self.crypto)
     }
 
     /// Writes a snapshot object: the commit point. Returns the bytes written.
@@ -333,36 +455,15 @@ impl Repository {
         Ok(bytes.len() as u64)
     }
 
+    /// Reads and validates one snapshot object (see
+    /// [`crate::snapshot::decode_snapshot`]).
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let bytes = self.backend.get(&Self::snapshot_key(id))?;
-        let header = Header::decode(&bytes, ObjectKind::Snapshot)?;
-        if header.encrypted() != self.crypto.is_encrypted() {
-            return Err(FormatError::Invalid {
-                what: format!("snapshot {id}"),
-                detail: "encryption flag does not match the repository".into(),
-            }
-            .into());
-        }
-        let json = self
-            .crypto
-            .open(id.0.as_bytes(), &bytes[HEADER_LEN..], &|| {
-                format!("snapshot {id}")
-            })?;
-        let snap: Snapshot = serde_json::from_slice(&json).map_err(|e| FormatError::Invalid {
-            what: format!("snapshot {id}"),
-            detail: e.to_string(),
-        })?;
-        if snap.id != *id {
-            return Err(FormatError::Invalid {
-                what: format!("snapshot {id}"),
-                detail: format!("object claims id {}", snap.id),
-            }
-            .into());
-        }
-        Ok(snap)
+        crate::snapshot::decode_snapshot(&bytes, &self.crypto, id)
     }
 
-    /// Every snapshot, oldest first (ties broken by id).
+    /// Every snapshot, oldest first (ties broken by id); fails on the first
+    /// object that cannot be read (see [`Repository::snapshots_lenient`]).
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let mut snaps: Vec<Snapshot> = names
@@ -375,9 +476,10 @@ impl Repository {
     }
 
     /// Every readable snapshot, oldest first, and the ids of those that could
-    /// not be read with the reason. For commands that only read: one damaged
-    /// snapshot object must not hide the others. Operations that delete use
-    /// [`Repository::snapshots`], which fails instead.
+    /// not be read with the reason: one damaged snapshot object must not
+    /// hide the others or stop a backup. Callers decide what an unreadable
+    /// one means: readers warn and go on, `forget` removes it only by id,
+    /// and prune refuses to run (it cannot know what the object needs).
     pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
         let names = self.backend.list(ObjectKind::Snapshot)?;
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
@@ -406,9 +508,7 @@ impl Repository {
     /// Damaged snapshot objects are skipped with a warning.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
         let (snaps, bad) = self.snapshots_lenient()?;
-        for (id, e) in bad {
-            tracing::warn!("snapshot {} is unreadable and was skipped: {e}", id.short());
-        }
+        warn_unreadable_snapshots(&bad);
         resolve_in(&snaps, spec).cloned()
     }
 }

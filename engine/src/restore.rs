@@ -39,7 +39,7 @@ use serde::Serialize;
 use crate::archiver::Excludes;
 use crate::backend::ObjectKey;
 use crate::blob::{self, BlobEntry};
-use crate::error::{Error, Result};
+use crate::error::{BackendError, Error, Result};
 use crate::format::ObjectKind;
 use crate::fsmeta;
 use crate::id::{ChunkId, PackId};
@@ -341,10 +341,17 @@ pub fn restore(
         let last = unit.blobs.last().expect("non-empty unit").0;
         let span = last.offset as u64 + last.stored_len as u64 - first;
         let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-        if let Err(e) = repo
+        let read = match repo
             .backend()
             .get_range_into(&key, first, span, &mut data.bytes)
         {
+            // A truncated pack: the blobs before its end are still whole.
+            Err(BackendError::OutOfRange { size, .. }) if size > first => repo
+                .backend()
+                .get_range_into(&key, first, size - first, &mut data.bytes),
+            r => r,
+        };
+        if let Err(e) = read {
             for (_, c) in &unit.blobs {
                 mark_damaged(c, format!("pack {}: {e}", pack.short()));
             }
@@ -357,7 +364,18 @@ pub fn restore(
         let mut pieces: Vec<Vec<(u64, usize)>> = vec![Vec::new(); unit.files.len()];
         for (i, (entry, chunk)) in unit.blobs.iter().enumerate() {
             let start = (entry.offset as u64 - first) as usize;
-            let stored = &mut data.bytes[start..start + entry.stored_len as usize];
+            let Some(stored) = data.bytes.get_mut(start..start + entry.stored_len as usize) else {
+                data.at.push(Piece::Damaged);
+                mark_damaged(
+                    chunk,
+                    format!(
+                        "pack {} is truncated: chunk {} lay past its end",
+                        pack.short(),
+                        chunk.short()
+                    ),
+                );
+                continue;
+            };
             match blob::decode_in_place(repo.crypto(), pack, entry, stored, &mut data.out) {
                 Ok(blob::Content::Stored(r)) => {
                     data.at.push(Piece::Bytes(start + r.start..start + r.end));

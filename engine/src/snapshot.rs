@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::Crypto;
+use crate::error::{FormatError, Result};
+use crate::format::{ObjectKind, decode_checked, encode_checked};
 use crate::id::{SnapshotId, TreeId};
-use crate::tree::Node;
+use crate::tree::{Node, NodeKind};
 
 /// What a snapshot is a snapshot of. Snapshots of the same source form one
 /// timeline: the parent of a new snapshot is the latest of its source.
@@ -108,5 +111,74 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn short_id(&self) -> String {
         self.id.short()
+    }
+}
+
+/// Encodes a snapshot object: the checked header (see
+/// [`crate::format::encode_checked`]) around `seal(id, JSON)`.
+pub fn encode_snapshot(snap: &Snapshot, crypto: &Crypto) -> Vec<u8> {
+    let json = serde_json::to_vec(snap).expect("snapshot serializes");
+    let sealed = crypto.seal(snap.id.0.as_bytes(), json);
+    encode_checked(ObjectKind::Snapshot, crypto.is_encrypted(), &sealed)
+}
+
+/// Decodes and validates the snapshot object stored as `snapshots/<id>`.
+///
+/// Besides the checksum (version 2) or seal (encrypted), the snapshot must
+/// claim the id it is stored under, and its root entry must be what every
+/// pvsnap writes: a folder with an empty name whose subtree is the
+/// snapshot's `tree`. A root named `../x` or `/abs`, or a root that is a
+/// symlink, would otherwise steer a restore outside its target.
+pub fn decode_snapshot(bytes: &[u8], crypto: &Crypto, id: &SnapshotId) -> Result<Snapshot> {
+    let what = || format!("snapshot {id}");
+    let (header, sealed) = decode_checked(bytes, ObjectKind::Snapshot, &what)?;
+    if header.encrypted() != crypto.is_encrypted() {
+        return Err(FormatError::Invalid {
+            what: what(),
+            detail: "encryption flag does not match the repository".into(),
+        }
+        .into());
+    }
+    let json = crypto.open(id.0.as_bytes(), sealed, &what)?;
+    let snap: Snapshot = serde_json::from_slice(&json).map_err(|e| FormatError::Invalid {
+        what: what(),
+        detail: e.to_string(),
+    })?;
+    if snap.id != *id {
+        return Err(FormatError::Invalid {
+            what: what(),
+            detail: format!("object claims id {}", snap.id),
+        }
+        .into());
+    }
+    snap.validate_root()?;
+    Ok(snap)
+}
+
+impl Snapshot {
+    /// Checks the root entry: a folder, with an empty name, whose subtree is
+    /// [`Snapshot::tree`].
+    pub fn validate_root(&self) -> Result<(), FormatError> {
+        let bad = |detail: String| FormatError::Invalid {
+            what: format!("snapshot {}", self.id),
+            detail: format!("{detail}; the object is damaged or crafted, and is not used"),
+        };
+        if !self.root.name.is_empty() {
+            return Err(bad(format!(
+                "its root entry is named {:?}, but a root has no name",
+                String::from_utf8_lossy(&self.root.name)
+            )));
+        }
+        match &self.root.kind {
+            NodeKind::Dir { subtree } if *subtree == self.tree => Ok(()),
+            NodeKind::Dir { subtree } => Err(bad(format!(
+                "its root folder names tree {subtree}, but the snapshot names tree {}",
+                self.tree
+            ))),
+            other => Err(bad(format!(
+                "its root entry is a {}, not a folder",
+                other.name()
+            ))),
+        }
     }
 }

@@ -77,7 +77,8 @@ pub fn write_tree(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
 /// source key `source` (so several versions form one timeline).
 pub fn snapshot(repo: &Repository, dir: &Path, source: &str, time: &str) -> Snapshot {
     let indexed = repo.clone().load_index().expect("index");
-    let snaps = repo.snapshots().expect("snapshots");
+    // As the `snapshot` command: a damaged snapshot object is no parent.
+    let (snaps, _) = repo.snapshots_lenient().expect("snapshots");
     let src = Source::Path {
         path: source.into(),
     };

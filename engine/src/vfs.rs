@@ -262,8 +262,9 @@ impl Vfs {
         let (ids, snaps) = match &opts.snapshot {
             Some(_) => (BTreeSet::new(), vec![]),
             None => {
-                let snaps: Vec<Arc<Snapshot>> =
-                    repo.snapshots()?.into_iter().map(Arc::new).collect();
+                let (snaps, bad) = repo.snapshots_lenient()?;
+                crate::repo::warn_unreadable_snapshots(&bad);
+                let snaps: Vec<Arc<Snapshot>> = snaps.into_iter().map(Arc::new).collect();
                 (snaps.iter().map(|s| s.id).collect(), snaps)
             }
         };

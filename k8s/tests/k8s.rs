@@ -394,113 +394,56 @@ async fn resolves_a_local_volume() {
     assert_eq!(r.storage_class.as_deref(), Some("local-storage"));
 }
 
+/// Claims that cannot be snapshotted on this node: each is refused with an
+/// error that names the reason and, where there is one, the next step.
 #[tokio::test]
-async fn refuses_a_missing_claim() {
+async fn claims_that_cannot_be_read_here_are_refused_with_the_reason() {
+    type Expect = fn(&Error) -> bool;
+    let cases: [(&str, Expect, &[&str]); 6] = [
+        (
+            "nosuch",
+            |e| matches!(e, Error::ClaimNotFound { namespace, name } if namespace == "default" && name == "nosuch"),
+            &["kubectl get pvc -n default"],
+        ),
+        (
+            "pending",
+            |e| matches!(e, Error::ClaimNotBound { phase, .. } if phase == "Pending"),
+            &["default/pending is not bound (phase Pending)"],
+        ),
+        (
+            "lost",
+            |e| matches!(e, Error::VolumeNotFound { pv, .. } if pv == "pvc-gone"),
+            &[],
+        ),
+        (
+            "remote",
+            |e| matches!(e, Error::WrongNode { volume_node, this_node, .. } if volume_node == OTHER_NODE && this_node == NODE),
+            &["is on node node-b, but this is node node-a"],
+        ),
+        (
+            "ceph",
+            |e| matches!(e, Error::CsiVolume { driver, .. } if driver == "rbd.csi.ceph.com"),
+            &["CSI driver rbd.csi.ceph.com", "later release"],
+        ),
+        (
+            "shared",
+            |e| matches!(e, Error::UnsupportedVolume { kind, pv, .. } if kind == "nfs" && pv == "nfs-share"),
+            &[],
+        ),
+    ];
     let fake = FakeCluster::with_fixtures().await;
-    let err = fake
-        .connect()
-        .await
-        .resolve_claim("default", "nosuch", &here())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::ClaimNotFound { namespace, name } if namespace == "default" && name == "nosuch"),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("kubectl get pvc -n default"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn refuses_a_pending_claim() {
-    let fake = FakeCluster::with_fixtures().await;
-    let err = fake
-        .connect()
-        .await
-        .resolve_claim("default", "pending", &here())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::ClaimNotBound { phase, .. } if phase == "Pending"),
-        "{err}"
-    );
-    assert!(
-        err.to_string()
-            .contains("default/pending is not bound (phase Pending)"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn refuses_a_claim_whose_volume_is_gone() {
-    let fake = FakeCluster::with_fixtures().await;
-    let err = fake
-        .connect()
-        .await
-        .resolve_claim("default", "lost", &here())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::VolumeNotFound { pv, .. } if pv == "pvc-gone"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn refuses_a_volume_on_another_node_naming_both() {
-    let fake = FakeCluster::with_fixtures().await;
-    let err = fake
-        .connect()
-        .await
-        .resolve_claim("default", "remote", &here())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::WrongNode { volume_node, this_node, .. } if volume_node == OTHER_NODE && this_node == NODE),
-        "{err}"
-    );
-    let text = err.to_string();
-    assert!(
-        text.contains("is on node node-b, but this is node node-a"),
-        "{text}"
-    );
-}
-
-#[tokio::test]
-async fn refuses_a_csi_volume_naming_the_driver() {
-    let fake = FakeCluster::with_fixtures().await;
-    let err = fake
-        .connect()
-        .await
-        .resolve_claim("default", "ceph", &here())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::CsiVolume { driver, .. } if driver == "rbd.csi.ceph.com"),
-        "{err}"
-    );
-    let text = err.to_string();
-    assert!(
-        text.contains("CSI driver rbd.csi.ceph.com") && text.contains("later release"),
-        "{text}"
-    );
-}
-
-#[tokio::test]
-async fn refuses_an_unsupported_volume_type() {
-    let fake = FakeCluster::with_fixtures().await;
-    let err = fake
-        .connect()
-        .await
-        .resolve_claim("default", "shared", &here())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedVolume { kind, pv, .. } if kind == "nfs" && pv == "nfs-share"),
-        "{err}"
-    );
+    let cluster = fake.connect().await;
+    for (name, expect, says) in cases {
+        let err = cluster
+            .resolve_claim("default", name, &here())
+            .await
+            .unwrap_err();
+        assert!(expect(&err), "default/{name}: {err}");
+        let text = err.to_string();
+        for s in says {
+            assert!(text.contains(s), "default/{name}: {text:?} lacks {s:?}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -1,9 +1,13 @@
-//! A repository written by pvsnap format version 1 is committed under
-//! `tests/fixtures/repo-v1`. These tests fail when a change makes that
-//! repository unreadable or changes how the same content is chunked and named,
-//! which would be a format change needing a new version in FORMAT.md.
+//! Repositories written by earlier pvsnap versions are committed under
+//! `tests/fixtures/`: `repo-v1` (every object at version 1), `repo-v2`
+//! (checked objects and index files at version 2) and `repo-v2-encrypted`
+//! (the same, encrypted; password `fixture`). These tests fail when a change
+//! makes one of them unreadable or changes how the same content is chunked
+//! and named, which would be a format change needing a new version in
+//! FORMAT.md.
 //!
-//! To write the fixture again (only together with a format version bump):
+//! To write the newest fixtures (only together with a format version bump,
+//! after adding their names to [`FIXTURES`]):
 //! `PVSNAP_WRITE_FIXTURE=1 cargo test -p pvsnap --test integration write_fixture -- --ignored`
 
 use std::ffi::OsStr;
@@ -16,8 +20,51 @@ use crate::util::{self, Env};
 
 const FIXTURE_SNAPSHOT: &str = "latest";
 
-fn fixture_repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/repo-v1")
+/// Every committed fixture: (folder, password).
+const FIXTURES: &[(&str, Option<&str>)] = &[
+    ("repo-v1", None),
+    ("repo-v2", None),
+    ("repo-v2-encrypted", Some("fixture")),
+];
+
+/// The fixtures `write_fixture` writes: the current format's.
+const NEWEST: &[(&str, Option<&str>)] =
+    &[("repo-v2", None), ("repo-v2-encrypted", Some("fixture"))];
+
+fn fixture_repo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+/// A scratch copy of a fixture, with its password in the environment.
+fn fixture_env(
+    name: &str,
+    password: Option<&str>,
+) -> (Env, impl Fn(&[&str]) -> std::process::Output) {
+    let env = Env::new();
+    copy_dir(&fixture_repo(name), &env.repo());
+    let repo = env.repo();
+    let password = password.map(str::to_string);
+    let run = move |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pvsnap"));
+        c.arg("--repo")
+            .arg(&repo)
+            .args(args)
+            .env_remove("PVSNAP_REPO");
+        match &password {
+            Some(p) => c.env("PVSNAP_PASSWORD", p),
+            None => c.env_remove("PVSNAP_PASSWORD"),
+        };
+        let out = c.output().expect("run pvsnap");
+        assert!(
+            out.status.success(),
+            "{name}: pvsnap {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    (env, run)
 }
 
 /// The deterministic content the fixture was made from.
@@ -67,50 +114,54 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
-fn the_committed_v1_repository_still_restores() {
-    let env = Env::new();
-    copy_dir(&fixture_repo(), &env.repo());
-    let ls = env.ok(&["ls", FIXTURE_SNAPSHOT]);
-    assert_eq!(String::from_utf8(ls.stdout).unwrap(), EXPECTED_LS);
-    let target = env.path("out");
-    env.ok(&[
-        "restore",
-        FIXTURE_SNAPSHOT,
-        "--target",
-        target.to_str().unwrap(),
-    ]);
-    let expected = env.path("expected");
-    fixture_source(&expected);
-    let content = |root: &Path| -> Vec<String> {
-        util::manifest(root)
-            .into_iter()
-            .map(|l| {
-                // Keep the path, type and content; the fixture's times and owners are its own.
-                let path = l.split(" mode=").next().unwrap().to_string();
-                let tail = l
-                    .rsplit_once("nlink=")
-                    .map(|x| x.1.split_once(' ').map(|y| y.1).unwrap_or(""))
-                    .unwrap_or("")
-                    .to_string();
-                format!("{path} {tail}")
-            })
-            .collect()
-    };
-    assert_eq!(content(&expected), content(&target));
+fn every_committed_repository_still_restores() {
+    for &(name, password) in FIXTURES {
+        let (env, run) = fixture_env(name, password);
+        let ls = run(&["ls", FIXTURE_SNAPSHOT]);
+        assert_eq!(String::from_utf8(ls.stdout).unwrap(), EXPECTED_LS, "{name}");
+        let target = env.path("out");
+        run(&[
+            "restore",
+            FIXTURE_SNAPSHOT,
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        let expected = env.path("expected");
+        fixture_source(&expected);
+        let content = |root: &Path| -> Vec<String> {
+            util::manifest(root)
+                .into_iter()
+                .map(|l| {
+                    // Keep the path, type and content; the fixture's times and owners are its own.
+                    let path = l.split(" mode=").next().unwrap().to_string();
+                    let tail = l
+                        .rsplit_once("nlink=")
+                        .map(|x| x.1.split_once(' ').map(|y| y.1).unwrap_or(""))
+                        .unwrap_or("")
+                        .to_string();
+                    format!("{path} {tail}")
+                })
+                .collect()
+        };
+        assert_eq!(content(&expected), content(&target), "{name}");
+        run(&["check", "--read-data"]);
+    }
 }
 
 #[test]
 fn the_same_content_still_gets_the_same_chunk_ids() {
-    let env = Env::new();
-    copy_dir(&fixture_repo(), &env.repo());
-    let src = env.path("src");
-    fixture_source(&src);
-    let snap = env.snapshot(&src, &[]);
-    assert_eq!(
-        snap["summary"]["data_blobs_added"], 0,
-        "chunking or content ids changed: {}",
-        snap["summary"]
-    );
+    for &(name, password) in FIXTURES {
+        let (env, run) = fixture_env(name, password);
+        let src = env.path("src");
+        fixture_source(&src);
+        let out = run(&["snapshot", src.to_str().unwrap(), "--json"]);
+        let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            snap[0]["summary"]["data_blobs_added"], 0,
+            "{name}: chunking or content ids changed: {}",
+            snap[0]["summary"]
+        );
+    }
 }
 
 #[test]
@@ -119,22 +170,31 @@ fn write_fixture() {
     if std::env::var_os("PVSNAP_WRITE_FIXTURE").is_none() {
         return;
     }
-    let repo = fixture_repo();
+    for &(name, password) in NEWEST {
+        write_one(name, password);
+    }
+}
+
+fn write_one(name: &str, password: Option<&str>) {
+    let repo = fixture_repo(name);
     let _ = fs::remove_dir_all(&repo);
     let env = Env::new();
     let src = env.path("src");
     fixture_source(&src);
     let pv = env!("CARGO_BIN_EXE_pvsnap");
     let run = |args: &[&str]| {
-        let st = Command::new(pv)
-            .arg("--repo")
-            .arg(&repo)
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let mut c = Command::new(pv);
+        c.arg("--repo").arg(&repo).args(args);
+        if let Some(p) = password {
+            c.env("PVSNAP_PASSWORD", p);
+        }
+        assert!(c.status().unwrap().success());
     };
-    run(&["init"]);
+    if password.is_some() {
+        run(&["init", "--encryption"]);
+    } else {
+        run(&["init"]);
+    }
     run(&[
         "snapshot",
         src.to_str().unwrap(),

@@ -4,9 +4,12 @@
 mod util;
 
 mod corruption;
+mod damage;
 mod deploy;
+mod diskfull;
 mod fixture;
 mod k8s;
 mod maintenance;
 mod mount;
+mod safety;
 mod snapshot_restore;

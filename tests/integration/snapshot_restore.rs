@@ -505,8 +505,23 @@ fn clear_errors_for_bad_input() {
     // A repository from a newer pvsnap.
     let cfg = env.repo().join("config");
     let text = fs::read(&cfg).unwrap();
-    let newer = String::from_utf8_lossy(&text).replace("\"version\": 1", "\"version\": 2");
-    fs::write(&cfg, newer.as_bytes()).unwrap();
+    let (_, json) = pvsnap_engine::format::decode_checked(
+        &text,
+        pvsnap_engine::format::ObjectKind::Config,
+        &|| "config".into(),
+    )
+    .unwrap();
+    let newer = String::from_utf8_lossy(json).replace("\"version\": 1", "\"version\": 2");
+    assert_ne!(newer.as_bytes(), json);
+    fs::write(
+        &cfg,
+        pvsnap_engine::format::encode_checked(
+            pvsnap_engine::format::ObjectKind::Config,
+            false,
+            newer.as_bytes(),
+        ),
+    )
+    .unwrap();
     let out = env.run(&["snapshots"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -236,7 +236,8 @@ struct Stats {
 
 pub fn stats(cli: &Cli, a: &StatsArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?.load_index()?;
-    let snaps = repo.snapshots()?;
+    let (snaps, bad) = repo.snapshots_lenient()?;
+    pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
     let mut stored_size = 0;
     let mut pack_count = 0;
     for kind in [

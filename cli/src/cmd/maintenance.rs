@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use jiff::tz::TimeZone;
+use pvsnap_engine::Repository;
 use pvsnap_engine::check::{self, CheckReport, ReadData};
 use pvsnap_engine::forget::{self, ForgetReport, Selection};
 use pvsnap_engine::lock::LockGuard;
@@ -12,7 +13,6 @@ use pvsnap_engine::policy::{self, NamedPolicy};
 use pvsnap_engine::prune::{self, PruneOptions, PruneReport};
 use pvsnap_engine::repair;
 use pvsnap_engine::retention::{GroupBy, KeepPolicy, KeepWithin};
-use pvsnap_engine::{Repository, repo::resolve_in};
 
 use crate::{Cli, output};
 
@@ -270,13 +270,7 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let guard = lock(&repo, !a.dry_run, "forget")?;
     let selection = if !a.snapshots.is_empty() {
-        let snaps = repo.snapshots()?;
-        let ids = a
-            .snapshots
-            .iter()
-            .map(|s| Ok(resolve_in(&snaps, s)?.id))
-            .collect::<Result<Vec<_>>>()?;
-        Selection::Ids(ids)
+        Selection::Ids(forget::resolve_ids(&repo, &a.snapshots)?)
     } else if let Some(name) = &a.policy {
         let p = policy::get(&repo, name)?;
         Selection::Policy {
@@ -298,6 +292,7 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
                 .iter()
                 .filter(|v| !v.keep)
                 .map(|v| v.id)
+                .chain(report.unreadable_removed.iter().copied())
                 .collect();
         }
         Some(prune::prune(&repo, &guard, &opts)?)
@@ -336,6 +331,23 @@ fn print_forget(r: &ForgetReport) -> Result<()> {
             v.short_id,
             output::local_time(v.time),
             v.reasons.join(", ")
+        )?;
+    }
+    for id in &r.unreadable_removed {
+        let verdict = if r.dry_run { "would remove" } else { "removed" };
+        writeln!(
+            out,
+            "  {verdict:<12} {}  (unreadable snapshot object)",
+            id.short()
+        )?;
+    }
+    for u in &r.unreadable_skipped {
+        writeln!(
+            out,
+            "  {:<12} {}  unreadable, left alone: remove it with `pvsnap forget {}`",
+            "skipped",
+            u.id.short(),
+            u.id
         )?;
     }
     writeln!(
@@ -378,6 +390,19 @@ fn print_prune(r: &PruneReport) {
         output::bytes(r.bytes_after),
         r.duration_s
     );
+    if r.leftovers_removed > 0 {
+        println!(
+            "prune: {} temporary file(s) of interrupted writes {would}removed ({})",
+            r.leftovers_removed,
+            output::bytes(r.leftover_bytes_removed)
+        );
+    }
+    if r.leftovers_kept > 0 {
+        println!(
+            "prune: {} temporary file(s) younger than the grace period were left alone",
+            r.leftovers_kept
+        );
+    }
     if r.unreferenced_packs_kept > 0 {
         println!(
             "prune: {} pack(s) that no index names are younger than the grace period and were left alone",
@@ -457,8 +482,11 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {
-                for p in &r.packs_from_old_index {
-                    println!("pack {p}: trailer unreadable; kept the entries of the old index");
+                for p in &r.packs_salvaged {
+                    println!(
+                        "pack {}: trailer unreadable ({}); kept {} whole blob(s) the old index placed in it, left out {} lost or damaged one(s)",
+                        p.pack, p.error, p.kept, p.dropped
+                    );
                 }
                 for p in &r.packs_unreadable {
                     println!(
@@ -477,6 +505,12 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
                     r.index_files_written,
                     r.index_files_deleted
                 );
+                if r.blobs_dropped > 0 {
+                    println!(
+                        "{} blob(s) are lost and no longer indexed: the next snapshot stores them again if their source still has them; `pvsnap check` names the snapshots that need them, `pvsnap repair snapshots` saves the rest of those",
+                        r.blobs_dropped
+                    );
+                }
             }
         }
         RepairWhat::Snapshots {

@@ -144,7 +144,8 @@ fn safety_snapshot(
     resolved: &ResolvedClaim,
 ) -> Result<Snapshot> {
     let source = k8s::source_of(resolved);
-    let existing = repo.snapshots()?;
+    let (existing, bad) = repo.snapshots_lenient()?;
+    pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
     let opts = BackupOptions {
         parent: archiver::find_parent(&existing, &source),
         source: Some(source),

@@ -160,7 +160,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
 
     let repo = crate::repo::open(cli, true, a.dry_run)?;
     let (repo, _lock) = super::locked(repo, false, "snapshot")?;
-    let existing = repo.snapshots()?;
+    // A damaged snapshot object is no parent: warn and look past it.
+    let (existing, bad) = repo.snapshots_lenient()?;
+    pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
     let mut run = Run {
         cli,
         args: a,

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::{Backend, DynBackend, ObjectKey};
+use super::{Backend, DynBackend, Leftover, ObjectKey};
 use crate::error::BackendError;
 use crate::format::ObjectKind;
 
@@ -81,5 +81,14 @@ impl Backend for FaultyBackend {
     }
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         self.inner.exists(key)
+    }
+    fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
+        self.inner.leftovers()
+    }
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), BackendError> {
+        if !spend(&self.deletes_left) {
+            return Err(BackendError::Injected(format!("remove {}", leftover.path)));
+        }
+        self.inner.remove_leftover(leftover)
     }
 }

@@ -3,7 +3,9 @@
 //! Writes are crash-safe: the bytes go to a temporary file in the target folder,
 //! are fsynced, then hard-linked to their final name (which fails instead of
 //! replacing an existing object), the temporary name is removed and the folder
-//! is fsynced. A crash leaves at most a `.tmp-*` file, which `list` ignores.
+//! is fsynced. A crash leaves at most a `.tmp-*` file, which `list` ignores
+//! and [`Backend::leftovers`] reports: in the repository root (the config),
+//! in each object folder and in each `data/xx` folder.
 //!
 //! Large objects (packs) are written with `O_DIRECT` where the filesystem
 //! allows it: a pack is written once and not read again soon, so copying it
@@ -19,7 +21,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Backend, ObjectKey, check_range};
+use super::{Backend, Leftover, ObjectKey, check_range};
 use crate::error::BackendError;
 use crate::format::ObjectKind;
 
@@ -74,6 +76,84 @@ impl LocalBackend {
 
     fn path(&self, key: &ObjectKey) -> PathBuf {
         self.root.join(key.path())
+    }
+
+    /// The folders objects are written in, relative to the root ("" is the
+    /// root itself, where the config lives).
+    fn object_folders(&self) -> Vec<String> {
+        let mut out = vec![String::new()];
+        out.extend(
+            KINDS_WITH_DIRS
+                .iter()
+                .filter(|k| **k != ObjectKind::Pack)
+                .map(|k| k.name().to_string()),
+        );
+        out.extend((0..=255u8).map(|i| format!("data/{i:02x}")));
+        out
+    }
+
+    /// Turns a full file system into an error that says what to do.
+    fn full(&self, e: BackendError) -> BackendError {
+        match e {
+            BackendError::Io { key, op, source }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                BackendError::NoSpace {
+                    key,
+                    op,
+                    location: self.location(),
+                }
+            }
+            e => e,
+        }
+    }
+}
+
+/// Whether `name` is what [`LocalBackend::put`] names its temporary files.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with(TMP_PREFIX) && !name.contains('/')
+}
+
+/// Prefix of temporary files; the rest is random.
+const TMP_PREFIX: &str = ".tmp-";
+
+impl LocalBackend {
+    /// [`Backend::put`], before a full file system is explained.
+    fn put_inner(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+        let path = self.path(key);
+        let dir = path.parent().expect("object paths have a parent");
+        if path.exists() {
+            return match same_content(&path, data) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(BackendError::Conflict { key: key.path() }),
+                Err(e) => Err(io(&key.path(), "compare", e)),
+            };
+        }
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| io(&key.path(), "create folder", e))?;
+        }
+        let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
+        let result = (|| -> Result<(), BackendError> {
+            let f = self
+                .write_new(&tmp, data)
+                .map_err(|(op, e)| io(&key.path(), op, e))?;
+            f.sync_all().map_err(|e| io(&key.path(), "fsync", e))?;
+            drop(f);
+            match fs::hard_link(&tmp, &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    // Another writer won the race; fine when it wrote the same bytes.
+                    if !same_content(&path, data).map_err(|e| io(&key.path(), "compare", e))? {
+                        return Err(BackendError::Conflict { key: key.path() });
+                    }
+                }
+                Err(e) => return Err(io(&key.path(), "link into place", e)),
+            }
+            Ok(())
+        })();
+        let _ = fs::remove_file(&tmp);
+        result?;
+        sync_dir(dir).map_err(|e| io(&key.path(), "fsync folder", e))
     }
 }
 
@@ -184,40 +264,7 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
-        let path = self.path(key);
-        let dir = path.parent().expect("object paths have a parent");
-        if path.exists() {
-            return match same_content(&path, data) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(BackendError::Conflict { key: key.path() }),
-                Err(e) => Err(io(&key.path(), "compare", e)),
-            };
-        }
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| io(&key.path(), "create folder", e))?;
-        }
-        let tmp = dir.join(format!(".tmp-{}", crate::id::Id::random().short()));
-        let result = (|| -> Result<(), BackendError> {
-            let f = self
-                .write_new(&tmp, data)
-                .map_err(|(op, e)| io(&key.path(), op, e))?;
-            f.sync_all().map_err(|e| io(&key.path(), "fsync", e))?;
-            drop(f);
-            match fs::hard_link(&tmp, &path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    // Another writer won the race; fine when it wrote the same bytes.
-                    if !same_content(&path, data).map_err(|e| io(&key.path(), "compare", e))? {
-                        return Err(BackendError::Conflict { key: key.path() });
-                    }
-                }
-                Err(e) => return Err(io(&key.path(), "link into place", e)),
-            }
-            Ok(())
-        })();
-        let _ = fs::remove_file(&tmp);
-        result?;
-        sync_dir(dir).map_err(|e| io(&key.path(), "fsync folder", e))
+        self.put_inner(key, data).map_err(|e| self.full(e))
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
@@ -340,6 +387,77 @@ impl Backend for LocalBackend {
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         Ok(self.path(key).exists())
     }
+
+    fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
+        let mut out = Vec::new();
+        for folder in self.object_folders() {
+            let dir = self.root.join(&folder);
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir.display().to_string(), "list", e)),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| io(&dir.display().to_string(), "list", e))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if !is_temporary(&name) {
+                    continue;
+                }
+                let path = if folder.is_empty() {
+                    name
+                } else {
+                    format!("{folder}/{name}")
+                };
+                let meta = match ent.metadata() {
+                    Ok(m) => m,
+                    // Removed meanwhile (its write finished or failed).
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&path, "stat", e)),
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                out.push(Leftover {
+                    size: meta.len(),
+                    modified: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| jiff::Timestamp::try_from(t).ok()),
+                    path,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), BackendError> {
+        let refuse = || BackendError::NotALeftover {
+            path: leftover.path.clone(),
+        };
+        let (folder, name) = match leftover.path.rsplit_once('/') {
+            Some((folder, name)) => (folder, name),
+            None => ("", leftover.path.as_str()),
+        };
+        if !is_temporary(name) || !self.object_folders().iter().any(|f| f == folder) {
+            return Err(refuse());
+        }
+        let path = self.root.join(&leftover.path);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if !m.is_file() => return Err(refuse()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&leftover.path, "stat", e)),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&leftover.path, "delete", e)),
+        }
+        if let Some(dir) = path.parent() {
+            sync_dir(dir).map_err(|e| io(&leftover.path, "fsync folder", e))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -361,5 +479,100 @@ mod tests {
         b.create_layout().unwrap();
         fs::write(dir.path().join("index/.tmp-deadbeef"), b"partial").unwrap();
         assert!(b.list(ObjectKind::Index).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_full_file_system_is_named_with_the_command_that_frees_space() {
+        let b = LocalBackend::new("/srv/repo");
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = b.full(io(
+                "data/ab/abab",
+                "write",
+                std::io::Error::from_raw_os_error(errno),
+            ));
+            assert!(matches!(e, BackendError::NoSpace { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("data/ab/abab")
+                    && msg.contains("no space left")
+                    && msg.contains("`pvsnap --repo /srv/repo prune --grace 0`"),
+                "{msg}"
+            );
+        }
+        let other = b.full(io(
+            "data/ab/abab",
+            "write",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ));
+        assert!(matches!(other, BackendError::Io { .. }), "{other}");
+    }
+
+    #[test]
+    fn leftovers_are_listed_in_every_object_folder_and_only_they_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.create_layout().unwrap();
+        let pack = ObjectKey::new(ObjectKind::Pack, "ab".repeat(32));
+        b.put(&pack, b"a whole pack").unwrap();
+        b.put(&ObjectKey::config(), b"c").unwrap();
+        let planted = [
+            ("data/ab/.tmp-00000001", 5usize),
+            ("index/.tmp-00000002", 7),
+            ("snapshots/.tmp-00000003", 11),
+            ("keys/.tmp-00000004", 13),
+            (".tmp-00000005", 17),
+        ];
+        for (p, n) in planted {
+            fs::write(dir.path().join(p), vec![0u8; n]).unwrap();
+        }
+        // Not temporary files of ours: left alone.
+        fs::write(dir.path().join("index/.hidden"), b"x").unwrap();
+        fs::create_dir(dir.path().join("locks/.tmp-dir")).unwrap();
+        let mut got: Vec<(String, u64)> = b
+            .leftovers()
+            .unwrap()
+            .into_iter()
+            .map(|l| {
+                assert!(l.modified.is_some(), "{} has no time", l.path);
+                (l.path, l.size)
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, u64)> = planted
+            .iter()
+            .map(|(p, n)| (p.to_string(), *n as u64))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        for l in b.leftovers().unwrap() {
+            b.remove_leftover(&l).unwrap();
+            b.remove_leftover(&l).unwrap();
+        }
+        assert!(b.leftovers().unwrap().is_empty());
+        assert!(dir.path().join("index/.hidden").exists());
+        assert_eq!(b.get(&pack).unwrap(), b"a whole pack");
+        for path in [
+            "config",
+            "data/ab/abab",
+            "index/.hidden",
+            "../.tmp-00000001",
+            "data/ab/../../.tmp-x/.tmp-1",
+            "locks/.tmp-dir",
+        ] {
+            let l = Leftover {
+                path: path.into(),
+                size: 0,
+                modified: None,
+            };
+            assert!(
+                matches!(
+                    b.remove_leftover(&l),
+                    Err(BackendError::NotALeftover { .. })
+                ),
+                "{path} was not refused"
+            );
+        }
+        assert!(dir.path().join("config").exists());
+        assert!(dir.path().join("locks/.tmp-dir").is_dir());
     }
 }

@@ -20,6 +20,12 @@
 //!   `Last-Modified`, a file's mtime), or `None` when the backend cannot say.
 //!   Prune uses it to leave young packs that no index names yet alone (see
 //!   `ARCHITECTURE.md`, "Prune and concurrent snapshots").
+//! - [`Backend::leftovers`] lists the temporary objects that interrupted
+//!   writes left behind (a killed process, a full disk): they are no objects,
+//!   `list` never shows them, and nothing reads them. [`Backend::remove_leftover`]
+//!   removes one. Backends whose writes leave nothing behind (S3's single PUT,
+//!   memory) list none. Check reports them; prune removes those older than its
+//!   grace period, since a young one may belong to a write still running.
 //!
 //! Implementations: [`local::LocalBackend`] (the default), [`memory::MemoryBackend`]
 //! for tests, and the decorators [`DryRun`] and [`faulty::FaultyBackend`].
@@ -73,6 +79,25 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// A temporary object left by an interrupted write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// Where it is, relative to the repository (`data/ab/.tmp-1f2e3d4c`).
+    pub path: String,
+    pub size: u64,
+    /// When it was last written; `None` when the backend cannot tell (prune
+    /// then treats it as too young to remove).
+    pub modified: Option<jiff::Timestamp>,
+}
+
+impl Leftover {
+    /// Whether it was last written at least `age` before `now`.
+    pub fn older_than(&self, age: std::time::Duration, now: jiff::Timestamp) -> bool {
+        let age = jiff::SignedDuration::try_from(age).unwrap_or(jiff::SignedDuration::MAX);
+        self.modified.is_some_and(|t| now.duration_since(t) >= age)
+    }
+}
+
 /// The storage contract; see the module documentation.
 pub trait Backend: Send + Sync {
     /// A human-readable location, for messages (`/var/lib/pvsnap/repo`).
@@ -104,6 +129,19 @@ pub trait Backend: Send + Sync {
     /// Whether the object exists. The default asks `list`; backends override it.
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         Ok(self.list(key.kind)?.iter().any(|(n, _)| *n == key.name))
+    }
+    /// Temporary objects left by interrupted writes, in no particular order.
+    /// The default (a backend whose writes leave nothing behind) lists none.
+    fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
+        Ok(Vec::new())
+    }
+    /// Removes a leftover that [`Backend::leftovers`] listed; removing one
+    /// that is already gone succeeds. A path that names no leftover (an
+    /// object, or outside the repository) is refused.
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), BackendError> {
+        Err(BackendError::NotALeftover {
+            path: leftover.path.clone(),
+        })
     }
 }
 
@@ -155,6 +193,12 @@ impl Backend for DryRun {
     }
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         self.inner.exists(key)
+    }
+    fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
+        self.inner.leftovers()
+    }
+    fn remove_leftover(&self, _leftover: &Leftover) -> Result<(), BackendError> {
+        Ok(())
     }
 }
 
@@ -239,5 +283,17 @@ pub(crate) mod contract_tests {
             b.list(ObjectKind::Config).unwrap(),
             vec![("config".to_string(), 1)]
         );
+        // Whole writes leave nothing behind, and an object is no leftover.
+        assert!(b.leftovers().unwrap().is_empty());
+        let not_one = Leftover {
+            path: "config".into(),
+            size: 1,
+            modified: None,
+        };
+        assert!(matches!(
+            b.remove_leftover(&not_one),
+            Err(BackendError::NotALeftover { .. })
+        ));
+        assert_eq!(b.get(&cfg).unwrap(), b"c");
     }
 }
