@@ -165,13 +165,14 @@ pub fn blob(data: &[u8]) {
     assert_eq!(whole, by_place, "both decoders agree");
 }
 
-/// A snapshot object, loaded as the repository loads it.
+/// A snapshot object, decoded alone and loaded as the repository loads it.
 pub fn snapshot(data: &[u8]) {
     let Some((encrypted, bytes)) = select(data) else {
         return;
     };
-    let repo = repo(encrypted);
     let id = SnapshotId(Id(SNAPSHOT_ID));
+    let _ = crate::snapshot::decode_snapshot(bytes, &crypto(encrypted), &id);
+    let repo = repo(encrypted);
     let key = ObjectKey::new(ObjectKind::Snapshot, id.to_hex());
     let backend = repo.backend();
     let _ = backend.delete(&key);
@@ -181,8 +182,10 @@ pub fn snapshot(data: &[u8]) {
     let _ = backend.delete(&key);
 }
 
-/// The config object, opened with the key slot of the encrypted repository.
+/// The config object, decoded alone and opened with the key slot of the
+/// encrypted repository.
 pub fn config(data: &[u8]) {
+    let _ = crate::repo::Config::decode(data, "fuzz");
     let mem: DynBackend = Arc::new(MemoryBackend::new());
     let template = repo(true).backend();
     for (name, _) in template.list(ObjectKind::Key).expect("list keys") {
