@@ -20,22 +20,20 @@
 //! listed in [`KNOWN_FAILING`] with the defect number; they are reported but
 //! tolerated. A listed case that passes is reported too, so the list can shrink.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::Arc;
 
-use pvsnap_engine::Repository;
-use pvsnap_engine::backend::DynBackend;
-use pvsnap_engine::backend::local::LocalBackend;
-use pvsnap_engine::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use pvsnap_engine::tree::NodeKind;
+use pvsnap_engine::id::{Id, IndexId, PackId};
 
 use crate::util::{Env, noise};
 
 mod known;
+mod model;
+
 use known::KNOWN_FAILING;
+use model::{Model, model, open};
 
 /// Cases where the damage is provably harmless, so `check` may stay clean.
 fn harmless(kind: Kind, damage: Damage) -> Option<&'static str> {
@@ -62,6 +60,9 @@ enum Kind {
     PackTrailer,
     /// The pack holding the first snapshot's trees.
     TreePack,
+    /// One folder's tree blob in that pack (`sub/` of the first snapshot);
+    /// the root tree and the rest of the pack stay intact.
+    SubTree,
     /// The index file listing the damaged data pack.
     Index,
     /// The first snapshot's object.
@@ -83,6 +84,8 @@ enum Damage {
     FlipEnd,
     /// A byte in the middle of a pack's sealed trailer.
     FlipTrailer,
+    /// The middle byte of one blob's stored bytes.
+    FlipBlob,
     Truncate0,
     TruncateHalf,
     TruncateMinus1,
@@ -106,27 +109,13 @@ fn damages(kind: Kind) -> &'static [Damage] {
     match kind {
         Kind::PackBody => &[FlipHeader, FlipMiddle, Truncate0, TruncateHalf, Delete],
         Kind::PackTrailer => &[FlipEnd, FlipTrailer, TruncateMinus1],
+        Kind::SubTree => &[FlipBlob],
         _ => ALL,
     }
 }
 
 fn name<T: std::fmt::Debug>(x: T) -> String {
     format!("{x:?}")
-}
-
-/// A snapshot's files: relative path → (content, blobs needed).
-type Files = BTreeMap<String, (Vec<u8>, BTreeSet<Id>)>;
-
-/// Where each file's content and trees live, from the engine's view.
-struct Model {
-    /// Snapshot id (hex) → its files: relative path → (content, blobs needed).
-    files: BTreeMap<String, Files>,
-    /// Snapshot id (hex) → root tree.
-    roots: BTreeMap<String, TreeId>,
-    /// Blob → (pack, offset, stored length).
-    blobs: HashMap<Id, (PackId, u64, u64)>,
-    /// Index file → blobs it lists.
-    index_files: BTreeMap<IndexId, BTreeSet<Id>>,
 }
 
 struct Fixture {
@@ -224,70 +213,6 @@ fn build(encrypted: bool) -> Fixture {
     }
 }
 
-fn open(env: &Env) -> Repository {
-    let backend: DynBackend = Arc::new(LocalBackend::new(env.repo()));
-    let pw = || Ok(b"matrix password".to_vec());
-    Repository::open(backend, Some(&pw)).expect("open the fixture")
-}
-
-/// A source folder: relative path → content.
-type Source<'a> = (&'a PathBuf, &'a Vec<(&'a str, Vec<u8>)>);
-
-fn model(env: &Env, snaps: &[String], sources: &[Source<'_>]) -> Model {
-    let repo = open(env);
-    let mut blobs = HashMap::new();
-    let mut index_files = BTreeMap::new();
-    for (iid, f) in repo.read_index_files().unwrap() {
-        let mut listed = BTreeSet::new();
-        for (pack, entries) in &f.packs {
-            for e in entries {
-                blobs.insert(e.id, (*pack, e.offset as u64, e.stored_len as u64));
-                listed.insert(e.id);
-            }
-        }
-        index_files.insert(iid, listed);
-    }
-    let indexed = repo.clone().load_index().unwrap();
-    let mut files = BTreeMap::new();
-    let mut roots = BTreeMap::new();
-    for (sid, (_, src)) in snaps.iter().zip(sources) {
-        let snap = repo
-            .load_snapshot(&sid.parse::<SnapshotId>().unwrap())
-            .unwrap();
-        roots.insert(sid.clone(), snap.tree);
-        let content: HashMap<&str, &Vec<u8>> = src.iter().map(|(r, c)| (*r, c)).collect();
-        let mut out = BTreeMap::new();
-        let mut stack = vec![(String::new(), snap.tree, BTreeSet::from([snap.tree.id()]))];
-        while let Some((prefix, tree, above)) = stack.pop() {
-            for n in indexed.read_tree(&tree).unwrap().nodes {
-                let rel = format!("{prefix}{}", String::from_utf8(n.name.clone()).unwrap());
-                match &n.kind {
-                    NodeKind::Dir { subtree } => {
-                        let mut a = above.clone();
-                        a.insert(subtree.id());
-                        stack.push((format!("{rel}/"), *subtree, a));
-                    }
-                    NodeKind::File { content: extents } => {
-                        let mut need = above.clone();
-                        need.extend(extents.iter().filter_map(|e| e.chunk).map(|c| c.id()));
-                        let bytes = content[rel.as_str()].clone();
-                        out.insert(rel, (bytes, need));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        assert_eq!(out.len(), src.len(), "the model sees every file");
-        files.insert(sid.clone(), out);
-    }
-    Model {
-        files,
-        roots,
-        blobs,
-        index_files,
-    }
-}
-
 fn cmd(env: &Env, encrypted: bool, repo: &Path, args: &[&str]) -> Output {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pvsnap"));
     c.arg("--repo").arg(repo);
@@ -351,6 +276,8 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 struct Target {
     path: PathBuf,
     names: Vec<String>,
+    /// Offset and stored length of the blob that `FlipBlob` damages.
+    blob: Option<(u64, u64)>,
 }
 
 fn target(f: &Fixture, repo: &Path, kind: Kind) -> Option<Target> {
@@ -385,11 +312,22 @@ fn target(f: &Fixture, repo: &Path, kind: Kind) -> Option<Target> {
         Kind::PackBody | Kind::PackTrailer => Target {
             path: pack_path(data_pack),
             names: vec![short(&data_pack.to_hex())],
+            blob: None,
         },
         Kind::TreePack => Target {
             path: pack_path(tree_pack),
             names: vec![short(&tree_pack.to_hex())],
+            blob: None,
         },
+        Kind::SubTree => {
+            let sub = m.trees[&(a.clone(), "sub".to_string())];
+            let (pack, off, len) = m.blobs[&sub.id()];
+            Target {
+                path: pack_path(pack),
+                names: vec![short(&pack.to_hex()), short(&sub.to_hex()), "sub".into()],
+                blob: Some((off, len)),
+            }
+        }
         Kind::Index => {
             let first = m.blobs.iter().find(|(_, l)| l.0 == data_pack).unwrap().0;
             let iid = m
@@ -401,15 +339,18 @@ fn target(f: &Fixture, repo: &Path, kind: Kind) -> Option<Target> {
             Target {
                 path: repo.join("index").join(iid.to_hex()),
                 names: vec![short(&iid.to_hex())],
+                blob: None,
             }
         }
         Kind::Snapshot => Target {
             path: repo.join("snapshots").join(a),
             names: vec![short(a)],
+            blob: None,
         },
         Kind::Config => Target {
             path: repo.join("config"),
             names: vec!["config".into(), "not a pvsnap repository".into()],
+            blob: None,
         },
         Kind::KeySlot if !f.encrypted => return None,
         Kind::KeySlot => {
@@ -418,15 +359,18 @@ fn target(f: &Fixture, repo: &Path, kind: Kind) -> Option<Target> {
             Target {
                 path: p,
                 names: vec![short(&hex), "key slot".into(), "keys/".into()],
+                blob: None,
             }
         }
         Kind::Lock => Target {
             path: single("locks"),
             names: vec!["cdcdcdcd".into()],
+            blob: None,
         },
         Kind::Policy => Target {
             path: single("policies"),
             names: vec!["nightly".into()],
+            blob: None,
         },
     };
     Some(t)
@@ -434,7 +378,7 @@ fn target(f: &Fixture, repo: &Path, kind: Kind) -> Option<Target> {
 
 /// Applies `damage` to `path`; returns the byte range of the object that no
 /// longer holds its original bytes (`None` for deletion: everything).
-fn apply(path: &Path, damage: Damage) -> Option<std::ops::Range<u64>> {
+fn apply(path: &Path, damage: Damage, blob: Option<(u64, u64)>) -> Option<std::ops::Range<u64>> {
     let mut b = fs::read(path).unwrap();
     let len = b.len();
     let flip = |b: &mut Vec<u8>, at: usize| {
@@ -445,6 +389,10 @@ fn apply(path: &Path, damage: Damage) -> Option<std::ops::Range<u64>> {
         FlipHeader => flip(&mut b, 6),
         FlipMiddle => flip(&mut b, len / 2),
         FlipEnd => flip(&mut b, len - 1),
+        FlipBlob => {
+            let (off, len) = blob.expect("FlipBlob needs a blob");
+            flip(&mut b, (off + len / 2) as usize)
+        }
         FlipTrailer => {
             let tlen = u32::from_le_bytes(b[len - 4..].try_into().unwrap()) as usize;
             flip(&mut b, len - 4 - tlen / 2)
@@ -479,7 +427,7 @@ fn lost(
 ) -> (BTreeSet<Id>, BTreeSet<Id>) {
     let m = &f.model;
     match kind {
-        Kind::PackBody | Kind::PackTrailer | Kind::TreePack => {
+        Kind::PackBody | Kind::PackTrailer | Kind::TreePack | Kind::SubTree => {
             let hex = target
                 .path
                 .file_name()
@@ -627,7 +575,7 @@ fn run_case(
     let repo = case_dir.join("repo");
     copy_dir(&f.env.repo(), &repo);
     let t = target(f, &repo, kind)?;
-    let damaged = apply(&t.path, damage);
+    let damaged = apply(&t.path, damage, t.blob);
     let (before, after) = lost(f, kind, &t, &damaged);
     let mut steps = vec![];
     let run = |args: &[&str]| cmd(&f.env, f.encrypted, &repo, args);
@@ -671,7 +619,11 @@ fn run_case(
         let trees_whole = !before.contains(&f.model.roots[sid].id());
         let r = if panicked(&o) {
             Err(format!("panicked: {out}"))
-        } else if readable && trees_whole && !o.status.success() && kind != Kind::TreePack {
+        } else if readable
+            && trees_whole
+            && !o.status.success()
+            && !matches!(kind, Kind::TreePack | Kind::SubTree)
+        {
             Err(format!("ls of an intact snapshot failed: {out}"))
         } else {
             Ok(())
@@ -792,6 +744,7 @@ rows! {
     corruption_plain_pack_body: false, Kind::PackBody;
     corruption_plain_pack_trailer: false, Kind::PackTrailer;
     corruption_plain_tree_pack: false, Kind::TreePack;
+    corruption_plain_sub_tree: false, Kind::SubTree;
     corruption_plain_index: false, Kind::Index;
     corruption_plain_snapshot: false, Kind::Snapshot;
     corruption_plain_config: false, Kind::Config;
@@ -800,6 +753,7 @@ rows! {
     corruption_encrypted_pack_body: true, Kind::PackBody;
     corruption_encrypted_pack_trailer: true, Kind::PackTrailer;
     corruption_encrypted_tree_pack: true, Kind::TreePack;
+    corruption_encrypted_sub_tree: true, Kind::SubTree;
     corruption_encrypted_index: true, Kind::Index;
     corruption_encrypted_snapshot: true, Kind::Snapshot;
     corruption_encrypted_config: true, Kind::Config;
