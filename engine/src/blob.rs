@@ -160,6 +160,10 @@ fn compress_into(level: i32, raw: &[u8], out: &mut Vec<u8>) -> bool {
     })
 }
 
+/// No zstd frame expands more than this many times (an RLE block: 4
+/// stored bytes for 128 KiB).
+const MAX_ZSTD_RATIO: usize = 32 * 1024 + 1;
+
 fn decompress_into(stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
     out.clear();
     decompress_append(stored, raw_len, out)
@@ -174,8 +178,10 @@ fn decompress_append(stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> std::i
         }
         // A frame longer than `raw_len` may fill the spare capacity; the
         // caller's length check turns that into an error.
+        // `raw_len` comes from disk: reserve no more than the frame can
+        // expand to (a zstd block of 128 KiB takes at least 4 stored bytes).
         let start = out.len();
-        out.reserve(raw_len);
+        out.reserve(raw_len.min(stored.len().saturating_mul(MAX_ZSTD_RATIO)));
         let mut at = std::io::Cursor::new(std::mem::take(out));
         at.set_position(start as u64);
         let r = d

@@ -275,7 +275,24 @@ pub struct KeySlot {
 
 const KEY_SLOT_AAD: &[u8] = b"pvsnap key slot v1";
 
+/// Largest Argon2 memory cost (KiB) a key slot may ask for: 1 GiB, sixteen
+/// times the default. A slot is read before anything can be verified, so its
+/// costs are bounded here rather than trusted.
+pub const MAX_KDF_M_COST: u32 = 1024 * 1024;
+/// Largest Argon2 time cost a key slot may ask for.
+pub const MAX_KDF_T_COST: u32 = 64;
+/// Largest Argon2 parallelism a key slot may ask for.
+pub const MAX_KDF_P_COST: u32 = 64;
+
 fn kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<XChaCha20Poly1305, CryptoError> {
+    if p.m_cost > MAX_KDF_M_COST || p.t_cost > MAX_KDF_T_COST || p.p_cost > MAX_KDF_P_COST {
+        return Err(CryptoError::Kdf(format!(
+            "key slot asks for Argon2 costs m={} KiB, t={}, p={}, above the limits \
+             m={MAX_KDF_M_COST} KiB, t={MAX_KDF_T_COST}, p={MAX_KDF_P_COST}; the slot is \
+             damaged or crafted: remove it with `pvsnap key remove` and use another key",
+            p.m_cost, p.t_cost, p.p_cost
+        )));
+    }
     let params = argon2::Params::new(p.m_cost, p.t_cost, p.p_cost, Some(32))
         .map_err(|e| CryptoError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);

@@ -42,6 +42,8 @@ pub mod error;
 pub mod forget;
 pub mod format;
 pub mod fsmeta;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod index;
 pub mod keys;
@@ -63,6 +65,8 @@ pub mod walk;
 mod crash_tests;
 #[cfg(test)]
 mod damage_tests;
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod corruption;
 mod damage;
 mod deploy;
 mod diskfull;
