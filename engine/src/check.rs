@@ -51,6 +51,8 @@ pub enum ProblemKind {
     BlobDamaged,
     /// A snapshot object cannot be read.
     SnapshotDamaged,
+    /// A retention policy object cannot be read.
+    PolicyDamaged,
     /// Warning: a pack no index names (left by an interrupted run; prune removes it).
     UnreferencedPack,
     /// Warning: an index file superseded by another one (prune removes it).
@@ -227,7 +229,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         warnings.push(
             Problem::new(
                 ProblemKind::UnreferencedPack,
-                format!("pack {p} is in no index; prune removes it once it is old enough"),
+                format!("pack {p} is in no index: left by an interrupted run (prune removes it once it is old enough), or listed by an index file that was lost (`pvsnap repair index` lists it again)"),
             )
             .pack(*p),
         );
@@ -444,6 +446,12 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         }
     }
     snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    for (object, detail) in crate::policy::damaged(repo)? {
+        errors.push(Problem::new(
+            ProblemKind::PolicyDamaged,
+            format!("policies/{object}: {detail}"),
+        ));
+    }
     let mut warnings = scan.warnings.clone();
     let leftovers = repo.backend().leftovers()?;
     let leftover_bytes: u64 = leftovers.iter().map(|l| l.size).sum();

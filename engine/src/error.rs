@@ -122,6 +122,8 @@ pub enum MaintenanceError {
     InvalidPolicyName { name: String, reason: String },
     #[error("no policy named `{0}`; list them with `pvsnap policy list`")]
     PolicyNotFound(String),
+    #[error("policies/{object}: {detail}")]
+    PolicyDamaged { object: String, detail: String },
     #[error(
         "snapshot {snapshot} needs {kind} blob {blob}, which no readable pack holds ({detail}); prune would lose track of it, so nothing was changed. Run `pvsnap check`, then `pvsnap repair index` or `pvsnap repair snapshots`"
     )]
@@ -176,6 +178,16 @@ pub enum Error {
     },
     #[error("{path}: {detail}")]
     Unsafe { path: String, detail: String },
+    /// The tree of the folder a restore or listing starts from: without it
+    /// no name below is known.
+    #[error(
+        "{path}: the folder's tree {tree} cannot be read, so nothing in it can be restored or listed: {detail}"
+    )]
+    TopTreeUnreadable {
+        path: String,
+        tree: String,
+        detail: String,
+    },
     /// `remedy` says how long the lock may still block and the command that
     /// removes it.
     #[error("repository is locked by {holder}; {remedy}")]

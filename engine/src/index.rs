@@ -287,6 +287,11 @@ impl Index {
     }
 
     /// Number of distinct blobs.
+    /// The packs that hold at least one entry.
+    pub fn pack_ids(&self) -> impl Iterator<Item = PackId> + '_ {
+        self.packs.iter().copied()
+    }
+
     pub fn len(&self) -> usize {
         self.slots.len()
     }

@@ -21,7 +21,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::ObjectKey;
-use crate::error::{BackendError, FormatError, MaintenanceError, Result};
+use crate::error::{BackendError, Error, FormatError, MaintenanceError, Result};
 use crate::format::{ObjectKind, decode_checked, encode_checked};
 use crate::repo::Repository;
 use crate::retention::{self, GroupBy, KeepPolicy};
@@ -139,9 +139,13 @@ fn name_of(object: &str) -> Option<&str> {
     object.rsplit_once(REVISION_SEP).map(|(n, _)| n)
 }
 
-/// Every stored revision: (object name, policy), oldest first.
-fn revisions(repo: &Repository) -> Result<Vec<(String, NamedPolicy)>> {
+/// The stored revisions: those that decode, as (object name, policy),
+/// oldest first, and those that do not, as (object name, error).
+type Revisions = (Vec<(String, NamedPolicy)>, Vec<(String, Error)>);
+
+fn revisions(repo: &Repository) -> Result<Revisions> {
     let mut out = Vec::new();
+    let mut damaged = Vec::new();
     for (object, _) in repo.backend().list(ObjectKind::Policy)? {
         if name_of(&object).is_none() {
             continue;
@@ -150,7 +154,10 @@ fn revisions(repo: &Repository) -> Result<Vec<(String, NamedPolicy)>> {
             .backend()
             .get(&ObjectKey::new(ObjectKind::Policy, &object))
         {
-            Ok(bytes) => out.push((object.clone(), decode(repo, &object, &bytes)?)),
+            Ok(bytes) => match decode(repo, &object, &bytes) {
+                Ok(p) => out.push((object.clone(), p)),
+                Err(e) => damaged.push((object.clone(), e)),
+            },
             Err(BackendError::NotFound { .. }) => {} // replaced meanwhile
             Err(e) => return Err(e.into()),
         }
@@ -158,29 +165,72 @@ fn revisions(repo: &Repository) -> Result<Vec<(String, NamedPolicy)>> {
     out.sort_by(|(oa, a), (ob, b)| {
         (a.name.as_str(), a.time, oa).cmp(&(b.name.as_str(), b.time, ob))
     });
-    Ok(out)
+    damaged.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out, damaged))
+}
+
+/// Policy objects that cannot be read, as (object name, what is wrong and
+/// what to run); `check` reports them.
+pub fn damaged(repo: &Repository) -> Result<Vec<(String, String)>> {
+    let (_, damaged) = revisions(repo)?;
+    Ok(damaged
+        .into_iter()
+        .map(|(object, e)| {
+            let name = name_of(&object).unwrap_or_default().to_string();
+            (object, format!("{e}; {}", remedy(&name)))
+        })
+        .collect())
+}
+
+fn remedy(name: &str) -> String {
+    format!(
+        "remove policy `{name}` with `pvsnap policy remove {name}` and set it again with `pvsnap policy set {name} ...`"
+    )
 }
 
 /// Every policy (newest revision of each name), sorted by name; the built-in
-/// `default` is included unless a stored policy overrides it.
+/// `default` is included unless a stored policy overrides it. A policy
+/// with a damaged revision is left out with a warning: an older revision
+/// would be a policy nobody set last.
 pub fn list(repo: &Repository) -> Result<Vec<NamedPolicy>> {
+    let (revisions, damaged) = revisions(repo)?;
+    let unusable: std::collections::BTreeSet<&str> =
+        damaged.iter().filter_map(|(o, _)| name_of(o)).collect();
+    for (object, e) in &damaged {
+        tracing::warn!(
+            "policies/{object}: {e}; {}",
+            remedy(name_of(object).unwrap_or_default())
+        );
+    }
     let mut out: Vec<NamedPolicy> = Vec::new();
-    for (_, p) in revisions(repo)? {
+    for (_, p) in revisions {
+        if unusable.contains(p.name.as_str()) {
+            continue;
+        }
         match out.last_mut() {
             Some(last) if last.name == p.name => *last = p,
             _ => out.push(p),
         }
     }
-    if !out.iter().any(|p| p.name == DEFAULT_NAME) {
+    if !out.iter().any(|p| p.name == DEFAULT_NAME) && !unusable.contains(DEFAULT_NAME) {
         out.push(NamedPolicy::builtin_default());
         out.sort_by(|a, b| a.name.cmp(&b.name));
     }
     Ok(out)
 }
 
-/// The policy called `name`.
+/// The policy called `name`; an error naming the damage if one of its
+/// revisions cannot be read.
 pub fn get(repo: &Repository, name: &str) -> Result<NamedPolicy> {
     validate_name(name)?;
+    let (_, damaged) = revisions(repo)?;
+    if let Some((object, e)) = damaged.into_iter().find(|(o, _)| name_of(o) == Some(name)) {
+        return Err(MaintenanceError::PolicyDamaged {
+            object,
+            detail: format!("{e}; {}", remedy(name)),
+        }
+        .into());
+    }
     list(repo)?
         .into_iter()
         .find(|p| p.name == name)
@@ -207,9 +257,17 @@ pub fn set(
     let (object, bytes) = encode(repo, &policy);
     repo.backend()
         .put(&ObjectKey::new(ObjectKind::Policy, &object), &bytes)?;
-    // Only revisions older than ours: a concurrent `set` that wrote a newer one wins.
-    for (old, p) in revisions(repo)? {
+    // Only revisions older than ours: a concurrent `set` that wrote a newer
+    // one wins. Damaged revisions of the name are replaced by this one.
+    let (revisions, damaged) = revisions(repo)?;
+    for (old, p) in revisions {
         if p.name == name && old != object && p.time <= policy.time {
+            repo.backend()
+                .delete(&ObjectKey::new(ObjectKind::Policy, &old))?;
+        }
+    }
+    for (old, _) in damaged {
+        if name_of(&old) == Some(name) {
             repo.backend()
                 .delete(&ObjectKey::new(ObjectKind::Policy, &old))?;
         }
@@ -221,8 +279,19 @@ pub fn set(
 pub fn remove(repo: &Repository, name: &str) -> Result<bool> {
     validate_name(name)?;
     let mut found = false;
-    for (object, p) in revisions(repo)? {
-        if p.name == name {
+    let (revisions, damaged) = revisions(repo)?;
+    let objects = revisions
+        .into_iter()
+        .filter(|(_, p)| p.name == name)
+        .map(|(o, _)| o)
+        .chain(
+            damaged
+                .into_iter()
+                .filter(|(o, _)| name_of(o) == Some(name))
+                .map(|(o, _)| o),
+        );
+    for object in objects {
+        {
             repo.backend()
                 .delete(&ObjectKey::new(ObjectKind::Policy, &object))?;
             found = true;

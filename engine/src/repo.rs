@@ -5,6 +5,7 @@
 //! backup, restore and every reader need: the type makes it impossible to read
 //! a blob before the index is loaded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -17,7 +18,7 @@ use crate::crypto::{Crypto, KdfParams, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
 use crate::format::{ObjectKind, REPO_VERSION, decode_checked, encode_checked};
 use crate::id::{ChunkId, Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
-use crate::index::{Index, IndexFile};
+use crate::index::{BlobLocation, Index, IndexFile};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
@@ -232,7 +233,7 @@ impl std::fmt::Display for UnreadableIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "index file {} is unreadable and was skipped: {}; what it describes cannot be read until `pvsnap repair index` rebuilds the index",
+            "index file {} is unreadable and was skipped: {}; readers find what it listed through the packs' trailers until `pvsnap repair index` rebuilds the index",
             self.name, self.error
         )
     }
@@ -449,10 +450,12 @@ impl Repository {
         for u in &read.unreadable {
             tracing::warn!("{u}");
         }
-        let index = self.usable_index(&read.files)?;
+        let (index, set_aside) = self.usable_index(&read.files)?;
         Ok(IndexedRepository {
             repo: self,
             index,
+            set_aside,
+            rescued: std::sync::OnceLock::new(),
             tree_packs: PackCache::new(TREE_PACK_CACHE),
         })
     }
@@ -463,38 +466,43 @@ impl Repository {
     /// is not there, exit 0 and be damaged from the start. Left out, the
     /// chunk is stored again. Packs are listed after the index files were
     /// read, so every pack those files name was written before the listing.
-    fn usable_index(&self, files: &[(IndexId, IndexFile)]) -> Result<Index> {
-        let sizes: std::collections::HashMap<PackId, u64> = self
+    fn usable_index(&self, files: &[(IndexId, IndexFile)]) -> Result<(Index, SetAside)> {
+        let sizes: HashMap<PackId, u64> = self
             .backend
             .list(ObjectKind::Pack)?
             .into_iter()
             .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
             .collect();
-        let unusable = std::sync::Mutex::new(std::collections::BTreeMap::new());
+        let unusable = std::sync::Mutex::new(HashMap::<Id, PackId>::new());
         let index = Index::from_files_where(files, |pack, e| {
             let fits = sizes
                 .get(pack)
                 .is_some_and(|&size| e.offset as u64 + e.stored_len as u64 <= size);
             if !fits {
-                *unusable
-                    .lock()
-                    .expect("unusable")
-                    .entry(*pack)
-                    .or_insert(0usize) += 1;
+                unusable.lock().expect("unusable").insert(e.id, *pack);
             }
             fits
         });
-        for (pack, n) in unusable.into_inner().expect("unusable") {
-            let why = if sizes.contains_key(&pack) {
-                "is shorter than the index says"
-            } else {
-                "is missing"
-            };
+        let mut per_pack = std::collections::BTreeMap::<PackId, usize>::new();
+        let mut set_aside = HashMap::new();
+        for (id, pack) in unusable.into_inner().expect("unusable") {
+            *per_pack.entry(pack).or_default() += 1;
+            // A blob also stored whole elsewhere is readable: not set aside.
+            if index.get(&id).is_none() {
+                set_aside.insert(id, pack);
+            }
+        }
+        for (pack, n) in per_pack {
             tracing::warn!(
-                "pack {pack} {why}: {n} blob(s) listed in it are not used (a snapshot stores them again); run `pvsnap check`, then `pvsnap repair index`"
+                "pack {pack} {}: {n} blob(s) listed in it are not used (a snapshot stores them again); run `pvsnap check`, then `pvsnap repair index`",
+                pack_damage(&sizes, &pack)
             );
         }
-        Ok(index)
+        let set_aside = set_aside
+            .into_iter()
+            .map(|(id, pack)| (id, (pack, pack_damage(&sizes, &pack))))
+            .collect();
+        Ok((index, set_aside))
     }
 
     /// Pairs the repository with an index built by the caller (maintenance
@@ -503,6 +511,8 @@ impl Repository {
         IndexedRepository {
             repo: self,
             index,
+            set_aside: HashMap::new(),
+            rescued: std::sync::OnceLock::new(),
             tree_packs: PackCache::new(TREE_PACK_CACHE),
         }
     }
@@ -647,6 +657,12 @@ fn validate_chunker(c: &ChunkerParams) -> Result<()> {
 pub struct IndexedRepository {
     repo: Repository,
     index: Index,
+    /// Blobs the index files list only in a pack that is missing or too
+    /// short: left out of `index`, kept to say why a read fails.
+    set_aside: SetAside,
+    /// Blobs found in the trailers of packs no index file names, read on the
+    /// first lookup the index cannot answer (see [`IndexedRepository::locate`]).
+    rescued: std::sync::OnceLock<HashMap<Id, BlobLocation>>,
     tree_packs: PackCache,
 }
 
@@ -673,12 +689,94 @@ impl IndexedRepository {
         &self.repo
     }
 
+    /// Where blob `id` can be read: from the index, or else from the trailer
+    /// of a pack that no readable index file names (an index file lost or
+    /// damaged). Every blob read is verified against its id, so a trailer is
+    /// trusted no further than an index file. Only readers use this: a
+    /// snapshot deduplicates against [`IndexedRepository::index`] alone, as
+    /// a blob no index file lists may be in a pack prune is about to delete.
+    pub fn locate(&self, id: &Id) -> Option<BlobLocation> {
+        self.index
+            .get(id)
+            .or_else(|| self.rescued().get(id).copied())
+    }
+
+    /// The blobs of packs that no index entry names, read from their
+    /// trailers once.
+    fn rescued(&self) -> &HashMap<Id, BlobLocation> {
+        self.rescued.get_or_init(|| {
+            let found = match self.read_unindexed_trailers() {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!("could not look for blobs outside the index: {e}");
+                    return HashMap::new();
+                }
+            };
+            let packs: std::collections::HashSet<PackId> =
+                found.values().map(|l| l.pack).collect();
+            if !found.is_empty() {
+                tracing::warn!(
+                    "{} blob(s) the index does not list were found in {} pack(s) that no readable index file names; run `pvsnap repair index`",
+                    found.len(),
+                    packs.len()
+                );
+            }
+            found
+        })
+    }
+
+    fn read_unindexed_trailers(&self) -> Result<HashMap<Id, BlobLocation>> {
+        let indexed: std::collections::HashSet<PackId> = self.index.pack_ids().collect();
+        let unindexed: Vec<(PackId, u64)> = self
+            .backend()
+            .list(ObjectKind::Pack)?
+            .into_iter()
+            .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
+            .filter(|(p, _)| !indexed.contains(p))
+            .collect();
+        let trailers: Vec<(PackId, Vec<crate::blob::BlobEntry>)> = unindexed
+            .par_iter()
+            .filter_map(|(p, size)| {
+                crate::pack::read_trailer(self.backend().as_ref(), self.crypto(), p, *size)
+                    .ok()
+                    .map(|e| (*p, e))
+            })
+            .collect();
+        let mut found = HashMap::new();
+        for (pack, entries) in trailers {
+            for entry in entries {
+                found
+                    .entry(entry.id)
+                    .or_insert(BlobLocation { pack, entry });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Why blob `id` cannot be located, for a message: its pack is missing
+    /// or short, or no index file lists it.
+    pub fn why_unlocated(&self, id: &Id) -> String {
+        match self.set_aside.get(id) {
+            Some((pack, why)) => format!("its pack {} {why}", pack.short()),
+            None => "it is not in the index".into(),
+        }
+    }
+
     /// Reads, checks and returns one blob's plaintext.
     pub fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
-        let loc = self.index.get(id).ok_or_else(|| Error::BlobNotInIndex {
-            id: id.to_hex(),
-            kind: kind.name(),
-        })?;
+        let loc = self
+            .locate(id)
+            .ok_or_else(|| match self.set_aside.get(id) {
+                Some((pack, why)) => Error::CorruptBlob {
+                    id: id.to_hex(),
+                    pack: pack.to_hex(),
+                    detail: format!("the pack {why}"),
+                },
+                None => Error::BlobNotInIndex {
+                    id: id.to_hex(),
+                    kind: kind.name(),
+                },
+            })?;
         if loc.entry.kind != kind {
             return Err(Error::CorruptBlob {
                 id: id.to_hex(),
@@ -751,5 +849,18 @@ impl IndexedRepository {
                 })?;
         }
         Ok(node)
+    }
+}
+
+/// Blobs set aside by [`Repository::load_index`]: the pack each was listed
+/// in and what is wrong with that pack.
+type SetAside = HashMap<Id, (PackId, &'static str)>;
+
+/// Why a pack cannot hold what the index lists in it.
+fn pack_damage(sizes: &HashMap<PackId, u64>, pack: &PackId) -> &'static str {
+    if sizes.contains_key(pack) {
+        "is shorter than the index says"
+    } else {
+        "is missing"
     }
 }

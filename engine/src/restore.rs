@@ -295,7 +295,7 @@ pub fn restore(
     let mut by_pack: HashMap<PackId, Vec<(BlobEntry, ChunkId)>> = HashMap::new();
     let mut missing: Vec<ChunkId> = Vec::new();
     for chunk in plan.targets.keys() {
-        match repo.index().get(&chunk.0) {
+        match repo.locate(&chunk.0) {
             Some(loc) => by_pack
                 .entry(loc.pack)
                 .or_default()
@@ -311,7 +311,10 @@ pub fn restore(
         }
     };
     for c in &missing {
-        mark_damaged(c, format!("chunk {} is not in the index", c.short()));
+        mark_damaged(
+            c,
+            format!("chunk {}: {}", c.short(), repo.why_unlocated(&c.0)),
+        );
     }
     let written = AtomicU64::new(0);
     let units = schedule::units(by_pack, &plan.targets);

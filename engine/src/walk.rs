@@ -57,7 +57,14 @@ fn walk_in(
             ));
             return Ok(());
         }
-        (Err(e), _) => return Err(e),
+        (Err(e), Some(_)) => {
+            return Err(Error::TopTreeUnreadable {
+                path: here(),
+                tree: tree.short(),
+                detail: e.to_string(),
+            });
+        }
+        (Err(e), None) => return Err(e),
     };
     for node in &t.nodes {
         let path = join(prefix, &node.name_lossy());

@@ -116,10 +116,13 @@ fn config_version_zero_is_damage_not_a_newer_pvsnap() {
     let config = env.repo().join("config");
     let good = std::fs::read(&config).unwrap();
     // A version 1 config object (header, then JSON), as old repositories have.
-    // The JSON after the header (and the checksum of newer versions).
-    let start = good.iter().position(|b| *b == b'{').expect("config JSON");
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&good[start..]).expect("config JSON after the header");
+    let (_, body) = pvsnap_engine::format::decode_checked(
+        &good,
+        pvsnap_engine::format::ObjectKind::Config,
+        &|| "config".into(),
+    )
+    .expect("a config object");
+    let mut json: serde_json::Value = serde_json::from_slice(body).expect("config JSON");
     json.as_object_mut().unwrap().remove("checksum");
     for (version, want, not) in [(0, "damaged", "upgrade"), (7, "upgrade", "damaged")] {
         json["version"] = version.into();

@@ -366,6 +366,24 @@ impl Backend for LocalBackend {
         self.put_inner(key, data).map_err(|e| self.full(e))
     }
 
+    /// Written beside the damaged copy, synced, then renamed over it.
+    fn replace_damaged(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+        let path = self.path(key);
+        let dir = path.parent().expect("object paths have a parent");
+        let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
+        let result = (|| -> Result<(), BackendError> {
+            let f = self
+                .write_new(&tmp, data)
+                .map_err(|(op, e)| io(&key.path(), op, e))?;
+            f.sync_all().map_err(|e| io(&key.path(), "fsync", e))?;
+            drop(f);
+            fs::rename(&tmp, &path).map_err(|e| io(&key.path(), "rename into place", e))?;
+            sync_dir(dir).map_err(|e| io(&key.path(), "fsync folder", e))
+        })();
+        let _ = fs::remove_file(&tmp);
+        result.map_err(|e| self.full(e))
+    }
+
     fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
         fs::read(self.path(key)).map_err(|e| not_found_or(key, "read", e))
     }

@@ -130,6 +130,15 @@ pub trait Backend: Send + Sync {
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         Ok(self.list(key.kind)?.iter().any(|(n, _)| *n == key.name))
     }
+    /// Replaces a damaged copy of an object named by its content with
+    /// `data`, the bytes its name stands for; the caller has checked that
+    /// they hash to the name. A crash leaves the damaged copy or the new one,
+    /// never neither, on backends that override it; the default deletes,
+    /// then puts.
+    fn replace_damaged(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+        self.delete(key)?;
+        self.put(key, data)
+    }
     /// Temporary objects left by interrupted writes, in no particular order.
     /// The default (a backend whose writes leave nothing behind) lists none.
     fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
@@ -186,6 +195,9 @@ impl Backend for DryRun {
         self.inner.list(kind)
     }
     fn delete(&self, _key: &ObjectKey) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn replace_damaged(&self, _key: &ObjectKey, _data: &[u8]) -> Result<(), BackendError> {
         Ok(())
     }
     fn modified(&self, key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {

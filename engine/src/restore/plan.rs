@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::dirs::{self, Dirs};
 use crate::archiver::Excludes;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{ChunkId, TreeId};
 use crate::repo::IndexedRepository;
 use crate::tree::{MAX_DEPTH, Node, NodeKind};
@@ -99,7 +99,13 @@ impl Walk<'_> {
         let tree = match self.repo.read_tree(tree_id) {
             Ok(t) => t,
             // Nothing at all can be restored: an error, not damage.
-            Err(e) if depth == 1 => return Err(e),
+            Err(e) if depth == 1 => {
+                return Err(Error::TopTreeUnreadable {
+                    path: self.dirs.path(dir).display().to_string(),
+                    tree: tree_id.short(),
+                    detail: e.to_string(),
+                });
+            }
             Err(e) => {
                 self.plan.unread.insert(dir);
                 self.plan.lost.push((
@@ -168,7 +174,7 @@ impl Walk<'_> {
                     if let Some(c) = e.chunk {
                         // A chunk of another length than its extent would
                         // shift what follows: damage, named as such.
-                        if let Some(loc) = self.repo.index().get(&c.0)
+                        if let Some(loc) = self.repo.locate(&c.0)
                             && loc.entry.raw_len as u64 != e.len
                         {
                             plan.lost.push((
