@@ -15,6 +15,7 @@ mod kill;
 mod locks;
 mod maintenance;
 mod mount;
+mod partial_restore;
 mod permissions;
 mod safety;
 mod snapshot_restore;
