@@ -57,3 +57,40 @@ impl Drop for Display {
         }
     }
 }
+
+/// A workflow's progress as bars: the snapshot's files and bytes, the
+/// restore's bytes.
+pub struct Bars {
+    /// No bars (`--quiet`, `--json`).
+    pub hidden: bool,
+}
+
+impl pvsnap_ops::Observer for Bars {
+    fn storing(&self, p: Arc<pvsnap_engine::archiver::Progress>) -> pvsnap_ops::Watch {
+        Box::new(Display::start(
+            self.hidden,
+            "snapshot",
+            Box::new(move || {
+                (
+                    p.files.load(Ordering::Relaxed),
+                    p.bytes.load(Ordering::Relaxed),
+                    p.total_bytes_hint.load(Ordering::Relaxed),
+                )
+            }),
+        ))
+    }
+
+    fn restoring(&self, p: Arc<pvsnap_engine::restore::RestoreProgress>) -> pvsnap_ops::Watch {
+        Box::new(Display::start(
+            self.hidden,
+            "restore",
+            Box::new(move || {
+                (
+                    0,
+                    p.bytes.load(Ordering::Relaxed),
+                    p.total_bytes.load(Ordering::Relaxed),
+                )
+            }),
+        ))
+    }
+}
