@@ -65,32 +65,27 @@ pub struct Bars {
     pub hidden: bool,
 }
 
+impl Bars {
+    fn show(&self, label: &'static str, sample: Sample) -> pvsnap_ops::Watch {
+        Box::new(Display::start(self.hidden, label, sample))
+    }
+}
+
 impl pvsnap_ops::Observer for Bars {
     fn storing(&self, p: Arc<pvsnap_engine::archiver::Progress>) -> pvsnap_ops::Watch {
-        Box::new(Display::start(
-            self.hidden,
-            "snapshot",
-            Box::new(move || {
-                (
-                    p.files.load(Ordering::Relaxed),
-                    p.bytes.load(Ordering::Relaxed),
-                    p.total_bytes_hint.load(Ordering::Relaxed),
-                )
-            }),
-        ))
+        let sample = move || {
+            let files = p.files.load(Ordering::Relaxed);
+            let total = p.total_bytes_hint.load(Ordering::Relaxed);
+            (files, p.bytes.load(Ordering::Relaxed), total)
+        };
+        self.show("snapshot", Box::new(sample))
     }
 
     fn restoring(&self, p: Arc<pvsnap_engine::restore::RestoreProgress>) -> pvsnap_ops::Watch {
-        Box::new(Display::start(
-            self.hidden,
-            "restore",
-            Box::new(move || {
-                (
-                    0,
-                    p.bytes.load(Ordering::Relaxed),
-                    p.total_bytes.load(Ordering::Relaxed),
-                )
-            }),
-        ))
+        let sample = move || {
+            let total = p.total_bytes.load(Ordering::Relaxed);
+            (0, p.bytes.load(Ordering::Relaxed), total)
+        };
+        self.show("restore", Box::new(sample))
     }
 }
