@@ -1,15 +1,15 @@
 //! Glue between the command line and `pvsnap-k8s`: the Kubernetes flags,
 //! a tokio runtime that exists only while a Kubernetes command runs (the
 //! engine and every other command stay synchronous), claim names, and how
-//! hook outcomes are shown.
+//! hook outcomes are shown. The workflows themselves are `pvsnap-ops`'s.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use pvsnap_engine::snapshot::Source;
-use pvsnap_k8s::{ClaimRef, Cluster, ConnectOptions, HookOutcome, ResolveOptions, ResolvedClaim};
+use pvsnap_k8s::{ClaimRef, Cluster, ConnectOptions, HookOutcome, ResolveOptions};
+pub use pvsnap_ops::claim_key;
 
 /// Where MicroK8s's hostpath provisioner keeps volume directories.
 pub const DEFAULT_STORAGE_DIR: &str = "/var/snap/microk8s/common/default-storage";
@@ -80,10 +80,6 @@ impl Kube {
         self.rt.block_on(f)
     }
 
-    pub fn cluster(&self) -> Option<&Cluster> {
-        self.cluster.as_ref()
-    }
-
     /// The cluster; only call after [`Kube::connect`].
     pub fn connected(&self) -> &Cluster {
         self.cluster.as_ref().expect("Kube::connect was called")
@@ -113,27 +109,6 @@ pub fn claim_argument(arg: &std::path::Path) -> Option<Result<ClaimRef>> {
             arg.display()
         )
     }))
-}
-
-/// `pvc/NAMESPACE/NAME`, as the claim's timeline key reads.
-pub fn claim_key(c: &ClaimRef) -> String {
-    format!("pvc/{}/{}", c.namespace, c.name)
-}
-
-/// The snapshot source recorded for a resolved claim. `host_path` is the
-/// volume's path as the node sees it, whatever `--host-root` was.
-pub fn source_of(r: &ResolvedClaim) -> Source {
-    Source::Pvc {
-        cluster: r.cluster.clone(),
-        namespace: r.namespace.clone(),
-        pvc: r.pvc.clone(),
-        pv: r.pv.clone(),
-        storage_class: r.storage_class.clone(),
-        capacity: Some(r.capacity.quantity.clone()),
-        labels: r.labels.clone(),
-        node: r.node.clone(),
-        host_path: r.volume_path.to_string_lossy().into_owned(),
-    }
 }
 
 /// Parses durations such as `90s`, `5m` or `1m30s` (the reader `--grace`

@@ -57,3 +57,35 @@ impl Drop for Display {
         }
     }
 }
+
+/// A workflow's progress as bars: the snapshot's files and bytes, the
+/// restore's bytes.
+pub struct Bars {
+    /// No bars (`--quiet`, `--json`).
+    pub hidden: bool,
+}
+
+impl Bars {
+    fn show(&self, label: &'static str, sample: Sample) -> pvsnap_ops::Watch {
+        Box::new(Display::start(self.hidden, label, sample))
+    }
+}
+
+impl pvsnap_ops::Observer for Bars {
+    fn storing(&self, p: Arc<pvsnap_engine::archiver::Progress>) -> pvsnap_ops::Watch {
+        let sample = move || {
+            let files = p.files.load(Ordering::Relaxed);
+            let total = p.total_bytes_hint.load(Ordering::Relaxed);
+            (files, p.bytes.load(Ordering::Relaxed), total)
+        };
+        self.show("snapshot", Box::new(sample))
+    }
+
+    fn restoring(&self, p: Arc<pvsnap_engine::restore::RestoreProgress>) -> pvsnap_ops::Watch {
+        let sample = move || {
+            let total = p.total_bytes.load(Ordering::Relaxed);
+            (0, p.bytes.load(Ordering::Relaxed), total)
+        };
+        self.show("restore", Box::new(sample))
+    }
+}

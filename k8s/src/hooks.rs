@@ -273,6 +273,25 @@ pub struct HookOutcome {
 }
 
 impl HookOutcome {
+    /// The outcome of a hook of `phase` running `command` before it runs:
+    /// not ok, no output, on the host. Every outcome starts from it.
+    fn not_run(phase: HookPhase, command: Vec<String>) -> HookOutcome {
+        HookOutcome {
+            phase,
+            namespace: None,
+            pod: None,
+            container: None,
+            command,
+            ok: false,
+            exit_code: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            duration_ms: 0,
+            error: None,
+            on_error: OnError::Fail,
+        }
+    }
+
     /// True when this outcome stops the run: it failed and its mode is Fail.
     pub fn is_fatal(&self) -> bool {
         !self.ok && self.on_error == OnError::Fail
@@ -355,18 +374,9 @@ impl Cluster {
     pub async fn run_pod_hook(&self, phase: HookPhase, pod: &PodRef) -> Option<HookOutcome> {
         let hook = pod_hook(&pod.annotations, phase)?;
         let mut outcome = HookOutcome {
-            phase,
             namespace: Some(pod.namespace.clone()),
             pod: Some(pod.name.clone()),
-            container: None,
-            command: Vec::new(),
-            ok: false,
-            exit_code: None,
-            stdout_tail: String::new(),
-            stderr_tail: String::new(),
-            duration_ms: 0,
-            error: None,
-            on_error: OnError::Fail,
+            ..HookOutcome::not_run(phase, Vec::new())
         };
         let hook = match hook {
             Ok(h) => h,
@@ -566,20 +576,7 @@ impl HostHook {
 /// is killed. Host hooks always have on-error Fail.
 pub async fn run_host_hook(phase: HookPhase, cmd: &str, timeout: Duration) -> HookOutcome {
     use std::process::Stdio;
-    let mut outcome = HookOutcome {
-        phase,
-        namespace: None,
-        pod: None,
-        container: None,
-        command: vec!["sh".into(), "-c".into(), cmd.into()],
-        ok: false,
-        exit_code: None,
-        stdout_tail: String::new(),
-        stderr_tail: String::new(),
-        duration_ms: 0,
-        error: None,
-        on_error: OnError::Fail,
-    };
+    let mut outcome = HookOutcome::not_run(phase, vec!["sh".into(), "-c".into(), cmd.into()]);
     tracing::info!(phase = %phase, command = %cmd, "running host hook");
     let started = Instant::now();
     let mut child = match tokio::process::Command::new("sh")

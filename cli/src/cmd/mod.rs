@@ -23,3 +23,14 @@ pub fn locked(
     let guard = LockGuard::acquire(repo.backend().clone(), exclusive, operation, &host)?;
     Ok((repo.load_index()?, guard))
 }
+
+/// A workflow's error as the command reports it: the engine's and the
+/// Kubernetes crate's errors as themselves, so exit codes and the checks
+/// for particular errors see them.
+pub fn ops_error(e: pvsnap_ops::Error) -> anyhow::Error {
+    match e {
+        pvsnap_ops::Error::Engine(e) => e.into(),
+        pvsnap_ops::Error::Kube(e) => e.into(),
+        e => e.into(),
+    }
+}

@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
 use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress, RestoreSummary};
 use pvsnap_engine::snapshot::Snapshot;
+use pvsnap_ops::Observer;
 
+use crate::progress::Bars;
 use crate::{Cli, output};
 
 #[derive(clap::Args)]
@@ -145,21 +146,15 @@ fn checked_target(target: &std::path::Path, follow: bool) -> Result<PathBuf> {
 /// Runs a restore with a progress display.
 pub fn with_progress<T>(cli: &Cli, a: &Args, f: impl FnOnce(&RestoreProgress) -> T) -> T {
     let progress = Arc::new(RestoreProgress::default());
-    let _shown = {
-        let p = progress.clone();
-        crate::progress::Display::start(
-            cli.quiet || a.json,
-            "restore",
-            Box::new(move || {
-                (
-                    0,
-                    p.bytes.load(Ordering::Relaxed),
-                    p.total_bytes.load(Ordering::Relaxed),
-                )
-            }),
-        )
-    };
+    let _shown = bars(cli, a).restoring(progress.clone());
     f(&progress)
+}
+
+/// The progress bars of a restore: none with `--quiet` or `--json`.
+pub fn bars(cli: &Cli, a: &Args) -> Bars {
+    Bars {
+        hidden: cli.quiet || a.json,
+    }
 }
 
 /// Prints the summary (with `extra` fields in JSON); exit code 4 when files

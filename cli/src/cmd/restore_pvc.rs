@@ -1,12 +1,13 @@
 //! `pvsnap restore SNAP --to-pvc NS/NAME` (in place) and
 //! `pvsnap restore SNAP --to-new-pvc NS/NAME` (a clone claim).
 //!
-//! In place: the claim's Deployments and StatefulSets are scaled to zero
-//! and their pods waited for; the volume's current content is snapshotted
-//! (tag `pre-restore`) so the restore can be undone; the snapshot is
-//! restored writing only chunks that differ and deleting extra entries; and
-//! the workloads are scaled back to their original replica counts on every
-//! path, failed restores included.
+//! In place (the workflow is `pvsnap_ops::restore_in_place`): the claim's
+//! Deployments and StatefulSets are scaled to zero and their pods waited
+//! for; the volume's current content is snapshotted (tag `pre-restore`) so
+//! the restore can be undone; the snapshot is restored writing only chunks
+//! that differ and deleting extra entries; and the workloads are scaled
+//! back to their original replica counts on every path, failed restores
+//! included. This module asks before it starts and renders what happened.
 //!
 //! Clone: the snapshot is restored into a new directory under the storage
 //! folder (MicroK8s's by default), then a PersistentVolume pointing at it
@@ -17,18 +18,18 @@
 //! restored before the objects exist, so no pod can mount a half-filled
 //! volume.
 
-use anyhow::{Context, Result, anyhow, bail};
-use pvsnap_engine::archiver::{self, BackupOptions, Progress};
-use pvsnap_engine::restore::{self, RestoreOptions};
-use pvsnap_engine::snapshot::{Snapshot, Source};
-use pvsnap_k8s::{ResolvedClaim, Workload};
+use std::sync::Arc;
 
-use super::restore::{Args, report, with_progress};
+use anyhow::{Context, Result, bail};
+use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress};
+use pvsnap_engine::snapshot::{Snapshot, Source};
+use pvsnap_k8s::Workload;
+use pvsnap_ops::{InPlaceOptions, Observer, PRE_RESTORE_TAG, Watch};
+
+use super::restore::{Args, bars, report, with_progress};
 use crate::Cli;
 use crate::k8s::{self, Kube};
-
-/// Tag of the snapshot taken before an in-place restore.
-pub const PRE_RESTORE_TAG: &str = "pre-restore";
+use crate::progress::Bars;
 
 pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let claim = k8s::parse_claim(spec)?;
@@ -38,27 +39,24 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let snap = repo.resolve_snapshot(&a.snapshot)?;
     let kube = Kube::connect(&a.kube)?;
     let cluster = kube.connected();
-    let resolved = kube
-        .block_on(cluster.resolve_claim(&claim.namespace, &claim.name, &a.kube.resolve_options()))
-        .with_context(|| format!("cannot restore into {key}"))?;
-    if !resolved.host_path.is_dir() {
-        bail!(
-            "cannot restore into {key}: its volume directory {} is not a folder on this host (check --host-root and --node)",
-            resolved.host_path.display()
-        );
-    }
-    let workloads = kube.block_on(cluster.workloads_mounting(&claim.namespace, &claim.name))?;
+    let target = kube
+        .block_on(pvsnap_ops::prepare_in_place(
+            cluster,
+            &claim,
+            &a.kube.resolve_options(),
+        ))
+        .map_err(super::ops_error)?;
     if !a.yes {
-        let stops = if workloads.is_empty() {
+        let stops = if target.workloads.is_empty() {
             String::new()
         } else {
-            format!(", stopping {} meanwhile", names(&workloads))
+            format!(", stopping {} meanwhile", names(&target.workloads))
         };
         k8s::confirm(
             &format!(
                 "Replace the content of {key} (volume {}, {}) with snapshot {} of {}{stops}?",
-                resolved.pv,
-                resolved.host_path.display(),
+                target.resolved.pv,
+                target.resolved.host_path.display(),
                 snap.short_id(),
                 snap.source.key()
             ),
@@ -66,47 +64,29 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
         )?;
     }
 
-    let mut down = kube.block_on(cluster.scale_down(&workloads))?;
-    if !cli.quiet {
-        for w in down.originals() {
-            eprintln!("pvsnap: scaled {w} from {} to 0 replicas", w.replicas);
-        }
-    }
-    let mut safety: Option<Snapshot> = None;
-    let result = (|| -> Result<_> {
-        kube.block_on(cluster.wait_pods_gone(&claim.namespace, &claim.name, a.wait_timeout))?;
-        let taken = safety_snapshot(&mut repo, &resolved)?;
-        if !cli.quiet {
-            eprintln!(
-                "pvsnap: kept the current content of {key} as snapshot {} (tag {PRE_RESTORE_TAG}); undo with `pvsnap restore {} --to-pvc {spec} --yes`",
-                taken.short_id(),
-                taken.short_id()
-            );
-        }
-        safety = Some(taken);
-        let opts = RestoreOptions {
-            delete_extra: true,
-            reuse_existing: true,
-            ..RestoreOptions::default()
-        };
-        Ok(with_progress(cli, a, |p| {
-            restore::restore(&repo, &snap, None, &resolved.host_path, &opts, p)
-        })?)
-    })();
-    let scaled_back = kube.block_on(down.restore_scale());
-    if scaled_back.is_ok() && !cli.quiet {
-        for w in down.originals().iter().filter(|w| w.replicas != 0) {
-            eprintln!("pvsnap: scaled {w} back to {} replicas", w.replicas);
-        }
-    }
-    let summary = match (result, scaled_back) {
+    let notices = Notices {
+        quiet: cli.quiet,
+        bars: bars(cli, a),
+        key: &key,
+        spec,
+    };
+    let options = InPlaceOptions {
+        wait_timeout: a.wait_timeout,
+    };
+    let done = kube
+        .block_on(pvsnap_ops::restore_in_place(
+            &mut repo, cluster, &snap, &target, &options, &notices,
+        ))
+        .map_err(super::ops_error)?;
+    let summary = match (done.restored, done.scaled_back) {
         (Ok(s), Ok(())) => s,
         (Ok(s), Err(scale)) => {
-            report(cli, a, &snap, &key, &s, &extra_json(&safety))?;
-            return Err(anyhow!(scale).context(format!("the restore into {key} succeeded, but")));
+            report(cli, a, &snap, &key, &s, &extra_json(&done.safety))?;
+            return Err(anyhow::Error::from(scale)
+                .context(format!("the restore into {key} succeeded, but")));
         }
         (Err(e), scale) => {
-            let undo = match &safety {
+            let undo = match &done.safety {
                 Some(s) => format!(
                     "; the volume may be partly restored: its content from before is in snapshot {} (`pvsnap restore {} --to-pvc {spec} --yes`)",
                     s.short_id(),
@@ -118,10 +98,54 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
                 Ok(()) => String::new(),
                 Err(se) => format!("; also: {se}"),
             };
-            return Err(e.context(format!("restore into {key} failed{undo}{scale}")));
+            return Err(
+                super::ops_error(e).context(format!("restore into {key} failed{undo}{scale}"))
+            );
         }
     };
-    report(cli, a, &snap, &key, &summary, &extra_json(&safety))
+    report(cli, a, &snap, &key, &summary, &extra_json(&done.safety))
+}
+
+/// What an in-place restore says on standard error while it runs.
+struct Notices<'a> {
+    quiet: bool,
+    bars: Bars,
+    key: &'a str,
+    spec: &'a str,
+}
+
+impl Observer for Notices<'_> {
+    fn restoring(&self, progress: Arc<RestoreProgress>) -> Watch {
+        self.bars.restoring(progress)
+    }
+
+    fn scaled_down(&self, originals: &[Workload]) {
+        if !self.quiet {
+            for w in originals {
+                eprintln!("pvsnap: scaled {w} from {} to 0 replicas", w.replicas);
+            }
+        }
+    }
+
+    fn kept(&self, taken: &Snapshot) {
+        if !self.quiet {
+            eprintln!(
+                "pvsnap: kept the current content of {} as snapshot {} (tag {PRE_RESTORE_TAG}); undo with `pvsnap restore {} --to-pvc {} --yes`",
+                self.key,
+                taken.short_id(),
+                taken.short_id(),
+                self.spec
+            );
+        }
+    }
+
+    fn scaled_back(&self, originals: &[Workload]) {
+        if !self.quiet {
+            for w in originals.iter().filter(|w| w.replicas != 0) {
+                eprintln!("pvsnap: scaled {w} back to {} replicas", w.replicas);
+            }
+        }
+    }
 }
 
 fn extra_json(safety: &Option<Snapshot>) -> Vec<(&'static str, serde_json::Value)> {
@@ -136,31 +160,6 @@ fn names(ws: &[Workload]) -> String {
         .map(|w| format!("{w} ({} replicas)", w.replicas))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Snapshots the claim's current content, tagged `pre-restore`.
-fn safety_snapshot(
-    repo: &mut pvsnap_engine::IndexedRepository,
-    resolved: &ResolvedClaim,
-) -> Result<Snapshot> {
-    let source = k8s::source_of(resolved);
-    let (existing, bad) = repo.snapshots_lenient()?;
-    pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
-    let opts = BackupOptions {
-        parent: archiver::find_parent(&existing, &source),
-        source: Some(source),
-        tags: vec![PRE_RESTORE_TAG.to_string()],
-        ..BackupOptions::default()
-    };
-    let out = archiver::backup(repo, &resolved.host_path, &opts, &Progress::default())
-        .with_context(|| {
-            format!(
-                "cannot take the safety snapshot of {} before restoring",
-                resolved.host_path.display()
-            )
-        })?;
-    repo.index_mut().extend(&out.new_packs);
-    Ok(out.snapshot)
 }
 
 pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {

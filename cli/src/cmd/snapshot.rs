@@ -3,22 +3,20 @@
 //!
 //! Each source is its own timeline. A claim is resolved to its volume's
 //! directory on this node, its running pods' backup hooks run around the
-//! read (see `pvsnap_k8s::with_hooks`), and the snapshot records the claim
-//! and the hook outcomes. A claim that is refused or fails is reported and
-//! the others still run; the exit code is 1 then.
+//! read, and the snapshot records the claim and the hook outcomes (the
+//! workflow is `pvsnap_ops::SnapshotRun`). A claim that is refused or fails
+//! is reported and the others still run; the exit code is 1 then.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, anyhow, bail};
-use pvsnap_engine::IndexedRepository;
-use pvsnap_engine::archiver::{self, BackupOptions, PendingSnapshot, Progress};
-use pvsnap_engine::snapshot::{Snapshot, Source};
-use pvsnap_k8s::{BodyOutcome, ClaimRef, HostHook, PodRef, Scope};
+use pvsnap_engine::snapshot::Snapshot;
+use pvsnap_k8s::{ClaimRef, HostHook, Scope};
+use pvsnap_ops::{HostHooks, SnapshotOptions, SnapshotRun, Taken};
 
 use crate::k8s::{self, Kube, KubeArgs};
+use crate::progress::Bars;
 use crate::{Cli, output};
 
 #[derive(clap::Args)]
@@ -112,15 +110,13 @@ pub fn parse_time(s: &str) -> Result<jiff::Timestamp, String> {
 }
 
 /// What one run shares between its sources.
-struct Run<'a> {
+struct Run<'a, 'r> {
     cli: &'a Cli,
     args: &'a Args,
-    repo: IndexedRepository,
-    existing: Vec<Snapshot>,
-    taken: Vec<Snapshot>,
+    session: SnapshotRun<'r>,
     kube: Option<Kube>,
-    pre: Option<HostHook>,
-    post: Option<HostHook>,
+    host: HostHooks,
+    bars: Bars,
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
@@ -138,11 +134,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         }
     }
     let named_claims = claims.len();
-    let pre = a.pre_hook.as_ref().map(HostHook::new);
-    let post = a.post_hook.as_ref().map(HostHook::new);
+    let host = HostHooks {
+        pre: a.pre_hook.as_ref().map(HostHook::new),
+        post: a.post_hook.as_ref().map(HostHook::new),
+    };
     let kube = if !claims.is_empty() || a.all_pvcs {
         Some(Kube::connect(&a.kube)?)
-    } else if pre.is_some() || post.is_some() {
+    } else if host.pre.is_some() || host.post.is_some() {
         Some(Kube::runtime_only()?)
     } else {
         None
@@ -173,29 +171,31 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     }
 
     let repo = crate::repo::open(cli, true, a.dry_run)?;
-    let (repo, _lock) = super::locked(repo, false, "snapshot")?;
-    // A damaged snapshot object is no parent: warn and look past it.
-    let (existing, bad) = repo.snapshots_lenient()?;
-    pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
+    let (mut repo, _lock) = super::locked(repo, false, "snapshot")?;
+    let options = SnapshotOptions {
+        excludes: a.excludes.clone(),
+        one_file_system: a.one_file_system,
+        time: a.time,
+        tags: a.tags.clone(),
+        labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        hostname: a.host.clone(),
+    };
     let mut run = Run {
         cli,
         args: a,
-        repo,
-        existing,
-        taken: Vec::new(),
+        session: SnapshotRun::new(&mut repo, options).map_err(super::ops_error)?,
         kube,
-        pre,
-        post,
+        host,
+        bars: Bars {
+            hidden: cli.quiet || a.json,
+        },
     };
     let sources = folders.len() + claims.len();
     let mut failed: Vec<String> = Vec::new();
     for path in folders {
         let abs = std::fs::canonicalize(path)
             .with_context(|| format!("{}: cannot resolve", path.display()))?;
-        let source = Source::Path {
-            path: abs.to_string_lossy().into_owned(),
-        };
-        if let Err(e) = run.one(&abs, source, &[]) {
+        if let Err(e) = run.folder(&abs) {
             if run.kube.is_none() {
                 return Err(e);
             }
@@ -223,9 +223,10 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         failed.push(k8s::claim_key(claim));
     }
     let sources = sources - elsewhere;
+    let taken = run.session.taken();
 
     if a.json {
-        let v: Vec<serde_json::Value> = run.taken.iter().map(snapshot_json).collect();
+        let v: Vec<serde_json::Value> = taken.iter().map(snapshot_json).collect();
         output::json(&v)?;
     }
     if !failed.is_empty() {
@@ -237,8 +238,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         );
         return Ok(crate::exit::ERROR);
     }
-    let lost = run
-        .taken
+    let lost = taken
         .iter()
         .flat_map(|s| &s.errors)
         .filter(|e| e.is_loss())
@@ -252,121 +252,52 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     Ok(crate::exit::OK)
 }
 
-impl Run<'_> {
+impl Run<'_, '_> {
+    /// Snapshots a folder, between the host hooks when there are any.
+    fn folder(&mut self, dir: &Path) -> Result<()> {
+        let taken = match &self.kube {
+            None => self.session.folder(dir, &self.bars),
+            Some(kube) => kube.block_on(self.session.hooked_folder(dir, &self.host, &self.bars)),
+        };
+        self.show(taken)
+    }
+
     /// Resolves a claim and snapshots its volume between its pods' hooks.
     fn claim(&mut self, claim: &ClaimRef) -> Result<()> {
         let kube = self.kube.as_ref().expect("connected for claims");
-        let cluster = kube.connected();
-        let resolved = kube.block_on(cluster.resolve_claim(
-            &claim.namespace,
-            &claim.name,
+        let taken = kube.block_on(self.session.claim(
+            kube.connected(),
+            claim,
             &self.args.kube.resolve_options(),
-        ))?;
-        let dir = &resolved.host_path;
-        if !dir.is_dir() {
-            let mapped = match &self.args.kube.host_root {
-                Some(root) => format!(
-                    " (volume path {} below --host-root {})",
-                    resolved.volume_path.display(),
-                    root.display()
-                ),
-                None => String::new(),
-            };
-            bail!(
-                "volume directory {}{mapped} of persistentvolume {} is not a folder on this host; is pvsnap running on node {} with the host's storage mounted?",
-                dir.display(),
-                resolved.pv,
-                resolved.node.as_deref().unwrap_or("of the volume")
-            );
-        }
-        let pods = kube.block_on(cluster.pods_mounting(&claim.namespace, &claim.name))?;
-        let dir = dir.clone();
-        self.one(&dir, k8s::source_of(&resolved), &pods)
+            &self.host,
+            &self.bars,
+        ));
+        self.show(taken)
     }
 
-    /// Snapshots `dir` as `source`, between the host hooks and the pod
-    /// hooks of `pods` when there are any.
-    fn one(&mut self, dir: &Path, source: Source, pods: &[PodRef]) -> Result<()> {
-        let a = self.args;
-        let opts = BackupOptions {
-            parent: archiver::find_parent(&self.existing, &source)
-                .or_else(|| archiver::find_parent(&self.taken, &source)),
-            source: Some(source),
-            excludes: a.excludes.clone(),
-            one_file_system: a.one_file_system,
-            time: a.time,
-            tags: a.tags.clone(),
-            labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-            hostname: a.host.clone(),
-            hooks: vec![],
-        };
-        let show = !(self.cli.quiet || a.json);
-        let store = || -> pvsnap_engine::Result<PendingSnapshot> {
-            let progress = Arc::new(Progress::default());
-            let _shown = {
-                let p = progress.clone();
-                crate::progress::Display::start(
-                    !show,
-                    "snapshot",
-                    Box::new(move || {
-                        (
-                            p.files.load(Ordering::Relaxed),
-                            p.bytes.load(Ordering::Relaxed),
-                            p.total_bytes_hint.load(Ordering::Relaxed),
-                        )
-                    }),
-                )
-            };
-            archiver::store(&self.repo, dir, &opts, &progress)
-        };
-        let (pending, post_failure) = match &self.kube {
-            None => (store()?, None),
-            Some(kube) => {
-                let cluster = if pods.is_empty() {
-                    None
-                } else {
-                    kube.cluster()
-                };
-                let hooked = kube.block_on(pvsnap_k8s::with_hooks(
-                    cluster,
-                    pods,
-                    self.pre.as_ref(),
-                    self.post.as_ref(),
-                    || async { store() },
-                ));
-                let outcomes: Vec<serde_json::Value> = hooked
-                    .outcomes()
-                    .map(|o| serde_json::to_value(o).expect("hook outcome serializes"))
-                    .collect();
-                let post_failure = hooked
-                    .post
-                    .iter()
-                    .find(|o| o.is_fatal())
-                    .map(|o| format!("the snapshot was saved, but the {}", k8s::hook_line(o)));
-                let lines: Vec<String> = hooked.outcomes().map(k8s::hook_line).collect();
-                match hooked.body {
-                    BodyOutcome::Skipped { reason } => {
-                        for l in lines {
-                            eprintln!("  {l}");
-                        }
-                        return Err(anyhow!("skipped, no snapshot taken: {reason}"));
-                    }
-                    BodyOutcome::Ran(Err(e)) => return Err(e.into()),
-                    BodyOutcome::Ran(Ok(mut pending)) => {
-                        pending.add_hooks(outcomes);
-                        (pending, post_failure)
+    /// Prints a committed snapshot; a post hook that failed after it was
+    /// read still fails its source. A source skipped by a pre hook lists
+    /// the hooks that ran.
+    fn show(&self, taken: pvsnap_ops::Result<Taken>) -> Result<()> {
+        let taken = match taken {
+            Ok(t) => t,
+            Err(e) => {
+                if let pvsnap_ops::Error::Skipped { hooks, .. } = &e {
+                    for h in hooks {
+                        eprintln!("  {}", k8s::hook_line(h));
                     }
                 }
+                return Err(super::ops_error(e));
             }
         };
-        let outcome = pending.commit(&self.repo)?;
-        self.repo.index_mut().extend(&outcome.new_packs);
-        if show {
-            print_human(&outcome.snapshot, a.dry_run);
+        if !(self.cli.quiet || self.args.json) {
+            print_human(&taken.snapshot, self.args.dry_run);
         }
-        self.taken.push(outcome.snapshot);
-        match post_failure {
-            Some(f) => Err(anyhow!(f)),
+        match taken.post_hook_failure {
+            Some(o) => Err(anyhow!(
+                "the snapshot was saved, but the {}",
+                k8s::hook_line(&o)
+            )),
             None => Ok(()),
         }
     }

@@ -1,0 +1,73 @@
+//! What a workflow can fail with.
+
+use std::path::{Path, PathBuf};
+
+use pvsnap_k8s::HookOutcome;
+
+/// A workflow's error. The engine's and the Kubernetes crate's errors pass
+/// through unchanged (same message, same source chain).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Engine(#[from] pvsnap_engine::Error),
+    #[error(transparent)]
+    Kube(#[from] pvsnap_k8s::Error),
+    /// A claim resolved to a volume directory this host does not have.
+    #[error(
+        "volume directory {}{} of persistentvolume {pv} is not a folder on this host; is pvsnap running on node {} with the host's storage mounted?",
+        .dir.display(),
+        below_host_root(.volume_path, .host_root.as_deref()),
+        .node.as_deref().unwrap_or("of the volume")
+    )]
+    VolumeNotHere {
+        /// Where the directory was looked for.
+        dir: PathBuf,
+        /// The volume's path as the node sees it.
+        volume_path: PathBuf,
+        /// Where the host's root is mounted, when it is.
+        host_root: Option<PathBuf>,
+        pv: String,
+        node: Option<String>,
+    },
+    /// A pre hook with on-error Fail failed, so nothing was read.
+    #[error("skipped, no snapshot taken: {reason}")]
+    Skipped {
+        reason: String,
+        /// Every hook that ran, pre then post.
+        hooks: Vec<HookOutcome>,
+    },
+    /// The claim to restore into cannot be resolved.
+    #[error("cannot restore into {key}")]
+    RestoreTarget {
+        key: String,
+        #[source]
+        source: Box<pvsnap_k8s::Error>,
+    },
+    /// The claim to restore into has no volume directory on this host.
+    #[error(
+        "cannot restore into {key}: its volume directory {} is not a folder on this host (check --host-root and --node)",
+        .dir.display()
+    )]
+    RestoreTargetNotHere { key: String, dir: PathBuf },
+    /// The snapshot of the current content before an in-place restore failed.
+    #[error("cannot take the safety snapshot of {} before restoring", .dir.display())]
+    SafetySnapshot {
+        dir: PathBuf,
+        #[source]
+        source: pvsnap_engine::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn below_host_root(volume_path: &Path, host_root: Option<&Path>) -> String {
+    match host_root {
+        Some(root) => format!(
+            " (volume path {} below --host-root {})",
+            volume_path.display(),
+            root.display()
+        ),
+        None => String::new(),
+    }
+}

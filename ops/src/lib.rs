@@ -1,0 +1,42 @@
+//! The workflows of pvsnap, below any user interface: the `pvsnap` command
+//! calls them today, a scheduler or a metrics endpoint can call the same
+//! code tomorrow.
+//!
+//! * [`SnapshotRun`]: one run over several sources, each its own timeline.
+//!   [`SnapshotRun::folder`] snapshots a host folder;
+//!   [`SnapshotRun::hooked_folder`] does it between host hooks;
+//!   [`SnapshotRun::claim`] resolves a claim to its volume directory on this
+//!   node and snapshots it between its running pods' backup hooks (and the
+//!   host hooks). Every source is hooks → store → post hooks → commit, so
+//!   post-hook outcomes are recorded in the snapshot they belong to.
+//! * [`prepare_in_place`] then [`restore_in_place`]: a claim restored in
+//!   place. Its Deployments and StatefulSets are scaled to zero and their
+//!   pods waited for, the volume's current content is kept in a snapshot
+//!   tagged [`PRE_RESTORE_TAG`], the snapshot is restored writing only what
+//!   differs and deleting extra entries, and the workloads are scaled back
+//!   on every path, failed restores included.
+//!
+//! Workflows take plain inputs (an indexed repository, a cluster client,
+//! options) and return reports; they print nothing and decide no exit code.
+//! What happens while they run reaches the caller through an [`Observer`].
+//! Kubernetes requests are async; the engine's work inside a workflow runs
+//! on the calling thread, so a caller with a multi-threaded runtime should
+//! run a workflow where blocking is allowed.
+//!
+//! Errors are [`Error`]: the engine's and the Kubernetes crate's errors
+//! unchanged, plus what only a workflow can find out (a volume directory
+//! missing on this host, a snapshot skipped by a failing pre hook).
+
+mod claim;
+mod error;
+mod observe;
+mod restore;
+mod snapshot;
+
+pub use claim::{claim_key, source_of};
+pub use error::{Error, Result};
+pub use observe::{Observer, Quiet, Watch};
+pub use restore::{
+    InPlace, InPlaceOptions, InPlaceTarget, PRE_RESTORE_TAG, prepare_in_place, restore_in_place,
+};
+pub use snapshot::{HostHooks, SnapshotOptions, SnapshotRun, Taken};

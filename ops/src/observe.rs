@@ -1,0 +1,50 @@
+//! What a workflow tells its caller while it runs.
+
+use std::sync::Arc;
+
+use pvsnap_engine::archiver::Progress;
+use pvsnap_engine::restore::RestoreProgress;
+use pvsnap_engine::snapshot::Snapshot;
+use pvsnap_k8s::Workload;
+
+/// Held while a stage runs and dropped when it ends (a progress display).
+pub type Watch = Box<dyn std::any::Any>;
+
+/// Events of a workflow, in the order they happen. Every method does
+/// nothing by default.
+pub trait Observer {
+    /// A snapshot starts reading a source; the counters move until the
+    /// returned watch is dropped, when its data is stored.
+    fn storing(&self, progress: Arc<Progress>) -> Watch {
+        let _ = progress;
+        Box::new(())
+    }
+
+    /// A restore starts writing; the counters move until the returned
+    /// watch is dropped.
+    fn restoring(&self, progress: Arc<RestoreProgress>) -> Watch {
+        let _ = progress;
+        Box::new(())
+    }
+
+    /// The claim's workloads were scaled to zero; these are their counts
+    /// from before.
+    fn scaled_down(&self, originals: &[Workload]) {
+        let _ = originals;
+    }
+
+    /// The volume's content from before the restore is kept in `snapshot`.
+    fn kept(&self, snapshot: &Snapshot) {
+        let _ = snapshot;
+    }
+
+    /// The workloads are back at their counts from before.
+    fn scaled_back(&self, originals: &[Workload]) {
+        let _ = originals;
+    }
+}
+
+/// An observer that shows nothing.
+pub struct Quiet;
+
+impl Observer for Quiet {}

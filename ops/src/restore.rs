@@ -1,0 +1,152 @@
+//! A claim restored in place: scale down → safety snapshot → restore →
+//! scale back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pvsnap_engine::IndexedRepository;
+use pvsnap_engine::archiver::{self, BackupOptions, Progress};
+use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress, RestoreSummary};
+use pvsnap_engine::snapshot::Snapshot;
+use pvsnap_k8s::{ClaimRef, Cluster, ResolveOptions, ResolvedClaim, Workload};
+
+use crate::claim::{claim_key, source_of};
+use crate::error::{Error, Result};
+use crate::observe::Observer;
+
+/// Tag of the snapshot taken before an in-place restore.
+pub const PRE_RESTORE_TAG: &str = "pre-restore";
+
+/// A claim an in-place restore will write into, and what uses it.
+#[derive(Debug, Clone)]
+pub struct InPlaceTarget {
+    pub claim: ClaimRef,
+    pub resolved: ResolvedClaim,
+    /// The Deployments and StatefulSets to stop meanwhile.
+    pub workloads: Vec<Workload>,
+}
+
+/// How an in-place restore runs.
+#[derive(Debug, Clone)]
+pub struct InPlaceOptions {
+    /// How long to wait for the claim's pods to stop.
+    pub wait_timeout: Duration,
+}
+
+/// What an in-place restore did. The restore and the scaling back are
+/// reported apart: a restore that succeeded is still a restore when the
+/// workloads could not be scaled back, and the reverse.
+#[derive(Debug)]
+pub struct InPlace {
+    /// The snapshot of the content from before, once it was taken.
+    pub safety: Option<Snapshot>,
+    /// Waiting for the pods, the safety snapshot and the restore.
+    pub restored: Result<RestoreSummary>,
+    /// Scaling the workloads back to their counts from before.
+    pub scaled_back: Result<(), pvsnap_k8s::Error>,
+}
+
+/// Finds the claim's volume directory on this host and the workloads that
+/// use it, changing nothing (so the caller can ask before going on).
+pub async fn prepare_in_place(
+    cluster: &Cluster,
+    claim: &ClaimRef,
+    resolve: &ResolveOptions,
+) -> Result<InPlaceTarget> {
+    let key = claim_key(claim);
+    let resolved = cluster
+        .resolve_claim(&claim.namespace, &claim.name, resolve)
+        .await
+        .map_err(|e| Error::RestoreTarget {
+            key: key.clone(),
+            source: Box::new(e),
+        })?;
+    if !resolved.host_path.is_dir() {
+        return Err(Error::RestoreTargetNotHere {
+            key,
+            dir: resolved.host_path,
+        });
+    }
+    let workloads = cluster
+        .workloads_mounting(&claim.namespace, &claim.name)
+        .await?;
+    Ok(InPlaceTarget {
+        claim: claim.clone(),
+        resolved,
+        workloads,
+    })
+}
+
+/// Restores `snap` into the target's volume: scales its workloads to zero
+/// and waits for their pods, keeps the current content in a snapshot tagged
+/// [`PRE_RESTORE_TAG`], restores writing only chunks that differ and
+/// deleting extra entries, and scales the workloads back on every path.
+/// Fails only when scaling down fails (then nothing was changed and what
+/// was already scaled down is scaled back).
+pub async fn restore_in_place(
+    repo: &mut IndexedRepository,
+    cluster: &Cluster,
+    snap: &Snapshot,
+    target: &InPlaceTarget,
+    options: &InPlaceOptions,
+    observer: &dyn Observer,
+) -> Result<InPlace> {
+    let claim = &target.claim;
+    let mut down = cluster.scale_down(&target.workloads).await?;
+    observer.scaled_down(down.originals());
+    let mut safety: Option<Snapshot> = None;
+    let restored = async {
+        cluster
+            .wait_pods_gone(&claim.namespace, &claim.name, options.wait_timeout)
+            .await?;
+        let taken = safety_snapshot(repo, &target.resolved)?;
+        observer.kept(&taken);
+        safety = Some(taken);
+        let opts = RestoreOptions {
+            delete_extra: true,
+            reuse_existing: true,
+            ..RestoreOptions::default()
+        };
+        let progress = Arc::new(RestoreProgress::default());
+        let _watch = observer.restoring(progress.clone());
+        Ok(restore::restore(
+            repo,
+            snap,
+            None,
+            &target.resolved.host_path,
+            &opts,
+            &progress,
+        )?)
+    }
+    .await;
+    let scaled_back = down.restore_scale().await;
+    if scaled_back.is_ok() {
+        observer.scaled_back(down.originals());
+    }
+    Ok(InPlace {
+        safety,
+        restored,
+        scaled_back,
+    })
+}
+
+/// Snapshots the claim's current content, tagged `pre-restore`.
+fn safety_snapshot(repo: &mut IndexedRepository, resolved: &ResolvedClaim) -> Result<Snapshot> {
+    let source = source_of(resolved);
+    let (existing, bad) = repo.snapshots_lenient()?;
+    pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
+    let opts = BackupOptions {
+        parent: archiver::find_parent(&existing, &source),
+        source: Some(source),
+        tags: vec![PRE_RESTORE_TAG.to_string()],
+        ..BackupOptions::default()
+    };
+    let out = archiver::backup(repo, &resolved.host_path, &opts, &Progress::default()).map_err(
+        |source| Error::SafetySnapshot {
+            dir: resolved.host_path.clone(),
+            source,
+        },
+    )?;
+    repo.index_mut().extend(&out.new_packs);
+    Ok(out.snapshot)
+}
