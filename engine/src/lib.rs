@@ -21,9 +21,10 @@
 //! # Locking
 //! | operation | lock |
 //! |---|---|
-//! | snapshot, restore, check, mount, ls, diff, dump | shared |
+//! | snapshot, restore, check, mount | shared |
+//! | ls, diff, dump, stats, snapshots | none (read only: a concurrent prune can make them fail, never make them wrong) |
 //! | policy set, policy remove | shared (revisions resolve races, see [`policy`]) |
-//! | forget, prune, repair | exclusive |
+//! | forget, prune, repair | exclusive (`forget`/`prune --dry-run`: shared) |
 //!
 //! Shared locks coexist; an exclusive lock excludes every other lock. See
 //! [`lock`] for the protocol and stale-lock rules. Operations that delete
