@@ -31,6 +31,12 @@
 //! (forget, prune, repair) demand a [`lock::LockGuard`] that is exclusive.
 //! Prune also leaves young packs that no index names alone, in case a
 //! snapshot is running behind a lock that looked stale; see [`prune`].
+//!
+//! # Unsafe code
+//! Only [`sys`] holds `unsafe` blocks, each behind a safe function with its
+//! SAFETY note; the rest of the engine does not compile with one.
+
+#![deny(unsafe_code)]
 
 pub mod archiver;
 pub mod backend;
@@ -57,6 +63,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod tree;
 pub mod vfs;
@@ -66,7 +73,9 @@ pub mod walk;
 mod crash_tests;
 #[cfg(test)]
 mod damage_tests;
+// A counting global allocator (test only) is unsafe by its trait.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod fuzz_tests;
 #[cfg(test)]
 mod hostile_tests;

@@ -87,10 +87,8 @@ impl Default for VfsOptions {
             readahead_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tree_cache_bytes: 32 << 20,
             refresh_every: Duration::from_secs(3),
-            // SAFETY: geteuid and getegid have no preconditions.
-            uid: unsafe { libc::geteuid() },
-            // SAFETY: as above.
-            gid: unsafe { libc::getegid() },
+            uid: crate::sys::host::euid(),
+            gid: crate::sys::host::egid(),
             time_zone: TimeZone::system(),
         }
     }

@@ -359,7 +359,6 @@ fn many_units_and_more_workers_than_files_restore_every_byte_and_time() {
 
 #[test]
 fn holes_stay_holes_and_allocated_zeros_stay_allocated_through_two_round_trips() {
-    use std::os::fd::AsRawFd;
     const MIB: u64 = 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
@@ -368,14 +367,13 @@ fn holes_stay_holes_and_allocated_zeros_stay_allocated_through_two_round_trips()
     // zeros, data, a 1 MiB hole at the end.
     let f = fs::File::create(src.join("vm.img")).unwrap();
     f.set_len(7 * MIB).unwrap();
-    // SAFETY: fallocate on a valid descriptor.
-    if unsafe { libc::fallocate(f.as_raw_fd(), 0, MIB as i64, 2 * MIB as i64) } != 0 {
+    if crate::sys::extents::allocate(&f, MIB, 2 * MIB).is_err() {
         eprintln!("skipped: this file system cannot preallocate");
         return;
     }
     // tmpfs preallocates but has no extent map to show it with: there the
     // snapshot reads the space as a hole, which is what the file system says.
-    if !matches!(crate::fsmeta::unwritten_extents(&f), Ok(e) if !e.is_empty()) {
+    if !matches!(crate::sys::extents::unwritten_extents(&f), Ok(e) if !e.is_empty()) {
         eprintln!("skipped: this file system does not report preallocated extents");
         return;
     }
