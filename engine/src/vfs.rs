@@ -43,13 +43,14 @@ use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 
+use crate::cache::Lru;
 use crate::error::Error;
 use crate::format::ObjectKind;
 use crate::id::{SnapshotId, TreeId};
 use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Extent, Node, NodeKind, Tree};
-use cache::{ChunkCache, Loader, Lru};
+use cache::{ChunkCache, Loader};
 pub use file::{FileMap, ReadData};
 use layout::{VDir, VNode};
 
