@@ -204,8 +204,7 @@ pub fn restore(
     );
 
     // Phase 2: data, in units of a few MiB (see `schedule` and `writer`).
-    let written =
-        Restorer::new(repo, &plan.files, &plan.targets, &dirs, set_owner, progress).run()?;
+    let written = Restorer::new(repo, &plan, &dirs, set_owner, progress).run()?;
 
     // Phase 3: hardlinks.
     summary.links = hardlinks(&dirs, &plan)?;

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::dirs::Dirs;
 use super::handoff::Handoff;
-use super::plan::PlannedFile;
+use super::plan::{Plan, PlannedFile};
 use super::schedule::{self, Unit};
 use super::zeros::ZeroWriter;
 use super::{RestoreProgress, inplace};
@@ -45,6 +45,7 @@ pub(super) struct Written {
 /// Writes the planned files' content; shared by the worker threads.
 pub(super) struct Restorer<'a> {
     repo: &'a IndexedRepository,
+    /// The planned files; each chunk's targets index into them.
     files: &'a [PlannedFile],
     targets: &'a Targets,
     dirs: &'a Dirs,
@@ -64,14 +65,16 @@ pub(super) struct Restorer<'a> {
 }
 
 impl<'a> Restorer<'a> {
+    /// Ready to restore `plan`'s files below `dirs`; `set_owner`: give
+    /// them their owners (this process may).
     pub(super) fn new(
         repo: &'a IndexedRepository,
-        files: &'a [PlannedFile],
-        targets: &'a Targets,
+        plan: &'a Plan,
         dirs: &'a Dirs,
         set_owner: bool,
         progress: &'a RestoreProgress,
     ) -> Self {
+        let (files, targets) = (&plan.files[..], &plan.targets);
         let remaining: Vec<AtomicU64> = (0..files.len()).map(|_| AtomicU64::new(0)).collect();
         for places in targets.values() {
             for (fi, _) in places {
