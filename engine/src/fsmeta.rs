@@ -2,14 +2,14 @@
 //! device numbers and holes.
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{File, Metadata};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
 
+use crate::sys;
 use crate::tree::{Node, NodeKind, Xattr};
 
 /// Caches uid → user name and gid → group name lookups.
@@ -25,7 +25,7 @@ impl NameCache {
             .lock()
             .expect("name cache")
             .entry(uid)
-            .or_insert_with(|| lookup_user(uid))
+            .or_insert_with(|| sys::host::user_name(uid))
             .clone()
     }
     pub fn group(&self, gid: u32) -> Option<String> {
@@ -33,54 +33,9 @@ impl NameCache {
             .lock()
             .expect("name cache")
             .entry(gid)
-            .or_insert_with(|| lookup_group(gid))
+            .or_insert_with(|| sys::host::group_name(gid))
             .clone()
     }
-}
-
-fn lookup_user(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 16384];
-    let mut pwd: libc::passwd = unsafe_zeroed_passwd();
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers refer to live, correctly sized buffers owned here.
-    let r =
-        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points to a NUL-terminated string inside buf.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
-
-fn lookup_group(gid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 16384];
-    let mut grp: libc::group = unsafe_zeroed_group();
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers refer to live, correctly sized buffers owned here.
-    let r =
-        unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
-        return None;
-    }
-    // SAFETY: on success gr_name points to a NUL-terminated string inside buf.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
-
-fn unsafe_zeroed_passwd() -> libc::passwd {
-    // SAFETY: passwd is a plain C struct for which all-zero bytes are valid.
-    unsafe { std::mem::zeroed() }
-}
-fn unsafe_zeroed_group() -> libc::group {
-    // SAFETY: group is a plain C struct for which all-zero bytes are valid.
-    unsafe { std::mem::zeroed() }
 }
 
 /// The extended attributes of `path` (not following a final symlink).
@@ -170,7 +125,7 @@ pub fn data_segments(file: &File, meta: &Metadata) -> Vec<(u64, u64)> {
     if meta.len() == 0 || segs == [(0, meta.len())] {
         return segs;
     }
-    match unwritten_extents(file) {
+    match sys::extents::unwritten_extents(file) {
         Ok(unwritten) if !unwritten.is_empty() => union(segs, unwritten, meta.len()),
         _ => segs,
     }
@@ -195,70 +150,6 @@ fn union(mut a: Vec<(u64, u64)>, b: Vec<(u64, u64)>, size: u64) -> Vec<(u64, u64
     out
 }
 
-/// The file's allocated but unwritten extents `(offset, len)`, from the
-/// `FS_IOC_FIEMAP` ioctl; an error where the file system has no extent map.
-pub fn unwritten_extents(file: &File) -> std::io::Result<Vec<(u64, u64)>> {
-    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-    const EXTENT_LAST: u32 = 0x1;
-    const EXTENT_UNWRITTEN: u32 = 0x800;
-    const BATCH: usize = 128;
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Extent {
-        logical: u64,
-        physical: u64,
-        length: u64,
-        reserved64: [u64; 2],
-        flags: u32,
-        reserved: [u32; 3],
-    }
-    #[repr(C)]
-    struct Map {
-        start: u64,
-        length: u64,
-        flags: u32,
-        mapped: u32,
-        count: u32,
-        reserved: u32,
-        extents: [Extent; BATCH],
-    }
-    let mut out = Vec::new();
-    let mut start = 0u64;
-    loop {
-        let mut map = Map {
-            start,
-            length: u64::MAX - start,
-            flags: 0,
-            mapped: 0,
-            count: BATCH as u32,
-            reserved: 0,
-            extents: [Extent::default(); BATCH],
-        };
-        // SAFETY: `map` is a `struct fiemap` followed by room for `count`
-        // extents, as the ioctl expects; it lives across the call.
-        if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map as *mut Map) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let got = &map.extents[..(map.mapped as usize).min(BATCH)];
-        let Some(last) = got.last() else {
-            return Ok(out);
-        };
-        for e in got {
-            if e.flags & EXTENT_UNWRITTEN != 0 {
-                match out.last_mut() {
-                    Some((o, l)) if *o + *l == e.logical => *l += e.length,
-                    _ => out.push((e.logical, e.length)),
-                }
-            }
-        }
-        let next = last.logical + last.length;
-        if last.flags & EXTENT_LAST != 0 || got.len() < BATCH || next <= start {
-            return Ok(out);
-        }
-        start = next;
-    }
-}
-
 /// [`data_segments`] as `SEEK_DATA`/`SEEK_HOLE` see them.
 fn seek_data_segments(file: &File, meta: &Metadata) -> Vec<(u64, u64)> {
     let size = meta.len();
@@ -268,52 +159,19 @@ fn seek_data_segments(file: &File, meta: &Metadata) -> Vec<(u64, u64)> {
     if meta.blocks() * 512 >= size {
         return vec![(0, size)];
     }
-    let fd = file.as_raw_fd();
-    let mut segs = Vec::new();
-    let mut pos: i64 = 0;
-    while (pos as u64) < size {
-        // SAFETY: lseek on a valid fd has no memory-safety preconditions.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error().raw_os_error();
-            if err == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return vec![(0, size)]; // SEEK_DATA unsupported: treat as dense
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 {
-            size as i64
-        } else {
-            hole.min(size as i64)
-        };
-        if end > data {
-            segs.push((data as u64, (end - data) as u64));
-        }
-        pos = end;
-        if hole < 0 {
-            break;
-        }
+    match sys::extents::data_ranges(file, 0, size) {
+        Some(ranges) => ranges.into_iter().map(|(s, e)| (s, e - s)).collect(),
+        // SEEK_DATA unsupported: treat as dense.
+        None => vec![(0, size)],
     }
-    segs
-}
-
-fn cstr(path: &Path) -> std::io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
 }
 
 /// Sets owner (if root), xattrs, mode and times of `path` from `node`, in the
 /// order that keeps setuid bits and ACL masks right. Does not follow symlinks.
 pub fn apply_metadata(path: &Path, node: &Node, set_owner: bool) -> std::io::Result<()> {
-    let c = cstr(path)?;
     let is_link = matches!(node.kind, NodeKind::Symlink { .. });
     if set_owner {
-        // SAFETY: c is a valid NUL-terminated path.
-        if unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        sys::meta::lchown(path, node.uid, node.gid)?;
     }
     if !is_link {
         for x in &node.xattrs {
@@ -331,40 +189,18 @@ pub fn apply_metadata(path: &Path, node: &Node, set_owner: bool) -> std::io::Res
                 );
             }
         }
-        // SAFETY: c is a valid NUL-terminated path.
-        if unsafe { libc::chmod(c.as_ptr(), node.mode as libc::mode_t) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        sys::meta::chmod(path, node.mode)?;
     }
-    let ts = |ns: i64| libc::timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000),
-    };
     // Access times are not recorded (they would change every tree on every
     // run); a restored entry's atime is its mtime.
-    let times = [ts(node.mtime_ns), ts(node.mtime_ns)];
-    // SAFETY: c is valid and times points to two timespecs.
-    if unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    sys::meta::set_times_nofollow(path, node.mtime_ns)
 }
 
 /// Like [`apply_metadata`], on an open regular file (saves path lookups).
 pub fn apply_metadata_fd(file: &File, node: &Node, set_owner: bool) -> std::io::Result<()> {
     use xattr::FileExt as _;
-    let fd = file.as_raw_fd();
-    // SAFETY: fd is a valid open descriptor for the duration of these calls.
-    if set_owner && unsafe { libc::fchown(fd, node.uid, node.gid) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    if set_owner {
+        sys::meta::fchown(file, node.uid, node.gid)?;
     }
     for x in &node.xattrs {
         let name = OsStr::from_bytes(&x.name);
@@ -375,49 +211,24 @@ pub fn apply_metadata_fd(file: &File, node: &Node, set_owner: bool) -> std::io::
             tracing::warn!("could not set xattr {}: {e}", name.to_string_lossy());
         }
     }
-    // SAFETY: as above.
-    if unsafe { libc::fchmod(fd, node.mode as libc::mode_t) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let ts = libc::timespec {
-        tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
-    };
-    let times = [ts, ts];
-    // SAFETY: as above; times points to two timespecs.
-    if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    sys::meta::fchmod(file, node.mode)?;
+    sys::meta::set_times_fd(file, node.mtime_ns)
 }
 
 /// Creates a fifo or device node.
 pub fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
-    let c = cstr(path)?;
     let (kind, rdev) = match node.kind {
         NodeKind::Fifo => (libc::S_IFIFO, 0),
         NodeKind::CharDevice { rdev } => (libc::S_IFCHR, rdev),
         NodeKind::BlockDevice { rdev } => (libc::S_IFBLK, rdev),
         _ => return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
     };
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            kind | (node.mode & 0o777) as libc::mode_t,
-            rdev as libc::dev_t,
-        )
-    } != 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    sys::meta::mknod(path, kind | (node.mode & 0o777), rdev)
 }
 
 /// Whether this process may set file owners.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    sys::host::euid() == 0
 }
 
 #[cfg(test)]

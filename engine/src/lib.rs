@@ -21,15 +21,22 @@
 //! # Locking
 //! | operation | lock |
 //! |---|---|
-//! | snapshot, restore, check, mount, ls, diff, dump | shared |
+//! | snapshot, restore, check, mount | shared |
+//! | ls, diff, dump, stats, snapshots | none (read only: a concurrent prune can make them fail, never make them wrong) |
 //! | policy set, policy remove | shared (revisions resolve races, see [`policy`]) |
-//! | forget, prune, repair | exclusive |
+//! | forget, prune, repair | exclusive (`forget`/`prune --dry-run`: shared) |
 //!
 //! Shared locks coexist; an exclusive lock excludes every other lock. See
 //! [`lock`] for the protocol and stale-lock rules. Operations that delete
 //! (forget, prune, repair) demand a [`lock::LockGuard`] that is exclusive.
 //! Prune also leaves young packs that no index names alone, in case a
 //! snapshot is running behind a lock that looked stale; see [`prune`].
+//!
+//! # Unsafe code
+//! Only [`sys`] holds `unsafe` blocks, each behind a safe function with its
+//! SAFETY note; the rest of the engine does not compile with one.
+
+#![deny(unsafe_code)]
 
 pub mod archiver;
 pub mod backend;
@@ -56,6 +63,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod snapshot;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod tree;
 pub mod vfs;
@@ -65,7 +73,9 @@ pub mod walk;
 mod crash_tests;
 #[cfg(test)]
 mod damage_tests;
+// A counting global allocator (test only) is unsafe by its trait.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod fuzz_tests;
 #[cfg(test)]
 mod hostile_tests;

@@ -199,9 +199,7 @@ fn process_alive(pid: u32) -> bool {
         // 0 and negative numbers name process groups, never one process.
         return false;
     }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    crate::sys::host::process_exists(pid)
 }
 
 /// One object under `locks/`, as read.

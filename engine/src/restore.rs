@@ -34,23 +34,16 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::archiver::Excludes;
-use crate::backend::ObjectKey;
-use crate::blob::{self, BlobEntry};
-use crate::error::{BackendError, Error, Result};
-use crate::format::ObjectKind;
+use crate::error::{Error, Result};
 use crate::fsmeta;
-use crate::id::{ChunkId, PackId};
 use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::sys::dir::Dir;
@@ -58,15 +51,20 @@ use crate::tree::{Node, NodeKind};
 
 use dirs::{Dirs, TARGET};
 use plan::{Filter, Plan, PlannedFile, Walk};
+use writer::Restorer;
 
 mod dirs;
+mod dump;
 mod handoff;
 mod inplace;
 mod plan;
 mod schedule;
 #[cfg(test)]
 mod tests;
+mod writer;
 mod zeros;
+
+pub use dump::dump;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -189,54 +187,12 @@ pub fn restore(
         excludes: Excludes::new(&opts.excludes)?,
     };
     let set_owner = fsmeta::is_root();
-    let mut walk = Walk {
-        repo,
-        filter: &filter,
-        plan: Plan {
-            files: vec![],
-            hardlinks: vec![],
-            others: vec![],
-            dirs: vec![],
-            targets: HashMap::new(),
-            lost: vec![],
-            unread: Default::default(),
-        },
-        dirs,
-        seen: HashMap::new(),
-    };
     let mut summary = RestoreSummary::default();
 
     // Phase 1: plan; folders, symlinks and special files are made here.
-    match &root.kind {
-        NodeKind::Dir { subtree } => {
-            walk.dir(subtree, TARGET, Path::new(""), 1, filter.includes.is_none())?;
-            walk.plan.dirs.push((TARGET, root.clone(), 0));
-        }
-        _ => walk.entry(&root, TARGET)?,
-    }
-    let Walk { mut plan, dirs, .. } = walk;
+    let (mut plan, dirs) = plan(repo, &root, dirs, &filter)?;
     if !fresh {
-        if opts.delete_extra {
-            summary.deleted = inplace::delete_extra(repo, &dirs, &plan.dirs, &plan.unread)?;
-        }
-        if opts.reuse_existing {
-            let existing: Vec<Option<bool>> = plan
-                .files
-                .par_iter()
-                .map(|f| inplace::prepare_existing(&dirs, f))
-                .collect::<Result<_>>()?;
-            for (f, resized) in plan.files.iter_mut().zip(existing) {
-                f.reuse = resized.is_some();
-                f.resized = resized.unwrap_or(false);
-            }
-            let kept = inplace::keep_matching(repo, &dirs, &plan.files, &mut plan.targets)?;
-            summary.files_skipped = kept.files;
-            summary.bytes_skipped = kept.bytes;
-        }
-        plan.files
-            .par_iter()
-            .filter(|f| !f.reuse)
-            .try_for_each(|f| dirs::remove_existing(&*dirs.open(f.dir)?, &f.node.name, &f.path))?;
+        prepare_target(repo, &dirs, &mut plan, opts, &mut summary)?;
     }
     let total: u64 = plan
         .files
@@ -246,226 +202,91 @@ pub fn restore(
         total.saturating_sub(summary.bytes_skipped),
         Ordering::Relaxed,
     );
-    // Writes still owed to each file; the writer that brings it to zero sets
-    // the file's metadata through the open descriptor.
-    let remaining: Vec<AtomicU64> = (0..plan.files.len()).map(|_| AtomicU64::new(0)).collect();
-    for targets in plan.targets.values() {
-        for (fi, _) in targets {
-            remaining[*fi].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    // Whether some worker has given the file its final size already.
-    let sized: Vec<AtomicBool> = (0..plan.files.len())
-        .map(|_| AtomicBool::new(false))
-        .collect();
-    let open_file = |fi: usize, set_size: bool| -> Result<File> {
-        let f = &plan.files[fi];
-        let file = dirs
-            .open(f.dir)?
-            .open_file(
-                OsStr::from_bytes(&f.node.name),
-                libc::O_WRONLY | libc::O_CREAT,
-                0o600,
-            )
-            .map_err(|e| Error::io(&f.path, "create", e))?;
-        // The final size up front: holes stay holes, and the file is whole
-        // whatever order its chunks arrive in.
-        if set_size && !single_chunk(&f.node) {
-            file.set_len(f.node.size)
-                .map_err(|e| Error::io(&f.path, "set size", e))?;
-        }
-        Ok(file)
-    };
-    let finish_file = |fi: usize, file: &File| -> Result<()> {
-        let f = &plan.files[fi];
-        if f.reuse {
-            inplace::remove_extra_xattrs(file, &f.path, &f.node)
-                .map_err(|e| Error::io(&f.path, "set metadata", e))?;
-        }
-        fsmeta::apply_metadata_fd(file, &f.node, set_owner)
-            .map_err(|e| Error::io(&f.path, "set metadata", e))
-    };
-    // Files without stored content (empty, or only holes).
-    (0..plan.files.len())
-        .into_par_iter()
-        .filter(|fi| remaining[*fi].load(Ordering::Relaxed) == 0)
-        .try_for_each(|fi| finish_file(fi, &open_file(fi, true)?))?;
 
-    // Phase 2: data, in units of a few MiB (see `schedule`).
-    let mut by_pack: HashMap<PackId, Vec<(BlobEntry, ChunkId)>> = HashMap::new();
-    let mut missing: Vec<ChunkId> = Vec::new();
-    for chunk in plan.targets.keys() {
-        match repo.locate(&chunk.0) {
-            Some(loc) => by_pack
-                .entry(loc.pack)
-                .or_default()
-                .push((loc.entry, *chunk)),
-            None => missing.push(*chunk),
-        }
-    }
-    let damaged: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
-    let mark_damaged = |chunk: &ChunkId, why: String| {
-        let mut d = damaged.lock().expect("damaged");
-        for (fi, _) in &plan.targets[chunk] {
-            d.push((*fi, why.clone()));
-        }
-    };
-    for c in &missing {
-        mark_damaged(
-            c,
-            format!("chunk {}: {}", c.short(), repo.why_unlocated(&c.0)),
-        );
-    }
-    let written = AtomicU64::new(0);
-    let units = schedule::units(by_pack, &plan.targets);
-    let scheduler = schedule::Scheduler::new(&units);
-    let failed: Mutex<Option<Error>> = Mutex::new(None);
-    let stop = AtomicBool::new(false);
-    let pool: Mutex<Vec<UnitData>> = Mutex::new(Vec::new());
-    let handoff = handoff::Handoff::new(schedule::UNIT_BYTES);
-    let writer = zeros::ZeroWriter::new();
-    // Writes `job`'s pieces into file `fi` through the worker's descriptor;
-    // the write that completes the file sets its metadata.
-    let write_job = |fi: usize, job: Job, open: &mut HashMap<usize, File>| -> Result<()> {
-        let file = match open.entry(fi) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(open_file(fi, !sized[fi].swap(true, Ordering::AcqRel))?)
-            }
-        };
-        for &(off, blob) in &job.pieces {
-            let raw = job.data.content(blob);
-            writer
-                .write_at(file, raw, off)
-                .map_err(|e| Error::io(&plan.files[fi].path, "write", e))?;
-            written.fetch_add(raw.len() as u64, Ordering::Relaxed);
-            progress
-                .bytes
-                .fetch_add(raw.len() as u64, Ordering::Relaxed);
-            if remaining[fi].fetch_sub(1, Ordering::AcqRel) == 1 {
-                let file = open.remove(&fi).expect("just used");
-                return finish_file(fi, &file);
-            }
-        }
-        Ok(())
-    };
-    // One unit of work: read its range of the pack, check and decode each
-    // blob, then hand each file its pieces (see `handoff`). `open` keeps the
-    // worker's files open from one unit to the next.
-    let run_unit = |unit: &schedule::Unit, open: &mut HashMap<usize, File>| -> Result<()> {
-        open.retain(|fi, _| unit.files.binary_search(fi).is_ok());
-        let mut data = pool.lock().expect("pool").pop().unwrap_or_default();
-        let pack = &unit.pack;
-        let first = unit.blobs[0].0.offset as u64;
-        // The furthest end of any blob (a damaged index may list a blob that
-        // reaches past the last one's end).
-        let end = unit
-            .blobs
-            .iter()
-            .map(|(e, _)| e.offset as u64 + e.stored_len as u64)
-            .max()
-            .unwrap_or(first);
-        let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
-        let read = match repo
-            .backend()
-            .get_range_into(&key, first, end - first, &mut data.bytes)
-        {
-            // A truncated pack: the blobs before its end are still whole.
-            Err(BackendError::OutOfRange { size, .. }) if size > first => repo
-                .backend()
-                .get_range_into(&key, first, size - first, &mut data.bytes),
-            r => r,
-        };
-        if let Err(e) = read {
-            for (_, c) in &unit.blobs {
-                mark_damaged(c, format!("pack {}: {e}", pack.short()));
-            }
-            pool.lock().expect("pool").push(data);
-            return Ok(());
-        }
-        data.out.clear();
-        data.at.clear();
-        // Each file's pieces, in the order of `unit.files`.
-        let mut pieces: Vec<Vec<(u64, usize)>> = vec![Vec::new(); unit.files.len()];
-        for (i, (entry, chunk)) in unit.blobs.iter().enumerate() {
-            let start = (entry.offset as u64 - first) as usize;
-            let Some(stored) = data.bytes.get_mut(start..start + entry.stored_len as usize) else {
-                data.at.push(Piece::Damaged);
-                mark_damaged(
-                    chunk,
-                    format!(
-                        "pack {} is truncated or the index is wrong: chunk {} lay past what could be read; run `pvsnap check --read-data`",
-                        pack.short(),
-                        chunk.short()
-                    ),
-                );
-                continue;
-            };
-            match blob::decode_in_place(repo.crypto(), pack, entry, stored, &mut data.out) {
-                Ok(blob::Content::Stored(r)) => {
-                    data.at.push(Piece::Bytes(start + r.start..start + r.end));
-                }
-                Ok(blob::Content::Out(r)) => data.at.push(Piece::Out(r)),
-                Err(e) => {
-                    data.at.push(Piece::Damaged);
-                    mark_damaged(chunk, e.to_string());
-                    continue;
-                }
-            }
-            for (fi, off) in &plan.targets[chunk] {
-                let k = unit.files.binary_search(fi).expect("unit lists its files");
-                pieces[k].push((*off, i));
-            }
-        }
-        let data = std::sync::Arc::new(Pooled {
-            data: Some(data),
-            pool: &pool,
-        });
-        for (k, p) in pieces.into_iter().enumerate() {
-            if p.is_empty() {
-                continue;
-            }
-            let fi = unit.files[k];
-            let bytes: u64 = p.iter().map(|(_, b)| data.content(*b).len() as u64).sum();
-            let job = Job {
-                data: data.clone(),
-                pieces: p,
-            };
-            handoff.submit(fi, job, bytes, |job| write_job(fi, job, open))?;
-        }
-        Ok(())
-    };
-    let workers = rayon::current_num_threads().clamp(1, units.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                let mut open = HashMap::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let Some(i) = scheduler.next() else { break };
-                    let r = run_unit(&units[i], &mut open);
-                    scheduler.done(i);
-                    if let Err(e) = r {
-                        stop.store(true, Ordering::Relaxed);
-                        failed.lock().expect("failed").get_or_insert(e);
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failed.into_inner().expect("failed") {
-        return Err(e);
-    }
-
-    // Files left incomplete by damage still get their metadata.
-    let mut dmg = damaged.into_inner().expect("damaged");
-    dmg.sort();
-    dmg.dedup_by(|a, b| a.0 == b.0);
-    // (They may never have been opened: create them at their size.)
-    for (fi, _) in &dmg {
-        finish_file(*fi, &open_file(*fi, true)?)?;
-    }
+    // Phase 2: data, in units of a few MiB (see `schedule` and `writer`).
+    let written = Restorer::new(repo, &plan, &dirs, set_owner, progress).run()?;
 
     // Phase 3: hardlinks.
+    summary.links = hardlinks(&dirs, &plan)?;
+
+    // Phase 4: metadata of symlinks, special files and folders (deepest first).
+    set_metadata(&dirs, &mut plan, opts.delete_extra, set_owner)?;
+
+    summary.files = plan.files.len() as u64;
+    summary.dirs = plan.dirs.len() as u64;
+    summary.specials = plan.others.len() as u64;
+    summary.bytes_written = written.bytes;
+    summary.damaged = plan.lost;
+    summary.damaged.extend(
+        written
+            .damaged
+            .into_iter()
+            .map(|(fi, why)| (plan.files[fi].path.to_string_lossy().into_owned(), why)),
+    );
+    summary.duration_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Phase 1: walks the trees below `root` into a plan, making folders,
+/// symlinks and special files on the way.
+fn plan(
+    repo: &IndexedRepository,
+    root: &Node,
+    dirs: Dirs,
+    filter: &Filter,
+) -> Result<(Plan, Dirs)> {
+    let mut walk = Walk {
+        repo,
+        filter,
+        plan: Plan::default(),
+        dirs,
+        seen: HashMap::new(),
+    };
+    match &root.kind {
+        NodeKind::Dir { subtree } => {
+            walk.dir(subtree, TARGET, Path::new(""), 1, filter.includes.is_none())?;
+            walk.plan.dirs.push((TARGET, root.clone(), 0));
+        }
+        _ => walk.entry(root, TARGET)?,
+    }
+    Ok((walk.plan, walk.dirs))
+}
+
+/// Before phase 2 in a target that was not empty: deletes what the snapshot
+/// does not have and keeps what is in place (as `opts` asks; see
+/// [`inplace`]), and removes whatever stands where a file is created afresh.
+fn prepare_target(
+    repo: &IndexedRepository,
+    dirs: &Dirs,
+    plan: &mut Plan,
+    opts: &RestoreOptions,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
+    if opts.delete_extra {
+        summary.deleted = inplace::delete_extra(repo, dirs, &plan.dirs, &plan.unread)?;
+    }
+    if opts.reuse_existing {
+        let existing: Vec<Option<bool>> = plan
+            .files
+            .par_iter()
+            .map(|f| inplace::prepare_existing(dirs, f))
+            .collect::<Result<_>>()?;
+        for (f, resized) in plan.files.iter_mut().zip(existing) {
+            f.reuse = resized.is_some();
+            f.resized = resized.unwrap_or(false);
+        }
+        let kept = inplace::keep_matching(repo, dirs, &plan.files, &mut plan.targets)?;
+        summary.files_skipped = kept.files;
+        summary.bytes_skipped = kept.bytes;
+    }
+    plan.files
+        .par_iter()
+        .filter(|f| !f.reuse)
+        .try_for_each(|f| dirs::remove_existing(&*dirs.open(f.dir)?, &f.node.name, &f.path))
+}
+
+/// Phase 3: hardlinks to the files restored in phase 2; returns how many.
+fn hardlinks(dirs: &Dirs, plan: &Plan) -> Result<u64> {
     for ((dir, path, node), first) in &plan.hardlinks {
         let d = dirs.open(*dir)?;
         dirs::remove_existing(&d, &node.name, path)?;
@@ -476,10 +297,14 @@ pub fn restore(
             OsStr::from_bytes(&f.node.name),
         )
         .map_err(|e| Error::io(path, "create hardlink", e))?;
-        summary.links += 1;
     }
+    Ok(plan.hardlinks.len() as u64)
+}
 
-    // Phase 4: metadata of symlinks, special files and folders (deepest first).
+/// Phase 4: metadata of symlinks, special files and folders, deepest
+/// folders first (setting a folder's times after everything in it is made).
+/// `delete_extra`: folders also lose xattrs the snapshot does not have.
+fn set_metadata(dirs: &Dirs, plan: &mut Plan, delete_extra: bool, set_owner: bool) -> Result<()> {
     let meta_err = |p: &Path, e: std::io::Error| Error::io(p, "set metadata", e);
     for (dir, path, node) in &plan.others {
         apply_metadata_at(&*dirs.open(*dir)?, path, node, set_owner)
@@ -489,23 +314,12 @@ pub fn restore(
     for (dir, node, _) in &plan.dirs {
         let path = dirs.path(*dir);
         let d = dirs.open(*dir)?;
-        if opts.delete_extra {
+        if delete_extra {
             inplace::remove_extra_xattrs(d.as_file(), path, node).map_err(|e| meta_err(path, e))?;
         }
         fsmeta::apply_metadata_fd(d.as_file(), node, set_owner).map_err(|e| meta_err(path, e))?;
     }
-
-    summary.files = plan.files.len() as u64;
-    summary.dirs = plan.dirs.len() as u64;
-    summary.specials = plan.others.len() as u64;
-    summary.bytes_written = written.load(Ordering::Relaxed);
-    summary.damaged = plan.lost;
-    summary.damaged.extend(
-        dmg.into_iter()
-            .map(|(fi, why)| (plan.files[fi].path.to_string_lossy().into_owned(), why)),
-    );
-    summary.duration_s = started.elapsed().as_secs_f64();
-    Ok(summary)
+    Ok(())
 }
 
 /// Sets the metadata of a symlink or special file `node` in folder `dir`,
@@ -540,114 +354,4 @@ fn apply_metadata_at(dir: &Dir, path: &Path, node: &Node, set_owner: bool) -> st
         dir.chmod(name, node.mode)?;
     }
     dir.set_times(name, node.mtime_ns)
-}
-
-/// A unit's pack range and decoded blobs, kept for whichever worker writes
-/// them and reused from one unit to the next.
-#[derive(Default)]
-struct UnitData {
-    /// The unit's range of its pack; uncompressed blobs are written from
-    /// here (opened in place when encrypted).
-    bytes: Vec<u8>,
-    /// The compressed blobs' content, back to back.
-    out: Vec<u8>,
-    /// Where each blob of the unit is, in the unit's order.
-    at: Vec<Piece>,
-}
-
-enum Piece {
-    Bytes(std::ops::Range<usize>),
-    Out(std::ops::Range<usize>),
-    /// Failed its check; nothing of it is written.
-    Damaged,
-}
-
-/// A [`UnitData`] that goes back to the pool when the last writer is done
-/// with it, so restoring allocates (and faults in) no fresh buffers.
-struct Pooled<'a> {
-    data: Option<UnitData>,
-    pool: &'a Mutex<Vec<UnitData>>,
-}
-
-impl Pooled<'_> {
-    fn content(&self, blob: usize) -> &[u8] {
-        let d = self.data.as_ref().expect("until dropped");
-        match &d.at[blob] {
-            Piece::Bytes(r) => &d.bytes[r.clone()],
-            Piece::Out(r) => &d.out[r.clone()],
-            Piece::Damaged => unreachable!("damaged blobs get no pieces"),
-        }
-    }
-}
-
-impl Drop for Pooled<'_> {
-    fn drop(&mut self) {
-        if let (Some(d), Ok(mut pool)) = (self.data.take(), self.pool.lock()) {
-            pool.push(d);
-        }
-    }
-}
-
-/// What one file gets from one unit: (file offset, blob index) pieces.
-struct Job<'a> {
-    data: std::sync::Arc<Pooled<'a>>,
-    pieces: Vec<(u64, usize)>,
-}
-
-/// Whether a file's content is exactly one chunk (its write sets the size).
-fn single_chunk(node: &Node) -> bool {
-    matches!(&node.kind, NodeKind::File { content } if content.len() == 1 && content[0].chunk.is_some())
-}
-
-/// Writes one file's content to `out` (holes as zeros).
-pub fn dump(repo: &IndexedRepository, node: &Node, out: &mut dyn Write) -> Result<u64> {
-    let NodeKind::File { content } = &node.kind else {
-        return Err(Error::Invalid(format!(
-            "{}: is a {}, not a file; use `pvsnap ls` or `pvsnap restore`",
-            node.name_lossy(),
-            node.kind.name()
-        )));
-    };
-    // Lengths past what a file can hold are damage, not a stream of zeros
-    // that never ends.
-    let total = content
-        .iter()
-        .try_fold(0u64, |t, e| t.checked_add(e.len))
-        .filter(|t| *t <= i64::MAX as u64);
-    if total.is_none() {
-        return Err(Error::Invalid(format!(
-            "{}: its extents add up to more than a file can hold; the snapshot is damaged or crafted, run `pvsnap check`",
-            node.name_lossy()
-        )));
-    }
-    let zeros = vec![0u8; 1024 * 1024];
-    let mut n = 0;
-    let io = |e: std::io::Error| Error::io("standard output", "write", e);
-    for e in content {
-        match e.chunk {
-            Some(c) => {
-                let data = repo.read_chunk(&c)?;
-                if data.len() as u64 != e.len {
-                    return Err(Error::Invalid(format!(
-                        "{}: chunk {} holds {} bytes where the file's extent says {}; run `pvsnap check`",
-                        node.name_lossy(),
-                        c.short(),
-                        data.len(),
-                        e.len
-                    )));
-                }
-                out.write_all(&data).map_err(io)?
-            }
-            None => {
-                let mut left = e.len;
-                while left > 0 {
-                    let k = left.min(zeros.len() as u64) as usize;
-                    out.write_all(&zeros[..k]).map_err(io)?;
-                    left -= k as u64;
-                }
-            }
-        }
-        n += e.len;
-    }
-    Ok(n)
 }

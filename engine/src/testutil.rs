@@ -1,5 +1,6 @@
-//! Fixtures shared by the maintenance tests: small in-memory repositories,
-//! folders to snapshot, and restoring a snapshot to compare its files.
+//! Fixtures shared by the engine's tests: small in-memory repositories,
+//! content and folders to snapshot, restoring a snapshot to compare its
+//! files, and the rule for tests that need what a machine may lack.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use crate::backend::{Backend, DynBackend};
 use crate::crypto::KdfParams;
 use crate::format::ObjectKind;
 use crate::lock::LockGuard;
-use crate::repo::{ChunkerAlgorithm, ChunkerParams, InitOptions, Repository};
+use crate::repo::{ChunkerAlgorithm, ChunkerParams, IndexedRepository, InitOptions, Repository};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
 use crate::snapshot::{Snapshot, Source};
 
@@ -40,6 +41,32 @@ pub fn mem_repo(encrypted: bool) -> (Arc<MemoryBackend>, Repository) {
     (mem, repo)
 }
 
+/// An unencrypted repository in memory cutting chunks of `min`/`avg`/`max`
+/// bytes, with its (empty) index loaded.
+pub fn indexed_repo(min: u32, avg: u32, max: u32) -> IndexedRepository {
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min,
+            avg,
+            max,
+            ..ChunkerParams::default()
+        },
+        ..InitOptions::default()
+    };
+    Repository::init(Arc::new(MemoryBackend::new()), opts)
+        .expect("init")
+        .load_index()
+        .expect("index")
+}
+
+/// Snapshots `dir` into `repo` and adds the new packs to its index, as the
+/// `snapshot` command does, so the next snapshot deduplicates against them.
+pub fn backup_indexed(repo: &mut IndexedRepository, dir: &Path, opts: &BackupOptions) -> Snapshot {
+    let out = archiver::backup(repo, dir, opts, &Progress::default()).expect("backup");
+    repo.index_mut().extend(&out.new_packs);
+    out.snapshot
+}
+
 /// The same repository opened over another backend (a faulty decorator).
 pub fn reopen(backend: DynBackend) -> Repository {
     let pw = || Ok(b"pw".to_vec());
@@ -59,6 +86,37 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .finalize_xof()
         .fill(&mut out);
     out
+}
+
+/// Deterministic bytes in runs of 3000: incompressible ([`noise`]) and
+/// compressible by turns.
+pub fn half_compressible(seed: u64, len: usize) -> Vec<u8> {
+    let random = noise(seed, len);
+    (0..len)
+        .map(|i| {
+            if (i / 3000) % 2 == 0 {
+                random[i]
+            } else {
+                b'a' + (i % 7) as u8
+            }
+        })
+        .collect()
+}
+
+/// Whether a test that needs something this machine or file system may
+/// lack can run: `missing` says what is missing, `None` when nothing is.
+/// When something is, the test fails, unless `PVSNAP_SKIP_FS_TESTS=1` asks
+/// to skip such tests: then it says `SKIPPED` on standard error and the
+/// caller returns. (The same rule as the mount tests' `PVSNAP_SKIP_FUSE_TESTS`.)
+pub fn can_run(test: &str, missing: Option<&str>) -> bool {
+    let Some(why) = missing else { return true };
+    if std::env::var("PVSNAP_SKIP_FS_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {test}: {why} (PVSNAP_SKIP_FS_TESTS=1)");
+        return false;
+    }
+    panic!(
+        "{test}: cannot run here: {why}; run it on a file system that can (ext4, XFS, btrfs), or set PVSNAP_SKIP_FS_TESTS=1 to skip it"
+    );
 }
 
 /// Writes `files` (relative path → content) below `dir`, replacing what was there.

@@ -43,13 +43,14 @@ use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 
+use crate::cache::Lru;
 use crate::error::Error;
 use crate::format::ObjectKind;
 use crate::id::{SnapshotId, TreeId};
 use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Extent, Node, NodeKind, Tree};
-use cache::{ChunkCache, Loader, Lru};
+use cache::{ChunkCache, Loader};
 pub use file::{FileMap, ReadData};
 use layout::{VDir, VNode};
 
@@ -87,10 +88,8 @@ impl Default for VfsOptions {
             readahead_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tree_cache_bytes: 32 << 20,
             refresh_every: Duration::from_secs(3),
-            // SAFETY: geteuid and getegid have no preconditions.
-            uid: unsafe { libc::geteuid() },
-            // SAFETY: as above.
-            gid: unsafe { libc::getegid() },
+            uid: crate::sys::host::euid(),
+            gid: crate::sys::host::egid(),
             time_zone: TimeZone::system(),
         }
     }

@@ -1,5 +1,7 @@
 //! Snapshot and restore through the binary: fidelity, incrementality,
 //! deduplication, compression, encryption, damage and error reporting.
+//! A few tests need root (to switch users, to mount); without it they fail,
+//! unless PVSNAP_SKIP_ROOT_TESTS=1 says to skip them.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -531,11 +533,23 @@ fn clear_errors_for_bad_input() {
     );
 }
 
-/// A scratch folder an unprivileged user may write to; `None` (test skipped,
-/// said on stderr) when not root, since switching users needs root.
-fn env_for_nobody() -> Option<Env> {
-    if !util::is_root() {
-        eprintln!("needs root to switch to an unprivileged user; skipped");
+/// Whether a test that needs root (`for_what`) can run; panics when it
+/// cannot and nobody asked to skip it (the rule of the mount tests).
+fn root_or_skip(test: &str, for_what: &str) -> bool {
+    if util::is_root() {
+        return true;
+    }
+    if std::env::var("PVSNAP_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {test}: needs root {for_what} (PVSNAP_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!("{test}: needs root {for_what}; run as root, or set PVSNAP_SKIP_ROOT_TESTS=1 to skip");
+}
+
+/// A scratch folder an unprivileged user may write to; `None` when the test
+/// is skipped (see [`root_or_skip`]), since switching users needs root.
+fn env_for_nobody(test: &str) -> Option<Env> {
+    if !root_or_skip(test, "to switch to an unprivileged user") {
         return None;
     }
     let env = Env::new();
@@ -562,7 +576,9 @@ fn as_nobody(args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output 
 
 #[test]
 fn unreadable_files_are_recorded_and_exit_3() {
-    let Some(env) = env_for_nobody() else { return };
+    let Some(env) = env_for_nobody("unreadable_files_are_recorded_and_exit_3") else {
+        return;
+    };
     let src = env.path("src");
     fs::create_dir(&src).unwrap();
     fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
@@ -606,7 +622,9 @@ fn unreadable_files_are_recorded_and_exit_3() {
 
 #[test]
 fn the_default_repository_is_created_on_first_snapshot() {
-    let Some(env) = env_for_nobody() else { return };
+    let Some(env) = env_for_nobody("the_default_repository_is_created_on_first_snapshot") else {
+        return;
+    };
     let src = env.path("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
@@ -797,8 +815,8 @@ fn a_second_key_opens_the_repository_and_the_first_can_be_removed() {
 
 #[test]
 fn one_file_system_keeps_mountpoints_but_not_their_content() {
-    if !util::is_root() {
-        eprintln!("needs root to mount a tmpfs; skipped");
+    let test = "one_file_system_keeps_mountpoints_but_not_their_content";
+    if !root_or_skip(test, "to mount a tmpfs") {
         return;
     }
     let env = Env::new();

@@ -2,9 +2,8 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::{Backend, DynBackend, Leftover, ObjectKey};
+use super::{Backend, DynBackend, Forward, Leftover, ObjectKey};
 use crate::error::BackendError;
-use crate::format::ObjectKind;
 
 /// Passes calls through to `inner` until `fail_puts_after` puts have succeeded,
 /// then fails every later put (as a crash would stop them). Negative: never fail.
@@ -42,9 +41,9 @@ fn spend(left: &AtomicI64) -> bool {
     .is_ok()
 }
 
-impl Backend for FaultyBackend {
-    fn location(&self) -> String {
-        self.inner.location()
+impl Forward for FaultyBackend {
+    fn inner(&self) -> &dyn Backend {
+        &*self.inner
     }
     fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
         if !spend(&self.puts_left) {
@@ -52,38 +51,17 @@ impl Backend for FaultyBackend {
         }
         self.inner.put(key, data)
     }
-    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        self.inner.get_range(key, offset, len)
-    }
-    fn get_range_into(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), BackendError> {
-        self.inner.get_range_into(key, offset, len, buf)
-    }
-    fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>, BackendError> {
-        self.inner.list(kind)
-    }
     fn delete(&self, key: &ObjectKey) -> Result<(), BackendError> {
         if !spend(&self.deletes_left) {
             return Err(BackendError::Injected(format!("delete {key}")));
         }
         self.inner.delete(key)
     }
-    fn modified(&self, key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
-        self.inner.modified(key)
-    }
-    fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
-        self.inner.exists(key)
-    }
-    fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
-        self.inner.leftovers()
+    /// A delete and a put, each of which may fail (the contract's default),
+    /// not the inner backend's replacement.
+    fn replace_damaged(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+        Forward::delete(self, key)?;
+        Forward::put(self, key, data)
     }
     fn remove_leftover(&self, leftover: &Leftover) -> Result<(), BackendError> {
         if !spend(&self.deletes_left) {

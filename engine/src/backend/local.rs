@@ -23,7 +23,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -274,7 +273,7 @@ impl LocalBackend {
                     let done = self.write_direct(&f, &data[..aligned]);
                     // Whatever O_DIRECT did not write (all of it when the
                     // filesystem refuses the alignment) is written normally.
-                    clear_direct(&f).map_err(|e| ("write", e))?;
+                    crate::sys::io::clear_direct(&f).map_err(|e| ("write", e))?;
                     f.write_all_at(&data[done..], done as u64)
                         .map_err(|e| ("write", e))?;
                     return Ok(f);
@@ -315,18 +314,6 @@ impl LocalBackend {
         }
         done
     }
-}
-
-/// Switches `O_DIRECT` off for an open file.
-fn clear_direct(f: &File) -> std::io::Result<()> {
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this `File` owns, with integer arguments.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn io(key: &str, op: &'static str, source: std::io::Error) -> BackendError {
@@ -405,30 +392,17 @@ impl Backend for LocalBackend {
         // Read without zero-filling the buffer or asking the size first; the
         // size is looked up only to explain a short read.
         buf.clear();
-        buf.reserve(len as usize);
         let mut at = offset;
         while buf.len() < len as usize {
             let want = len as usize - buf.len();
-            let spare = &mut buf.spare_capacity_mut()[..want];
-            // SAFETY: read_at only writes into the spare capacity, and exactly
-            // `n` bytes are marked initialised after it returned `n`.
-            let n = unsafe {
-                let dst =
-                    std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), spare.len());
-                match f.read_at(dst, at) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(io(&key.path(), "read", e)),
-                }
-            };
+            let n = crate::sys::io::read_at_append(&f, buf, want, at)
+                .map_err(|e| io(&key.path(), "read", e))?;
             if n == 0 {
                 buf.clear();
                 let size = f.metadata().map_err(|e| io(&key.path(), "stat", e))?.len();
                 check_range(key, offset, len, size)?;
                 return Err(io(&key.path(), "read", ErrorKind::UnexpectedEof.into()));
             }
-            // SAFETY: see above.
-            unsafe { buf.set_len(buf.len() + n) };
             at += n as u64;
         }
         Ok(())

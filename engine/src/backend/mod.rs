@@ -28,11 +28,17 @@
 //!   grace period, since a young one may belong to a write still running.
 //!
 //! Implementations: [`local::LocalBackend`] (the default), [`memory::MemoryBackend`]
-//! for tests, and the decorators [`DryRun`] and [`faulty::FaultyBackend`].
+//! for tests, and the decorators [`DryRun`] and [`faulty::FaultyBackend`],
+//! which pass on what they do not change through [`Forward`].
 
+mod dry_run;
 pub mod faulty;
+mod forward;
 pub mod local;
 pub mod memory;
+
+pub use dry_run::DryRun;
+pub use forward::Forward;
 
 use std::sync::Arc;
 
@@ -156,63 +162,6 @@ pub trait Backend: Send + Sync {
 
 /// A shared, dynamically dispatched backend.
 pub type DynBackend = Arc<dyn Backend>;
-
-/// Decorator that reads through to the inner backend and discards every write,
-/// so `snapshot --dry-run` runs the whole pipeline and stores nothing.
-pub struct DryRun {
-    inner: DynBackend,
-}
-
-impl DryRun {
-    pub fn new(inner: DynBackend) -> Self {
-        DryRun { inner }
-    }
-}
-
-impl Backend for DryRun {
-    fn location(&self) -> String {
-        format!("{} (dry run)", self.inner.location())
-    }
-    fn put(&self, _key: &ObjectKey, _data: &[u8]) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        self.inner.get_range(key, offset, len)
-    }
-    fn get_range_into(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), BackendError> {
-        self.inner.get_range_into(key, offset, len, buf)
-    }
-    fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>, BackendError> {
-        self.inner.list(kind)
-    }
-    fn delete(&self, _key: &ObjectKey) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn replace_damaged(&self, _key: &ObjectKey, _data: &[u8]) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn modified(&self, key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
-        self.inner.modified(key)
-    }
-    fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
-        self.inner.exists(key)
-    }
-    fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
-        self.inner.leftovers()
-    }
-    fn remove_leftover(&self, _leftover: &Leftover) -> Result<(), BackendError> {
-        Ok(())
-    }
-}
 
 /// Checks a requested range against an object's size; shared by backends.
 pub(crate) fn check_range(

@@ -21,7 +21,6 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -34,6 +33,7 @@ use crate::archiver::read_at_full;
 use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::repo::IndexedRepository;
+use crate::sys;
 use crate::sys::dir::EntryKind;
 use crate::tree::{Node, NodeKind};
 
@@ -195,14 +195,15 @@ fn clear_range(file: &File, off: u64, len: u64) -> std::io::Result<bool> {
     let end = off + len;
     let mut changed = false;
     let mut buf = vec![0u8; BLOCK];
-    for (seg_start, seg_end) in data_within(file, off, end) {
+    let data = sys::extents::data_ranges(file, off, end).unwrap_or_else(|| vec![(off, end)]);
+    for (seg_start, seg_end) in data {
         let mut pos = seg_start;
         while pos < seg_end {
             let want = ((seg_end - pos) as usize).min(BLOCK);
             let n = read_at_full(file, &mut buf[..want], pos)?;
             if buf[..n].iter().any(|&b| b != 0) {
                 changed = true;
-                if !punch_hole(file, pos, n as u64) {
+                if sys::extents::punch_hole(file, pos, n as u64).is_err() {
                     let zeros = vec![0u8; n];
                     file.write_all_at(&zeros, pos)?;
                 }
@@ -214,52 +215,6 @@ fn clear_range(file: &File, off: u64, len: u64) -> std::io::Result<bool> {
         }
     }
     Ok(changed)
-}
-
-/// The data segments of `file` within `[start, end)`; the whole range when
-/// the file system cannot tell data from holes.
-fn data_within(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = start;
-    while pos < end {
-        // SAFETY: lseek on a valid descriptor has no memory-safety preconditions.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole from here on
-            }
-            return vec![(start, end)];
-        }
-        let data = data as u64;
-        if data >= end {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let seg_end = if hole < 0 {
-            end
-        } else {
-            (hole as u64).min(end)
-        };
-        out.push((data, seg_end));
-        pos = seg_end;
-    }
-    out
-}
-
-/// Deallocates a range, keeping the file size; false where unsupported.
-fn punch_hole(file: &File, off: u64, len: u64) -> bool {
-    // SAFETY: fallocate on a valid descriptor has no memory-safety preconditions.
-    let r = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    r == 0
 }
 
 /// Removes extended attributes that `node` does not have (an existing entry

@@ -33,6 +33,7 @@ pub(super) struct PlannedFile {
 /// An entry restored in phase 1 or 3: (folder, path, node).
 pub(super) type Placed = (usize, PathBuf, Node);
 
+#[derive(Default)]
 pub(super) struct Plan {
     pub files: Vec<PlannedFile>,
     /// (link, index into files of the first name).

@@ -6,35 +6,19 @@
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 
 use super::{RestoreOptions, RestoreProgress, RestoreSummary, restore};
-use crate::archiver::{BackupOptions, Progress, backup};
-use crate::backend::memory::MemoryBackend;
-use crate::repo::ChunkerParams;
+use crate::IndexedRepository;
+use crate::archiver::BackupOptions;
 use crate::snapshot::Snapshot;
-use crate::{IndexedRepository, InitOptions, Repository};
+use crate::testutil::{self, noise};
 
 fn repo() -> IndexedRepository {
-    let opts = InitOptions {
-        chunker: ChunkerParams {
-            min: 16 * 1024,
-            avg: 64 * 1024,
-            max: 256 * 1024,
-            ..ChunkerParams::default()
-        },
-        ..InitOptions::default()
-    };
-    Repository::init(Arc::new(MemoryBackend::new()), opts)
-        .expect("init")
-        .load_index()
-        .expect("index")
+    testutil::indexed_repo(16 * 1024, 64 * 1024, 256 * 1024)
 }
 
 fn snapshot(repo: &mut IndexedRepository, dir: &Path) -> Snapshot {
-    let out = backup(repo, dir, &BackupOptions::default(), &Progress::default()).expect("backup");
-    repo.index_mut().extend(&out.new_packs);
-    out.snapshot
+    testutil::backup_indexed(repo, dir, &BackupOptions::default())
 }
 
 const IN_PLACE: RestoreOptions = RestoreOptions {
@@ -53,19 +37,6 @@ fn restore_with(
     let s = restore(repo, snap, None, target, opts, &RestoreProgress::default()).expect("restore");
     assert!(s.damaged.is_empty(), "{:?}", s.damaged);
     s
-}
-
-/// Deterministic bytes that do not compress or repeat.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Every entry below `root`: path, type, mode, size, mtime and content.
@@ -359,7 +330,6 @@ fn many_units_and_more_workers_than_files_restore_every_byte_and_time() {
 
 #[test]
 fn holes_stay_holes_and_allocated_zeros_stay_allocated_through_two_round_trips() {
-    use std::os::fd::AsRawFd;
     const MIB: u64 = 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
@@ -368,15 +338,21 @@ fn holes_stay_holes_and_allocated_zeros_stay_allocated_through_two_round_trips()
     // zeros, data, a 1 MiB hole at the end.
     let f = fs::File::create(src.join("vm.img")).unwrap();
     f.set_len(7 * MIB).unwrap();
-    // SAFETY: fallocate on a valid descriptor.
-    if unsafe { libc::fallocate(f.as_raw_fd(), 0, MIB as i64, 2 * MIB as i64) } != 0 {
-        eprintln!("skipped: this file system cannot preallocate");
+    let test = "holes_stay_holes_and_allocated_zeros_stay_allocated_through_two_round_trips";
+    let allocated = crate::sys::extents::allocate(&f, MIB, 2 * MIB);
+    if !testutil::can_run(
+        test,
+        allocated
+            .is_err()
+            .then_some("this file system cannot preallocate"),
+    ) {
         return;
     }
     // tmpfs preallocates but has no extent map to show it with: there the
     // snapshot reads the space as a hole, which is what the file system says.
-    if !matches!(crate::fsmeta::unwritten_extents(&f), Ok(e) if !e.is_empty()) {
-        eprintln!("skipped: this file system does not report preallocated extents");
+    let mapped = matches!(crate::sys::extents::unwritten_extents(&f), Ok(e) if !e.is_empty());
+    let why = "this file system does not report preallocated extents";
+    if !testutil::can_run(test, (!mapped).then_some(why)) {
         return;
     }
     f.write_all_at(&noise(7, MIB as usize), 3 * MIB).unwrap();

@@ -11,9 +11,10 @@
 //! answer `EOPNOTSUPP`; from then on the runs are written as bytes.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::sys;
 
 /// The block size runs are aligned to, in file offsets.
 const BLOCK: usize = 4096;
@@ -75,19 +76,9 @@ impl ZeroWriter {
     /// Zeroes a range; false (and no further tries) where the file system
     /// cannot.
     fn zero(&self, file: &File, off: u64, len: u64) -> std::io::Result<bool> {
-        // SAFETY: fallocate on a valid descriptor has no memory-safety preconditions.
-        let r = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_ZERO_RANGE,
-                off as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r == 0 {
+        let Err(e) = sys::extents::zero_range(file, off, len) else {
             return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
+        };
         match e.raw_os_error() {
             Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
                 self.zero_range.store(false, Ordering::Relaxed);
@@ -179,11 +170,12 @@ mod tests {
             let file = File::create(&path).unwrap();
             let writer = ZeroWriter::new();
             writer.write_at(&file, &data, off as u64).unwrap();
-            if !writer.zero_range.load(Ordering::Relaxed) {
-                eprintln!("skipped: this file system cannot zero ranges");
+            let unable = !writer.zero_range.load(Ordering::Relaxed);
+            let why = unable.then_some("this file system cannot zero ranges");
+            if !crate::testutil::can_run("long_zero_runs_are_not_written_as_bytes", why) {
                 return;
             }
-            let unwritten = crate::fsmeta::unwritten_extents(&file).unwrap();
+            let unwritten = sys::extents::unwritten_extents(&file).unwrap();
             let total: u64 = unwritten.iter().map(|(_, len)| len).sum();
             let want = zeroable(&data, off);
             assert!(want >= 3 * MIN_RUN, "the content has three long runs");

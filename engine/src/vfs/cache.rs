@@ -1,110 +1,17 @@
-//! Caches of the virtual filesystem: a byte-bounded LRU, and on top of it the
-//! cache of decompressed chunks that readers and read-ahead share.
+//! The cache of decompressed chunks that the virtual filesystem's readers and
+//! read-ahead share, on the engine's byte-bounded LRU ([`crate::cache::Lru`]).
 //!
 //! A chunk is loaded once even when a reader and a read-ahead task want it at
 //! the same time: the first asker inserts a *loading* slot and reads; everybody
 //! else waits on that slot. A failed load removes the slot, so the next reader
 //! tries again and sees the error itself. Read-ahead jobs run on a [`Loader`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
+use crate::cache::Lru;
 use crate::error::Result;
 use crate::id::ChunkId;
-
-/// A least-recently-used map bounded by the sum of its entries' weights (bytes).
-/// The newest entry is always kept, even when it alone exceeds the bound.
-pub(crate) struct Lru<K, V> {
-    map: HashMap<K, Entry<V>>,
-    order: BTreeMap<u64, K>,
-    tick: u64,
-    weight: usize,
-    capacity: usize,
-}
-
-struct Entry<V> {
-    value: V,
-    weight: usize,
-    tick: u64,
-}
-
-impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Lru {
-            map: HashMap::new(),
-            order: BTreeMap::new(),
-            tick: 0,
-            weight: 0,
-            capacity,
-        }
-    }
-
-    /// The value under `key`, marked as just used.
-    pub(crate) fn get(&mut self, key: &K) -> Option<V> {
-        self.tick += 1;
-        let e = self.map.get_mut(key)?;
-        self.order.remove(&e.tick);
-        e.tick = self.tick;
-        self.order.insert(self.tick, key.clone());
-        Some(e.value.clone())
-    }
-
-    pub(crate) fn contains(&self, key: &K) -> bool {
-        self.map.contains_key(key)
-    }
-
-    /// Inserts or replaces `key`, then evicts the least recently used entries
-    /// until the total weight fits.
-    pub(crate) fn insert(&mut self, key: K, value: V, weight: usize) {
-        self.remove(&key);
-        self.tick += 1;
-        self.order.insert(self.tick, key.clone());
-        self.map.insert(
-            key,
-            Entry {
-                value,
-                weight,
-                tick: self.tick,
-            },
-        );
-        self.weight += weight;
-        self.evict();
-    }
-
-    /// Changes the weight of `key` if it is still present.
-    pub(crate) fn set_weight(&mut self, key: &K, weight: usize) {
-        if let Some(e) = self.map.get_mut(key) {
-            self.weight = self.weight - e.weight + weight;
-            e.weight = weight;
-            self.evict();
-        }
-    }
-
-    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
-        let e = self.map.remove(key)?;
-        self.order.remove(&e.tick);
-        self.weight -= e.weight;
-        Some(e.value)
-    }
-
-    fn evict(&mut self) {
-        while self.weight > self.capacity && self.map.len() > 1 {
-            let Some((_, key)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some(e) = self.map.remove(&key) {
-                self.weight -= e.weight;
-            }
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn weight(&self) -> usize {
-        self.weight
-    }
-}
 
 /// One chunk in the cache: being loaded, or loaded.
 #[derive(Default)]
@@ -293,29 +200,6 @@ mod tests {
     use super::*;
     use crate::error::Error;
     use crate::id::Id;
-
-    #[test]
-    fn lru_evicts_least_recently_used_by_weight() {
-        let mut l: Lru<u32, u32> = Lru::new(10);
-        l.insert(1, 1, 4);
-        l.insert(2, 2, 4);
-        assert_eq!(l.get(&1), Some(1)); // 2 is now the oldest
-        l.insert(3, 3, 4);
-        assert!(!l.contains(&2), "the least recently used entry goes first");
-        assert!(l.contains(&1) && l.contains(&3));
-        assert_eq!(l.weight(), 8);
-        l.insert(4, 4, 100);
-        assert!(
-            l.contains(&4),
-            "an entry larger than the bound is still kept"
-        );
-        assert_eq!(l.weight(), 100);
-        l.set_weight(&4, 2);
-        l.insert(5, 5, 2);
-        assert_eq!(l.weight(), 4);
-        assert_eq!(l.remove(&4), Some(4));
-        assert_eq!(l.weight(), 2);
-    }
 
     #[test]
     fn a_chunk_is_loaded_once_and_a_failure_is_retried() {

@@ -4,10 +4,9 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::archiver::{self, BackupOptions, Progress};
-use crate::backend::memory::MemoryBackend;
+use crate::archiver::BackupOptions;
 use crate::id::{ChunkId, Id};
-use crate::repo::{ChunkerParams, InitOptions, Repository};
+use crate::testutil::{self, half_compressible};
 
 fn chunk(n: u8) -> Option<ChunkId> {
     Some(ChunkId(Id([n; 32])))
@@ -111,19 +110,7 @@ proptest! {
 
 /// A repository in memory with small chunks, so that small files have many.
 fn repo() -> IndexedRepository {
-    let opts = InitOptions {
-        chunker: ChunkerParams {
-            min: 1024,
-            avg: 4096,
-            max: 16384,
-            ..ChunkerParams::default()
-        },
-        ..InitOptions::default()
-    };
-    Repository::init(Arc::new(MemoryBackend::new()), opts)
-        .unwrap()
-        .load_index()
-        .unwrap()
+    testutil::indexed_repo(1024, 4096, 16384)
 }
 
 /// A snapshot of `dir` recorded at `millis` after the epoch.
@@ -132,26 +119,7 @@ fn backup(repo: &mut IndexedRepository, dir: &Path, millis: i64) -> Snapshot {
         time: Some(jiff::Timestamp::from_millisecond(millis).unwrap()),
         ..BackupOptions::default()
     };
-    let out = archiver::backup(repo, dir, &opts, &Progress::default()).unwrap();
-    repo.index_mut().extend(&out.new_packs);
-    out.snapshot
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Half random, half compressible.
-            if (i / 3000) % 2 == 0 {
-                x as u8
-            } else {
-                b'a' + (i % 7) as u8
-            }
-        })
-        .collect()
+    testutil::backup_indexed(repo, dir, &opts)
 }
 
 fn opts() -> VfsOptions {
@@ -201,7 +169,7 @@ fn read_all(vfs: &Vfs, ino: u64, size: u64, step: u32) -> Vec<u8> {
 #[test]
 fn a_snapshot_reads_back_at_any_offset_with_its_metadata() {
     let src = tempfile::tempdir().unwrap();
-    let big = noise(300_000, 1);
+    let big = half_compressible(1, 300_000);
     std::fs::write(src.path().join("big"), &big).unwrap();
     std::fs::create_dir(src.path().join("sub")).unwrap();
     std::fs::write(src.path().join("sub/a"), b"hello").unwrap();
