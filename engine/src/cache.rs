@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::id::PackId;
+use crate::repo::id::PackId;
 
 pub struct PackCache {
     inner: Mutex<Inner>,
@@ -70,7 +70,7 @@ impl PackCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::Id;
+    use crate::repo::id::Id;
 
     #[test]
     fn holds_at_most_its_capacity_and_serves_hits_without_loading() {

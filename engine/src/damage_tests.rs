@@ -11,19 +11,19 @@ use jiff::tz::TimeZone;
 use crate::backend::local::LocalBackend;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, DynBackend, ObjectKey};
-use crate::check::{self, ProblemKind, ReadData};
 use crate::error::Error;
-use crate::forget::{self, Selection};
-use crate::format::{HEADER_LEN, ObjectKind};
-use crate::id::{IndexId, PackId};
-use crate::prune::{self, PruneOptions};
-use crate::repair;
+use crate::maintenance::check::{self, ProblemKind, ReadData};
+use crate::maintenance::forget::{self, Selection};
+use crate::maintenance::prune::{self, PruneOptions};
+use crate::maintenance::repair;
+use crate::maintenance::retention::{GroupBy, KeepPolicy};
+use crate::repo::format::{HEADER_LEN, ObjectKind};
+use crate::repo::id::{IndexId, PackId};
 use crate::repo::{IndexMode, Repository};
-use crate::retention::{GroupBy, KeepPolicy};
 use crate::snapshot::Snapshot;
 use crate::testutil::{self, exclusive, mem_repo, restore_files, stored_bytes};
 use crate::tree::NodeKind;
-use crate::walk;
+use crate::tree::walk;
 
 type Files = BTreeMap<String, Vec<u8>>;
 

@@ -134,7 +134,7 @@ pub enum MaintenanceError {
         detail: String,
     },
     #[error(transparent)]
-    Retention(#[from] crate::retention::RetentionError),
+    Retention(#[from] crate::maintenance::retention::RetentionError),
 }
 
 /// The umbrella error of the engine's public API.
@@ -220,8 +220,8 @@ impl Error {
     }
 }
 
-impl From<crate::retention::RetentionError> for Error {
-    fn from(e: crate::retention::RetentionError) -> Self {
+impl From<crate::maintenance::retention::RetentionError> for Error {
+    fn from(e: crate::maintenance::retention::RetentionError) -> Self {
         Error::Maintenance(e.into())
     }
 }

@@ -10,18 +10,18 @@ use jiff::tz::TimeZone;
 use crate::backend::faulty::FaultyBackend;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, DynBackend, ObjectKey};
-use crate::check::{self, ProblemKind, ReadData};
-use crate::forget::{self, Selection};
-use crate::format::ObjectKind;
-use crate::id::{IndexId, PackId};
-use crate::prune::{self, PruneOptions};
-use crate::repair;
+use crate::maintenance::check::{self, ProblemKind, ReadData};
+use crate::maintenance::forget::{self, Selection};
+use crate::maintenance::prune::{self, PruneOptions};
+use crate::maintenance::repair;
+use crate::maintenance::retention::{GroupBy, KeepPolicy};
 use crate::repo::Repository;
-use crate::retention::{GroupBy, KeepPolicy};
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{IndexId, PackId};
 use crate::snapshot::Snapshot;
 use crate::testutil::{self, exclusive, mem_repo, reopen, restore_files, stored_bytes};
 use crate::tree::NodeKind;
-use crate::walk;
+use crate::tree::walk;
 
 type Files = BTreeMap<String, Vec<u8>>;
 
@@ -281,14 +281,19 @@ fn young_unreferenced_packs_are_kept_and_old_ones_deleted() {
     testutil::write_tree(dir.path(), &testutil::files(5, 3, 5000));
     let s = testutil::snapshot(&repo, dir.path(), "/x", "2026-01-01T00:00:00Z");
     // A pack written by a snapshot still running: no index names it yet.
-    let mut pb = crate::pack::PackBuilder::new(false, 0);
+    let mut pb = crate::store::pack::PackBuilder::new(false, 0);
     let raw = testutil::noise(77, 3000);
     let id = repo.crypto().content_id(&raw);
-    let (stored, flags) =
-        crate::blob::encode(repo.crypto(), 3, crate::blob::BlobKind::Data, &id, &raw);
+    let (stored, flags) = crate::store::blob::encode(
+        repo.crypto(),
+        3,
+        crate::store::blob::BlobKind::Data,
+        &id,
+        &raw,
+    );
     pb.add(
-        crate::blob::BlobEntry {
-            kind: crate::blob::BlobKind::Data,
+        crate::store::blob::BlobEntry {
+            kind: crate::store::blob::BlobKind::Data,
             flags,
             id,
             offset: 0,
@@ -350,7 +355,7 @@ fn packs_of_files(repo: &Repository, s: &Snapshot) -> BTreeMap<String, BTreeSet<
 }
 
 /// Files of `s` whose content includes chunk `id`.
-fn files_with_chunk(repo: &Repository, s: &Snapshot, id: &crate::id::Id) -> BTreeSet<String> {
+fn files_with_chunk(repo: &Repository, s: &Snapshot, id: &crate::repo::id::Id) -> BTreeSet<String> {
     let idx = repo.clone().load_index().unwrap();
     let mut out = BTreeSet::new();
     walk::walk(&idx, &s.tree, "", &mut |path, node| {
@@ -373,7 +378,7 @@ fn check_names_the_pack_snapshot_and_files_of_a_flipped_byte() {
     let loc = idx
         .index()
         .iter()
-        .find(|l| l.pack == pack && l.entry.kind == crate::blob::BlobKind::Data)
+        .find(|l| l.pack == pack && l.entry.kind == crate::store::blob::BlobKind::Data)
         .unwrap();
     let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
     mem.tamper(&key, |b| b[loc.entry.offset as usize + 5] ^= 0x40);

@@ -44,15 +44,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::archiver::Excludes;
 use crate::backend::ObjectKey;
-use crate::blob::{self, BlobEntry};
+use crate::backup::Excludes;
 use crate::error::{BackendError, Error, Result};
-use crate::format::ObjectKind;
 use crate::fsmeta;
-use crate::id::{ChunkId, PackId};
 use crate::repo::IndexedRepository;
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{ChunkId, PackId};
 use crate::snapshot::Snapshot;
+use crate::store::blob::{self, BlobEntry};
 use crate::sys::dir::Dir;
 use crate::tree::{Node, NodeKind};
 

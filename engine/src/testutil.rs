@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::archiver::{self, BackupOptions, Progress};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, DynBackend};
-use crate::crypto::KdfParams;
-use crate::format::ObjectKind;
-use crate::lock::LockGuard;
+use crate::backup::{self, BackupOptions, Progress};
+use crate::repo::crypto::KdfParams;
+use crate::repo::format::ObjectKind;
+use crate::repo::lock::LockGuard;
 use crate::repo::{ChunkerAlgorithm, ChunkerParams, InitOptions, Repository};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
 use crate::snapshot::{Snapshot, Source};
@@ -83,13 +83,13 @@ pub fn snapshot(repo: &Repository, dir: &Path, source: &str, time: &str) -> Snap
         path: source.into(),
     };
     let opts = BackupOptions {
-        parent: archiver::find_parent(&snaps, &src),
+        parent: backup::find_parent(&snaps, &src),
         source: Some(src),
         time: Some(time.parse().expect("time")),
         hostname: Some("test-host".into()),
         ..BackupOptions::default()
     };
-    archiver::backup(&indexed, dir, &opts, &Progress::default())
+    backup::backup(&indexed, dir, &opts, &Progress::default())
         .expect("backup")
         .snapshot
 }

@@ -44,9 +44,9 @@ use std::time::{Duration, Instant};
 use jiff::tz::TimeZone;
 
 use crate::error::Error;
-use crate::format::ObjectKind;
-use crate::id::{SnapshotId, TreeId};
 use crate::repo::IndexedRepository;
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{SnapshotId, TreeId};
 use crate::snapshot::Snapshot;
 use crate::tree::{Extent, Node, NodeKind, Tree};
 use cache::{ChunkCache, Loader, Lru};

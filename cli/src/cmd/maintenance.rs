@@ -6,13 +6,13 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use jiff::tz::TimeZone;
 use pvsnap_engine::Repository;
-use pvsnap_engine::check::{self, CheckReport, ReadData};
-use pvsnap_engine::forget::{self, ForgetReport, Selection};
-use pvsnap_engine::lock::LockGuard;
-use pvsnap_engine::policy::{self, NamedPolicy};
-use pvsnap_engine::prune::{self, PruneOptions, PruneReport};
-use pvsnap_engine::repair;
-use pvsnap_engine::retention::{GroupBy, KeepPolicy, KeepWithin};
+use pvsnap_engine::maintenance::check::{self, CheckReport, ReadData};
+use pvsnap_engine::maintenance::forget::{self, ForgetReport, Selection};
+use pvsnap_engine::maintenance::prune::{self, PruneOptions, PruneReport};
+use pvsnap_engine::maintenance::repair;
+use pvsnap_engine::maintenance::retention::{GroupBy, KeepPolicy, KeepWithin};
+use pvsnap_engine::repo::lock::LockGuard;
+use pvsnap_engine::repo::policy::{self, NamedPolicy};
 
 use crate::{Cli, output};
 
@@ -216,9 +216,9 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 /// `90s`, `30m`, `24h`, `7d`, combinations such as `1d12h`, or `0`
-/// (`pvsnap_engine::duration`, shared with `--wait-timeout` and keep-within).
+/// (`pvsnap_engine::maintenance::duration`, shared with `--wait-timeout` and keep-within).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    pvsnap_engine::duration::parse_duration(s).map_err(|e| e.to_string())
+    pvsnap_engine::maintenance::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn lock(repo: &Repository, exclusive: bool, operation: &str) -> Result<LockGuard> {

@@ -18,7 +18,7 @@
 //! volume.
 
 use anyhow::{Context, Result, anyhow, bail};
-use pvsnap_engine::archiver::{self, BackupOptions, Progress};
+use pvsnap_engine::backup::{self, BackupOptions, Progress};
 use pvsnap_engine::restore::{self, RestoreOptions};
 use pvsnap_engine::snapshot::{Snapshot, Source};
 use pvsnap_k8s::{ResolvedClaim, Workload};
@@ -147,18 +147,19 @@ fn safety_snapshot(
     let (existing, bad) = repo.snapshots_lenient()?;
     pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
     let opts = BackupOptions {
-        parent: archiver::find_parent(&existing, &source),
+        parent: backup::find_parent(&existing, &source),
         source: Some(source),
         tags: vec![PRE_RESTORE_TAG.to_string()],
         ..BackupOptions::default()
     };
-    let out = archiver::backup(repo, &resolved.host_path, &opts, &Progress::default())
-        .with_context(|| {
+    let out = backup::backup(repo, &resolved.host_path, &opts, &Progress::default()).with_context(
+        || {
             format!(
                 "cannot take the safety snapshot of {} before restoring",
                 resolved.host_path.display()
             )
-        })?;
+        },
+    )?;
     repo.index_mut().extend(&out.new_packs);
     Ok(out.snapshot)
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, anyhow, bail};
 use pvsnap_engine::IndexedRepository;
-use pvsnap_engine::archiver::{self, BackupOptions, PendingSnapshot, Progress};
+use pvsnap_engine::backup::{self, BackupOptions, PendingSnapshot, Progress};
 use pvsnap_engine::snapshot::{Snapshot, Source};
 use pvsnap_k8s::{BodyOutcome, ClaimRef, HostHook, PodRef, Scope};
 
@@ -289,8 +289,8 @@ impl Run<'_> {
     fn one(&mut self, dir: &Path, source: Source, pods: &[PodRef]) -> Result<()> {
         let a = self.args;
         let opts = BackupOptions {
-            parent: archiver::find_parent(&self.existing, &source)
-                .or_else(|| archiver::find_parent(&self.taken, &source)),
+            parent: backup::find_parent(&self.existing, &source)
+                .or_else(|| backup::find_parent(&self.taken, &source)),
             source: Some(source),
             excludes: a.excludes.clone(),
             one_file_system: a.one_file_system,
@@ -317,7 +317,7 @@ impl Run<'_> {
                     }),
                 )
             };
-            archiver::store(&self.repo, dir, &opts, &progress)
+            backup::store(&self.repo, dir, &opts, &progress)
         };
         let (pending, post_failure) = match &self.kube {
             None => (store()?, None),

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::{Backend, DynBackend, Leftover, ObjectKey};
 use crate::error::BackendError;
-use crate::format::ObjectKind;
+use crate::repo::format::ObjectKind;
 
 /// Passes calls through to `inner` until `fail_puts_after` puts have succeeded,
 /// then fails every later put (as a crash would stop them). Negative: never fail.

@@ -10,20 +10,20 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Change, Content, Op, SOURCES};
-use crate::archiver::{self, BackupOptions, Progress};
 use crate::backend::DynBackend;
 use crate::backend::faulty::FaultyBackend;
 use crate::backend::local::LocalBackend;
 use crate::backend::memory::MemoryBackend;
-use crate::check::{self, ProblemKind, ReadData};
-use crate::crypto::KdfParams;
-use crate::forget::{self, Selection};
-use crate::lock::LockGuard;
-use crate::prune::{self, PruneOptions};
-use crate::repair;
+use crate::backup::{self, BackupOptions, Progress};
+use crate::maintenance::check::{self, ProblemKind, ReadData};
+use crate::maintenance::forget::{self, Selection};
+use crate::maintenance::prune::{self, PruneOptions};
+use crate::maintenance::repair;
+use crate::maintenance::retention::{GroupBy, KeepPolicy};
+use crate::repo::crypto::KdfParams;
+use crate::repo::lock::LockGuard;
 use crate::repo::{ChunkerAlgorithm, ChunkerParams, InitOptions, Repository};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
-use crate::retention::{GroupBy, KeepPolicy};
 use crate::snapshot::{Snapshot, Source};
 use crate::testutil::{noise, reopen};
 
@@ -274,13 +274,13 @@ impl World {
         };
         self.time += SignedDuration::from_hours(1);
         let opts = BackupOptions {
-            parent: archiver::find_parent(&snaps, &source),
+            parent: backup::find_parent(&snaps, &source),
             source: Some(source),
             time: Some(self.time),
             hostname: Some("test-host".into()),
             ..BackupOptions::default()
         };
-        let out = archiver::backup(&indexed, &self.source_dir(s), &opts, &Progress::default())
+        let out = backup::backup(&indexed, &self.source_dir(s), &opts, &Progress::default())
             .map_err(err("snapshot"))?;
         self.snaps.push((out.snapshot, self.sources[s].clone()));
         self.stats.snapshots += 1;

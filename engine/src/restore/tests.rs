@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{RestoreOptions, RestoreProgress, RestoreSummary, restore};
-use crate::archiver::{BackupOptions, Progress, backup};
 use crate::backend::memory::MemoryBackend;
+use crate::backup::{BackupOptions, Progress, backup};
 use crate::repo::ChunkerParams;
 use crate::snapshot::Snapshot;
 use crate::{IndexedRepository, InitOptions, Repository};

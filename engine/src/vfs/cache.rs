@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use crate::error::Result;
-use crate::id::ChunkId;
+use crate::repo::id::ChunkId;
 
 /// A least-recently-used map bounded by the sum of its entries' weights (bytes).
 /// The newest entry is always kept, even when it alone exceeds the bound.
@@ -292,7 +292,7 @@ pub(crate) struct Claim {
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::id::Id;
+    use crate::repo::id::Id;
 
     #[test]
     fn lru_evicts_least_recently_used_by_weight() {

@@ -4,9 +4,9 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::archiver::{self, BackupOptions, Progress};
 use crate::backend::memory::MemoryBackend;
-use crate::id::{ChunkId, Id};
+use crate::backup::{self, BackupOptions, Progress};
+use crate::repo::id::{ChunkId, Id};
 use crate::repo::{ChunkerParams, InitOptions, Repository};
 
 fn chunk(n: u8) -> Option<ChunkId> {
@@ -132,7 +132,7 @@ fn backup(repo: &mut IndexedRepository, dir: &Path, millis: i64) -> Snapshot {
         time: Some(jiff::Timestamp::from_millisecond(millis).unwrap()),
         ..BackupOptions::default()
     };
-    let out = archiver::backup(repo, dir, &opts, &Progress::default()).unwrap();
+    let out = backup::backup(repo, dir, &opts, &Progress::default()).unwrap();
     repo.index_mut().extend(&out.new_packs);
     out.snapshot
 }

@@ -1,6 +1,6 @@
 //! `forget`: applying a retention policy to the snapshots of a repository.
 //!
-//! The calendar logic is [`crate::retention::decide`]; this module feeds it
+//! The calendar logic is [`crate::maintenance::retention::decide`]; this module feeds it
 //! the repository's snapshots, explains every verdict and deletes the
 //! snapshot objects that no rule keeps. Deleting snapshots frees nothing by
 //! itself: `prune` removes the data that no remaining snapshot needs.
@@ -14,10 +14,10 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use crate::error::{Error, MaintenanceError, Result};
-use crate::id::SnapshotId;
-use crate::lock::LockGuard;
+use crate::maintenance::retention::{self, GroupBy, GroupKey, KeepPolicy, SnapshotInfo};
 use crate::repo::Repository;
-use crate::retention::{self, GroupBy, GroupKey, KeepPolicy, SnapshotInfo};
+use crate::repo::id::SnapshotId;
+use crate::repo::lock::LockGuard;
 use crate::snapshot::Snapshot;
 
 /// What to forget.
@@ -74,7 +74,7 @@ pub fn resolve_ids(repo: &Repository, specs: &[String]) -> Result<Vec<SnapshotId
     let (snaps, _) = repo.snapshots_lenient()?;
     let all: Vec<SnapshotId> = repo
         .backend()
-        .list(crate::format::ObjectKind::Snapshot)?
+        .list(crate::repo::format::ObjectKind::Snapshot)?
         .into_iter()
         .filter_map(|(n, _)| n.parse().ok())
         .collect();

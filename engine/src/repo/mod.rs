@@ -5,6 +5,13 @@
 //! backup, restore and every reader need: the type makes it impossible to read
 //! a blob before the index is loaded.
 
+pub mod crypto;
+pub mod format;
+pub mod id;
+pub mod keys;
+pub mod lock;
+pub mod policy;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -12,14 +19,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
-use crate::blob::{self, BlobKind};
 use crate::cache::PackCache;
-use crate::crypto::{Crypto, KdfParams, Keys};
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
-use crate::format::{ObjectKind, REPO_VERSION, decode_checked, encode_checked};
-use crate::id::{ChunkId, Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
-use crate::index::{BlobLocation, Index, IndexFile};
+use crate::repo::crypto::{Crypto, KdfParams, Keys};
+use crate::repo::format::{ObjectKind, REPO_VERSION, decode_checked, encode_checked};
+use crate::repo::id::{ChunkId, Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
 use crate::snapshot::Snapshot;
+use crate::store::blob::{self, BlobKind};
+use crate::store::index::{BlobLocation, Index, IndexFile};
 use crate::tree::Tree;
 
 /// Features this build understands; a repository requiring another is refused.
@@ -73,7 +80,7 @@ pub struct Config {
 
 impl Config {
     /// The stored bytes: a checked object (see
-    /// [`crate::format::encode_checked`]) around the JSON, never encrypted.
+    /// [`crate::repo::format::encode_checked`]) around the JSON, never encrypted.
     pub fn encode(&self) -> Vec<u8> {
         encode_checked(
             ObjectKind::Config,
@@ -294,8 +301,8 @@ impl Repository {
         let mut opened = None;
         let (crypto, seed, encryption) = match &password {
             Some(pw) => {
-                let master = crate::crypto::new_master_key();
-                let key_id = crate::keys::write_slot(&backend, &master, pw, opts.kdf)?;
+                let master = crate::repo::crypto::new_master_key();
+                let key_id = crate::repo::keys::write_slot(&backend, &master, pw, opts.kdf)?;
                 opened = Some((key_id, Arc::new(master.clone())));
                 (
                     Crypto::Keyed(Box::new(Keys::from_master(&master))),
@@ -345,7 +352,7 @@ impl Repository {
             "none" => Crypto::None,
             "xchacha20poly1305" => {
                 let pw = zeroize::Zeroizing::new(password.ok_or(CryptoError::PasswordRequired)?()?);
-                let (id, key) = crate::keys::unlock(&backend, &pw)?;
+                let (id, key) = crate::repo::keys::unlock(&backend, &pw)?;
                 let crypto = Crypto::Keyed(Box::new(Keys::from_master(&key)));
                 master = Some((id, Arc::new(key)));
                 crypto
@@ -734,10 +741,10 @@ impl IndexedRepository {
             .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
             .filter(|(p, _)| !indexed.contains(p))
             .collect();
-        let trailers: Vec<(PackId, Vec<crate::blob::BlobEntry>)> = unindexed
+        let trailers: Vec<(PackId, Vec<crate::store::blob::BlobEntry>)> = unindexed
             .par_iter()
             .filter_map(|(p, size)| {
-                crate::pack::read_trailer(self.backend().as_ref(), self.crypto(), p, *size)
+                crate::store::pack::read_trailer(self.backend().as_ref(), self.crypto(), p, *size)
                     .ok()
                     .map(|e| (*p, e))
             })

@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
 use crate::error::{Error, FormatError, Result};
-use crate::format::{ObjectKind, decode_checked, encode_checked};
-use crate::id::LockId;
+use crate::repo::format::{ObjectKind, decode_checked, encode_checked};
+use crate::repo::id::LockId;
 
 pub const REFRESH: Duration = Duration::from_secs(5 * 60);
 pub const STALE: Duration = Duration::from_secs(30 * 60);
@@ -414,7 +414,7 @@ impl LockGuard {
             operation: operation.to_string(),
             time: Timestamp::now(),
         };
-        let id = LockId(crate::id::Id::random());
+        let id = LockId(crate::repo::id::Id::random());
         let key = ObjectKey::new(ObjectKind::Lock, id.to_hex());
         backend.put(&key, &info.encode())?;
         if let Err(e) = no_conflict(&backend, id, exclusive, hostname) {
@@ -497,7 +497,7 @@ fn refresh_loop(
     // Wakes at once when the guard is dropped (the sender goes away).
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH) {
         info.time = Timestamp::now();
-        let new = LockId(crate::id::Id::random());
+        let new = LockId(crate::repo::id::Id::random());
         if backend
             .put(
                 &ObjectKey::new(ObjectKind::Lock, new.to_hex()),
@@ -533,5 +533,4 @@ impl Drop for LockGuard {
 }
 
 #[cfg(test)]
-#[path = "lock_tests.rs"]
 mod tests;

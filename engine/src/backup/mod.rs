@@ -39,15 +39,15 @@ use jiff::Timestamp;
 use rayon::prelude::*;
 
 use crate::backend::ObjectKey;
-use crate::blob::{self, BlobEntry, BlobKind};
 use crate::error::{Error, Result};
-use crate::format::ObjectKind;
 use crate::fsmeta::{self, NameCache, SourceKind};
-use crate::id::{ChunkId, Id, PackId, SnapshotId, TreeId};
-use crate::index::IndexFile;
-use crate::pack::{FinishedPack, PackBuilder};
 use crate::repo::IndexedRepository;
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{ChunkId, Id, PackId, SnapshotId, TreeId};
 use crate::snapshot::{PathIssue, Snapshot, Source, Summary};
+use crate::store::blob::{self, BlobEntry, BlobKind};
+use crate::store::index::IndexFile;
+use crate::store::pack::{FinishedPack, PackBuilder};
 use crate::tree::{Extent, Node, NodeKind, Tree};
 
 /// What to snapshot and how.

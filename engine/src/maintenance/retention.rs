@@ -219,7 +219,9 @@ impl FromStr for KeepWithin {
             reason,
         };
         let mut parts: [Option<u32>; 5] = [None; 5];
-        for t in crate::duration::terms(input, &["y", "m", "w", "d", "h"], false).map_err(fail)? {
+        for t in crate::maintenance::duration::terms(input, &["y", "m", "w", "d", "h"], false)
+            .map_err(fail)?
+        {
             let slot = WITHIN_UNITS
                 .iter()
                 .position(|u| t.unit.starts_with(*u))

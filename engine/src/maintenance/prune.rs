@@ -35,14 +35,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::{Leftover, ObjectKey};
-use crate::blob::{self, BlobEntry, BlobKind};
 use crate::error::{Error, MaintenanceError, Result};
-use crate::format::ObjectKind;
-use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::index::{self, Index, IndexFile};
-use crate::lock::LockGuard;
-use crate::pack::PackBuilder;
 use crate::repo::Repository;
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
+use crate::repo::lock::LockGuard;
+use crate::store::blob::{self, BlobEntry, BlobKind};
+use crate::store::index::{self, Index, IndexFile};
+use crate::store::pack::PackBuilder;
 use crate::tree::NodeKind;
 
 /// Default share of a pack's bytes that may be unneeded before it is repacked.
@@ -419,7 +419,7 @@ pub(crate) fn write_index_superseding(
     packs: &[(PackId, Vec<BlobEntry>)],
     old: &[IndexId],
 ) -> Result<(usize, u64)> {
-    let parts = crate::archiver::split_for_index(packs);
+    let parts = crate::backup::split_for_index(packs);
     let (last, rest) = match parts.split_last() {
         Some((last, rest)) => (last.to_vec(), rest),
         None => (Vec::new(), &[][..]),

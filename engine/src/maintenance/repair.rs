@@ -24,17 +24,17 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ObjectKey;
-use crate::blob::{self, BlobEntry, BlobKind};
-use crate::check::{self, DamagedPath, ReadData, Scan};
 use crate::error::{BackendError, MaintenanceError, Result};
-use crate::format::{HEADER_LEN, ObjectKind};
-use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::index::IndexFile;
-use crate::lock::LockGuard;
-use crate::pack::{self, PackBuilder};
+use crate::maintenance::check::{self, DamagedPath, ReadData, Scan};
 use crate::repo::IndexMode;
 use crate::repo::Repository;
+use crate::repo::format::{HEADER_LEN, ObjectKind};
+use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
+use crate::repo::lock::LockGuard;
 use crate::snapshot::PathIssue;
+use crate::store::blob::{self, BlobEntry, BlobKind};
+use crate::store::index::IndexFile;
+use crate::store::pack::{self, PackBuilder};
 use crate::tree::{NodeKind, Tree};
 
 /// The tag of repaired snapshots.
@@ -197,7 +197,8 @@ pub fn repair_index(
     new.extend(copier.finish()?);
     r.blobs = new.iter().map(|(_, e)| e.len()).sum();
     if !dry_run {
-        (r.index_files_written, _) = crate::prune::write_index_superseding(repo, &new, &old_names)?;
+        (r.index_files_written, _) =
+            crate::maintenance::prune::write_index_superseding(repo, &new, &old_names)?;
         for id in &old_names {
             backend.delete(&ObjectKey::new(ObjectKind::Index, id.to_hex()))?;
             r.index_files_deleted += 1;

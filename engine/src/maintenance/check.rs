@@ -21,13 +21,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ObjectKey;
-use crate::blob::{self, BlobEntry};
 use crate::error::{Error, Result};
-use crate::format::{HEADER_LEN, ObjectKind};
-use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::index::{self, Index};
-use crate::pack;
+use crate::repo::format::{HEADER_LEN, ObjectKind};
+use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::repo::{IndexMode, IndexedRepository, Repository};
+use crate::store::blob::{self, BlobEntry};
+use crate::store::index::{self, Index};
+use crate::store::pack;
 use crate::tree::{NodeKind, Tree};
 
 mod read_data;
@@ -446,7 +446,7 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         }
     }
     snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-    for (object, detail) in crate::policy::damaged(repo)? {
+    for (object, detail) in crate::repo::policy::damaged(repo)? {
         errors.push(Problem::new(
             ProblemKind::PolicyDamaged,
             format!("policies/{object}: {detail}"),
