@@ -76,7 +76,7 @@ pub fn write_tree(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
 /// Takes a snapshot of `dir` recorded at `time`, with `dir`'s contents as the
 /// source key `source` (so several versions form one timeline).
 pub fn snapshot(repo: &Repository, dir: &Path, source: &str, time: &str) -> Snapshot {
-    let indexed = repo.clone().load_index().expect("index");
+    let mut indexed = repo.clone().load_index().expect("index");
     // As the `snapshot` command: a damaged snapshot object is no parent.
     let (snaps, _) = repo.snapshots_lenient().expect("snapshots");
     let src = Source::Path {
@@ -89,7 +89,7 @@ pub fn snapshot(repo: &Repository, dir: &Path, source: &str, time: &str) -> Snap
         hostname: Some("test-host".into()),
         ..BackupOptions::default()
     };
-    backup::backup(&indexed, dir, &opts, &Progress::default())
+    backup::backup(&mut indexed, dir, &opts, &Progress::default())
         .expect("backup")
         .snapshot
 }

@@ -160,7 +160,6 @@ fn safety_snapshot(
             )
         },
     )?;
-    repo.index_mut().extend(&out.new_packs);
     Ok(out.snapshot)
 }
 

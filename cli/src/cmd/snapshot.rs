@@ -359,8 +359,7 @@ impl Run<'_> {
                 }
             }
         };
-        let outcome = pending.commit(&self.repo)?;
-        self.repo.index_mut().extend(&outcome.new_packs);
+        let outcome = pending.commit(&mut self.repo)?;
         if show {
             print_human(&outcome.snapshot, a.dry_run);
         }

@@ -38,16 +38,13 @@ use globset::{GlobSet, GlobSetBuilder};
 use jiff::Timestamp;
 use rayon::prelude::*;
 
-use crate::backend::ObjectKey;
 use crate::error::{Error, Result};
 use crate::fsmeta::{self, NameCache, SourceKind};
 use crate::repo::IndexedRepository;
-use crate::repo::format::ObjectKind;
-use crate::repo::id::{ChunkId, Id, PackId, SnapshotId, TreeId};
+use crate::repo::id::{ChunkId, Id, SnapshotId, TreeId};
 use crate::snapshot::{PathIssue, Snapshot, Source, Summary};
-use crate::store::blob::{self, BlobEntry, BlobKind};
-use crate::store::index::IndexFile;
-use crate::store::pack::{FinishedPack, PackBuilder};
+use crate::store::blob::BlobKind;
+use crate::store::packer::{self, PackList, Packer};
 use crate::tree::{Extent, Node, NodeKind, Tree};
 
 /// What to snapshot and how.
@@ -79,8 +76,6 @@ pub struct Progress {
 /// The result of a snapshot run.
 pub struct BackupOutcome {
     pub snapshot: Snapshot,
-    /// Packs written, for adding to the in-memory index.
-    pub new_packs: Vec<(PackId, Vec<BlobEntry>)>,
 }
 
 /// The latest snapshot of `source` (the parent of a new snapshot of it).
@@ -145,9 +140,6 @@ fn read_block(max_chunk: u32) -> usize {
     max_chunk as usize * 3 / 2
 }
 
-/// Pack buffers kept for reuse: with one pack being filled, one handed over
-/// and one being written, two spares cover the steady state.
-const SPARE_PACKS: usize = 2;
 /// Read blocks kept for reuse (about one per worker thread).
 const SPARE_BLOCKS: usize = 4;
 
@@ -160,24 +152,12 @@ struct Archiver<'a> {
     one_file_system: bool,
     root_dev: u64,
     names: NameCache,
-    level: i32,
-    pack_size: usize,
-    /// Bytes reserved for a pack buffer: it never grows by doubling.
-    pack_capacity: usize,
     seed: u64,
     pending: Mutex<HashSet<Id>>,
-    data_pack: Mutex<PackBuilder>,
-    tree_pack: Mutex<PackBuilder>,
-    written: Mutex<Vec<(PackId, Vec<BlobEntry>)>>,
-    /// Pack buffers back from the writer thread, for the next packs: every
-    /// pack reuses memory that is already mapped instead of faulting in 16
-    /// fresh MiB.
-    spare_packs: Mutex<Vec<Vec<u8>>>,
+    /// Stages 5-6: compress, encrypt, pack and store.
+    packer: Packer<'a>,
     /// Read blocks of finished files, for the next files.
     spare_blocks: Mutex<Vec<Vec<u8>>>,
-    /// Finished packs on their way to the backend (closed by `finish_uploads`).
-    uploads: Mutex<Option<std::sync::mpsc::SyncSender<FinishedPack>>>,
-    upload_error: Mutex<Option<Error>>,
     issues: Mutex<Vec<PathIssue>>,
     hardlinks: Mutex<HashMap<InodeKey, (i64, Vec<Extent>)>>,
     files_new: AtomicU64,
@@ -185,7 +165,6 @@ struct Archiver<'a> {
     files_unmodified: AtomicU64,
     dirs: AtomicU64,
     bytes_read: AtomicU64,
-    bytes_added: AtomicU64,
     data_blobs: AtomicU64,
     tree_blobs: AtomicU64,
     total_bytes: AtomicU64,
@@ -193,9 +172,9 @@ struct Archiver<'a> {
 }
 
 /// Takes a snapshot of the folder `path` into `repo`: [`store`] then
-/// [`PendingSnapshot::commit`].
+/// [`PendingSnapshot::commit`], which adds the new packs to `repo`'s index.
 pub fn backup(
-    repo: &IndexedRepository,
+    repo: &mut IndexedRepository,
     path: &Path,
     opts: &BackupOptions,
     progress: &Progress,
@@ -212,7 +191,7 @@ pub fn backup(
 #[must_use = "the snapshot exists only once commit() is called"]
 pub struct PendingSnapshot {
     snapshot: Snapshot,
-    new_packs: Vec<(PackId, Vec<BlobEntry>)>,
+    new_packs: PackList,
     bytes_added: u64,
     started: Instant,
 }
@@ -228,18 +207,18 @@ impl PendingSnapshot {
         self.snapshot.hooks.extend(hooks);
     }
 
-    /// Stage 8: writes the snapshot object, the commit point.
-    pub fn commit(self, repo: &IndexedRepository) -> Result<BackupOutcome> {
+    /// Stage 8: writes the snapshot object, the commit point, then adds the
+    /// packs stored to `repo`'s index, so that a next snapshot in the same
+    /// run deduplicates against them.
+    pub fn commit(self, repo: &mut IndexedRepository) -> Result<BackupOutcome> {
         let mut snapshot = self.snapshot;
         let snapshot_len = repo.encode_snapshot(&snapshot).len() as u64;
         snapshot.summary.bytes_added = self.bytes_added + snapshot_len;
         snapshot.summary.duration_s =
             (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         repo.save_snapshot(&snapshot)?;
-        Ok(BackupOutcome {
-            snapshot,
-            new_packs: self.new_packs,
-        })
+        repo.index_mut().extend(&self.new_packs);
+        Ok(BackupOutcome { snapshot })
     }
 }
 
@@ -271,30 +250,16 @@ pub fn store(
             .total_bytes_hint
             .store(p.summary.total_bytes, Ordering::Relaxed);
     }
-    let cfg = repo.config();
-    let encrypted = repo.crypto().is_encrypted();
-    // A rendezvous channel: a full pack waits in its worker until the writer
-    // takes it, so at most three data packs exist at a time (filling, handed
-    // over, being written). A queue of one more saved no time and cost 16 MiB.
-    let (upload_tx, upload_rx) = std::sync::mpsc::sync_channel::<FinishedPack>(0);
     let a = Archiver {
         repo,
         excludes: Excludes::new(&opts.excludes)?,
         one_file_system: opts.one_file_system,
         root_dev: root_meta.dev(),
         names: NameCache::default(),
-        level: cfg.compression.level,
-        pack_size: cfg.pack_size as usize,
         seed: repo.chunker_seed(),
         pending: Mutex::new(HashSet::new()),
-        data_pack: Mutex::new(PackBuilder::new(encrypted, 0)),
-        tree_pack: Mutex::new(PackBuilder::new(encrypted, 0)),
-        pack_capacity: cfg.pack_size as usize + cfg.chunker.max as usize + 64 * 1024,
-        written: Mutex::new(Vec::new()),
-        spare_packs: Mutex::new(Vec::new()),
+        packer: Packer::new(repo),
         spare_blocks: Mutex::new(Vec::new()),
-        uploads: Mutex::new(Some(upload_tx)),
-        upload_error: Mutex::new(None),
         issues: Mutex::new(Vec::new()),
         hardlinks: Mutex::new(HashMap::new()),
         files_new: AtomicU64::new(0),
@@ -302,7 +267,6 @@ pub fn store(
         files_unmodified: AtomicU64::new(0),
         dirs: AtomicU64::new(0),
         bytes_read: AtomicU64::new(0),
-        bytes_added: AtomicU64::new(0),
         data_blobs: AtomicU64::new(0),
         tree_blobs: AtomicU64::new(0),
         total_bytes: AtomicU64::new(0),
@@ -320,30 +284,14 @@ pub fn store(
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
     // Packs are stored by a thread of their own, so workers keep chunking and
-    // compressing while a pack is written and fsynced; at most one finished
-    // packs wait in memory.
-    let tree_id = std::thread::scope(|scope| {
-        let uploader = scope.spawn(|| a.upload_packs(upload_rx));
-        let walked = pool
-            .install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref()))
-            .and_then(|t| a.flush_packs().map(|()| t));
-        a.uploads.lock().expect("uploads").take(); // closes the channel
-        uploader.join().expect("the pack uploader does not panic");
-        walked
-    })?;
-    if let Some(e) = a.upload_error.lock().expect("upload error").take() {
-        return Err(e);
-    }
+    // compressing while a pack is written and fsynced.
+    let tree_id = a
+        .packer
+        .with_writer(|| pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref())))?;
 
     // Stage 7: index files for every pack written.
-    let new_packs = std::mem::take(&mut *a.written.lock().expect("written"));
-    for part in split_for_index(&new_packs) {
-        let (_, len) = repo.write_index(&IndexFile {
-            supersedes: vec![],
-            packs: part.to_vec(),
-        })?;
-        a.bytes_added.fetch_add(len, Ordering::Relaxed);
-    }
+    let stored = a.packer.finish()?;
+    let (_, index_bytes) = packer::write_index(repo, &stored.packs, &[])?;
 
     // Stage 8 is prepared here and done by `PendingSnapshot::commit`.
     let mut issues = std::mem::take(&mut *a.issues.lock().expect("issues"));
@@ -387,31 +335,10 @@ pub fn store(
     };
     Ok(PendingSnapshot {
         snapshot,
-        new_packs,
-        bytes_added: a.bytes_added.load(Ordering::Relaxed),
+        new_packs: stored.packs,
+        bytes_added: stored.bytes + index_bytes,
         started,
     })
-}
-
-/// Splits pack lists into index files of at most ~64k blobs each.
-pub(crate) fn split_for_index(
-    packs: &[(PackId, Vec<BlobEntry>)],
-) -> Vec<&[(PackId, Vec<BlobEntry>)]> {
-    const MAX_BLOBS: usize = 65_536;
-    let mut parts = Vec::new();
-    let (mut start, mut n) = (0, 0);
-    for (i, (_, e)) in packs.iter().enumerate() {
-        if n > 0 && n + e.len() > MAX_BLOBS {
-            parts.push(&packs[start..i]);
-            start = i;
-            n = 0;
-        }
-        n += e.len();
-    }
-    if start < packs.len() {
-        parts.push(&packs[start..]);
-    }
-    parts
 }
 
 fn ns(sec: i64, nsec: i64) -> i64 {
@@ -873,111 +800,17 @@ impl Archiver<'_> {
         Ok(TreeId(id))
     }
 
-    /// Stages 4-6 for one blob. Compression and encryption run outside the
-    /// pack's lock, into per-thread buffers; only the copy into the pack is
-    /// done under it.
+    /// Stage 4 for one blob; the packer does stages 5-6.
     fn store_blob(&self, kind: BlobKind, id: Id, raw: &[u8]) -> Result<()> {
         if self.repo.index().contains(&id) || !self.pending.lock().expect("pending").insert(id) {
             return Ok(());
         }
-        let (packer, counter) = match kind {
-            BlobKind::Data => (&self.data_pack, &self.data_blobs),
-            BlobKind::Tree => (&self.tree_pack, &self.tree_blobs),
+        let counter = match kind {
+            BlobKind::Data => &self.data_blobs,
+            BlobKind::Tree => &self.tree_blobs,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let crypto = self.repo.crypto();
-        let full = blob::encode_with(crypto, self.level, kind, &id, raw, |stored, flags| {
-            let entry = BlobEntry {
-                kind,
-                flags,
-                id,
-                offset: 0,
-                stored_len: 0,
-                raw_len: raw.len() as u32,
-            };
-            let mut p = packer.lock().expect("packer");
-            if p.is_empty() && kind == BlobKind::Data {
-                p.reserve(self.pack_capacity);
-            }
-            p.add(entry, stored);
-            (p.len() >= self.pack_size).then(|| {
-                std::mem::replace(
-                    &mut *p,
-                    PackBuilder::with_buffer(crypto.is_encrypted(), self.pack_buffer()),
-                )
-            })
-        });
-        if let Some(p) = full {
-            self.write_pack(p)?;
-        }
-        Ok(())
-    }
-
-    /// A buffer for the next pack: one the writer thread is done with, or a
-    /// new one of the pack's final size.
-    fn pack_buffer(&self) -> Vec<u8> {
-        self.spare_packs
-            .lock()
-            .expect("spare packs")
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.pack_capacity))
-    }
-
-    /// Hands a full pack to the uploader thread.
-    fn write_pack(&self, p: PackBuilder) -> Result<()> {
-        let fp = p.finish(self.repo.crypto());
-        let tx = self.uploads.lock().expect("uploads").clone();
-        match tx {
-            Some(tx) if tx.send(fp).is_ok() => {}
-            _ => return Err(Error::Invalid("the pack writer stopped".into())),
-        }
-        if let Some(e) = self.upload_error.lock().expect("upload error").take() {
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// The uploader: stores each pack, then records it for the index. After a
-    /// failure it keeps draining (so no worker blocks) and reports the error.
-    fn upload_packs(&self, rx: std::sync::mpsc::Receiver<FinishedPack>) {
-        let mut failed = false;
-        for fp in rx {
-            if failed {
-                continue;
-            }
-            let key = ObjectKey::new(ObjectKind::Pack, fp.id.to_hex());
-            match self.repo.backend().put(&key, &fp.bytes) {
-                Ok(()) => {
-                    self.bytes_added
-                        .fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
-                    self.written
-                        .lock()
-                        .expect("written")
-                        .push((fp.id, fp.entries));
-                    let mut spare = self.spare_packs.lock().expect("spare packs");
-                    if spare.len() < SPARE_PACKS {
-                        spare.push(fp.bytes);
-                    }
-                }
-                Err(e) => {
-                    failed = true;
-                    *self.upload_error.lock().expect("upload error") = Some(e.into());
-                }
-            }
-        }
-    }
-
-    fn flush_packs(&self) -> Result<()> {
-        for packer in [&self.data_pack, &self.tree_pack] {
-            let p = std::mem::replace(
-                &mut *packer.lock().expect("packer"),
-                PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
-            );
-            if !p.is_empty() {
-                self.write_pack(p)?;
-            }
-        }
-        Ok(())
+        self.packer.add(kind, id, raw)
     }
 }
 
@@ -1023,8 +856,9 @@ mod tests {
     use std::sync::atomic::AtomicI64;
 
     use super::*;
-    use crate::backend::{Backend, DynBackend};
+    use crate::backend::{Backend, DynBackend, ObjectKey};
     use crate::error::BackendError;
+    use crate::repo::format::ObjectKind;
     use crate::testutil;
 
     /// Fails the n-th pack put (and every later one); other objects pass, so
@@ -1135,9 +969,9 @@ mod tests {
                 inner,
                 packs_left: AtomicI64::new(fail_at),
             });
-            let indexed = testutil::reopen(failing).load_index().unwrap();
+            let mut indexed = testutil::reopen(failing).load_index().unwrap();
             let r = backup(
-                &indexed,
+                &mut indexed,
                 dir.path(),
                 &BackupOptions::default(),
                 &Progress::default(),

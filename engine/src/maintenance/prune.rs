@@ -41,8 +41,8 @@ use crate::repo::format::ObjectKind;
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::repo::lock::LockGuard;
 use crate::store::blob::{self, BlobEntry, BlobKind};
-use crate::store::index::{self, Index, IndexFile};
-use crate::store::pack::PackBuilder;
+use crate::store::index::{self, Index};
+use crate::store::packer::{self, Packer};
 use crate::tree::NodeKind;
 
 /// Default share of a pack's bytes that may be unneeded before it is repacked.
@@ -409,37 +409,6 @@ pub(crate) fn mark(
     Ok(needed)
 }
 
-/// Writes an index describing `packs` that supersedes `old`, as files of at
-/// most ~64k blobs. The file carrying `supersedes` is written last, so the old
-/// files stay in force until every new file is durable: an interruption
-/// leaves old and new files side by side, both describing existing packs.
-/// Returns (files written, bytes written).
-pub(crate) fn write_index_superseding(
-    repo: &Repository,
-    packs: &[(PackId, Vec<BlobEntry>)],
-    old: &[IndexId],
-) -> Result<(usize, u64)> {
-    let parts = crate::backup::split_for_index(packs);
-    let (last, rest) = match parts.split_last() {
-        Some((last, rest)) => (last.to_vec(), rest),
-        None => (Vec::new(), &[][..]),
-    };
-    let (mut files, mut bytes) = (0, 0);
-    for part in rest {
-        let (_, n) = repo.write_index(&IndexFile {
-            supersedes: vec![],
-            packs: part.to_vec(),
-        })?;
-        files += 1;
-        bytes += n;
-    }
-    let (_, n) = repo.write_index(&IndexFile {
-        supersedes: old.to_vec(),
-        packs: last,
-    })?;
-    Ok((files + 1, bytes + n))
-}
-
 struct Written {
     packs: usize,
     pack_bytes: u64,
@@ -452,7 +421,6 @@ struct Written {
 fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
     let backend = repo.backend();
     let crypto = repo.crypto();
-    let pack_size = repo.config().pack_size as usize;
     let mut w = Written {
         packs: 0,
         pack_bytes: 0,
@@ -462,19 +430,7 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
     };
 
     // Stage 4: repack, checking every blob copied.
-    let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
-    let mut builders = [
-        PackBuilder::new(crypto.is_encrypted(), 0),
-        PackBuilder::new(crypto.is_encrypted(), 0),
-    ];
-    let mut flush = |b: PackBuilder, new_packs: &mut Vec<(PackId, Vec<BlobEntry>)>| -> Result<()> {
-        let fp = b.finish(crypto);
-        backend.put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
-        w.packs += 1;
-        w.pack_bytes += fp.bytes.len() as u64;
-        new_packs.push((fp.id, fp.entries));
-        Ok(())
-    };
+    let packer = Packer::new(repo);
     let mut bufs = blob::DecodeBuffers::default();
     for (pack, _, needed) in &plan.repack {
         let bytes = backend.get(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
@@ -486,19 +442,12 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
                 detail: "lies past the end of the pack".into(),
             })?;
             blob::decode_in(crypto, pack, e, stored, &mut bufs)?;
-            let b = &mut builders[e.kind as usize];
-            b.add(*e, stored);
-            if b.len() >= pack_size {
-                let full = std::mem::replace(b, PackBuilder::new(crypto.is_encrypted(), 0));
-                flush(full, &mut new_packs)?;
-            }
+            packer.add_stored(e, stored)?;
         }
     }
-    for b in builders {
-        if !b.is_empty() {
-            flush(b, &mut new_packs)?;
-        }
-    }
+    let stored = packer.finish()?;
+    let new_packs = stored.packs;
+    (w.packs, w.pack_bytes) = (new_packs.len(), stored.bytes);
 
     // A pack is named by the hash of its bytes, so a repacked pack can have
     // the very name of an old pack about to be deleted (same blobs, same
@@ -509,7 +458,7 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         let all: Vec<(PackId, Vec<BlobEntry>)> =
             plan.keep.iter().cloned().chain(new_packs).collect();
         let old: Vec<IndexId> = plan.old_index.iter().map(|(id, _)| *id).collect();
-        (w.index_files, w.index_bytes) = write_index_superseding(repo, &all, &old)?;
+        (w.index_files, w.index_bytes) = packer::write_index(repo, &all, &old)?;
 
         // Stage 6a: the old index files, now superseded.
         for (id, _) in &plan.old_index {

@@ -33,8 +33,8 @@ use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::repo::lock::LockGuard;
 use crate::snapshot::PathIssue;
 use crate::store::blob::{self, BlobEntry, BlobKind};
-use crate::store::index::IndexFile;
-use crate::store::pack::{self, PackBuilder};
+use crate::store::pack;
+use crate::store::packer::{self, Packer};
 use crate::tree::{NodeKind, Tree};
 
 /// The tag of repaired snapshots.
@@ -139,7 +139,7 @@ pub fn repair_index(
     r.packs_missing.sort();
     let sizes: HashMap<PackId, u64> = packs.iter().copied().collect();
     let mut new: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
-    let mut copier = Copier::new(repo, dry_run);
+    let copier = Packer::new(repo).dry_run(dry_run).replacing_damaged();
     for (p, entries) in read {
         match entries {
             Ok(mut e) => {
@@ -162,7 +162,7 @@ pub fn repair_index(
                     known.extend(e);
                     known.sort_by_key(|e| (e.offset, e.id));
                     known.dedup();
-                    let kept = salvage(repo, &p, sizes[&p], &known, &mut copier)?;
+                    let kept = salvage(repo, &p, sizes[&p], &known, &copier)?;
                     r.blobs_dropped += known.len() - kept;
                     r.packs_salvaged.push(SalvagedPack {
                         pack: p,
@@ -178,7 +178,7 @@ pub fn repair_index(
                 Some(mut e) => {
                     e.sort_by_key(|e| (e.offset, e.id));
                     e.dedup();
-                    let kept = salvage(repo, &p, sizes[&p], &e, &mut copier)?;
+                    let kept = salvage(repo, &p, sizes[&p], &e, &copier)?;
                     r.blobs_dropped += e.len() - kept;
                     r.packs_salvaged.push(SalvagedPack {
                         pack: p,
@@ -194,11 +194,10 @@ pub fn repair_index(
             },
         }
     }
-    new.extend(copier.finish()?);
+    new.extend(copier.finish()?.packs);
     r.blobs = new.iter().map(|(_, e)| e.len()).sum();
     if !dry_run {
-        (r.index_files_written, _) =
-            crate::maintenance::prune::write_index_superseding(repo, &new, &old_names)?;
+        (r.index_files_written, _) = packer::write_index(repo, &new, &old_names)?;
         for id in &old_names {
             backend.delete(&ObjectKey::new(ObjectKind::Index, id.to_hex()))?;
             r.index_files_deleted += 1;
@@ -226,7 +225,7 @@ fn salvage(
     p: &PackId,
     size: u64,
     entries: &[BlobEntry],
-    copier: &mut Copier<'_>,
+    copier: &Packer<'_>,
 ) -> Result<usize> {
     let bytes =
         match repo
@@ -249,76 +248,11 @@ fn salvage(
             continue;
         };
         if blob::decode_in(repo.crypto(), p, e, stored, &mut bufs).is_ok() {
-            copier.add(e, stored)?;
+            copier.add_stored(e, stored)?;
             kept += 1;
         }
     }
     Ok(kept)
-}
-
-/// Copies blobs, as stored, into new packs (data and trees apart).
-struct Copier<'a> {
-    repo: &'a Repository,
-    dry_run: bool,
-    builders: [PackBuilder; 2],
-    done: Vec<(PackId, Vec<BlobEntry>)>,
-}
-
-impl<'a> Copier<'a> {
-    fn new(repo: &'a Repository, dry_run: bool) -> Self {
-        let enc = repo.crypto().is_encrypted();
-        Copier {
-            repo,
-            dry_run,
-            builders: [PackBuilder::new(enc, 0), PackBuilder::new(enc, 0)],
-            done: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, e: &BlobEntry, stored: &[u8]) -> Result<()> {
-        let b = &mut self.builders[e.kind as usize];
-        b.add(*e, stored);
-        if b.len() >= self.repo.config().pack_size as usize {
-            let full = std::mem::replace(b, PackBuilder::new(self.repo.crypto().is_encrypted(), 0));
-            self.write(full)?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, b: PackBuilder) -> Result<()> {
-        let fp = b.finish(self.repo.crypto());
-        if !self.dry_run {
-            let key = ObjectKey::new(ObjectKind::Pack, fp.id.to_hex());
-            match self.repo.backend().put(&key, &fp.bytes) {
-                Ok(()) => {}
-                // A pack is named by the hash of its bytes: these are the
-                // bytes of the name, so the copy stored under it is the
-                // damaged pack they were salvaged from. They restore it.
-                Err(BackendError::Conflict { .. }) => {
-                    tracing::warn!(
-                        "pack {}: its salvaged blobs rebuild it bit for bit; the damaged copy is replaced",
-                        fp.id
-                    );
-                    self.repo.backend().replace_damaged(&key, &fp.bytes)?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.done.push((fp.id, fp.entries));
-        Ok(())
-    }
-
-    /// Writes what is pending; returns every pack written.
-    fn finish(mut self) -> Result<Vec<(PackId, Vec<BlobEntry>)>> {
-        let enc = self.repo.crypto().is_encrypted();
-        for i in 0..2 {
-            let b = std::mem::replace(&mut self.builders[i], PackBuilder::new(enc, 0));
-            if !b.is_empty() {
-                self.write(b)?;
-            }
-        }
-        Ok(self.done)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -391,8 +325,7 @@ pub fn repair_snapshots(
         repo,
         memo: HashMap::new(),
         written: HashSet::new(),
-        pack: PackBuilder::new(repo.crypto().is_encrypted(), 0),
-        packs: Vec::new(),
+        packer: Packer::new(repo),
         dry_run,
     };
     let mut new_snaps = Vec::new();
@@ -438,13 +371,8 @@ pub fn repair_snapshots(
     // Commit order as in a backup: packs, index, then the snapshot objects.
     r.trees_written = rw.written.len();
     if !dry_run {
-        rw.flush()?;
-        if !rw.packs.is_empty() {
-            repo.write_index(&IndexFile {
-                supersedes: vec![],
-                packs: std::mem::take(&mut rw.packs),
-            })?;
-        }
+        let stored = rw.packer.finish()?;
+        packer::write_index(repo, &stored.packs, &[])?;
         for s in &new_snaps {
             repo.save_snapshot(s)?;
         }
@@ -460,8 +388,7 @@ struct Rewriter<'a> {
     /// Old tree → (new tree, lost paths below it, relative).
     memo: HashMap<TreeId, (TreeId, Vec<DamagedPath>)>,
     written: HashSet<Id>,
-    pack: PackBuilder,
-    packs: Vec<(PackId, Vec<BlobEntry>)>,
+    packer: Packer<'a>,
     dry_run: bool,
 }
 
@@ -529,41 +456,7 @@ impl Rewriter<'_> {
         if self.scan.problem(&id).is_none() || !self.written.insert(id) || self.dry_run {
             return Ok(TreeId(id));
         }
-        let (stored, flags) = blob::encode(
-            self.repo.crypto(),
-            self.repo.config().compression.level,
-            BlobKind::Tree,
-            &id,
-            &raw,
-        );
-        let entry = BlobEntry {
-            kind: BlobKind::Tree,
-            flags,
-            id,
-            offset: 0,
-            stored_len: 0,
-            raw_len: raw.len() as u32,
-        };
-        self.pack.add(entry, &stored);
-        if self.pack.len() >= self.repo.config().pack_size as usize {
-            self.flush()?;
-        }
+        self.packer.add(BlobKind::Tree, id, &raw)?;
         Ok(TreeId(id))
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        let full = std::mem::replace(
-            &mut self.pack,
-            PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
-        );
-        if full.is_empty() {
-            return Ok(());
-        }
-        let fp = full.finish(self.repo.crypto());
-        self.repo
-            .backend()
-            .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
-        self.packs.push((fp.id, fp.entries));
-        Ok(())
     }
 }

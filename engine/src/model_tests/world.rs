@@ -267,7 +267,7 @@ impl World {
 
     /// A snapshot of source `s` through `repo` (which may fail on command).
     fn snapshot_through(&mut self, repo: &Repository, s: usize) -> Outcome {
-        let indexed = repo.clone().load_index().map_err(err("load index"))?;
+        let mut indexed = repo.clone().load_index().map_err(err("load index"))?;
         let snaps = repo.snapshots().map_err(err("list snapshots"))?;
         let source = Source::Path {
             path: format!("/src/{s}"),
@@ -280,8 +280,13 @@ impl World {
             hostname: Some("test-host".into()),
             ..BackupOptions::default()
         };
-        let out = backup::backup(&indexed, &self.source_dir(s), &opts, &Progress::default())
-            .map_err(err("snapshot"))?;
+        let out = backup::backup(
+            &mut indexed,
+            &self.source_dir(s),
+            &opts,
+            &Progress::default(),
+        )
+        .map_err(err("snapshot"))?;
         self.snaps.push((out.snapshot, self.sources[s].clone()));
         self.stats.snapshots += 1;
         Ok(())

@@ -33,7 +33,6 @@ fn repo() -> IndexedRepository {
 
 fn snapshot(repo: &mut IndexedRepository, dir: &Path) -> Snapshot {
     let out = backup(repo, dir, &BackupOptions::default(), &Progress::default()).expect("backup");
-    repo.index_mut().extend(&out.new_packs);
     out.snapshot
 }
 

@@ -4,3 +4,4 @@
 pub mod blob;
 pub mod index;
 pub mod pack;
+pub mod packer;

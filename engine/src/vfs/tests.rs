@@ -133,7 +133,6 @@ fn backup(repo: &mut IndexedRepository, dir: &Path, millis: i64) -> Snapshot {
         ..BackupOptions::default()
     };
     let out = backup::backup(repo, dir, &opts, &Progress::default()).unwrap();
-    repo.index_mut().extend(&out.new_packs);
     out.snapshot
 }
 
