@@ -75,7 +75,6 @@ fn interrupt_prune_at_every_write() -> usize {
             &exclusive(&backend),
             &Selection::Ids(gone),
             &TimeZone::UTC,
-            false,
         )
         .unwrap();
 

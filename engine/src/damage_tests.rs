@@ -19,6 +19,7 @@ use crate::maintenance::repair;
 use crate::maintenance::retention::{GroupBy, KeepPolicy};
 use crate::repo::format::{HEADER_LEN, ObjectKind};
 use crate::repo::id::{IndexId, PackId};
+use crate::repo::lock::Access;
 use crate::repo::{IndexMode, Repository};
 use crate::snapshot::Snapshot;
 use crate::testutil::{self, exclusive, mem_repo, restore_files, stored_bytes};
@@ -98,9 +99,8 @@ fn an_unreadable_snapshot_is_skipped_removable_and_only_blocks_prune() {
         // A dry run that assumes it removed (`forget --dry-run --prune`) runs.
         prune::prune(
             &repo,
-            &exclusive(&backend),
+            Access::DryRun,
             &PruneOptions {
-                dry_run: true,
                 assume_removed: vec![second.id],
                 ..grace(Duration::ZERO)
             },
@@ -108,7 +108,7 @@ fn an_unreadable_snapshot_is_skipped_removable_and_only_blocks_prune() {
         .unwrap();
 
         // repair snapshots does not fail on it.
-        let rep = repair::repair_snapshots(&repo, &exclusive(&backend), false, false).unwrap();
+        let rep = repair::repair_snapshots(&repo, &exclusive(&backend), false).unwrap();
         assert_eq!(rep.unreadable.len(), 1, "{:?}", rep.unreadable);
         assert!(rep.repaired.is_empty());
 
@@ -120,14 +120,7 @@ fn an_unreadable_snapshot_is_skipped_removable_and_only_blocks_prune() {
             },
             group_by: GroupBy::default(),
         };
-        let f = forget::forget(
-            &repo,
-            &exclusive(&backend),
-            &keep_last,
-            &TimeZone::UTC,
-            false,
-        )
-        .unwrap();
+        let f = forget::forget(&repo, &exclusive(&backend), &keep_last, &TimeZone::UTC).unwrap();
         assert_eq!(f.removed, 0);
         assert_eq!(
             f.unreadable_skipped
@@ -147,7 +140,6 @@ fn an_unreadable_snapshot_is_skipped_removable_and_only_blocks_prune() {
             &exclusive(&backend),
             &Selection::Ids(ids),
             &TimeZone::UTC,
-            false,
         )
         .unwrap();
         assert_eq!(f.unreadable_removed, vec![second.id]);
@@ -225,7 +217,7 @@ fn an_unreadable_index_file_is_skipped_by_readers_named_by_check_and_refused_by_
         assert_whole(&repo, &sb2, &b);
 
         // repair index gets everything back.
-        repair::repair_index(&repo, &exclusive(&backend), false).unwrap();
+        repair::repair_index(&repo, &exclusive(&backend)).unwrap();
         let r = check::check(&repo, ReadData::All).unwrap();
         assert!(r.ok, "{r:#?}");
         for (s, f) in [(&sa, &a), (&sb, &b), (&sb2, &b)] {
@@ -305,7 +297,7 @@ fn a_truncated_pack_is_salvaged_and_the_next_snapshot_is_whole() {
         }
 
         // repair index keeps exactly the whole blobs.
-        let rep = repair::repair_index(&repo, &exclusive(&backend), false).unwrap();
+        let rep = repair::repair_index(&repo, &exclusive(&backend)).unwrap();
         assert_eq!(rep.packs_salvaged.len(), 1, "{rep:?}");
         let sp = &rep.packs_salvaged[0];
         assert_eq!(sp.pack, victim);
@@ -340,7 +332,7 @@ fn a_truncated_pack_is_salvaged_and_the_next_snapshot_is_whole() {
         assert_eq!(named, vec![gone.as_str()], "the rest is whole again");
 
         // Repairing and forgetting the damaged snapshot makes check clean.
-        let rs = repair::repair_snapshots(&repo, &exclusive(&backend), false, false).unwrap();
+        let rs = repair::repair_snapshots(&repo, &exclusive(&backend), false).unwrap();
         assert_eq!(rs.repaired.len(), 1);
         let mut saved = files.clone();
         saved.remove(&gone);
@@ -353,7 +345,6 @@ fn a_truncated_pack_is_salvaged_and_the_next_snapshot_is_whole() {
             &exclusive(&backend),
             &Selection::Ids(vec![s.id]),
             &TimeZone::UTC,
-            false,
         )
         .unwrap();
         let r = check::check(&repo, ReadData::All).unwrap();
@@ -409,9 +400,8 @@ fn check_reports_leftovers_and_prune_removes_those_past_the_grace_period() {
 
     let dry = prune::prune(
         &repo,
-        &exclusive(&backend),
+        Access::DryRun,
         &PruneOptions {
-            dry_run: true,
             ..PruneOptions::default()
         },
     )

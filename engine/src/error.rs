@@ -116,8 +116,6 @@ pub enum CryptoError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MaintenanceError {
-    #[error("{operation} needs the exclusive repository lock; it was called with a shared one")]
-    NeedsExclusiveLock { operation: &'static str },
     #[error("invalid policy name `{name}`: {reason}")]
     InvalidPolicyName { name: String, reason: String },
     #[error("no policy named `{0}`; list them with `pvsnap policy list`")]

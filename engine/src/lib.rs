@@ -27,7 +27,8 @@
 //!
 //! Shared locks coexist; an exclusive lock excludes every other lock. See
 //! [`repo::lock`] for the protocol and stale-lock rules. Operations that delete
-//! (forget, prune, repair) demand a [`repo::lock::LockGuard`] that is exclusive.
+//! (forget, prune, repair) take a [`repo::lock::ExclusiveLock`] (or run as a
+//! dry run): the type, not a check at run time, holds the rule.
 //! Prune also leaves young packs that no index names alone, in case a
 //! snapshot is running behind a lock that looked stale; see [`maintenance::prune`].
 

@@ -18,6 +18,7 @@ use crate::maintenance::retention::{GroupBy, KeepPolicy};
 use crate::repo::Repository;
 use crate::repo::format::ObjectKind;
 use crate::repo::id::{IndexId, PackId};
+use crate::repo::lock::Access;
 use crate::snapshot::Snapshot;
 use crate::testutil::{self, exclusive, mem_repo, reopen, restore_files, stored_bytes};
 use crate::tree::NodeKind;
@@ -76,7 +77,7 @@ fn forget_all_but_two(
         },
         group_by: GroupBy::default(),
     };
-    let r = forget::forget(repo, &lock, &sel, &TimeZone::UTC, false).unwrap();
+    let r = forget::forget(repo, &lock, &sel, &TimeZone::UTC).unwrap();
     assert_eq!(r.removed, 2);
     hist[2..].to_vec()
 }
@@ -115,9 +116,8 @@ fn prune_leaves_about_the_size_of_a_fresh_repository_with_the_kept_snapshots() {
         let after_forget = stored_bytes(mem.as_ref());
         let dry = prune::prune(
             &repo,
-            &exclusive(&backend),
+            Access::DryRun,
             &PruneOptions {
-                dry_run: true,
                 ..opts(0.0, Duration::ZERO)
             },
         )
@@ -185,9 +185,8 @@ fn max_unused_decides_between_keeping_and_repacking() {
     forget_all_but_two(&repo, &backend, &hist);
     let lenient = prune::prune(
         &repo,
-        &exclusive(&backend),
+        Access::DryRun,
         &PruneOptions {
-            dry_run: true,
             ..opts(100.0, Duration::ZERO)
         },
     )
@@ -196,9 +195,8 @@ fn max_unused_decides_between_keeping_and_repacking() {
     assert!(lenient.packs_deleted > 0);
     let strict = prune::prune(
         &repo,
-        &exclusive(&backend),
+        Access::DryRun,
         &PruneOptions {
-            dry_run: true,
             ..opts(0.0, Duration::ZERO)
         },
     )
@@ -490,7 +488,7 @@ fn check_names_a_truncated_index_file_and_a_missing_pack() {
     );
 
     // Repair the index from the packs: everything is whole again.
-    let rep = repair::repair_index(&repo, &exclusive(&(mem.clone() as DynBackend)), false).unwrap();
+    let rep = repair::repair_index(&repo, &exclusive(&(mem.clone() as DynBackend))).unwrap();
     assert!(rep.packs_unreadable.is_empty());
     assert_clean(&repo);
     assert_restorable(&repo, &hist);
@@ -542,7 +540,7 @@ fn repair_index_rebuilds_a_repository_without_index_files() {
         4,
         "every snapshot is unreadable without an index"
     );
-    let rep = repair::repair_index(&repo, &exclusive(&(mem.clone() as DynBackend)), false).unwrap();
+    let rep = repair::repair_index(&repo, &exclusive(&(mem.clone() as DynBackend))).unwrap();
     assert_eq!(rep.packs, mem.list(ObjectKind::Pack).unwrap().len());
     assert_eq!(rep.index_files_written, 1);
     assert_clean(&repo);
@@ -565,13 +563,13 @@ fn repair_snapshots_writes_a_copy_without_the_lost_files() {
         .map(|(f, _)| f.clone())
         .collect();
 
-    let dry = repair::repair_snapshots(&repo, &exclusive(&backend), false, true).unwrap();
+    let dry = repair::repair_snapshots(&repo, Access::DryRun, false).unwrap();
     assert_eq!(
         repo.snapshots().unwrap().len(),
         4,
         "a dry run writes nothing"
     );
-    let r = repair::repair_snapshots(&repo, &exclusive(&backend), false, false).unwrap();
+    let r = repair::repair_snapshots(&repo, &exclusive(&backend), false).unwrap();
     assert_eq!(dry.repaired.len(), r.repaired.len());
     let fixed = r
         .repaired
@@ -594,7 +592,7 @@ fn repair_snapshots_writes_a_copy_without_the_lost_files() {
     assert_eq!(restored, expected);
     assert!(repo.load_snapshot(&s.id).is_ok(), "the original stays");
 
-    let again = repair::repair_snapshots(&repo, &exclusive(&backend), false, false).unwrap();
+    let again = repair::repair_snapshots(&repo, &exclusive(&backend), false).unwrap();
     assert!(
         again.repaired.is_empty() && again.already_repaired.contains(&s.id),
         "{again:#?}"
@@ -608,7 +606,6 @@ fn repair_snapshots_writes_a_copy_without_the_lost_files() {
         &exclusive(&backend),
         &Selection::Ids(originals),
         &TimeZone::UTC,
-        false,
     )
     .unwrap();
     let p = prune::prune(&repo, &exclusive(&backend), &opts(10.0, Duration::ZERO)).unwrap();

@@ -10,7 +10,7 @@ use crate::backend::{Backend, DynBackend};
 use crate::backup::{self, BackupOptions, Progress};
 use crate::repo::crypto::KdfParams;
 use crate::repo::format::ObjectKind;
-use crate::repo::lock::LockGuard;
+use crate::repo::lock::ExclusiveLock;
 use crate::repo::{ChunkerAlgorithm, ChunkerParams, InitOptions, Repository};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
 use crate::snapshot::{Snapshot, Source};
@@ -47,8 +47,8 @@ pub fn reopen(backend: DynBackend) -> Repository {
 }
 
 /// An exclusive lock on `repo`'s backend.
-pub fn exclusive(backend: &DynBackend) -> LockGuard {
-    LockGuard::acquire(backend.clone(), true, "test", "test-host").expect("lock")
+pub fn exclusive(backend: &DynBackend) -> ExclusiveLock {
+    ExclusiveLock::acquire(backend.clone(), "test", "test-host").expect("lock")
 }
 
 /// Deterministic incompressible bytes.

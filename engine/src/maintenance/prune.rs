@@ -39,7 +39,7 @@ use crate::error::{Error, MaintenanceError, Result};
 use crate::repo::Repository;
 use crate::repo::format::ObjectKind;
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::repo::lock::LockGuard;
+use crate::repo::lock::Access;
 use crate::store::blob::{self, BlobEntry, BlobKind};
 use crate::store::index::{self, Index};
 use crate::store::packer::{self, Packer};
@@ -57,8 +57,6 @@ pub struct PruneOptions {
     pub max_unused_percent: f64,
     /// Packs that no index names are deleted only when older than this.
     pub grace: Duration,
-    /// Decide and report, change nothing.
-    pub dry_run: bool,
     /// Snapshots to treat as already removed; only in a dry run (what
     /// `forget --dry-run --prune` would free).
     pub assume_removed: Vec<SnapshotId>,
@@ -69,7 +67,6 @@ impl Default for PruneOptions {
         PruneOptions {
             max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
             grace: DEFAULT_GRACE,
-            dry_run: false,
             assume_removed: Vec::new(),
         }
     }
@@ -141,12 +138,15 @@ struct Plan {
     leftovers_kept: usize,
 }
 
-/// Runs prune; needs the exclusive lock unless it is a dry run.
-pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result<PruneReport> {
-    if !opts.dry_run && !lock.is_exclusive() {
-        return Err(MaintenanceError::NeedsExclusiveLock { operation: "prune" }.into());
-    }
-    if !opts.dry_run && !opts.assume_removed.is_empty() {
+/// Runs prune under the exclusive lock, or decides and reports without
+/// changing anything ([`Access::DryRun`]).
+pub fn prune<'a>(
+    repo: &Repository,
+    access: impl Into<Access<'a>>,
+    opts: &PruneOptions,
+) -> Result<PruneReport> {
+    let dry_run = access.into().is_dry_run();
+    if !dry_run && !opts.assume_removed.is_empty() {
         return Err(Error::Invalid(
             "prune: snapshots can be assumed removed only in a dry run".into(),
         ));
@@ -154,7 +154,7 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
     let started = Instant::now();
     let plan = plan(repo, opts)?;
     let mut r = PruneReport {
-        dry_run: opts.dry_run,
+        dry_run,
         snapshots: plan.snapshots,
         packs_before: plan.pack_bytes.len(),
         packs_deleted: plan.delete.len() + plan.unreferenced_delete.len(),
@@ -183,7 +183,7 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
         .map(|(p, _)| plan.pack_bytes[p])
         .sum::<u64>()
         + unreferenced_kept_bytes(&plan);
-    if opts.dry_run {
+    if dry_run {
         let blobs_after: u64 =
             plan.keep.iter().map(|(_, e)| e.len() as u64).sum::<u64>() + r.blobs_repacked as u64;
         let new_packs = r.bytes_repacked.div_ceil(repo.config().pack_size as u64) as usize;

@@ -24,13 +24,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ObjectKey;
-use crate::error::{BackendError, MaintenanceError, Result};
+use crate::error::{BackendError, Result};
 use crate::maintenance::check::{self, DamagedPath, ReadData, Scan};
 use crate::repo::IndexMode;
 use crate::repo::Repository;
 use crate::repo::format::{HEADER_LEN, ObjectKind};
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::repo::lock::LockGuard;
+use crate::repo::lock::Access;
 use crate::snapshot::PathIssue;
 use crate::store::blob::{self, BlobEntry, BlobKind};
 use crate::store::pack;
@@ -41,14 +41,6 @@ use crate::tree::{NodeKind, Tree};
 pub const REPAIRED_TAG: &str = "repaired";
 /// The label naming the snapshot a repaired one was made from.
 pub const REPAIRED_FROM_LABEL: &str = "repaired_from";
-
-fn need_exclusive(lock: &LockGuard, operation: &'static str) -> Result<()> {
-    if lock.is_exclusive() {
-        Ok(())
-    } else {
-        Err(MaintenanceError::NeedsExclusiveLock { operation }.into())
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnreadablePack {
@@ -88,13 +80,13 @@ pub struct RepairIndexReport {
     pub duration_s: f64,
 }
 
-/// Rebuilds the index from the pack trailers; needs the exclusive lock.
-pub fn repair_index(
+/// Rebuilds the index from the pack trailers, under the exclusive lock or
+/// as a dry run.
+pub fn repair_index<'a>(
     repo: &Repository,
-    lock: &LockGuard,
-    dry_run: bool,
+    access: impl Into<Access<'a>>,
 ) -> Result<RepairIndexReport> {
-    need_exclusive(lock, "repair index")?;
+    let dry_run = access.into().is_dry_run();
     let started = Instant::now();
     let backend = repo.backend();
     let read = repo.read_index_files_with(IndexMode::Lenient)?;
@@ -279,16 +271,15 @@ pub struct RepairSnapshotsReport {
     pub duration_s: f64,
 }
 
-/// Writes repaired copies of damaged snapshots; needs the exclusive lock.
-/// With `read_data`, every blob is read first, so damaged (not only missing)
-/// content counts as lost too.
-pub fn repair_snapshots(
+/// Writes repaired copies of damaged snapshots, under the exclusive lock or
+/// as a dry run. With `read_data`, every blob is read first, so damaged (not
+/// only missing) content counts as lost too.
+pub fn repair_snapshots<'a>(
     repo: &Repository,
-    lock: &LockGuard,
+    access: impl Into<Access<'a>>,
     read_data: bool,
-    dry_run: bool,
 ) -> Result<RepairSnapshotsReport> {
-    need_exclusive(lock, "repair snapshots")?;
+    let dry_run = access.into().is_dry_run();
     let started = Instant::now();
     let scan = check::scan(
         repo,

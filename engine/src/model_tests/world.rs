@@ -21,7 +21,7 @@ use crate::maintenance::prune::{self, PruneOptions};
 use crate::maintenance::repair;
 use crate::maintenance::retention::{GroupBy, KeepPolicy};
 use crate::repo::crypto::KdfParams;
-use crate::repo::lock::LockGuard;
+use crate::repo::lock::ExclusiveLock;
 use crate::repo::{ChunkerAlgorithm, ChunkerParams, InitOptions, Repository};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
 use crate::snapshot::{Snapshot, Source};
@@ -145,8 +145,8 @@ impl World {
         self.dir.path().join(format!("src{s}"))
     }
 
-    fn lock(&self) -> std::result::Result<LockGuard, String> {
-        LockGuard::acquire(self.backend.clone(), true, "model", "test-host").map_err(err("lock"))
+    fn lock(&self) -> std::result::Result<ExclusiveLock, String> {
+        ExclusiveLock::acquire(self.backend.clone(), "model", "test-host").map_err(err("lock"))
     }
 
     /// Writes a file with a modification time no other write has had.
@@ -356,8 +356,7 @@ impl World {
             },
             group_by: GroupBy::default(),
         };
-        let r = forget::forget(&self.repo, &lock, &sel, &TimeZone::UTC, false)
-            .map_err(err("forget"))?;
+        let r = forget::forget(&self.repo, &lock, &sel, &TimeZone::UTC).map_err(err("forget"))?;
         // The model: the newest `keep` of each source stay.
         let mut kept = BTreeSet::new();
         for s in 0..SOURCES {
@@ -411,7 +410,6 @@ impl World {
                         &lock,
                         &Selection::Ids(vec![snap.id]),
                         &TimeZone::UTC,
-                        false,
                     )
                     .map_err(err("forget"))?;
                     self.stats.forgets += 1;
@@ -467,8 +465,7 @@ impl World {
             }
             Op::RepairIndex => {
                 let lock = self.lock()?;
-                let r =
-                    repair::repair_index(&self.repo, &lock, false).map_err(err("repair index"))?;
+                let r = repair::repair_index(&self.repo, &lock).map_err(err("repair index"))?;
                 if !r.packs_unreadable.is_empty() || !r.packs_missing.is_empty() {
                     return Err(format!("repair index: {r:#?}"));
                 }
