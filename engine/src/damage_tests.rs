@@ -17,10 +17,11 @@ use crate::maintenance::forget::{self, Selection};
 use crate::maintenance::prune::{self, PruneOptions};
 use crate::maintenance::repair;
 use crate::maintenance::retention::{GroupBy, KeepPolicy};
+use crate::repo::Repository;
+use crate::repo::catalog::IndexMode;
 use crate::repo::format::{HEADER_LEN, ObjectKind};
 use crate::repo::id::{IndexId, PackId};
 use crate::repo::lock::Access;
-use crate::repo::{IndexMode, Repository};
 use crate::snapshot::Snapshot;
 use crate::testutil::{self, exclusive, mem_repo, restore_files, stored_bytes};
 use crate::tree::NodeKind;
@@ -179,7 +180,7 @@ fn an_unreadable_index_file_is_skipped_by_readers_named_by_check_and_refused_by_
         }
 
         // Readers load what the other files describe.
-        let read = repo.read_index_files_with(IndexMode::Lenient).unwrap();
+        let read = repo.catalog(IndexMode::Lenient).unwrap();
         let unreadable: BTreeSet<String> = read.unreadable.iter().map(|u| u.name.clone()).collect();
         assert_eq!(unreadable, victims.iter().cloned().collect());
         assert!(

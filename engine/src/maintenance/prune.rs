@@ -27,7 +27,7 @@
 //! every pack it names) in force, plus garbage that the next prune removes.
 //! See `ARCHITECTURE.md`, "Prune and concurrent snapshots".
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -37,11 +37,12 @@ use serde::Serialize;
 use crate::backend::{Leftover, ObjectKey};
 use crate::error::{Error, MaintenanceError, Result};
 use crate::repo::Repository;
+use crate::repo::catalog::IndexMode;
 use crate::repo::format::ObjectKind;
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::repo::lock::Access;
 use crate::store::blob::{self, BlobEntry, BlobKind};
-use crate::store::index::{self, Index};
+use crate::store::index::Index;
 use crate::store::packer::{self, Packer};
 use crate::tree::NodeKind;
 
@@ -242,28 +243,22 @@ fn unreferenced_kept_bytes(plan: &Plan) -> u64 {
 fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
     // Stage 1: read.
     let backend = repo.backend();
-    let index_sizes: HashMap<String, u64> = backend.list(ObjectKind::Index)?.into_iter().collect();
-    let files = repo.read_index_files()?;
+    let catalog = repo.catalog(IndexMode::Strict)?;
+    let files = &catalog.files;
     let old_index: Vec<(IndexId, u64)> = files
         .iter()
-        .map(|(id, _)| (*id, index_sizes.get(&id.to_hex()).copied().unwrap_or(0)))
+        .map(|(id, _)| {
+            let size = catalog.index_sizes.get(&id.to_hex()).copied();
+            (*id, size.unwrap_or(0))
+        })
         .collect();
-    let superseded = index::superseded(&files);
-    let mut indexed: BTreeMap<PackId, Vec<BlobEntry>> = BTreeMap::new();
-    for (_, f) in files.iter().filter(|(id, _)| !superseded.contains(id)) {
-        for (pack, entries) in &f.packs {
-            indexed.entry(*pack).or_default().extend_from_slice(entries);
-        }
-    }
+    let superseded = catalog.superseded();
+    let mut indexed = catalog.packs_in_force();
+    // One entry per blob and pack: a blob listed twice in a pack is kept once.
     for entries in indexed.values_mut() {
-        entries.sort_by_key(|e| (e.offset, e.id));
         entries.dedup_by_key(|e| e.id);
     }
-    let pack_bytes: HashMap<PackId, u64> = backend
-        .list(ObjectKind::Pack)?
-        .into_iter()
-        .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
-        .collect();
+    let pack_bytes = catalog.packs;
     let index = Index::from_files(&files);
 
     // Stage 2: mark. An unreadable snapshot stops prune: what it needs is

@@ -26,8 +26,8 @@ use serde::Serialize;
 use crate::backend::ObjectKey;
 use crate::error::{BackendError, Result};
 use crate::maintenance::check::{self, DamagedPath, ReadData, Scan};
-use crate::repo::IndexMode;
 use crate::repo::Repository;
+use crate::repo::catalog::IndexMode;
 use crate::repo::format::{HEADER_LEN, ObjectKind};
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::repo::lock::Access;
@@ -89,24 +89,21 @@ pub fn repair_index<'a>(
     let dry_run = access.into().is_dry_run();
     let started = Instant::now();
     let backend = repo.backend();
-    let read = repo.read_index_files_with(IndexMode::Lenient)?;
-    let mut old_names: Vec<IndexId> = read.files.iter().map(|(id, _)| *id).collect();
+    let catalog = repo.catalog(IndexMode::Lenient)?;
+    let mut old_names: Vec<IndexId> = catalog.files.iter().map(|(id, _)| *id).collect();
     old_names.extend(
-        read.unreadable
+        catalog
+            .unreadable
             .iter()
             .filter_map(|u| u.name.parse::<IndexId>().ok()),
     );
     let mut old: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
-    for (_, f) in read.files {
+    for (_, f) in catalog.files {
         for (p, e) in f.packs {
             old.entry(p).or_default().extend(e);
         }
     }
-    let mut packs: Vec<(PackId, u64)> = backend
-        .list(ObjectKind::Pack)?
-        .into_iter()
-        .filter_map(|(n, s)| n.parse().ok().map(|p| (p, s)))
-        .collect();
+    let mut packs: Vec<(PackId, u64)> = catalog.packs.into_iter().collect();
     packs.sort();
     let read: Vec<(PackId, Result<Vec<BlobEntry>>)> = packs
         .par_iter()

@@ -5,6 +5,7 @@
 //! backup, restore and every reader need: the type makes it impossible to read
 //! a blob before the index is loaded.
 
+pub mod catalog;
 pub mod crypto;
 pub mod format;
 pub mod id;
@@ -28,6 +29,7 @@ use crate::snapshot::Snapshot;
 use crate::store::blob::{self, BlobKind};
 use crate::store::index::{BlobLocation, Index, IndexFile};
 use crate::tree::Tree;
+use catalog::IndexMode;
 
 /// Features this build understands; a repository requiring another is refused.
 pub const KNOWN_FEATURES: &[&str] = &[];
@@ -215,44 +217,6 @@ pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
 /// A snapshot object that could not be read, and why.
 pub type Unreadable = (SnapshotId, Error);
 
-/// How [`Repository::read_index_files_with`] treats an index file it cannot
-/// read (missing meanwhile, truncated, failing authentication, undecodable).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IndexMode {
-    /// Fail. For operations that delete (prune): a pack described only by an
-    /// unreadable file would look unused.
-    Strict,
-    /// Skip the file and report it. For readers: whatever the other files
-    /// describe can still be read, and a snapshot simply stores again any
-    /// chunk it cannot find.
-    Lenient,
-}
-
-/// An index file that could not be read, and why.
-#[derive(Debug)]
-pub struct UnreadableIndex {
-    /// Its name in `index/`.
-    pub name: String,
-    pub error: Error,
-}
-
-impl std::fmt::Display for UnreadableIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "index file {} is unreadable and was skipped: {}; readers find what it listed through the packs' trailers until `pvsnap repair index` rebuilds the index",
-            self.name, self.error
-        )
-    }
-}
-
-/// The index files read, and (leniently) those that could not be.
-#[derive(Debug, Default)]
-pub struct IndexFiles {
-    pub files: Vec<(IndexId, IndexFile)>,
-    pub unreadable: Vec<UnreadableIndex>,
-}
-
 /// Logs a warning for each unreadable snapshot object, naming the command
 /// that removes it.
 pub fn warn_unreadable_snapshots(bad: &[Unreadable]) {
@@ -396,68 +360,15 @@ impl Repository {
             .unwrap_or(0)
     }
 
-    /// Reads and decodes every index file; fails on the first that cannot
-    /// be read ([`IndexMode::Strict`]).
-    pub fn read_index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
-        Ok(self.read_index_files_with(IndexMode::Strict)?.files)
-    }
-
-    /// Reads and decodes one index file, named as in `index/`; returns the
-    /// bytes too (check compares them with the name).
-    pub fn read_index_file(&self, name: &str) -> Result<(IndexId, IndexFile, Vec<u8>)> {
-        let id: IndexId = name.parse().map_err(|_| FormatError::Invalid {
-            what: format!("index {name}"),
-            detail: "the name is not an index id".into(),
-        })?;
-        let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
-        let file = IndexFile::decode(&bytes, &self.crypto, name)?;
-        Ok((id, file, bytes))
-    }
-
-    /// Reads and decodes every index file; `mode` says what an unreadable
-    /// one does. The one way to read index files: readers, check, repair and
-    /// prune differ only in the mode.
-    pub fn read_index_files_with(&self, mode: IndexMode) -> Result<IndexFiles> {
-        let names = self.backend.list(ObjectKind::Index)?;
-        // (name, (id, file), or why not). A file whose bytes do not hash to
-        // its name is refused by its decoder, so it lands in `unreadable`.
-        type Read = (String, Result<(IndexId, IndexFile)>);
-        let read: Vec<Read> = names
-            .par_iter()
-            // Other names are no index files of ours (check reports them).
-            .filter(|(name, _)| name.parse::<IndexId>().is_ok())
-            .map(|(name, _)| {
-                let r = self.read_index_file(name).map(|(id, f, _)| (id, f));
-                (name.clone(), r)
-            })
-            .collect();
-        let mut out = IndexFiles::default();
-        for (name, r) in read {
-            match r {
-                Ok((id, f)) => out.files.push((id, f)),
-                // Deleted since it was listed (a prune finishing): it was superseded.
-                Err(Error::Backend(BackendError::NotFound { .. })) => {}
-                Err(e) if mode == IndexMode::Strict => {
-                    return Err(Error::IndexUnreadable {
-                        name,
-                        detail: e.to_string(),
-                    });
-                }
-                Err(error) => out.unreadable.push(UnreadableIndex { name, error }),
-            }
-        }
-        Ok(out)
-    }
-
     /// Loads the index: the repository can now read blobs. An index file
     /// that cannot be read is skipped with a warning (see
     /// [`IndexMode::Lenient`]): what the others describe stays readable.
     pub fn load_index(self) -> Result<IndexedRepository> {
-        let read = self.read_index_files_with(IndexMode::Lenient)?;
-        for u in &read.unreadable {
+        let catalog = self.catalog(IndexMode::Lenient)?;
+        for u in &catalog.unreadable {
             tracing::warn!("{u}");
         }
-        let (index, set_aside) = self.usable_index(&read.files)?;
+        let (index, set_aside) = usable_index(&catalog.files, &catalog.packs);
         Ok(IndexedRepository {
             repo: self,
             index,
@@ -466,52 +377,49 @@ impl Repository {
             tree_packs: PackCache::new(TREE_PACK_CACHE),
         })
     }
+}
 
-    /// The index of `files` without entries whose pack is missing or too
-    /// short to hold them. A snapshot deduplicates against the index: an
-    /// entry in a truncated or lost pack would make it reference data that
-    /// is not there, exit 0 and be damaged from the start. Left out, the
-    /// chunk is stored again. Packs are listed after the index files were
-    /// read, so every pack those files name was written before the listing.
-    fn usable_index(&self, files: &[(IndexId, IndexFile)]) -> Result<(Index, SetAside)> {
-        let sizes: HashMap<PackId, u64> = self
-            .backend
-            .list(ObjectKind::Pack)?
-            .into_iter()
-            .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
-            .collect();
-        let unusable = std::sync::Mutex::new(HashMap::<Id, PackId>::new());
-        let index = Index::from_files_where(files, |pack, e| {
-            let fits = sizes
-                .get(pack)
-                .is_some_and(|&size| e.offset as u64 + e.stored_len as u64 <= size);
-            if !fits {
-                unusable.lock().expect("unusable").insert(e.id, *pack);
-            }
-            fits
-        });
-        let mut per_pack = std::collections::BTreeMap::<PackId, usize>::new();
-        let mut set_aside = HashMap::new();
-        for (id, pack) in unusable.into_inner().expect("unusable") {
-            *per_pack.entry(pack).or_default() += 1;
-            // A blob also stored whole elsewhere is readable: not set aside.
-            if index.get(&id).is_none() {
-                set_aside.insert(id, pack);
-            }
+/// The index of `files` without entries whose pack is missing or too short
+/// to hold them (`sizes`: the packs present). A snapshot deduplicates
+/// against the index: an entry in a truncated or lost pack would make it
+/// reference data that is not there, exit 0 and be damaged from the start.
+/// Left out, the chunk is stored again. The catalog lists packs after
+/// reading the index files, so every pack those files name was written
+/// before the listing.
+fn usable_index(files: &[(IndexId, IndexFile)], sizes: &HashMap<PackId, u64>) -> (Index, SetAside) {
+    let unusable = std::sync::Mutex::new(HashMap::<Id, PackId>::new());
+    let index = Index::from_files_where(files, |pack, e| {
+        let fits = sizes
+            .get(pack)
+            .is_some_and(|&size| e.offset as u64 + e.stored_len as u64 <= size);
+        if !fits {
+            unusable.lock().expect("unusable").insert(e.id, *pack);
         }
-        for (pack, n) in per_pack {
-            tracing::warn!(
-                "pack {pack} {}: {n} blob(s) listed in it are not used (a snapshot stores them again); run `pvsnap check`, then `pvsnap repair index`",
-                pack_damage(&sizes, &pack)
-            );
+        fits
+    });
+    let mut per_pack = std::collections::BTreeMap::<PackId, usize>::new();
+    let mut set_aside = HashMap::new();
+    for (id, pack) in unusable.into_inner().expect("unusable") {
+        *per_pack.entry(pack).or_default() += 1;
+        // A blob also stored whole elsewhere is readable: not set aside.
+        if index.get(&id).is_none() {
+            set_aside.insert(id, pack);
         }
-        let set_aside = set_aside
-            .into_iter()
-            .map(|(id, pack)| (id, (pack, pack_damage(&sizes, &pack))))
-            .collect();
-        Ok((index, set_aside))
     }
+    for (pack, n) in per_pack {
+        tracing::warn!(
+            "pack {pack} {}: {n} blob(s) listed in it are not used (a snapshot stores them again); run `pvsnap check`, then `pvsnap repair index`",
+            pack_damage(sizes, &pack)
+        );
+    }
+    let set_aside = set_aside
+        .into_iter()
+        .map(|(id, pack)| (id, (pack, pack_damage(sizes, &pack))))
+        .collect();
+    (index, set_aside)
+}
 
+impl Repository {
     /// Pairs the repository with an index built by the caller (maintenance
     /// code that has read and judged the index files itself).
     pub fn with_index(self, index: Index) -> IndexedRepository {
