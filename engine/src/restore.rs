@@ -45,7 +45,6 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ObjectKey;
-use crate::backup::Excludes;
 use crate::error::{BackendError, Error, Result};
 use crate::fsmeta;
 use crate::repo::IndexedRepository;
@@ -54,6 +53,7 @@ use crate::repo::id::{ChunkId, PackId};
 use crate::snapshot::Snapshot;
 use crate::store::blob::{self, BlobEntry};
 use crate::sys::dir::Dir;
+use crate::tree::filter::Excludes;
 use crate::tree::{Node, NodeKind};
 
 use dirs::{Dirs, TARGET};

@@ -6,6 +6,7 @@
 //! appended, never reordered or removed. Entries are sorted by name bytes and
 //! names are validated on decode, so a tree can never name `..` or a path.
 
+pub mod filter;
 pub mod walk;
 
 use serde::{Deserialize, Serialize};
