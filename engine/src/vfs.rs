@@ -362,7 +362,7 @@ impl Vfs {
             }
             ids.insert(id);
         }
-        snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        crate::repo::sort_snapshots(&mut snaps);
         // Index files are written before the snapshots that need them, so an
         // index read after listing covers every snapshot listed.
         let repo = Arc::new(old.repo.repository().clone().load_index()?);

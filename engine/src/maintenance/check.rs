@@ -431,7 +431,7 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
             }
         }
     }
-    snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    crate::repo::sort_snapshots(&mut snaps);
     for (object, detail) in crate::repo::policy::damaged(repo)? {
         errors.push(Problem::new(
             ProblemKind::PolicyDamaged,

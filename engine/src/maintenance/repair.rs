@@ -302,7 +302,7 @@ pub fn repair_snapshots<'a>(
                 .push(format!("{e}; remove it with `pvsnap forget {id}`")),
         }
     }
-    snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    crate::repo::sort_snapshots(&mut snaps);
     r.snapshots_checked = snaps.len();
     let repaired_from: HashSet<String> = snaps
         .iter()

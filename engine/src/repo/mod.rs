@@ -6,206 +6,40 @@
 //! a blob before the index is loaded.
 
 pub mod catalog;
+pub mod config;
 pub mod crypto;
 pub mod format;
+mod host;
 pub mod id;
 pub mod keys;
 pub mod lock;
 pub mod policy;
+pub mod snapshots;
+
+pub use config::{
+    ChunkerAlgorithm, ChunkerParams, Compression, CompressionAlgorithm, Config,
+    DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_SIZE, InitOptions, KNOWN_FEATURES,
+};
+pub(crate) use host::hostname;
+pub use host::hostname_public;
+pub use snapshots::{Unreadable, resolve_in, sort_snapshots, warn_unreadable_snapshots};
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
 use crate::cache::PackCache;
 use crate::error::{BackendError, CryptoError, Error, FormatError, Result};
-use crate::repo::crypto::{Crypto, KdfParams, Keys};
-use crate::repo::format::{ObjectKind, REPO_VERSION, decode_checked, encode_checked};
-use crate::repo::id::{ChunkId, Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
+use crate::repo::crypto::{Crypto, Keys};
+use crate::repo::format::{ObjectKind, REPO_VERSION};
+use crate::repo::id::{ChunkId, Id, IndexId, KeyId, PackId, TreeId};
 use crate::snapshot::Snapshot;
 use crate::store::blob::{self, BlobKind};
 use crate::store::index::{BlobLocation, Index, IndexFile};
 use crate::tree::Tree;
 use catalog::IndexMode;
-
-/// Features this build understands; a repository requiring another is refused.
-pub const KNOWN_FEATURES: &[&str] = &[];
-
-/// Content-defined chunking parameters (FastCDC 2020, `fastcdc` 3.2.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkerParams {
-    pub algorithm: ChunkerAlgorithm,
-    pub min: u32,
-    pub avg: u32,
-    pub max: u32,
-    /// Gear seed; `None` in encrypted repositories, where it is derived from the key.
-    pub seed: Option<u64>,
-}
-
-/// The chunking algorithm; one today, named so that others can be added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ChunkerAlgorithm {
-    #[serde(rename = "fastcdc-v2020")]
-    FastCdc2020,
-}
-
-impl Default for ChunkerParams {
-    fn default() -> Self {
-        ChunkerParams {
-            algorithm: ChunkerAlgorithm::FastCdc2020,
-            min: 256 * 1024,
-            avg: 1024 * 1024,
-            max: 4 * 1024 * 1024,
-            seed: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Config {
-    pub version: u32,
-    pub id: Id,
-    pub chunker: ChunkerParams,
-    pub compression: Compression,
-    /// Target size of pack files in bytes.
-    pub pack_size: u32,
-    /// `none` or `xchacha20poly1305`.
-    pub encryption: String,
-    #[serde(default)]
-    pub required_features: Vec<String>,
-    #[serde(default)]
-    pub optional_features: Vec<String>,
-}
-
-impl Config {
-    /// The stored bytes: a checked object (see
-    /// [`crate::repo::format::encode_checked`]) around the JSON, never encrypted.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_checked(
-            ObjectKind::Config,
-            false,
-            &serde_json::to_vec_pretty(self).expect("config serializes"),
-        )
-    }
-
-    /// Decodes and validates the config object of the repository at
-    /// `location` (named in errors).
-    pub fn decode(bytes: &[u8], location: &str) -> Result<Config> {
-        let what = || format!("{location}/config");
-        let (_, json) = decode_checked(bytes, ObjectKind::Config, &what)?;
-        let config: Config = serde_json::from_slice(json).map_err(|e| FormatError::Invalid {
-            what: what(),
-            detail: e.to_string(),
-        })?;
-        if config.version > REPO_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: "repository",
-                found: config.version,
-                supported: REPO_VERSION,
-            }
-            .into());
-        }
-        if config.version == 0 {
-            return Err(FormatError::Invalid {
-                what: what(),
-                detail: "repository version 0 does not exist: the config is damaged".into(),
-            }
-            .into());
-        }
-        if let Some(f) = config
-            .required_features
-            .iter()
-            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
-        {
-            return Err(FormatError::UnknownFeature(f.clone()).into());
-        }
-        validate_chunker(&config.chunker)?;
-        Ok(config)
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Compression {
-    pub algorithm: CompressionAlgorithm,
-    /// zstd level; 0 stores blobs uncompressed.
-    pub level: i32,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub enum CompressionAlgorithm {
-    #[serde(rename = "zstd")]
-    Zstd,
-}
-
-/// Choices made at `pvsnap init`.
-#[derive(Debug, Clone)]
-pub struct InitOptions {
-    pub password: Option<Vec<u8>>,
-    pub chunker: ChunkerParams,
-    pub compression_level: i32,
-    pub pack_size: u32,
-    pub kdf: KdfParams,
-}
-
-/// Default zstd level; see `ARCHITECTURE.md` for the measurement behind it.
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
-/// Default pack size; see `ARCHITECTURE.md`.
-pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
-
-impl Default for InitOptions {
-    fn default() -> Self {
-        InitOptions {
-            password: None,
-            chunker: ChunkerParams::default(),
-            compression_level: DEFAULT_COMPRESSION_LEVEL,
-            pack_size: DEFAULT_PACK_SIZE,
-            kdf: KdfParams::default(),
-        }
-    }
-}
-
-impl InitOptions {
-    /// Refuses options a repository cannot be created with, so a caller can
-    /// check them before it creates anything.
-    pub fn validate(&self) -> Result<()> {
-        use fastcdc::v2020 as f;
-        let c = &self.chunker;
-        if validate_chunker(c).is_err() {
-            return Err(Error::Invalid(format!(
-                "chunk sizes min {} avg {} max {} bytes are out of range: min {}..={}, avg {}..={}, max {}..={} bytes, and min <= avg <= max",
-                c.min,
-                c.avg,
-                c.max,
-                f::MINIMUM_MIN,
-                f::MINIMUM_MAX,
-                f::AVERAGE_MIN,
-                f::AVERAGE_MAX,
-                f::MAXIMUM_MIN,
-                f::MAXIMUM_MAX
-            )));
-        }
-        if !(0..=22).contains(&self.compression_level) {
-            return Err(Error::Invalid(format!(
-                "compression level {} is out of range: 0 (none) to 22",
-                self.compression_level
-            )));
-        }
-        if self.pack_size == 0 {
-            return Err(Error::Invalid("pack size 0: give at least 1 MiB".into()));
-        }
-        let k = self.kdf;
-        argon2::Params::new(k.m_cost, k.t_cost, k.p_cost, Some(32)).map_err(|e| {
-            Error::Invalid(format!(
-                "key derivation parameters m_cost {} t_cost {} p_cost {}: {e}",
-                k.m_cost, k.t_cost, k.p_cost
-            ))
-        })?;
-        Ok(())
-    }
-}
 
 /// The master key of an encrypted repository, wiped when the last holder
 /// drops it.
@@ -213,19 +47,6 @@ pub(crate) type MasterKey = Arc<zeroize::Zeroizing<[u8; 32]>>;
 
 /// Supplies the passphrase when (and only when) the repository is encrypted.
 pub type PasswordFn<'a> = &'a dyn Fn() -> Result<Vec<u8>>;
-
-/// A snapshot object that could not be read, and why.
-pub type Unreadable = (SnapshotId, Error);
-
-/// Logs a warning for each unreadable snapshot object, naming the command
-/// that removes it.
-pub fn warn_unreadable_snapshots(bad: &[Unreadable]) {
-    for (id, e) in bad {
-        tracing::warn!(
-            "skipped an unreadable snapshot object: {e}; remove it with `pvsnap forget {id}`"
-        );
-    }
-}
 
 /// An opened repository.
 #[derive(Clone)]
@@ -235,22 +56,6 @@ pub struct Repository {
     crypto: Crypto,
     /// The master key and the slot that opened it (encrypted repositories).
     master: Option<(KeyId, MasterKey)>,
-}
-
-/// This machine's host name, as recorded in snapshots and locks.
-pub fn hostname_public() -> String {
-    hostname()
-}
-
-pub(crate) fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if r != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 impl Repository {
@@ -438,133 +243,6 @@ impl Repository {
         self.backend
             .put(&ObjectKey::new(ObjectKind::Index, id.to_hex()), &bytes)?;
         Ok((id, bytes.len() as u64))
-    }
-
-    fn snapshot_key(id: &SnapshotId) -> ObjectKey {
-        ObjectKey::new(ObjectKind::Snapshot, id.to_hex())
-    }
-
-    /// Encodes a snapshot object.
-    pub fn encode_snapshot(&self, snap: &Snapshot) -> Vec<u8> {
-        crate::snapshot::encode_snapshot(snap, &self.crypto)
-    }
-
-    /// Writes a snapshot object: the commit point. Returns the bytes written.
-    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<u64> {
-        let bytes = self.encode_snapshot(snap);
-        self.backend.put(&Self::snapshot_key(&snap.id), &bytes)?;
-        Ok(bytes.len() as u64)
-    }
-
-    /// Reads and validates one snapshot object (see
-    /// [`crate::snapshot::decode_snapshot`]).
-    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
-        let bytes = self.backend.get(&Self::snapshot_key(id))?;
-        crate::snapshot::decode_snapshot(&bytes, &self.crypto, id)
-    }
-
-    /// Every snapshot, oldest first (ties broken by id); fails on the first
-    /// object that cannot be read (see [`Repository::snapshots_lenient`]).
-    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let names = self.backend.list(ObjectKind::Snapshot)?;
-        let mut snaps: Vec<Snapshot> = names
-            .par_iter()
-            .filter_map(|(n, _)| n.parse::<SnapshotId>().ok())
-            .map(|id| self.load_snapshot(&id))
-            .collect::<Result<_>>()?;
-        snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-        Ok(snaps)
-    }
-
-    /// Every readable snapshot, oldest first, and the ids of those that could
-    /// not be read with the reason: one damaged snapshot object must not
-    /// hide the others or stop a backup. Callers decide what an unreadable
-    /// one means: readers warn and go on, `forget` removes it only by id,
-    /// and prune refuses to run (it cannot know what the object needs).
-    pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
-        let names = self.backend.list(ObjectKind::Snapshot)?;
-        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
-            .par_iter()
-            .filter_map(|(n, _)| n.parse::<SnapshotId>().ok())
-            .map(|id| (id, self.load_snapshot(&id)))
-            .collect();
-        let mut snaps = Vec::new();
-        let mut bad = Vec::new();
-        for (id, r) in loaded {
-            match r {
-                Ok(s) => snaps.push(s),
-                Err(Error::Backend(BackendError::NotFound { .. })) => {} // forgotten meanwhile
-                Err(e) => bad.push((id, e)),
-            }
-        }
-        snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-        Ok((snaps, bad))
-    }
-
-    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        Ok(self.backend.delete(&Self::snapshot_key(id))?)
-    }
-
-    /// Resolves a full id, a unique prefix, `latest` or `latest:SOURCE`.
-    /// Damaged snapshot objects are skipped with a warning.
-    pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
-        let (snaps, bad) = self.snapshots_lenient()?;
-        warn_unreadable_snapshots(&bad);
-        resolve_in(&snaps, spec).cloned()
-    }
-}
-
-/// Resolves `spec` within a list sorted oldest first.
-pub fn resolve_in<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
-    if spec == "latest" {
-        return snaps
-            .last()
-            .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
-    }
-    if let Some(source) = spec.strip_prefix("latest:") {
-        let want = source.trim_end_matches('/');
-        return snaps
-            .iter()
-            .rev()
-            .find(|s| s.source.key().trim_end_matches('/') == want)
-            .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
-    }
-    let lower = spec.to_ascii_lowercase();
-    if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::SnapshotNotFound(spec.into()));
-    }
-    let matches: Vec<&Snapshot> = snaps
-        .iter()
-        .filter(|s| s.id.to_hex().starts_with(&lower))
-        .collect();
-    match matches.len() {
-        0 => Err(Error::SnapshotNotFound(spec.into())),
-        1 => Ok(matches[0]),
-        n => Err(Error::AmbiguousSnapshot {
-            prefix: spec.into(),
-            count: n,
-        }),
-    }
-}
-
-fn validate_chunker(c: &ChunkerParams) -> Result<()> {
-    use fastcdc::v2020 as f;
-    let ok = (f::MINIMUM_MIN..=f::MINIMUM_MAX).contains(&c.min)
-        && (f::AVERAGE_MIN..=f::AVERAGE_MAX).contains(&c.avg)
-        && (f::MAXIMUM_MIN..=f::MAXIMUM_MAX).contains(&c.max)
-        && c.min <= c.avg
-        && c.avg <= c.max;
-    if ok {
-        Ok(())
-    } else {
-        Err(FormatError::Invalid {
-            what: "config".into(),
-            detail: format!(
-                "chunker sizes min {} avg {} max {} are out of range",
-                c.min, c.avg, c.max
-            ),
-        }
-        .into())
     }
 }
 
