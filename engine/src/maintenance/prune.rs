@@ -259,7 +259,7 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         entries.dedup_by_key(|e| e.id);
     }
     let pack_bytes = catalog.packs;
-    let index = Index::from_files(&files);
+    let index = Index::from_files(files);
 
     // Stage 2: mark. An unreadable snapshot stops prune: what it needs is
     // unknown (a dry run may assume it removed, as `forget --dry-run --prune`).
