@@ -3,11 +3,11 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pvsnap_benches::mixed_data;
-use pvsnap_engine::blob::{self, BlobEntry, BlobKind};
-use pvsnap_engine::crypto::{Crypto, Keys};
-use pvsnap_engine::id::{ChunkId, Id, IndexId, PackId, TreeId};
-use pvsnap_engine::index::{Index, IndexFile};
-use pvsnap_engine::pack::PackBuilder;
+use pvsnap_engine::repo::crypto::{Crypto, Keys};
+use pvsnap_engine::repo::id::{ChunkId, Id, IndexId, PackId, TreeId};
+use pvsnap_engine::store::blob::{self, BlobEntry, BlobKind};
+use pvsnap_engine::store::index::{Index, IndexFile};
+use pvsnap_engine::store::pack::PackBuilder;
 use pvsnap_engine::tree::{Extent, Node, NodeKind, Tree};
 
 const MIB: usize = 1 << 20;

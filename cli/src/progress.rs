@@ -72,7 +72,7 @@ impl Bars {
 }
 
 impl pvsnap_ops::Observer for Bars {
-    fn storing(&self, p: Arc<pvsnap_engine::archiver::Progress>) -> pvsnap_ops::Watch {
+    fn storing(&self, p: Arc<pvsnap_engine::backup::Progress>) -> pvsnap_ops::Watch {
         let sample = move || {
             let files = p.files.load(Ordering::Relaxed);
             let total = p.total_bytes_hint.load(Ordering::Relaxed);

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use crate::id::PackId;
+use crate::repo::id::PackId;
 
 /// A least-recently-used map bounded by the sum of its entries' weights (bytes).
 /// The newest entry is always kept, even when it alone exceeds the bound.
@@ -153,7 +153,7 @@ impl PackCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::Id;
+    use crate::repo::id::Id;
 
     #[test]
     fn lru_evicts_least_recently_used_by_weight() {

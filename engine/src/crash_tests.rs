@@ -8,9 +8,9 @@ use jiff::tz::TimeZone;
 
 use crate::backend::DynBackend;
 use crate::backend::faulty::FaultyBackend;
-use crate::check::{self, ReadData};
-use crate::forget::{self, Selection};
-use crate::prune::{self, PruneOptions};
+use crate::maintenance::check::{self, ReadData};
+use crate::maintenance::forget::{self, Selection};
+use crate::maintenance::prune::{self, PruneOptions};
 use crate::testutil::{self, exclusive, mem_repo, reopen, restore_files};
 
 fn prune_opts() -> PruneOptions {
@@ -75,7 +75,6 @@ fn interrupt_prune_at_every_write() -> usize {
             &exclusive(&backend),
             &Selection::Ids(gone),
             &TimeZone::UTC,
-            false,
         )
         .unwrap();
 

@@ -11,19 +11,21 @@ use jiff::tz::TimeZone;
 use crate::backend::local::LocalBackend;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, DynBackend, ObjectKey};
-use crate::check::{self, ProblemKind, ReadData};
 use crate::error::Error;
-use crate::forget::{self, Selection};
-use crate::format::{HEADER_LEN, ObjectKind};
-use crate::id::{IndexId, PackId};
-use crate::prune::{self, PruneOptions};
-use crate::repair;
-use crate::repo::{IndexMode, Repository};
-use crate::retention::{GroupBy, KeepPolicy};
+use crate::maintenance::check::{self, ProblemKind, ReadData};
+use crate::maintenance::forget::{self, Selection};
+use crate::maintenance::prune::{self, PruneOptions};
+use crate::maintenance::repair;
+use crate::maintenance::retention::{GroupBy, KeepPolicy};
+use crate::repo::Repository;
+use crate::repo::catalog::IndexMode;
+use crate::repo::format::{HEADER_LEN, ObjectKind};
+use crate::repo::id::{IndexId, PackId};
+use crate::repo::lock::Access;
 use crate::snapshot::Snapshot;
 use crate::testutil::{self, exclusive, mem_repo, restore_files, stored_bytes};
 use crate::tree::NodeKind;
-use crate::walk;
+use crate::tree::walk;
 
 type Files = BTreeMap<String, Vec<u8>>;
 
@@ -98,9 +100,8 @@ fn an_unreadable_snapshot_is_skipped_removable_and_only_blocks_prune() {
         // A dry run that assumes it removed (`forget --dry-run --prune`) runs.
         prune::prune(
             &repo,
-            &exclusive(&backend),
+            Access::DryRun,
             &PruneOptions {
-                dry_run: true,
                 assume_removed: vec![second.id],
                 ..grace(Duration::ZERO)
             },
@@ -108,7 +109,7 @@ fn an_unreadable_snapshot_is_skipped_removable_and_only_blocks_prune() {
         .unwrap();
 
         // repair snapshots does not fail on it.
-        let rep = repair::repair_snapshots(&repo, &exclusive(&backend), false, false).unwrap();
+        let rep = repair::repair_snapshots(&repo, &exclusive(&backend), false).unwrap();
         assert_eq!(rep.unreadable.len(), 1, "{:?}", rep.unreadable);
         assert!(rep.repaired.is_empty());
 
@@ -120,14 +121,7 @@ fn an_unreadable_snapshot_is_skipped_removable_and_only_blocks_prune() {
             },
             group_by: GroupBy::default(),
         };
-        let f = forget::forget(
-            &repo,
-            &exclusive(&backend),
-            &keep_last,
-            &TimeZone::UTC,
-            false,
-        )
-        .unwrap();
+        let f = forget::forget(&repo, &exclusive(&backend), &keep_last, &TimeZone::UTC).unwrap();
         assert_eq!(f.removed, 0);
         assert_eq!(
             f.unreadable_skipped
@@ -147,7 +141,6 @@ fn an_unreadable_snapshot_is_skipped_removable_and_only_blocks_prune() {
             &exclusive(&backend),
             &Selection::Ids(ids),
             &TimeZone::UTC,
-            false,
         )
         .unwrap();
         assert_eq!(f.unreadable_removed, vec![second.id]);
@@ -187,7 +180,7 @@ fn an_unreadable_index_file_is_skipped_by_readers_named_by_check_and_refused_by_
         }
 
         // Readers load what the other files describe.
-        let read = repo.read_index_files_with(IndexMode::Lenient).unwrap();
+        let read = repo.catalog(IndexMode::Lenient).unwrap();
         let unreadable: BTreeSet<String> = read.unreadable.iter().map(|u| u.name.clone()).collect();
         assert_eq!(unreadable, victims.iter().cloned().collect());
         assert!(
@@ -225,7 +218,7 @@ fn an_unreadable_index_file_is_skipped_by_readers_named_by_check_and_refused_by_
         assert_whole(&repo, &sb2, &b);
 
         // repair index gets everything back.
-        repair::repair_index(&repo, &exclusive(&backend), false).unwrap();
+        repair::repair_index(&repo, &exclusive(&backend)).unwrap();
         let r = check::check(&repo, ReadData::All).unwrap();
         assert!(r.ok, "{r:#?}");
         for (s, f) in [(&sa, &a), (&sb, &b), (&sb2, &b)] {
@@ -305,7 +298,7 @@ fn a_truncated_pack_is_salvaged_and_the_next_snapshot_is_whole() {
         }
 
         // repair index keeps exactly the whole blobs.
-        let rep = repair::repair_index(&repo, &exclusive(&backend), false).unwrap();
+        let rep = repair::repair_index(&repo, &exclusive(&backend)).unwrap();
         assert_eq!(rep.packs_salvaged.len(), 1, "{rep:?}");
         let sp = &rep.packs_salvaged[0];
         assert_eq!(sp.pack, victim);
@@ -340,7 +333,7 @@ fn a_truncated_pack_is_salvaged_and_the_next_snapshot_is_whole() {
         assert_eq!(named, vec![gone.as_str()], "the rest is whole again");
 
         // Repairing and forgetting the damaged snapshot makes check clean.
-        let rs = repair::repair_snapshots(&repo, &exclusive(&backend), false, false).unwrap();
+        let rs = repair::repair_snapshots(&repo, &exclusive(&backend), false).unwrap();
         assert_eq!(rs.repaired.len(), 1);
         let mut saved = files.clone();
         saved.remove(&gone);
@@ -353,7 +346,6 @@ fn a_truncated_pack_is_salvaged_and_the_next_snapshot_is_whole() {
             &exclusive(&backend),
             &Selection::Ids(vec![s.id]),
             &TimeZone::UTC,
-            false,
         )
         .unwrap();
         let r = check::check(&repo, ReadData::All).unwrap();
@@ -409,9 +401,8 @@ fn check_reports_leftovers_and_prune_removes_those_past_the_grace_period() {
 
     let dry = prune::prune(
         &repo,
-        &exclusive(&backend),
+        Access::DryRun,
         &PruneOptions {
-            dry_run: true,
             ..PruneOptions::default()
         },
     )

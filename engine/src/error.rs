@@ -116,8 +116,6 @@ pub enum CryptoError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MaintenanceError {
-    #[error("{operation} needs the exclusive repository lock; it was called with a shared one")]
-    NeedsExclusiveLock { operation: &'static str },
     #[error("invalid policy name `{name}`: {reason}")]
     InvalidPolicyName { name: String, reason: String },
     #[error("no policy named `{0}`; list them with `pvsnap policy list`")]
@@ -134,7 +132,7 @@ pub enum MaintenanceError {
         detail: String,
     },
     #[error(transparent)]
-    Retention(#[from] crate::retention::RetentionError),
+    Retention(#[from] crate::maintenance::retention::RetentionError),
 }
 
 /// The umbrella error of the engine's public API.
@@ -220,8 +218,8 @@ impl Error {
     }
 }
 
-impl From<crate::retention::RetentionError> for Error {
-    fn from(e: crate::retention::RetentionError) -> Self {
+impl From<crate::maintenance::retention::RetentionError> for Error {
+    fn from(e: crate::maintenance::retention::RetentionError) -> Self {
         Error::Maintenance(e.into())
     }
 }

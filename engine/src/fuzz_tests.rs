@@ -176,13 +176,13 @@ fn every_target_has_seeds_that_decode() {
     }
     // The seeds are valid objects, not only inputs that do not crash: spot
     // checks through the real readers.
-    let plain = crate::crypto::Crypto::None;
+    let plain = crate::repo::crypto::Crypto::None;
     let idx = &fuzzing::seeds("index_file")[0];
-    crate::index::IndexFile::decode(&idx[1..], &plain, "seed").expect("index seed decodes");
+    crate::store::index::IndexFile::decode(&idx[1..], &plain, "seed").expect("index seed decodes");
     let tree = &fuzzing::seeds("tree")[0];
     crate::tree::Tree::decode(tree, &Default::default()).expect("tree seed decodes");
     let lock = &fuzzing::seeds("lock")[0];
-    crate::lock::LockInfo::decode(lock).expect("lock seed decodes");
+    crate::repo::lock::LockInfo::decode(lock).expect("lock seed decodes");
     for seed in fuzzing::seeds("config") {
         let m: crate::backend::DynBackend =
             std::sync::Arc::new(crate::backend::memory::MemoryBackend::new());
@@ -221,8 +221,8 @@ fn seed_corpus_is_small() {
 
 #[test]
 fn huge_length_fields_allocate_nothing_absurd() {
-    use crate::blob::{BlobEntry, BlobKind};
-    use crate::id::Id;
+    use crate::repo::id::Id;
+    use crate::store::blob::{BlobEntry, BlobKind};
     // A compressed blob claiming 4 GiB of content.
     let mut data = vec![0u8];
     BlobEntry {
@@ -237,9 +237,9 @@ fn huge_length_fields_allocate_nothing_absurd() {
     data.extend(zstd::bulk::compress(&[0u8; 64], 3).unwrap());
     drive("blob", &data).unwrap();
     // A key slot asking Argon2 for 4 TiB is refused before any work.
-    let slot = crate::crypto::KeySlot {
+    let slot = crate::repo::crypto::KeySlot {
         kdf: "argon2id".into(),
-        params: crate::crypto::KdfParams {
+        params: crate::repo::crypto::KdfParams {
             m_cost: u32::MAX,
             t_cost: u32::MAX,
             p_cost: 1,

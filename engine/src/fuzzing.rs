@@ -13,14 +13,14 @@ use std::sync::{Arc, OnceLock};
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, DynBackend, ObjectKey};
-use crate::blob::{self, BlobEntry, BlobKind};
-use crate::crypto::{Crypto, KdfParams, Keys};
-use crate::format::{ObjectKind, Reader};
-use crate::id::{Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
-use crate::index::{Index, IndexFile};
-use crate::lock::LockInfo;
-use crate::pack::{self, PackBuilder};
+use crate::repo::crypto::{Crypto, KdfParams, Keys};
+use crate::repo::format::{ObjectKind, Reader};
+use crate::repo::id::{Id, IndexId, KeyId, PackId, SnapshotId, TreeId};
+use crate::repo::lock::LockInfo;
 use crate::repo::{InitOptions, Repository};
+use crate::store::blob::{self, BlobEntry, BlobKind};
+use crate::store::index::{Index, IndexFile};
+use crate::store::pack::{self, PackBuilder};
 use crate::tree::{Extent, Node, NodeKind, Tree};
 
 /// The master key of the encrypted fuzzing repository.
@@ -82,7 +82,7 @@ fn repo(encrypted: bool) -> &'static Repository {
                 mem.delete(&ObjectKey::new(ObjectKind::Key, name))
                     .expect("delete key");
             }
-            crate::keys::write_slot(&mem, &MASTER, PASSWORD, kdf()).expect("write key slot");
+            crate::repo::keys::write_slot(&mem, &MASTER, PASSWORD, kdf()).expect("write key slot");
         }
         let pw = || Ok(PASSWORD.to_vec());
         Repository::open(mem, Some(&pw)).expect("open the memory repository")
@@ -220,7 +220,7 @@ pub fn key_slot(data: &[u8]) {
 /// Whether a key slot asks for more key-derivation work than a fuzzing run
 /// can afford per input (the decoder's own bounds are tested elsewhere).
 fn over_budget(data: &[u8]) -> bool {
-    let Some(json) = data.get(crate::format::HEADER_LEN..) else {
+    let Some(json) = data.get(crate::repo::format::HEADER_LEN..) else {
         return false;
     };
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
@@ -246,7 +246,7 @@ pub fn policy(data: &[u8]) {
     let Some((encrypted, bytes)) = select(data) else {
         return;
     };
-    let _ = crate::policy::decode(repo(encrypted), POLICY_OBJECT, bytes);
+    let _ = crate::repo::policy::decode(repo(encrypted), POLICY_OBJECT, bytes);
 }
 
 /// Valid inputs of target `name`: a few encoded objects of each form.
@@ -320,11 +320,11 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             .encode(),
         ],
         "policy" => both(&|e| {
-            let p = crate::policy::NamedPolicy {
+            let p = crate::repo::policy::NamedPolicy {
                 name: "nightly".into(),
                 time: "2026-11-21T09:25:34Z".parse().expect("time"),
                 group_by: Default::default(),
-                keep: crate::retention::default_policy(),
+                keep: crate::maintenance::retention::default_policy(),
                 builtin: false,
             };
             encode_policy(repo(e), &p)
@@ -335,11 +335,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
 
 /// A policy's bytes under [`POLICY_OBJECT`] (the writer picks a random
 /// revision, the decoder checks the name).
-fn encode_policy(repo: &Repository, p: &crate::policy::NamedPolicy) -> Vec<u8> {
+fn encode_policy(repo: &Repository, p: &crate::repo::policy::NamedPolicy) -> Vec<u8> {
     let json = serde_json::to_vec(p).expect("policy serializes");
-    let mut bytes = crate::format::Header::new(ObjectKind::Policy, repo.crypto().is_encrypted())
-        .encode()
-        .to_vec();
+    let mut bytes =
+        crate::repo::format::Header::new(ObjectKind::Policy, repo.crypto().is_encrypted())
+            .encode()
+            .to_vec();
     let aad = format!("pvsnap policy {POLICY_OBJECT}");
     bytes.extend(repo.crypto().seal(aad.as_bytes(), json));
     bytes
@@ -397,7 +398,7 @@ fn sample_tree() -> Tree {
                 NodeKind::File {
                     content: vec![
                         Extent {
-                            chunk: Some(crate::id::ChunkId(Id([1; 32]))),
+                            chunk: Some(crate::repo::id::ChunkId(Id([1; 32]))),
                             len: 5,
                         },
                         Extent {

@@ -19,18 +19,18 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use crate::blob::{self, BlobEntry, BlobKind};
-use crate::check::{self, ReadData};
-use crate::id::{ChunkId, Id, SnapshotId, TreeId};
-use crate::index::IndexFile;
-use crate::pack::PackBuilder;
+use crate::maintenance::check::{self, ReadData};
+use crate::repo::id::{ChunkId, Id, SnapshotId, TreeId};
 use crate::repo::{IndexedRepository, Repository};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
 use crate::snapshot::{Snapshot, Source, Summary};
+use crate::store::blob::{self, BlobEntry, BlobKind};
+use crate::store::index::IndexFile;
+use crate::store::pack::PackBuilder;
 use crate::testutil::mem_repo;
+use crate::tree::walk;
 use crate::tree::{Extent, MAX_DEPTH, Node, NodeKind, Tree};
 use crate::vfs::{FileKind, ROOT, Vfs, VfsOptions};
-use crate::walk;
 
 fn node(name: &[u8], kind: NodeKind) -> Node {
     let size = match &kind {
@@ -99,7 +99,7 @@ fn store(
     let fp = b.finish(crypto);
     repo.backend()
         .put(
-            &crate::backend::ObjectKey::new(crate::format::ObjectKind::Pack, fp.id.to_hex()),
+            &crate::backend::ObjectKey::new(crate::repo::format::ObjectKind::Pack, fp.id.to_hex()),
             &fp.bytes,
         )
         .expect("put pack");

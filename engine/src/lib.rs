@@ -23,14 +23,15 @@
 //! |---|---|
 //! | snapshot, restore, check, mount | shared |
 //! | ls, diff, dump, stats, snapshots | none (read only: a concurrent prune can make them fail, never make them wrong) |
-//! | policy set, policy remove | shared (revisions resolve races, see [`policy`]) |
+//! | policy set, policy remove | shared (revisions resolve races, see [`repo::policy`]) |
 //! | forget, prune, repair | exclusive (`forget`/`prune --dry-run`: shared) |
 //!
 //! Shared locks coexist; an exclusive lock excludes every other lock. See
-//! [`lock`] for the protocol and stale-lock rules. Operations that delete
-//! (forget, prune, repair) demand a [`lock::LockGuard`] that is exclusive.
+//! [`repo::lock`] for the protocol and stale-lock rules. Operations that delete
+//! (forget, prune, repair) take a [`repo::lock::ExclusiveLock`] (or run as a
+//! dry run): the type, not a check at run time, holds the rule.
 //! Prune also leaves young packs that no index names alone, in case a
-//! snapshot is running behind a lock that looked stale; see [`prune`].
+//! snapshot is running behind a lock that looked stale; see [`maintenance::prune`].
 //!
 //! # Unsafe code
 //! Only [`sys`] holds `unsafe` blocks, each behind a safe function with its
@@ -38,36 +39,22 @@
 
 #![deny(unsafe_code)]
 
-pub mod archiver;
 pub mod backend;
-pub mod blob;
+pub mod backup;
 pub mod cache;
-pub mod check;
-pub mod crypto;
-pub mod duration;
 pub mod error;
-pub mod forget;
-pub mod format;
 pub mod fsmeta;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod id;
-pub mod index;
-pub mod keys;
-pub mod lock;
-pub mod pack;
-pub mod policy;
-pub mod prune;
-pub mod repair;
+pub mod maintenance;
 pub mod repo;
 pub mod restore;
-pub mod retention;
 pub mod snapshot;
+pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tree;
 pub mod vfs;
-pub mod walk;
 
 #[cfg(test)]
 mod crash_tests;

@@ -10,18 +10,19 @@ use jiff::tz::TimeZone;
 use crate::backend::faulty::FaultyBackend;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, DynBackend, ObjectKey};
-use crate::check::{self, ProblemKind, ReadData};
-use crate::forget::{self, Selection};
-use crate::format::ObjectKind;
-use crate::id::{IndexId, PackId};
-use crate::prune::{self, PruneOptions};
-use crate::repair;
+use crate::maintenance::check::{self, ProblemKind, ReadData};
+use crate::maintenance::forget::{self, Selection};
+use crate::maintenance::prune::{self, PruneOptions};
+use crate::maintenance::repair;
+use crate::maintenance::retention::{GroupBy, KeepPolicy};
 use crate::repo::Repository;
-use crate::retention::{GroupBy, KeepPolicy};
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{IndexId, PackId};
+use crate::repo::lock::Access;
 use crate::snapshot::Snapshot;
 use crate::testutil::{self, exclusive, mem_repo, reopen, restore_files, stored_bytes};
 use crate::tree::NodeKind;
-use crate::walk;
+use crate::tree::walk;
 
 type Files = BTreeMap<String, Vec<u8>>;
 
@@ -76,7 +77,7 @@ fn forget_all_but_two(
         },
         group_by: GroupBy::default(),
     };
-    let r = forget::forget(repo, &lock, &sel, &TimeZone::UTC, false).unwrap();
+    let r = forget::forget(repo, &lock, &sel, &TimeZone::UTC).unwrap();
     assert_eq!(r.removed, 2);
     hist[2..].to_vec()
 }
@@ -115,9 +116,8 @@ fn prune_leaves_about_the_size_of_a_fresh_repository_with_the_kept_snapshots() {
         let after_forget = stored_bytes(mem.as_ref());
         let dry = prune::prune(
             &repo,
-            &exclusive(&backend),
+            Access::DryRun,
             &PruneOptions {
-                dry_run: true,
                 ..opts(0.0, Duration::ZERO)
             },
         )
@@ -185,9 +185,8 @@ fn max_unused_decides_between_keeping_and_repacking() {
     forget_all_but_two(&repo, &backend, &hist);
     let lenient = prune::prune(
         &repo,
-        &exclusive(&backend),
+        Access::DryRun,
         &PruneOptions {
-            dry_run: true,
             ..opts(100.0, Duration::ZERO)
         },
     )
@@ -196,9 +195,8 @@ fn max_unused_decides_between_keeping_and_repacking() {
     assert!(lenient.packs_deleted > 0);
     let strict = prune::prune(
         &repo,
-        &exclusive(&backend),
+        Access::DryRun,
         &PruneOptions {
-            dry_run: true,
             ..opts(0.0, Duration::ZERO)
         },
     )
@@ -281,14 +279,19 @@ fn young_unreferenced_packs_are_kept_and_old_ones_deleted() {
     testutil::write_tree(dir.path(), &testutil::files(5, 3, 5000));
     let s = testutil::snapshot(&repo, dir.path(), "/x", "2026-01-01T00:00:00Z");
     // A pack written by a snapshot still running: no index names it yet.
-    let mut pb = crate::pack::PackBuilder::new(false, 0);
+    let mut pb = crate::store::pack::PackBuilder::new(false, 0);
     let raw = testutil::noise(77, 3000);
     let id = repo.crypto().content_id(&raw);
-    let (stored, flags) =
-        crate::blob::encode(repo.crypto(), 3, crate::blob::BlobKind::Data, &id, &raw);
+    let (stored, flags) = crate::store::blob::encode(
+        repo.crypto(),
+        3,
+        crate::store::blob::BlobKind::Data,
+        &id,
+        &raw,
+    );
     pb.add(
-        crate::blob::BlobEntry {
-            kind: crate::blob::BlobKind::Data,
+        crate::store::blob::BlobEntry {
+            kind: crate::store::blob::BlobKind::Data,
             flags,
             id,
             offset: 0,
@@ -350,7 +353,7 @@ fn packs_of_files(repo: &Repository, s: &Snapshot) -> BTreeMap<String, BTreeSet<
 }
 
 /// Files of `s` whose content includes chunk `id`.
-fn files_with_chunk(repo: &Repository, s: &Snapshot, id: &crate::id::Id) -> BTreeSet<String> {
+fn files_with_chunk(repo: &Repository, s: &Snapshot, id: &crate::repo::id::Id) -> BTreeSet<String> {
     let idx = repo.clone().load_index().unwrap();
     let mut out = BTreeSet::new();
     walk::walk(&idx, &s.tree, "", &mut |path, node| {
@@ -373,7 +376,7 @@ fn check_names_the_pack_snapshot_and_files_of_a_flipped_byte() {
     let loc = idx
         .index()
         .iter()
-        .find(|l| l.pack == pack && l.entry.kind == crate::blob::BlobKind::Data)
+        .find(|l| l.pack == pack && l.entry.kind == crate::store::blob::BlobKind::Data)
         .unwrap();
     let key = ObjectKey::new(ObjectKind::Pack, pack.to_hex());
     mem.tamper(&key, |b| b[loc.entry.offset as usize + 5] ^= 0x40);
@@ -485,7 +488,7 @@ fn check_names_a_truncated_index_file_and_a_missing_pack() {
     );
 
     // Repair the index from the packs: everything is whole again.
-    let rep = repair::repair_index(&repo, &exclusive(&(mem.clone() as DynBackend)), false).unwrap();
+    let rep = repair::repair_index(&repo, &exclusive(&(mem.clone() as DynBackend))).unwrap();
     assert!(rep.packs_unreadable.is_empty());
     assert_clean(&repo);
     assert_restorable(&repo, &hist);
@@ -537,7 +540,7 @@ fn repair_index_rebuilds_a_repository_without_index_files() {
         4,
         "every snapshot is unreadable without an index"
     );
-    let rep = repair::repair_index(&repo, &exclusive(&(mem.clone() as DynBackend)), false).unwrap();
+    let rep = repair::repair_index(&repo, &exclusive(&(mem.clone() as DynBackend))).unwrap();
     assert_eq!(rep.packs, mem.list(ObjectKind::Pack).unwrap().len());
     assert_eq!(rep.index_files_written, 1);
     assert_clean(&repo);
@@ -560,13 +563,13 @@ fn repair_snapshots_writes_a_copy_without_the_lost_files() {
         .map(|(f, _)| f.clone())
         .collect();
 
-    let dry = repair::repair_snapshots(&repo, &exclusive(&backend), false, true).unwrap();
+    let dry = repair::repair_snapshots(&repo, Access::DryRun, false).unwrap();
     assert_eq!(
         repo.snapshots().unwrap().len(),
         4,
         "a dry run writes nothing"
     );
-    let r = repair::repair_snapshots(&repo, &exclusive(&backend), false, false).unwrap();
+    let r = repair::repair_snapshots(&repo, &exclusive(&backend), false).unwrap();
     assert_eq!(dry.repaired.len(), r.repaired.len());
     let fixed = r
         .repaired
@@ -589,7 +592,7 @@ fn repair_snapshots_writes_a_copy_without_the_lost_files() {
     assert_eq!(restored, expected);
     assert!(repo.load_snapshot(&s.id).is_ok(), "the original stays");
 
-    let again = repair::repair_snapshots(&repo, &exclusive(&backend), false, false).unwrap();
+    let again = repair::repair_snapshots(&repo, &exclusive(&backend), false).unwrap();
     assert!(
         again.repaired.is_empty() && again.already_repaired.contains(&s.id),
         "{again:#?}"
@@ -603,7 +606,6 @@ fn repair_snapshots_writes_a_copy_without_the_lost_files() {
         &exclusive(&backend),
         &Selection::Ids(originals),
         &TimeZone::UTC,
-        false,
     )
     .unwrap();
     let p = prune::prune(&repo, &exclusive(&backend), &opts(10.0, Duration::ZERO)).unwrap();

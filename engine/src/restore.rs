@@ -41,12 +41,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::archiver::Excludes;
 use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::sys::dir::Dir;
+use crate::tree::filter::Excludes;
 use crate::tree::{Node, NodeKind};
 
 use dirs::{Dirs, TARGET};

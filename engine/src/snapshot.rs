@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::Crypto;
 use crate::error::{FormatError, Result};
-use crate::format::{ObjectKind, decode_checked, encode_checked};
-use crate::id::{SnapshotId, TreeId};
+use crate::repo::crypto::Crypto;
+use crate::repo::format::{ObjectKind, decode_checked, encode_checked};
+use crate::repo::id::{SnapshotId, TreeId};
 use crate::tree::{Node, NodeKind};
 
 /// What a snapshot is a snapshot of. Snapshots of the same source form one
@@ -115,7 +115,7 @@ impl Snapshot {
 }
 
 /// Encodes a snapshot object: the checked header (see
-/// [`crate::format::encode_checked`]) around `seal(id, JSON)`.
+/// [`crate::repo::format::encode_checked`]) around `seal(id, JSON)`.
 pub fn encode_snapshot(snap: &Snapshot, crypto: &Crypto) -> Vec<u8> {
     let json = serde_json::to_vec(snap).expect("snapshot serializes");
     let sealed = crypto.seal(snap.id.0.as_bytes(), json);

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::archiver::{self, BackupOptions, Progress};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Backend, DynBackend};
-use crate::crypto::KdfParams;
-use crate::format::ObjectKind;
-use crate::lock::LockGuard;
+use crate::backup::{self, BackupOptions, Progress};
+use crate::repo::crypto::KdfParams;
+use crate::repo::format::ObjectKind;
+use crate::repo::lock::ExclusiveLock;
 use crate::repo::{ChunkerAlgorithm, ChunkerParams, IndexedRepository, InitOptions, Repository};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
 use crate::snapshot::{Snapshot, Source};
@@ -62,9 +62,9 @@ pub fn indexed_repo(min: u32, avg: u32, max: u32) -> IndexedRepository {
 /// Snapshots `dir` into `repo` and adds the new packs to its index, as the
 /// `snapshot` command does, so the next snapshot deduplicates against them.
 pub fn backup_indexed(repo: &mut IndexedRepository, dir: &Path, opts: &BackupOptions) -> Snapshot {
-    let out = archiver::backup(repo, dir, opts, &Progress::default()).expect("backup");
-    repo.index_mut().extend(&out.new_packs);
-    out.snapshot
+    backup::backup(repo, dir, opts, &Progress::default())
+        .expect("backup")
+        .snapshot
 }
 
 /// The same repository opened over another backend (a faulty decorator).
@@ -74,8 +74,8 @@ pub fn reopen(backend: DynBackend) -> Repository {
 }
 
 /// An exclusive lock on `repo`'s backend.
-pub fn exclusive(backend: &DynBackend) -> LockGuard {
-    LockGuard::acquire(backend.clone(), true, "test", "test-host").expect("lock")
+pub fn exclusive(backend: &DynBackend) -> ExclusiveLock {
+    ExclusiveLock::acquire(backend.clone(), "test", "test-host").expect("lock")
 }
 
 /// Deterministic incompressible bytes.
@@ -134,20 +134,20 @@ pub fn write_tree(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
 /// Takes a snapshot of `dir` recorded at `time`, with `dir`'s contents as the
 /// source key `source` (so several versions form one timeline).
 pub fn snapshot(repo: &Repository, dir: &Path, source: &str, time: &str) -> Snapshot {
-    let indexed = repo.clone().load_index().expect("index");
+    let mut indexed = repo.clone().load_index().expect("index");
     // As the `snapshot` command: a damaged snapshot object is no parent.
     let (snaps, _) = repo.snapshots_lenient().expect("snapshots");
     let src = Source::Path {
         path: source.into(),
     };
     let opts = BackupOptions {
-        parent: archiver::find_parent(&snaps, &src),
+        parent: backup::find_parent(&snaps, &src),
         source: Some(src),
         time: Some(time.parse().expect("time")),
         hostname: Some("test-host".into()),
         ..BackupOptions::default()
     };
-    archiver::backup(&indexed, dir, &opts, &Progress::default())
+    backup::backup(&mut indexed, dir, &opts, &Progress::default())
         .expect("backup")
         .snapshot
 }

@@ -45,9 +45,9 @@ use jiff::tz::TimeZone;
 
 use crate::cache::Lru;
 use crate::error::Error;
-use crate::format::ObjectKind;
-use crate::id::{SnapshotId, TreeId};
 use crate::repo::IndexedRepository;
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{SnapshotId, TreeId};
 use crate::snapshot::Snapshot;
 use crate::tree::{Extent, Node, NodeKind, Tree};
 use cache::{ChunkCache, Loader};
@@ -361,7 +361,7 @@ impl Vfs {
             }
             ids.insert(id);
         }
-        snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        crate::repo::sort_snapshots(&mut snaps);
         // Index files are written before the snapshots that need them, so an
         // index read after listing covers every snapshot listed.
         let repo = Arc::new(old.repo.repository().clone().load_index()?);

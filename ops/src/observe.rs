@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use pvsnap_engine::archiver::Progress;
+use pvsnap_engine::backup::Progress;
 use pvsnap_engine::restore::RestoreProgress;
 use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_k8s::Workload;

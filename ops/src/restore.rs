@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pvsnap_engine::IndexedRepository;
-use pvsnap_engine::archiver::{self, BackupOptions, Progress};
+use pvsnap_engine::backup::{self, BackupOptions, Progress};
 use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress, RestoreSummary};
 use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_k8s::{ClaimRef, Cluster, ResolveOptions, ResolvedClaim, Workload};
@@ -136,17 +136,16 @@ fn safety_snapshot(repo: &mut IndexedRepository, resolved: &ResolvedClaim) -> Re
     let (existing, bad) = repo.snapshots_lenient()?;
     pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
     let opts = BackupOptions {
-        parent: archiver::find_parent(&existing, &source),
+        parent: backup::find_parent(&existing, &source),
         source: Some(source),
         tags: vec![PRE_RESTORE_TAG.to_string()],
         ..BackupOptions::default()
     };
-    let out = archiver::backup(repo, &resolved.host_path, &opts, &Progress::default()).map_err(
+    let out = backup::backup(repo, &resolved.host_path, &opts, &Progress::default()).map_err(
         |source| Error::SafetySnapshot {
             dir: resolved.host_path.clone(),
             source,
         },
     )?;
-    repo.index_mut().extend(&out.new_packs);
     Ok(out.snapshot)
 }

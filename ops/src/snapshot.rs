@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pvsnap_engine::IndexedRepository;
-use pvsnap_engine::archiver::{self, BackupOptions, PendingSnapshot, Progress};
+use pvsnap_engine::backup::{self, BackupOptions, PendingSnapshot, Progress};
 use pvsnap_engine::snapshot::{Snapshot, Source};
 use pvsnap_k8s::{BodyOutcome, ClaimRef, Cluster, HookOutcome, HostHook, PodRef, ResolveOptions};
 
@@ -170,8 +170,8 @@ impl<'r> SnapshotRun<'r> {
     fn backup_options(&self, source: Source) -> BackupOptions {
         let o = &self.options;
         BackupOptions {
-            parent: archiver::find_parent(&self.existing, &source)
-                .or_else(|| archiver::find_parent(&self.taken, &source)),
+            parent: backup::find_parent(&self.existing, &source)
+                .or_else(|| backup::find_parent(&self.taken, &source)),
             source: Some(source),
             excludes: o.excludes.clone(),
             one_file_system: o.one_file_system,
@@ -191,7 +191,7 @@ impl<'r> SnapshotRun<'r> {
     ) -> pvsnap_engine::Result<PendingSnapshot> {
         let progress = Arc::new(Progress::default());
         let _watch = observer.storing(progress.clone());
-        archiver::store(self.repo, dir, opts, &progress)
+        backup::store(self.repo, dir, opts, &progress)
     }
 
     fn commit(
@@ -200,7 +200,6 @@ impl<'r> SnapshotRun<'r> {
         post_hook_failure: Option<HookOutcome>,
     ) -> Result<Taken> {
         let outcome = pending.commit(self.repo)?;
-        self.repo.index_mut().extend(&outcome.new_packs);
         self.taken.push(outcome.snapshot.clone());
         Ok(Taken {
             snapshot: outcome.snapshot,

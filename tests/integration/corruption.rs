@@ -25,7 +25,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use pvsnap_engine::id::{Id, IndexId, PackId};
+use pvsnap_engine::repo::id::{Id, IndexId, PackId};
 
 use crate::util::{Env, noise};
 
@@ -144,7 +144,7 @@ fn build(encrypted: bool) -> Fixture {
         open(&env)
             .add_key(
                 b"matrix password",
-                pvsnap_engine::crypto::KdfParams {
+                pvsnap_engine::repo::crypto::KdfParams {
                     m_cost: 64,
                     t_cost: 1,
                     p_cost: 1,
@@ -192,7 +192,7 @@ fn build(encrypted: bool) -> Fixture {
         &["policy", "set", "nightly", "--keep-daily", "7"],
     );
     // A stale lock of a killed process on another host.
-    let lock = pvsnap_engine::lock::LockInfo {
+    let lock = pvsnap_engine::repo::lock::LockInfo {
         exclusive: false,
         hostname: "killed-cronjob-pod".into(),
         pid: 4242,

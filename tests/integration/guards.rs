@@ -116,9 +116,9 @@ fn config_version_zero_is_damage_not_a_newer_pvsnap() {
     let config = env.repo().join("config");
     let good = std::fs::read(&config).unwrap();
     // A version 1 config object (header, then JSON), as old repositories have.
-    let (_, body) = pvsnap_engine::format::decode_checked(
+    let (_, body) = pvsnap_engine::repo::format::decode_checked(
         &good,
-        pvsnap_engine::format::ObjectKind::Config,
+        pvsnap_engine::repo::format::ObjectKind::Config,
         &|| "config".into(),
     )
     .expect("a config object");

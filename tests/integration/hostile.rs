@@ -10,8 +10,8 @@ use std::sync::Arc;
 use pvsnap_engine::Repository;
 use pvsnap_engine::backend::ObjectKey;
 use pvsnap_engine::backend::local::LocalBackend;
-use pvsnap_engine::format::ObjectKind;
-use pvsnap_engine::id::{Id, SnapshotId};
+use pvsnap_engine::repo::format::ObjectKind;
+use pvsnap_engine::repo::id::{Id, SnapshotId};
 use pvsnap_engine::tree::NodeKind;
 
 use crate::util::{self, Env};
@@ -228,7 +228,7 @@ fn an_index_whose_ranges_lie_is_damage_not_a_panic() {
         for (_, entries) in &mut f.packs {
             for e in entries
                 .iter_mut()
-                .filter(|e| e.kind == pvsnap_engine::blob::BlobKind::Data)
+                .filter(|e| e.kind == pvsnap_engine::store::blob::BlobKind::Data)
             {
                 match n % 3 {
                     0 => e.stored_len = u32::MAX - e.offset,

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use pvsnap_engine::format::{ObjectKind, decode_checked, encode_checked};
+use pvsnap_engine::repo::format::{ObjectKind, decode_checked, encode_checked};
 use serde_json::Value;
 
 use crate::util::{self, Env};

@@ -507,9 +507,9 @@ fn clear_errors_for_bad_input() {
     // A repository from a newer pvsnap.
     let cfg = env.repo().join("config");
     let text = fs::read(&cfg).unwrap();
-    let (_, json) = pvsnap_engine::format::decode_checked(
+    let (_, json) = pvsnap_engine::repo::format::decode_checked(
         &text,
-        pvsnap_engine::format::ObjectKind::Config,
+        pvsnap_engine::repo::format::ObjectKind::Config,
         &|| "config".into(),
     )
     .unwrap();
@@ -517,8 +517,8 @@ fn clear_errors_for_bad_input() {
     assert_ne!(newer.as_bytes(), json);
     fs::write(
         &cfg,
-        pvsnap_engine::format::encode_checked(
-            pvsnap_engine::format::ObjectKind::Config,
+        pvsnap_engine::repo::format::encode_checked(
+            pvsnap_engine::repo::format::ObjectKind::Config,
             false,
             newer.as_bytes(),
         ),

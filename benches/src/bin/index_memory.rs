@@ -2,9 +2,9 @@
 //! index files and reports its heap bytes per chunk and the process's
 //! resident memory. `cargo run --release -p pvsnap-benches --bin index_memory [N]`
 
-use pvsnap_engine::blob::{BlobEntry, BlobKind};
-use pvsnap_engine::id::{Id, IndexId, PackId};
-use pvsnap_engine::index::{Index, IndexFile};
+use pvsnap_engine::repo::id::{Id, IndexId, PackId};
+use pvsnap_engine::store::blob::{BlobEntry, BlobKind};
+use pvsnap_engine::store::index::{Index, IndexFile};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -102,7 +102,7 @@ pub struct UnlockArgs {
 
 /// Removes stale and unreadable locks, every lock, or the named ones.
 pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
-    use pvsnap_engine::lock::{self, Unlock};
+    use pvsnap_engine::repo::lock::{self, Unlock};
     // Locks are never encrypted: no password is needed to remove them, and
     // a repository whose key slots cannot be opened can still be unlocked.
     let loc = crate::repo::location(cli)?;

@@ -4,10 +4,10 @@ use std::collections::HashSet;
 use std::io::Write;
 
 use anyhow::Result;
-use pvsnap_engine::blob::BlobKind;
-use pvsnap_engine::format::ObjectKind;
+use pvsnap_engine::repo::format::ObjectKind;
+use pvsnap_engine::store::blob::BlobKind;
 use pvsnap_engine::tree::NodeKind;
-use pvsnap_engine::walk;
+use pvsnap_engine::tree::walk;
 use serde::Serialize;
 
 use crate::{Cli, output};

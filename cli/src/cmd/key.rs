@@ -1,8 +1,8 @@
 //! `pvsnap key list|add|remove`: passphrases of an encrypted repository.
 
 use anyhow::Result;
-use pvsnap_engine::crypto::KdfParams;
-use pvsnap_engine::id::KeyId;
+use pvsnap_engine::repo::crypto::KdfParams;
+use pvsnap_engine::repo::id::KeyId;
 use zeroize::Zeroizing;
 
 use crate::{Cli, output};

@@ -6,13 +6,13 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use jiff::tz::TimeZone;
 use pvsnap_engine::Repository;
-use pvsnap_engine::check::{self, CheckReport, ReadData};
-use pvsnap_engine::forget::{self, ForgetReport, Selection};
-use pvsnap_engine::lock::LockGuard;
-use pvsnap_engine::policy::{self, NamedPolicy};
-use pvsnap_engine::prune::{self, PruneOptions, PruneReport};
-use pvsnap_engine::repair;
-use pvsnap_engine::retention::{GroupBy, KeepPolicy, KeepWithin};
+use pvsnap_engine::maintenance::check::{self, CheckReport, ReadData};
+use pvsnap_engine::maintenance::forget::{self, ForgetReport, Selection};
+use pvsnap_engine::maintenance::prune::{self, PruneOptions, PruneReport};
+use pvsnap_engine::maintenance::repair;
+use pvsnap_engine::maintenance::retention::{GroupBy, KeepPolicy, KeepWithin};
+use pvsnap_engine::repo::lock::{Access, ExclusiveLock, LockGuard};
+use pvsnap_engine::repo::policy::{self, NamedPolicy};
 
 use crate::{Cli, output};
 
@@ -216,9 +216,9 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 /// `90s`, `30m`, `24h`, `7d`, combinations such as `1d12h`, or `0`
-/// (`pvsnap_engine::duration`, shared with `--wait-timeout` and keep-within).
+/// (`pvsnap_engine::maintenance::duration`, shared with `--wait-timeout` and keep-within).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    pvsnap_engine::duration::parse_duration(s).map_err(|e| e.to_string())
+    pvsnap_engine::maintenance::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn lock(repo: &Repository, exclusive: bool, operation: &str) -> Result<LockGuard> {
@@ -231,18 +231,49 @@ fn lock(repo: &Repository, exclusive: bool, operation: &str) -> Result<LockGuard
     )?)
 }
 
-fn prune_options(t: &PruneTuning, dry_run: bool) -> PruneOptions {
+/// The lock of an operation that deletes: exclusive, or shared for a dry run.
+enum Held {
+    /// Held only to be released on drop.
+    Shared(#[allow(dead_code)] LockGuard),
+    Exclusive(ExclusiveLock),
+}
+
+impl Held {
+    fn take(repo: &Repository, dry_run: bool, operation: &str) -> Result<Held> {
+        if dry_run {
+            return Ok(Held::Shared(lock(repo, false, operation)?));
+        }
+        Ok(Held::Exclusive(exclusive(repo, operation)?))
+    }
+
+    fn access(&self) -> Access<'_> {
+        match self {
+            Held::Shared(_) => Access::DryRun,
+            Held::Exclusive(l) => Access::Write(l),
+        }
+    }
+}
+
+fn exclusive(repo: &Repository, operation: &str) -> Result<ExclusiveLock> {
+    let host = pvsnap_engine::repo::hostname_public();
+    Ok(ExclusiveLock::acquire(
+        repo.backend().clone(),
+        operation,
+        &host,
+    )?)
+}
+
+fn prune_options(t: &PruneTuning) -> PruneOptions {
     PruneOptions {
         max_unused_percent: t.max_unused,
         grace: t.grace,
-        dry_run,
         ..PruneOptions::default()
     }
 }
 
 pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
-    let guard = lock(&repo, !a.dry_run, "forget")?;
+    let held = Held::take(&repo, a.dry_run, "forget")?;
     let selection = if !a.snapshots.is_empty() {
         Selection::Ids(forget::resolve_ids(&repo, &a.snapshots)?)
     } else if let Some(name) = &a.policy {
@@ -257,9 +288,9 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
             group_by: a.keep.group_by.unwrap_or_default(),
         }
     };
-    let report = forget::forget(&repo, &guard, &selection, &TimeZone::system(), a.dry_run)?;
+    let report = forget::forget(&repo, held.access(), &selection, &TimeZone::system())?;
     let pruned = if a.prune {
-        let mut opts = prune_options(&a.tuning, a.dry_run);
+        let mut opts = prune_options(&a.tuning);
         if a.dry_run {
             opts.assume_removed = report
                 .snapshots
@@ -269,7 +300,7 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
                 .chain(report.unreadable_removed.iter().copied())
                 .collect();
         }
-        Some(prune::prune(&repo, &guard, &opts)?)
+        Some(prune::prune(&repo, held.access(), &opts)?)
     } else {
         None
     };
@@ -340,8 +371,8 @@ fn print_forget(r: &ForgetReport) -> Result<()> {
 
 pub fn prune(cli: &Cli, a: &PruneArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
-    let guard = lock(&repo, !a.dry_run, "prune")?;
-    let r = prune::prune(&repo, &guard, &prune_options(&a.tuning, a.dry_run))?;
+    let held = Held::take(&repo, a.dry_run, "prune")?;
+    let r = prune::prune(&repo, held.access(), &prune_options(&a.tuning))?;
     if a.json {
         output::json(&r)?;
     } else if !cli.quiet {
@@ -449,10 +480,18 @@ fn print_check(r: &CheckReport, quiet: bool) -> Result<()> {
 
 pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
-    let guard = lock(&repo, true, "repair")?;
+    // The exclusive lock, for a dry run too.
+    let guard = exclusive(&repo, "repair")?;
+    let access = |dry_run: bool| {
+        if dry_run {
+            Access::DryRun
+        } else {
+            Access::Write(&guard)
+        }
+    };
     match &a.what {
         RepairWhat::Index { dry_run, json } => {
-            let r = repair::repair_index(&repo, &guard, *dry_run)?;
+            let r = repair::repair_index(&repo, access(*dry_run))?;
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {
@@ -492,7 +531,7 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
             dry_run,
             json,
         } => {
-            let r = repair::repair_snapshots(&repo, &guard, *read_data, *dry_run)?;
+            let r = repair::repair_snapshots(&repo, access(*dry_run), *read_data)?;
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {

@@ -10,7 +10,7 @@ pub mod restore_pvc;
 pub mod snapshot;
 
 use anyhow::Result;
-use pvsnap_engine::lock::LockGuard;
+use pvsnap_engine::repo::lock::LockGuard;
 use pvsnap_engine::{IndexedRepository, Repository};
 
 /// Takes the repository lock for `operation` and loads the index.

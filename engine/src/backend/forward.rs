@@ -8,7 +8,7 @@
 
 use super::{Backend, Leftover, ObjectKey};
 use crate::error::BackendError;
-use crate::format::ObjectKind;
+use crate::repo::format::ObjectKind;
 
 /// A [`Backend`] that wraps another; each method defaults to the inner
 /// backend's. See the module documentation.

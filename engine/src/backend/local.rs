@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use super::{Backend, Leftover, ObjectKey, check_range};
 use crate::error::BackendError;
-use crate::format::ObjectKind;
+use crate::repo::format::ObjectKind;
 
 pub struct LocalBackend {
     root: PathBuf,
@@ -225,7 +225,10 @@ impl LocalBackend {
             self.make_dirs(dir)
                 .map_err(|e| io(&key.path(), "create folder", e))?;
         }
-        let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}",
+            crate::repo::id::Id::random().short()
+        ));
         let result = (|| -> Result<(), BackendError> {
             let f = self
                 .write_new(&tmp, data)
@@ -357,7 +360,10 @@ impl Backend for LocalBackend {
     fn replace_damaged(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
         let path = self.path(key);
         let dir = path.parent().expect("object paths have a parent");
-        let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}",
+            crate::repo::id::Id::random().short()
+        ));
         let result = (|| -> Result<(), BackendError> {
             let f = self
                 .write_new(&tmp, data)
@@ -579,7 +585,7 @@ mod tests {
         fs::remove_dir(root.join("data/ab")).unwrap();
         b.put(&ObjectKey::new(ObjectKind::Pack, "ab".repeat(32)), b"pack")
             .unwrap();
-        let lock = crate::lock::LockGuard::acquire(b.clone(), false, "test", "h").unwrap();
+        let lock = crate::repo::lock::LockGuard::acquire(b.clone(), false, "test", "h").unwrap();
         let locks: Vec<_> = fs::read_dir(root.join("locks")).unwrap().collect();
         assert_eq!(locks.len(), 1);
         assert_eq!(mode(&locks[0].as_ref().unwrap().path()), 0o640);

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use super::{Backend, ObjectKey, check_range};
 use crate::error::BackendError;
-use crate::format::ObjectKind;
+use crate::repo::format::ObjectKind;
 
 #[derive(Default)]
 pub struct MemoryBackend {

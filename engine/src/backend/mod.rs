@@ -43,7 +43,7 @@ pub use forward::Forward;
 use std::sync::Arc;
 
 use crate::error::BackendError;
-use crate::format::ObjectKind;
+use crate::repo::format::ObjectKind;
 
 /// Address of one object: its kind and its name inside that kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

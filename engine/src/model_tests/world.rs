@@ -10,20 +10,20 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Change, Content, Op, SOURCES};
-use crate::archiver::{self, BackupOptions, Progress};
 use crate::backend::DynBackend;
 use crate::backend::faulty::FaultyBackend;
 use crate::backend::local::LocalBackend;
 use crate::backend::memory::MemoryBackend;
-use crate::check::{self, ProblemKind, ReadData};
-use crate::crypto::KdfParams;
-use crate::forget::{self, Selection};
-use crate::lock::LockGuard;
-use crate::prune::{self, PruneOptions};
-use crate::repair;
+use crate::backup::{self, BackupOptions, Progress};
+use crate::maintenance::check::{self, ProblemKind, ReadData};
+use crate::maintenance::forget::{self, Selection};
+use crate::maintenance::prune::{self, PruneOptions};
+use crate::maintenance::repair;
+use crate::maintenance::retention::{GroupBy, KeepPolicy};
+use crate::repo::crypto::KdfParams;
+use crate::repo::lock::ExclusiveLock;
 use crate::repo::{ChunkerAlgorithm, ChunkerParams, InitOptions, Repository};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
-use crate::retention::{GroupBy, KeepPolicy};
 use crate::snapshot::{Snapshot, Source};
 use crate::testutil::{noise, reopen};
 
@@ -145,8 +145,8 @@ impl World {
         self.dir.path().join(format!("src{s}"))
     }
 
-    fn lock(&self) -> std::result::Result<LockGuard, String> {
-        LockGuard::acquire(self.backend.clone(), true, "model", "test-host").map_err(err("lock"))
+    fn lock(&self) -> std::result::Result<ExclusiveLock, String> {
+        ExclusiveLock::acquire(self.backend.clone(), "model", "test-host").map_err(err("lock"))
     }
 
     /// Writes a file with a modification time no other write has had.
@@ -267,21 +267,26 @@ impl World {
 
     /// A snapshot of source `s` through `repo` (which may fail on command).
     fn snapshot_through(&mut self, repo: &Repository, s: usize) -> Outcome {
-        let indexed = repo.clone().load_index().map_err(err("load index"))?;
+        let mut indexed = repo.clone().load_index().map_err(err("load index"))?;
         let snaps = repo.snapshots().map_err(err("list snapshots"))?;
         let source = Source::Path {
             path: format!("/src/{s}"),
         };
         self.time += SignedDuration::from_hours(1);
         let opts = BackupOptions {
-            parent: archiver::find_parent(&snaps, &source),
+            parent: backup::find_parent(&snaps, &source),
             source: Some(source),
             time: Some(self.time),
             hostname: Some("test-host".into()),
             ..BackupOptions::default()
         };
-        let out = archiver::backup(&indexed, &self.source_dir(s), &opts, &Progress::default())
-            .map_err(err("snapshot"))?;
+        let out = backup::backup(
+            &mut indexed,
+            &self.source_dir(s),
+            &opts,
+            &Progress::default(),
+        )
+        .map_err(err("snapshot"))?;
         self.snaps.push((out.snapshot, self.sources[s].clone()));
         self.stats.snapshots += 1;
         Ok(())
@@ -351,8 +356,7 @@ impl World {
             },
             group_by: GroupBy::default(),
         };
-        let r = forget::forget(&self.repo, &lock, &sel, &TimeZone::UTC, false)
-            .map_err(err("forget"))?;
+        let r = forget::forget(&self.repo, &lock, &sel, &TimeZone::UTC).map_err(err("forget"))?;
         // The model: the newest `keep` of each source stay.
         let mut kept = BTreeSet::new();
         for s in 0..SOURCES {
@@ -406,7 +410,6 @@ impl World {
                         &lock,
                         &Selection::Ids(vec![snap.id]),
                         &TimeZone::UTC,
-                        false,
                     )
                     .map_err(err("forget"))?;
                     self.stats.forgets += 1;
@@ -462,8 +465,7 @@ impl World {
             }
             Op::RepairIndex => {
                 let lock = self.lock()?;
-                let r =
-                    repair::repair_index(&self.repo, &lock, false).map_err(err("repair index"))?;
+                let r = repair::repair_index(&self.repo, &lock).map_err(err("repair index"))?;
                 if !r.packs_unreadable.is_empty() || !r.packs_missing.is_empty() {
                     return Err(format!("repair index: {r:#?}"));
                 }

@@ -29,10 +29,10 @@ use rayon::prelude::*;
 
 use super::PlannedFile;
 use super::dirs::{self, Dirs};
-use crate::archiver::read_at_full;
+use crate::backup::read_at_full;
 use crate::error::{Error, Result};
-use crate::id::ChunkId;
 use crate::repo::IndexedRepository;
+use crate::repo::id::ChunkId;
 use crate::sys;
 use crate::sys::dir::EntryKind;
 use crate::tree::{Node, NodeKind};

@@ -13,10 +13,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::dirs::{self, Dirs};
-use crate::archiver::Excludes;
 use crate::error::{Error, Result};
-use crate::id::{ChunkId, TreeId};
 use crate::repo::IndexedRepository;
+use crate::repo::id::{ChunkId, TreeId};
+use crate::tree::filter::Excludes;
 use crate::tree::{MAX_DEPTH, Node, NodeKind};
 
 pub(super) struct PlannedFile {

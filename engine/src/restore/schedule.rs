@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::blob::BlobEntry;
-use crate::id::{ChunkId, PackId};
+use crate::repo::id::{ChunkId, PackId};
+use crate::store::blob::BlobEntry;
 
 /// Most file content a unit writes (more only when one chunk is larger).
 pub(super) const UNIT_BYTES: u64 = 8 * 1024 * 1024;
@@ -185,8 +185,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::BlobKind;
-    use crate::id::Id;
+    use crate::repo::id::Id;
+    use crate::store::blob::BlobKind;
 
     fn entry(offset: u32, stored: u32, raw: u32) -> BlobEntry {
         BlobEntry {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::{RestoreOptions, RestoreProgress, RestoreSummary, restore};
 use crate::IndexedRepository;
-use crate::archiver::BackupOptions;
+use crate::backup::BackupOptions;
 use crate::snapshot::Snapshot;
 use crate::testutil::{self, noise};
 

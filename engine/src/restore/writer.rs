@@ -22,12 +22,12 @@ use super::schedule::{self, Unit};
 use super::zeros::ZeroWriter;
 use super::{RestoreProgress, inplace};
 use crate::backend::ObjectKey;
-use crate::blob::{self, BlobEntry};
 use crate::error::{BackendError, Error, Result};
-use crate::format::ObjectKind;
 use crate::fsmeta;
-use crate::id::{ChunkId, PackId};
 use crate::repo::IndexedRepository;
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{ChunkId, PackId};
+use crate::store::blob::{self, BlobEntry};
 use crate::tree::{Node, NodeKind};
 
 /// Where each chunk goes: chunk → every (file index, offset).

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use crate::cache::Lru;
 use crate::error::Result;
-use crate::id::ChunkId;
+use crate::repo::id::ChunkId;
 
 /// One chunk in the cache: being loaded, or loaded.
 #[derive(Default)]
@@ -199,7 +199,7 @@ pub(crate) struct Claim {
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::id::Id;
+    use crate::repo::id::Id;
 
     #[test]
     fn a_chunk_is_loaded_once_and_a_failure_is_retried() {

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{VNode, Vfs, VfsError, VfsResult, What};
 use crate::error::Error;
-use crate::id::ChunkId;
 use crate::repo::IndexedRepository;
+use crate::repo::id::ChunkId;
 use crate::tree::Extent;
 
 /// At most this many chunks are being read ahead at once.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 
-use crate::id::{ID_LEN, SnapshotId};
+use crate::repo::id::{ID_LEN, SnapshotId};
 use crate::snapshot::{Snapshot, Source};
 
 /// A node of the layout.
@@ -137,7 +137,7 @@ pub fn time_name(t: jiff::Timestamp, tz: &TimeZone) -> String {
 pub fn short_id_len(ids: &[SnapshotId]) -> usize {
     let mut sorted: Vec<&SnapshotId> = ids.iter().collect();
     sorted.sort();
-    let mut digits = crate::id::SHORT_ID_HEX;
+    let mut digits = crate::repo::id::SHORT_ID_HEX;
     for w in sorted.windows(2) {
         let (a, b) = (w[0].to_hex(), w[1].to_hex());
         let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
@@ -198,7 +198,7 @@ pub(crate) fn build(snaps: &[Arc<Snapshot>], tz: &TimeZone) -> VDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::Id;
+    use crate::repo::id::Id;
     use crate::snapshot::Summary;
     use crate::tree::{Node, NodeKind};
     use proptest::prelude::*;

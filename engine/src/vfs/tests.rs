@@ -4,8 +4,8 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::archiver::BackupOptions;
-use crate::id::{ChunkId, Id};
+use crate::backup::BackupOptions;
+use crate::repo::id::{ChunkId, Id};
 use crate::testutil::{self, half_compressible};
 
 fn chunk(n: u8) -> Option<ChunkId> {

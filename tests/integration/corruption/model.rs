@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pvsnap_engine::Repository;
 use pvsnap_engine::backend::DynBackend;
 use pvsnap_engine::backend::local::LocalBackend;
-use pvsnap_engine::id::{Id, IndexId, PackId, SnapshotId, TreeId};
+use pvsnap_engine::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use pvsnap_engine::tree::NodeKind;
 
 use crate::util::Env;

@@ -19,7 +19,7 @@ fn info(host: &str, exclusive: bool, age_secs: i64) -> LockInfo {
 
 /// Stores `bytes` as a lock object and returns its name.
 fn plant(b: &DynBackend, bytes: &[u8]) -> String {
-    let name = LockId(crate::id::Id::random()).to_hex();
+    let name = LockId(crate::repo::id::Id::random()).to_hex();
     b.put(&ObjectKey::new(ObjectKind::Lock, name.clone()), bytes)
         .unwrap();
     name

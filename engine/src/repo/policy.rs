@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::ObjectKey;
 use crate::error::{BackendError, Error, FormatError, MaintenanceError, Result};
-use crate::format::{ObjectKind, decode_checked, encode_checked};
+use crate::maintenance::retention::{self, GroupBy, KeepPolicy};
 use crate::repo::Repository;
-use crate::retention::{self, GroupBy, KeepPolicy};
+use crate::repo::format::{ObjectKind, decode_checked, encode_checked};
 
 /// The name of the built-in policy.
 pub const DEFAULT_NAME: &str = "default";

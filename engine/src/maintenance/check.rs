@@ -12,7 +12,7 @@
 //!    the index and not found damaged above; damage is reported per snapshot
 //!    as the paths of the files and folders that cannot be restored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,13 +21,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ObjectKey;
-use crate::blob::{self, BlobEntry};
 use crate::error::{Error, Result};
-use crate::format::{HEADER_LEN, ObjectKind};
-use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::index::{self, Index};
-use crate::pack;
-use crate::repo::{IndexMode, IndexedRepository, Repository};
+use crate::repo::catalog::IndexMode;
+use crate::repo::format::{HEADER_LEN, ObjectKind};
+use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
+use crate::repo::{IndexedRepository, Repository};
+use crate::store::blob::{self, BlobEntry};
+use crate::store::index::Index;
+use crate::store::pack;
 use crate::tree::{NodeKind, Tree};
 
 mod read_data;
@@ -176,16 +177,14 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
 
     // Stage 1: index files, read leniently (each damaged one is named), and
     // each must hash to its name.
-    let names = backend.list(ObjectKind::Index)?;
-    let read = repo.read_index_files_with(IndexMode::Lenient)?;
-    let files = read.files;
-    for (name, _) in names.iter().filter(|(n, _)| n.parse::<IndexId>().is_err()) {
+    let catalog = repo.catalog(IndexMode::Verified)?;
+    for name in &catalog.strays {
         errors.push(Problem::new(
             ProblemKind::IndexDamaged,
             format!("index file {name}: the name is not an index id; move it out of index/"),
         ));
     }
-    for u in read.unreadable {
+    for u in &catalog.unreadable {
         let mut p = Problem::new(
             ProblemKind::IndexDamaged,
             format!(
@@ -196,7 +195,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         p.index = u.name.parse().ok();
         errors.push(p);
     }
-    let superseded = index::superseded(&files);
+    let superseded = catalog.superseded();
     for id in &superseded {
         let mut p = Problem::new(
             ProblemKind::SupersededIndex,
@@ -205,26 +204,13 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         p.index = Some(*id);
         warnings.push(p);
     }
-    let mut indexed: BTreeMap<PackId, Vec<BlobEntry>> = BTreeMap::new();
-    for (_, f) in files.iter().filter(|(id, _)| !superseded.contains(id)) {
-        for (p, entries) in &f.packs {
-            indexed.entry(*p).or_default().extend_from_slice(entries);
-        }
-    }
-    for entries in indexed.values_mut() {
-        entries.sort_by_key(|e| (e.offset, e.id));
-        entries.dedup();
-    }
-    let index = Index::from_files(&files);
+    let indexed = catalog.packs_in_force();
+    let index = Index::from_files(&catalog.files);
     let chosen = |id: &Id, p: &PackId| index.get(id).is_some_and(|l| l.pack == *p);
     let mut bad: HashMap<Id, String> = HashMap::new();
 
     // Stage 2: packs against the index.
-    let sizes: HashMap<PackId, u64> = backend
-        .list(ObjectKind::Pack)?
-        .into_iter()
-        .filter_map(|(n, s)| n.parse().ok().map(|p| (p, s)))
-        .collect();
+    let sizes = &catalog.packs;
     for p in sizes.keys().filter(|p| !indexed.contains_key(p)) {
         warnings.push(
             Problem::new(
@@ -336,7 +322,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         bad,
         errors,
         warnings,
-        index_files: names.len(),
+        index_files: catalog.index_sizes.len(),
         packs: sizes.len(),
         packs_read: selected.len(),
         blobs_read,
@@ -445,8 +431,8 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
             }
         }
     }
-    snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-    for (object, detail) in crate::policy::damaged(repo)? {
+    crate::repo::sort_snapshots(&mut snaps);
+    for (object, detail) in crate::repo::policy::damaged(repo)? {
         errors.push(Problem::new(
             ProblemKind::PolicyDamaged,
             format!("policies/{object}: {detail}"),

@@ -6,10 +6,10 @@
 
 use std::cell::RefCell;
 
-use crate::crypto::Crypto;
 use crate::error::{Error, FormatError};
-use crate::format::{BLOB_FLAG_ZSTD, ENTRY_LEN, KNOWN_BLOB_FLAGS, Reader};
-use crate::id::{Id, PackId};
+use crate::repo::crypto::Crypto;
+use crate::repo::format::{BLOB_FLAG_ZSTD, ENTRY_LEN, KNOWN_BLOB_FLAGS, Reader};
+use crate::repo::id::{Id, PackId};
 
 /// What a blob holds.
 #[derive(
@@ -382,7 +382,7 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::Keys;
+    use crate::repo::crypto::Keys;
 
     #[test]
     fn compressible_blobs_shrink_and_random_ones_are_stored_raw() {

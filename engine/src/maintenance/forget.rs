@@ -1,6 +1,6 @@
 //! `forget`: applying a retention policy to the snapshots of a repository.
 //!
-//! The calendar logic is [`crate::retention::decide`]; this module feeds it
+//! The calendar logic is [`crate::maintenance::retention::decide`]; this module feeds it
 //! the repository's snapshots, explains every verdict and deletes the
 //! snapshot objects that no rule keeps. Deleting snapshots frees nothing by
 //! itself: `prune` removes the data that no remaining snapshot needs.
@@ -13,11 +13,11 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
-use crate::error::{Error, MaintenanceError, Result};
-use crate::id::SnapshotId;
-use crate::lock::LockGuard;
+use crate::error::{Error, Result};
+use crate::maintenance::retention::{self, GroupBy, GroupKey, KeepPolicy, SnapshotInfo};
 use crate::repo::Repository;
-use crate::retention::{self, GroupBy, GroupKey, KeepPolicy, SnapshotInfo};
+use crate::repo::id::SnapshotId;
+use crate::repo::lock::Access;
 use crate::snapshot::Snapshot;
 
 /// What to forget.
@@ -74,7 +74,7 @@ pub fn resolve_ids(repo: &Repository, specs: &[String]) -> Result<Vec<SnapshotId
     let (snaps, _) = repo.snapshots_lenient()?;
     let all: Vec<SnapshotId> = repo
         .backend()
-        .list(crate::format::ObjectKind::Snapshot)?
+        .list(crate::repo::format::ObjectKind::Snapshot)?
         .into_iter()
         .filter_map(|(n, _)| n.parse().ok())
         .collect();
@@ -155,22 +155,16 @@ pub fn plan(snaps: &[Snapshot], selection: &Selection, tz: &TimeZone) -> Result<
     }
 }
 
-/// Applies `selection` to the repository's snapshots and, unless `dry_run`,
-/// deletes the snapshot objects it does not keep. Needs the exclusive lock
-/// unless it is a dry run.
-pub fn forget(
+/// Applies `selection` to the repository's snapshots and, under the
+/// exclusive lock, deletes the snapshot objects it does not keep (a dry run
+/// only reports them).
+pub fn forget<'a>(
     repo: &Repository,
-    lock: &LockGuard,
+    access: impl Into<Access<'a>>,
     selection: &Selection,
     tz: &TimeZone,
-    dry_run: bool,
 ) -> Result<ForgetReport> {
-    if !dry_run && !lock.is_exclusive() {
-        return Err(MaintenanceError::NeedsExclusiveLock {
-            operation: "forget",
-        }
-        .into());
-    }
+    let dry_run = access.into().is_dry_run();
     let (snaps, bad) = repo.snapshots_lenient()?;
     let (verdicts, unreadable_removed, unreadable_skipped) = match selection {
         Selection::Ids(ids) => {
@@ -234,6 +228,7 @@ pub fn forget(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::lock::LockGuard;
     use crate::testutil;
 
     #[test]
@@ -260,7 +255,7 @@ mod tests {
             },
             group_by: GroupBy::default(),
         };
-        let dry = forget(&repo, &lock, &sel, &TimeZone::UTC, true).unwrap();
+        let dry = forget(&repo, Access::DryRun, &sel, &TimeZone::UTC).unwrap();
         assert_eq!(
             repo.snapshots().unwrap().len(),
             4,
@@ -280,7 +275,7 @@ mod tests {
                 (ids[0], vec![]),
             ]
         );
-        let done = forget(&repo, &lock, &sel, &TimeZone::UTC, false).unwrap();
+        let done = forget(&repo, &lock, &sel, &TimeZone::UTC).unwrap();
         assert_eq!((done.kept, done.removed), (2, 2));
         let left: Vec<SnapshotId> = repo.snapshots().unwrap().iter().map(|s| s.id).collect();
         assert_eq!(left, vec![ids[2], ids[3]]);
@@ -288,18 +283,6 @@ mod tests {
         let shared = LockGuard::acquire(mem.clone(), false, "t", "h");
         assert!(shared.is_err(), "the exclusive lock is still held");
         drop(lock);
-        let shared = LockGuard::acquire(mem, false, "t", "h").unwrap();
-        assert!(matches!(
-            forget(
-                &repo,
-                &shared,
-                &Selection::Ids(vec![ids[2]]),
-                &TimeZone::UTC,
-                false
-            ),
-            Err(Error::Maintenance(
-                MaintenanceError::NeedsExclusiveLock { .. }
-            ))
-        ));
+        LockGuard::acquire(mem, false, "t", "h").unwrap();
     }
 }

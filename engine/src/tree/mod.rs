@@ -6,11 +6,14 @@
 //! appended, never reordered or removed. Entries are sorted by name bytes and
 //! names are validated on decode, so a tree can never name `..` or a path.
 
+pub mod filter;
+pub mod walk;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::FormatError;
-use crate::format::TREE_VERSION;
-use crate::id::{ChunkId, TreeId};
+use crate::repo::format::TREE_VERSION;
+use crate::repo::id::{ChunkId, TreeId};
 
 /// One directory's entries, sorted by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +181,7 @@ impl Tree {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::id::Id;
+    use crate::repo::id::Id;
     use proptest::prelude::*;
 
     pub fn arb_node() -> impl Strategy<Value = Node> {

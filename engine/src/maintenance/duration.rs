@@ -11,7 +11,7 @@
 //!   leading `+`, and the bare `0`. Both earlier readers' forms are accepted
 //!   (`30m`, `1d12h` for `--grace`; Go's `300ms`, `1m30s`, `1.5h`, `+5m` for
 //!   `--wait-timeout`).
-//! - [`crate::retention::KeepWithin`], a calendar duration: `y`, `m`
+//! - [`crate::maintenance::retention::KeepWithin`], a calendar duration: `y`, `m`
 //!   (months), `w`, `d`, `h`, whole numbers, each unit at most once.
 //!
 //! An empty text is never a duration (it used to read as zero).

@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::id::TreeId;
 use crate::repo::IndexedRepository;
+use crate::repo::id::TreeId;
 use crate::tree::{MAX_DEPTH, Node, NodeKind};
 
 /// Calls `f(path, node)` for every entry below `tree`, depth first, parents

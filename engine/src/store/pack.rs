@@ -6,11 +6,11 @@
 //! immutable and named by the blake3 of all its bytes.
 
 use crate::backend::{Backend, ObjectKey};
-use crate::blob::BlobEntry;
-use crate::crypto::Crypto;
 use crate::error::{Error, FormatError};
-use crate::format::{HEADER_LEN, Header, ObjectKind, Reader};
-use crate::id::{Id, PackId};
+use crate::repo::crypto::Crypto;
+use crate::repo::format::{HEADER_LEN, Header, ObjectKind, Reader};
+use crate::repo::id::{Id, PackId};
+use crate::store::blob::BlobEntry;
 
 const TRAILER_AAD: &[u8] = b"pvsnap pack trailer v1";
 
@@ -154,8 +154,8 @@ pub fn read_trailer(
 mod tests {
     use super::*;
     use crate::backend::memory::MemoryBackend;
-    use crate::blob::{self, BlobKind};
-    use crate::crypto::Keys;
+    use crate::repo::crypto::Keys;
+    use crate::store::blob::{self, BlobKind};
 
     #[test]
     fn pack_round_trip_plain_and_encrypted() {

@@ -7,11 +7,11 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::backend::{DynBackend, ObjectKey};
-use crate::crypto::{KdfParams, KeySlot};
 use crate::error::{CryptoError, Error, FormatError, Result};
-use crate::format::{ObjectKind, decode_checked, encode_checked};
-use crate::id::{Id, KeyId};
 use crate::repo::Repository;
+use crate::repo::crypto::{KdfParams, KeySlot};
+use crate::repo::format::{ObjectKind, decode_checked, encode_checked};
+use crate::repo::id::{Id, KeyId};
 
 /// What `pvsnap key list` shows of a slot.
 #[derive(Debug, Clone, Serialize)]

@@ -3,7 +3,7 @@
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::id::PackId;
+use crate::repo::id::PackId;
 
 /// Which packs `check` reads in full.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -90,7 +90,7 @@ impl ReadData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::Id;
+    use crate::repo::id::Id;
 
     #[test]
     fn subsets_parse_and_parts_cover_every_pack_once() {

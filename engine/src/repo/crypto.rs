@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::CryptoError;
-use crate::format::{NONCE_LEN, TAG_LEN};
-use crate::id::Id;
+use crate::repo::format::{NONCE_LEN, TAG_LEN};
+use crate::repo::id::Id;
 
 const CTX_DATA: &str = "pvsnap 2026-11 data encryption key";
 const CTX_ID: &str = "pvsnap 2026-11 content id key";

@@ -24,31 +24,23 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::ObjectKey;
-use crate::blob::{self, BlobEntry, BlobKind};
-use crate::check::{self, DamagedPath, ReadData, Scan};
-use crate::error::{BackendError, MaintenanceError, Result};
-use crate::format::{HEADER_LEN, ObjectKind};
-use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::index::IndexFile;
-use crate::lock::LockGuard;
-use crate::pack::{self, PackBuilder};
-use crate::repo::IndexMode;
+use crate::error::{BackendError, Result};
+use crate::maintenance::check::{self, DamagedPath, ReadData, Scan};
 use crate::repo::Repository;
+use crate::repo::catalog::IndexMode;
+use crate::repo::format::{HEADER_LEN, ObjectKind};
+use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
+use crate::repo::lock::Access;
 use crate::snapshot::PathIssue;
+use crate::store::blob::{self, BlobEntry, BlobKind};
+use crate::store::pack;
+use crate::store::packer::{self, Packer};
 use crate::tree::{NodeKind, Tree};
 
 /// The tag of repaired snapshots.
 pub const REPAIRED_TAG: &str = "repaired";
 /// The label naming the snapshot a repaired one was made from.
 pub const REPAIRED_FROM_LABEL: &str = "repaired_from";
-
-fn need_exclusive(lock: &LockGuard, operation: &'static str) -> Result<()> {
-    if lock.is_exclusive() {
-        Ok(())
-    } else {
-        Err(MaintenanceError::NeedsExclusiveLock { operation }.into())
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnreadablePack {
@@ -88,33 +80,30 @@ pub struct RepairIndexReport {
     pub duration_s: f64,
 }
 
-/// Rebuilds the index from the pack trailers; needs the exclusive lock.
-pub fn repair_index(
+/// Rebuilds the index from the pack trailers, under the exclusive lock or
+/// as a dry run.
+pub fn repair_index<'a>(
     repo: &Repository,
-    lock: &LockGuard,
-    dry_run: bool,
+    access: impl Into<Access<'a>>,
 ) -> Result<RepairIndexReport> {
-    need_exclusive(lock, "repair index")?;
+    let dry_run = access.into().is_dry_run();
     let started = Instant::now();
     let backend = repo.backend();
-    let read = repo.read_index_files_with(IndexMode::Lenient)?;
-    let mut old_names: Vec<IndexId> = read.files.iter().map(|(id, _)| *id).collect();
+    let catalog = repo.catalog(IndexMode::Lenient)?;
+    let mut old_names: Vec<IndexId> = catalog.files.iter().map(|(id, _)| *id).collect();
     old_names.extend(
-        read.unreadable
+        catalog
+            .unreadable
             .iter()
             .filter_map(|u| u.name.parse::<IndexId>().ok()),
     );
     let mut old: HashMap<PackId, Vec<BlobEntry>> = HashMap::new();
-    for (_, f) in read.files {
+    for (_, f) in catalog.files {
         for (p, e) in f.packs {
             old.entry(p).or_default().extend(e);
         }
     }
-    let mut packs: Vec<(PackId, u64)> = backend
-        .list(ObjectKind::Pack)?
-        .into_iter()
-        .filter_map(|(n, s)| n.parse().ok().map(|p| (p, s)))
-        .collect();
+    let mut packs: Vec<(PackId, u64)> = catalog.packs.into_iter().collect();
     packs.sort();
     let read: Vec<(PackId, Result<Vec<BlobEntry>>)> = packs
         .par_iter()
@@ -139,7 +128,7 @@ pub fn repair_index(
     r.packs_missing.sort();
     let sizes: HashMap<PackId, u64> = packs.iter().copied().collect();
     let mut new: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
-    let mut copier = Copier::new(repo, dry_run);
+    let copier = Packer::new(repo).dry_run(dry_run).replacing_damaged();
     for (p, entries) in read {
         match entries {
             Ok(mut e) => {
@@ -162,7 +151,7 @@ pub fn repair_index(
                     known.extend(e);
                     known.sort_by_key(|e| (e.offset, e.id));
                     known.dedup();
-                    let kept = salvage(repo, &p, sizes[&p], &known, &mut copier)?;
+                    let kept = salvage(repo, &p, sizes[&p], &known, &copier)?;
                     r.blobs_dropped += known.len() - kept;
                     r.packs_salvaged.push(SalvagedPack {
                         pack: p,
@@ -178,7 +167,7 @@ pub fn repair_index(
                 Some(mut e) => {
                     e.sort_by_key(|e| (e.offset, e.id));
                     e.dedup();
-                    let kept = salvage(repo, &p, sizes[&p], &e, &mut copier)?;
+                    let kept = salvage(repo, &p, sizes[&p], &e, &copier)?;
                     r.blobs_dropped += e.len() - kept;
                     r.packs_salvaged.push(SalvagedPack {
                         pack: p,
@@ -194,10 +183,10 @@ pub fn repair_index(
             },
         }
     }
-    new.extend(copier.finish()?);
+    new.extend(copier.finish()?.packs);
     r.blobs = new.iter().map(|(_, e)| e.len()).sum();
     if !dry_run {
-        (r.index_files_written, _) = crate::prune::write_index_superseding(repo, &new, &old_names)?;
+        (r.index_files_written, _) = packer::write_index(repo, &new, &old_names)?;
         for id in &old_names {
             backend.delete(&ObjectKey::new(ObjectKind::Index, id.to_hex()))?;
             r.index_files_deleted += 1;
@@ -225,7 +214,7 @@ fn salvage(
     p: &PackId,
     size: u64,
     entries: &[BlobEntry],
-    copier: &mut Copier<'_>,
+    copier: &Packer<'_>,
 ) -> Result<usize> {
     let bytes =
         match repo
@@ -248,76 +237,11 @@ fn salvage(
             continue;
         };
         if blob::decode_in(repo.crypto(), p, e, stored, &mut bufs).is_ok() {
-            copier.add(e, stored)?;
+            copier.add_stored(e, stored)?;
             kept += 1;
         }
     }
     Ok(kept)
-}
-
-/// Copies blobs, as stored, into new packs (data and trees apart).
-struct Copier<'a> {
-    repo: &'a Repository,
-    dry_run: bool,
-    builders: [PackBuilder; 2],
-    done: Vec<(PackId, Vec<BlobEntry>)>,
-}
-
-impl<'a> Copier<'a> {
-    fn new(repo: &'a Repository, dry_run: bool) -> Self {
-        let enc = repo.crypto().is_encrypted();
-        Copier {
-            repo,
-            dry_run,
-            builders: [PackBuilder::new(enc, 0), PackBuilder::new(enc, 0)],
-            done: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, e: &BlobEntry, stored: &[u8]) -> Result<()> {
-        let b = &mut self.builders[e.kind as usize];
-        b.add(*e, stored);
-        if b.len() >= self.repo.config().pack_size as usize {
-            let full = std::mem::replace(b, PackBuilder::new(self.repo.crypto().is_encrypted(), 0));
-            self.write(full)?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, b: PackBuilder) -> Result<()> {
-        let fp = b.finish(self.repo.crypto());
-        if !self.dry_run {
-            let key = ObjectKey::new(ObjectKind::Pack, fp.id.to_hex());
-            match self.repo.backend().put(&key, &fp.bytes) {
-                Ok(()) => {}
-                // A pack is named by the hash of its bytes: these are the
-                // bytes of the name, so the copy stored under it is the
-                // damaged pack they were salvaged from. They restore it.
-                Err(BackendError::Conflict { .. }) => {
-                    tracing::warn!(
-                        "pack {}: its salvaged blobs rebuild it bit for bit; the damaged copy is replaced",
-                        fp.id
-                    );
-                    self.repo.backend().replace_damaged(&key, &fp.bytes)?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.done.push((fp.id, fp.entries));
-        Ok(())
-    }
-
-    /// Writes what is pending; returns every pack written.
-    fn finish(mut self) -> Result<Vec<(PackId, Vec<BlobEntry>)>> {
-        let enc = self.repo.crypto().is_encrypted();
-        for i in 0..2 {
-            let b = std::mem::replace(&mut self.builders[i], PackBuilder::new(enc, 0));
-            if !b.is_empty() {
-                self.write(b)?;
-            }
-        }
-        Ok(self.done)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -344,16 +268,15 @@ pub struct RepairSnapshotsReport {
     pub duration_s: f64,
 }
 
-/// Writes repaired copies of damaged snapshots; needs the exclusive lock.
-/// With `read_data`, every blob is read first, so damaged (not only missing)
-/// content counts as lost too.
-pub fn repair_snapshots(
+/// Writes repaired copies of damaged snapshots, under the exclusive lock or
+/// as a dry run. With `read_data`, every blob is read first, so damaged (not
+/// only missing) content counts as lost too.
+pub fn repair_snapshots<'a>(
     repo: &Repository,
-    lock: &LockGuard,
+    access: impl Into<Access<'a>>,
     read_data: bool,
-    dry_run: bool,
 ) -> Result<RepairSnapshotsReport> {
-    need_exclusive(lock, "repair snapshots")?;
+    let dry_run = access.into().is_dry_run();
     let started = Instant::now();
     let scan = check::scan(
         repo,
@@ -379,7 +302,7 @@ pub fn repair_snapshots(
                 .push(format!("{e}; remove it with `pvsnap forget {id}`")),
         }
     }
-    snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    crate::repo::sort_snapshots(&mut snaps);
     r.snapshots_checked = snaps.len();
     let repaired_from: HashSet<String> = snaps
         .iter()
@@ -390,8 +313,7 @@ pub fn repair_snapshots(
         repo,
         memo: HashMap::new(),
         written: HashSet::new(),
-        pack: PackBuilder::new(repo.crypto().is_encrypted(), 0),
-        packs: Vec::new(),
+        packer: Packer::new(repo),
         dry_run,
     };
     let mut new_snaps = Vec::new();
@@ -437,13 +359,8 @@ pub fn repair_snapshots(
     // Commit order as in a backup: packs, index, then the snapshot objects.
     r.trees_written = rw.written.len();
     if !dry_run {
-        rw.flush()?;
-        if !rw.packs.is_empty() {
-            repo.write_index(&IndexFile {
-                supersedes: vec![],
-                packs: std::mem::take(&mut rw.packs),
-            })?;
-        }
+        let stored = rw.packer.finish()?;
+        packer::write_index(repo, &stored.packs, &[])?;
         for s in &new_snaps {
             repo.save_snapshot(s)?;
         }
@@ -459,8 +376,7 @@ struct Rewriter<'a> {
     /// Old tree → (new tree, lost paths below it, relative).
     memo: HashMap<TreeId, (TreeId, Vec<DamagedPath>)>,
     written: HashSet<Id>,
-    pack: PackBuilder,
-    packs: Vec<(PackId, Vec<BlobEntry>)>,
+    packer: Packer<'a>,
     dry_run: bool,
 }
 
@@ -528,41 +444,7 @@ impl Rewriter<'_> {
         if self.scan.problem(&id).is_none() || !self.written.insert(id) || self.dry_run {
             return Ok(TreeId(id));
         }
-        let (stored, flags) = blob::encode(
-            self.repo.crypto(),
-            self.repo.config().compression.level,
-            BlobKind::Tree,
-            &id,
-            &raw,
-        );
-        let entry = BlobEntry {
-            kind: BlobKind::Tree,
-            flags,
-            id,
-            offset: 0,
-            stored_len: 0,
-            raw_len: raw.len() as u32,
-        };
-        self.pack.add(entry, &stored);
-        if self.pack.len() >= self.repo.config().pack_size as usize {
-            self.flush()?;
-        }
+        self.packer.add(BlobKind::Tree, id, &raw)?;
         Ok(TreeId(id))
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        let full = std::mem::replace(
-            &mut self.pack,
-            PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
-        );
-        if full.is_empty() {
-            return Ok(());
-        }
-        let fp = full.finish(self.repo.crypto());
-        self.repo
-            .backend()
-            .put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
-        self.packs.push((fp.id, fp.entries));
-        Ok(())
     }
 }

@@ -13,11 +13,11 @@
 
 use std::collections::HashSet;
 
-use crate::blob::{BlobEntry, BlobKind};
-use crate::crypto::Crypto;
 use crate::error::FormatError;
-use crate::format::{HEADER_LEN, Header, ObjectKind, Reader};
-use crate::id::{Id, IndexId, PackId};
+use crate::repo::crypto::Crypto;
+use crate::repo::format::{HEADER_LEN, Header, ObjectKind, Reader};
+use crate::repo::id::{Id, IndexId, PackId};
+use crate::store::blob::{BlobEntry, BlobKind};
 
 const INDEX_AAD: &[u8] = b"pvsnap index v1";
 /// Length of the random part that starts the body of a version 2 index file.
@@ -360,7 +360,7 @@ mod tests {
             packs in proptest::collection::vec((any::<[u8; 32]>(), proptest::collection::vec(arb_entry(), 0..20)), 0..5),
             encrypted in any::<bool>(),
         ) {
-            let crypto = if encrypted { Crypto::Keyed(Box::new(crate::crypto::Keys::from_master(&[5; 32]))) } else { Crypto::None };
+            let crypto = if encrypted { Crypto::Keyed(Box::new(crate::repo::crypto::Keys::from_master(&[5; 32]))) } else { Crypto::None };
             let f = IndexFile {
                 supersedes: sup.into_iter().map(|b| IndexId(Id(b))).collect(),
                 packs: packs.into_iter().map(|(p, e)| (PackId(Id(p)), e)).collect(),
@@ -438,7 +438,7 @@ mod tests {
     fn the_same_content_written_twice_gets_two_names() {
         for crypto in [
             Crypto::None,
-            Crypto::Keyed(Box::new(crate::crypto::Keys::from_master(&[5; 32]))),
+            Crypto::Keyed(Box::new(crate::repo::crypto::Keys::from_master(&[5; 32]))),
         ] {
             let f = IndexFile {
                 supersedes: vec![],

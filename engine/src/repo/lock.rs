@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{DynBackend, ObjectKey};
 use crate::error::{Error, FormatError, Result};
-use crate::format::{ObjectKind, decode_checked, encode_checked};
-use crate::id::LockId;
+use crate::repo::format::{ObjectKind, decode_checked, encode_checked};
+use crate::repo::id::LockId;
 
 pub const REFRESH: Duration = Duration::from_secs(5 * 60);
 pub const STALE: Duration = Duration::from_secs(30 * 60);
@@ -391,7 +391,6 @@ pub fn unlock(backend: &DynBackend, which: &Unlock, this_host: &str) -> Result<U
 /// A held lock; released (deleted) on drop.
 pub struct LockGuard {
     backend: DynBackend,
-    exclusive: bool,
     current: Arc<Mutex<LockId>>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
@@ -412,7 +411,7 @@ impl LockGuard {
             operation: operation.to_string(),
             time: Timestamp::now(),
         };
-        let id = LockId(crate::id::Id::random());
+        let id = LockId(crate::repo::id::Id::random());
         let key = ObjectKey::new(ObjectKind::Lock, id.to_hex());
         backend.put(&key, &info.encode())?;
         if let Err(e) = no_conflict(&backend, id, exclusive, hostname) {
@@ -435,7 +434,6 @@ impl LockGuard {
         };
         Ok(LockGuard {
             backend,
-            exclusive,
             current,
             stop: Some(stop),
             refresher,
@@ -478,11 +476,57 @@ fn no_conflict(backend: &DynBackend, own: LockId, exclusive: bool, this_host: &s
     }
 }
 
-impl LockGuard {
-    /// Whether this is an exclusive lock; operations that delete take one as
-    /// proof that no other operation runs.
-    pub fn is_exclusive(&self) -> bool {
-        self.exclusive
+/// A held exclusive lock: while it exists no other operation holds a lock.
+/// Operations that delete (forget, prune, repair) take one through
+/// [`Access::Write`], so the compiler, not a check at run time, sees that
+/// they run alone:
+///
+/// ```no_run
+/// # use pvsnap_engine::{Repository, repo::lock::ExclusiveLock};
+/// # use pvsnap_engine::maintenance::prune::{prune, PruneOptions};
+/// fn alone(repo: &Repository, lock: &ExclusiveLock) {
+///     let _ = prune(repo, lock, &PruneOptions::default());
+/// }
+/// ```
+///
+/// ```compile_fail
+/// # use pvsnap_engine::{Repository, repo::lock::LockGuard};
+/// # use pvsnap_engine::maintenance::prune::{prune, PruneOptions};
+/// fn shared(repo: &Repository, guard: &LockGuard) {
+///     let _ = prune(repo, guard, &PruneOptions::default()); // a LockGuard does not do
+/// }
+/// ```
+pub struct ExclusiveLock {
+    _guard: LockGuard,
+}
+
+impl ExclusiveLock {
+    /// Takes the exclusive lock for `operation`.
+    pub fn acquire(backend: DynBackend, operation: &str, hostname: &str) -> Result<ExclusiveLock> {
+        Ok(ExclusiveLock {
+            _guard: LockGuard::acquire(backend, true, operation, hostname)?,
+        })
+    }
+}
+
+/// What an operation that deletes may do: change the repository, under the
+/// exclusive lock, or only work out and report what it would change.
+#[derive(Clone, Copy)]
+pub enum Access<'a> {
+    Write(&'a ExclusiveLock),
+    /// Change nothing (the caller holds a shared lock, or none).
+    DryRun,
+}
+
+impl Access<'_> {
+    pub fn is_dry_run(&self) -> bool {
+        matches!(self, Access::DryRun)
+    }
+}
+
+impl<'a> From<&'a ExclusiveLock> for Access<'a> {
+    fn from(lock: &'a ExclusiveLock) -> Self {
+        Access::Write(lock)
     }
 }
 
@@ -495,7 +539,7 @@ fn refresh_loop(
     // Wakes at once when the guard is dropped (the sender goes away).
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH) {
         info.time = Timestamp::now();
-        let new = LockId(crate::id::Id::random());
+        let new = LockId(crate::repo::id::Id::random());
         if backend
             .put(
                 &ObjectKey::new(ObjectKind::Lock, new.to_hex()),
@@ -531,5 +575,4 @@ impl Drop for LockGuard {
 }
 
 #[cfg(test)]
-#[path = "lock_tests.rs"]
 mod tests;

@@ -27,7 +27,7 @@
 //! every pack it names) in force, plus garbage that the next prune removes.
 //! See `ARCHITECTURE.md`, "Prune and concurrent snapshots".
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -35,14 +35,15 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::{Leftover, ObjectKey};
-use crate::blob::{self, BlobEntry, BlobKind};
 use crate::error::{Error, MaintenanceError, Result};
-use crate::format::ObjectKind;
-use crate::id::{Id, IndexId, PackId, SnapshotId, TreeId};
-use crate::index::{self, Index, IndexFile};
-use crate::lock::LockGuard;
-use crate::pack::PackBuilder;
 use crate::repo::Repository;
+use crate::repo::catalog::IndexMode;
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
+use crate::repo::lock::Access;
+use crate::store::blob::{self, BlobEntry, BlobKind};
+use crate::store::index::Index;
+use crate::store::packer::{self, Packer};
 use crate::tree::NodeKind;
 
 /// Default share of a pack's bytes that may be unneeded before it is repacked.
@@ -57,8 +58,6 @@ pub struct PruneOptions {
     pub max_unused_percent: f64,
     /// Packs that no index names are deleted only when older than this.
     pub grace: Duration,
-    /// Decide and report, change nothing.
-    pub dry_run: bool,
     /// Snapshots to treat as already removed; only in a dry run (what
     /// `forget --dry-run --prune` would free).
     pub assume_removed: Vec<SnapshotId>,
@@ -69,7 +68,6 @@ impl Default for PruneOptions {
         PruneOptions {
             max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
             grace: DEFAULT_GRACE,
-            dry_run: false,
             assume_removed: Vec::new(),
         }
     }
@@ -141,12 +139,15 @@ struct Plan {
     leftovers_kept: usize,
 }
 
-/// Runs prune; needs the exclusive lock unless it is a dry run.
-pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result<PruneReport> {
-    if !opts.dry_run && !lock.is_exclusive() {
-        return Err(MaintenanceError::NeedsExclusiveLock { operation: "prune" }.into());
-    }
-    if !opts.dry_run && !opts.assume_removed.is_empty() {
+/// Runs prune under the exclusive lock, or decides and reports without
+/// changing anything ([`Access::DryRun`]).
+pub fn prune<'a>(
+    repo: &Repository,
+    access: impl Into<Access<'a>>,
+    opts: &PruneOptions,
+) -> Result<PruneReport> {
+    let dry_run = access.into().is_dry_run();
+    if !dry_run && !opts.assume_removed.is_empty() {
         return Err(Error::Invalid(
             "prune: snapshots can be assumed removed only in a dry run".into(),
         ));
@@ -154,7 +155,7 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
     let started = Instant::now();
     let plan = plan(repo, opts)?;
     let mut r = PruneReport {
-        dry_run: opts.dry_run,
+        dry_run,
         snapshots: plan.snapshots,
         packs_before: plan.pack_bytes.len(),
         packs_deleted: plan.delete.len() + plan.unreferenced_delete.len(),
@@ -183,7 +184,7 @@ pub fn prune(repo: &Repository, lock: &LockGuard, opts: &PruneOptions) -> Result
         .map(|(p, _)| plan.pack_bytes[p])
         .sum::<u64>()
         + unreferenced_kept_bytes(&plan);
-    if opts.dry_run {
+    if dry_run {
         let blobs_after: u64 =
             plan.keep.iter().map(|(_, e)| e.len() as u64).sum::<u64>() + r.blobs_repacked as u64;
         let new_packs = r.bytes_repacked.div_ceil(repo.config().pack_size as u64) as usize;
@@ -242,29 +243,23 @@ fn unreferenced_kept_bytes(plan: &Plan) -> u64 {
 fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
     // Stage 1: read.
     let backend = repo.backend();
-    let index_sizes: HashMap<String, u64> = backend.list(ObjectKind::Index)?.into_iter().collect();
-    let files = repo.read_index_files()?;
+    let catalog = repo.catalog(IndexMode::Strict)?;
+    let files = &catalog.files;
     let old_index: Vec<(IndexId, u64)> = files
         .iter()
-        .map(|(id, _)| (*id, index_sizes.get(&id.to_hex()).copied().unwrap_or(0)))
+        .map(|(id, _)| {
+            let size = catalog.index_sizes.get(&id.to_hex()).copied();
+            (*id, size.unwrap_or(0))
+        })
         .collect();
-    let superseded = index::superseded(&files);
-    let mut indexed: BTreeMap<PackId, Vec<BlobEntry>> = BTreeMap::new();
-    for (_, f) in files.iter().filter(|(id, _)| !superseded.contains(id)) {
-        for (pack, entries) in &f.packs {
-            indexed.entry(*pack).or_default().extend_from_slice(entries);
-        }
-    }
+    let superseded = catalog.superseded();
+    let mut indexed = catalog.packs_in_force();
+    // One entry per blob and pack: a blob listed twice in a pack is kept once.
     for entries in indexed.values_mut() {
-        entries.sort_by_key(|e| (e.offset, e.id));
         entries.dedup_by_key(|e| e.id);
     }
-    let pack_bytes: HashMap<PackId, u64> = backend
-        .list(ObjectKind::Pack)?
-        .into_iter()
-        .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
-        .collect();
-    let index = Index::from_files(&files);
+    let pack_bytes = catalog.packs;
+    let index = Index::from_files(files);
 
     // Stage 2: mark. An unreadable snapshot stops prune: what it needs is
     // unknown (a dry run may assume it removed, as `forget --dry-run --prune`).
@@ -409,37 +404,6 @@ pub(crate) fn mark(
     Ok(needed)
 }
 
-/// Writes an index describing `packs` that supersedes `old`, as files of at
-/// most ~64k blobs. The file carrying `supersedes` is written last, so the old
-/// files stay in force until every new file is durable: an interruption
-/// leaves old and new files side by side, both describing existing packs.
-/// Returns (files written, bytes written).
-pub(crate) fn write_index_superseding(
-    repo: &Repository,
-    packs: &[(PackId, Vec<BlobEntry>)],
-    old: &[IndexId],
-) -> Result<(usize, u64)> {
-    let parts = crate::archiver::split_for_index(packs);
-    let (last, rest) = match parts.split_last() {
-        Some((last, rest)) => (last.to_vec(), rest),
-        None => (Vec::new(), &[][..]),
-    };
-    let (mut files, mut bytes) = (0, 0);
-    for part in rest {
-        let (_, n) = repo.write_index(&IndexFile {
-            supersedes: vec![],
-            packs: part.to_vec(),
-        })?;
-        files += 1;
-        bytes += n;
-    }
-    let (_, n) = repo.write_index(&IndexFile {
-        supersedes: old.to_vec(),
-        packs: last,
-    })?;
-    Ok((files + 1, bytes + n))
-}
-
 struct Written {
     packs: usize,
     pack_bytes: u64,
@@ -452,7 +416,6 @@ struct Written {
 fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
     let backend = repo.backend();
     let crypto = repo.crypto();
-    let pack_size = repo.config().pack_size as usize;
     let mut w = Written {
         packs: 0,
         pack_bytes: 0,
@@ -462,19 +425,7 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
     };
 
     // Stage 4: repack, checking every blob copied.
-    let mut new_packs: Vec<(PackId, Vec<BlobEntry>)> = Vec::new();
-    let mut builders = [
-        PackBuilder::new(crypto.is_encrypted(), 0),
-        PackBuilder::new(crypto.is_encrypted(), 0),
-    ];
-    let mut flush = |b: PackBuilder, new_packs: &mut Vec<(PackId, Vec<BlobEntry>)>| -> Result<()> {
-        let fp = b.finish(crypto);
-        backend.put(&ObjectKey::new(ObjectKind::Pack, fp.id.to_hex()), &fp.bytes)?;
-        w.packs += 1;
-        w.pack_bytes += fp.bytes.len() as u64;
-        new_packs.push((fp.id, fp.entries));
-        Ok(())
-    };
+    let packer = Packer::new(repo);
     let mut bufs = blob::DecodeBuffers::default();
     for (pack, _, needed) in &plan.repack {
         let bytes = backend.get(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
@@ -486,19 +437,12 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
                 detail: "lies past the end of the pack".into(),
             })?;
             blob::decode_in(crypto, pack, e, stored, &mut bufs)?;
-            let b = &mut builders[e.kind as usize];
-            b.add(*e, stored);
-            if b.len() >= pack_size {
-                let full = std::mem::replace(b, PackBuilder::new(crypto.is_encrypted(), 0));
-                flush(full, &mut new_packs)?;
-            }
+            packer.add_stored(e, stored)?;
         }
     }
-    for b in builders {
-        if !b.is_empty() {
-            flush(b, &mut new_packs)?;
-        }
-    }
+    let stored = packer.finish()?;
+    let new_packs = stored.packs;
+    (w.packs, w.pack_bytes) = (new_packs.len(), stored.bytes);
 
     // A pack is named by the hash of its bytes, so a repacked pack can have
     // the very name of an old pack about to be deleted (same blobs, same
@@ -509,7 +453,7 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         let all: Vec<(PackId, Vec<BlobEntry>)> =
             plan.keep.iter().cloned().chain(new_packs).collect();
         let old: Vec<IndexId> = plan.old_index.iter().map(|(id, _)| *id).collect();
-        (w.index_files, w.index_bytes) = write_index_superseding(repo, &all, &old)?;
+        (w.index_files, w.index_bytes) = packer::write_index(repo, &all, &old)?;
 
         // Stage 6a: the old index files, now superseded.
         for (id, _) in &plan.old_index {

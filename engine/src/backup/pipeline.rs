@@ -1,0 +1,324 @@
+//! The snapshot pipeline's orchestration: options, counters, the stages
+//! in order ([`store`]) and the commit ([`PendingSnapshot::commit`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use jiff::Timestamp;
+
+use crate::error::{Error, Result};
+use crate::fsmeta::{self, NameCache};
+use crate::repo::IndexedRepository;
+use crate::repo::id::{ChunkId, Id, SnapshotId, TreeId};
+use crate::snapshot::{PathIssue, Snapshot, Source, Summary};
+use crate::store::blob::BlobKind;
+use crate::store::packer::{self, PackList, Packer};
+use crate::tree::filter::Excludes;
+use crate::tree::{Extent, NodeKind, Tree};
+
+/// What to snapshot and how.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Overrides the source recorded in the snapshot (a PVC); default: the path.
+    pub source: Option<Source>,
+    pub excludes: Vec<String>,
+    pub one_file_system: bool,
+    pub time: Option<Timestamp>,
+    pub tags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub hostname: Option<String>,
+    /// The parent snapshot; see [`find_parent`].
+    pub parent: Option<Snapshot>,
+    pub hooks: Vec<serde_json::Value>,
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Estimates from the parent snapshot (0 when unknown).
+    pub total_files_hint: AtomicU64,
+    pub total_bytes_hint: AtomicU64,
+}
+
+/// The result of a snapshot run.
+pub struct BackupOutcome {
+    pub snapshot: Snapshot,
+}
+
+/// The latest snapshot of `source` (the parent of a new snapshot of it).
+pub fn find_parent(snaps: &[Snapshot], source: &Source) -> Option<Snapshot> {
+    let key = source.key();
+    snaps.iter().rev().find(|s| s.source.key() == key).cloned()
+}
+
+/// (device, inode) of a file with several names.
+pub(super) type InodeKey = (u64, u64);
+
+pub(super) struct Archiver<'a> {
+    pub(super) repo: &'a IndexedRepository,
+    pub(super) excludes: Excludes,
+    pub(super) one_file_system: bool,
+    pub(super) root_dev: u64,
+    pub(super) names: NameCache,
+    pub(super) seed: u64,
+    pub(super) pending: Mutex<HashSet<Id>>,
+    /// Stages 5-6: compress, encrypt, pack and store.
+    pub(super) packer: Packer<'a>,
+    /// Read blocks of finished files, for the next files.
+    pub(super) spare_blocks: Mutex<Vec<Vec<u8>>>,
+    pub(super) issues: Mutex<Vec<PathIssue>>,
+    pub(super) hardlinks: Mutex<HashMap<InodeKey, (i64, Vec<Extent>)>>,
+    pub(super) files_new: AtomicU64,
+    pub(super) files_changed: AtomicU64,
+    pub(super) files_unmodified: AtomicU64,
+    pub(super) dirs: AtomicU64,
+    pub(super) bytes_read: AtomicU64,
+    pub(super) data_blobs: AtomicU64,
+    pub(super) tree_blobs: AtomicU64,
+    pub(super) total_bytes: AtomicU64,
+    pub(super) progress: &'a Progress,
+}
+
+/// Takes a snapshot of the folder `path` into `repo`: [`store`] then
+/// [`PendingSnapshot::commit`], which adds the new packs to `repo`'s index.
+pub fn backup(
+    repo: &mut IndexedRepository,
+    path: &Path,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
+    store(repo, path, opts, progress)?.commit(repo)
+}
+
+/// A snapshot whose data is stored (stages 1-7: packs and index files are
+/// written) but whose snapshot object (stage 8) is not. Until
+/// [`PendingSnapshot::commit`] nothing references the new data, so dropping
+/// it leaves only unreferenced packs that `prune` removes. This is the
+/// window for records that only exist once the data has been read, such as
+/// the outcomes of post-snapshot hooks.
+#[must_use = "the snapshot exists only once commit() is called"]
+pub struct PendingSnapshot {
+    snapshot: Snapshot,
+    new_packs: PackList,
+    bytes_added: u64,
+    started: Instant,
+}
+
+impl PendingSnapshot {
+    /// The snapshot as it will be written (summary sizes are final at commit).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Appends records (hook outcomes) to [`Snapshot::hooks`].
+    pub fn add_hooks(&mut self, hooks: impl IntoIterator<Item = serde_json::Value>) {
+        self.snapshot.hooks.extend(hooks);
+    }
+
+    /// Stage 8: writes the snapshot object, the commit point, then adds the
+    /// packs stored to `repo`'s index, so that a next snapshot in the same
+    /// run deduplicates against them.
+    pub fn commit(self, repo: &mut IndexedRepository) -> Result<BackupOutcome> {
+        let mut snapshot = self.snapshot;
+        let snapshot_len = repo.encode_snapshot(&snapshot).len() as u64;
+        snapshot.summary.bytes_added = self.bytes_added + snapshot_len;
+        snapshot.summary.duration_s =
+            (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        repo.save_snapshot(&snapshot)?;
+        repo.index_mut().extend(&self.new_packs);
+        Ok(BackupOutcome { snapshot })
+    }
+}
+
+/// Stages 1-7 of a snapshot of the folder `path`: reads it and stores its
+/// data and trees; the snapshot object is written by [`PendingSnapshot::commit`].
+pub fn store(
+    repo: &IndexedRepository,
+    path: &Path,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<PendingSnapshot> {
+    let started = Instant::now();
+    let root_meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, "read", e))?;
+    if !root_meta.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: not a folder; pvsnap snapshots folders (give the folder that holds the file)",
+            path.display()
+        )));
+    }
+    let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, "resolve", e))?;
+    let source = opts.source.clone().unwrap_or_else(|| Source::Path {
+        path: abs.to_string_lossy().into_owned(),
+    });
+    if let Some(p) = &opts.parent {
+        progress
+            .total_files_hint
+            .store(p.summary.total_files, Ordering::Relaxed);
+        progress
+            .total_bytes_hint
+            .store(p.summary.total_bytes, Ordering::Relaxed);
+    }
+    let a = Archiver {
+        repo,
+        excludes: Excludes::new(&opts.excludes)?,
+        one_file_system: opts.one_file_system,
+        root_dev: root_meta.dev(),
+        names: NameCache::default(),
+        seed: repo.chunker_seed(),
+        pending: Mutex::new(HashSet::new()),
+        packer: Packer::new(repo),
+        spare_blocks: Mutex::new(Vec::new()),
+        issues: Mutex::new(Vec::new()),
+        hardlinks: Mutex::new(HashMap::new()),
+        files_new: AtomicU64::new(0),
+        files_changed: AtomicU64::new(0),
+        files_unmodified: AtomicU64::new(0),
+        dirs: AtomicU64::new(0),
+        bytes_read: AtomicU64::new(0),
+        data_blobs: AtomicU64::new(0),
+        tree_blobs: AtomicU64::new(0),
+        total_bytes: AtomicU64::new(0),
+        progress,
+    };
+
+    // Stages 1-6, in parallel, folder by folder.
+    let parent_tree = match &opts.parent {
+        Some(p) => a.load_parent_tree(&p.tree),
+        None => None,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(16 * 1024 * 1024)
+        .thread_name(|i| format!("pvsnap-backup-{i}"))
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
+    // Packs are stored by a thread of their own, so workers keep chunking and
+    // compressing while a pack is written and fsynced.
+    let tree_id = a
+        .packer
+        .with_writer(|| pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref())))?;
+
+    // Stage 7: index files for every pack written.
+    let stored = a.packer.finish()?;
+    let (_, index_bytes) = packer::write_index(repo, &stored.packs, &[])?;
+
+    // Stage 8 is prepared here and done by `PendingSnapshot::commit`.
+    let mut issues = std::mem::take(&mut *a.issues.lock().expect("issues"));
+    issues.sort_by(|x, y| x.path.cmp(&y.path));
+    let root = fsmeta::node_from_meta(
+        OsStr::new(""),
+        &root_meta,
+        NodeKind::Dir { subtree: tree_id },
+        &a.names,
+        fsmeta::read_xattrs(&abs).unwrap_or_default(),
+    );
+    let files = a.files_new.load(Ordering::Relaxed)
+        + a.files_changed.load(Ordering::Relaxed)
+        + a.files_unmodified.load(Ordering::Relaxed);
+    let snapshot = Snapshot {
+        id: SnapshotId(Id::random()),
+        time: opts.time.unwrap_or_else(Timestamp::now),
+        hostname: opts.hostname.clone().unwrap_or_else(crate::repo::hostname),
+        source,
+        tags: opts.tags.clone(),
+        labels: opts.labels.clone(),
+        parent: opts.parent.as_ref().map(|p| p.id),
+        root,
+        tree: tree_id,
+        summary: Summary {
+            files_new: a.files_new.load(Ordering::Relaxed),
+            files_changed: a.files_changed.load(Ordering::Relaxed),
+            files_unmodified: a.files_unmodified.load(Ordering::Relaxed),
+            dirs: a.dirs.load(Ordering::Relaxed),
+            bytes_read: a.bytes_read.load(Ordering::Relaxed),
+            bytes_added: 0,
+            data_blobs_added: a.data_blobs.load(Ordering::Relaxed),
+            tree_blobs_added: a.tree_blobs.load(Ordering::Relaxed),
+            total_files: files,
+            total_bytes: a.total_bytes.load(Ordering::Relaxed),
+            duration_s: 0.0,
+        },
+        errors: issues,
+        hooks: opts.hooks.clone(),
+        program_version: concat!("pvsnap ", env!("CARGO_PKG_VERSION")).to_string(),
+    };
+    Ok(PendingSnapshot {
+        snapshot,
+        new_packs: stored.packs,
+        bytes_added: stored.bytes + index_bytes,
+        started,
+    })
+}
+
+pub(super) fn ns(sec: i64, nsec: i64) -> i64 {
+    sec * 1_000_000_000 + nsec
+}
+
+impl Archiver<'_> {
+    pub(super) fn issue(&self, kind: &str, path: &Path, message: impl std::fmt::Display) {
+        tracing::warn!("{}: {message}", path.display());
+        self.issues.lock().expect("issues").push(PathIssue {
+            kind: kind.into(),
+            path: path.to_string_lossy().into_owned(),
+            message: message.to_string(),
+        });
+    }
+
+    /// The value, or `None` after recording why `path` could not be read.
+    pub(super) fn readable<T>(&self, path: &Path, r: std::io::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.issue("vanished", path, "vanished before it was read");
+                None
+            }
+            Err(e) => {
+                self.issue("unreadable", path, e);
+                None
+            }
+        }
+    }
+
+    pub(super) fn load_parent_tree(&self, id: &TreeId) -> Option<Tree> {
+        match self.repo.read_tree(id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("parent tree {id} unreadable, reading files afresh: {e}");
+                None
+            }
+        }
+    }
+
+    pub(super) fn store_chunk(&self, data: &[u8]) -> Result<ChunkId> {
+        let id = self.repo.crypto().content_id(data);
+        self.store_blob(BlobKind::Data, id, data)?;
+        Ok(ChunkId(id))
+    }
+
+    pub(super) fn store_tree(&self, tree: &Tree) -> Result<TreeId> {
+        let bytes = tree.encode();
+        let id = self.repo.crypto().content_id(&bytes);
+        self.store_blob(BlobKind::Tree, id, &bytes)?;
+        Ok(TreeId(id))
+    }
+
+    /// Stage 4 for one blob; the packer does stages 5-6.
+    pub(super) fn store_blob(&self, kind: BlobKind, id: Id, raw: &[u8]) -> Result<()> {
+        if self.repo.index().contains(&id) || !self.pending.lock().expect("pending").insert(id) {
+            return Ok(());
+        }
+        let counter = match kind {
+            BlobKind::Data => &self.data_blobs,
+            BlobKind::Tree => &self.tree_blobs,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.packer.add(kind, id, raw)
+    }
+}

@@ -1,0 +1,163 @@
+//! The catalog: the one way to read index files, with the listing of the
+//! packs beside them.
+//!
+//! [`Repository::catalog`] lists `index/`, reads and decodes every index
+//! file (in parallel), then lists the packs, so every pack those files name
+//! was written before the listing. Each file is verified against its name
+//! (its decoder refuses bytes that do not hash to it). The [`IndexMode`]
+//! says what a file that cannot be read does; readers, check, repair and
+//! prune differ only in the mode.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rayon::prelude::*;
+
+use super::Repository;
+use crate::backend::ObjectKey;
+use crate::error::{BackendError, Error, FormatError, Result};
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{IndexId, PackId};
+use crate::store::blob::BlobEntry;
+use crate::store::index::{self, IndexFile};
+
+/// How [`Repository::catalog`] treats an index file it cannot read (missing
+/// meanwhile, truncated, failing authentication, undecodable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexMode {
+    /// Fail. For operations that delete (prune): a pack described only by an
+    /// unreadable file would look unused.
+    Strict,
+    /// Skip the file and report it. For readers: whatever the other files
+    /// describe can still be read, and a snapshot simply stores again any
+    /// chunk it cannot find.
+    Lenient,
+    /// As lenient, and also name every object in `index/` whose name is no
+    /// index id ([`Catalog::strays`]). For check, which reports them all.
+    Verified,
+}
+
+/// An index file that could not be read, and why.
+#[derive(Debug)]
+pub struct UnreadableIndex {
+    /// Its name in `index/`.
+    pub name: String,
+    pub error: Error,
+}
+
+impl std::fmt::Display for UnreadableIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "index file {} is unreadable and was skipped: {}; readers find what it listed through the packs' trailers until `pvsnap repair index` rebuilds the index",
+            self.name, self.error
+        )
+    }
+}
+
+/// The index files read, those that could not be (not in strict mode), and
+/// the packs present.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub files: Vec<(IndexId, IndexFile)>,
+    pub unreadable: Vec<UnreadableIndex>,
+    /// Objects in `index/` whose name is no index id ([`IndexMode::Verified`]
+    /// only; the other modes ignore them).
+    pub strays: Vec<String>,
+    /// Every object listed in `index/`, with its size.
+    pub index_sizes: HashMap<String, u64>,
+    /// Every pack present, with its size, listed after the index files
+    /// were read.
+    pub packs: HashMap<PackId, u64>,
+}
+
+impl Catalog {
+    /// The files that another file read supersedes.
+    pub fn superseded(&self) -> HashSet<IndexId> {
+        index::superseded(&self.files)
+    }
+
+    /// The entries of the files in force (not superseded), per pack, sorted
+    /// by offset and without repeats.
+    pub fn packs_in_force(&self) -> BTreeMap<PackId, Vec<BlobEntry>> {
+        let superseded = self.superseded();
+        let mut indexed: BTreeMap<PackId, Vec<BlobEntry>> = BTreeMap::new();
+        for (_, f) in self.files.iter().filter(|(id, _)| !superseded.contains(id)) {
+            for (pack, entries) in &f.packs {
+                indexed.entry(*pack).or_default().extend_from_slice(entries);
+            }
+        }
+        for entries in indexed.values_mut() {
+            entries.sort_by_key(|e| (e.offset, e.id));
+            entries.dedup();
+        }
+        indexed
+    }
+}
+
+impl Repository {
+    /// Reads every index file and lists the packs; `mode` says what an
+    /// unreadable file does (see the module documentation).
+    pub fn catalog(&self, mode: IndexMode) -> Result<Catalog> {
+        let names = self.backend.list(ObjectKind::Index)?;
+        // (name, (id, file), or why not). A file whose bytes do not hash to
+        // its name is refused by its decoder, so it lands in `unreadable`.
+        type Read = (String, Result<(IndexId, IndexFile)>);
+        let read: Vec<Read> = names
+            .par_iter()
+            // Other names are no index files of ours (check reports them).
+            .filter(|(name, _)| name.parse::<IndexId>().is_ok())
+            .map(|(name, _)| {
+                let r = self.read_index_file(name).map(|(id, f, _)| (id, f));
+                (name.clone(), r)
+            })
+            .collect();
+        let mut out = Catalog::default();
+        for (name, r) in read {
+            match r {
+                Ok((id, f)) => out.files.push((id, f)),
+                // Deleted since it was listed (a prune finishing): it was superseded.
+                Err(Error::Backend(BackendError::NotFound { .. })) => {}
+                Err(e) if mode == IndexMode::Strict => {
+                    return Err(Error::IndexUnreadable {
+                        name,
+                        detail: e.to_string(),
+                    });
+                }
+                Err(error) => out.unreadable.push(UnreadableIndex { name, error }),
+            }
+        }
+        if mode == IndexMode::Verified {
+            out.strays = names
+                .iter()
+                .filter(|(n, _)| n.parse::<IndexId>().is_err())
+                .map(|(n, _)| n.clone())
+                .collect();
+        }
+        out.index_sizes = names.into_iter().collect();
+        out.packs = self
+            .backend
+            .list(ObjectKind::Pack)?
+            .into_iter()
+            .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
+            .collect();
+        Ok(out)
+    }
+
+    /// Reads and decodes every index file; fails on the first that cannot
+    /// be read ([`IndexMode::Strict`]).
+    pub fn read_index_files(&self) -> Result<Vec<(IndexId, IndexFile)>> {
+        Ok(self.catalog(IndexMode::Strict)?.files)
+    }
+
+    /// Reads and decodes one index file, named as in `index/`; returns the
+    /// bytes too.
+    pub fn read_index_file(&self, name: &str) -> Result<(IndexId, IndexFile, Vec<u8>)> {
+        let id: IndexId = name.parse().map_err(|_| FormatError::Invalid {
+            what: format!("index {name}"),
+            detail: "the name is not an index id".into(),
+        })?;
+        let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
+        let file = IndexFile::decode(&bytes, &self.crypto, name)?;
+        Ok((id, file, bytes))
+    }
+}

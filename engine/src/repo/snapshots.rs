@@ -1,0 +1,142 @@
+//! Snapshot objects in the repository: saving, loading, listing in one
+//! order, resolving a user's spec.
+
+use std::borrow::Borrow;
+
+use rayon::prelude::*;
+
+use super::Repository;
+use crate::backend::ObjectKey;
+use crate::error::{BackendError, Error, Result};
+use crate::repo::format::ObjectKind;
+use crate::repo::id::SnapshotId;
+use crate::snapshot::Snapshot;
+
+/// A snapshot object that could not be read, and why.
+pub type Unreadable = (SnapshotId, Error);
+
+/// Logs a warning for each unreadable snapshot object, naming the command
+/// that removes it.
+pub fn warn_unreadable_snapshots(bad: &[Unreadable]) {
+    for (id, e) in bad {
+        tracing::warn!(
+            "skipped an unreadable snapshot object: {e}; remove it with `pvsnap forget {id}`"
+        );
+    }
+}
+
+impl Repository {
+    fn snapshot_key(id: &SnapshotId) -> ObjectKey {
+        ObjectKey::new(ObjectKind::Snapshot, id.to_hex())
+    }
+
+    /// Encodes a snapshot object.
+    pub fn encode_snapshot(&self, snap: &Snapshot) -> Vec<u8> {
+        crate::snapshot::encode_snapshot(snap, &self.crypto)
+    }
+
+    /// Writes a snapshot object: the commit point. Returns the bytes written.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<u64> {
+        let bytes = self.encode_snapshot(snap);
+        self.backend.put(&Self::snapshot_key(&snap.id), &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Reads and validates one snapshot object (see
+    /// [`crate::snapshot::decode_snapshot`]).
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let bytes = self.backend.get(&Self::snapshot_key(id))?;
+        crate::snapshot::decode_snapshot(&bytes, &self.crypto, id)
+    }
+
+    /// Every snapshot, oldest first (ties broken by id); fails on the first
+    /// object that cannot be read (see [`Repository::snapshots_lenient`]).
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let names = self.backend.list(ObjectKind::Snapshot)?;
+        let mut snaps: Vec<Snapshot> = names
+            .par_iter()
+            .filter_map(|(n, _)| n.parse::<SnapshotId>().ok())
+            .map(|id| self.load_snapshot(&id))
+            .collect::<Result<_>>()?;
+        sort_snapshots(&mut snaps);
+        Ok(snaps)
+    }
+
+    /// Every readable snapshot, oldest first, and the ids of those that could
+    /// not be read with the reason: one damaged snapshot object must not
+    /// hide the others or stop a backup. Callers decide what an unreadable
+    /// one means: readers warn and go on, `forget` removes it only by id,
+    /// and prune refuses to run (it cannot know what the object needs).
+    pub fn snapshots_lenient(&self) -> Result<(Vec<Snapshot>, Vec<Unreadable>)> {
+        let names = self.backend.list(ObjectKind::Snapshot)?;
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = names
+            .par_iter()
+            .filter_map(|(n, _)| n.parse::<SnapshotId>().ok())
+            .map(|id| (id, self.load_snapshot(&id)))
+            .collect();
+        let mut snaps = Vec::new();
+        let mut bad = Vec::new();
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => snaps.push(s),
+                Err(Error::Backend(BackendError::NotFound { .. })) => {} // forgotten meanwhile
+                Err(e) => bad.push((id, e)),
+            }
+        }
+        sort_snapshots(&mut snaps);
+        Ok((snaps, bad))
+    }
+
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        Ok(self.backend.delete(&Self::snapshot_key(id))?)
+    }
+
+    /// Resolves a full id, a unique prefix, `latest` or `latest:SOURCE`.
+    /// Damaged snapshot objects are skipped with a warning.
+    pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        let (snaps, bad) = self.snapshots_lenient()?;
+        warn_unreadable_snapshots(&bad);
+        resolve_in(&snaps, spec).cloned()
+    }
+}
+
+/// The one order of snapshots: oldest first, ties broken by id.
+pub fn sort_snapshots<S: Borrow<Snapshot>>(snaps: &mut [S]) {
+    snaps.sort_by(|a, b| {
+        let (a, b) = (a.borrow(), b.borrow());
+        a.time.cmp(&b.time).then(a.id.cmp(&b.id))
+    });
+}
+
+/// Resolves `spec` within a list sorted oldest first.
+pub fn resolve_in<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
+    if spec == "latest" {
+        return snaps
+            .last()
+            .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
+    }
+    if let Some(source) = spec.strip_prefix("latest:") {
+        let want = source.trim_end_matches('/');
+        return snaps
+            .iter()
+            .rev()
+            .find(|s| s.source.key().trim_end_matches('/') == want)
+            .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
+    }
+    let lower = spec.to_ascii_lowercase();
+    if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::SnapshotNotFound(spec.into()));
+    }
+    let matches: Vec<&Snapshot> = snaps
+        .iter()
+        .filter(|s| s.id.to_hex().starts_with(&lower))
+        .collect();
+    match matches.len() {
+        0 => Err(Error::SnapshotNotFound(spec.into())),
+        1 => Ok(matches[0]),
+        n => Err(Error::AmbiguousSnapshot {
+            prefix: spec.into(),
+            count: n,
+        }),
+    }
+}

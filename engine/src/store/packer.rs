@@ -1,0 +1,322 @@
+//! The one way blobs become packs: used by the snapshot pipeline, prune's
+//! repacking and repair, and whatever copies blobs next.
+//!
+//! A [`Packer`] keeps one pack builder per blob kind (data and trees go to
+//! separate packs). A blob is added raw ([`Packer::add`]: compressed and
+//! sealed here) or as stored ([`Packer::add_stored`]: copied as it lies in
+//! another pack). The caller that fills a pack finishes it (trailer, hash)
+//! and stores it, or, inside [`Packer::with_writer`], hands it over a
+//! rendezvous channel to a writer thread, so the caller goes on while the
+//! pack is written and fsynced. [`Packer::finish`] returns every pack
+//! stored; [`write_index`] writes index files describing packs.
+//!
+//! No pack buffer is allocated per pack once the first packs are written:
+//! stored packs return their buffers to a small pool.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use crate::backend::ObjectKey;
+use crate::error::{BackendError, Error, Result};
+use crate::repo::Repository;
+use crate::repo::format::ObjectKind;
+use crate::repo::id::{Id, IndexId, PackId};
+use crate::store::blob::{self, BlobEntry, BlobKind};
+use crate::store::index::IndexFile;
+use crate::store::pack::{FinishedPack, PackBuilder};
+
+/// Pack buffers kept for reuse: with one pack being filled, one handed over
+/// and one being written, two spares cover the steady state.
+const SPARE_PACKS: usize = 2;
+
+/// Packs with their entries, as written to an index file.
+pub type PackList = Vec<(PackId, Vec<BlobEntry>)>;
+
+/// What a [`Packer`] stored.
+pub struct Stored {
+    /// Every pack, in the order stored.
+    pub packs: PackList,
+    /// Their bytes (none in a dry run).
+    pub bytes: u64,
+}
+
+/// Builds packs of blobs and stores them; see the module documentation.
+pub struct Packer<'a> {
+    repo: &'a Repository,
+    level: i32,
+    pack_size: usize,
+    /// Bytes reserved for a pack buffer: it never grows by doubling.
+    pack_capacity: usize,
+    /// The pack being filled, per [`BlobKind`] (data, trees).
+    builders: [Mutex<PackBuilder>; 2],
+    /// Pack buffers of stored packs, for the next packs: every pack reuses
+    /// memory that is already mapped instead of faulting in 16 fresh MiB.
+    spare: Mutex<Vec<Vec<u8>>>,
+    /// Finished packs on their way to the writer thread, while one runs.
+    writer: Mutex<Option<SyncSender<FinishedPack>>>,
+    writer_error: Mutex<Option<Error>>,
+    stored: Mutex<PackList>,
+    bytes: AtomicU64,
+    dry_run: bool,
+    replace_damaged: bool,
+}
+
+impl<'a> Packer<'a> {
+    /// A packer storing into `repo`, with its pack size and compression.
+    pub fn new(repo: &'a Repository) -> Self {
+        let cfg = repo.config();
+        let encrypted = repo.crypto().is_encrypted();
+        Packer {
+            repo,
+            level: cfg.compression.level,
+            pack_size: cfg.pack_size as usize,
+            pack_capacity: cfg.pack_size as usize + cfg.chunker.max as usize + 64 * 1024,
+            builders: [
+                Mutex::new(PackBuilder::new(encrypted, 0)),
+                Mutex::new(PackBuilder::new(encrypted, 0)),
+            ],
+            spare: Mutex::new(Vec::new()),
+            writer: Mutex::new(None),
+            writer_error: Mutex::new(None),
+            stored: Mutex::new(Vec::new()),
+            bytes: AtomicU64::new(0),
+            dry_run: false,
+            replace_damaged: false,
+        }
+    }
+
+    /// Builds packs but stores none (a dry run); [`Packer::finish`] still
+    /// lists them.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// A pack whose name is taken by other bytes is a damaged copy of it
+    /// (packs are named by the hash of their bytes): replace it with these
+    /// (`Backend::replace_damaged`) instead of failing. For repair, which
+    /// rebuilds packs from verified blobs.
+    pub fn replacing_damaged(mut self) -> Self {
+        self.replace_damaged = true;
+        self
+    }
+
+    /// Compresses and seals blob `id` of `raw` bytes and adds it to the pack
+    /// of its kind, storing the pack when full. Compression and sealing run
+    /// outside the pack's lock, into per-thread buffers; only the copy into
+    /// the pack is done under it.
+    pub fn add(&self, kind: BlobKind, id: Id, raw: &[u8]) -> Result<()> {
+        let crypto = self.repo.crypto();
+        let full = blob::encode_with(crypto, self.level, kind, &id, raw, |stored, flags| {
+            let entry = BlobEntry {
+                kind,
+                flags,
+                id,
+                offset: 0,
+                stored_len: 0,
+                raw_len: raw.len() as u32,
+            };
+            self.put_in(entry, stored)
+        });
+        match full {
+            Some(p) => self.write(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a blob as stored in another pack (not recompressed, not
+    /// resealed; the caller has verified it), storing the pack when full.
+    pub fn add_stored(&self, entry: &BlobEntry, stored: &[u8]) -> Result<()> {
+        match self.put_in(*entry, stored) {
+            Some(p) => self.write(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies `stored` into the pack of its kind; returns the pack if it is
+    /// now full, a fresh one taking its place.
+    fn put_in(&self, entry: BlobEntry, stored: &[u8]) -> Option<PackBuilder> {
+        let mut p = self.builders[entry.kind as usize]
+            .lock()
+            .expect("pack builder");
+        if p.is_empty() && entry.kind == BlobKind::Data {
+            p.reserve(self.pack_capacity);
+        }
+        p.add(entry, stored);
+        (p.len() >= self.pack_size).then(|| {
+            std::mem::replace(
+                &mut *p,
+                PackBuilder::with_buffer(self.repo.crypto().is_encrypted(), self.pack_buffer()),
+            )
+        })
+    }
+
+    /// A buffer for the next pack: one already stored, or a new one of the
+    /// pack's final size.
+    fn pack_buffer(&self) -> Vec<u8> {
+        self.spare
+            .lock()
+            .expect("spare packs")
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.pack_capacity))
+    }
+
+    /// Finishes a full pack and stores it, or hands it to the writer thread.
+    fn write(&self, p: PackBuilder) -> Result<()> {
+        let fp = p.finish(self.repo.crypto());
+        let tx = self.writer.lock().expect("pack writer").clone();
+        let Some(tx) = tx else {
+            return self.store(fp);
+        };
+        if tx.send(fp).is_err() {
+            return Err(Error::Invalid("the pack writer stopped".into()));
+        }
+        if let Some(e) = self.writer_error.lock().expect("pack writer error").take() {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Puts one pack in the backend (unless a dry run) and records it.
+    fn store(&self, fp: FinishedPack) -> Result<()> {
+        if !self.dry_run {
+            let key = ObjectKey::new(ObjectKind::Pack, fp.id.to_hex());
+            match self.repo.backend().put(&key, &fp.bytes) {
+                Ok(()) => {}
+                // These are the bytes the name stands for, so the copy
+                // stored under it is a damaged one. They restore it.
+                Err(BackendError::Conflict { .. }) if self.replace_damaged => {
+                    tracing::warn!(
+                        "pack {}: its salvaged blobs rebuild it bit for bit; the damaged copy is replaced",
+                        fp.id
+                    );
+                    self.repo.backend().replace_damaged(&key, &fp.bytes)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.bytes
+                .fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
+        }
+        self.stored
+            .lock()
+            .expect("stored packs")
+            .push((fp.id, fp.entries));
+        let mut spare = self.spare.lock().expect("spare packs");
+        if spare.len() < SPARE_PACKS {
+            spare.push(fp.bytes);
+        }
+        Ok(())
+    }
+
+    /// Runs `work` while packs are stored by a writer thread of their own,
+    /// so the threads adding blobs keep going while a pack is written and
+    /// fsynced; then stores what is pending. A full pack waits in the thread
+    /// that filled it until the writer takes it (a rendezvous channel), so
+    /// at most three packs of a kind exist at a time (filling, handed over,
+    /// being written). A queue of one more saved no time and cost 16 MiB.
+    /// After a failed store the writer keeps draining (so no one blocks) and
+    /// the error is returned.
+    pub fn with_writer<R>(&self, work: impl FnOnce() -> Result<R>) -> Result<R> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<FinishedPack>(0);
+        *self.writer.lock().expect("pack writer") = Some(tx);
+        let r = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| self.write_packs(rx));
+            let r = work().and_then(|r| self.flush().map(|()| r));
+            self.writer.lock().expect("pack writer").take(); // closes the channel
+            writer.join().expect("the pack writer does not panic");
+            r
+        })?;
+        if let Some(e) = self.writer_error.lock().expect("pack writer error").take() {
+            return Err(e);
+        }
+        Ok(r)
+    }
+
+    /// The writer thread: stores each pack it is handed.
+    fn write_packs(&self, rx: Receiver<FinishedPack>) {
+        let mut failed = false;
+        for fp in rx {
+            if failed {
+                continue;
+            }
+            if let Err(e) = self.store(fp) {
+                failed = true;
+                *self.writer_error.lock().expect("pack writer error") = Some(e);
+            }
+        }
+    }
+
+    /// Stores the packs being filled, if they hold anything.
+    fn flush(&self) -> Result<()> {
+        for builder in &self.builders {
+            let p = std::mem::replace(
+                &mut *builder.lock().expect("pack builder"),
+                PackBuilder::new(self.repo.crypto().is_encrypted(), 0),
+            );
+            if !p.is_empty() {
+                self.write(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores what is pending; returns every pack stored.
+    pub fn finish(self) -> Result<Stored> {
+        self.flush()?;
+        Ok(Stored {
+            packs: self.stored.into_inner().expect("stored packs"),
+            bytes: self.bytes.into_inner(),
+        })
+    }
+}
+
+/// Writes index files describing `packs`, of at most ~64k blobs each. When
+/// `supersedes` is not empty, the file naming it is written last (even if
+/// `packs` is empty), so the old files stay in force until every new file
+/// is durable: an interruption leaves old and new files side by side, both
+/// describing existing packs. Returns (files written, bytes written).
+pub fn write_index(
+    repo: &Repository,
+    packs: &[(PackId, Vec<BlobEntry>)],
+    supersedes: &[IndexId],
+) -> Result<(usize, u64)> {
+    let mut parts = split_for_index(packs);
+    if parts.is_empty() && !supersedes.is_empty() {
+        parts.push(&[]);
+    }
+    let (mut files, mut bytes) = (0, 0);
+    let last = parts.len().saturating_sub(1);
+    for (i, part) in parts.into_iter().enumerate() {
+        let (_, n) = repo.write_index(&IndexFile {
+            supersedes: if i == last {
+                supersedes.to_vec()
+            } else {
+                vec![]
+            },
+            packs: part.to_vec(),
+        })?;
+        files += 1;
+        bytes += n;
+    }
+    Ok((files, bytes))
+}
+
+/// Splits pack lists into index files of at most ~64k blobs each.
+fn split_for_index(packs: &[(PackId, Vec<BlobEntry>)]) -> Vec<&[(PackId, Vec<BlobEntry>)]> {
+    const MAX_BLOBS: usize = 65_536;
+    let mut parts = Vec::new();
+    let (mut start, mut n) = (0, 0);
+    for (i, (_, e)) in packs.iter().enumerate() {
+        if n > 0 && n + e.len() > MAX_BLOBS {
+            parts.push(&packs[start..i]);
+            start = i;
+            n = 0;
+        }
+        n += e.len();
+    }
+    if start < packs.len() {
+        parts.push(&packs[start..]);
+    }
+    parts
+}
