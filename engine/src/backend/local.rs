@@ -225,6 +225,30 @@ impl LocalBackend {
             self.make_dirs(dir)
                 .map_err(|e| io(&key.path(), "create folder", e))?;
         }
+        self.through_temp(key, dir, data, |tmp| match fs::hard_link(tmp, &path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // Another writer won the race; fine when it wrote the same bytes.
+                if same_content(&path, data).map_err(|e| io(&key.path(), "compare", e))? {
+                    Ok(())
+                } else {
+                    Err(BackendError::Conflict { key: key.path() })
+                }
+            }
+            Err(e) => Err(io(&key.path(), "link into place", e)),
+        })
+    }
+
+    /// Writes `data` to a new temporary file in `dir` and syncs it, lets
+    /// `place` put it at the object's name, removes the temporary name and
+    /// syncs the folder.
+    fn through_temp(
+        &self,
+        key: &ObjectKey,
+        dir: &Path,
+        data: &[u8],
+        place: impl FnOnce(&Path) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
         let tmp = dir.join(format!(
             "{TMP_PREFIX}{}",
             crate::repo::id::Id::random().short()
@@ -235,17 +259,7 @@ impl LocalBackend {
                 .map_err(|(op, e)| io(&key.path(), op, e))?;
             f.sync_all().map_err(|e| io(&key.path(), "fsync", e))?;
             drop(f);
-            match fs::hard_link(&tmp, &path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    // Another writer won the race; fine when it wrote the same bytes.
-                    if !same_content(&path, data).map_err(|e| io(&key.path(), "compare", e))? {
-                        return Err(BackendError::Conflict { key: key.path() });
-                    }
-                }
-                Err(e) => return Err(io(&key.path(), "link into place", e)),
-            }
-            Ok(())
+            place(&tmp)
         })();
         let _ = fs::remove_file(&tmp);
         result?;
@@ -360,21 +374,10 @@ impl Backend for LocalBackend {
     fn replace_damaged(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
         let path = self.path(key);
         let dir = path.parent().expect("object paths have a parent");
-        let tmp = dir.join(format!(
-            "{TMP_PREFIX}{}",
-            crate::repo::id::Id::random().short()
-        ));
-        let result = (|| -> Result<(), BackendError> {
-            let f = self
-                .write_new(&tmp, data)
-                .map_err(|(op, e)| io(&key.path(), op, e))?;
-            f.sync_all().map_err(|e| io(&key.path(), "fsync", e))?;
-            drop(f);
-            fs::rename(&tmp, &path).map_err(|e| io(&key.path(), "rename into place", e))?;
-            sync_dir(dir).map_err(|e| io(&key.path(), "fsync folder", e))
-        })();
-        let _ = fs::remove_file(&tmp);
-        result.map_err(|e| self.full(e))
+        self.through_temp(key, dir, data, |tmp| {
+            fs::rename(tmp, &path).map_err(|e| io(&key.path(), "rename into place", e))
+        })
+        .map_err(|e| self.full(e))
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {

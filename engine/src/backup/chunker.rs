@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::fsmeta::{self};
 use crate::repo::id::ChunkId;
+use crate::sys::io::read_at_full;
 use crate::tree::Extent;
 
 use super::pipeline::{Archiver, ns};
@@ -241,23 +242,6 @@ impl Archiver<'_> {
 pub(super) enum SegmentError {
     Io(std::io::Error),
     Repo(Error),
-}
-
-/// Reads until `buf` is full or the file ends; returns bytes read.
-pub(crate) fn read_at_full(file: &File, buf: &mut [u8], mut pos: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], pos) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                pos += n as u64;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// Opens without following symlinks and, where allowed, without touching atime.

@@ -32,7 +32,7 @@ mod chunker;
 pub mod pipeline;
 mod walker;
 
-pub(crate) use chunker::read_at_full;
+
 pub use pipeline::{
     BackupOptions, BackupOutcome, PendingSnapshot, Progress, backup, find_parent, store,
 };

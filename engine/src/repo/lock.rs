@@ -97,8 +97,13 @@ impl LockInfo {
     }
 
     pub fn describe(&self) -> String {
+        format!("{} since {}", self.holder(), self.time)
+    }
+
+    /// "an exclusive lock for `prune` by pid 7 on host h".
+    fn holder(&self) -> String {
         format!(
-            "{} lock for `{}` by pid {} on host {} since {}",
+            "{} lock for `{}` by pid {} on host {}",
             if self.exclusive {
                 "an exclusive"
             } else {
@@ -106,8 +111,7 @@ impl LockInfo {
             },
             self.operation,
             self.pid,
-            self.hostname,
-            self.time
+            self.hostname
         )
     }
 
@@ -120,15 +124,8 @@ impl LockInfo {
             format!("{} ago", human(age))
         };
         format!(
-            "{} lock for `{}` by pid {} on host {}, taken or refreshed {when} ({})",
-            if self.exclusive {
-                "an exclusive"
-            } else {
-                "a shared"
-            },
-            self.operation,
-            self.pid,
-            self.hostname,
+            "{}, taken or refreshed {when} ({})",
+            self.holder(),
             self.time
         )
     }

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use super::PlannedFile;
 use super::dirs::{self, Dirs};
-use crate::backup::read_at_full;
+use crate::sys::io::read_at_full;
 use crate::error::{Error, Result};
 use crate::repo::IndexedRepository;
 use crate::repo::id::ChunkId;

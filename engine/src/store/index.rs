@@ -8,8 +8,8 @@
 //! the same name, so a file that supersedes another can only ever hide files
 //! its writer had read, never one written after it (a later snapshot that
 //! stores the same packs writes a file of its own, with a name of its own). In memory, [`Index`] is one sorted vector of fixed-size entries,
-//! 52 bytes a blob (see `ARCHITECTURE.md` for the measurement), searched by
-//! binary search.
+//! 52 bytes a blob (see `ARCHITECTURE.md` for the measurement), and a table of
+//! where each 16-bit id prefix starts: a lookup binary-searches one bucket.
 
 use std::collections::HashSet;
 

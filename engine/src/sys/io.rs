@@ -51,6 +51,23 @@ pub fn clear_direct(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads until `buf` is full or the file ends; returns bytes read.
+pub fn read_at_full(file: &File, buf: &mut [u8], mut pos: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match std::os::unix::fs::FileExt::read_at(file, &mut buf[done..], pos) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
