@@ -2,8 +2,8 @@
 //! cutting it with FastCDC; each chunk goes on to the packer.
 
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 

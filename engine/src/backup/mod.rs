@@ -32,7 +32,6 @@ mod chunker;
 pub mod pipeline;
 mod walker;
 
-
 pub use pipeline::{
     BackupOptions, BackupOutcome, PendingSnapshot, Progress, backup, find_parent, store,
 };

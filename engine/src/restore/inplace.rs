@@ -29,12 +29,12 @@ use rayon::prelude::*;
 
 use super::PlannedFile;
 use super::dirs::{self, Dirs};
-use crate::sys::io::read_at_full;
 use crate::error::{Error, Result};
 use crate::repo::IndexedRepository;
 use crate::repo::id::ChunkId;
 use crate::sys;
 use crate::sys::dir::EntryKind;
+use crate::sys::io::read_at_full;
 use crate::tree::{Node, NodeKind};
 
 /// Removes the entries of each planned folder that its tree does not name.
