@@ -82,12 +82,35 @@ fn forget_all_but_two(
     hist[2..].to_vec()
 }
 
+/// A repository holding [`history`], of which [`forget_all_but_two`] has
+/// forgotten the first two snapshots: garbage for prune. Returns the memory
+/// behind it, the same as a backend, the repository and the kept snapshots.
+fn forgotten_history(
+    encrypted: bool,
+) -> (
+    Arc<MemoryBackend>,
+    DynBackend,
+    Repository,
+    Vec<(Snapshot, Files)>,
+) {
+    let (mem, repo) = mem_repo(encrypted);
+    let backend: DynBackend = mem.clone();
+    let hist = history(&repo);
+    let kept = forget_all_but_two(&repo, &backend, &hist);
+    (mem, backend, repo, kept)
+}
+
 fn opts(max_unused: f64, grace: Duration) -> PruneOptions {
     PruneOptions {
         max_unused_percent: max_unused,
         grace,
         ..PruneOptions::default()
     }
+}
+
+/// What prune would do with `max_unused` percent tolerated and no grace.
+fn dry_prune(repo: &Repository, max_unused: f64) -> prune::PruneReport {
+    prune::prune(repo, Access::DryRun, &opts(max_unused, Duration::ZERO)).unwrap()
 }
 
 fn assert_restorable(repo: &Repository, kept: &[(Snapshot, Files)]) {
@@ -114,14 +137,7 @@ fn prune_leaves_about_the_size_of_a_fresh_repository_with_the_kept_snapshots() {
         let kept = forget_all_but_two(&repo, &backend, &hist);
 
         let after_forget = stored_bytes(mem.as_ref());
-        let dry = prune::prune(
-            &repo,
-            Access::DryRun,
-            &PruneOptions {
-                ..opts(0.0, Duration::ZERO)
-            },
-        )
-        .unwrap();
+        let dry = dry_prune(&repo, 0.0);
         assert_eq!(
             stored_bytes(mem.as_ref()),
             after_forget,
@@ -179,28 +195,11 @@ fn prune_leaves_about_the_size_of_a_fresh_repository_with_the_kept_snapshots() {
 
 #[test]
 fn max_unused_decides_between_keeping_and_repacking() {
-    let (mem, repo) = mem_repo(false);
-    let backend: DynBackend = mem.clone();
-    let hist = history(&repo);
-    forget_all_but_two(&repo, &backend, &hist);
-    let lenient = prune::prune(
-        &repo,
-        Access::DryRun,
-        &PruneOptions {
-            ..opts(100.0, Duration::ZERO)
-        },
-    )
-    .unwrap();
+    let (_, _, repo, _) = forgotten_history(false);
+    let lenient = dry_prune(&repo, 100.0);
     assert_eq!(lenient.packs_repacked, 0, "100% tolerates any waste");
     assert!(lenient.packs_deleted > 0);
-    let strict = prune::prune(
-        &repo,
-        Access::DryRun,
-        &PruneOptions {
-            ..opts(0.0, Duration::ZERO)
-        },
-    )
-    .unwrap();
+    let strict = dry_prune(&repo, 0.0);
     assert!(strict.packs_repacked > 0);
     assert_eq!(strict.packs_deleted, lenient.packs_deleted);
 }
@@ -218,9 +217,7 @@ fn interrupted_prune(mem: &Arc<MemoryBackend>, puts: i64, deletes: i64) -> bool 
 #[test]
 fn prune_interrupted_at_any_write_or_delete_leaves_a_sound_repository() {
     // The size an uninterrupted prune reaches.
-    let (mem, repo) = mem_repo(false);
-    let hist = history(&repo);
-    forget_all_but_two(&repo, &(mem.clone() as DynBackend), &hist);
+    let (mem, ..) = forgotten_history(false);
     assert!(interrupted_prune(&mem, -1, -1));
     let target = stored_bytes(mem.as_ref());
 
@@ -228,10 +225,7 @@ fn prune_interrupted_at_any_write_or_delete_leaves_a_sound_repository() {
     for fail_deletes in [false, true] {
         for n in 0..60 {
             let (puts, deletes) = if fail_deletes { (-1, n) } else { (n, -1) };
-            let (mem, repo) = mem_repo(false);
-            let backend: DynBackend = mem.clone();
-            let hist = history(&repo);
-            let kept = forget_all_but_two(&repo, &backend, &hist);
+            let (mem, backend, repo, kept) = forgotten_history(false);
             if interrupted_prune(&mem, puts, deletes) {
                 break; // past the last write (or delete): every crash point was tried
             }

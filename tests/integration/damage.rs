@@ -28,37 +28,14 @@ fn code(env: &Env, args: &[&str], want: i32) -> Output {
     out
 }
 
+/// `n` files of `size` bytes in `dir`, their content chosen by `seed`.
 fn write_files(dir: &Path, seed: u64, n: usize, size: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        std::fs::write(
-            dir.join(format!("f{i:02}")),
-            util::noise(seed * 100 + i as u64, size),
-        )
-        .unwrap();
-    }
-}
-
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    util::write_noise_files(dir, seed * 100, n, size);
 }
 
 fn same_tree(a: &Path, b: &Path) {
     let names = |d: &Path| -> Vec<PathBuf> {
-        files_below(d)
+        util::files_below(d)
             .into_iter()
             .map(|p| p.strip_prefix(d).unwrap().to_path_buf())
             .collect()
@@ -148,9 +125,11 @@ fn a_damaged_index_file_of_an_encrypted_repository_blocks_only_what_it_describes
     write_files(&a, 2, 4, 40_000);
     write_files(&b, 3, 4, 40_000);
     run(&["snapshot", a.to_str().unwrap()], 0);
-    let before: BTreeSet<PathBuf> = files_below(&env.repo().join("index")).into_iter().collect();
+    let before: BTreeSet<PathBuf> = util::files_below(&env.repo().join("index"))
+        .into_iter()
+        .collect();
     run(&["snapshot", b.to_str().unwrap()], 0);
-    let victims: Vec<PathBuf> = files_below(&env.repo().join("index"))
+    let victims: Vec<PathBuf> = util::files_below(&env.repo().join("index"))
         .into_iter()
         .filter(|p| !before.contains(p))
         .collect();
@@ -215,7 +194,7 @@ fn a_truncated_pack_is_named_salvaged_and_stored_again() {
     write_files(&src, 4, 16, 200_000);
     let first = env.snapshot(&src, &[]);
     let first_id = first["id"].as_str().unwrap().to_string();
-    let pack = files_below(&env.repo().join("data"))
+    let pack = util::files_below(&env.repo().join("data"))
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
@@ -256,7 +235,7 @@ fn a_truncated_pack_is_named_salvaged_and_stored_again() {
         "about half the files are lost: {damaged:?}"
     );
     let mut intact = 0;
-    for f in files_below(&src) {
+    for f in util::files_below(&src) {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         if !damaged.contains(&name) {
             let got = std::fs::read(t1.join(&name)).unwrap();

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use pvsnap_k8s::testing::fixtures::{PG_POST, PG_PRE, STORAGE_ROOT};
 use serde_json::Value;
 
 use crate::k8s::{Kube, stderr};
+use crate::util;
 
 /// (API group, resource or resource/subresource, verb).
 type Permission = (String, String, String);
@@ -26,28 +27,21 @@ fn deploy_dir() -> PathBuf {
 /// Every YAML document under deploy/, with the file it came from.
 fn documents() -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
-    let mut stack = vec![deploy_dir()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            ) {
-                let text = fs::read_to_string(&path).unwrap();
-                let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                out.extend(
-                    docs.into_iter()
-                        .filter(|d| !d.is_null())
-                        .map(|d| (path.clone(), d)),
-                );
-            }
+    for path in util::files_below(&deploy_dir()) {
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            let text = fs::read_to_string(&path).unwrap();
+            let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            out.extend(
+                docs.into_iter()
+                    .filter(|d| !d.is_null())
+                    .map(|d| (path.clone(), d)),
+            );
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
@@ -56,6 +50,22 @@ struct Manifests {
     service_accounts: Vec<ServiceAccount>,
     roles: Vec<ClusterRole>,
     bindings: Vec<ClusterRoleBinding>,
+}
+
+impl Manifests {
+    /// The pod the (first) CronJob runs.
+    fn cronjob_pod(&self) -> PodSpec {
+        self.cronjobs[0]
+            .spec
+            .job_template
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap()
+    }
 }
 
 fn manifests() -> Manifests {
@@ -237,19 +247,7 @@ fn rbac_grants_exactly_what_the_commands_use() {
     );
 
     // The CronJob's service account is bound to the snapshot role.
-    let sa = m.cronjobs[0]
-        .spec
-        .job_template
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .service_account_name
-        .clone()
-        .unwrap();
+    let sa = m.cronjob_pod().service_account_name.unwrap();
     let sa_ns = m.cronjobs[0].metadata.namespace.clone().unwrap();
     assert!(
         m.service_accounts
@@ -306,16 +304,7 @@ fn parses(args: &[String]) -> Output {
 fn the_cronjob_runs_a_command_the_cli_accepts_on_the_mounted_storage() {
     let m = manifests();
     assert_eq!(m.cronjobs.len(), 1);
-    let pod = m.cronjobs[0]
-        .spec
-        .job_template
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .clone()
-        .unwrap();
+    let pod = m.cronjob_pod();
     let argv = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
         let command = c.command.clone().unwrap();
         assert_eq!(command[0], "pvsnap");

@@ -98,15 +98,9 @@ fn ok(repo: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// `files` files of `size` bytes in `dir`, their content chosen by `seed`.
 fn write_noise(dir: &Path, seed: u64, files: usize, size: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..files {
-        std::fs::write(
-            dir.join(format!("f{i:02}")),
-            util::noise(seed * 1000 + i as u64, size),
-        )
-        .unwrap();
-    }
+    util::write_noise_files(dir, seed * 1000, files, size);
 }
 
 #[test]

@@ -152,14 +152,7 @@ fn a_damaged_key_slot_is_not_a_wrong_password() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    env.ok(&[
-        "--password-file",
-        p1,
-        "key",
-        "add",
-        "--new-password-file",
-        p2,
-    ]);
+    env.add_key(p1, p2);
     let second = std::fs::read_dir(env.repo().join("keys"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

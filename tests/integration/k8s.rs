@@ -152,6 +152,33 @@ fn hooks(snap: &Value) -> Vec<(String, String, bool)> {
         .unwrap_or_default()
 }
 
+/// A fresh [`Kube`] whose claims default/data and db/data-postgres-0 are
+/// both [`fill`]ed.
+fn both_claims_filled() -> Kube {
+    let k = Kube::new();
+    fill(&k.data());
+    fill(&k.pg());
+    k
+}
+
+/// The commands the fake cluster was asked to exec, in order.
+fn execs(k: &Kube) -> Vec<String> {
+    k.fake
+        .events()
+        .into_iter()
+        .filter(|e| e.starts_with("exec"))
+        .collect()
+}
+
+/// Scripts postgres-0's pre hook (`PG_PRE`, exiting with `pre_code`) and
+/// post hook (`PG_POST`, printing `post_out`).
+fn script_pg_hooks(k: &Kube, pre_code: i32, pre_out: &str, post_out: &str) {
+    k.fake
+        .script_simple("postgres-0", "postgres", &PG_PRE, pre_code, pre_out);
+    k.fake
+        .script_simple("postgres-0", "postgres", &PG_POST, 0, post_out);
+}
+
 const WEB_PRE: [&str; 3] = ["/bin/sh", "-c", "sync"];
 const WEB_POST: [&str; 3] = ["/bin/sh", "-c", "echo thawed"];
 
@@ -220,14 +247,8 @@ fn snapshot_of_a_claim_records_the_claim_and_runs_hooks_in_order() {
         ]
     );
     assert_eq!(s["hooks"][3]["stdout_tail"], "thawed\n");
-    let execs: Vec<String> = k
-        .fake
-        .events()
-        .into_iter()
-        .filter(|e| e.starts_with("exec"))
-        .collect();
     assert_eq!(
-        execs,
+        execs(&k),
         vec![
             format!("exec {}/nginx /bin/sh -c sync", WEB_PODS[0]),
             format!("exec {}/nginx /bin/sh -c sync", WEB_PODS[1]),
@@ -255,15 +276,10 @@ fn snapshot_of_a_claim_records_the_claim_and_runs_hooks_in_order() {
 
 #[test]
 fn a_failing_pre_hook_skips_that_claim_and_the_others_still_run() {
-    let k = Kube::new();
-    fill(&k.data());
-    fill(&k.pg());
+    let k = both_claims_filled();
     // postgres-0 carries pre and post hook annotations (on-error Fail);
     // its pre hook command fails, its post hook works.
-    k.fake
-        .script_simple("postgres-0", "postgres", &PG_PRE, 3, "");
-    k.fake
-        .script_simple("postgres-0", "postgres", &PG_POST, 0, "resumed\n");
+    script_pg_hooks(&k, 3, "", "resumed\n");
     let (code, snaps, err) = k.snapshot(&["pvc/db/data-postgres-0", "pvc/default/data"]);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -278,14 +294,8 @@ fn a_failing_pre_hook_skips_that_claim_and_the_others_still_run() {
     assert_eq!(snaps[0]["source"]["pvc"], "data");
     assert!(k.snapshots(&["--pvc", "db/data-postgres-0"]).is_empty());
     // The post hook still ran for the pod whose pre hook failed.
-    let execs: Vec<String> = k
-        .fake
-        .events()
-        .into_iter()
-        .filter(|e| e.starts_with("exec"))
-        .collect();
     assert_eq!(
-        execs,
+        execs(&k),
         vec![
             "exec postgres-0/postgres /bin/bash -c psql -U postgres -c CHECKPOINT".to_string(),
             "exec postgres-0/postgres /bin/bash -c echo resumed".to_string()
@@ -296,10 +306,7 @@ fn a_failing_pre_hook_skips_that_claim_and_the_others_still_run() {
     // (a fresh fake: scripts are matched first come, first served).
     let k2 = Kube::new();
     fill(&k2.pg());
-    k2.fake
-        .script_simple("postgres-0", "postgres", &PG_PRE, 0, "CHECKPOINT\n");
-    k2.fake
-        .script_simple("postgres-0", "postgres", &PG_POST, 0, "resumed\n");
+    script_pg_hooks(&k2, 0, "CHECKPOINT\n", "resumed\n");
     let (code, snaps, err) = k2.snapshot(&["pvc/db/data-postgres-0"]);
     assert_eq!(code, 0, "{err}");
     let h = |phase: &str| (phase.to_string(), "postgres-0".to_string(), true);
@@ -371,13 +378,8 @@ fn refused_claims_are_reported_with_their_reason_and_the_others_still_run() {
 
 #[test]
 fn all_pvcs_by_namespace_selector_and_all_namespaces() {
-    let k = Kube::new();
-    fill(&k.data());
-    fill(&k.pg());
-    k.fake
-        .script_simple("postgres-0", "postgres", &PG_PRE, 0, "");
-    k.fake
-        .script_simple("postgres-0", "postgres", &PG_POST, 0, "");
+    let k = both_claims_filled();
+    script_pg_hooks(&k, 0, "", "");
 
     let (code, snaps, err) = k.snapshot(&["--all-pvcs", "--namespace", "db"]);
     assert_eq!(code, 0, "{err}");
@@ -481,6 +483,26 @@ fn the_parent_follows_the_claim_not_the_host_path() {
     assert!(k.env.run(&["snapshots", "--pvc", "default"]).status.code() == Some(1));
 }
 
+/// A fresh [`Kube`] whose claim default/data is [`fill`]ed and snapshotted;
+/// returns it with the snapshot's id.
+fn snapshotted_data() -> (Kube, String) {
+    let k = Kube::new();
+    fill(&k.data());
+    let (code, snaps, err) = k.snapshot(&["pvc/default/data"]);
+    assert_eq!(code, 0, "{err}");
+    let id = snaps[0]["id"].as_str().unwrap().to_string();
+    (k, id)
+}
+
+/// Asserts that `err` says the web Deployment was scaled back and that it was.
+fn assert_scaled_back(k: &Kube, err: &str) {
+    assert!(
+        err.contains("scaled Deployment default/web back to 2 replicas"),
+        "{err}"
+    );
+    assert_eq!(k.replicas(Kind::Deployment, "default", "web"), 2);
+}
+
 fn restore_target(k: &Kube, snap: &str, name: &str) -> PathBuf {
     let t = k.env.path(name);
     k.env
@@ -490,10 +512,7 @@ fn restore_target(k: &Kube, snap: &str, name: &str) -> PathBuf {
 
 #[test]
 fn in_place_restore_stops_the_workload_restores_exactly_and_scales_back() {
-    let k = Kube::new();
-    fill(&k.data());
-    let (_, snaps, _) = k.snapshot(&["pvc/default/data"]);
-    let id = snaps[0]["id"].as_str().unwrap().to_string();
+    let (k, id) = snapshotted_data();
     let expected = util::manifest(&restore_target(&k, &id, "expected"));
 
     // The workload changes the volume after the snapshot.
@@ -546,11 +565,7 @@ fn in_place_restore_stops_the_workload_restores_exactly_and_scales_back() {
         err.contains("scaled Deployment default/web from 2 to 0 replicas"),
         "{err}"
     );
-    assert!(
-        err.contains("scaled Deployment default/web back to 2 replicas"),
-        "{err}"
-    );
-    assert_eq!(k.replicas(Kind::Deployment, "default", "web"), 2);
+    assert_scaled_back(&k, &err);
     let scale_patches = k
         .fake
         .requests()
@@ -584,10 +599,8 @@ fn in_place_restore_stops_the_workload_restores_exactly_and_scales_back() {
 
 #[test]
 fn in_place_restore_of_an_unchanged_volume_writes_nothing() {
-    let k = Kube::new();
-    fill(&k.data());
-    let (_, snaps, _) = k.snapshot(&["pvc/default/data"]);
-    let id = snaps[0]["id"].as_str().unwrap();
+    let (k, id) = snapshotted_data();
+    let id = id.as_str();
     let full: Value = serde_json::from_slice(
         &k.env
             .ok(&[
@@ -614,10 +627,8 @@ fn in_place_restore_of_an_unchanged_volume_writes_nothing() {
 
 #[test]
 fn a_failed_in_place_restore_still_scales_the_workload_back() {
-    let k = Kube::new();
-    fill(&k.data());
-    let (_, snaps, _) = k.snapshot(&["pvc/default/data"]);
-    let id = snaps[0]["id"].as_str().unwrap();
+    let (k, id) = snapshotted_data();
+    let id = id.as_str();
     fs::write(k.data().join("PG_VERSION"), b"17\n").unwrap();
     // Lose every pack of the repository: the snapshot's trees cannot be read.
     let data = k.env.repo().join("data");
@@ -631,19 +642,13 @@ fn a_failed_in_place_restore_still_scales_the_workload_back() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("restore into pvc/default/data failed; the volume may be partly restored: its content from before is in snapshot"), "{err}");
     assert!(err.contains("the pack is missing"), "{err}");
-    assert!(
-        err.contains("scaled Deployment default/web back to 2 replicas"),
-        "{err}"
-    );
-    assert_eq!(k.replicas(Kind::Deployment, "default", "web"), 2);
+    assert_scaled_back(&k, &err);
 }
 
 #[test]
 fn waiting_for_pods_gives_up_after_the_timeout_and_scales_back() {
-    let k = Kube::new();
-    fill(&k.data());
-    let (_, snaps, _) = k.snapshot(&["pvc/default/data"]);
-    let id = snaps[0]["id"].as_str().unwrap();
+    let (k, id) = snapshotted_data();
+    let id = id.as_str();
     fs::write(k.data().join("PG_VERSION"), b"17\n").unwrap();
     // A bare pod nobody can scale away keeps using the claim.
     k.fake.insert(fixtures::pod(
@@ -677,10 +682,8 @@ fn waiting_for_pods_gives_up_after_the_timeout_and_scales_back() {
 
 #[test]
 fn in_place_restore_asks_first_and_refuses_without_a_terminal() {
-    let k = Kube::new();
-    fill(&k.data());
-    let (_, snaps, _) = k.snapshot(&["pvc/default/data"]);
-    let id = snaps[0]["id"].as_str().unwrap();
+    let (k, id) = snapshotted_data();
+    let id = id.as_str();
     fs::write(k.data().join("PG_VERSION"), b"17\n").unwrap();
     let out = k.run(&["restore", id, "--to-pvc", "default/data"]);
     let err = stderr(&out);
@@ -705,10 +708,8 @@ fn in_place_restore_asks_first_and_refuses_without_a_terminal() {
 
 #[test]
 fn a_clone_is_a_new_claim_bound_to_a_volume_on_the_restored_directory() {
-    let k = Kube::new();
-    fill(&k.data());
-    let (_, snaps, _) = k.snapshot(&["pvc/default/data"]);
-    let id = snaps[0]["id"].as_str().unwrap();
+    let (k, id) = snapshotted_data();
+    let id = id.as_str();
     let out = k.ok(&["restore", id, "--to-new-pvc", "default/data-copy", "--json"]);
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let pv_name = "pvsnap-default-data-copy";

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,18 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
+/// What each test starts from: its share of the trials and a seeded
+/// generator ([`setup`]), a repository ([`init`]), and a source folder `src`
+/// with what its files hold.
+fn start(name: &str, share: u64) -> (u64, Rng, Env, PathBuf, Source) {
+    let (trials, rng) = setup(name, share);
+    let env = Env::new();
+    init(&env);
+    let src = env.path("src");
+    let source = Source::new(&src);
+    (trials, rng, env, src, source)
+}
+
 /// This test's share of the trials, and the seed of its generator.
 fn setup(name: &str, share: u64) -> (u64, Rng) {
     let total = env_u64("PVSNAP_KILL_TRIALS").unwrap_or(20);
@@ -77,6 +89,27 @@ struct Tally {
     snapshots_lost: u64,
     check_failures: u64,
     restores_verified: u64,
+}
+
+impl Tally {
+    /// Counts a trial, whether its kill landed mid-run or not.
+    fn trial(&mut self, killed: bool) {
+        self.trials += 1;
+        if killed {
+            self.killed_mid_run += 1;
+        } else {
+            self.finished_before_kill += 1;
+        }
+    }
+
+    /// Prints the counts of test `name` and requires a kill mid-run.
+    fn report(&self, name: &str) {
+        eprintln!("kill -9 of {name}: {self:?}");
+        assert!(
+            self.killed_mid_run > 0,
+            "no kill landed before the end of a run: {self:?}"
+        );
+    }
 }
 
 /// The source folder and what its files hold.
@@ -126,23 +159,13 @@ impl Source {
 
 /// Checksums of every file below `root`.
 fn restored(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(root).expect("below").to_string_lossy();
-                out.insert(
-                    rel.into_owned(),
-                    util::checksum(&std::fs::read(&p).expect("read")),
-                );
-            }
-        }
-    }
-    out
+    util::files_below(root)
+        .into_iter()
+        .map(|p| {
+            let sum = util::checksum(&std::fs::read(&p).expect("read"));
+            (util::relative(root, &p), sum)
+        })
+        .collect()
 }
 
 /// A repository with small packs and chunks, so a run writes many packs.
@@ -250,6 +273,15 @@ fn assert_restores(env: &Env, id: &str, expected: &BTreeMap<String, String>, tal
     tally.restores_verified += 1;
 }
 
+/// After the last trial: `check --read-data` passes and every snapshot in
+/// `kept` restores bit-exact.
+fn verify_all(env: &Env, kept: &BTreeMap<String, BTreeMap<String, String>>, tally: &mut Tally) {
+    check(env, true, tally, "after the last trial");
+    for (id, expected) in kept {
+        assert_restores(env, id, expected, tally);
+    }
+}
+
 fn snapshot_id(out: &Output) -> String {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("snapshot --json");
     v[0]["id"].as_str().expect("snapshot id").to_string()
@@ -257,12 +289,8 @@ fn snapshot_id(out: &Output) -> String {
 
 #[test]
 fn kill_snapshot_at_random_points() {
-    let (trials, mut rng) = setup("snapshot", 8);
-    let env = Env::new();
-    init(&env);
-    let src = env.path("src");
+    let (trials, mut rng, env, src, mut source) = start("snapshot", 8);
     let src_arg = src.to_str().expect("utf-8").to_string();
-    let mut source = Source::new(&src);
     let mut kept = BTreeMap::new();
     let out = env.ok(&["snapshot", &src_arg, "--json"]);
     kept.insert(snapshot_id(&out), source.expected());
@@ -283,11 +311,8 @@ fn kill_snapshot_at_random_points() {
             source.change(&src, &mut rng);
         }
         let (out, killed) = delays.run_and_kill(&env, &["snapshot", &src_arg, "--json"], &mut rng);
-        tally.trials += 1;
-        if killed {
-            tally.killed_mid_run += 1;
-        } else {
-            tally.finished_before_kill += 1;
+        tally.trial(killed);
+        if !killed {
             kept.insert(snapshot_id(&out), source.expected());
         }
         check(&env, false, &mut tally, &context);
@@ -296,25 +321,14 @@ fn kill_snapshot_at_random_points() {
         let out = env.ok(&["snapshot", &src_arg, "--json"]);
         kept.insert(snapshot_id(&out), source.expected());
     }
-    check(&env, true, &mut tally, "after the last trial");
-    for (id, expected) in &kept {
-        assert_restores(&env, id, expected, &mut tally);
-    }
-    eprintln!("kill -9 of snapshot: {tally:?}");
-    assert!(
-        tally.killed_mid_run > 0,
-        "no kill landed before the end of a run: {tally:?}"
-    );
+    verify_all(&env, &kept, &mut tally);
+    tally.report("snapshot");
 }
 
 #[test]
 fn kill_prune_at_random_points() {
-    let (trials, mut rng) = setup("prune and forget --prune", 6);
-    let env = Env::new();
-    init(&env);
-    let src = env.path("src");
+    let (trials, mut rng, env, src, mut source) = start("prune and forget --prune", 6);
     let src_arg = src.to_str().expect("utf-8").to_string();
-    let mut source = Source::new(&src);
     // Snapshots in the order taken, with what each holds.
     let mut kept: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -353,12 +367,7 @@ fn kill_prune_at_random_points() {
             [&["forget", oldest.as_str(), "--prune"][..], &prune[..]].concat()
         };
         let (_, killed) = delays.run_and_kill(&env, &args, &mut rng);
-        tally.trials += 1;
-        if killed {
-            tally.killed_mid_run += 1;
-        } else {
-            tally.finished_before_kill += 1;
-        }
+        tally.trial(killed);
         check(&env, false, &mut tally, &context);
         assert_none_lost(&env, &kept, &mut tally, &context);
         // A forget killed before it removed the snapshot leaves it whole.
@@ -373,24 +382,13 @@ fn kill_prune_at_random_points() {
         let newest = order.last().expect("a snapshot");
         assert_restores(&env, newest, &kept[newest], &mut tally);
     }
-    check(&env, true, &mut tally, "after the last trial");
-    for (id, expected) in &kept {
-        assert_restores(&env, id, expected, &mut tally);
-    }
-    eprintln!("kill -9 of prune: {tally:?}");
-    assert!(
-        tally.killed_mid_run > 0,
-        "no kill landed before the end of a run: {tally:?}"
-    );
+    verify_all(&env, &kept, &mut tally);
+    tally.report("prune");
 }
 
 #[test]
 fn kill_restore_at_random_points() {
-    let (trials, mut rng) = setup("restore", 6);
-    let env = Env::new();
-    init(&env);
-    let src = env.path("src");
-    let source = Source::new(&src);
+    let (trials, mut rng, env, src, source) = start("restore", 6);
     let id = snapshot_id(&env.ok(&["snapshot", src.to_str().expect("utf-8"), "--json"]));
     let expected = source.expected();
     let mut tally = Tally::default();
@@ -413,12 +411,7 @@ fn kill_restore_at_random_points() {
         let target_arg = target.to_str().expect("utf-8");
         let (_, killed) =
             delays.run_and_kill(&env, &["restore", &id, "--target", target_arg], &mut rng);
-        tally.trials += 1;
-        if killed {
-            tally.killed_mid_run += 1;
-        } else {
-            tally.finished_before_kill += 1;
-        }
+        tally.trial(killed);
         check(&env, false, &mut tally, &context);
         // The same restore again, over what the killed one left: not
         // blocked, and the target ends up bit-exact.
@@ -436,9 +429,5 @@ fn kill_restore_at_random_points() {
     kept.insert(id.clone(), expected.clone());
     assert_none_lost(&env, &kept, &mut tally, "after the last trial");
     check(&env, true, &mut tally, "after the last trial");
-    eprintln!("kill -9 of restore: {tally:?}");
-    assert!(
-        tally.killed_mid_run > 0,
-        "no kill landed before the end of a run: {tally:?}"
-    );
+    tally.report("restore");
 }

@@ -522,6 +522,18 @@ fn ok_or_damaged(env: &Env, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Asserts that the `check --json` report `r` has an error of `kind` whose
+/// `field` is `value`.
+fn assert_error(r: &Value, kind: &str, field: &str, value: &str) {
+    let errors = r["errors"].as_array().expect("errors");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["kind"] == kind && e[field] == value),
+        "no {kind} error with {field} {value}: {r}"
+    );
+}
+
 #[test]
 fn check_names_a_truncated_index_file() {
     let f = fixture();
@@ -535,14 +547,7 @@ fn check_names_a_truncated_index_file() {
         .set_len(len / 2)
         .unwrap();
     let (r, _) = fails(&f.env, &["check", "--json"], 4);
-    assert!(
-        r["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "index_damaged" && e["index"] == victim.as_str()),
-        "{r}"
-    );
+    assert_error(&r, "index_damaged", "index", victim.as_str());
     assert_eq!(
         damaged_paths(&r, &f.second),
         ["/".to_string()].into(),
@@ -562,14 +567,7 @@ fn check_names_a_missing_pack_and_the_files_it_held() {
     let pack = data_pack(&f.env.repo(), &f.second_packs);
     std::fs::remove_file(pack_path(&f.env.repo(), &pack)).unwrap();
     let (r, _) = fails(&f.env, &["check", "--json"], 4);
-    assert!(
-        r["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "pack_missing" && e["pack"] == pack.as_str()),
-        "{r}"
-    );
+    assert_error(&r, "pack_missing", "pack", pack.as_str());
     assert_eq!(
         damaged_paths(&r, &f.second),
         ["/only-second.bin".to_string()].into()

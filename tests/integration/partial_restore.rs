@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use crate::util::Env;
+use crate::util::{self, Env};
 
 /// A volume three and four folders deep, like a homelab's PostgreSQL,
 /// uploads and git volumes side by side.
@@ -33,23 +33,16 @@ fn source(env: &Env) -> std::path::PathBuf {
     src
 }
 
-/// Every regular file below `root`, relative, with its content.
+/// Every regular file below `root`, relative, with its content; none when
+/// `root` does not exist.
 fn files(root: &Path) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert((rel, fs::read_to_string(&p).unwrap()));
-            }
-        }
+    if !root.exists() {
+        return BTreeSet::new();
     }
-    out
+    util::files_below(root)
+        .into_iter()
+        .map(|p| (util::relative(root, &p), fs::read_to_string(&p).unwrap()))
+        .collect()
 }
 
 /// The files of [`FILES`] whose path satisfies `keep`, re-rooted below `under`.

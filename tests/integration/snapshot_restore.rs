@@ -244,7 +244,7 @@ fn encrypted_repository_needs_the_password_and_holds_no_plaintext() {
     assert!(!snap[0]["id"].as_str().unwrap().is_empty());
 
     // Nothing stored reveals the content or the file name.
-    for entry in walk_files(&env.repo()) {
+    for entry in util::files_below(&env.repo()) {
         let bytes = fs::read(&entry).unwrap();
         for needle in [&b"PLAINTEXT-MARKER"[..], b"secret-file-name"] {
             assert!(
@@ -286,22 +286,6 @@ fn encrypted_repository_needs_the_password_and_holds_no_plaintext() {
     );
 }
 
-fn walk_files(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_corrupted_pack_is_reported_not_silently_restored() {
     let env = Env::new();
@@ -310,7 +294,7 @@ fn a_corrupted_pack_is_reported_not_silently_restored() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("victim"), util::noise(3, 3 * 1024 * 1024)).unwrap();
     env.snapshot(&src, &[]);
-    let packs: Vec<_> = walk_files(&env.repo().join("data"));
+    let packs = util::files_below(&env.repo().join("data"));
     assert_eq!(packs.len(), 2, "one data pack and one tree pack");
     // Flip a byte in the middle of the data pack (the big one).
     let data_pack = packs
@@ -776,14 +760,7 @@ fn a_second_key_opens_the_repository_and_the_first_can_be_removed() {
     fs::write(&pw2, "second secret\n").unwrap();
     let (p1, p2) = (pw1.to_str().unwrap(), pw2.to_str().unwrap());
     env.ok(&["--password-file", p1, "init", "--encryption"]);
-    env.ok(&[
-        "--password-file",
-        p1,
-        "key",
-        "add",
-        "--new-password-file",
-        p2,
-    ]);
+    env.add_key(p1, p2);
     let keys: serde_json::Value = serde_json::from_slice(
         &env.ok(&["--password-file", p2, "key", "list", "--json"])
             .stdout,

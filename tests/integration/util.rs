@@ -53,6 +53,19 @@ impl Env {
         self.cmd().args(args).output().expect("run pvsnap")
     }
 
+    /// `key add`: a key slot opened by `new_password_file`, added with the
+    /// key of `password_file`.
+    pub fn add_key(&self, password_file: &str, new_password_file: &str) -> Output {
+        self.ok(&[
+            "--password-file",
+            password_file,
+            "key",
+            "add",
+            "--new-password-file",
+            new_password_file,
+        ])
+    }
+
     pub fn init(&self) {
         self.ok(&["init"]);
     }
@@ -89,6 +102,46 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 
 fn blake3_like(seed: u64) -> u64 {
     seed.wrapping_mul(0x9E3779B97F4A7C15) ^ 0xD1B54A32D192ED03
+}
+
+/// Every file below `root` (anything but a folder, which is entered), in
+/// path order.
+pub fn files_below(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let p = entry.expect("entry").path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out.sort();
+    out
+}
+
+/// `path` relative to `root`, as text.
+pub fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .expect("below root")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Writes `n` files `f00`, `f01`, ... of `size` bytes into `dir` (made if
+/// missing), file `i` holding the [`noise`] of seed `first_seed + i`.
+pub fn write_noise_files(dir: &Path, first_seed: u64, n: usize, size: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        std::fs::write(
+            dir.join(format!("f{i:02}")),
+            noise(first_seed + i as u64, size),
+        )
+        .unwrap();
+    }
 }
 
 /// Every entry below `root` with its metadata, for comparing trees.

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{RestoreOptions, RestoreProgress, RestoreSummary, restore};
 use crate::IndexedRepository;
@@ -104,26 +104,66 @@ fn build_source(root: &Path) {
     .unwrap();
 }
 
+/// A snapshot of [`build_source`] in a fresh repository, and the temporary
+/// folder holding the source (`src`) and the restore targets.
+struct Fixture {
+    dir: tempfile::TempDir,
+    src: PathBuf,
+    repo: IndexedRepository,
+    snap: Snapshot,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        build_source(&src);
+        let mut repo = repo();
+        let snap = snapshot(&mut repo, &src);
+        Fixture {
+            dir,
+            src,
+            repo,
+            snap,
+        }
+    }
+
+    /// `name` below the temporary folder.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A fresh restore of the snapshot to `name` below the temporary folder.
+    fn restored(&self, name: &str) -> PathBuf {
+        let target = self.path(name);
+        self.restore(&target, &RestoreOptions::default());
+        target
+    }
+
+    /// Restores the snapshot to `target`; see [`restore_with`].
+    fn restore(&self, target: &Path, opts: &RestoreOptions) -> RestoreSummary {
+        restore_with(&self.repo, &self.snap, target, opts)
+    }
+}
+
+/// Writes `bytes` at `offset` into the existing file `path`, and returns the
+/// file still open for writing.
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) -> fs::File {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+    f
+}
+
 #[test]
 fn in_place_restore_over_a_dirty_target_gives_the_snapshot_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    build_source(&src);
-    let mut repo = repo();
-    let snap = snapshot(&mut repo, &src);
-    let fresh = dir.path().join("fresh");
-    restore_with(&repo, &snap, &fresh, &RestoreOptions::default());
+    let fx = Fixture::new();
+    let fresh = fx.restored("fresh");
 
     // The volume as a running workload left it after the snapshot.
-    let vol = dir.path().join("vol");
-    restore_with(&repo, &snap, &vol, &RestoreOptions::default());
-    let table = fs::OpenOptions::new()
-        .write(true)
-        .open(vol.join("db/base/table.dat"))
+    let vol = fx.restored("vol");
+    write_at(&vol.join("db/base/table.dat"), 700_000, b"overwritten page")
+        .set_len(2_000_000) // grown
         .unwrap();
-    table.write_all_at(b"overwritten page", 700_000).unwrap();
-    table.set_len(2_000_000).unwrap(); // grown
-    drop(table);
     fs::write(vol.join("logs/app.log"), "short\n").unwrap(); // shrunk
     fs::remove_file(vol.join("db/PG_VERSION")).unwrap(); // deleted
     fs::create_dir_all(vol.join("db/pg_wal/archive")).unwrap(); // extra tree
@@ -135,18 +175,13 @@ fn in_place_restore_over_a_dirty_target_gives_the_snapshot_exactly() {
     fs::write(vol.join("logs"), b"a file where a folder was").unwrap();
     fs::remove_file(vol.join("version-link")).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", vol.join("version-link")).unwrap(); // retargeted
-    fs::OpenOptions::new()
-        .write(true)
-        .open(vol.join("sparse.img"))
-        .unwrap()
-        .write_all_at(b"data in a hole", 100)
-        .unwrap();
+    write_at(&vol.join("sparse.img"), 100, b"data in a hole");
     fs::set_permissions(vol.join("db"), fs::Permissions::from_mode(0o700)).unwrap();
     xattr::set(vol.join("db/base/table.dat"), "user.stale", b"1").unwrap();
     xattr::set(vol.join("db"), "user.stale", b"1").unwrap();
     assert_ne!(manifest(&vol), manifest(&fresh));
 
-    let s = restore_with(&repo, &snap, &vol, &IN_PLACE);
+    let s = fx.restore(&vol, &IN_PLACE);
     assert_eq!(manifest(&vol), manifest(&fresh));
     assert_eq!(s.deleted, 2, "db/pg_wal and new-file: {s:?}");
     for p in ["db/base/table.dat", "db"] {
@@ -167,29 +202,20 @@ fn in_place_restore_over_a_dirty_target_gives_the_snapshot_exactly() {
 
 #[test]
 fn chunks_already_in_place_are_not_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    build_source(&src);
-    let mut repo = repo();
-    let snap = snapshot(&mut repo, &src);
-    let vol = dir.path().join("vol");
-    let full = restore_with(&repo, &snap, &vol, &RestoreOptions::default());
+    let fx = Fixture::new();
+    let vol = fx.path("vol");
+    let full = fx.restore(&vol, &RestoreOptions::default());
     assert!(full.bytes_written > 1_500_000, "{full:?}");
 
     // Unchanged volume: nothing to write.
-    let same = restore_with(&repo, &snap, &vol, &IN_PLACE);
+    let same = fx.restore(&vol, &IN_PLACE);
     assert_eq!(same.bytes_written, 0, "{same:?}");
     assert_eq!(same.files_skipped, same.files, "{same:?}");
     assert_eq!(same.bytes_skipped, full.bytes_written);
 
     // One page changed in the large file: only its chunk is written.
-    let table = fs::OpenOptions::new()
-        .write(true)
-        .open(vol.join("db/base/table.dat"))
-        .unwrap();
-    table.write_all_at(b"changed", 1_000_000).unwrap();
-    drop(table);
-    let one = restore_with(&repo, &snap, &vol, &IN_PLACE);
+    write_at(&vol.join("db/base/table.dat"), 1_000_000, b"changed");
+    let one = fx.restore(&vol, &IN_PLACE);
     assert!(
         one.bytes_written > 0 && one.bytes_written <= 256 * 1024,
         "{one:?}"
@@ -197,33 +223,29 @@ fn chunks_already_in_place_are_not_written() {
     assert_eq!(one.files_skipped, one.files - 1, "{one:?}");
     assert_eq!(
         fs::read(vol.join("db/base/table.dat")).unwrap(),
-        fs::read(src.join("db/base/table.dat")).unwrap()
+        fs::read(fx.src.join("db/base/table.dat")).unwrap()
     );
 
     // Without reuse the same restore writes everything again.
-    let again = restore_with(&repo, &snap, &vol, &RestoreOptions::default());
+    let again = fx.restore(&vol, &RestoreOptions::default());
     assert_eq!(again.bytes_written, full.bytes_written);
 }
 
 #[test]
 fn deleting_extra_entries_never_follows_symlinks_out_of_the_target() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    build_source(&src);
-    let mut repo = repo();
-    let snap = snapshot(&mut repo, &src);
-    let outside = dir.path().join("outside");
+    let fx = Fixture::new();
+    let outside = fx.path("outside");
     fs::create_dir_all(outside.join("keep")).unwrap();
     fs::write(outside.join("keep/precious"), b"not the volume's").unwrap();
     fs::write(outside.join("table.dat"), b"not the volume's either").unwrap();
 
-    let vol = dir.path().join("vol");
+    let vol = fx.path("vol");
     fs::create_dir_all(&vol).unwrap();
     // An extra symlink to a folder outside, and a symlink where the
     // snapshot has a folder (`db`), pointing outside too.
     std::os::unix::fs::symlink(&outside, vol.join("escape")).unwrap();
     std::os::unix::fs::symlink(&outside, vol.join("db")).unwrap();
-    let s = restore_with(&repo, &snap, &vol, &IN_PLACE);
+    let s = fx.restore(&vol, &IN_PLACE);
 
     assert!(s.deleted >= 1, "{s:?}");
     assert!(
@@ -247,38 +269,29 @@ fn deleting_extra_entries_never_follows_symlinks_out_of_the_target() {
 
 #[test]
 fn a_file_with_two_names_is_replaced_not_written_through() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    build_source(&src);
-    let mut repo = repo();
-    let snap = snapshot(&mut repo, &src);
-    let vol = dir.path().join("vol");
-    restore_with(&repo, &snap, &vol, &RestoreOptions::default());
+    let fx = Fixture::new();
+    let vol = fx.restored("vol");
     // Another name for the volume's file, outside the volume.
-    let other = dir.path().join("other-name");
+    let other = fx.path("other-name");
     fs::write(vol.join("db/PG_VERSION"), b"15\n").unwrap();
     fs::hard_link(vol.join("db/PG_VERSION"), &other).unwrap();
-    restore_with(&repo, &snap, &vol, &IN_PLACE);
+    fx.restore(&vol, &IN_PLACE);
     assert_eq!(fs::read(vol.join("db/PG_VERSION")).unwrap(), b"16\n");
     assert_eq!(fs::read(&other).unwrap(), b"15\n");
 }
 
 #[test]
 fn deleting_extra_entries_refuses_filters() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    build_source(&src);
-    let mut repo = repo();
-    let snap = snapshot(&mut repo, &src);
+    let fx = Fixture::new();
     let opts = RestoreOptions {
         excludes: vec!["logs".into()],
         ..IN_PLACE
     };
     let err = restore(
-        &repo,
-        &snap,
+        &fx.repo,
+        &fx.snap,
         None,
-        &dir.path().join("vol"),
+        &fx.path("vol"),
         &opts,
         &RestoreProgress::default(),
     )

@@ -24,9 +24,9 @@ fn linear(extents: &[Extent], offset: u64) -> Option<usize> {
     None
 }
 
-#[test]
-fn extent_search_finds_chunks_holes_and_skips_empty_extents() {
-    let extents = vec![
+/// Data 0..10, a hole 10..15, an empty extent, data 15..22.
+fn sample_extents() -> Vec<Extent> {
+    vec![
         Extent {
             chunk: chunk(1),
             len: 10,
@@ -43,8 +43,12 @@ fn extent_search_finds_chunks_holes_and_skips_empty_extents() {
             chunk: chunk(3),
             len: 7,
         },
-    ];
-    let map = FileMap::new(extents.clone());
+    ]
+}
+
+#[test]
+fn extent_search_finds_chunks_holes_and_skips_empty_extents() {
+    let map = FileMap::new(sample_extents());
     assert_eq!(map.extent_at(0), Some(0));
     assert_eq!(map.extent_at(9), Some(0));
     assert_eq!(map.extent_at(10), Some(1), "the hole");
@@ -59,24 +63,7 @@ fn extent_search_finds_chunks_holes_and_skips_empty_extents() {
 #[test]
 fn seek_finds_data_and_holes() {
     // data 0..10, hole 10..15, data 15..22, then zeros past the content up to 30.
-    let map = FileMap::new(vec![
-        Extent {
-            chunk: chunk(1),
-            len: 10,
-        },
-        Extent {
-            chunk: None,
-            len: 5,
-        },
-        Extent {
-            chunk: chunk(2),
-            len: 0,
-        },
-        Extent {
-            chunk: chunk(3),
-            len: 7,
-        },
-    ]);
+    let map = FileMap::new(sample_extents());
     let data = |off| map.seek(off, true, 30);
     let hole = |off| map.seek(off, false, 30);
     assert_eq!(
@@ -120,6 +107,16 @@ fn backup(repo: &mut IndexedRepository, dir: &Path, millis: i64) -> Snapshot {
         ..BackupOptions::default()
     };
     testutil::backup_indexed(repo, dir, &opts)
+}
+
+/// A folder holding one file `f` with `content`, and a repository with a
+/// snapshot of it recorded at `millis`.
+fn one_file(content: &[u8], millis: i64) -> (tempfile::TempDir, IndexedRepository, Snapshot) {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), content).unwrap();
+    let mut r = repo();
+    let snap = backup(&mut r, src.path(), millis);
+    (src, r, snap)
 }
 
 fn opts() -> VfsOptions {
@@ -269,10 +266,7 @@ fn a_snapshot_reads_back_at_any_offset_with_its_metadata() {
 
 #[test]
 fn sources_and_ids_lead_to_the_snapshots_and_new_snapshots_appear() {
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(src.path().join("f"), b"one").unwrap();
-    let mut r = repo();
-    let first = backup(&mut r, src.path(), 100_100);
+    let (src, r, first) = one_file(b"one", 100_100);
     let mut writer = r.repository().clone().load_index().unwrap();
     let vfs = Vfs::new(r, opts()).unwrap();
 
@@ -329,10 +323,7 @@ fn sources_and_ids_lead_to_the_snapshots_and_new_snapshots_appear() {
 
 #[test]
 fn one_snapshot_at_the_root() {
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(src.path().join("f"), b"x").unwrap();
-    let mut r = repo();
-    let snap = backup(&mut r, src.path(), 100_000);
+    let (_src, r, snap) = one_file(b"x", 100_000);
     let vfs = Vfs::new(
         r,
         VfsOptions {
