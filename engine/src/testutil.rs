@@ -31,11 +31,7 @@ pub fn mem_repo(encrypted: bool) -> (Arc<MemoryBackend>, Repository) {
         },
         compression_level: 3,
         pack_size: 48 * 1024,
-        kdf: KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        },
+        kdf: cheap_kdf(),
     };
     let repo = Repository::init(mem.clone(), opts).expect("init");
     (mem, repo)
@@ -228,4 +224,13 @@ pub fn files(seed: u64, n: usize, size: usize) -> BTreeMap<String, Vec<u8>> {
             )
         })
         .collect()
+}
+
+/// Argon2 costs low enough for tests (64 KiB, one pass).
+pub fn cheap_kdf() -> KdfParams {
+    KdfParams {
+        m_cost: 64,
+        t_cost: 1,
+        p_cost: 1,
+    }
 }

@@ -361,14 +361,7 @@ pub mod hex_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cheap() -> KdfParams {
-        KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        }
-    }
+    use crate::testutil::cheap_kdf as cheap;
 
     #[test]
     fn buffer_variants_agree_with_the_allocating_ones() {

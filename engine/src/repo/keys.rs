@@ -241,16 +241,10 @@ mod tests {
     use crate::backend::memory::MemoryBackend;
     use crate::repo::InitOptions;
 
-    fn cheap() -> KdfParams {
-        KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        }
-    }
+    use crate::testutil::cheap_kdf as cheap;
 
-    #[test]
-    fn add_open_with_new_key_and_remove_old() {
+    /// A repository in memory whose one key slot opens with `first`.
+    fn with_first_key() -> (DynBackend, Repository) {
         let b: DynBackend = Arc::new(MemoryBackend::new());
         let repo = Repository::init(
             b.clone(),
@@ -261,6 +255,12 @@ mod tests {
             },
         )
         .unwrap();
+        (b, repo)
+    }
+
+    #[test]
+    fn add_open_with_new_key_and_remove_old() {
+        let (b, repo) = with_first_key();
         let first = repo.keys().unwrap()[0].id;
         let second = repo.add_key(b"second", cheap()).unwrap();
         assert_eq!(repo.keys().unwrap().len(), 2);
@@ -290,16 +290,7 @@ mod tests {
 
     #[test]
     fn a_damaged_slot_is_named_not_taken_for_a_wrong_password() {
-        let b: DynBackend = Arc::new(MemoryBackend::new());
-        let repo = Repository::init(
-            b.clone(),
-            InitOptions {
-                password: Some(b"first".to_vec()),
-                kdf: cheap(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (b, repo) = with_first_key();
         let second = repo.add_key(b"second", cheap()).unwrap();
         let key = ObjectKey::new(ObjectKind::Key, second.to_hex());
         let good = b.get(&key).unwrap();
