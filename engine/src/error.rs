@@ -162,6 +162,21 @@ pub enum Error {
     SnapshotNotFound(String),
     #[error("`{prefix}` matches {count} snapshots; give more digits of the id")]
     AmbiguousSnapshot { prefix: String, count: usize },
+    /// `latest` where a command works on one source and the repository
+    /// holds several; `near` is the source that had none (a claim).
+    #[error("{}", latest_needs_source(near.as_deref(), sources))]
+    LatestNeedsSource {
+        near: Option<String>,
+        sources: Vec<String>,
+    },
+    /// `latest:SOURCE` for a source without snapshots; `key` is what
+    /// `given` names (a relative path resolved).
+    #[error("{}", no_snapshot_of_source(given, key, sources))]
+    NoSnapshotOfSource {
+        given: String,
+        key: String,
+        sources: Vec<String>,
+    },
     #[error("{path}: no such path in snapshot {snapshot}")]
     PathNotInSnapshot { snapshot: String, path: String },
     #[error(
@@ -225,3 +240,37 @@ impl From<crate::maintenance::retention::RetentionError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of [`Error::LatestNeedsSource`]: every source, in the form
+/// that names its newest snapshot.
+fn latest_needs_source(near: Option<&str>, sources: &[String]) -> String {
+    let why = match near {
+        Some(n) => format!("{n} has no snapshot, and this repository"),
+        None => "`latest` is ambiguous: this repository".to_string(),
+    };
+    let mut m = format!(
+        "{why} holds snapshots of {} sources; name one as `latest:SOURCE`:",
+        sources.len()
+    );
+    for s in sources {
+        m.push_str(&format!("\n  latest:{s}"));
+    }
+    m
+}
+
+/// The message of [`Error::NoSnapshotOfSource`].
+fn no_snapshot_of_source(given: &str, key: &str, sources: &[String]) -> String {
+    let named = if given.trim_end_matches('/') == key.trim_end_matches('/') {
+        format!("`{given}`")
+    } else {
+        format!("`{given}` (that is {key})")
+    };
+    if sources.is_empty() {
+        return format!("no snapshot of source {named}: this repository holds no snapshot");
+    }
+    let mut m = format!("no snapshot of source {named}; the sources with snapshots are:");
+    for s in sources {
+        m.push_str(&format!("\n  latest:{s}"));
+    }
+    m
+}

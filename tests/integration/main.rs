@@ -12,6 +12,7 @@ mod guards;
 mod hostile;
 mod k8s;
 mod kill;
+mod latest_source;
 mod locks;
 mod maintenance;
 mod mount;

@@ -14,7 +14,7 @@ use crate::{Cli, output};
 
 #[derive(clap::Args)]
 pub struct SnapshotsArgs {
-    /// Only snapshots of this source (a path, or pvc/NS/NAME)
+    /// Only snapshots of this source (a path, relative ones from the current folder, or pvc/NS/NAME)
     #[arg(long)]
     pub source: Option<String>,
     /// Only snapshots of this Kubernetes claim (same as --source pvc/NS/NAME)
@@ -34,7 +34,7 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         .as_deref()
         .map(|c| crate::k8s::parse_claim(c).map(|c| crate::k8s::claim_key(&c)))
         .transpose()?;
-    let source = pvc.as_ref().or(a.source.as_ref());
+    let source = pvc.or(a.source.as_deref().map(pvsnap_engine::repo::source_key));
     let repo = crate::repo::open(cli, false, false)?;
     let (all, bad) = repo.snapshots_lenient()?;
     for (id, e) in &bad {
@@ -47,7 +47,8 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         .into_iter()
         .filter(|s| {
             source
-                .is_none_or(|src| s.source.key().trim_end_matches('/') == src.trim_end_matches('/'))
+                .as_ref()
+                .is_none_or(|src| pvsnap_engine::repo::same_source(&s.source.key(), src))
         })
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
         .collect();
@@ -207,8 +208,16 @@ pub struct DiffArgs {
 
 pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?.load_index()?;
-    let x = repo.resolve_snapshot(&a.from)?;
-    let y = repo.resolve_snapshot(&a.to)?;
+    let (x, y) = repo.resolve_pair(&a.from, &a.to)?;
+    if x.source.key() != y.source.key() && !cli.quiet {
+        eprintln!(
+            "pvsnap: comparing snapshots of two sources: {} ({}) and {} ({})",
+            x.short_id(),
+            x.source.key(),
+            y.short_id(),
+            y.source.key()
+        );
+    }
     let changes = walk::diff(&repo, &x.tree, &y.tree)?;
     if a.json {
         output::json(&changes)?;

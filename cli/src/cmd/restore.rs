@@ -15,7 +15,7 @@ use crate::{Cli, output};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Snapshot: an id, a unique prefix, `latest` or `latest:SOURCE`
+    /// Snapshot: an id, a unique prefix, `latest` (of the --to-pvc claim, or of the only source) or `latest:SOURCE`
     pub snapshot: String,
     /// Folder to restore into; the snapshot's root content lands directly in it
     #[arg(long, required_unless_present_any = ["to_pvc", "to_new_pvc"], conflicts_with_all = ["to_pvc", "to_new_pvc"])]

@@ -36,7 +36,7 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let key = k8s::claim_key(&claim);
     let repo = crate::repo::open(cli, false, false)?;
     let (mut repo, _lock) = super::locked(repo, false, "restore")?;
-    let snap = repo.resolve_snapshot(&a.snapshot)?;
+    let snap = repo.resolve_snapshot_near(&a.snapshot, &key)?;
     let kube = Kube::connect(&a.kube)?;
     let cluster = kube.connected();
     let target = kube

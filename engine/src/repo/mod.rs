@@ -22,7 +22,10 @@ pub use config::{
 };
 pub(crate) use host::hostname;
 pub use host::hostname_public;
-pub use snapshots::{Unreadable, resolve_in, sort_snapshots, warn_unreadable_snapshots};
+pub use snapshots::{
+    Unreadable, resolve_for, resolve_in, same_source, sort_snapshots, source_key,
+    warn_unreadable_snapshots,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -91,13 +91,82 @@ impl Repository {
         Ok(self.backend.delete(&Self::snapshot_key(id))?)
     }
 
-    /// Resolves a full id, a unique prefix, `latest` or `latest:SOURCE`.
-    /// Damaged snapshot objects are skipped with a warning.
+    /// Resolves a full id, a unique prefix, `latest` or `latest:SOURCE` for
+    /// a command that works on one source: `latest` is the newest snapshot
+    /// of the repository's only source, and an error listing the sources
+    /// when it holds several (see [`resolve_for`]). Damaged snapshot objects
+    /// are skipped with a warning.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<Snapshot> {
         let (snaps, bad) = self.snapshots_lenient()?;
         warn_unreadable_snapshots(&bad);
-        resolve_in(&snaps, spec).cloned()
+        resolve_for(&snaps, spec, None).cloned()
     }
+
+    /// As [`Repository::resolve_snapshot`], but `latest` is the newest
+    /// snapshot of the source key `near` when it has one (the claim a
+    /// restore writes into).
+    pub fn resolve_snapshot_near(&self, spec: &str, near: &str) -> Result<Snapshot> {
+        let (snaps, bad) = self.snapshots_lenient()?;
+        warn_unreadable_snapshots(&bad);
+        resolve_for(&snaps, spec, Some(near)).cloned()
+    }
+
+    /// Resolves the two sides of a comparison: a plain `latest` on one side
+    /// is the newest snapshot of the other side's source.
+    pub fn resolve_pair(&self, from: &str, to: &str) -> Result<(Snapshot, Snapshot)> {
+        let (snaps, bad) = self.snapshots_lenient()?;
+        warn_unreadable_snapshots(&bad);
+        let (x, y) = if from == LATEST && to != LATEST {
+            let y = resolve_for(&snaps, to, None)?;
+            (resolve_for(&snaps, from, Some(&y.source.key()))?, y)
+        } else {
+            let x = resolve_for(&snaps, from, None)?;
+            (x, resolve_for(&snaps, to, Some(&x.source.key()))?)
+        };
+        Ok((x.clone(), y.clone()))
+    }
+}
+
+const LATEST: &str = "latest";
+
+/// The source key a user's SOURCE names (in `latest:SOURCE` and
+/// `snapshots --source`): `pvc/NS/NAME` and absolute paths as written; a
+/// relative path resolved against the current folder the way `pvsnap
+/// snapshot` resolves its folders (symlinks followed), or, when it does not
+/// exist any more, with `.` and `..` taken as written.
+pub fn source_key(arg: &str) -> String {
+    let path = std::path::Path::new(arg);
+    if arg.is_empty() || path.is_absolute() || arg.starts_with("pvc/") {
+        return arg.to_string();
+    }
+    if let Ok(abs) = std::fs::canonicalize(path) {
+        return abs.to_string_lossy().into_owned();
+    }
+    let Ok(mut abs) = std::env::current_dir() else {
+        return arg.to_string();
+    };
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                abs.pop();
+            }
+            std::path::Component::Normal(n) => abs.push(n),
+            _ => {}
+        }
+    }
+    abs.to_string_lossy().into_owned()
+}
+
+/// Whether a snapshot's source key is the one a user named (trailing `/`
+/// aside); `want` is already through [`source_key`].
+pub fn same_source(key: &str, want: &str) -> bool {
+    key.trim_end_matches('/') == want.trim_end_matches('/')
+}
+
+/// The distinct source keys of `snaps`, sorted.
+fn source_keys(snaps: &[Snapshot]) -> Vec<String> {
+    let keys: std::collections::BTreeSet<String> = snaps.iter().map(|s| s.source.key()).collect();
+    keys.into_iter().collect()
 }
 
 /// The one order of snapshots: oldest first, ties broken by id.
@@ -108,20 +177,55 @@ pub fn sort_snapshots<S: Borrow<Snapshot>>(snaps: &mut [S]) {
     });
 }
 
-/// Resolves `spec` within a list sorted oldest first.
+/// Resolves `spec` within a list sorted oldest first for a command that
+/// works on one source: `latest` is the newest snapshot of `near` when that
+/// source has one, else of the only source in `snaps`; with several sources
+/// it is an error that lists them in the `latest:SOURCE` form.
+pub fn resolve_for<'a>(
+    snaps: &'a [Snapshot],
+    spec: &str,
+    near: Option<&str>,
+) -> Result<&'a Snapshot> {
+    if spec != LATEST {
+        return resolve_in(snaps, spec);
+    }
+    if let Some(near) = near
+        && let Some(s) = snaps
+            .iter()
+            .rev()
+            .find(|s| same_source(&s.source.key(), near))
+    {
+        return Ok(s);
+    }
+    let sources = source_keys(snaps);
+    if sources.len() > 1 {
+        return Err(Error::LatestNeedsSource {
+            near: near.map(str::to_string),
+            sources,
+        });
+    }
+    resolve_in(snaps, spec)
+}
+
+/// Resolves `spec` within a list sorted oldest first; `latest` is the newest
+/// snapshot of any source (what `forget latest` removes).
 pub fn resolve_in<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
-    if spec == "latest" {
+    if spec == LATEST {
         return snaps
             .last()
             .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
     }
     if let Some(source) = spec.strip_prefix("latest:") {
-        let want = source.trim_end_matches('/');
+        let want = source_key(source);
         return snaps
             .iter()
             .rev()
-            .find(|s| s.source.key().trim_end_matches('/') == want)
-            .ok_or_else(|| Error::SnapshotNotFound(spec.into()));
+            .find(|s| same_source(&s.source.key(), &want))
+            .ok_or_else(|| Error::NoSnapshotOfSource {
+                given: source.to_string(),
+                key: want,
+                sources: source_keys(snaps),
+            });
     }
     let lower = spec.to_ascii_lowercase();
     if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
