@@ -3,6 +3,7 @@
 
 mod util;
 
+mod about;
 mod corruption;
 mod damage;
 mod deploy;

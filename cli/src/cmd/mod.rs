@@ -1,5 +1,6 @@
 //! One module per group of subcommands.
 
+pub mod about;
 pub mod init;
 pub mod inspect;
 pub mod key;
