@@ -107,12 +107,17 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
+    // Colour only for a person at a terminal: never in a redirected stderr
+    // (cron mail, journald), never with NO_COLOR set (no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PVSNAP_LOG")
                 .unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .without_time()
         .with_target(false)
         .init();
@@ -138,7 +143,7 @@ fn main() -> ExitCode {
             if output::is_broken_pipe(&e) {
                 return ExitCode::from(exit::OK);
             }
-            eprintln!("pvsnap: error: {e:#}");
+            eprintln!("pvsnap: error: {}", output::error_text(&e));
             ExitCode::from(exit_code_for(&e))
         }
     }

@@ -15,6 +15,24 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// An error and its causes on one line, each said once: a cause whose
+/// text the message before it already ends with (`write failed: No space
+/// left on device (os error 28)`) is not repeated.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.ends_with(&part) || text.contains(&format!("{part}: ")) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Prints pretty JSON to standard output.
 pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -44,4 +62,21 @@ pub fn local_time(t: jiff::Timestamp) -> String {
     t.to_zoned(TimeZone::system())
         .strftime("%Y-%m-%d %H:%M:%S")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_already_in_the_message_are_said_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = anyhow::Error::from(pvsnap_engine::Error::Io {
+            path: "/r/data/00/x".into(),
+            action: "write",
+            source: io,
+        });
+        let text = super::error_text(&e);
+        assert_eq!(text.matches("No space left on device").count(), 1, "{text}");
+        let e = anyhow::anyhow!("inner cause").context("outer");
+        assert_eq!(super::error_text(&e), "outer: inner cause");
+    }
 }

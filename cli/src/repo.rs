@@ -1,10 +1,10 @@
 //! Finding, creating and opening the repository named on the command line.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use pvsnap_engine::backend::local::{LocalBackend, Modes};
 use pvsnap_engine::backend::{DryRun, DynBackend};
 use pvsnap_engine::{Error, Repository};
@@ -43,6 +43,38 @@ pub fn default_repo() -> Result<PathBuf> {
         "neither --repo, PVSNAP_REPO, XDG_DATA_HOME nor HOME is set; name a repository with --repo",
     )?;
     Ok(PathBuf::from(home).join(".local/share/pvsnap/repo"))
+}
+
+/// Refuses a repository path that cannot be a repository folder: a file,
+/// or a path through a file.
+pub fn check_location(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => bail!(
+            "{}: this is a file, not a folder; a repository is a folder. Give --repo (or PVSNAP_REPO) the folder `pvsnap init` created, or a new path to create one there",
+            path.display()
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => bail!(
+            "{}: part of this path is a file, not a folder; a repository is a folder. Give --repo (or PVSNAP_REPO) the folder `pvsnap init` created, or a new path to create one there",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The folders every repository has, whatever it holds.
+const LAYOUT: [&str; 3] = ["data", "index", "snapshots"];
+
+/// When `path` has a repository's folders but no config object: what to
+/// say instead of advising `init`, which would refuse the folder (and whose
+/// new config could not read the data anyway).
+pub fn config_missing(path: &Path) -> Option<anyhow::Error> {
+    if path.join("config").exists() || !LAYOUT.iter().all(|d| path.join(d).is_dir()) {
+        return None;
+    }
+    Some(anyhow!(
+        "{}/config is missing: this folder holds a pvsnap repository (data, index, snapshots), but without its config object nothing in it can be read. Put back config from a copy of this repository (a backup or a replica of the folder); do not run `pvsnap init` here, a new config cannot read the data. If the repository never held a snapshot, remove the folder and run `pvsnap init` again",
+        path.display()
+    ))
 }
 
 pub fn backend(path: &std::path::Path) -> DynBackend {
@@ -91,9 +123,18 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
     } else {
         be
     };
+    check_location(&loc.path)?;
     let pw = || password(cli, false);
     match Repository::open(be.clone(), Some(&pw)) {
-        Ok(r) => Ok(r),
+        Ok(r) => {
+            tracing::info!(
+                "opened repository {} at {} (encryption: {})",
+                r.config().id.short(),
+                loc.path.display(),
+                r.config().encryption
+            );
+            Ok(r)
+        }
         Err(Error::NotARepository(_)) if create_default && !loc.explicit && !dry_run => {
             create(
                 &loc.path,
@@ -104,6 +145,9 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
                 eprintln!("pvsnap: created repository at {}", loc.path.display());
             }
             Ok(Repository::open(be, Some(&pw))?)
+        }
+        Err(Error::NotARepository(_)) if config_missing(&loc.path).is_some() => {
+            Err(config_missing(&loc.path).expect("checked"))
         }
         Err(Error::NotARepository(p)) if !loc.explicit => {
             bail!(
@@ -126,6 +170,10 @@ pub fn create(
     modes: Modes,
 ) -> Result<Repository> {
     opts.validate()?;
+    check_location(path)?;
+    if let Some(e) = config_missing(path) {
+        return Err(e);
+    }
     if path.exists() && std::fs::read_dir(path)?.next().is_some() && !path.join("config").exists() {
         bail!(
             "{}: folder is not empty and is not a repository; choose an empty or new folder",

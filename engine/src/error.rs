@@ -156,6 +156,12 @@ pub enum Error {
     },
     #[error("{0}: not a pvsnap repository (no config object); create one with `pvsnap init`")]
     NotARepository(String),
+    /// The config object is there but cannot be decoded: without it the
+    /// repository cannot be read, and `init` must not replace it.
+    #[error(
+        "{location}/config: the repository's config object is damaged ({detail}); nothing in the repository can be read without it. Put back config from a copy of this repository (a backup or a replica of the folder); do not run `pvsnap init` here, a new config cannot read the data"
+    )]
+    ConfigDamaged { location: String, detail: String },
     #[error("{0}: a repository already exists here")]
     AlreadyInitialized(String),
     #[error("no snapshot matches `{0}`; list them with `pvsnap snapshots`")]

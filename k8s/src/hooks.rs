@@ -387,7 +387,7 @@ impl Cluster {
                     "invalid hook annotation on pod {}/{}: {}",
                     pod.namespace, pod.name, bad.reason
                 ));
-                tracing::warn!(pod = %pod.name, phase = %phase, error = ?outcome.error, "hook not run");
+                tracing::info!(pod = %pod.name, phase = %phase, error = %outcome.error.as_deref().unwrap_or_default(), "hook not run");
                 return Some(outcome);
             }
         };
@@ -452,7 +452,7 @@ impl Cluster {
         if outcome.ok {
             tracing::info!(pod = %pod.name, phase = %phase, ms = outcome.duration_ms, "hook succeeded");
         } else {
-            tracing::warn!(pod = %pod.name, phase = %phase, error = ?outcome.error, "hook failed");
+            tracing::info!(pod = %pod.name, phase = %phase, error = %outcome.error.as_deref().unwrap_or_default(), stderr = %outcome.stderr_tail.trim_end(), "hook failed");
         }
         Some(outcome)
     }
@@ -632,9 +632,14 @@ pub async fn run_host_hook(phase: HookPhase, cmd: &str, timeout: Duration) -> Ho
             }
         }
     }
-    if !outcome.ok {
-        tracing::warn!(phase = %phase, error = ?outcome.error, "host hook failed");
+    // The caller reports a failure (once, as an error or a hook line);
+    // `-v` adds what the command said.
+    if outcome.ok {
+        tracing::info!(phase = %phase, ms = outcome.duration_ms, "host hook succeeded");
+    } else {
+        tracing::info!(phase = %phase, error = %outcome.error.as_deref().unwrap_or_default(), stderr = %outcome.stderr_tail.trim_end(), "host hook failed");
     }
+    tracing::debug!(phase = %phase, stdout = %outcome.stdout_tail.trim_end(), stderr = %outcome.stderr_tail.trim_end(), "host hook output");
     outcome
 }
 
@@ -717,10 +722,11 @@ where
     if let Some(h) = host_pre {
         let o = run_host_hook(HookPhase::Pre, &h.command, h.timeout).await;
         if o.is_fatal() {
+            let error = o.error.as_deref().unwrap_or_default();
             skip_reason = Some(format!(
                 "host pre hook `{}` failed: {}",
                 h.command,
-                o.error.clone().unwrap_or_default()
+                error.strip_prefix("host pre hook ").unwrap_or(error)
             ));
         }
         pre.push(o);
@@ -749,7 +755,7 @@ where
 
     let body = match skip_reason {
         Some(reason) => {
-            tracing::warn!(%reason, "skipping the snapshot because a pre hook failed");
+            tracing::info!(%reason, "skipping the snapshot because a pre hook failed");
             BodyOutcome::Skipped { reason }
         }
         None => BodyOutcome::Ran(body().await),

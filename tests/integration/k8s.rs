@@ -329,7 +329,7 @@ fn a_failing_host_pre_hook_skips_the_claim_and_still_runs_the_post_hook() {
     assert_eq!(code, 1, "{err}");
     assert!(snaps.is_empty());
     assert!(
-        err.contains("host pre hook `exit 7` failed: host pre hook exited with code 7"),
+        err.contains("host pre hook `exit 7` failed: exited with code 7"),
         "{err}"
     );
     assert!(post_ran.exists());

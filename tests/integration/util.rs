@@ -250,3 +250,69 @@ pub fn set_mtime(p: &Path, sec: i64, nsec: i64) {
     };
     assert_eq!(r, 0, "utimensat {}", p.display());
 }
+
+/// Runs `cmd` with a new pseudo-terminal as its controlling terminal and its
+/// standard input, output and error, as a person at a terminal would; the
+/// prompts in `answers` (text to wait for, reply) are answered in order.
+/// Returns the exit status and everything the terminal showed.
+pub fn in_pty(mut cmd: Command, answers: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: posix_openpt, grantpt, unlockpt and ptsname get a fresh pty
+    // pair; every return value is checked and each descriptor owned by one File.
+    let (mut master, slave) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(m), 0, "grantpt");
+        assert_eq!(libc::unlockpt(m), 0, "unlockpt");
+        let name = libc::ptsname(m);
+        assert!(!name.is_null(), "ptsname");
+        let s = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
+        assert!(s >= 0, "open the pty's terminal side");
+        (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
+    };
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    // SAFETY: setsid and ioctl are async-signal-safe; the child becomes the
+    // leader of a new session whose controlling terminal is the pty.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start in a pty");
+    // The parent's copies of the terminal side go, so reads end with the child.
+    drop(cmd);
+    let mut shown = Vec::new();
+    let mut next = 0;
+    let mut answered_up_to = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            // EIO: every terminal side is closed, the child is gone.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read the pty: {e}"),
+        };
+        shown.extend_from_slice(&buf[..n]);
+        if let Some((prompt, reply)) = answers.get(next) {
+            let since = String::from_utf8_lossy(&shown[answered_up_to..]).into_owned();
+            if since.contains(prompt) {
+                master
+                    .write_all(reply.as_bytes())
+                    .expect("answer in the pty");
+                answered_up_to = shown.len();
+                next += 1;
+            }
+        }
+    }
+    let status = child.wait().expect("wait for the child");
+    (status, String::from_utf8_lossy(&shown).into_owned())
+}

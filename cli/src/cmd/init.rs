@@ -1,6 +1,6 @@
 //! `pvsnap init` and `pvsnap unlock`.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use pvsnap_engine::backend::local::Modes;
 
 use crate::Cli;
@@ -48,8 +48,15 @@ fn parse_chunker(s: &str) -> Result<(u32, u32, u32), String> {
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let loc = crate::repo::location(cli)?;
+    crate::repo::check_location(&loc.path)?;
     let pw = if a.encryption {
-        Some(crate::repo::password(cli, true)?)
+        let pw = crate::repo::password(cli, true)?;
+        if pw.is_empty() {
+            bail!(
+                "the password is empty; an encrypted repository needs one. Give a non-empty password via PVSNAP_PASSWORD, --password-file or the prompt (nothing was created)"
+            );
+        }
+        Some(pw)
     } else {
         None
     };
@@ -86,7 +93,33 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             loc.path.display()
         );
     }
+    let repo_arg = if loc.explicit {
+        format!("--repo {} ", loc.path.display())
+    } else {
+        String::new()
+    };
+    if a.encryption {
+        eprintln!(
+            "pvsnap: warning: keep this password safe: without it the data in this repository cannot be read, and nobody can recover it. Add a second password now with `pvsnap {repo_arg}key add` (the new one from PVSNAP_NEW_PASSWORD, --new-password-file or the prompt)"
+        );
+    } else if let Some(given) = password_given(cli) {
+        eprintln!(
+            "pvsnap: warning: {given} is set, but --encryption was not given: this repository is NOT encrypted and the password is not used. To encrypt, remove {} (it holds nothing yet) and run `pvsnap {repo_arg}init --encryption`",
+            loc.path.display()
+        );
+    }
     Ok(crate::exit::OK)
+}
+
+/// Where a password was given that an unencrypted `init` does not use.
+fn password_given(cli: &Cli) -> Option<&'static str> {
+    if cli.password_file.is_some() {
+        Some("--password-file (or PVSNAP_PASSWORD_FILE)")
+    } else if std::env::var_os("PVSNAP_PASSWORD").is_some() {
+        Some("PVSNAP_PASSWORD")
+    } else {
+        None
+    }
 }
 
 #[derive(clap::Args)]
@@ -107,7 +140,11 @@ pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
     // a repository whose key slots cannot be opened can still be unlocked.
     let loc = crate::repo::location(cli)?;
     let backend = crate::repo::backend(&loc.path);
+    crate::repo::check_location(&loc.path)?;
     if !backend.exists(&pvsnap_engine::backend::ObjectKey::config())? {
+        if let Some(e) = crate::repo::config_missing(&loc.path) {
+            return Err(e);
+        }
         anyhow::bail!(
             "{}: not a pvsnap repository (no config object); name the repository with --repo",
             loc.path.display()

@@ -22,7 +22,13 @@ pub fn locked(
 ) -> Result<(IndexedRepository, LockGuard)> {
     let host = pvsnap_engine::repo::hostname_public();
     let guard = LockGuard::acquire(repo.backend().clone(), exclusive, operation, &host)?;
-    Ok((repo.load_index()?, guard))
+    tracing::info!(
+        "took a {} lock for {operation}",
+        if exclusive { "exclusive" } else { "shared" }
+    );
+    let repo = repo.load_index()?;
+    tracing::info!("index loaded: {} blobs", repo.index().len());
+    Ok((repo, guard))
 }
 
 /// A workflow's error as the command reports it: the engine's and the

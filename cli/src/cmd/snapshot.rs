@@ -133,6 +133,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             Err(e) => bail!("{}: cannot snapshot: {e}; check the path", p.display()),
         }
     }
+    if claims.is_empty() && !a.all_pvcs {
+        warn_excludes_outside(&a.excludes, &folders);
+    }
     let named_claims = claims.len();
     let host = HostHooks {
         pre: a.pre_hook.as_ref().map(HostHook::new),
@@ -199,7 +202,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             if run.kube.is_none() {
                 return Err(e);
             }
-            eprintln!("pvsnap: {}: {e:#}", abs.display());
+            eprintln!("pvsnap: {}: {}", abs.display(), output::error_text(&e));
             failed.push(abs.display().to_string());
         }
     }
@@ -215,11 +218,19 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         if i >= named_claims && other_node {
             elsewhere += 1;
             if !cli.quiet {
-                eprintln!("pvsnap: {}: skipped: {e:#}", k8s::claim_key(claim));
+                eprintln!(
+                    "pvsnap: {}: skipped: {}",
+                    k8s::claim_key(claim),
+                    output::error_text(&e)
+                );
             }
             continue;
         }
-        eprintln!("pvsnap: {}: {e:#}", k8s::claim_key(claim));
+        eprintln!(
+            "pvsnap: {}: {}",
+            k8s::claim_key(claim),
+            output::error_text(&e)
+        );
         failed.push(k8s::claim_key(claim));
     }
     let sources = sources - elsewhere;
@@ -252,6 +263,34 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     Ok(crate::exit::OK)
 }
 
+/// Warns about a host path given to `--exclude` that lies in no source
+/// folder: it would silently exclude nothing (a full host path inside a
+/// source is taken as the pattern anchored there, see
+/// `pvsnap_engine::tree::filter::Excludes::for_root`).
+fn warn_excludes_outside(excludes: &[String], folders: &[&Path]) {
+    let roots: Vec<PathBuf> = folders
+        .iter()
+        .filter_map(|f| std::fs::canonicalize(f).ok())
+        .collect();
+    for p in excludes {
+        let Some(rel) = p.strip_prefix('/') else {
+            continue;
+        };
+        let literal = !p.contains(['*', '?', '[', '{', '\\']);
+        let inside = |r: &PathBuf| Path::new(p).starts_with(r) || r.join(rel).exists();
+        if literal && Path::new(p).exists() && !roots.iter().any(inside) {
+            eprintln!(
+                "pvsnap: warning: --exclude {p} is not inside the source folder(s) {}, so it excludes nothing. A pattern with a leading / is anchored at each source folder; give a path inside the source, as a full host path or relative to the source",
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+}
+
 impl Run<'_, '_> {
     /// Snapshots a folder, between the host hooks when there are any.
     fn folder(&mut self, dir: &Path) -> Result<()> {
@@ -282,9 +321,13 @@ impl Run<'_, '_> {
         let taken = match taken {
             Ok(t) => t,
             Err(e) => {
+                // The failed pre hook is the error's reason; the other
+                // hooks that ran are listed.
                 if let pvsnap_ops::Error::Skipped { hooks, .. } = &e {
                     for h in hooks {
-                        eprintln!("  {}", k8s::hook_line(h));
+                        if !(h.phase == pvsnap_k8s::HookPhase::Pre && h.is_fatal()) {
+                            eprintln!("  {}", k8s::hook_line(h));
+                        }
                     }
                 }
                 return Err(super::ops_error(e));
@@ -292,6 +335,18 @@ impl Run<'_, '_> {
         };
         if !(self.cli.quiet || self.args.json) {
             print_human(&taken.snapshot, self.args.dry_run);
+        } else {
+            // Hooks that failed without stopping the snapshot are said
+            // once, here, when the summary with its hook lines is not shown.
+            for h in k8s::recorded_hooks(&taken.snapshot.hooks) {
+                if !h.ok && taken.post_hook_failure.as_ref() != Some(&h) {
+                    eprintln!(
+                        "pvsnap: {}: {}",
+                        taken.snapshot.source.key(),
+                        k8s::hook_line(&h)
+                    );
+                }
+            }
         }
         match taken.post_hook_failure {
             Some(o) => Err(anyhow!(

@@ -168,7 +168,7 @@ pub fn store(
     }
     let a = Archiver {
         repo,
-        excludes: Excludes::new(&opts.excludes)?,
+        excludes: Excludes::for_root(&opts.excludes, &abs)?,
         one_file_system: opts.one_file_system,
         root_dev: root_meta.dev(),
         names: NameCache::default(),
@@ -189,6 +189,17 @@ pub fn store(
         progress,
     };
 
+    match &opts.parent {
+        Some(p) => tracing::info!(
+            "reading {}; files unchanged since snapshot {} are not read again",
+            abs.display(),
+            p.short_id()
+        ),
+        None => tracing::info!(
+            "reading {}; no earlier snapshot of this source, every file is read",
+            abs.display()
+        ),
+    }
     // Stages 1-6, in parallel, folder by folder.
     let parent_tree = match &opts.parent {
         Some(p) => a.load_parent_tree(&p.tree),
@@ -208,6 +219,11 @@ pub fn store(
     // Stage 7: index files for every pack written.
     let stored = a.packer.finish()?;
     let (_, index_bytes) = packer::write_index(repo, &stored.packs, &[])?;
+    tracing::info!(
+        "stored {} pack(s) of {} bytes and their index ({index_bytes} bytes)",
+        stored.packs.len(),
+        stored.bytes
+    );
 
     // Stage 8 is prepared here and done by `PendingSnapshot::commit`.
     let mut issues = std::mem::take(&mut *a.issues.lock().expect("issues"));

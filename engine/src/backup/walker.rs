@@ -160,8 +160,10 @@ impl Archiver<'_> {
             }
         }
         let counter = if prev.is_some() {
+            tracing::debug!("{}: changed, reading", path.display());
             &self.files_changed
         } else {
+            tracing::debug!("{}: new, reading", path.display());
             &self.files_new
         };
         // Another name of an inode already read in this run?

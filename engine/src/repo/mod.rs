@@ -72,6 +72,11 @@ impl Repository {
         }
         let mut opened = None;
         let (crypto, seed, encryption) = match &password {
+            Some(pw) if pw.is_empty() => {
+                return Err(Error::Invalid(
+                    "an encrypted repository needs a non-empty password".into(),
+                ));
+            }
             Some(pw) => {
                 let master = crate::repo::crypto::new_master_key();
                 let key_id = crate::repo::keys::write_slot(&backend, &master, pw, opts.kdf)?;
@@ -118,7 +123,20 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let config = Config::decode(&bytes, &backend.location())?;
+        let config = Config::decode(&bytes, &backend.location()).map_err(|e| match e {
+            Error::Format(
+                f @ (FormatError::Truncated { .. }
+                | FormatError::BadMagic { .. }
+                | FormatError::UnknownKind(_)
+                | FormatError::WrongKind { .. }
+                | FormatError::Invalid { .. }
+                | FormatError::ChecksumMismatch { .. }),
+            ) => Error::ConfigDamaged {
+                location: backend.location(),
+                detail: damage_detail(&f),
+            },
+            e => e,
+        })?;
         let mut master = None;
         let crypto = match config.encryption.as_str() {
             "none" => Crypto::None,
@@ -184,6 +202,18 @@ impl Repository {
             rescued: std::sync::OnceLock::new(),
             tree_packs: PackCache::new(TREE_PACK_CACHE),
         })
+    }
+}
+
+/// What is wrong with a damaged config object, without the name the
+/// message of [`Error::ConfigDamaged`] already gives.
+fn damage_detail(e: &FormatError) -> String {
+    match e {
+        FormatError::Truncated { have, .. } => format!("only {have} bytes, truncated"),
+        FormatError::BadMagic { .. } => "not a pvsnap object: bad magic".into(),
+        FormatError::ChecksumMismatch { .. } => "checksum mismatch".into(),
+        FormatError::Invalid { detail, .. } => detail.clone(),
+        e => e.to_string(),
     }
 }
 

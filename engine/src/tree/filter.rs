@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 
 /// Exclude patterns: a pattern without `/` matches an entry's name anywhere; one
 /// with `/` matches the path relative to the snapshot root (a leading `/`
-/// anchors it there explicitly).
+/// anchors it there explicitly). [`Excludes::for_root`] also takes the full
+/// host path of something inside the root.
 pub struct Excludes {
     names: GlobSet,
     paths: GlobSet,
@@ -48,11 +49,72 @@ impl Excludes {
         })
     }
 
+    /// The patterns of a snapshot of the folder `root` (an absolute path):
+    /// a pattern that starts with `root/` is the full host path of
+    /// something inside it and becomes the pattern anchored at the root
+    /// (`/srv/data/cache` for the root `/srv/data` is `/cache`). The root
+    /// itself is refused: it would exclude everything.
+    pub fn for_root(patterns: &[String], root: &Path) -> Result<Self> {
+        let Some(root_str) = root.to_str().filter(|r| *r != "/") else {
+            return Excludes::new(patterns);
+        };
+        let root_str = root_str.trim_end_matches('/');
+        let mut out = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            match p.strip_prefix(root_str) {
+                Some("" | "/") => {
+                    return Err(Error::Pattern {
+                        pattern: p.clone(),
+                        detail: format!(
+                            "this is the source folder {root_str} itself, which would exclude everything; name something inside it"
+                        ),
+                    });
+                }
+                Some(rest) if rest.starts_with('/') => {
+                    tracing::info!(
+                        "exclude pattern {p} is inside the source folder {root_str}: excluding {rest} there"
+                    );
+                    out.push(rest.to_string());
+                }
+                _ => out.push(p.clone()),
+            }
+        }
+        Excludes::new(&out)
+    }
+
     pub fn matches(&self, rel: &Path, name: &OsStr) -> bool {
         self.names.is_match(Path::new(name)) || self.paths.is_match(rel)
     }
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty() && self.paths.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn excluded(patterns: &[&str], root: &str, rel: &str) -> bool {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        let e = Excludes::for_root(&patterns, Path::new(root)).unwrap();
+        let rel = Path::new(rel);
+        e.matches(rel, rel.file_name().unwrap())
+    }
+
+    #[test]
+    fn host_paths_inside_the_root_are_anchored_there() {
+        assert!(excluded(&["/srv/data/cache"], "/srv/data", "cache"));
+        assert!(excluded(&["/srv/data/cache/"], "/srv/data", "cache"));
+        assert!(excluded(&["/srv/data/a/*.tmp"], "/srv/data", "a/x.tmp"));
+        assert!(!excluded(&["/srv/data/cache"], "/srv/data", "a/cache"));
+        // Anchored patterns keep their meaning.
+        assert!(excluded(&["/cache"], "/srv/data", "cache"));
+        // A sibling that shares a prefix is not inside.
+        assert!(!excluded(&["/srv/data2/cache"], "/srv/data", "cache"));
+        // Below `/`, every pattern is already a host path.
+        assert!(excluded(&["/srv/x"], "/", "srv/x"));
+        let root = ["/srv/data".to_string()];
+        assert!(Excludes::for_root(&root, Path::new("/srv/data")).is_err());
     }
 }
