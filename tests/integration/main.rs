@@ -9,6 +9,7 @@ mod deploy;
 mod diskfull;
 mod fixture;
 mod guards;
+mod honest_sources;
 mod hostile;
 mod k8s;
 mod kill;
