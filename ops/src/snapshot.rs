@@ -48,7 +48,9 @@ pub struct Taken {
 
 /// One run over several sources. Each source is its own timeline: its
 /// parent is the latest snapshot of the same source, taken before the run
-/// or earlier in it.
+/// or earlier in it. A source that fails (its folder unreadable, a hook, the
+/// repository refusing a write) changes nothing the run holds: the caller
+/// reports it and goes on with the next source, as `pvsnap snapshot` does.
 pub struct SnapshotRun<'r> {
     repo: &'r mut IndexedRepository,
     options: SnapshotOptions,

@@ -11,6 +11,7 @@ mod diskfull;
 mod first_use;
 mod fixture;
 mod guards;
+mod honest_sources;
 mod hostile;
 mod k8s;
 mod kill;

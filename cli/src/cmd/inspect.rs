@@ -63,10 +63,20 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} source",
         "id", "time", "host", "files", "size", "tags"
     )?;
+    let mut incomplete = 0;
     for s in &snaps {
+        // An incomplete snapshot (exit code 3 when taken, or a repaired
+        // copy) says so after its source.
+        let missing = super::snapshot::missing_paths(s);
+        let mark = if missing > 0 {
+            incomplete += 1;
+            format!("  [incomplete: {missing} path(s) missing]")
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} {}",
+            "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} {}{mark}",
             s.short_id(),
             output::local_time(s.time),
             s.hostname,
@@ -77,6 +87,12 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         )?;
     }
     writeln!(out, "{} snapshot(s)", snaps.len())?;
+    if incomplete > 0 {
+        writeln!(
+            out,
+            "{incomplete} incomplete: paths that could not be read (or were lost and removed by `pvsnap repair snapshots`) are missing; `pvsnap snapshots --json` names them under `errors`"
+        )?;
+    }
     Ok(crate::exit::OK)
 }
 

@@ -463,16 +463,46 @@ fn print_check(r: &CheckReport, quiet: bool) -> Result<()> {
         for p in &d.paths {
             writeln!(out, "  {}: {}", p.path, p.reason)?;
         }
+        if let Some(copy) = d.repaired_as {
+            writeln!(
+                out,
+                "  repaired as {}: this damaged original stays until it is forgotten; once the copy holds what you need, run `pvsnap forget {}`",
+                copy.short(),
+                d.id
+            )?;
+        }
     }
     if r.ok {
         if !quiet {
             writeln!(out, "no errors found")?;
         }
     } else {
+        let repaired: Vec<String> = r
+            .damaged_snapshots
+            .iter()
+            .filter(|d| d.repaired_as.is_some())
+            .map(|d| d.id.to_string())
+            .collect();
+        let unrepaired = r.damaged_snapshots.len() - repaired.len();
+        let mut next = Vec::new();
+        if !r.errors.is_empty() {
+            next.push("`pvsnap repair index` rebuilds a damaged index".to_string());
+        }
+        if unrepaired > 0 {
+            next.push("`pvsnap repair snapshots` saves what is left".to_string());
+        }
+        if !repaired.is_empty() {
+            next.push(format!(
+                "{} damaged snapshot(s) have repaired copies: `pvsnap forget {}` removes the originals",
+                repaired.len(),
+                repaired.join(" ")
+            ));
+        }
         eprintln!(
-            "pvsnap: {} error(s), {} damaged snapshot(s); `pvsnap repair index` rebuilds a damaged index, `pvsnap repair snapshots` saves what is left (exit code 4)",
+            "pvsnap: {} error(s), {} damaged snapshot(s); {} (exit code 4)",
             r.errors.len(),
-            r.damaged_snapshots.len()
+            r.damaged_snapshots.len(),
+            next.join("; ")
         );
     }
     Ok(())
@@ -538,15 +568,19 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
                 for s in &r.repaired {
                     match s.repaired {
                         Some(new) => println!(
-                            "snapshot {} of {}: repaired as {}; lost:",
+                            "snapshot {} of {}: repaired as {}, holding {} file(s), {}; lost:",
                             s.original.short(),
                             s.source,
-                            new.short()
+                            new.short(),
+                            s.files,
+                            output::bytes(s.bytes)
                         ),
                         None => println!(
-                            "snapshot {} of {}: would be repaired; lost:",
+                            "snapshot {} of {}: would be repaired, holding {} file(s), {}; lost:",
                             s.original.short(),
-                            s.source
+                            s.source,
+                            s.files,
+                            output::bytes(s.bytes)
                         ),
                     }
                     for d in &s.lost {
@@ -564,6 +598,18 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
                     r.snapshots_checked,
                     r.repaired.len()
                 );
+                let originals: Vec<String> = r
+                    .repaired
+                    .iter()
+                    .filter(|s| s.repaired.is_some())
+                    .map(|s| s.original.to_string())
+                    .collect();
+                if !originals.is_empty() {
+                    println!(
+                        "the damaged originals stay, and `pvsnap check` reports them, until they are forgotten: once the copies hold what you need, run `pvsnap forget {}`",
+                        originals.join(" ")
+                    );
+                }
             }
         }
     }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_k8s::{ClaimRef, HostHook, Scope};
 use pvsnap_ops::{HostHooks, SnapshotOptions, SnapshotRun, Taken};
@@ -120,18 +120,34 @@ struct Run<'a, 'r> {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
-    let mut folders: Vec<&Path> = Vec::new();
+    let mut folders: Vec<PathBuf> = Vec::new();
     let mut claims: Vec<ClaimRef> = Vec::new();
+    // A source that cannot be snapshotted is reported, and the others still
+    // run; the exit code is 1 then.
+    let mut failed: Vec<String> = Vec::new();
     for p in &a.paths {
         if let Some(claim) = k8s::claim_argument(p) {
             claims.push(claim?);
             continue;
         }
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => folders.push(p),
-            Ok(_) => bail!("{}: not a folder; pvsnap snapshots folders", p.display()),
-            Err(e) => bail!("{}: cannot snapshot: {e}; check the path", p.display()),
+        match folder_source(p, cli.quiet) {
+            Ok(abs) => folders.push(abs),
+            Err(why) => {
+                eprintln!("pvsnap: {}: {why}", p.display());
+                failed.push(p.display().to_string());
+            }
         }
+    }
+    if folders.is_empty() && claims.is_empty() && !a.all_pvcs {
+        // Nothing is left to snapshot: the repository is not even opened
+        // (nor created).
+        eprintln!(
+            "pvsnap: {} of {} source(s) failed: {}; nothing was saved (exit code 1)",
+            failed.len(),
+            failed.len(),
+            failed.join(", ")
+        );
+        return Ok(crate::exit::ERROR);
     }
     if claims.is_empty() && !a.all_pvcs {
         warn_excludes_outside(&a.excludes, &folders);
@@ -193,15 +209,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             hidden: cli.quiet || a.json,
         },
     };
-    let sources = folders.len() + claims.len();
-    let mut failed: Vec<String> = Vec::new();
-    for path in folders {
-        let abs = std::fs::canonicalize(path)
-            .with_context(|| format!("{}: cannot resolve", path.display()))?;
-        if let Err(e) = run.folder(&abs) {
-            if run.kube.is_none() {
-                return Err(e);
-            }
+    let sources = failed.len() + folders.len() + claims.len();
+    for abs in &folders {
+        if let Err(e) = run.folder(abs) {
             eprintln!("pvsnap: {}: {}", abs.display(), output::error_text(&e));
             failed.push(abs.display().to_string());
         }
@@ -242,18 +252,16 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     }
     if !failed.is_empty() {
         eprintln!(
-            "pvsnap: {} of {} source(s) failed: {} (exit code 1)",
+            "pvsnap: {} of {} source(s) failed: {}; {} snapshot(s) {} (exit code 1)",
             failed.len(),
             sources,
-            failed.join(", ")
+            failed.join(", "),
+            taken.len(),
+            if a.dry_run { "would be saved" } else { "saved" }
         );
         return Ok(crate::exit::ERROR);
     }
-    let lost = taken
-        .iter()
-        .flat_map(|s| &s.errors)
-        .filter(|e| e.is_loss())
-        .count();
+    let lost: usize = taken.iter().map(missing_paths).sum();
     if lost > 0 {
         eprintln!(
             "pvsnap: {lost} path(s) could not be read; the snapshot is incomplete (exit code 3)"
@@ -267,7 +275,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
 /// folder: it would silently exclude nothing (a full host path inside a
 /// source is taken as the pattern anchored there, see
 /// `pvsnap_engine::tree::filter::Excludes::for_root`).
-fn warn_excludes_outside(excludes: &[String], folders: &[&Path]) {
+fn warn_excludes_outside(excludes: &[String], folders: &[PathBuf]) {
     let roots: Vec<PathBuf> = folders
         .iter()
         .filter_map(|f| std::fs::canonicalize(f).ok())
@@ -289,6 +297,50 @@ fn warn_excludes_outside(excludes: &[String], folders: &[&Path]) {
             );
         }
     }
+}
+
+/// The folder a source argument names, as the absolute path recorded as
+/// the source, or why it cannot be snapshotted. A symbolic link to a folder
+/// is followed: the folder it resolves to is the source (said on standard
+/// error, so the next run may name that folder directly).
+fn folder_source(p: &Path, quiet: bool) -> Result<PathBuf, String> {
+    let link = std::fs::symlink_metadata(p)
+        .map_err(|e| format!("cannot snapshot: {e}; check the path"))?
+        .is_symlink();
+    let target = || {
+        std::fs::read_link(p)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default()
+    };
+    let meta = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if link => {
+            return Err(format!(
+                "a symbolic link to {}, which cannot be reached: {e}; check the link",
+                target()
+            ));
+        }
+        Err(e) => return Err(format!("cannot snapshot: {e}; check the path")),
+    };
+    if !meta.is_dir() {
+        return Err(if link {
+            format!(
+                "a symbolic link to {}, which is not a folder; pvsnap snapshots folders",
+                target()
+            )
+        } else {
+            "not a folder; pvsnap snapshots folders".to_string()
+        });
+    }
+    let abs = std::fs::canonicalize(p).map_err(|e| format!("cannot resolve: {e}"))?;
+    if link && !quiet {
+        eprintln!(
+            "pvsnap: {} is a symbolic link: snapshotting the folder it resolves to, {}, recorded as the source",
+            p.display(),
+            abs.display()
+        );
+    }
+    Ok(abs)
 }
 
 impl Run<'_, '_> {
@@ -358,13 +410,23 @@ impl Run<'_, '_> {
     }
 }
 
-/// A snapshot as JSON, with `short_id` added.
+/// A snapshot as JSON, with `short_id`, `incomplete` and `missing_paths`
+/// added.
 pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
     let mut v = serde_json::to_value(s).expect("snapshot serializes");
     if let Some(o) = v.as_object_mut() {
         o.insert("short_id".into(), s.short_id().into());
+        let missing = missing_paths(s);
+        o.insert("incomplete".into(), (missing > 0).into());
+        o.insert("missing_paths".into(), missing.into());
     }
     v
+}
+
+/// How many paths of the source the snapshot lacks: unreadable or vanished
+/// while it was taken, or removed by `repair snapshots` (its `errors`).
+pub fn missing_paths(s: &Snapshot) -> usize {
+    s.errors.iter().filter(|e| e.is_loss()).count()
 }
 
 fn print_human(s: &Snapshot, dry_run: bool) {

@@ -10,7 +10,8 @@
 //!    hash to its id;
 //! 4. **snapshots**: every tree and data chunk of every snapshot must be in
 //!    the index and not found damaged above; damage is reported per snapshot
-//!    as the paths of the files and folders that cannot be restored.
+//!    as the paths of the files and folders that cannot be restored, and
+//!    whether `repair snapshots` has made a repaired copy of it already.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -113,6 +114,9 @@ pub struct DamagedSnapshot {
     pub time: Timestamp,
     pub source: String,
     pub paths: Vec<DamagedPath>,
+    /// The repaired copy `repair snapshots` made of it, if one exists: the
+    /// damaged original is then only waiting to be forgotten.
+    pub repaired_as: Option<SnapshotId>,
 }
 
 /// The outcome of `check`.
@@ -462,6 +466,15 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         scan: &scan,
         memo: HashMap::new(),
     };
+    let repaired_as: HashMap<String, SnapshotId> = snaps
+        .iter()
+        .filter_map(|s| {
+            let from = s
+                .labels
+                .get(crate::maintenance::repair::REPAIRED_FROM_LABEL)?;
+            Some((from.clone(), s.id))
+        })
+        .collect();
     let mut damaged_snapshots = Vec::new();
     for s in &snaps {
         let paths = walker.tree(&s.tree, 1);
@@ -478,6 +491,7 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
                         reason: d.reason.clone(),
                     })
                     .collect(),
+                repaired_as: repaired_as.get(&s.id.to_hex()).copied(),
             });
         }
     }

@@ -14,8 +14,10 @@
 //! - **snapshots**: for every snapshot that references lost blobs, a repaired
 //!   copy is written: new tree blobs without the files whose content is lost
 //!   (a folder whose tree is lost becomes empty), then a new snapshot object
-//!   tagged `repaired` with the label `repaired_from=<original id>`. The
-//!   original is never changed or removed; the user forgets it once satisfied.
+//!   tagged `repaired` with the label `repaired_from=<original id>`, whose
+//!   summary counts the files and bytes it holds (not the original's). The
+//!   original is never changed or removed; the user forgets it once satisfied
+//!   (`check` names the originals that have a repaired copy).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -253,6 +255,10 @@ pub struct RepairedSnapshot {
     pub time: jiff::Timestamp,
     /// What the repaired snapshot no longer holds.
     pub lost: Vec<DamagedPath>,
+    /// The files and bytes the repaired snapshot holds (its summary's
+    /// `total_files` and `total_bytes`).
+    pub files: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -318,7 +324,7 @@ pub fn repair_snapshots<'a>(
     };
     let mut new_snaps = Vec::new();
     for s in &snaps {
-        let (tree, lost) = rw.tree(&s.tree)?;
+        let Rewritten { tree, lost, held } = rw.tree(&s.tree)?;
         if lost.is_empty() {
             continue;
         }
@@ -337,6 +343,9 @@ pub fn repair_snapshots<'a>(
         copy.id = SnapshotId(Id::random());
         copy.tree = tree;
         copy.root.kind = NodeKind::Dir { subtree: tree };
+        // The summary describes what the copy holds, not the original.
+        copy.summary.total_files = held.files;
+        copy.summary.total_bytes = held.bytes;
         if !copy.tags.iter().any(|t| t == REPAIRED_TAG) {
             copy.tags.push(REPAIRED_TAG.into());
         }
@@ -353,6 +362,8 @@ pub fn repair_snapshots<'a>(
             source: s.source.key(),
             time: s.time,
             lost,
+            files: held.files,
+            bytes: held.bytes,
         });
         new_snaps.push(copy);
     }
@@ -369,22 +380,40 @@ pub fn repair_snapshots<'a>(
     Ok(r)
 }
 
+/// What a tree holds once its lost parts are left out.
+#[derive(Debug, Clone)]
+struct Rewritten {
+    tree: TreeId,
+    /// Lost paths below it, relative.
+    lost: Vec<DamagedPath>,
+    held: Held,
+}
+
+/// Files, and their bytes, below a tree (what a snapshot's summary counts
+/// as `total_files` and `total_bytes`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    files: u64,
+    bytes: u64,
+}
+
 /// Copies trees without their lost parts, each tree once.
 struct Rewriter<'a> {
     scan: &'a Scan,
     repo: &'a Repository,
-    /// Old tree → (new tree, lost paths below it, relative).
-    memo: HashMap<TreeId, (TreeId, Vec<DamagedPath>)>,
+    /// Old tree → what it becomes.
+    memo: HashMap<TreeId, Rewritten>,
     written: HashSet<Id>,
     packer: Packer<'a>,
     dry_run: bool,
 }
 
 impl Rewriter<'_> {
-    fn tree(&mut self, id: &TreeId) -> Result<(TreeId, Vec<DamagedPath>)> {
+    fn tree(&mut self, id: &TreeId) -> Result<Rewritten> {
         if let Some(done) = self.memo.get(id) {
             return Ok(done.clone());
         }
+        let mut held = Held::default();
         let (tree, mut lost) = match self.scan.read_tree(id) {
             Err(why) => (
                 Tree::default(),
@@ -400,8 +429,11 @@ impl Rewriter<'_> {
                     let name = node.name_lossy();
                     match &node.kind {
                         NodeKind::Dir { subtree } => {
-                            let (new, below) = self.tree(subtree)?;
-                            lost.extend(below.into_iter().map(|d| DamagedPath {
+                            let below = self.tree(subtree)?;
+                            let new = below.tree;
+                            held.files += below.held.files;
+                            held.bytes += below.held.bytes;
+                            lost.extend(below.lost.into_iter().map(|d| DamagedPath {
                                 path: if d.path.is_empty() {
                                     name.clone()
                                 } else {
@@ -419,6 +451,8 @@ impl Rewriter<'_> {
                                 });
                                 continue;
                             }
+                            held.files += 1;
+                            held.bytes += node.size;
                         }
                         _ => {}
                     }
@@ -434,8 +468,13 @@ impl Rewriter<'_> {
             self.store(&tree)?
         };
         lost.sort();
-        self.memo.insert(*id, (new, lost.clone()));
-        Ok((new, lost))
+        let done = Rewritten {
+            tree: new,
+            lost,
+            held,
+        };
+        self.memo.insert(*id, done.clone());
+        Ok(done)
     }
 
     fn store(&mut self, tree: &Tree) -> Result<TreeId> {
