@@ -121,6 +121,25 @@ fn main() -> ExitCode {
         .without_time()
         .with_target(false)
         .init();
+    if matches!(
+        cli.command,
+        Command::Snapshots(_)
+            | Command::Ls(_)
+            | Command::Dump(_)
+            | Command::Diff(_)
+            | Command::Stats(_)
+            | Command::Version(_)
+            | Command::Completion(_)
+    ) {
+        // Commands that only print end quietly when their reader stops
+        // early (`pvsnap ls latest | head`), as other Unix tools do. They
+        // open no socket, so no other write can raise SIGPIPE.
+        // SAFETY: restores the default disposition of one signal; no
+        // handler runs Rust code.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match &cli.command {
         Command::Init(a) => cmd::init::run(&cli, a),
         Command::Snapshot(a) => cmd::snapshot::run(&cli, a),

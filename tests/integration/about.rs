@@ -74,3 +74,45 @@ fn other_shells_get_their_own_script_and_unknown_ones_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("possible values: bash"), "{err}");
 }
+
+#[test]
+fn printing_commands_end_quietly_when_their_reader_is_gone() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), b"x").unwrap();
+    env.snapshot(&src, &[]);
+    for args in [
+        &["stats"][..],
+        &["snapshots"],
+        &["ls", "latest"],
+        &["diff", "latest", "latest"],
+        &["dump", "latest", "/a"],
+        &["version"],
+        &["completion", "bash"],
+    ] {
+        // A pipe whose reader is already gone (`pvsnap stats | true`): the
+        // first write fails with EPIPE.
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        unsafe { libc::close(fds[0]) };
+        let writer = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+        let out = env
+            .cmd()
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}
