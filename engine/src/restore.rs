@@ -418,7 +418,8 @@ fn prepare_target(
     summary: &mut RestoreSummary,
 ) -> Result<()> {
     if opts.delete_extra {
-        summary.deleted = inplace::delete_extra(repo, dirs, plan, &filter.excludes, false)?.len() as u64;
+        summary.deleted =
+            inplace::delete_extra(repo, dirs, plan, &filter.excludes, false)?.len() as u64;
     }
     if opts.overwrite == Overwrite::IfChanged {
         let existing: Vec<Option<bool>> = plan

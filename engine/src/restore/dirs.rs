@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-pub(super) use crate::sys::dir::EntryKind;
 use crate::sys::dir::Dir;
+pub(super) use crate::sys::dir::EntryKind;
 
 /// Most folders kept open at once by the cache.
 const CACHED: usize = 256;

@@ -31,15 +31,15 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::PlannedFile;
-use super::plan::Plan;
-use crate::tree::filter::Excludes;
 use super::dirs::{self, Dirs};
+use super::plan::Plan;
 use crate::error::{Error, Result};
 use crate::repo::IndexedRepository;
 use crate::repo::id::ChunkId;
 use crate::sys;
 use crate::sys::dir::EntryKind;
 use crate::sys::io::read_at_full;
+use crate::tree::filter::Excludes;
 use crate::tree::{Node, NodeKind};
 
 /// Removes the entries of each planned folder that its tree does not name
@@ -96,20 +96,30 @@ pub(super) fn delete_extra(
 /// For a dry run: the bytes an if-changed restore would write into planned
 /// file `f`, or `None` when the file is already exactly in place. Reads
 /// only; a folder that is not there yet means a new file.
-pub(super) fn preview_file(repo: &IndexedRepository, dirs: &Dirs, f: &PlannedFile) -> Result<Option<u64>> {
+pub(super) fn preview_file(
+    repo: &IndexedRepository,
+    dirs: &Dirs,
+    f: &PlannedFile,
+) -> Result<Option<u64>> {
     let whole = Some(f.node.size);
     let Ok(d) = dirs.open(f.dir) else {
         return Ok(whole);
     };
     let name = OsStr::from_bytes(&f.node.name);
-    match d.entry(name).map_err(|e| Error::io(&f.path, "inspect", e))? {
+    match d
+        .entry(name)
+        .map_err(|e| Error::io(&f.path, "inspect", e))?
+    {
         Some(e) if e.kind == EntryKind::File && e.nlink == 1 => {}
         _ => return Ok(whole),
     }
     let Ok(file) = d.open_file(name, libc::O_RDONLY, 0) else {
         return Ok(whole);
     };
-    let len = file.metadata().map_err(|e| Error::io(&f.path, "inspect", e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(&f.path, "inspect", e))?
+        .len();
     let m = compare_file(repo, &file, f, true)?;
     if m.untouched && len == f.node.size {
         return Ok(None);
@@ -117,7 +127,11 @@ pub(super) fn preview_file(repo: &IndexedRepository, dirs: &Dirs, f: &PlannedFil
     let NodeKind::File { content } = &f.node.kind else {
         return Ok(whole);
     };
-    let data: u64 = content.iter().filter(|e| e.chunk.is_some()).map(|e| e.len).sum();
+    let data: u64 = content
+        .iter()
+        .filter(|e| e.chunk.is_some())
+        .map(|e| e.len)
+        .sum();
     let in_place: u64 = m.in_place.iter().map(|(_, _, len)| len).sum();
     Ok(Some(data.saturating_sub(in_place)))
 }

@@ -287,7 +287,10 @@ impl Walk<'_> {
                     resized: false,
                 });
             }
-            NodeKind::Symlink { .. } | NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. }
+            NodeKind::Symlink { .. }
+            | NodeKind::Fifo
+            | NodeKind::CharDevice { .. }
+            | NodeKind::BlockDevice { .. }
                 if self.mode.dry =>
             {
                 plan.others.push((dir, path, node.clone()));

@@ -304,8 +304,14 @@ fn deleting_extra_entries_with_filters_stays_inside_the_selection() {
     assert!(!vol.join("db/extra").exists());
     assert!(!vol.join("db/base/extra").exists());
     assert!(vol.join("db/keep.tmp").exists(), "excluded: kept");
-    assert!(vol.join("logs/extra").exists(), "outside the selection: kept");
-    assert!(vol.join("top-extra").exists(), "the partly selected top: kept");
+    assert!(
+        vol.join("logs/extra").exists(),
+        "outside the selection: kept"
+    );
+    assert!(
+        vol.join("top-extra").exists(),
+        "the partly selected top: kept"
+    );
 }
 
 #[test]
@@ -350,8 +356,15 @@ fn overwrite_never_keeps_existing_entries() {
         delete_extra: true,
         ..opts
     };
-    let err = restore(&fx.repo, &fx.snap, None, &vol, &both, &RestoreProgress::default())
-        .unwrap_err();
+    let err = restore(
+        &fx.repo,
+        &fx.snap,
+        None,
+        &vol,
+        &both,
+        &RestoreProgress::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("--overwrite never"), "{err}");
 }
 

@@ -62,7 +62,12 @@ impl Excludes {
     /// The indexes (in the patterns given to [`Excludes::new`]) of the
     /// patterns that match this entry.
     pub fn matching(&self, rel: &Path, name: &OsStr) -> Vec<usize> {
-        let mut hits: Vec<usize> = self.names.matches(Path::new(name)).into_iter().map(|i| self.name_ix[i]).collect();
+        let mut hits: Vec<usize> = self
+            .names
+            .matches(Path::new(name))
+            .into_iter()
+            .map(|i| self.name_ix[i])
+            .collect();
         hits.extend(self.paths.matches(rel).into_iter().map(|i| self.path_ix[i]));
         hits
     }
