@@ -221,6 +221,14 @@ pub enum Error {
         "{detail}; the data this snapshot needs cannot be known, so nothing was deleted. Remove it with `pvsnap forget {id}` (or put back an intact copy of snapshots/{id}), then run this command again"
     )]
     SnapshotUnreadable { id: String, detail: String },
+    #[error(
+        "--include {patterns} matches nothing in snapshot {snapshot}{below}; nothing was restored. See what it holds with `pvsnap ls {snapshot}`"
+    )]
+    IncludeMatchesNothing {
+        patterns: String,
+        snapshot: String,
+        below: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }

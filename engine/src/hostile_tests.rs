@@ -656,7 +656,6 @@ fn run(case: &Case) -> Outcome {
     std::os::unix::fs::symlink("../sentinel", again.join("x")).expect("again");
     let in_place = RestoreOptions {
         delete_extra: true,
-        reuse_existing: true,
         ..RestoreOptions::default()
     };
     let r = no_panic("in-place restore", name, || {

@@ -12,11 +12,13 @@
 //! 3. **links**: hardlinks to files restored in phase 2;
 //! 4. **metadata**: owners, xattrs, modes and times; folders last, deepest first.
 //!
-//! In place ([`RestoreOptions::reuse_existing`], [`RestoreOptions::delete_extra`]),
-//! the target ends up an exact copy of the snapshot while writing little:
+//! Over existing content ([`Overwrite`], [`RestoreOptions::delete_extra`]),
+//! the target can end up an exact copy of the snapshot while writing little:
 //! existing regular files are kept and only chunks whose bytes differ are
 //! written, and entries the snapshot does not have are deleted. See
-//! [`inplace`].
+//! [`inplace`]. With [`RestoreOptions::dry_run`] the same plan is made
+//! without touching the target, and [`RestoreSummary::preview`] says what
+//! would be written, deleted and kept.
 //!
 //! Every entry is made from a tree entry name validated on decode (no `/`,
 //! `.` or `..`), and the snapshot's root must be a folder with a valid name
@@ -50,7 +52,7 @@ use crate::tree::filter::Excludes;
 use crate::tree::{Node, NodeKind};
 
 use dirs::{Dirs, TARGET};
-use plan::{Filter, Plan, PlannedFile, Walk};
+use plan::{Filter, Mode, Plan, PlannedFile, Walk};
 use writer::Restorer;
 
 mod dirs;
@@ -74,13 +76,30 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     /// Delete entries in the target that the snapshot does not have, so the
     /// target becomes an exact copy. Only entries below the target are
-    /// deleted and symlinks are removed, never followed. Cannot be combined
-    /// with includes or excludes.
+    /// deleted and symlinks are removed, never followed. With includes or
+    /// excludes, only extras inside the selection are deleted: in folders
+    /// the selection takes whole, and never an entry an exclude matches.
     pub delete_extra: bool,
-    /// Update existing regular files in place: a chunk whose bytes are
+    /// What happens to an entry that exists where the snapshot has one.
+    pub overwrite: Overwrite,
+    /// Change nothing: plan, compare with the target, and report what would
+    /// be done in [`RestoreSummary::preview`].
+    pub dry_run: bool,
+}
+
+/// What a restore does with an entry that already exists in the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Replace it, writing every byte again.
+    Always,
+    /// Update an existing regular file in place: a chunk whose bytes are
     /// already at its offset (same content id) is neither read from the
-    /// repository nor written.
-    pub reuse_existing: bool,
+    /// repository nor written. Other entries are replaced.
+    #[default]
+    IfChanged,
+    /// Keep an existing file, symlink or special file as it is (folders
+    /// are still entered and restored into).
+    Never,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -97,11 +116,29 @@ pub struct RestoreSummary {
     /// Entries deleted from the target because the snapshot does not have
     /// them (a deleted folder counts once).
     pub deleted: u64,
+    /// Entries that existed and were kept as they are (`Overwrite::Never`).
+    pub kept: u64,
+    /// What a dry run would do; `None` when the restore ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
     /// Paths whose content could not be restored intact, with the reason:
     /// files with damaged chunks, and folders whose tree could not be read
     /// (everything below such a folder is missing).
     pub damaged: Vec<(String, String)>,
     pub duration_s: f64,
+}
+
+/// What a dry run found: every path below the target that would be
+/// written (with the bytes to write) or deleted, and what would be kept.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Preview {
+    /// Files, symlinks and special files that would be created or changed,
+    /// with the bytes that would be written into each.
+    pub write: Vec<(String, u64)>,
+    /// Entries that would be deleted (a folder with all it holds).
+    pub delete: Vec<String>,
+    /// Existing entries that would be kept as they are (`Overwrite::Never`).
+    pub kept: Vec<String>,
 }
 
 /// Live counters for a progress display.
@@ -165,19 +202,11 @@ pub fn restore(
         None => snap.root.clone(),
     };
     check_root(snap, &root, whole)?;
-    if opts.delete_extra && !(opts.includes.is_empty() && opts.excludes.is_empty()) {
+    if opts.delete_extra && opts.overwrite == Overwrite::Never {
         return Err(Error::Invalid(
-            "deleting extra entries cannot be combined with --include or --exclude: the target would lose what the filter left out".into(),
+            "deleting extra entries makes the target exactly the snapshot, and keeping existing entries (--overwrite never) would leave it otherwise: choose one of the two".into(),
         ));
     }
-    std::fs::create_dir_all(target).map_err(|e| Error::io(target, "create target folder", e))?;
-    let dirs = Dirs::new(target)?;
-    // A new or empty target needs no check for what stands in the way.
-    let fresh = dirs
-        .open(TARGET)?
-        .names()
-        .map_err(|e| Error::io(target, "read target folder", e))?
-        .is_empty();
     let filter = Filter {
         includes: if opts.includes.is_empty() {
             None
@@ -186,13 +215,55 @@ pub fn restore(
         },
         excludes: Excludes::new(&opts.excludes)?,
     };
+    // An include that matches nothing is said before anything is touched.
+    if filter.includes.is_some() && !opts.dry_run {
+        let dry = Mode {
+            dry: true,
+            keep_existing: false,
+        };
+        let (checked, _) = plan(repo, &root, Dirs::absent(target), &filter, dry)?;
+        check_includes(snap, subpath, &opts.includes, &checked)?;
+    }
+    let dirs = if opts.dry_run {
+        match std::fs::symlink_metadata(target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Dirs::absent(target),
+            _ => Dirs::new(target)?,
+        }
+    } else {
+        std::fs::create_dir_all(target)
+            .map_err(|e| Error::io(target, "create target folder", e))?;
+        Dirs::new(target)?
+    };
+    // A new or empty target needs no check for what stands in the way.
+    let fresh = match dirs.open(TARGET) {
+        Ok(d) => d
+            .names()
+            .map_err(|e| Error::io(target, "read target folder", e))?
+            .is_empty(),
+        Err(_) => true,
+    };
+    let mode = Mode {
+        dry: opts.dry_run,
+        keep_existing: opts.overwrite == Overwrite::Never && !fresh,
+    };
     let set_owner = fsmeta::is_root();
     let mut summary = RestoreSummary::default();
 
     // Phase 1: plan; folders, symlinks and special files are made here.
-    let (mut plan, dirs) = plan(repo, &root, dirs, &filter)?;
+    let (mut plan, dirs) = plan(repo, &root, dirs, &filter, mode)?;
+    check_includes(snap, subpath, &opts.includes, &plan)?;
+    summary.kept = plan.kept.len() as u64;
+    if opts.dry_run {
+        summary.preview = Some(preview(repo, &dirs, &plan, opts, &filter, fresh)?);
+        summary.files = plan.files.len() as u64;
+        summary.dirs = plan.dirs.len() as u64;
+        summary.specials = plan.others.len() as u64;
+        summary.links = plan.hardlinks.len() as u64;
+        summary.duration_s = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
     if !fresh {
-        prepare_target(repo, &dirs, &mut plan, opts, &mut summary)?;
+        prepare_target(repo, &dirs, &mut plan, opts, &filter, &mut summary)?;
     }
     let total: u64 = plan
         .files
@@ -228,28 +299,111 @@ pub fn restore(
 }
 
 /// Phase 1: walks the trees below `root` into a plan, making folders,
-/// symlinks and special files on the way.
+/// symlinks and special files on the way (unless `mode.dry`).
 fn plan(
     repo: &IndexedRepository,
     root: &Node,
     dirs: Dirs,
     filter: &Filter,
+    mode: Mode,
 ) -> Result<(Plan, Dirs)> {
     let mut walk = Walk {
         repo,
         filter,
-        plan: Plan::default(),
+        plan: Plan {
+            include_hits: vec![false; filter.includes.as_ref().map_or(0, Excludes::len)],
+            ..Plan::default()
+        },
         dirs,
         seen: HashMap::new(),
+        mode,
     };
     match &root.kind {
         NodeKind::Dir { subtree } => {
             walk.dir(subtree, TARGET, Path::new(""), 1, filter.includes.is_none())?;
             walk.plan.dirs.push((TARGET, root.clone(), 0));
+            if filter.includes.is_some() {
+                walk.plan.partial.insert(TARGET);
+            }
         }
-        _ => walk.entry(root, TARGET)?,
+        _ => {
+            if !walk.keep(TARGET, root, false)? {
+                walk.entry(root, TARGET)?;
+            }
+        }
     }
     Ok((walk.plan, walk.dirs))
+}
+
+/// Fails, naming them, when include patterns matched nothing.
+fn check_includes(
+    snap: &Snapshot,
+    subpath: Option<&str>,
+    includes: &[String],
+    plan: &Plan,
+) -> Result<()> {
+    let missed: Vec<String> = includes
+        .iter()
+        .zip(&plan.include_hits)
+        .filter(|(_, hit)| !**hit)
+        .map(|(p, _)| format!("'{p}'"))
+        .collect();
+    if missed.is_empty() {
+        return Ok(());
+    }
+    Err(Error::IncludeMatchesNothing {
+        patterns: missed.join(", --include "),
+        snapshot: snap.id.short(),
+        below: subpath.map(|p| format!(" below {p}")).unwrap_or_default(),
+    })
+}
+
+/// A dry run's findings: what would be written, deleted and kept. `fresh`:
+/// the target is new or empty.
+fn preview(
+    repo: &IndexedRepository,
+    dirs: &Dirs,
+    plan: &Plan,
+    opts: &RestoreOptions,
+    filter: &Filter,
+    fresh: bool,
+) -> Result<Preview> {
+    let show = |p: &Path| p.display().to_string();
+    let delete = if opts.delete_extra && !fresh {
+        inplace::delete_extra(repo, dirs, plan, &filter.excludes, true)?
+    } else {
+        Vec::new()
+    };
+    let files: Vec<Option<(String, u64)>> = plan
+        .files
+        .par_iter()
+        .map(|f| {
+            let bytes = match opts.overwrite {
+                Overwrite::IfChanged if !fresh => inplace::preview_file(repo, dirs, f)?,
+                _ => Some(f.node.size),
+            };
+            Ok(bytes.map(|b| (show(&f.path), b)))
+        })
+        .collect::<Result<_>>()?;
+    let mut write: Vec<(String, u64)> = files.into_iter().flatten().collect();
+    for (_, path, node) in &plan.others {
+        let same = match &node.kind {
+            NodeKind::Symlink { target } => std::fs::read_link(path)
+                .is_ok_and(|t| t.as_os_str().as_bytes() == target.as_slice()),
+            _ => false,
+        };
+        if !same || opts.overwrite == Overwrite::Always {
+            write.push((show(path), 0));
+        }
+    }
+    for ((_, path, _), _) in &plan.hardlinks {
+        write.push((show(path), 0));
+    }
+    Ok(Preview {
+        write,
+        delete: delete.iter().map(|p| show(p)).collect(),
+        kept: plan.kept.iter().map(|p| show(p)).collect(),
+    })
 }
 
 /// Before phase 2 in a target that was not empty: deletes what the snapshot
@@ -260,12 +414,14 @@ fn prepare_target(
     dirs: &Dirs,
     plan: &mut Plan,
     opts: &RestoreOptions,
+    filter: &Filter,
     summary: &mut RestoreSummary,
 ) -> Result<()> {
     if opts.delete_extra {
-        summary.deleted = inplace::delete_extra(repo, dirs, &plan.dirs, &plan.unread)?;
+        summary.deleted =
+            inplace::delete_extra(repo, dirs, plan, &filter.excludes, false)?.len() as u64;
     }
-    if opts.reuse_existing {
+    if opts.overwrite == Overwrite::IfChanged {
         let existing: Vec<Option<bool>> = plan
             .files
             .par_iter()

@@ -104,7 +104,6 @@ pub async fn restore_in_place(
         safety = Some(taken);
         let opts = RestoreOptions {
             delete_extra: true,
-            reuse_existing: true,
             ..RestoreOptions::default()
         };
         let progress = Arc::new(RestoreProgress::default());

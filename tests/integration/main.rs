@@ -21,5 +21,6 @@ mod maintenance;
 mod mount;
 mod partial_restore;
 mod permissions;
+mod rollback;
 mod safety;
 mod snapshot_restore;

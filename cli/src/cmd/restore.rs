@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress, RestoreSummary};
+use pvsnap_engine::restore::{
+    self, Overwrite, Preview, RestoreOptions, RestoreProgress, RestoreSummary,
+};
 use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_ops::Observer;
 
@@ -32,6 +34,15 @@ pub struct Args {
     /// Skip entries matching a glob (repeatable)
     #[arg(long = "exclude")]
     pub excludes: Vec<String>,
+    /// Make --target exactly the snapshot: delete what the snapshot does not have (with --path, --include or --exclude: only inside what they select), writing only what differs
+    #[arg(long, conflicts_with_all = ["to_pvc", "to_new_pvc"])]
+    pub delete: bool,
+    /// What to do with a file that already exists in --target: rewrite it (always), write only the parts that differ (if-changed), or keep it as it is (never)
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "if-changed", conflicts_with_all = ["to_pvc", "to_new_pvc"])]
+    pub overwrite: OverwriteArg,
+    /// Change nothing: print what would be written, deleted and kept
+    #[arg(long, conflicts_with_all = ["to_pvc", "to_new_pvc"])]
+    pub dry_run: bool,
     /// Print the summary as JSON
     #[arg(long)]
     pub json: bool,
@@ -67,12 +78,35 @@ pub struct Args {
     pub kube: crate::k8s::KubeArgs,
 }
 
+/// `--overwrite`: what happens to an entry that exists in the target.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverwriteArg {
+    Always,
+    IfChanged,
+    Never,
+}
+
+impl From<OverwriteArg> for Overwrite {
+    fn from(o: OverwriteArg) -> Overwrite {
+        match o {
+            OverwriteArg::Always => Overwrite::Always,
+            OverwriteArg::IfChanged => Overwrite::IfChanged,
+            OverwriteArg::Never => Overwrite::Never,
+        }
+    }
+}
+
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     if let Some(claim) = &a.to_pvc {
         return super::restore_pvc::in_place(cli, a, claim);
     }
     if let Some(claim) = &a.to_new_pvc {
         return super::restore_pvc::to_new_claim(cli, a, claim);
+    }
+    if a.delete && a.overwrite == OverwriteArg::Never {
+        anyhow::bail!(
+            "--delete makes the target exactly the snapshot, --overwrite never keeps existing files as they are: use one of the two"
+        );
     }
     let target = &checked_target(
         a.target.as_ref().expect("clap requires --target"),
@@ -84,12 +118,66 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let opts = RestoreOptions {
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),
-        ..RestoreOptions::default()
+        delete_extra: a.delete,
+        overwrite: a.overwrite.into(),
+        dry_run: a.dry_run,
     };
     let summary = with_progress(cli, a, |p| {
         restore::restore(&repo, &snap, a.path.as_deref(), target, &opts, p)
     })?;
+    if let Some(preview) = &summary.preview {
+        return report_dry_run(cli, a, &snap, target, &summary, preview);
+    }
     report(cli, a, &snap, &target.display().to_string(), &summary, &[])
+}
+
+/// Prints what a dry run found: each path to write (with its bytes), to
+/// delete and kept, then the counts. JSON: the summary with `dry_run: true`
+/// and the lists under `preview`.
+fn report_dry_run(
+    cli: &Cli,
+    a: &Args,
+    snap: &Snapshot,
+    target: &std::path::Path,
+    summary: &RestoreSummary,
+    p: &Preview,
+) -> Result<u8> {
+    let bytes: u64 = p.write.iter().map(|(_, b)| b).sum();
+    if a.json {
+        let mut v = serde_json::to_value(summary)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("dry_run".into(), true.into());
+            o.insert("bytes_to_write".into(), bytes.into());
+        }
+        output::json(&v)?;
+        return Ok(crate::exit::OK);
+    }
+    if cli.quiet {
+        return Ok(crate::exit::OK);
+    }
+    for (path, b) in &p.write {
+        println!("write   {path} ({})", output::bytes(*b));
+    }
+    for path in &p.delete {
+        println!("delete  {path}");
+    }
+    for path in &p.kept {
+        println!("keep    {path}");
+    }
+    let kept = if p.kept.is_empty() {
+        String::new()
+    } else {
+        format!(", keep {} existing (--overwrite never)", p.kept.len())
+    };
+    println!(
+        "dry run: restoring snapshot {} into {} would write {} entries ({}), delete {}{kept}; nothing was changed",
+        snap.short_id(),
+        target.display(),
+        p.write.len(),
+        output::bytes(bytes),
+        p.delete.len(),
+    );
+    Ok(crate::exit::OK)
 }
 
 /// The folder to restore into: a symlink is refused unless `follow` (then
@@ -176,7 +264,7 @@ pub fn report(
         }
         output::json(&v)?;
     } else if !cli.quiet {
-        let kept = if summary.bytes_skipped > 0 || summary.deleted > 0 {
+        let mut kept = if summary.bytes_skipped > 0 || summary.deleted > 0 {
             format!(
                 " ({} files and {} already in place, {} extra entries deleted)",
                 summary.files_skipped,
@@ -186,6 +274,12 @@ pub fn report(
         } else {
             String::new()
         };
+        if summary.kept > 0 {
+            kept.push_str(&format!(
+                " ({} existing entries kept as they were: --overwrite never)",
+                summary.kept
+            ));
+        }
         println!(
             "restored snapshot {} into {}: {} files, {} folders, {} links, {} special, {} written{kept} in {:.2}s",
             snap.short_id(),

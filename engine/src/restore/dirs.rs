@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::sys::dir::{Dir, EntryKind};
+use crate::sys::dir::Dir;
+pub(super) use crate::sys::dir::EntryKind;
 
 /// Most folders kept open at once by the cache.
 const CACHED: usize = 256;
@@ -38,7 +39,8 @@ struct Slot {
 
 pub(super) struct Dirs {
     slots: Vec<Slot>,
-    target: Arc<Dir>,
+    /// `None`: the target does not exist (a dry run, which makes nothing).
+    target: Option<Arc<Dir>>,
     cache: Mutex<HashMap<usize, Arc<Dir>>>,
 }
 
@@ -79,9 +81,24 @@ impl Dirs {
                 path: target.to_path_buf(),
                 made: true,
             }],
-            target: Arc::new(dir),
+            target: Some(Arc::new(dir)),
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The folders of a target that does not exist, for a dry run: every
+    /// folder fails to open, as not there.
+    pub fn absent(target: &Path) -> Dirs {
+        Dirs {
+            slots: vec![Slot {
+                parent: TARGET,
+                name: Vec::new(),
+                path: target.to_path_buf(),
+                made: true,
+            }],
+            target: None,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A slot for folder `name` in folder `parent`; `made` when it was just
@@ -104,7 +121,13 @@ impl Dirs {
     /// The folder's open descriptor, opened step by step from the target.
     pub fn open(&self, dir: usize) -> Result<Arc<Dir>> {
         if dir == TARGET {
-            return Ok(self.target.clone());
+            return self.target.clone().ok_or_else(|| {
+                Error::io(
+                    self.path(TARGET),
+                    "open folder",
+                    std::io::ErrorKind::NotFound.into(),
+                )
+            });
         }
         if let Some(d) = self.cache.lock().expect("dir cache").get(&dir) {
             return Ok(d.clone());

@@ -16,43 +16,51 @@
 //!   reached by descriptor from the target (see [`super::dirs`]), a symlink
 //!   is removed as a link, and a folder is emptied through descriptors of
 //!   its own subfolders, so removal stays below the target. A folder whose
-//!   tree could not be read is left as it is.
+//!   tree could not be read is left as it is, and so are folders outside a
+//!   restore's selection and entries its excludes match.
+//! * **Preview** ([`preview_file`], `delete_extra` with `dry`): the same
+//!   comparisons for a dry run, reading only.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
 use super::PlannedFile;
 use super::dirs::{self, Dirs};
+use super::plan::Plan;
 use crate::error::{Error, Result};
 use crate::repo::IndexedRepository;
 use crate::repo::id::ChunkId;
 use crate::sys;
 use crate::sys::dir::EntryKind;
 use crate::sys::io::read_at_full;
+use crate::tree::filter::Excludes;
 use crate::tree::{Node, NodeKind};
 
-/// Removes the entries of each planned folder that its tree does not name.
-/// Folders whose tree could not be read (`unread`) are left alone: what is
-/// in them cannot be compared. Returns how many entries were removed (a
-/// folder counts once).
+/// Removes the entries of each planned folder that its tree does not name
+/// (only lists them when `dry`). Folders whose tree could not be read
+/// (`unread`) are left alone: what is in them cannot be compared; so are
+/// folders only partly selected (`partial`), and entries `excludes` match.
+/// Returns the paths removed (a folder counts once).
 pub(super) fn delete_extra(
     repo: &IndexedRepository,
     dirs: &Dirs,
-    planned: &[(usize, Node, usize)],
-    unread: &HashSet<usize>,
-) -> Result<u64> {
-    let mut deleted = 0;
-    for (dir, node, _) in planned {
+    plan: &Plan,
+    excludes: &Excludes,
+    dry: bool,
+) -> Result<Vec<PathBuf>> {
+    let mut deleted = Vec::new();
+    let top = dirs.path(dirs::TARGET);
+    for (dir, node, _) in &plan.dirs {
         let NodeKind::Dir { subtree } = &node.kind else {
             continue;
         };
-        if unread.contains(dir) {
+        if plan.unread.contains(dir) || plan.partial.contains(dir) {
             continue;
         }
         let Ok(tree) = repo.read_tree(subtree) else {
@@ -60,18 +68,72 @@ pub(super) fn delete_extra(
         };
         let path = dirs.path(*dir);
         let keep: HashSet<&[u8]> = tree.nodes.iter().map(|n| n.name.as_slice()).collect();
-        let d = dirs.open(*dir)?;
+        let d = match dirs.open(*dir) {
+            Ok(d) => d,
+            // Not there yet (or not a folder, to be replaced): nothing extra.
+            Err(_) if dry => continue,
+            Err(e) => return Err(e),
+        };
         let names = d.names().map_err(|e| Error::io(path, "list folder", e))?;
+        let rel = path.strip_prefix(top).unwrap_or(path);
         for name in names {
-            if !keep.contains(name.as_bytes()) {
-                let extra = path.join(&name);
+            if keep.contains(name.as_bytes())
+                || (!excludes.is_empty() && excludes.matches(&rel.join(&name), &name))
+            {
+                continue;
+            }
+            let extra = path.join(&name);
+            if !dry {
                 tracing::debug!("{}: not in the snapshot, deleting", extra.display());
                 dirs::remove_existing(&d, name.as_bytes(), &extra)?;
-                deleted += 1;
             }
+            deleted.push(extra);
         }
     }
     Ok(deleted)
+}
+
+/// For a dry run: the bytes an if-changed restore would write into planned
+/// file `f`, or `None` when the file is already exactly in place. Reads
+/// only; a folder that is not there yet means a new file.
+pub(super) fn preview_file(
+    repo: &IndexedRepository,
+    dirs: &Dirs,
+    f: &PlannedFile,
+) -> Result<Option<u64>> {
+    let whole = Some(f.node.size);
+    let Ok(d) = dirs.open(f.dir) else {
+        return Ok(whole);
+    };
+    let name = OsStr::from_bytes(&f.node.name);
+    match d
+        .entry(name)
+        .map_err(|e| Error::io(&f.path, "inspect", e))?
+    {
+        Some(e) if e.kind == EntryKind::File && e.nlink == 1 => {}
+        _ => return Ok(whole),
+    }
+    let Ok(file) = d.open_file(name, libc::O_RDONLY, 0) else {
+        return Ok(whole);
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(&f.path, "inspect", e))?
+        .len();
+    let m = compare_file(repo, &file, f, true)?;
+    if m.untouched && len == f.node.size {
+        return Ok(None);
+    }
+    let NodeKind::File { content } = &f.node.kind else {
+        return Ok(whole);
+    };
+    let data: u64 = content
+        .iter()
+        .filter(|e| e.chunk.is_some())
+        .map(|e| e.len)
+        .sum();
+    let in_place: u64 = m.in_place.iter().map(|(_, _, len)| len).sum();
+    Ok(Some(data.saturating_sub(in_place)))
 }
 
 /// Prepares an existing file for an in-place update: when it is a regular
@@ -124,7 +186,13 @@ pub(super) fn keep_matching(
         .par_iter()
         .enumerate()
         .filter(|(_, f)| f.reuse)
-        .map(|(fi, f)| compare_file(repo, dirs, f).map(|m| (fi, m)))
+        .map(|(fi, f)| {
+            let file = dirs
+                .open(f.dir)?
+                .open_file(OsStr::from_bytes(&f.node.name), libc::O_RDWR, 0)
+                .map_err(|e| Error::io(&f.path, "open for comparing", e))?;
+            compare_file(repo, &file, f, false).map(|m| (fi, m))
+        })
         .collect::<Result<_>>()?;
     let mut kept = Kept { files: 0, bytes: 0 };
     for (fi, m) in found {
@@ -151,7 +219,14 @@ struct FileMatch {
     untouched: bool,
 }
 
-fn compare_file(repo: &IndexedRepository, dirs: &Dirs, f: &PlannedFile) -> Result<FileMatch> {
+/// Compares `file` with planned file `f` chunk by chunk; data where the
+/// snapshot has a hole is cleared (only noted when `dry`).
+fn compare_file(
+    repo: &IndexedRepository,
+    file: &File,
+    f: &PlannedFile,
+    dry: bool,
+) -> Result<FileMatch> {
     let mut m = FileMatch {
         in_place: Vec::new(),
         untouched: true,
@@ -160,17 +235,13 @@ fn compare_file(repo: &IndexedRepository, dirs: &Dirs, f: &PlannedFile) -> Resul
         return Ok(m);
     };
     let io = |action: &'static str| move |e| Error::io(&f.path, action, e);
-    let file = dirs
-        .open(f.dir)?
-        .open_file(OsStr::from_bytes(&f.node.name), libc::O_RDWR, 0)
-        .map_err(io("open for comparing"))?;
     let mut buf = Vec::new();
     let mut off = 0u64;
     for e in content {
         match e.chunk {
             Some(chunk) => {
                 buf.resize(e.len as usize, 0);
-                let n = read_at_full(&file, &mut buf, off).map_err(io("read"))?;
+                let n = read_at_full(file, &mut buf, off).map_err(io("read"))?;
                 if n == buf.len() && repo.crypto().content_id(&buf) == chunk.0 {
                     m.in_place.push((chunk, off, e.len));
                 } else {
@@ -178,7 +249,7 @@ fn compare_file(repo: &IndexedRepository, dirs: &Dirs, f: &PlannedFile) -> Resul
                 }
             }
             None => {
-                if clear_range(&file, off, e.len).map_err(io("clear a hole"))? {
+                if clear_range(file, off, e.len, dry).map_err(io("clear a hole"))? {
                     m.untouched = false;
                 }
             }
@@ -188,9 +259,10 @@ fn compare_file(repo: &IndexedRepository, dirs: &Dirs, f: &PlannedFile) -> Resul
     Ok(m)
 }
 
-/// Makes `len` bytes at `off` read as zeros; returns whether anything had to
-/// change. Only data segments are read (holes are skipped with SEEK_DATA).
-fn clear_range(file: &File, off: u64, len: u64) -> std::io::Result<bool> {
+/// Makes `len` bytes at `off` read as zeros (only looks when `dry`);
+/// returns whether anything had to change. Only data segments are read
+/// (holes are skipped with SEEK_DATA).
+fn clear_range(file: &File, off: u64, len: u64, dry: bool) -> std::io::Result<bool> {
     const BLOCK: usize = 1 << 20;
     let end = off + len;
     let mut changed = false;
@@ -203,6 +275,9 @@ fn clear_range(file: &File, off: u64, len: u64) -> std::io::Result<bool> {
             let n = read_at_full(file, &mut buf[..want], pos)?;
             if buf[..n].iter().any(|&b| b != 0) {
                 changed = true;
+                if dry {
+                    return Ok(true);
+                }
                 if sys::extents::punch_hole(file, pos, n as u64).is_err() {
                     let zeros = vec![0u8; n];
                     file.write_all_at(&zeros, pos)?;

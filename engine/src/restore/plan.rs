@@ -24,7 +24,7 @@ pub(super) struct PlannedFile {
     pub dir: usize,
     pub path: PathBuf,
     pub node: Node,
-    /// An existing file updated in place (see `RestoreOptions::reuse_existing`).
+    /// An existing file updated in place (see `Overwrite::IfChanged`).
     pub reuse: bool,
     /// Its length had to be changed.
     pub resized: bool,
@@ -47,6 +47,23 @@ pub(super) struct Plan {
     pub lost: Vec<(String, String)>,
     /// Folders whose trees could not be read (not to be cleaned in place).
     pub unread: std::collections::HashSet<usize>,
+    /// Folders planned only for what an include selects below them (not
+    /// to be cleaned: what is in them lies outside the selection).
+    pub partial: std::collections::HashSet<usize>,
+    /// Existing entries kept as they are ([`Mode::keep_existing`]).
+    pub kept: Vec<PathBuf>,
+    /// For each include pattern, whether it matched an entry.
+    pub include_hits: Vec<bool>,
+}
+
+/// How the walk treats the target.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Mode {
+    /// Make nothing: folders, symlinks and special files are only planned.
+    pub dry: bool,
+    /// An existing entry where the snapshot has a file, symlink or special
+    /// file (or a non-folder where it has a folder) is kept and not planned.
+    pub keep_existing: bool,
 }
 
 pub(super) struct Filter {
@@ -77,6 +94,7 @@ pub(super) struct Walk<'a> {
     pub plan: Plan,
     pub dirs: Dirs,
     pub seen: HashMap<(u64, u64), usize>,
+    pub mode: Mode,
 }
 
 impl Walk<'_> {
@@ -119,13 +137,23 @@ impl Walk<'_> {
         for node in &tree.nodes {
             let name = OsStr::from_bytes(&node.name);
             let child_rel = rel.join(name);
+            if let Some(inc) = &self.filter.includes
+                && self.plan.include_hits.contains(&false)
+            {
+                for i in inc.matching(&child_rel, name) {
+                    self.plan.include_hits[i] = true;
+                }
+            }
             let (take, descend) = self.filter.check(&child_rel, name, inside_included);
             match &node.kind {
                 NodeKind::Dir { subtree } => {
                     if !descend {
                         continue;
                     }
-                    if take {
+                    if take && self.keep(dir, node, true)? {
+                        continue;
+                    }
+                    if take && !self.mode.dry {
                         self.dirs.ensure(dir)?;
                         let d = self.dirs.open(dir)?;
                         let path = self.dirs.path(dir).join(name);
@@ -139,16 +167,47 @@ impl Walk<'_> {
                     self.dir(subtree, child, &child_rel, depth + 1, take)?;
                     if !take && self.placed() > before {
                         self.plan.dirs.push((child, node.clone(), depth));
+                        self.plan.partial.insert(child);
                     }
                 }
                 _ if take => {
-                    self.dirs.ensure(dir)?;
-                    self.entry(node, dir)?;
+                    if !self.mode.dry {
+                        self.dirs.ensure(dir)?;
+                    }
+                    if !self.keep(dir, node, false)? {
+                        self.entry(node, dir)?;
+                    }
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// With [`Mode::keep_existing`]: whether an existing entry stands in
+    /// `node`'s place and is kept (noted in [`Plan::kept`]). A folder
+    /// (`is_dir`) keeps only a non-folder in its place; an existing folder
+    /// is restored into.
+    pub fn keep(&mut self, dir: usize, node: &Node, is_dir: bool) -> Result<bool> {
+        if !self.mode.keep_existing {
+            return Ok(false);
+        }
+        let path = self.dirs.path(dir).join(OsStr::from_bytes(&node.name));
+        // A folder that cannot be opened holds nothing to keep.
+        let Ok(d) = self.dirs.open(dir) else {
+            return Ok(false);
+        };
+        let found = d
+            .entry(OsStr::from_bytes(&node.name))
+            .map_err(|e| Error::io(&path, "inspect", e))?;
+        let keep = match found {
+            None => false,
+            Some(e) => !(is_dir && e.kind == dirs::EntryKind::Dir),
+        };
+        if keep {
+            self.plan.kept.push(path);
+        }
+        Ok(keep)
     }
 
     fn placed(&self) -> usize {
@@ -227,6 +286,14 @@ impl Walk<'_> {
                     reuse: false,
                     resized: false,
                 });
+            }
+            NodeKind::Symlink { .. }
+            | NodeKind::Fifo
+            | NodeKind::CharDevice { .. }
+            | NodeKind::BlockDevice { .. }
+                if self.mode.dry =>
+            {
+                plan.others.push((dir, path, node.clone()));
             }
             NodeKind::Symlink { target } => {
                 let d = self.dirs.open(dir)?;

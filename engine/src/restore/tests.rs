@@ -25,7 +25,8 @@ const IN_PLACE: RestoreOptions = RestoreOptions {
     includes: Vec::new(),
     excludes: Vec::new(),
     delete_extra: true,
-    reuse_existing: true,
+    overwrite: super::Overwrite::IfChanged,
+    dry_run: false,
 };
 
 fn restore_with(
@@ -226,8 +227,12 @@ fn chunks_already_in_place_are_not_written() {
         fs::read(fx.src.join("db/base/table.dat")).unwrap()
     );
 
-    // Without reuse the same restore writes everything again.
-    let again = fx.restore(&vol, &RestoreOptions::default());
+    // With `Overwrite::Always` the same restore writes everything again.
+    let always = RestoreOptions {
+        overwrite: super::Overwrite::Always,
+        ..RestoreOptions::default()
+    };
+    let again = fx.restore(&vol, &always);
     assert_eq!(again.bytes_written, full.bytes_written);
 }
 
@@ -281,22 +286,86 @@ fn a_file_with_two_names_is_replaced_not_written_through() {
 }
 
 #[test]
-fn deleting_extra_entries_refuses_filters() {
+fn deleting_extra_entries_with_filters_stays_inside_the_selection() {
     let fx = Fixture::new();
+    let vol = fx.restored("vol");
+    fs::write(vol.join("db/extra"), b"x").unwrap();
+    fs::write(vol.join("db/base/extra"), b"x").unwrap();
+    fs::write(vol.join("db/keep.tmp"), b"x").unwrap();
+    fs::write(vol.join("logs/extra"), b"x").unwrap();
+    fs::write(vol.join("top-extra"), b"x").unwrap();
     let opts = RestoreOptions {
-        excludes: vec!["logs".into()],
+        includes: vec!["db".into()],
+        excludes: vec!["*.tmp".into()],
         ..IN_PLACE
+    };
+    let s = fx.restore(&vol, &opts);
+    assert_eq!(s.deleted, 2, "db/extra and db/base/extra");
+    assert!(!vol.join("db/extra").exists());
+    assert!(!vol.join("db/base/extra").exists());
+    assert!(vol.join("db/keep.tmp").exists(), "excluded: kept");
+    assert!(
+        vol.join("logs/extra").exists(),
+        "outside the selection: kept"
+    );
+    assert!(
+        vol.join("top-extra").exists(),
+        "the partly selected top: kept"
+    );
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_says_what_it_would_do() {
+    let fx = Fixture::new();
+    let vol = fx.restored("vol");
+    fs::write(vol.join("db/extra"), b"x").unwrap();
+    fs::write(vol.join("db/PG_VERSION"), b"17\n").unwrap();
+    let before = manifest(&vol);
+    let opts = RestoreOptions {
+        dry_run: true,
+        ..IN_PLACE
+    };
+    let s = fx.restore(&vol, &opts);
+    assert_eq!(manifest(&vol), before);
+    let p = s.preview.expect("a preview");
+    let vol_s = vol.display().to_string();
+    assert_eq!(p.delete, vec![format!("{vol_s}/db/extra")]);
+    assert_eq!(p.write, vec![(format!("{vol_s}/db/PG_VERSION"), 3)]);
+    // A target that does not exist is not made.
+    let none = fx.path("none");
+    let s = fx.restore(&none, &opts);
+    assert!(!none.exists());
+    assert_eq!(s.preview.unwrap().write.len() as u64, s.files + s.specials);
+}
+
+#[test]
+fn overwrite_never_keeps_existing_entries() {
+    let fx = Fixture::new();
+    let vol = fx.restored("vol");
+    fs::write(vol.join("db/PG_VERSION"), b"17\n").unwrap();
+    fs::remove_file(vol.join("empty")).unwrap();
+    let opts = RestoreOptions {
+        overwrite: super::Overwrite::Never,
+        ..RestoreOptions::default()
+    };
+    let s = fx.restore(&vol, &opts);
+    assert_eq!(fs::read(vol.join("db/PG_VERSION")).unwrap(), b"17\n");
+    assert!(vol.join("empty").exists(), "what was missing is restored");
+    assert_eq!(s.kept, 5, "four files and the symlink");
+    let both = RestoreOptions {
+        delete_extra: true,
+        ..opts
     };
     let err = restore(
         &fx.repo,
         &fx.snap,
         None,
-        &fx.path("vol"),
-        &opts,
+        &vol,
+        &both,
         &RestoreProgress::default(),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("--exclude"), "{err}");
+    assert!(err.to_string().contains("--overwrite never"), "{err}");
 }
 
 #[test]
