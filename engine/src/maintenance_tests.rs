@@ -129,7 +129,28 @@ fn assert_clean(repo: &Repository) -> check::CheckReport {
 
 #[test]
 fn prune_leaves_about_the_size_of_a_fresh_repository_with_the_kept_snapshots() {
+    // Snapshot workers fill packs side by side, so which blobs share a pack
+    // varies from run to run; in some layouts every pack is wholly kept or
+    // wholly dropped and nothing needs repacking. Every run must meet every
+    // other assertion; some run of each kind must repack.
     for encrypted in [false, true] {
+        let mut repacked = 0;
+        for _ in 0..8 {
+            repacked += prune_to_the_size_of_a_fresh_repository(encrypted);
+            if repacked > 0 {
+                break;
+            }
+        }
+        assert!(
+            repacked > 0,
+            "no layout needed repacking (encrypted: {encrypted})"
+        );
+    }
+}
+
+/// One run of the test above; returns how many packs prune repacked.
+fn prune_to_the_size_of_a_fresh_repository(encrypted: bool) -> usize {
+    {
         let (mem, repo) = mem_repo(encrypted);
         let backend: DynBackend = mem.clone();
         let hist = history(&repo);
@@ -148,7 +169,7 @@ fn prune_leaves_about_the_size_of_a_fresh_repository_with_the_kept_snapshots() {
             (dry.packs_deleted, dry.packs_repacked),
             (r.packs_deleted, r.packs_repacked)
         );
-        assert!(r.packs_deleted > 0 && r.packs_repacked > 0, "{r:#?}");
+        assert!(r.packs_deleted > 0, "{r:#?}");
         assert!(r.bytes_freed > 0, "{r:#?}");
         assert_eq!(
             r.bytes_after,
@@ -190,18 +211,27 @@ fn prune_leaves_about_the_size_of_a_fresh_repository_with_the_kept_snapshots() {
             (0, 0, 0),
             "{again:#?}"
         );
+        r.packs_repacked
     }
 }
 
 #[test]
 fn max_unused_decides_between_keeping_and_repacking() {
-    let (_, _, repo, _) = forgotten_history(false);
-    let lenient = dry_prune(&repo, 100.0);
-    assert_eq!(lenient.packs_repacked, 0, "100% tolerates any waste");
-    assert!(lenient.packs_deleted > 0);
-    let strict = dry_prune(&repo, 0.0);
-    assert!(strict.packs_repacked > 0);
-    assert_eq!(strict.packs_deleted, lenient.packs_deleted);
+    // As above: some pack layouts leave nothing to repack; try a few.
+    let mut repacked = 0;
+    for _ in 0..8 {
+        let (_, _, repo, _) = forgotten_history(false);
+        let lenient = dry_prune(&repo, 100.0);
+        assert_eq!(lenient.packs_repacked, 0, "100% tolerates any waste");
+        assert!(lenient.packs_deleted > 0);
+        let strict = dry_prune(&repo, 0.0);
+        assert_eq!(strict.packs_deleted, lenient.packs_deleted);
+        repacked = strict.packs_repacked;
+        if repacked > 0 {
+            break;
+        }
+    }
+    assert!(repacked > 0, "no layout left a pack partly used");
 }
 
 /// Runs prune through a backend that fails after `puts` puts and `deletes`
