@@ -175,6 +175,9 @@ mod tests {
             if !crate::testutil::can_run("long_zero_runs_are_not_written_as_bytes", why) {
                 return;
             }
+            // Allocation settles on writeback; read the extent map after it,
+            // not while delayed allocation may still be merging extents.
+            file.sync_all().unwrap();
             let unwritten = sys::extents::unwritten_extents(&file).unwrap();
             let total: u64 = unwritten.iter().map(|(_, len)| len).sum();
             let want = zeroable(&data, off);
