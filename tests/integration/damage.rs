@@ -4,29 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use crate::util::{self, Env};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn code(env: &Env, args: &[&str], want: i32) -> Output {
-    let out = env.run(args);
-    assert_eq!(
-        out.status.code(),
-        Some(want),
-        "pvsnap {args:?}:\n{}\n{}",
-        stderr(&out),
-        stdout(&out)
-    );
-    out
-}
+use crate::util::{code, stderr, stdout};
 
 /// `n` files of `size` bytes in `dir`, their content chosen by `seed`.
 fn write_files(dir: &Path, seed: u64, n: usize, size: usize) {

@@ -14,8 +14,9 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use pvsnap_k8s::testing::fixtures::{PG_POST, PG_PRE, STORAGE_ROOT};
 use serde_json::Value;
 
-use crate::k8s::{Kube, stderr};
+use crate::k8s::Kube;
 use crate::util;
+use crate::util::stderr;
 
 /// (API group, resource or resource/subresource, verb).
 type Permission = (String, String, String);

@@ -2,17 +2,8 @@
 //! and journald, and errors that say what to do next (issue #19, items 3,
 //! 8 and 10).
 
-use std::process::Output;
-
 use crate::util::{Env, in_pty};
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::util::{stderr, stdout};
 
 /// A folder with a file, and a subfolder `cache` with another.
 fn source(env: &Env) -> std::path::PathBuf {

@@ -1,13 +1,8 @@
 //! Guards that must not be bypassed: empty tags and durations, impossible
 //! time offsets, a damaged config or key slot, a failed init.
 
-use std::process::Output;
-
+use crate::util::stderr;
 use crate::util::{self, Env};
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Runs a command that must fail; returns its stderr.
 fn refused(env: &Env, args: &[&str]) -> String {

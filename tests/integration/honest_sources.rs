@@ -9,26 +9,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 use crate::util::{self, Env};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn code(env: &Env, args: &[&str], want: i32) -> Output {
-    let out = env.run(args);
-    assert_eq!(
-        out.status.code(),
-        Some(want),
-        "pvsnap {args:?}:\n{}\n{}",
-        stderr(&out),
-        stdout(&out)
-    );
-    out
-}
+use crate::util::{code, stderr, stdout};
 
 fn write(dir: &Path, name: &str, content: &[u8]) {
     let p = dir.join(name);

@@ -14,6 +14,7 @@ use pvsnap_engine::repo::format::ObjectKind;
 use pvsnap_engine::repo::id::{Id, SnapshotId};
 use pvsnap_engine::tree::NodeKind;
 
+use crate::util::stderr;
 use crate::util::{self, Env};
 
 /// The panic exit code of a Rust binary: never acceptable.
@@ -21,10 +22,6 @@ const PANIC: i32 = 101;
 
 fn open(env: &Env) -> Repository {
     Repository::open(Arc::new(LocalBackend::new(env.repo())), None).expect("open repository")
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A source of `dirs` folders holding `per` files each.

@@ -14,6 +14,7 @@ use pvsnap_k8s::testing::fixtures::{
 use serde_json::{Value, json};
 
 use crate::util::{self, Env};
+use crate::util::{stderr, stdout};
 
 /// A repository, a fake cluster and a fake host root.
 pub struct Kube {
@@ -108,14 +109,6 @@ impl Kube {
             .as_i64()
             .expect("replicas")
     }
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Files of a database-like volume: a few chunks' worth and small files.

@@ -10,8 +10,9 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::k8s::{Kube, stderr, stdout};
+use crate::k8s::Kube;
 use crate::util::Env;
+use crate::util::{stderr, stdout};
 
 /// Two folders `vols/a` and `vols/b` with a file `f`, each snapshotted from
 /// the test's folder by its relative path; `b` is the newest.

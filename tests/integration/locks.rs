@@ -1,16 +1,12 @@
 //! Damaged, foreign and future locks through the binary.
 
 use std::path::Path;
-use std::process::Output;
 
 use crate::util::Env;
+use crate::util::stderr;
 
 /// Exit code of a command refused because of a conflicting lock.
 const LOCKED: i32 = 11;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn lock_names(repo: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(repo.join("locks"))

@@ -316,3 +316,26 @@ pub fn in_pty(mut cmd: Command, answers: &[(&str, &str)]) -> (std::process::Exit
     let status = child.wait().expect("wait for the child");
     (status, String::from_utf8_lossy(&shown).into_owned())
 }
+
+/// A command's standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A command's standard output, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs pvsnap and requires exit code `want`; the message shows both streams.
+pub fn code(env: &Env, args: &[&str], want: i32) -> Output {
+    let out = env.run(args);
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "pvsnap {args:?}:\n{}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    out
+}
