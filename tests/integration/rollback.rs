@@ -22,9 +22,22 @@ fn setup(env: &Env) -> (PathBuf, String) {
 
 /// `restore SNAP --target DIR ARGS --json`, parsed.
 fn restore(env: &Env, snap: &str, dir: &Path, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["restore", snap, "--target", dir.to_str().unwrap(), "--json"];
+    let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    serde_json::from_slice(&env.ok(&all).stdout).expect("restore --json prints JSON")
+    let out = restore_run(env, snap, dir, &all);
+    assert!(
+        out.status.success(),
+        "restore {args:?}: {}",
+        util::stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("restore --json prints JSON")
+}
+
+/// `restore SNAP --target DIR ARGS`, whatever its exit code.
+fn restore_run(env: &Env, snap: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["restore", snap, "--target", dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    env.run(&all)
 }
 
 /// The folder after a user's mistakes: a changed file, extra files and an
@@ -149,15 +162,7 @@ fn overwrite_never_keeps_and_always_rewrites() {
     let v = restore(&env, &snap, &dir, &["--overwrite", "always"]);
     assert_eq!(v["bytes_written"], first["bytes_written"], "{v}");
 
-    let out = env.run(&[
-        "restore",
-        &snap,
-        "--target",
-        dir.to_str().unwrap(),
-        "--delete",
-        "--overwrite",
-        "never",
-    ]);
+    let out = restore_run(&env, &snap, &dir, &["--delete", "--overwrite", "never"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -210,14 +215,7 @@ fn an_include_that_matches_nothing_is_an_error_naming_it() {
     let env = Env::new();
     let (_src, snap) = setup(&env);
     let dir = env.path("restored");
-    let out = env.run(&[
-        "restore",
-        &snap,
-        "--target",
-        dir.to_str().unwrap(),
-        "--include",
-        "*.jpg",
-    ]);
+    let out = restore_run(&env, &snap, &dir, &["--include", "*.jpg"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--include '*.jpg' matches nothing"), "{err}");
@@ -225,16 +223,12 @@ fn an_include_that_matches_nothing_is_an_error_naming_it() {
     assert!(fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()));
 
     // One pattern matching, another not: still refused, naming the other.
-    let out = env.run(&[
-        "restore",
+    let out = restore_run(
+        &env,
         &snap,
-        "--target",
-        dir.to_str().unwrap(),
-        "--include",
-        "uploads",
-        "--include",
-        "PG_VERSIONS",
-    ]);
+        &dir,
+        &["--include", "uploads", "--include", "PG_VERSIONS"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
