@@ -50,6 +50,24 @@ pub enum Error {
         .dir.display()
     )]
     RestoreTargetNotHere { key: String, dir: PathBuf },
+    /// A new claim's name is no valid Kubernetes name.
+    #[error("{name:?} is not a valid claim name; use lowercase letters, digits and '-'")]
+    InvalidClaimName { name: String },
+    /// The claim a clone would create exists already.
+    #[error(
+        "{key} already exists; choose another name for the new claim (to overwrite it, use --to-pvc)"
+    )]
+    ClaimExists { key: String },
+    /// The folder a clone's data would go into holds something.
+    #[error("{} exists and is not empty; remove it or choose another claim name", .dir.display())]
+    CloneFolderNotEmpty { dir: PathBuf },
+    /// A clone's data is restored, but its volume or claim could not be made.
+    #[error("the data is restored in {}, but the claim could not be created", .dir.display())]
+    CloneClaimNotCreated {
+        dir: PathBuf,
+        #[source]
+        source: Box<pvsnap_k8s::Error>,
+    },
     /// The snapshot of the current content before an in-place restore failed.
     #[error("cannot take the safety snapshot of {} before restoring", .dir.display())]
     SafetySnapshot {

@@ -15,6 +15,9 @@
 //!   tagged [`PRE_RESTORE_TAG`], the snapshot is restored writing only what
 //!   differs and deleting extra entries, and the workloads are scaled back
 //!   on every path, failed restores included.
+//! * [`restore_to_new_claim`]: a snapshot restored into a new folder of the
+//!   node's storage folder, then a volume pinned to the node and a claim
+//!   bound to it are created.
 //!
 //! Workflows take plain inputs (an indexed repository, a cluster client,
 //! options) and return reports; they print nothing and decide no exit code.
@@ -28,12 +31,14 @@
 //! missing on this host, a snapshot skipped by a failing pre hook).
 
 mod claim;
+mod clone;
 mod error;
 mod observe;
 mod restore;
 mod snapshot;
 
 pub use claim::{claim_key, source_of};
+pub use clone::{CloneOptions, Cloned, restore_to_new_claim};
 pub use error::{Error, Result};
 pub use observe::{Observer, Quiet, Watch};
 pub use restore::{

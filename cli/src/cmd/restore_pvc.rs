@@ -9,24 +9,18 @@
 //! back to their original replica counts on every path, failed restores
 //! included. This module asks before it starts and renders what happened.
 //!
-//! Clone: the snapshot is restored into a new directory under the storage
-//! folder (MicroK8s's by default), then a PersistentVolume pointing at it
-//! (hostPath, pinned to this node, `claimRef` to the new claim, reclaim
-//! policy Retain) and a claim naming that volume in `volumeName` are
-//! created. No provisioner is involved, so the data needs no copying into a
-//! directory a provisioner picks, and the claim is bound at once. Data is
-//! restored before the objects exist, so no pod can mount a half-filled
-//! volume.
+//! Clone (the workflow is `pvsnap_ops::restore_to_new_claim`): this module
+//! checks the arguments and renders what was created.
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress};
-use pvsnap_engine::snapshot::{Snapshot, Source};
+use anyhow::{Result, bail};
+use pvsnap_engine::restore::{RestoreOptions, RestoreProgress};
+use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_k8s::Workload;
-use pvsnap_ops::{InPlaceOptions, Observer, PRE_RESTORE_TAG, Watch};
+use pvsnap_ops::{CloneOptions, InPlaceOptions, Observer, PRE_RESTORE_TAG, Watch};
 
-use super::restore::{Args, bars, report, with_progress};
+use super::restore::{Args, bars, report};
 use crate::Cli;
 use crate::k8s::{self, Kube};
 use crate::progress::Bars;
@@ -165,12 +159,6 @@ fn names(ws: &[Workload]) -> String {
 pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let claim = k8s::parse_claim(spec)?;
     let key = k8s::claim_key(&claim);
-    if !valid_name(&claim.name) {
-        bail!(
-            "{:?} is not a valid claim name; use lowercase letters, digits and '-'",
-            claim.name
-        );
-    }
     let storage_dir = a
         .storage_dir
         .clone()
@@ -185,61 +173,35 @@ pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
     let kube = Kube::connect(&a.kube)?;
-    let cluster = kube.connected();
-    match kube.block_on(cluster.resolve_claim(
-        &claim.namespace,
-        &claim.name,
-        &a.kube.resolve_options(),
-    )) {
-        Err(pvsnap_k8s::Error::ClaimNotFound { .. }) => {}
-        Err(e @ pvsnap_k8s::Error::Api { .. }) => return Err(e.into()),
-        _ => bail!(
-            "{key} already exists; choose another name for the new claim (to overwrite it, use --to-pvc)"
-        ),
-    }
-    let (capacity, class) = match &snap.source {
-        Source::Pvc {
-            capacity,
-            storage_class,
-            ..
-        } => (capacity.clone(), storage_class.clone()),
-        Source::Path { .. } => (None, None),
+    let options = CloneOptions {
+        storage_dir,
+        storage_class: a.storage_class.clone(),
+        node: a.kube.node_name(),
+        resolve: a.kube.resolve_options(),
+        subpath: a.path.clone(),
+        restore: RestoreOptions {
+            includes: a.includes.clone(),
+            excludes: a.excludes.clone(),
+            ..RestoreOptions::default()
+        },
     };
-    let capacity = capacity.unwrap_or_else(|| whole_gib(snap.summary.total_bytes));
-    let class = a.storage_class.clone().or(class);
-    let node = a.kube.node_name();
-    let pv = pvsnap_k8s::clone_volume_name(&claim.namespace, &claim.name);
-    let host_dir = storage_dir.join(format!("{}-{}-{pv}", claim.namespace, claim.name));
-    let local_dir = pvsnap_k8s::map_host_path(&host_dir, a.kube.host_root.as_deref());
-    if std::fs::read_dir(&local_dir).is_ok_and(|mut d| d.next().is_some()) {
-        bail!(
-            "{} exists and is not empty; remove it or choose another claim name",
-            local_dir.display()
-        );
-    }
-    let opts = RestoreOptions {
-        includes: a.includes.clone(),
-        excludes: a.excludes.clone(),
-        ..RestoreOptions::default()
+    let observer = Notices {
+        quiet: cli.quiet,
+        bars: bars(cli, a),
+        key: &key,
+        spec,
     };
-    let summary = with_progress(cli, a, |p| {
-        restore::restore(&repo, &snap, a.path.as_deref(), &local_dir, &opts, p)
-    })?;
-    let made = kube
-        .block_on(cluster.create_clone_claim(
-            &claim.namespace,
-            &claim.name,
-            class.as_deref(),
-            &capacity,
-            &node,
-            &host_dir,
+    let cloned = kube
+        .block_on(pvsnap_ops::restore_to_new_claim(
+            &repo,
+            kube.connected(),
+            &claim,
+            &snap,
+            &options,
+            &observer,
         ))
-        .with_context(|| {
-            format!(
-                "the data is restored in {}, but the claim could not be created",
-                local_dir.display()
-            )
-        })?;
+        .map_err(super::ops_error)?;
+    let made = &cloned.target;
     if !cli.quiet && !a.json {
         eprintln!(
             "pvsnap: created {key} ({} on node {}, storage class {:?}) bound to persistentvolume {} at {}",
@@ -252,47 +214,14 @@ pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     }
     let extra = [(
         "claim",
-        serde_json::to_value(&made).expect("clone target serializes"),
+        serde_json::to_value(made).expect("clone target serializes"),
     )];
     report(
         cli,
         a,
         &snap,
-        &format!("{key} ({})", local_dir.display()),
-        &summary,
+        &format!("{key} ({})", cloned.local_dir.display()),
+        &cloned.summary,
         &extra,
     )
-}
-
-/// A quantity of whole GiB holding `bytes` (at least 1Gi): the capacity of a
-/// clone of a snapshot that does not record one.
-fn whole_gib(bytes: u64) -> String {
-    format!("{}Gi", bytes.div_ceil(1 << 30).max(1))
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn clone_capacity_rounds_up_to_whole_gib() {
-        assert_eq!(super::whole_gib(0), "1Gi");
-        assert_eq!(super::whole_gib(1 << 30), "1Gi");
-        assert_eq!(super::whole_gib((1 << 30) + 1), "2Gi");
-    }
-
-    #[test]
-    fn claim_names_follow_dns_rules() {
-        assert!(super::valid_name("restored-1"));
-        assert!(!super::valid_name("Restored"));
-        assert!(!super::valid_name("-x"));
-        assert!(!super::valid_name(""));
-    }
 }
