@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::*;
-use crate::backend::{Backend, DynBackend, ObjectKey};
+use crate::backend::{Backend, DynBackend, Forward, ObjectKey};
 use crate::error::BackendError;
 use crate::repo::format::ObjectKind;
 use crate::repo::id::ChunkId;
@@ -16,27 +16,15 @@ struct FailPack {
     packs_left: AtomicI64,
 }
 
-impl Backend for FailPack {
-    fn location(&self) -> String {
-        self.inner.location()
+impl Forward for FailPack {
+    fn inner(&self) -> &dyn Backend {
+        &*self.inner
     }
     fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
         if key.kind == ObjectKind::Pack && self.packs_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
             return Err(BackendError::Injected(format!("put {key}")));
         }
         self.inner.put(key, data)
-    }
-    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        self.inner.get_range(key, offset, len)
-    }
-    fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>, BackendError> {
-        self.inner.list(kind)
-    }
-    fn delete(&self, key: &ObjectKey) -> Result<(), BackendError> {
-        self.inner.delete(key)
     }
 }
 

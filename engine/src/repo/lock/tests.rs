@@ -1,6 +1,6 @@
 use super::*;
-use crate::backend::Backend;
 use crate::backend::memory::MemoryBackend;
+use crate::backend::{Backend, Forward};
 use crate::error::BackendError;
 
 fn mem() -> DynBackend {
@@ -147,32 +147,15 @@ struct UnreadableObject {
     name: String,
 }
 
-impl Backend for UnreadableObject {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn put(&self, key: &ObjectKey, data: &[u8]) -> std::result::Result<(), BackendError> {
-        self.inner.put(key, data)
+impl Forward for UnreadableObject {
+    fn inner(&self) -> &dyn Backend {
+        &*self.inner
     }
     fn get(&self, key: &ObjectKey) -> std::result::Result<Vec<u8>, BackendError> {
         if key.name == self.name {
             return Err(BackendError::Injected(format!("get {key}")));
         }
         self.inner.get(key)
-    }
-    fn get_range(
-        &self,
-        key: &ObjectKey,
-        offset: u64,
-        len: u64,
-    ) -> std::result::Result<Vec<u8>, BackendError> {
-        self.inner.get_range(key, offset, len)
-    }
-    fn list(&self, kind: ObjectKind) -> std::result::Result<Vec<(String, u64)>, BackendError> {
-        self.inner.list(kind)
-    }
-    fn delete(&self, key: &ObjectKey) -> std::result::Result<(), BackendError> {
-        self.inner.delete(key)
     }
 }
 
