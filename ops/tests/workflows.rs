@@ -13,9 +13,9 @@ use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_engine::{IndexedRepository, Repository};
 use pvsnap_k8s::testing::fake::{FakeCluster, Kind};
 use pvsnap_k8s::testing::fixtures::{DATA_UID, NODE, STORAGE_ROOT, hostpath_dir};
-use pvsnap_k8s::{ClaimRef, ResolveOptions};
+use pvsnap_k8s::{ClaimRef, Cluster, ResolveOptions};
 use pvsnap_ops::{
-    CloneOptions, Error, InPlaceOptions, PRE_RESTORE_TAG, Quiet, prepare_in_place,
+    CloneOptions, Cloned, Error, InPlaceOptions, PRE_RESTORE_TAG, Quiet, prepare_in_place,
     restore_in_place, restore_to_new_claim,
 };
 
@@ -73,6 +73,19 @@ impl World {
         }
     }
 
+    /// The snapshot restored into a new claim `default/NAME`.
+    async fn clone_to(&self, cluster: &Cluster, name: &str) -> Result<Cloned, Error> {
+        restore_to_new_claim(
+            &self.repo,
+            cluster,
+            &claim("default", name),
+            &self.snap,
+            &self.clone_options(),
+            &Quiet,
+        )
+        .await
+    }
+
     /// A host path as this test sees it.
     fn local(&self, host_path: &str) -> PathBuf {
         self.host_root
@@ -96,16 +109,7 @@ fn read(p: &Path) -> Vec<u8> {
 async fn a_clone_restores_the_data_then_binds_a_new_claim_to_it() {
     let w = world().await;
     let cluster = w.fake.connect().await;
-    let made = restore_to_new_claim(
-        &w.repo,
-        &cluster,
-        &claim("default", "data-copy"),
-        &w.snap,
-        &w.clone_options(),
-        &Quiet,
-    )
-    .await
-    .unwrap();
+    let made = w.clone_to(&cluster, "data-copy").await.unwrap();
     assert_eq!(read(&made.local_dir.join("top.txt")), b"top");
     assert_eq!(
         read(&made.local_dir.join("a/b/deep.bin")),
@@ -135,16 +139,7 @@ async fn a_clone_onto_an_existing_claim_or_a_full_folder_changes_nothing() {
     let w = world().await;
     let cluster = w.fake.connect().await;
     let before = w.fake.requests().len();
-    let err = restore_to_new_claim(
-        &w.repo,
-        &cluster,
-        &claim("default", "data"),
-        &w.snap,
-        &w.clone_options(),
-        &Quiet,
-    )
-    .await
-    .unwrap_err();
+    let err = w.clone_to(&cluster, "data").await.unwrap_err();
     assert!(matches!(err, Error::ClaimExists { .. }), "{err}");
     assert!(err.to_string().contains("default/data already exists"));
     let writes = w.fake.requests()[before..]
@@ -159,16 +154,7 @@ async fn a_clone_onto_an_existing_claim_or_a_full_folder_changes_nothing() {
     let dir = w.local(&format!("{STORAGE_ROOT}/default-fresh-{pv}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("keep.txt"), b"mine").unwrap();
-    let err = restore_to_new_claim(
-        &w.repo,
-        &cluster,
-        &claim("default", "fresh"),
-        &w.snap,
-        &w.clone_options(),
-        &Quiet,
-    )
-    .await
-    .unwrap_err();
+    let err = w.clone_to(&cluster, "fresh").await.unwrap_err();
     assert!(matches!(err, Error::CloneFolderNotEmpty { .. }), "{err}");
     assert_eq!(read(&dir.join("keep.txt")), b"mine");
     assert!(!dir.join("top.txt").exists());
@@ -178,16 +164,7 @@ async fn a_clone_onto_an_existing_claim_or_a_full_folder_changes_nothing() {
             .is_none()
     );
 
-    let err = restore_to_new_claim(
-        &w.repo,
-        &cluster,
-        &claim("default", "Bad_Name"),
-        &w.snap,
-        &w.clone_options(),
-        &Quiet,
-    )
-    .await
-    .unwrap_err();
+    let err = w.clone_to(&cluster, "Bad_Name").await.unwrap_err();
     assert!(matches!(err, Error::InvalidClaimName { .. }), "{err}");
 }
 
