@@ -224,6 +224,9 @@ pub struct S3Backend {
     auth: S3Auth,
     agent: ureq::Agent,
     gate: Gate,
+    /// Set once the bucket answered a listing: a 404 of HEAD then means a
+    /// missing object without asking again.
+    bucket_seen: std::sync::atomic::AtomicBool,
 }
 
 impl S3Backend {
@@ -264,6 +267,7 @@ impl S3Backend {
                 free: Mutex::new(connections),
                 cv: Condvar::new(),
             },
+            bucket_seen: Default::default(),
         })
     }
 
@@ -445,6 +449,10 @@ impl S3Backend {
 
     /// Fails with the clear error when the bucket is missing or refused.
     fn check_bucket(&self, what: &str) -> Result<(), BackendError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.bucket_seen.load(Relaxed) {
+            return Ok(());
+        }
         let r = self.send(
             Method::Get,
             None,
@@ -454,7 +462,10 @@ impl S3Backend {
             what,
         )?;
         match r.ok() {
-            true => Ok(()),
+            true => {
+                self.bucket_seen.store(true, Relaxed);
+                Ok(())
+            }
             false => Err(self.unexpected(what, "LIST", &r)),
         }
     }
