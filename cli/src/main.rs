@@ -33,9 +33,13 @@ pub mod exit {
     about = "Deduplicated, compressed, incremental snapshots of volume folders"
 )]
 pub struct Cli {
-    /// Repository folder (default: /var/lib/pvsnap/repo as root, else ~/.local/share/pvsnap/repo)
+    /// Repository folder (default: /var/lib/pvsnap/repo as root, else ~/.local/share/pvsnap/repo),
+    /// or bucket: s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX]
     #[arg(long, global = true, env = "PVSNAP_REPO")]
     pub repo: Option<std::path::PathBuf>,
+    /// Requests to an S3 repository at a time (default 8)
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: Option<u16>,
     /// Read the repository password from this file
     #[arg(long, global = true, env = "PVSNAP_PASSWORD_FILE")]
     pub password_file: Option<std::path::PathBuf>,

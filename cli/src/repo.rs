@@ -6,26 +6,43 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use pvsnap_engine::backend::local::{LocalBackend, Modes};
-use pvsnap_engine::backend::{DryRun, DynBackend};
+use pvsnap_engine::backend::s3::{S3Auth, S3Backend, S3Location};
+use pvsnap_engine::backend::{Backend, DryRun, DynBackend};
 use pvsnap_engine::{Error, Repository};
 
 use crate::Cli;
 
 /// Where the repository is, and whether the user named it.
 pub struct Location {
+    /// The folder; for a bucket, its `s3:` form (which no folder check
+    /// finds on disk, so the folder checks below pass it by).
     pub path: PathBuf,
+    /// Set when the repository is on S3 (`s3:http[s]://HOST/BUCKET[/PREFIX]`).
+    pub s3: Option<S3Location>,
     pub explicit: bool,
 }
 
 pub fn location(cli: &Cli) -> Result<Location> {
     if let Some(p) = &cli.repo {
+        if let Some(s) = p.to_str().filter(|s| S3Location::is_s3(s)) {
+            let s3 = S3Location::parse(s).map_err(|e| {
+                anyhow!("{e}; a folder whose name starts with `s3:` is named ./s3:…")
+            })?;
+            return Ok(Location {
+                path: PathBuf::from(s3.display()),
+                s3: Some(s3),
+                explicit: true,
+            });
+        }
         return Ok(Location {
             path: p.clone(),
+            s3: None,
             explicit: true,
         });
     }
     Ok(Location {
         path: default_repo()?,
+        s3: None,
         explicit: false,
     })
 }
@@ -77,8 +94,20 @@ pub fn config_missing(path: &Path) -> Option<anyhow::Error> {
     ))
 }
 
-pub fn backend(path: &std::path::Path) -> DynBackend {
-    Arc::new(LocalBackend::new(path))
+/// The backend of a location: the folder, or the bucket with the
+/// credentials of the environment and `--connections` requests at a time.
+pub fn backend(cli: &Cli, loc: &Location) -> Result<DynBackend> {
+    Ok(match &loc.s3 {
+        Some(s3) => Arc::new(s3_backend(cli, s3)?),
+        None => Arc::new(LocalBackend::new(&loc.path)),
+    })
+}
+
+fn s3_backend(cli: &Cli, s3: &S3Location) -> Result<S3Backend> {
+    let connections = cli
+        .connections
+        .map_or(pvsnap_engine::backend::s3::DEFAULT_CONNECTIONS, usize::from);
+    S3Backend::new(s3.clone(), S3Auth::from_env(), connections).map_err(|e| anyhow!(e))
 }
 
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
@@ -117,7 +146,7 @@ pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
 /// `create_default` is set (first `pvsnap snapshot` on a machine).
 pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository> {
     let loc = location(cli)?;
-    let be = backend(&loc.path);
+    let be = backend(cli, &loc)?;
     let be: DynBackend = if dry_run {
         Arc::new(DryRun::new(be))
     } else {
@@ -159,6 +188,41 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Creates the repository at `loc`: a folder (see [`create`]) or a bucket
+/// or prefix, which must hold nothing yet.
+pub fn create_at(
+    cli: &Cli,
+    loc: &Location,
+    opts: pvsnap_engine::InitOptions,
+    modes: Modes,
+) -> Result<Repository> {
+    let Some(s3) = &loc.s3 else {
+        return create(&loc.path, opts, modes);
+    };
+    opts.validate()?;
+    let be = s3_backend(cli, s3)?;
+    if be.exists(&pvsnap_engine::backend::ObjectKey::config())? {
+        return Err(Error::AlreadyInitialized(s3.display()).into());
+    }
+    if !be.is_empty()? {
+        bail!(
+            "{}: this bucket or prefix is not empty and holds no repository; choose an empty bucket or a new prefix (s3:…/BUCKET/PREFIX)",
+            s3.display()
+        );
+    }
+    let be: DynBackend = Arc::new(be);
+    let made = Repository::init(be.clone(), opts);
+    if made.is_err() {
+        // The prefix was empty: the key slot written before the config
+        // failed is ours to remove, so that a retry finds it empty again.
+        let kind = pvsnap_engine::repo::format::ObjectKind::Key;
+        for (name, _) in be.list(kind).unwrap_or_default() {
+            let _ = be.delete(&pvsnap_engine::backend::ObjectKey::new(kind, name));
+        }
+    }
+    Ok(made?)
 }
 
 /// Creates the folder layout and the repository objects. The options are

@@ -72,6 +72,10 @@ pub enum BackendError {
         len: u64,
         size: u64,
     },
+    /// A remote store (S3) refused or failed a request after its retries;
+    /// the message names the endpoint, the bucket and what to do next.
+    #[error("{key}: {message}")]
+    Remote { key: String, message: String },
     #[error("injected fault: {0}")]
     Injected(String),
     #[error("{path}: not a temporary file left by an interrupted write; refusing to remove it")]

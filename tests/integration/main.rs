@@ -22,5 +22,6 @@ mod mount;
 mod partial_restore;
 mod permissions;
 mod rollback;
+mod s3;
 mod safety;
 mod snapshot_restore;

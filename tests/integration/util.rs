@@ -9,17 +9,22 @@ use std::process::{Command, Output};
 /// A scratch repository and folders, removed at the end of the test.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// A repository that is not the folder `repo` (an `s3:` location).
+    pub repo_at: Option<PathBuf>,
 }
 
 impl Env {
     pub fn new() -> Env {
         Env {
             dir: tempfile::tempdir().expect("temp dir"),
+            repo_at: None,
         }
     }
 
     pub fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
+        self.repo_at
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("repo"))
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

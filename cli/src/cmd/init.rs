@@ -80,7 +80,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     } else {
         Modes::PRIVATE
     };
-    let repo = crate::repo::create(&loc.path, opts, modes)?;
+    let repo = crate::repo::create_at(cli, &loc, opts, modes)?;
     if !cli.quiet {
         println!(
             "created {} repository {} at {}",
@@ -139,7 +139,7 @@ pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
     // Locks are never encrypted: no password is needed to remove them, and
     // a repository whose key slots cannot be opened can still be unlocked.
     let loc = crate::repo::location(cli)?;
-    let backend = crate::repo::backend(&loc.path);
+    let backend = crate::repo::backend(cli, &loc)?;
     crate::repo::check_location(&loc.path)?;
     if !backend.exists(&pvsnap_engine::backend::ObjectKey::config())? {
         if let Some(e) = crate::repo::config_missing(&loc.path) {

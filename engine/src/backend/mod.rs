@@ -36,6 +36,9 @@ pub mod faulty;
 mod forward;
 pub mod local;
 pub mod memory;
+pub mod s3;
+#[doc(hidden)]
+pub mod s3_test_server;
 
 pub use dry_run::DryRun;
 pub use forward::Forward;

@@ -1,0 +1,232 @@
+//! Repositories on S3: every command against moto's server, through a
+//! proxy that counts requests and checks the access key (moto itself
+//! checks no signatures). Skips loudly when moto is not installed, unless
+//! PVSNAP_REQUIRE_S3=1 (set by scripts/test).
+
+use std::process::Output;
+
+use pvsnap_engine::backend::s3_test_server::{Proxy, TestServer, free_port};
+
+use crate::util::{self, Env, stderr, stdout};
+
+const KEY: &str = "pvsnaptest";
+
+/// A scratch folder and a fresh bucket behind a proxy that takes only `KEY`.
+fn s3_env(prefix: &str) -> Option<(Env, Proxy, String)> {
+    let server = TestServer::get()?;
+    let bucket = server.new_bucket();
+    let proxy = Proxy::start(&server.endpoint, Some(KEY.into()));
+    let mut env = Env::new();
+    env.repo_at = Some(format!("s3:{}/{bucket}/{prefix}", proxy.endpoint).into());
+    Some((env, proxy, bucket))
+}
+
+/// pvsnap with `KEY` as the access key, whatever the outcome.
+fn run_as(env: &Env, key: &str, args: &[&str]) -> Output {
+    env.cmd()
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .args(args)
+        .output()
+        .expect("run pvsnap")
+}
+
+fn ok(env: &Env, args: &[&str]) -> Output {
+    let out = run_as(env, KEY, args);
+    assert!(
+        out.status.success(),
+        "pvsnap {args:?} failed:\n{}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    out
+}
+
+fn fails(env: &Env, key: &str, args: &[&str]) -> String {
+    let out = run_as(env, key, args);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+    stderr(&out)
+}
+
+fn snapshot_id(env: &Env, src: &str) -> String {
+    let pw = env.path("pw");
+    let out = ok(
+        env,
+        &[
+            "--password-file",
+            pw.to_str().unwrap(),
+            "snapshot",
+            src,
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    v[0]["id"].as_str().expect("id").to_string()
+}
+
+#[test]
+fn a_repository_in_a_bucket_works_with_every_command() {
+    let Some((env, proxy, _bucket)) = s3_env("cluster1/repo") else {
+        return;
+    };
+    let dir = env.dir.path();
+    std::fs::write(dir.join("pw"), "first\n").unwrap();
+    std::fs::write(dir.join("pw2"), "second\n").unwrap();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    util::write_noise_files(&src, 1, 20, 300_000);
+    std::fs::write(src.join("sub/small.txt"), "hello").unwrap();
+    let pw = dir.join("pw");
+    let pw = pw.to_str().unwrap();
+    let src_s = src.to_str().unwrap();
+
+    let out = ok(&env, &["--password-file", pw, "init", "--encryption"]);
+    assert!(
+        stdout(&out).contains(&format!("at {}", env.repo().display())),
+        "{}",
+        stdout(&out)
+    );
+    let again = fails(&env, KEY, &["--password-file", pw, "init", "--encryption"]);
+    assert!(again.contains("already"), "{again}");
+
+    let first = snapshot_id(&env, src_s);
+    std::fs::write(src.join("sub/small.txt"), "hello, changed").unwrap();
+    let packs_before = proxy.count("PUT", "/data/");
+    let second = snapshot_id(&env, src_s);
+    let packs_incremental = proxy.count("PUT", "/data/") - packs_before;
+    assert!(packs_incremental >= 1, "the change is uploaded");
+    let before = proxy.count("PUT", "/data/");
+    let gets_before = proxy.count("GET", "/data/");
+    let requests_before = proxy.requests().len();
+    let third = snapshot_id(&env, src_s);
+    assert_eq!(
+        proxy.count("PUT", "/data/"),
+        before,
+        "an unchanged re-snapshot uploads no pack"
+    );
+    eprintln!(
+        "unchanged re-snapshot: {} pack GETs, {} requests in all",
+        proxy.count("GET", "/data/") - gets_before,
+        proxy.requests().len() - requests_before
+    );
+
+    let target = env.path("restored");
+    ok(
+        &env,
+        &[
+            "--password-file",
+            pw,
+            "restore",
+            &third,
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(util::manifest(&src), util::manifest(&target));
+    for f in util::files_below(&src) {
+        let rel = f.strip_prefix(&src).unwrap();
+        if f.is_file() {
+            assert!(std::fs::read(&f).unwrap() == std::fs::read(target.join(rel)).unwrap());
+        }
+    }
+    let ls = stdout(&ok(&env, &["--password-file", pw, "ls", "latest"]));
+    assert!(ls.contains("small.txt"), "{ls}");
+    let dump = ok(
+        &env,
+        &["--password-file", pw, "dump", "latest", "/sub/small.txt"],
+    );
+    assert_eq!(dump.stdout, b"hello, changed");
+    let diff = stdout(&ok(&env, &["--password-file", pw, "diff", &first, &second]));
+    assert!(diff.contains("M  /sub/small.txt"), "{diff}");
+    ok(&env, &["--password-file", pw, "stats"]);
+    ok(
+        &env,
+        &[
+            "--password-file",
+            pw,
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+        ],
+    );
+    let list = stdout(&ok(&env, &["--password-file", pw, "snapshots", "--json"]));
+    assert!(list.contains(&third) && !list.contains(&first), "{list}");
+    ok(&env, &["--password-file", pw, "check", "--read-data"]);
+    ok(&env, &["--password-file", pw, "prune", "--grace", "0"]);
+    let pw2 = dir.join("pw2");
+    let pw2 = pw2.to_str().unwrap();
+    ok(
+        &env,
+        &[
+            "--password-file",
+            pw,
+            "key",
+            "add",
+            "--new-password-file",
+            pw2,
+        ],
+    );
+    ok(&env, &["--password-file", pw2, "snapshots"]);
+    ok(&env, &["unlock"]);
+    ok(&env, &["--password-file", pw, "repair", "index"]);
+    ok(&env, &["--password-file", pw, "check", "--read-data"]);
+}
+
+#[test]
+fn bucket_faults_give_one_clear_error_and_store_nothing() {
+    let Some((env, _proxy, bucket)) = s3_env("r") else {
+        return;
+    };
+    // Wrong credentials: the proxy, like a real server, refuses them.
+    let e = fails(&env, "wrongkey", &["init"]);
+    assert!(
+        e.contains("refused access") && e.contains("AWS_ACCESS_KEY_ID"),
+        "{e}"
+    );
+    assert!(e.contains(&bucket), "{e}");
+    ok(&env, &["init"]);
+    ok(&env, &["snapshots"]);
+    // A prefix holding something else is no place for a repository.
+    let mut other = Env::new();
+    other.repo_at = Some(
+        env.repo()
+            .to_str()
+            .unwrap()
+            .trim_end_matches("/r")
+            .to_string()
+            .into(),
+    );
+    let e = fails(&other, KEY, &["init"]);
+    assert!(e.contains("not empty"), "{e}");
+    let e = fails(&other, KEY, &["snapshots"]);
+    assert!(e.contains("not a pvsnap repository"), "{e}");
+
+    let server = TestServer::get().unwrap();
+    let mut missing = Env::new();
+    missing.repo_at = Some(format!("s3:{}/no-such-bucket/r", server.endpoint).into());
+    let e = fails(&missing, KEY, &["init"]);
+    assert!(
+        e.contains("bucket no-such-bucket does not exist") && e.contains("s3 mb"),
+        "{e}"
+    );
+
+    let down_at = format!("http://127.0.0.1:{}", free_port());
+    let mut down = Env::new();
+    down.repo_at = Some(format!("s3:{down_at}/b").into());
+    let e = fails(&down, KEY, &["snapshots"]);
+    assert!(
+        e.contains(&down_at) && e.contains("bucket b") && e.contains("running"),
+        "{e}"
+    );
+
+    let mut bad = Env::new();
+    bad.repo_at = Some("s3:ftp://host/b".into());
+    let e = fails(&bad, KEY, &["snapshots"]);
+    assert!(
+        e.contains("s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX]"),
+        "{e}"
+    );
+}
