@@ -840,7 +840,13 @@ class Tool:
         return f"s3:{self.bucket.url}" if self.bucket else str(self.repo)
 
     def repo_bytes(self) -> int:
-        return self.bucket.size() if self.bucket else du_bytes(self.repo)
+        if not self.bucket:
+            return du_bytes(self.repo)
+        try:
+            return self.bucket.size()
+        except RuntimeError as e:
+            die(f"the size of bucket {self.bucket.name} could not be read: {e}; the S3 server's log is "
+                f"{self.bucket.server.log_path}")
 
     def warm_repo(self) -> None:
         if self.bucket:
@@ -1160,8 +1166,15 @@ class S3Server:
                 else "sum of object sizes listed in the bucket"}
 
     def new_bucket(self, name: str) -> "S3Bucket":
+        """Creates the bucket; a server that has died or refuses ends the run
+        (every later measurement would fail for the server's sake)."""
         b = S3Bucket(self, name)
-        s3_request(self.endpoint, "PUT", f"/{name}")
+        try:
+            s3_request(self.endpoint, "PUT", f"/{name}")
+        except RuntimeError as e:
+            state = f"it exited with status {self.proc.returncode}" if self.proc and self.proc.poll() is not None \
+                else "it is still running"
+            die(f"the S3 server could not create bucket {name}: {e}; {state}; its log is {self.log_path}")
         return b
 
 
@@ -1599,7 +1612,11 @@ def run_copy(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed: 
         warm(src.repo)
         sync()
         r = timed(cmd, env=env, cwd=rundir)
-        objects, stored = bucket.listing()
+        try:
+            objects, stored = bucket.listing()
+        except RuntimeError as e:
+            objects, stored = 0, 0
+            r = dict(r, rc=r["rc"] or -1, stderr_tail=r["stderr_tail"] + f"\nerror: listing the bucket: {e}")
         s.update(ok=r["rc"] == 0, rc=r["rc"], wall_s=r["wall_s"], user_s=r["user_s"], sys_s=r["sys_s"],
                  cpu_s=r["cpu_s"], maxrss_kib=r["maxrss_kib"], repo_bytes=bucket.size(), objects=objects,
                  listed_bytes=stored, cmd=r["cmd"])
@@ -2202,6 +2219,7 @@ def main() -> int:
     ensure_packages(datasets, [t for t in tools if not s3 or t in S3_TOOLS])
     server = None
     rclone = None
+    storage = {"mode": "local"}
     if s3:
         if not shutil.which("rclone") and os.geteuid() == 0:
             log("installing rclone with apt-get (the floor of the copy measurement)")
@@ -2215,6 +2233,7 @@ def main() -> int:
             server.start()
         except RuntimeError as e:
             die(f"S3 server: {e}")
+        storage = server.info() | {"mode": "s3"}  # while its data folder exists
 
     exes: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -2332,7 +2351,7 @@ def main() -> int:
         "smoke": args.smoke,
         "restores_into": "fresh ext4 filesystem per restore" if RestoreTarget.fresh else "work folder",
         "restore_warmups": RESTORE_WARMUPS,
-        "storage": server.info() | {"mode": "s3"} if server else {"mode": "local"},
+        "storage": storage,
         "reps": reps,
         "seed": args.seed,
         "machine": machine_info(workdir),
