@@ -972,6 +972,8 @@ class Rustic(Tool):
         if not self.bucket:
             return {}
         srv = self.bucket.server
+        # rustic looks for profiles in its config dir (XDG_CONFIG_HOME/rustic)
+        # and in the current folder (every command runs in the run folder)
         profile = self.aux / "config" / "rustic" / "bench.toml"
         profile.parent.mkdir(parents=True, exist_ok=True)
         profile.write_text(
@@ -985,6 +987,7 @@ class Rustic(Tool):
             f'region = "{S3_REGION}"\n'
             f'access_key_id = "{S3_KEY_ID}"\n'
             f'secret_access_key = "{S3_SECRET}"\n')
+        shutil.copyfile(profile, self.rundir / "bench.toml")
         return {**super().env(), "XDG_CONFIG_HOME": str(self.aux / "config")}
 
     def init_cmd(self):
