@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import datetime as dt
 import glob
 import hashlib
+import hmac
 import itertools
 import json
 import math
@@ -43,6 +45,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -141,6 +147,12 @@ def first_line(cmd) -> str:
         return out[0].strip() if out else "?"
     except Exception as e:  # noqa: BLE001
         return f"unavailable ({e.__class__.__name__})"
+
+
+def with_env(**changes: str | None) -> dict:
+    """This process's environment with `changes`; a value of None removes the variable."""
+    env = dict(os.environ, **changes)
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def sync() -> None:
@@ -753,7 +765,7 @@ class Timed:
         se = self.tmpdir / "stderr.txt"
         argv = ["bash", "-c", "set -o pipefail; " + cmd] if shell else [str(c) for c in cmd]
         full = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(tf), *argv]
-        penv = dict(os.environ, LC_ALL="C", **(env or {}))
+        penv = with_env(LC_ALL="C", **(env or {}))
         rk0 = reported_kib()
         with open(so, "wb") as fo, open(se, "wb") as fe:
             t0 = time.perf_counter()
@@ -815,14 +827,35 @@ class Tool:
     name = "?"
     note = ""
 
-    def __init__(self, exe: str, rundir: Path):
+    def __init__(self, exe: str, rundir: Path, bucket: "S3Bucket | None" = None):
         self.exe = exe
         self.rundir = rundir
         self.repo = rundir / "repo"
         self.aux = rundir / "aux"
+        # --storage s3: the repository is this bucket on the run's S3 server
+        self.bucket = bucket
+
+    def repo_arg(self) -> str:
+        """The repository as the tool's command line names it."""
+        return f"s3:{self.bucket.url}" if self.bucket else str(self.repo)
+
+    def repo_bytes(self) -> int:
+        if not self.bucket:
+            return du_bytes(self.repo)
+        try:
+            return self.bucket.size()
+        except RuntimeError as e:
+            die(f"the size of bucket {self.bucket.name} could not be read: {e}; the S3 server's log is "
+                f"{self.bucket.server.log_path}")
+
+    def warm_repo(self) -> None:
+        if self.bucket:
+            self.bucket.warm()
+        else:
+            warm(self.repo)
 
     def env(self) -> dict:
-        return {}
+        return self.bucket.server.env() if self.bucket else {}
 
     def init_cmd(self):
         return None
@@ -875,7 +908,7 @@ class Restic(Tool):
     name = "restic"
 
     def env(self):
-        return {"RESTIC_REPOSITORY": str(self.repo), "RESTIC_PASSWORD": RESTIC_PASSWORD,
+        return {**super().env(), "RESTIC_REPOSITORY": self.repo_arg(), "RESTIC_PASSWORD": RESTIC_PASSWORD,
                 "RESTIC_CACHE_DIR": str(self.aux / "cache")}
 
     def init_cmd(self):
@@ -928,8 +961,34 @@ class Rustic(Tool):
     name = "rustic"
 
     def base(self):
-        return [self.exe, "-r", str(self.repo), "--password", RESTIC_PASSWORD,
-                "--cache-dir", str(self.aux / "cache"), "--no-progress"]
+        if self.bucket:
+            # S3 through opendal: the options live in a config profile (see env())
+            where = ["-P", "bench"]
+        else:
+            where = ["-r", str(self.repo), "--password", RESTIC_PASSWORD]
+        return [self.exe, *where, "--cache-dir", str(self.aux / "cache"), "--no-progress"]
+
+    def env(self):
+        if not self.bucket:
+            return {}
+        srv = self.bucket.server
+        # rustic looks for profiles in its config dir (XDG_CONFIG_HOME/rustic)
+        # and in the current folder (every command runs in the run folder)
+        profile = self.aux / "config" / "rustic" / "bench.toml"
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        profile.write_text(
+            "[repository]\n"
+            'repository = "opendal:s3"\n'
+            f'password = "{RESTIC_PASSWORD}"\n'
+            "[repository.options]\n"
+            f'endpoint = "{srv.endpoint}"\n'
+            f'bucket = "{self.bucket.name}"\n'
+            'root = "/"\n'
+            f'region = "{S3_REGION}"\n'
+            f'access_key_id = "{S3_KEY_ID}"\n'
+            f'secret_access_key = "{S3_SECRET}"\n')
+        shutil.copyfile(profile, self.rundir / "bench.toml")
+        return {**super().env(), "XDG_CONFIG_HOME": str(self.aux / "config")}
 
     def init_cmd(self):
         return [*self.base(), "init"]
@@ -944,14 +1003,18 @@ class Rustic(Tool):
 class Pvsnap(Tool):
     name = "pvsnap"
 
+    def env(self):
+        # a cache pvsnap may keep for a remote repository starts empty and goes with the run
+        return {**super().env(), "XDG_CACHE_HOME": str(self.aux / "cache")} if self.bucket else {}
+
     def init_cmd(self):
-        return [self.exe, "--repo", str(self.repo), "init"]
+        return [self.exe, "--repo", self.repo_arg(), "init"]
 
     def snapshot_cmd(self, src, n):
-        return [self.exe, "--repo", str(self.repo), "snapshot", str(src), "--json", "--quiet"]
+        return [self.exe, "--repo", self.repo_arg(), "snapshot", str(src), "--json", "--quiet"]
 
     def restore_cmd(self, target, n):
-        return [self.exe, "--repo", str(self.repo), "restore", "latest", "--target", str(target)]
+        return [self.exe, "--repo", self.repo_arg(), "restore", "latest", "--target", str(target)]
 
     def parse_snapshot(self, stdout):
         txt = stdout.strip()
@@ -969,8 +1032,9 @@ class Pvsnap(Tool):
 
     def stats(self) -> dict | None:
         try:
-            res = subprocess.run([self.exe, "--repo", str(self.repo), "stats", "--json"], capture_output=True,
-                                 text=True, timeout=600, stdin=subprocess.DEVNULL)
+            res = subprocess.run([self.exe, "--repo", self.repo_arg(), "stats", "--json"], capture_output=True,
+                                 text=True, timeout=600, stdin=subprocess.DEVNULL,
+                                 env=with_env(**self.env()))
             return json.loads(res.stdout) if res.returncode == 0 else {"rc": res.returncode,
                                                                         "stderr": res.stderr[-500:]}
         except (ValueError, subprocess.TimeoutExpired, OSError) as e:
@@ -978,6 +1042,247 @@ class Pvsnap(Tool):
 
 
 TOOL_CLASSES = {c.name: c for c in (RsyncFull, RsyncLinkDest, Restic, Borg, Rustic, Pvsnap)}
+
+
+# --------------------------------------------------------------------------
+# object storage (--storage s3)
+
+S3_KEY_ID = "pvsnapbench"
+S3_SECRET = "pvsnap-bench-secret"
+S3_REGION = "us-east-1"
+S3S_FS_VERSION = "0.14.1"
+S3_TOOLS = ["restic", "rustic", "pvsnap"]
+S3_DATASETS = ["pg", "src"]
+
+
+def s3_request(endpoint: str, method: str, path: str, query: dict | None = None, timeout: float = 60) -> bytes:
+    """One S3 request with an empty body, signed with AWS Signature V4 (path
+    style). Raises RuntimeError naming the request on any HTTP error."""
+    now = dt.datetime.now(dt.timezone.utc)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    host = urllib.parse.urlsplit(endpoint).netloc
+    q = urllib.parse.quote
+    canonical_query = "&".join(f"{q(k, safe='-_.~')}={q(v, safe='-_.~')}" for k, v in sorted((query or {}).items()))
+    payload = hashlib.sha256(b"").hexdigest()
+    headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join([method, q(path, safe="/-_.~"), canonical_query,
+                           "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), signed, payload])
+    scope = f"{day}/{S3_REGION}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + S3_SECRET).encode()
+    for part in (day, S3_REGION, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    sig = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={S3_KEY_ID}/{scope}, SignedHeaders={signed}, "
+                                f"Signature={sig}")
+    url = endpoint + q(path, safe="/-_.~") + (f"?{canonical_query}" if canonical_query else "")
+    req = urllib.request.Request(url, data=b"" if method == "PUT" else None, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"S3 {method} {url}: HTTP {e.code}: {e.read()[:300]!r}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise RuntimeError(f"S3 {method} {url}: {e}") from None
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """The local S3 server of one run: s3s-fs (objects are files under its
+    data folder) or moto's server (objects in its memory)."""
+
+    def __init__(self, kind: str, exe: str, workdir: Path):
+        self.kind = kind
+        self.exe = exe
+        self.data = workdir / "s3data" if kind == "s3s-fs" else None
+        self.log_path = workdir / "s3server.log"
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict:
+        # The server speaks plain http on 127.0.0.1; a CA bundle the machine
+        # names for AWS clients only breaks some of them (rclone: "unable to
+        # load custom CA bundle, HTTPClient's transport unsupported type").
+        return {"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_REGION": S3_REGION,
+                "AWS_DEFAULT_REGION": S3_REGION, "AWS_CA_BUNDLE": None, "AWS_PROFILE": None,
+                "AWS_SESSION_TOKEN": None}
+
+    def version(self) -> str:
+        if self.kind == "s3s-fs":
+            return first_line([self.exe, "--version"])
+        res = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('moto'))"],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        return f"moto {res.stdout.strip()}" if res.returncode == 0 else "moto (version unknown)"
+
+    def start(self) -> None:
+        if self.kind == "s3s-fs":
+            rmtree(self.data)
+            self.data.mkdir(parents=True)
+            cmd = [self.exe, "--host", "127.0.0.1", "--port", str(self.port), "--access-key", S3_KEY_ID,
+                   "--secret-key", S3_SECRET, str(self.data)]
+        else:
+            cmd = [self.exe, "-H", "127.0.0.1", "-p", str(self.port)]
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                s3_request(self.endpoint, "GET", "/", timeout=5)  # ListBuckets
+                break
+            except RuntimeError as e:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = self.log_path.read_text(errors="replace")[-1500:]
+                    self.stop()
+                    raise RuntimeError(f"{self.kind} did not come up on {self.endpoint} ({e}); "
+                                       f"its log {self.log_path} ends:\n{tail}") from None
+                time.sleep(0.2)
+        log(f"S3 server: {self.version()} on {self.endpoint}, data in "
+            f"{self.data if self.data else 'server memory'}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+
+    def info(self) -> dict:
+        return {"server": self.kind, "version": self.version(), "endpoint": self.endpoint,
+                "data_folder": str(self.data) if self.data else None,
+                "data_folder_fs": first_line(["stat", "-f", "-c", "%T", str(self.data)]) if self.data
+                else "none: moto keeps objects in its process memory",
+                "repo_size_from": "sum of file sizes in the bucket's folder" if self.data
+                else "sum of object sizes listed in the bucket"}
+
+    def new_bucket(self, name: str) -> "S3Bucket":
+        """Creates the bucket; a server that has died or refuses ends the run
+        (every later measurement would fail for the server's sake)."""
+        b = S3Bucket(self, name)
+        try:
+            s3_request(self.endpoint, "PUT", f"/{name}")
+        except RuntimeError as e:
+            state = f"it exited with status {self.proc.returncode}" if self.proc and self.proc.poll() is not None \
+                else "it is still running"
+            die(f"the S3 server could not create bucket {name}: {e}; {state}; its log is {self.log_path}")
+        return b
+
+
+class S3Bucket:
+    def __init__(self, server: S3Server, name: str):
+        self.server = server
+        self.name = name
+        self.url = f"{server.endpoint}/{name}"
+
+    def listing(self) -> tuple[int, int]:
+        """(objects, bytes) as the server lists them."""
+        n = size = 0
+        token = None
+        while True:
+            query = {"list-type": "2", **({"continuation-token": token} if token else {})}
+            root = ET.fromstring(s3_request(self.server.endpoint, "GET", f"/{self.name}", query))
+            ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
+            for c in root.iter(f"{ns}Contents"):
+                n += 1
+                size += int(c.findtext(f"{ns}Size") or 0)
+            token = root.findtext(f"{ns}NextContinuationToken")
+            if root.findtext(f"{ns}IsTruncated") != "true" or not token:
+                return n, size
+
+    def size(self) -> int:
+        """Bytes stored: the objects' files in s3s-fs's data folder, else the listing."""
+        if self.server.data is None:
+            return self.listing()[1]
+        total = 0
+        for d, _, names in os.walk(self.server.data / self.name):
+            total += sum(os.lstat(os.path.join(d, f)).st_size for f in names)
+        return total
+
+    def warm(self) -> None:
+        if self.server.data is not None:
+            warm(self.server.data / self.name)
+
+    def remove(self) -> None:
+        """Frees the bucket's space (s3s-fs: its folder and its metadata files);
+        moto's buckets stay in its memory until the run ends."""
+        if self.server.data is None:
+            return
+        rmtree(self.server.data / self.name)
+        # s3s-fs keeps two files per object beside the buckets, named after
+        # the bucket in unpadded URL-safe base64
+        tag = base64.urlsafe_b64encode(self.name.encode()).decode().rstrip("=")
+        with os.scandir(self.server.data) as it:
+            for e in it:
+                if e.name.startswith(f".bucket-{tag}.object-"):
+                    os.unlink(e.path)
+
+
+def cargo_exe() -> str | None:
+    return shutil.which("cargo") or find_exe("cargo")
+
+
+def ensure_s3_server(choice: str, workdir: Path, install_timeout: int) -> S3Server:
+    """s3s-fs when installed or installable with cargo within the time box,
+    else moto's server (installed with pip when missing); `choice` forces one."""
+    why = []
+    if choice in ("auto", "s3s-fs"):
+        local = workdir / "tools" / "s3s-fs"
+        exe = shutil.which("s3s-fs") or (str(local / "bin" / "s3s-fs") if os.access(local / "bin" / "s3s-fs",
+                                                                                   os.X_OK) else None)
+        if not exe and cargo_exe():
+            cmd = ["nice", "-n", "19", cargo_exe(), "install", f"s3s-fs@{S3S_FS_VERSION}", "--features", "binary",
+                   "--locked", "--root", str(local)]
+            log(f"s3s-fs not found: running `{shlex.join(cmd)}` (time box {install_timeout}s) ...")
+            try:
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=install_timeout,
+                                     stdin=subprocess.DEVNULL)
+                if res.returncode == 0:
+                    exe = str(local / "bin" / "s3s-fs")
+                else:
+                    why.append(f"cargo install s3s-fs failed:\n{res.stderr[-1500:]}")
+            except subprocess.TimeoutExpired:
+                why.append(f"cargo install s3s-fs did not finish within {install_timeout}s")
+        elif not exe:
+            why.append("s3s-fs is not installed and cargo is missing")
+        if exe:
+            return S3Server("s3s-fs", exe, workdir)
+        if choice == "s3s-fs":
+            die("--s3-server s3s-fs: " + "; ".join(why))
+        log("; ".join(why) + "; falling back to moto_server")
+    exe = shutil.which("moto_server")
+    if not exe:
+        log("moto_server not found: running `pip install 'moto[server]'` ...")
+        res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "moto[server]"], capture_output=True,
+                             text=True, stdin=subprocess.DEVNULL, timeout=install_timeout)
+        exe = shutil.which("moto_server") or shutil.which("moto_server", path=str(Path(sys.executable).parent))
+        if res.returncode != 0 or not exe:
+            die("no S3 server: " + "; ".join(why + [f"pip install 'moto[server]' failed:\n{res.stderr[-1500:]}"])
+                + "\ninstall one: cargo install s3s-fs@0.14.1 --features binary --locked, "
+                  "or pip install 'moto[server]'")
+    return S3Server("moto", exe, workdir)
+
+
+def rclone_env(server: S3Server, aux: Path) -> dict:
+    """rclone configured by environment variables only: remote `bench:`."""
+    conf = aux / "rclone.conf"
+    conf.touch()  # empty: nothing from the user's own rclone config
+    return {"RCLONE_CONFIG": str(conf), "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+            "RCLONE_CONFIG_BENCH_ENDPOINT": server.endpoint, "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": S3_KEY_ID,
+            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": S3_SECRET, "RCLONE_CONFIG_BENCH_REGION": S3_REGION,
+            "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true"}
 
 
 # --------------------------------------------------------------------------
@@ -1166,36 +1471,46 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
     env = tool.env()
     icmd = tool.init_cmd()
     if icmd:
-        r = timed(icmd, env=env)
+        # In the run folder, so that a binary which takes `s3:http://...` for a
+        # relative path makes its folder there, not in the caller's directory.
+        r = timed(icmd, env=env, cwd=tool.rundir)
+        if r["rc"] == 0 and tool.bucket and tool.bucket.listing()[0] == 0:
+            r = dict(r, rc=-1, stderr_tail=r["stderr_tail"] + (
+                f"\nerror: {tool.name} init exited 0 but wrote nothing to bucket {tool.bucket.name}: this binary "
+                f"does not speak S3 (it took {tool.repo_arg()} for a local folder under {tool.rundir})"))
         if r["rc"] != 0:
             log(f"  {tool.name}: init FAILED rc={r['rc']}\n{r['stderr_tail']}")
-            return [{"kind": "step", "dataset": ds, "rep": rep, "tool": tool.name, "step": "init", "ok": False,
-                     "rc": r["rc"], "stderr_tail": r["stderr_tail"], "cmd": r["cmd"]}]
-    prev_size = du_bytes(tool.repo)
+            print(f"!!! {tool.name} {ds} init failed (rc={r['rc']}): {shlex.join(map(str, icmd))}\n"
+                  f"{r['stderr_tail'][-1500:]}", file=sys.stderr, flush=True)
+            samples = [{"kind": "step", "dataset": ds, "rep": rep, "tool": tool.name, "step": "init", "ok": False,
+                        "rc": r["rc"], "reason": failure_reason(r), "stderr_tail": r["stderr_tail"],
+                        "cmd": r["cmd"]}]
+            return samples + not_run(ds, rep, tool.name, STEPS, "init")
+    prev_size = tool.repo_bytes()
     for n, step in enumerate(STEPS, start=1):
         if step == "incremental":
             live_to_b(states, live)
-        cwd = None
+        cwd = tool.rundir
         if step == "restore":
             for _ in range(RESTORE_WARMUPS):
                 target = restore_fs.__enter__()
-                warm(tool.repo)
+                tool.warm_repo()
                 sync()
-                w = timed(tool.restore_cmd(target, n - 1), env=env, cwd=tool.restore_cwd(target))
+                w = timed(tool.restore_cmd(target, n - 1), env=env, cwd=tool.restore_cwd(target) or tool.rundir)
                 restore_fs.__exit__(None, None, None)
                 if w["rc"] != 0:
                     log(f"  {tool.name}: warm-up restore failed rc={w['rc']} (the timed one reports it)")
             target = restore_fs.__enter__()
             cmd = tool.restore_cmd(target, n - 1)
-            cwd = tool.restore_cwd(target)
-            warm(tool.repo)
+            cwd = tool.restore_cwd(target) or tool.rundir
+            tool.warm_repo()
         else:
             cmd = tool.snapshot_cmd(live, n)
             warm(live)
         sync()
         r = timed(cmd, env=env, cwd=cwd)
         flushed = timed_sync()
-        size = du_bytes(tool.repo)
+        size = tool.repo_bytes()
         s = {"kind": "step", "dataset": ds, "rep": rep, "tool": tool.name, "step": step, "ok": r["rc"] == 0,
              "rc": r["rc"], "wall_s": r["wall_s"], "user_s": r["user_s"], "sys_s": r["sys_s"], "cpu_s": r["cpu_s"],
              "maxrss_kib": r["maxrss_kib"], "repo_bytes": size, "added_bytes": size - prev_size,
@@ -1204,6 +1519,7 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
             s["sync_after_s"] = flushed
         prev_size = size
         if r["rc"] != 0:
+            s["reason"] = failure_reason(r)
             s["stderr_tail"] = r["stderr_tail"]
             s["stdout_tail"] = r["stdout"][-1500:]
         elif step != "restore":
@@ -1230,6 +1546,7 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
             else:
                 print(f"!!! RESTORE VERIFY FAILED: {tool.name} on {ds}: {json.dumps(s['verify'])}",
                       file=sys.stderr, flush=True)
+            samples += not_run(ds, rep, tool.name, STEPS[n:], step)
             break
     if isinstance(tool, Pvsnap) and samples and samples[-1]["ok"]:
         samples[-1]["repo_stats"] = tool.stats()
@@ -1239,12 +1556,129 @@ def run_tool(tool: Tool, ds: str, rep: int, states: Path, live: Path, workdir: P
     return samples
 
 
+def failure_reason(r: dict) -> str:
+    """A failed command's error message: the last stderr line that starts
+    with "error" (past a usage text), else its last line."""
+    lines = [x.strip() for x in (r.get("stderr_tail") or "").splitlines() if x.strip()]
+    errors = [x for x in lines if x.lower().startswith("error")]
+    return ((errors or lines)[-1] if lines else f"exit status {r.get('rc')}, nothing on stderr")[:300]
+
+
+def not_run(ds: str, rep: int, tool: str, steps: list[str], failed: str) -> list[dict]:
+    """Samples for the steps that could not run after `failed` did: the report
+    shows them as failed, not as missing."""
+    return [{"kind": "step", "dataset": ds, "rep": rep, "tool": tool, "step": st, "ok": False, "rc": None,
+             "not_run": f"not run: {failed} failed before it"} for st in steps]
+
+
+def run_copy(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed: Timed, server: S3Server,
+             pvsnap: str, rclone: str | None) -> list[dict]:
+    """`pvsnap copy --to s3:...` of a local pvsnap repository (the dataset's
+    states A and B as two snapshots, built untimed) into a fresh bucket,
+    against `rclone sync` of the same repository folder into another fresh
+    bucket: the floor for moving those bytes to the server."""
+    rundir = workdir / "runs" / ds / "copy"
+    rmtree(rundir)
+    (rundir / "aux").mkdir(parents=True)
+    src = Pvsnap(pvsnap, rundir)
+    base = {"kind": "copy", "dataset": ds, "rep": rep, "step": "copy"}
+
+    def failed_both(why: str) -> list[dict]:
+        log(f"  copy: {why}")
+        return [dict(base, who=w, ok=False, rc=None, reason=why) for w in ("pvsnap copy", "rclone sync")]
+
+    reset_live(states, live)
+    for cmd in (src.init_cmd(), src.snapshot_cmd(live, 1), None, src.snapshot_cmd(live, 2)):
+        if cmd is None:
+            live_to_b(states, live)
+            continue
+        res = run(cmd, check=False, capture=True, timeout=timed.timeout, cwd=rundir)
+        if res.returncode != 0:
+            return failed_both(f"the local pvsnap repository to copy could not be built: {shlex.join(cmd)}: "
+                               f"{(res.stderr or '').strip()[-300:]}")
+    files = [os.path.join(d, f) for d, _, names in os.walk(src.repo) for f in names]
+    local_files, local_bytes = len(files), sum(os.lstat(f).st_size for f in files)
+    out = []
+    order = ["pvsnap copy", "rclone sync"]
+    for who in order[rep % 2:] + order[:rep % 2]:  # the order rotates between repetitions
+        bucket = server.new_bucket(f"{ds}-{'pvsnap-copy' if who == 'pvsnap copy' else 'rclone'}-{rep}")
+        s = dict(base, who=who, bucket=bucket.name, local_repo_bytes=local_bytes, local_repo_files=local_files)
+        if who == "rclone sync" and not rclone:
+            out.append(dict(s, ok=False, rc=None, reason="rclone is not installed (apt-get install rclone)"))
+            continue
+        if who == "pvsnap copy":
+            env = src.env() | server.env() | {"XDG_CACHE_HOME": str(rundir / "aux" / "cache")}
+            cmd = [pvsnap, "--repo", str(src.repo), "copy", "--to", f"s3:{bucket.url}", "--json"]
+        else:
+            env = server.env() | rclone_env(server, rundir / "aux")
+            cmd = [rclone, "sync", f"{src.repo}/", f"bench:{bucket.name}"]
+        warm(src.repo)
+        sync()
+        r = timed(cmd, env=env, cwd=rundir)
+        try:
+            objects, stored = bucket.listing()
+        except RuntimeError as e:
+            objects, stored = 0, 0
+            r = dict(r, rc=r["rc"] or -1, stderr_tail=r["stderr_tail"] + f"\nerror: listing the bucket: {e}")
+        s.update(ok=r["rc"] == 0, rc=r["rc"], wall_s=r["wall_s"], user_s=r["user_s"], sys_s=r["sys_s"],
+                 cpu_s=r["cpu_s"], maxrss_kib=r["maxrss_kib"], repo_bytes=bucket.size(), objects=objects,
+                 listed_bytes=stored, cmd=r["cmd"])
+        if r["rc"] != 0:
+            s.update(reason=failure_reason(r), stderr_tail=r["stderr_tail"])
+        elif objects == 0:
+            s.update(ok=False, reason=f"{who} exited 0 but wrote nothing to bucket {bucket.name}")
+        elif who == "rclone sync" and (objects, stored) != (local_files, local_bytes):
+            s.update(ok=False, reason=f"the bucket holds {objects} objects, {stored} bytes; the repository "
+                                      f"folder {local_files} files, {local_bytes} bytes")
+        elif who == "pvsnap copy":
+            s.update(verify_copy(pvsnap, bucket, env, r["stdout"]))
+        out.append(s)
+        flag = "ok" if s["ok"] else f"FAILED: {s.get('reason')}"
+        log(f"  {who:<15} copy         {r['wall_s']:8.3f}s cpu {r['cpu_s']:7.2f}s "
+            f"rss {r['maxrss_kib'] / 1024:7.1f}MiB bucket {s['repo_bytes'] / MiB:9.1f}MiB  {flag}")
+        if not s["ok"]:
+            print(f"!!! {who} {ds} failed: {shlex.join(map(str, cmd))}\n{s['reason']}", file=sys.stderr, flush=True)
+        bucket.remove()
+    rmtree(rundir)
+    return out
+
+
+def verify_copy(pvsnap: str, bucket: S3Bucket, env: dict, stdout: str) -> dict:
+    """After `pvsnap copy`: its --json summary, and the copy itself: both
+    snapshots listed and `pvsnap check` clean on the bucket."""
+    out: dict = {}
+    try:
+        obj = json.loads(stdout)
+        out["tool_report"] = {k: obj.get(k) for k in ("snapshots_copied", "blobs_copied", "bytes_sent",
+                                                      "duration_s")} if isinstance(obj, dict) else obj
+    except ValueError:
+        out["tool_report"] = {"unparsed_stdout": stdout[-500:]}
+    penv = with_env(**env)
+    repo = f"s3:{bucket.url}"
+    snaps = subprocess.run([pvsnap, "--repo", repo, "snapshots", "--json"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, env=penv)
+    try:
+        n = len(json.loads(snaps.stdout)) if snaps.returncode == 0 else None
+    except ValueError:
+        n = None
+    if n != 2:
+        return out | {"ok": False, "reason": f"after the copy, `pvsnap --repo {repo} snapshots --json` lists {n} "
+                                             f"snapshots, not 2: {snaps.stderr.strip()[-300:]}"}
+    chk = subprocess.run([pvsnap, "--repo", repo, "check"], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, env=penv)
+    if chk.returncode != 0:
+        return out | {"ok": False, "reason": f"`pvsnap --repo {repo} check` after the copy: rc={chk.returncode}: "
+                                             f"{(chk.stderr or chk.stdout).strip()[-300:]}"}
+    return out | {"verify": "2 snapshots, pvsnap check clean"}
+
+
 def mount_vs_dump(tool: "Pvsnap", ds: str, rep: int, workdir: Path, timed: Timed) -> list[dict]:
     """Sequential read of the dataset's one large file through `pvsnap mount`
     (`dd bs=1M`) against `pvsnap dump` of the same file, both to /dev/null."""
     out = []
-    ls = subprocess.run([tool.exe, "--repo", str(tool.repo), "ls", "latest", "--long"], capture_output=True,
-                        text=True, stdin=subprocess.DEVNULL)
+    env = tool.env()
+    ls = subprocess.run([tool.exe, "--repo", tool.repo_arg(), "ls", "latest", "--long"], capture_output=True,
+                        text=True, stdin=subprocess.DEVNULL, env=with_env(**env))
     rows = [line.split() for line in ls.stdout.splitlines() if line.startswith("file")]
     if ls.returncode != 0 or not rows:
         log(f"  pvsnap mount-vs-dump: no file to read ({ls.stderr.strip()[-200:]})")
@@ -1253,11 +1687,12 @@ def mount_vs_dump(tool: "Pvsnap", ds: str, rep: int, workdir: Path, timed: Timed
     mnt = workdir / "mnt" / ds
     mnt.mkdir(parents=True, exist_ok=True)
     q = shlex.quote
-    r = timed(f"{q(tool.exe)} --repo {q(str(tool.repo))} dump latest {q(path)} > /dev/null", shell=True)
+    r = timed(f"{q(tool.exe)} --repo {q(tool.repo_arg())} dump latest {q(path)} > /dev/null", shell=True, env=env)
     out.append({"kind": "extra", "what": "dump", "dataset": ds, "rep": rep, "ok": r["rc"] == 0, "rc": r["rc"],
                 "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "bytes": size, "cmd": r["cmd"]})
-    proc = subprocess.Popen([tool.exe, "--repo", str(tool.repo), "mount", str(mnt), "--snapshot", "latest"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([tool.exe, "--repo", tool.repo_arg(), "mount", str(mnt), "--snapshot", "latest"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=with_env(**env))
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt) and time.monotonic() < deadline and proc.poll() is None:
@@ -1300,6 +1735,8 @@ def summarize(samples: list[dict]) -> dict:
             groups.setdefault((s["dataset"], s["tool"], s["step"]), []).append(s)
         elif s["kind"] == "floor":
             groups.setdefault((s["dataset"], "floor:" + s["floor"], s["compares_to"]), []).append(s)
+        elif s["kind"] == "copy":
+            groups.setdefault((s["dataset"], s["who"], "copy"), []).append(s)
     out = {}
     for key, ss in groups.items():
         ok = [s for s in ss if s["ok"]]
@@ -1343,6 +1780,14 @@ GOALS = [
     ("restore src <= 0.3x restic", ["src"], "restore", "wall_s", 0.3),
 ]
 
+S3_GOALS = [
+    # against restic on the same S3 server (--storage s3)
+    ("initial snapshot <= 0.5x restic", None, "initial", "wall_s", 0.5),
+    ("incremental <= 0.5x restic", None, "incremental", "wall_s", 0.5),
+    ("unchanged <= 0.1x restic", None, "unchanged", "wall_s", 0.1),
+    ("restore <= 0.5x restic", None, "restore", "wall_s", 0.5),
+]
+
 
 def per_rep_walls(samples: list[dict], ds: str, who: str, step: str) -> dict[int, float]:
     """Wall seconds of one tool's step (or one floor, `floor:NAME`) by repetition."""
@@ -1355,37 +1800,70 @@ def per_rep_walls(samples: list[dict], ds: str, who: str, step: str) -> dict[int
                 out[s["rep"]] = s["wall_s"]
         elif s["kind"] == "step" and s["tool"] == who and s["step"] == step:
             out[s["rep"]] = s["wall_s"]
+        elif s["kind"] == "copy" and s["who"] == who and step == "copy":
+            out[s["rep"]] = s["wall_s"]
     return out
 
 
-def held_in(samples: list[dict] | None, ds: str, step: str, ref: str, target: float) -> tuple[int, int] | None:
+def held_in(samples: list[dict] | None, ds: str, step: str, ref: str, target: float,
+            who: str = "pvsnap") -> tuple[int, int] | None:
     """In how many repetitions a wall-time goal held when pvsnap is compared
     with the reference of the same repetition (which ran minutes apart, not
     in another run): a median that passes or misses narrowly can then be
     told apart from one that holds every time."""
     if not samples:
         return None
-    p, r = per_rep_walls(samples, ds, "pvsnap", step), per_rep_walls(samples, ds, ref, step)
+    p, r = per_rep_walls(samples, ds, who, step), per_rep_walls(samples, ds, ref, step)
     reps = sorted(set(p) & set(r))
     if not reps:
         return None
     return sum(1 for k in reps if r[k] and p[k] / r[k] <= target), len(reps)
 
 
-def evaluate_goals(summary: dict, datasets: list[str], samples: list[dict] | None = None) -> list[dict]:
+def ratio_goal(label: str, ds: str, p: dict | None, r: dict | None, target: float, target_text: str,
+               held: tuple[int, int] | None) -> dict | None:
+    """A wall-time goal row: pvsnap (or its copy) against a reference. A side
+    that ran and failed in every repetition makes a FAILED row, not none."""
+    if not p or not r:
+        return None
+    row = {"goal": label, "dataset": ds, "pvsnap": p["wall_s"], "reference": r["wall_s"], "ratio": None,
+           "target": target_text, "pass": False}
+    if p["wall_s"] is None:
+        return row | {"failed": "pvsnap failed"}
+    if not r["wall_s"]:
+        return row | {"pass": None, "failed": "reference failed"}
+    ratio = p["wall_s"] / r["wall_s"]
+    return row | {"ratio": ratio, "pass": ratio <= target, "held_in": held}
+
+
+def evaluate_s3_goals(summary: dict, datasets: list[str], samples: list[dict] | None) -> list[dict]:
+    rows = []
+    g = summary.get
+    for label, _, step, _, target in S3_GOALS:
+        for ds in datasets:
+            rows.append(ratio_goal(label, ds, g(f"{ds}|pvsnap|{step}"), g(f"{ds}|restic|{step}"), target,
+                                   f"<= {target}x restic", held_in(samples, ds, step, "restic", target)))
+    for ds in datasets:
+        rows.append(ratio_goal("copy to the server <= 1.2x rclone sync", ds, g(f"{ds}|pvsnap copy|copy"),
+                               g(f"{ds}|rclone sync|copy"), 1.2, "<= 1.2x rclone sync",
+                               held_in(samples, ds, "copy", "rclone sync", 1.2, who="pvsnap copy")))
+    return [r for r in rows if r]
+
+
+def evaluate_goals(summary: dict, datasets: list[str], samples: list[dict] | None = None,
+                   storage: str = "local") -> list[dict]:
+    if storage == "s3":
+        return evaluate_s3_goals(summary, datasets, samples)
     rows = []
     g = summary.get
     for label, dss, step, metric, target in GOALS:
         for ds in dss or datasets:
             if ds not in datasets:
                 continue
-            p, r = g(f"{ds}|pvsnap|{step}"), g(f"{ds}|restic|{step}")
-            if not p or not r or p[metric] is None or not r[metric]:
-                continue
-            ratio = p[metric] / r[metric]
-            rows.append({"goal": label, "dataset": ds, "pvsnap": p[metric], "reference": r[metric],
-                         "ratio": ratio, "target": f"<= {target}x restic", "pass": ratio <= target,
-                         "held_in": held_in(samples, ds, step, "restic", target)})
+            row = ratio_goal(label, ds, g(f"{ds}|pvsnap|{step}"), g(f"{ds}|restic|{step}"), target,
+                             f"<= {target}x restic", held_in(samples, ds, step, "restic", target))
+            if row:
+                rows.append(row)
     for ds in datasets:
         p, t = g(f"{ds}|pvsnap|initial"), g(f"{ds}|floor:tar|zstd|initial")
         if p and t and p["wall_s"] is not None and t["wall_s"]:
@@ -1449,7 +1927,13 @@ def markdown(report: dict) -> str:
           "- cache: warm-cache runs: the live folder is read (untimed) before every snapshot step; `sync` is called before and after every step.",
           f"- restores (and the `cp -a` floor) go into: {report.get('restores_into', 'work folder')}; "
           f"untimed warm-up restores of the same kind before each: {report.get('restore_warmups', 0)}.",
-          "- values are medians over repetitions; ratios are wall-time ratios of medians.", ""]
+          "- values are medians over repetitions; ratios are wall-time ratios of medians."]
+    st = report.get("storage") or {"mode": "local"}
+    if st["mode"] == "s3":
+        L += [f"- storage: every tool's repository is a fresh bucket on one local S3 server: {st['version']} "
+              f"({st['server']}) at {st['endpoint']}, data folder {st['data_folder'] or '-'} "
+              f"(filesystem: {st['data_folder_fs']}); repository size: {st['repo_size_from']}"]
+    L.append("")
     L += ["## Tool versions", ""]
     for k, v in report["versions"].items():
         L.append(f"- {k}: {v}")
@@ -1493,6 +1977,21 @@ def markdown(report: dict) -> str:
                     L.append(f"| {name} | {step} | {fmt(e['wall_s'])} | {fmt(e['cpu_s'], 2)} "
                              f"| {mib(e['maxrss_kib'] * KiB if e['maxrss_kib'] is not None else None)} | {e['n']} |")
         L.append("")
+        copies = [(w, summ.get(f"{ds}|{w}|copy")) for w in ("pvsnap copy", "rclone sync")]
+        if any(e for _, e in copies):
+            floor = summ.get(f"{ds}|rclone sync|copy") or {}
+            L += ["Copy of a local pvsnap repository (states A and B as two snapshots) to a fresh bucket.", "",
+                  "| who | wall s | x rclone sync | CPU s | peak RSS MiB | bucket MiB | n |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+            for w, e in copies:
+                if not e:
+                    continue
+                x = e["wall_s"] / floor["wall_s"] if floor.get("wall_s") and e["wall_s"] is not None else None
+                fail = f" ({e['failures']} failed)" if e["failures"] else ""
+                L.append(f"| {w} | {fmt(e['wall_s'])} | {fmt(x, 2)} | {fmt(e['cpu_s'], 2)} "
+                         f"| {mib(e['maxrss_kib'] * KiB if e['maxrss_kib'] is not None else None)} "
+                         f"| {mib(e['repo_bytes'])} | {e['n']}{fail} |")
+            L.append("")
         durable = [(tool, summ.get(f"{ds}|{tool}|restore")) for tool in report["tools"]]
         durable.append(("cp -a (floor)", summ.get(f"{ds}|floor:cp -a|restore")))
         durable = [(t, e) for t, e in durable if e and e.get("until_on_disk_s") is not None]
@@ -1507,7 +2006,8 @@ def markdown(report: dict) -> str:
                          f"| {fmt(x, 2)} |")
             L.append("")
     if report["goals"]:
-        L += ["## Goals (pvsnap vs restic, medians of wall time)", ""]
+        against = "restic on the same S3 server, and rclone sync" if st["mode"] == "s3" else "restic"
+        L += [f"## Goals (pvsnap vs {against}, medians of wall time)", ""]
         if report["smoke"]:
             L += ["Smoke profile: datasets are tiny and fixed costs (process start, key derivation) dominate, "
                   "so these results only show that the pipeline works.", ""]
@@ -1520,14 +2020,15 @@ def markdown(report: dict) -> str:
                 return t.replace("|", "\\|")
             held = gr.get("held_in")
             held_s = f"{held[0]} of {held[1]}" if held else "-"
+            result = f"FAILED ({gr['failed']})" if gr.get("failed") else ("PASS" if gr["pass"] else "MISS")
             L.append(f"| {cell(gr['goal'])} | {gr['dataset']} | {fmt(gr['pvsnap'])} | {fmt(gr['reference'])} "
-                     f"| {gr['ratio']:.2f} | {cell(gr['target'])} | {'PASS' if gr['pass'] else 'MISS'} | {held_s} |")
+                     f"| {fmt(gr['ratio'], 2)} | {cell(gr['target'])} | {result} | {held_s} |")
         L.append("")
     else:
         L += ["## Goals", "", "Not evaluated: needs both pvsnap and restic results.", ""]
     fails = report["failures"]
     L += ["## Failures", ""]
-    L += [f"- {f}" for f in fails] if fails else ["None."]
+    L += [f"- {f.replace(chr(10), ' ')}" for f in fails] if fails else ["None."]
     L.append("")
     return "\n".join(L)
 
@@ -1637,7 +2138,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="pvsnap comparison benchmark (see README.md)")
     ap.add_argument("--smoke", action="store_true", help="tiny datasets, 1 repetition (about 2 minutes)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, smoke 1)")
-    ap.add_argument("--datasets", default=",".join(ALL_DATASETS), help="comma list of pg,src,img,media")
+    ap.add_argument("--datasets", default=None,
+                    help="comma list of pg,src,img,media (default: all; --storage s3: pg,src)")
     ap.add_argument("--tools", default=None,
                     help="comma list of rsync-full,rsync-linkdest,restic,borg,rustic,pvsnap "
                          "(default: all; rustic only when already installed)")
@@ -1654,6 +2156,13 @@ def main() -> int:
     ap.add_argument("--regen", action="store_true", help="regenerate datasets even if cached")
     ap.add_argument("--step-timeout", type=float, default=None, help="seconds per timed step (default 7200, smoke 300)")
     ap.add_argument("--rustic-install-timeout", type=int, default=1800, help="time box for cargo install rustic-rs")
+    ap.add_argument("--storage", choices=["local", "s3"], default="local",
+                    help="where repositories live: a local folder, or a fresh bucket on a local S3 server per "
+                         "tool run (pvsnap, restic, rustic; plus pvsnap copy vs rclone sync)")
+    ap.add_argument("--s3-server", choices=["auto", "s3s-fs", "moto"], default="auto",
+                    help="--storage s3: the server (auto: s3s-fs, installed with cargo when missing, else moto)")
+    ap.add_argument("--s3-server-install-timeout", type=int, default=1800,
+                    help="time box for cargo install s3s-fs (and pip install moto[server])")
     ap.add_argument("--page-reporting-order", type=int, default=None, metavar="N",
                     help="for the run, hand only free blocks of 2^N pages back to the host "
                          "(free page reporting; root; put back at exit). See BENCHMARKS.md")
@@ -1665,7 +2174,8 @@ def main() -> int:
         report = json.loads(Path(args.report_from).read_text())
         datasets = sorted({k.split("|")[0] for k in report["summary"]}, key=ALL_DATASETS.index)
         if {"pvsnap", "restic"} <= set(report["tools"]):
-            report["goals"] = evaluate_goals(report["summary"], datasets, report.get("samples"))
+            report["goals"] = evaluate_goals(report["summary"], datasets, report.get("samples"),
+                                             (report.get("storage") or {}).get("mode", "local"))
         md = markdown(report)
         if args.markdown:
             Path(args.markdown).write_text(md)
@@ -1677,6 +2187,9 @@ def main() -> int:
     reps = args.reps if args.reps is not None else (1 if args.smoke else 3)
     if reps < 1:
         die("--reps must be >= 1")
+    s3 = args.storage == "s3"
+    if args.datasets is None:
+        args.datasets = ",".join(S3_DATASETS if s3 else ALL_DATASETS)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = [d for d in datasets if d not in ALL_DATASETS]
     if bad:
@@ -1706,12 +2219,31 @@ def main() -> int:
 
     if args.page_reporting_order is not None:
         set_page_reporting_order(args.page_reporting_order)
-    ensure_packages(datasets, tools)
+    ensure_packages(datasets, [t for t in tools if not s3 or t in S3_TOOLS])
+    server = None
+    rclone = None
+    storage = {"mode": "local"}
+    if s3:
+        if not shutil.which("rclone") and os.geteuid() == 0:
+            log("installing rclone with apt-get (the floor of the copy measurement)")
+            try:
+                apt_get(["install", "--no-install-recommends", "rclone"])
+            except RuntimeError as e:
+                log(f"could not install rclone; the copy floor will fail: {e}")
+        rclone = shutil.which("rclone")
+        server = ensure_s3_server(args.s3_server, workdir, args.s3_server_install_timeout)
+        try:
+            server.start()
+        except RuntimeError as e:
+            die(f"S3 server: {e}")
+        storage = server.info() | {"mode": "s3"}  # while its data folder exists
 
     exes: dict[str, str] = {}
     skipped: dict[str, str] = {}
     for t in tools:
-        if t in ("rsync-full", "rsync-linkdest"):
+        if s3 and t not in S3_TOOLS:
+            skipped[t] = "no object-storage mode in this benchmark (--storage s3 runs pvsnap, restic and rustic)"
+        elif t in ("rsync-full", "rsync-linkdest"):
             exes[t] = shutil.which("rsync")
         elif t in ("restic", "borg"):
             exe = shutil.which(t)
@@ -1739,6 +2271,7 @@ def main() -> int:
         die("no tool left to benchmark")
 
     versions = {
+        **({"s3 server": server.version(), "rclone": first_line(["rclone", "version"])} if s3 else {}),
         "rsync": first_line(["rsync", "--version"]),
         "tar": first_line(["tar", "--version"]),
         "zstd": first_line(["zstd", "--version"]),
@@ -1762,7 +2295,13 @@ def main() -> int:
     if "pvsnap" in tools:
         notes["pvsnap"] = "pvsnap init, snapshot --json --quiet, restore latest --target"
 
-    log(f"workdir {workdir}; datasets {datasets}; tools {tools}; reps {reps}")
+    if s3 and "pvsnap" in tools:
+        notes["pvsnap copy"] = ("pvsnap --repo LOCAL copy --to s3:... --json into a fresh bucket; checked after: "
+                                "both snapshots listed, pvsnap check clean")
+        notes["rclone sync"] = ("rclone sync LOCAL/ bench:BUCKET, remote configured by RCLONE_CONFIG_BENCH_* "
+                                "(s3, provider Other, path style), rclone's default transfers; checked after: "
+                                "the bucket lists every file of the folder with its size")
+    log(f"workdir {workdir}; storage {args.storage}; datasets {datasets}; tools {tools}; reps {reps}")
     step_timeout = args.step_timeout or (300.0 if args.smoke else 7200.0)
     timed = Timed(workdir / "tmp", step_timeout)
     check_resolution(timed)
@@ -1785,23 +2324,37 @@ def main() -> int:
                     failures.append(f"{ds} rep {rep}: floor {s['floor']} failed (rc={s['rc']})")
             k = rep % len(tools)
             for t in tools[k:] + tools[:k]:  # rotate the order between repetitions
-                tool = TOOL_CLASSES[t](exes[t], workdir / "runs" / ds / t)
+                bucket = server.new_bucket(f"{ds}-{t}-{rep}") if server else None
+                tool = TOOL_CLASSES[t](exes[t], workdir / "runs" / ds / t, bucket)
                 for s in run_tool(tool, ds, rep, states, live, workdir, timed, args.seed + rep):
                     samples.append(s)
-                    if not s["ok"]:
+                    if not s["ok"] and not s.get("not_run"):
                         step = s.get("step") or s.get("what")
                         what = "restore verification FAILED" if s.get("verify") else f"{step} failed (rc={s['rc']})"
-                        failures.append(f"{ds} rep {rep}: {t} {what}")
+                        why = f": {s['reason']}" if s.get("reason") else ""
+                        failures.append(f"{ds} rep {rep}: {t} {what}{why}")
+                if bucket:
+                    bucket.remove()
+            if server and "pvsnap" in tools:
+                for s in run_copy(ds, rep, states, live, workdir, timed, server, exes["pvsnap"], rclone):
+                    samples.append(s)
+                    if not s["ok"]:
+                        failures.append(f"{ds} rep {rep}: {s['who']} failed: {s.get('reason')}")
         rmtree(live)
 
+    if server:
+        server.stop()
+        if server.data:
+            rmtree(server.data)
     summary = summarize(samples)
-    goals = evaluate_goals(summary, datasets, samples) if {"pvsnap", "restic"} <= set(tools) else []
+    goals = evaluate_goals(summary, datasets, samples, args.storage) if {"pvsnap", "restic"} <= set(tools) else []
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "smoke": args.smoke,
         "restores_into": "fresh ext4 filesystem per restore" if RestoreTarget.fresh else "work folder",
         "restore_warmups": RESTORE_WARMUPS,
+        "storage": storage,
         "reps": reps,
         "seed": args.seed,
         "machine": machine_info(workdir),
