@@ -26,11 +26,27 @@ pub mod exit {
     pub const WRONG_PASSWORD: u8 = 12;
 }
 
+/// The environment variables pvsnap reads, shown by `pvsnap --help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  PVSNAP_REPO            Repository folder (as --repo)
+  PVSNAP_PASSWORD        Repository password
+  PVSNAP_PASSWORD_FILE   File holding the repository password (as --password-file)
+  PVSNAP_NEW_PASSWORD    New password for `key add` and `key passwd`
+  PVSNAP_NODE            This node's Kubernetes name (as --node)
+  PVSNAP_LOG             Log filter, e.g. `debug` or `pvsnap_engine=trace` (overrides -v)
+  NO_COLOR               When set and not empty: no colour in log output
+  XDG_DATA_HOME, HOME    Where the default repository of a non-root user lies
+  KUBECONFIG             Kubernetes client configuration (else ~/.kube/config or in-cluster)
+Hooks (--pre-hook, --post-hook) find PVSNAP_HOOK (pre|post), PVSNAP_SOURCE and
+PVSNAP_SNAPSHOT_PATH (the host folder being read) in their environment.";
+
 #[derive(Parser)]
 #[command(
     name = "pvsnap",
     version,
-    about = "Deduplicated, compressed, incremental snapshots of volume folders"
+    about = "Deduplicated, compressed, incremental snapshots of volume folders",
+    after_help = ENVIRONMENT
 )]
 pub struct Cli {
     /// Repository folder (default: /var/lib/pvsnap/repo as root, else ~/.local/share/pvsnap/repo),
@@ -84,6 +100,12 @@ pub enum Command {
     Version(cmd::about::VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion(cmd::about::CompletionArgs),
+    /// Write a man page for every command into a folder
+    Man(cmd::about::ManArgs),
+    /// Find the snapshots that hold a path matching a glob, newest first
+    Find(cmd::find::Args),
+    /// Add, remove or set the tags of snapshots
+    Tag(cmd::tag::Args),
 }
 
 fn main() -> ExitCode {
@@ -134,6 +156,7 @@ fn main() -> ExitCode {
             | Command::Stats(_)
             | Command::Version(_)
             | Command::Completion(_)
+            | Command::Find(_)
     ) {
         // Commands that only print end quietly when their reader stops
         // early (`pvsnap ls latest | head`), as other Unix tools do. They
@@ -159,6 +182,9 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::run(&cli, a),
         Command::Version(a) => cmd::about::run_version(a),
         Command::Completion(a) => cmd::about::run_completion(a),
+        Command::Man(a) => cmd::about::run_man(a),
+        Command::Find(a) => cmd::find::run(&cli, a),
+        Command::Tag(a) => cmd::tag::run(&cli, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -170,7 +170,15 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
                 pvsnap_engine::InitOptions::default(),
                 Modes::PRIVATE,
             )?;
-            if !cli.quiet {
+            // As `init` without --encryption: unencrypted, and a password
+            // given for it is named, never silently dropped.
+            if let Some(given) = crate::cmd::init::password_given(cli) {
+                eprintln!(
+                    "pvsnap: created an UNENCRYPTED repository at {}: {given} is set, but a repository created by a first snapshot is not encrypted and the password is not used. To encrypt, remove {} and run `pvsnap init --encryption` before the first snapshot",
+                    loc.path.display(),
+                    loc.path.display()
+                );
+            } else if !cli.quiet {
                 eprintln!("pvsnap: created repository at {}", loc.path.display());
             }
             Ok(Repository::open(be, Some(&pw))?)

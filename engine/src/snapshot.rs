@@ -106,6 +106,10 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<serde_json::Value>,
     pub program_version: String,
+    /// The id this snapshot was first written under, when it was rewritten
+    /// since (`pvsnap tag` writes a new object with a new id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<SnapshotId>,
 }
 
 impl Snapshot {

@@ -560,6 +560,9 @@ pub struct HostHook {
     pub command: String,
     /// How long it may run before it is killed.
     pub timeout: Duration,
+    /// Variables added to its environment (besides `PVSNAP_HOOK`), e.g.
+    /// `PVSNAP_SOURCE`: what the hook runs for.
+    pub env: Vec<(String, String)>,
 }
 
 impl HostHook {
@@ -568,13 +571,31 @@ impl HostHook {
         HostHook {
             command: command.into(),
             timeout: DEFAULT_HOOK_TIMEOUT,
+            env: Vec::new(),
         }
+    }
+
+    /// The same hook with `key=value` added to its environment.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 }
 
 /// Run `cmd` on the host with `sh -c`. On timeout the whole process group
-/// is killed. Host hooks always have on-error Fail.
+/// is killed. Host hooks always have on-error Fail. The hook finds
+/// `PVSNAP_HOOK=pre|post` in its environment.
 pub async fn run_host_hook(phase: HookPhase, cmd: &str, timeout: Duration) -> HookOutcome {
+    run_host_hook_env(phase, cmd, timeout, &[]).await
+}
+
+/// [`run_host_hook`] with `env` added to the hook's environment.
+async fn run_host_hook_env(
+    phase: HookPhase,
+    cmd: &str,
+    timeout: Duration,
+    env: &[(String, String)],
+) -> HookOutcome {
     use std::process::Stdio;
     let mut outcome = HookOutcome::not_run(phase, vec!["sh".into(), "-c".into(), cmd.into()]);
     tracing::info!(phase = %phase, command = %cmd, "running host hook");
@@ -582,6 +603,8 @@ pub async fn run_host_hook(phase: HookPhase, cmd: &str, timeout: Duration) -> Ho
     let mut child = match tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .env("PVSNAP_HOOK", phase.to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -720,7 +743,7 @@ where
     let mut reached = 0usize;
 
     if let Some(h) = host_pre {
-        let o = run_host_hook(HookPhase::Pre, &h.command, h.timeout).await;
+        let o = run_host_hook_env(HookPhase::Pre, &h.command, h.timeout, &h.env).await;
         if o.is_fatal() {
             let error = o.error.as_deref().unwrap_or_default();
             skip_reason = Some(format!(
@@ -770,7 +793,7 @@ where
         }
     }
     if let Some(h) = host_post {
-        post.push(run_host_hook(HookPhase::Post, &h.command, h.timeout).await);
+        post.push(run_host_hook_env(HookPhase::Post, &h.command, h.timeout, &h.env).await);
     }
     HookedRun { pre, post, body }
 }

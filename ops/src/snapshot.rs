@@ -141,15 +141,19 @@ impl<'r> SnapshotRun<'r> {
         host: &HostHooks,
         observer: &dyn Observer,
     ) -> Result<Taken> {
+        // The hooks learn what they run for: the source as snapshots name
+        // it, and the host folder that is read.
+        let told = |h: &HostHook| {
+            h.clone()
+                .with_env("PVSNAP_SOURCE", source.key())
+                .with_env("PVSNAP_SNAPSHOT_PATH", dir.to_string_lossy())
+        };
+        let (pre, post) = (host.pre.as_ref().map(told), host.post.as_ref().map(told));
         let opts = self.backup_options(source);
         let this = &*self;
-        let hooked = pvsnap_k8s::with_hooks(
-            cluster,
-            pods,
-            host.pre.as_ref(),
-            host.post.as_ref(),
-            || async { this.store(dir, &opts, observer) },
-        )
+        let hooked = pvsnap_k8s::with_hooks(cluster, pods, pre.as_ref(), post.as_ref(), || async {
+            this.store(dir, &opts, observer)
+        })
         .await;
         let outcomes: Vec<serde_json::Value> = hooked
             .outcomes()

@@ -8,6 +8,7 @@ mod corruption;
 mod damage;
 mod deploy;
 mod diskfull;
+mod extras;
 mod first_use;
 mod fixture;
 mod guards;

@@ -534,7 +534,7 @@ fn root_or_skip(test: &str, for_what: &str) -> bool {
 
 /// A scratch folder an unprivileged user may write to; `None` when the test
 /// is skipped (see [`root_or_skip`]), since switching users needs root.
-fn env_for_nobody(test: &str) -> Option<Env> {
+pub(crate) fn env_for_nobody(test: &str) -> Option<Env> {
     if !root_or_skip(test, "to switch to an unprivileged user") {
         return None;
     }
@@ -544,7 +544,7 @@ fn env_for_nobody(test: &str) -> Option<Env> {
 }
 
 /// Runs pvsnap as an unprivileged user (root is needed to switch).
-fn as_nobody(args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output {
+pub(crate) fn as_nobody(args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Output {
     let mut c = Command::new("setpriv");
     c.args([
         "--reuid=65534",

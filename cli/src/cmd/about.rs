@@ -76,3 +76,50 @@ pub fn run_completion(a: &CompletionArgs) -> Result<u8> {
         r => r.map(|()| exit::OK).map_err(Into::into),
     }
 }
+
+#[derive(clap::Args)]
+pub struct ManArgs {
+    /// Folder to write the pages into (created if missing), e.g. /usr/local/share/man/man1
+    #[arg(long, value_name = "DIR")]
+    pub dir: std::path::PathBuf,
+}
+
+/// Writes one man page per command, generated from the command-line
+/// definition: `pvsnap.1`, `pvsnap-snapshot.1`, `pvsnap-key-add.1`, …
+pub fn run_man(a: &ManArgs) -> Result<u8> {
+    std::fs::create_dir_all(&a.dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot create the folder for the man pages: {e}",
+            a.dir.display()
+        )
+    })?;
+    let mut cmd = <crate::Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let mut written = 0;
+    write_pages(&cmd, "pvsnap", &a.dir, &mut written)?;
+    println!("wrote {written} man pages to {}", a.dir.display());
+    Ok(exit::OK)
+}
+
+/// Writes the page of `cmd` (named `name`) and those of its subcommands.
+fn write_pages(
+    cmd: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+    written: &mut usize,
+) -> Result<()> {
+    let page = cmd
+        .clone()
+        .name(name.to_string())
+        .version(env!("CARGO_PKG_VERSION"));
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(page).render(&mut roff)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, roff)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write the man page: {e}", path.display()))?;
+    *written += 1;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+    }
+    Ok(())
+}

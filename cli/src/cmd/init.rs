@@ -112,7 +112,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
 }
 
 /// Where a password was given that an unencrypted `init` does not use.
-fn password_given(cli: &Cli) -> Option<&'static str> {
+pub fn password_given(cli: &Cli) -> Option<&'static str> {
     if cli.password_file.is_some() {
         Some("--password-file (or PVSNAP_PASSWORD_FILE)")
     } else if std::env::var_os("PVSNAP_PASSWORD").is_some() {

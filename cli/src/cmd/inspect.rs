@@ -5,6 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use pvsnap_engine::repo::format::ObjectKind;
+use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_engine::store::blob::BlobKind;
 use pvsnap_engine::tree::NodeKind;
 use pvsnap_engine::tree::walk;
@@ -23,9 +24,71 @@ pub struct SnapshotsArgs {
     /// Only snapshots carrying this tag
     #[arg(long)]
     pub tag: Option<String>,
-    /// Print JSON
+    /// List the snapshots in groups: of one source, one host, or one set of tags
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub group_by: Option<GroupBy>,
+    /// Only the N newest snapshots (of each group with --group-by)
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Print JSON (with --group-by: one object per group, `snapshots` inside)
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum GroupBy {
+    Source,
+    Host,
+    Tags,
+}
+
+impl GroupBy {
+    fn name(self) -> &'static str {
+        match self {
+            GroupBy::Source => "source",
+            GroupBy::Host => "host",
+            GroupBy::Tags => "tags",
+        }
+    }
+
+    /// The group of `s`, as JSON (tags: the sorted list).
+    fn key(self, s: &Snapshot) -> serde_json::Value {
+        match self {
+            GroupBy::Source => s.source.key().into(),
+            GroupBy::Host => s.hostname.clone().into(),
+            GroupBy::Tags => {
+                let mut t = s.tags.clone();
+                t.sort();
+                t.dedup();
+                t.into()
+            }
+        }
+    }
+}
+
+/// `snaps` (oldest first) in groups, each oldest first, groups in the order
+/// of their keys; with `last`, only the newest `last` of each group.
+fn grouped(
+    snaps: Vec<Snapshot>,
+    by: Option<GroupBy>,
+    last: Option<usize>,
+) -> Vec<(serde_json::Value, Vec<Snapshot>)> {
+    let mut groups: Vec<(serde_json::Value, Vec<Snapshot>)> = Vec::new();
+    for s in snaps {
+        let key = by.map_or(serde_json::Value::Null, |b| b.key(&s));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(s),
+            None => groups.push((key, vec![s])),
+        }
+    }
+    groups.sort_by_key(|(k, _)| k.to_string());
+    if let Some(n) = last {
+        for (_, g) in &mut groups {
+            let drop = g.len().saturating_sub(n);
+            g.drain(..drop);
+        }
+    }
+    groups
 }
 
 pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
@@ -52,19 +115,63 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         })
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
         .collect();
+    let groups = grouped(snaps, a.group_by, a.last);
     if a.json {
-        let v: Vec<_> = snaps.iter().map(super::snapshot::snapshot_json).collect();
-        output::json(&v)?;
+        let list =
+            |g: &[Snapshot]| -> Vec<_> { g.iter().map(super::snapshot::snapshot_json).collect() };
+        match a.group_by {
+            None => output::json(&list(groups.first().map_or(&[][..], |(_, g)| g)))?,
+            Some(by) => {
+                let v: Vec<_> = groups
+                    .iter()
+                    .map(|(k, g)| serde_json::json!({ by.name(): k, "snapshots": list(g) }))
+                    .collect();
+                output::json(&v)?;
+            }
+        }
         return Ok(crate::exit::OK);
     }
     let mut out = std::io::stdout().lock();
+    let (mut count, mut incomplete) = (0, 0);
+    for (i, (key, g)) in groups.iter().enumerate() {
+        if let Some(by) = a.group_by {
+            let shown = match key {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(t) if t.is_empty() => "(no tags)".into(),
+                serde_json::Value::Array(t) => t
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "{} {shown}: {} snapshot(s)", by.name(), g.len())?;
+        }
+        incomplete += snapshot_table(&mut out, g)?;
+        count += g.len();
+    }
+    writeln!(out, "{count} snapshot(s)")?;
+    if incomplete > 0 {
+        writeln!(
+            out,
+            "{incomplete} incomplete: paths that could not be read (or were lost and removed by `pvsnap repair snapshots`) are missing; `pvsnap snapshots --json` names them under `errors`"
+        )?;
+    }
+    Ok(crate::exit::OK)
+}
+
+/// Writes the table of `snaps`; returns how many are incomplete.
+fn snapshot_table(out: &mut impl Write, snaps: &[Snapshot]) -> std::io::Result<usize> {
     writeln!(
         out,
         "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} source",
         "id", "time", "host", "files", "size", "tags"
     )?;
     let mut incomplete = 0;
-    for s in &snaps {
+    for s in snaps {
         // An incomplete snapshot (exit code 3 when taken, or a repaired
         // copy) says so after its source.
         let missing = super::snapshot::missing_paths(s);
@@ -86,14 +193,7 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
             s.source.key()
         )?;
     }
-    writeln!(out, "{} snapshot(s)", snaps.len())?;
-    if incomplete > 0 {
-        writeln!(
-            out,
-            "{incomplete} incomplete: paths that could not be read (or were lost and removed by `pvsnap repair snapshots`) are missing; `pvsnap snapshots --json` names them under `errors`"
-        )?;
-    }
-    Ok(crate::exit::OK)
+    Ok(incomplete)
 }
 
 #[derive(clap::Args)]
@@ -101,9 +201,12 @@ pub struct LsArgs {
     pub snapshot: String,
     /// Folder inside the snapshot to list (default: everything)
     pub path: Option<String>,
-    /// Show type, mode, owner, size and time
+    /// Show type, mode, owner, size and time (sizes like 4.0 KiB, owners by name where this host knows the id)
     #[arg(long, short)]
     pub long: bool,
+    /// With --long: owners as numbers and sizes in bytes
+    #[arg(long, requires = "long")]
+    pub numeric: bool,
     /// Print one JSON object per line
     #[arg(long)]
     pub json: bool,
@@ -128,6 +231,7 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let start = a.path.clone().unwrap_or_default();
     let node = repo.find_node(&snap, &start)?;
     let mut out = std::io::stdout().lock();
+    let names = pvsnap_engine::fsmeta::NameCache::default();
     let prefix = format!("/{}", start.trim_matches('/'));
     let mut print = |path: &str, n: &pvsnap_engine::tree::Node| -> pvsnap_engine::Result<()> {
         let io = |e| pvsnap_engine::Error::Io {
@@ -150,16 +254,20 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
             };
             writeln!(out, "{}", serde_json::to_string(&e).expect("serializes")).map_err(io)
         } else if a.long {
+            let (user, group, size) = if a.numeric {
+                (n.uid.to_string(), n.gid.to_string(), n.size.to_string())
+            } else {
+                (
+                    names.user(n.uid).unwrap_or_else(|| n.uid.to_string()),
+                    names.group(n.gid).unwrap_or_else(|| n.gid.to_string()),
+                    output::bytes(n.size),
+                )
+            };
             writeln!(
                 out,
-                "{:<8} {:04o} {:>6} {:>6} {:>12} {} {}",
+                "{:<8} {:04o} {user:>8} {group:>8} {size:>12} {mtime} {path}",
                 n.kind.name(),
                 n.mode,
-                n.uid,
-                n.gid,
-                n.size,
-                mtime,
-                path
             )
             .map_err(io)
         } else {

@@ -1,4 +1,4 @@
-//! `pvsnap key list|add|remove`: passphrases of an encrypted repository.
+//! `pvsnap key list|add|passwd|remove`: passphrases of an encrypted repository.
 
 use anyhow::Result;
 use pvsnap_engine::repo::crypto::KdfParams;
@@ -17,6 +17,12 @@ pub enum KeyCommand {
     },
     /// Add a passphrase (read from --new-password-file, PVSNAP_NEW_PASSWORD or the terminal)
     Add {
+        /// File holding the new passphrase
+        #[arg(long)]
+        new_password_file: Option<std::path::PathBuf>,
+    },
+    /// Change the password that opens the repository (new one from --new-password-file, PVSNAP_NEW_PASSWORD or the terminal); the old key slot is removed only after the new one opens the repository
+    Passwd {
         /// File holding the new passphrase
         #[arg(long)]
         new_password_file: Option<std::path::PathBuf>,
@@ -76,10 +82,23 @@ pub fn run(cli: &Cli, c: &KeyCommand) -> Result<u8> {
             }
         }
         KeyCommand::Add { new_password_file } => {
+            repo.keys()?; // an unencrypted repository: say so before asking
             let pw = new_password(new_password_file)?;
             let id = repo.add_key(&pw, KdfParams::default())?;
             if !cli.quiet {
                 println!("added key {}", id.short());
+            }
+        }
+        KeyCommand::Passwd { new_password_file } => {
+            repo.keys()?; // an unencrypted repository: say so before asking
+            let pw = new_password(new_password_file)?;
+            let (old, new) = repo.change_password(&pw, KdfParams::default())?;
+            if !cli.quiet {
+                println!(
+                    "changed the password: key {} replaces key {}",
+                    new.short(),
+                    old.short()
+                );
             }
         }
         KeyCommand::Remove { id } => {

@@ -1,6 +1,7 @@
 //! One module per group of subcommands.
 
 pub mod about;
+pub mod find;
 pub mod init;
 pub mod inspect;
 pub mod key;
@@ -9,6 +10,7 @@ pub mod mount;
 pub mod restore;
 pub mod restore_pvc;
 pub mod snapshot;
+pub mod tag;
 
 use anyhow::Result;
 use pvsnap_engine::repo::lock::LockGuard;

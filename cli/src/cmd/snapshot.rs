@@ -48,10 +48,10 @@ pub struct Args {
     /// Print the snapshot objects as JSON
     #[arg(long)]
     pub json: bool,
-    /// Run this shell command on the host before each source is read; when it fails, that source is skipped
+    /// Run this shell command on the host before each source is read; when it fails, that source is skipped. It finds PVSNAP_HOOK=pre, PVSNAP_SOURCE and PVSNAP_SNAPSHOT_PATH (the folder read) in its environment
     #[arg(long, value_name = "CMD")]
     pub pre_hook: Option<String>,
-    /// Run this shell command on the host after each source is read, whenever the pre hook ran
+    /// Run this shell command on the host after each source is read, whenever the pre hook ran (PVSNAP_HOOK=post, PVSNAP_SOURCE, PVSNAP_SNAPSHOT_PATH)
     #[arg(long, value_name = "CMD")]
     pub post_hook: Option<String>,
     /// Snapshot every claim of the namespace (--namespace, default: the kubeconfig's) or of all namespaces

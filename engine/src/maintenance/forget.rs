@@ -69,7 +69,10 @@ pub struct UnreadableSnapshot {
 /// Resolves what the user typed (full ids, unique prefixes, `latest`,
 /// `latest:SOURCE`) to snapshot ids. Ids and prefixes are matched against the
 /// names of every snapshot object, readable or not, so a damaged one can be
-/// named; `latest` forms consider the readable ones.
+/// named; `latest` forms consider the readable ones and resolve as every
+/// other command does: a plain `latest` only when the repository holds one
+/// source, else an error listing the sources (`forget latest` must never
+/// remove the newest snapshot of whichever source happened to run last).
 pub fn resolve_ids(repo: &Repository, specs: &[String]) -> Result<Vec<SnapshotId>> {
     let (snaps, _) = repo.snapshots_lenient()?;
     let all: Vec<SnapshotId> = repo
@@ -82,7 +85,7 @@ pub fn resolve_ids(repo: &Repository, specs: &[String]) -> Result<Vec<SnapshotId
         .iter()
         .map(|spec| {
             if spec.starts_with("latest") {
-                return Ok(crate::repo::resolve_in(&snaps, spec)?.id);
+                return Ok(crate::repo::resolve_for(&snaps, spec, None)?.id);
             }
             let lower = spec.to_ascii_lowercase();
             if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -165,6 +165,15 @@ pub(crate) fn unlock(
     .into())
 }
 
+fn refuse_empty(password: &[u8]) -> Result<()> {
+    if password.is_empty() {
+        return Err(Error::Invalid(
+            "the new password is empty; give a non-empty one (PVSNAP_NEW_PASSWORD, --new-password-file or the prompt); no key was changed".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn encrypted(repo: &Repository) -> Result<&(KeyId, crate::repo::MasterKey)> {
     repo.master()
         .ok_or_else(|| Error::Invalid("this repository is not encrypted; it has no keys".into()))
@@ -199,10 +208,38 @@ impl Repository {
         Ok(keys)
     }
 
-    /// Adds a slot for another passphrase.
+    /// Adds a slot for another passphrase; refuses an empty one, which
+    /// anybody could type.
     pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId> {
         let (_, master) = encrypted(self)?;
+        refuse_empty(password)?;
         write_slot(self.backend(), master, password, kdf)
+    }
+
+    /// Replaces the passphrase that opened this repository, returning the
+    /// old slot's id and the new one's. The new slot is written and read
+    /// back from storage, and must open the same master key, before the old
+    /// slot is removed: a failure or a crash at any point leaves the old
+    /// passphrase working, at worst with the new one working too.
+    pub fn change_password(&self, password: &[u8], kdf: KdfParams) -> Result<(KeyId, KeyId)> {
+        let (old, master) = encrypted(self)?;
+        refuse_empty(password)?;
+        let new = write_slot(self.backend(), master, password, kdf)?;
+        let key = ObjectKey::new(ObjectKind::Key, new.to_hex());
+        let opens = decode_slot(&new.to_hex(), &self.backend().get(&key)?)?
+            .open(password)?
+            .is_some_and(|m| *m == ***master);
+        if !opens {
+            // Leave nothing half-made behind: the old slot still works.
+            let _ = self.backend().delete(&key);
+            return Err(Error::Invalid(format!(
+                "the new key slot {} did not open the repository when read back; the old password still works and nothing was changed",
+                new.short()
+            )));
+        }
+        self.backend()
+            .delete(&ObjectKey::new(ObjectKind::Key, old.to_hex()))?;
+        Ok((*old, new))
     }
 
     /// Removes a slot; refuses the slot in use and the last one.
@@ -286,6 +323,38 @@ mod tests {
             repo.crypto().content_id(b"x"),
             via_second.crypto().content_id(b"x")
         );
+    }
+
+    /// Opens `b` with `pw`; `Err` when the password opens no slot.
+    fn opens(b: &DynBackend, pw: &'static [u8]) -> bool {
+        let f = || Ok(pw.to_vec());
+        Repository::open(b.clone(), Some(&f)).is_ok()
+    }
+
+    #[test]
+    fn change_password_never_leaves_the_repository_without_a_working_slot() {
+        use crate::backend::faulty::FaultyBackend;
+        // The new slot cannot be written: the old password still works.
+        let (b, _) = with_first_key();
+        let faulty: DynBackend = Arc::new(FaultyBackend::new(b.clone(), 0));
+        let f = || Ok(b"first".to_vec());
+        let repo = Repository::open(faulty, Some(&f)).unwrap();
+        assert!(repo.change_password(b"next", cheap()).is_err());
+        assert!(opens(&b, b"first") && !opens(&b, b"next"));
+        // The old slot cannot be removed: both work, nothing is lost.
+        let faulty: DynBackend = Arc::new(FaultyBackend::new(b.clone(), -1).fail_deletes_after(0));
+        let repo = Repository::open(faulty, Some(&f)).unwrap();
+        assert!(repo.change_password(b"next", cheap()).is_err());
+        assert!(opens(&b, b"first") && opens(&b, b"next"));
+        // Empty: refused before anything is written.
+        let (b, repo) = with_first_key();
+        assert!(repo.change_password(b"", cheap()).is_err());
+        assert!(repo.add_key(b"", cheap()).is_err());
+        assert_eq!(repo.keys().unwrap().len(), 1);
+        // Normal: the old one is gone only after the new one works.
+        let (old, new) = repo.change_password(b"next", cheap()).unwrap();
+        assert_ne!(old, new);
+        assert!(!opens(&b, b"first") && opens(&b, b"next"));
     }
 
     #[test]

@@ -87,6 +87,21 @@ impl Repository {
         Ok((snaps, bad))
     }
 
+    /// Rewrites `snap` with `tags` as its tags and returns the new snapshot.
+    /// Snapshot objects are never changed in place: the copy gets a new id
+    /// and names the first id in `original`; it is written before the old
+    /// object is removed, so a crash in between leaves both (the copy's
+    /// `original` tells them apart), never neither.
+    pub fn retag(&self, snap: &Snapshot, tags: Vec<String>) -> Result<Snapshot> {
+        let mut new = snap.clone();
+        new.id = SnapshotId(crate::repo::id::Id::random());
+        new.original = Some(snap.original.unwrap_or(snap.id));
+        new.tags = tags;
+        self.save_snapshot(&new)?;
+        self.delete_snapshot(&snap.id)?;
+        Ok(new)
+    }
+
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
         Ok(self.backend.delete(&Self::snapshot_key(id))?)
     }
@@ -208,7 +223,8 @@ pub fn resolve_for<'a>(
 }
 
 /// Resolves `spec` within a list sorted oldest first; `latest` is the newest
-/// snapshot of any source (what `forget latest` removes).
+/// snapshot of any source (callers that act on one source use
+/// [`resolve_for`]).
 pub fn resolve_in<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot> {
     if spec == LATEST {
         return snaps
@@ -242,5 +258,40 @@ pub fn resolve_in<'a>(snaps: &'a [Snapshot], spec: &str) -> Result<&'a Snapshot>
             prefix: spec.into(),
             count: n,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::backend::DynBackend;
+    use crate::backend::faulty::FaultyBackend;
+    use crate::testutil::{mem_repo, reopen, snapshot};
+
+    #[test]
+    fn retag_writes_the_copy_before_removing_the_original() {
+        let (mem, repo) = mem_repo(true);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let snap = snapshot(&repo, dir.path(), "/src", "2026-01-01T00:00:00Z");
+        // The copy cannot be written: the original stays as it was.
+        let no_puts: DynBackend = Arc::new(FaultyBackend::new(mem.clone(), 0));
+        assert!(reopen(no_puts).retag(&snap, vec!["t".into()]).is_err());
+        assert_eq!(repo.snapshots().unwrap(), vec![snap.clone()]);
+        // The original cannot be removed (a crash there): both remain, the
+        // copy naming the original.
+        let no_deletes: DynBackend =
+            Arc::new(FaultyBackend::new(mem.clone(), -1).fail_deletes_after(0));
+        assert!(reopen(no_deletes).retag(&snap, vec!["t".into()]).is_err());
+        let both = repo.snapshots().unwrap();
+        assert_eq!(both.len(), 2);
+        let copy = both.iter().find(|s| s.id != snap.id).unwrap();
+        assert_eq!(copy.original, Some(snap.id));
+        assert_eq!((copy.tree, &copy.tags), (snap.tree, &vec!["t".to_string()]));
+        // A copy of the copy still names the first id.
+        let again = repo.retag(copy, vec![]).unwrap();
+        assert_eq!(again.original, Some(snap.id));
+        assert!(repo.load_snapshot(&copy.id).is_err());
     }
 }
