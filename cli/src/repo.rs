@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use pvsnap_engine::backend::local::{LocalBackend, Modes};
 use pvsnap_engine::backend::cached::CacheOptions;
+use pvsnap_engine::backend::local::{LocalBackend, Modes};
 use pvsnap_engine::backend::{Cached, DryRun, DynBackend};
 use pvsnap_engine::{Error, Repository};
 
@@ -300,7 +300,11 @@ mod tests {
         assert!(!cached(&["pvsnap", "--no-cache", "snapshots"], false));
         assert!(!cached(&["pvsnap", "snapshots"], true));
         // One folder per repository id.
-        let id = Repository::open(be.clone(), None).unwrap().config().id.to_hex();
+        let id = Repository::open(be.clone(), None)
+            .unwrap()
+            .config()
+            .id
+            .to_hex();
         assert!(cache.path().join(id).is_dir());
     }
 

@@ -186,10 +186,7 @@ impl Cached {
         let written = (|| -> std::io::Result<()> {
             let dir = path.parent().expect("cache paths have a parent");
             fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(
-                ".tmp-{}",
-                crate::repo::id::Id::random().short()
-            ));
+            let tmp = dir.join(format!(".tmp-{}", crate::repo::id::Id::random().short()));
             let mut file = Vec::with_capacity(size as usize);
             file.extend_from_slice(&header(data));
             file.extend_from_slice(data);

@@ -152,7 +152,10 @@ fn an_unchanged_resnapshot_ls_and_diff_read_no_pack_from_the_remote() {
 
     let (_, repo) = s.open();
     let a = testutil::snapshot(&repo, src.path(), "/v", "2026-01-01T00:00:00Z");
-    assert!(!s.cached_files(ObjectKind::Pack).is_empty(), "tree packs are kept on put");
+    assert!(
+        !s.cached_files(ObjectKind::Pack).is_empty(),
+        "tree packs are kept on put"
+    );
     s.counts.take();
 
     // A new process: the parent's trees, the index and the snapshot list
@@ -161,20 +164,31 @@ fn an_unchanged_resnapshot_ls_and_diff_read_no_pack_from_the_remote() {
     let b = testutil::snapshot(&repo, src.path(), "/v", "2026-01-02T00:00:00Z");
     assert_eq!(b.tree, a.tree);
     let (packs, others) = s.counts.take();
-    assert_eq!(packs, 0, "an unchanged re-snapshot read packs from the remote");
+    assert_eq!(
+        packs, 0,
+        "an unchanged re-snapshot read packs from the remote"
+    );
     assert_eq!(others, 0, "index files and snapshots come from the cache");
 
     std::fs::write(src.path().join("d07/e0/f7"), b"changed\n").unwrap();
     let (_, repo) = s.open();
     let c = testutil::snapshot(&repo, src.path(), "/v", "2026-01-03T00:00:00Z");
-    assert_eq!(s.counts.take().0, 0, "a changed file needs no pack read either");
+    assert_eq!(
+        s.counts.take().0,
+        0,
+        "a changed file needs no pack read either"
+    );
 
     let (_, repo) = s.open();
     assert_eq!(ls(&repo, &a), 5000 + 50 + 50 * 7);
     let indexed = repo.clone().load_index().unwrap();
     let changes = crate::tree::walk::diff(&indexed, &a.tree, &c.tree).unwrap();
     assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(s.counts.take().0, 0, "ls and diff read packs from the remote");
+    assert_eq!(
+        s.counts.take().0,
+        0,
+        "ls and diff read packs from the remote"
+    );
 
     // Without the cache the same ls reads tree packs: the counter counts.
     let repo = reopen(s.remote.clone());
@@ -230,7 +244,11 @@ fn a_damaged_cache_file_is_dropped_and_read_again_never_served() {
         // Read again, the cache holds sound copies: the next run is free.
         let (_, repo) = s.open();
         assert_eq!(ls(&repo, &a), want);
-        assert_eq!(s.counts.take(), (0, 0), "{what}: the cache was not refilled");
+        assert_eq!(
+            s.counts.take(),
+            (0, 0),
+            "{what}: the cache was not refilled"
+        );
     }
 }
 
@@ -259,13 +277,23 @@ fn the_cache_stays_within_its_limit_least_recently_used_first() {
         .iter()
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert!(names.contains(&keys[0].name), "the recently read one was evicted");
+    assert!(
+        names.contains(&keys[0].name),
+        "the recently read one was evicted"
+    );
     assert!(names.contains(&keys[5].name));
-    assert!(!names.contains(&keys[1].name), "the least recently used one stayed");
+    assert!(
+        !names.contains(&keys[1].name),
+        "the least recently used one stayed"
+    );
     // An object larger than the whole cache is not kept.
     let big = ObjectKey::new(ObjectKind::Snapshot, "ff".repeat(32));
     b.put(&big, &[1u8; 20_000]).unwrap();
-    assert!(!s.cached_files(ObjectKind::Snapshot).iter().any(|f| f.ends_with(&big.name)));
+    assert!(
+        !s.cached_files(ObjectKind::Snapshot)
+            .iter()
+            .any(|f| f.ends_with(&big.name))
+    );
 }
 
 #[test]
@@ -304,7 +332,10 @@ fn the_cache_keeps_the_backend_contract() {
     // And again with what it caches: index files, snapshots, tree packs.
     let k = ObjectKey::new(ObjectKind::Snapshot, "ab".repeat(32));
     cached.put(&k, b"snapshot").unwrap();
-    assert!(matches!(cached.put(&k, b"other"), Err(BackendError::Conflict { .. })));
+    assert!(matches!(
+        cached.put(&k, b"other"),
+        Err(BackendError::Conflict { .. })
+    ));
     assert_eq!(cached.get(&k).unwrap(), b"snapshot");
     let body = b"tree pack".to_vec();
     let p = ObjectKey::new(ObjectKind::Pack, blake3::hash(&body).to_hex().to_string());
@@ -313,7 +344,10 @@ fn the_cache_keeps_the_backend_contract() {
     assert_eq!(cached.get_tree_pack(&p).unwrap(), body);
     assert_eq!(cached.get_range(&p, 5, 4).unwrap(), b"pack");
     cached.delete(&p).unwrap();
-    assert!(matches!(cached.get_tree_pack(&p), Err(BackendError::NotFound { .. })));
+    assert!(matches!(
+        cached.get_tree_pack(&p),
+        Err(BackendError::NotFound { .. })
+    ));
 }
 
 #[test]
