@@ -59,6 +59,9 @@ pub struct Cli {
     /// Read the repository password from this file
     #[arg(long, global = true, env = "PVSNAP_PASSWORD_FILE")]
     pub password_file: Option<std::path::PathBuf>,
+    /// Read a remote repository without the local cache of its index, snapshots and trees
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// No progress and no notices
     #[arg(long, short, global = true)]
     pub quiet: bool,

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
+use pvsnap_engine::backend::cached::CacheOptions;
 use pvsnap_engine::backend::local::{LocalBackend, Modes};
 use pvsnap_engine::backend::s3::{S3Auth, S3Backend, S3Location};
-use pvsnap_engine::backend::{Backend, DryRun, DynBackend};
+use pvsnap_engine::backend::{Backend, Cached, DryRun, DynBackend};
 use pvsnap_engine::{Error, Repository};
 
 use crate::Cli;
@@ -110,6 +111,31 @@ fn s3_backend(cli: &Cli, s3: &S3Location) -> Result<S3Backend> {
     S3Backend::new(s3.clone(), S3Auth::from_env(), connections).map_err(|e| anyhow!(e))
 }
 
+/// A remote repository's backend behind the local cache
+/// (`$XDG_CACHE_HOME/pvsnap/<repository id>`), unless `--no-cache`. A
+/// local folder is read directly: a cache on the same machine saves nothing.
+/// `cache` is where the cache lives (`None`: no home folder to put it in).
+pub fn with_cache(
+    cli: &Cli,
+    be: DynBackend,
+    local: bool,
+    cache: Option<CacheOptions>,
+) -> DynBackend {
+    if local || cli.no_cache {
+        return be;
+    }
+    match cache {
+        Some(opts) => Cached::wrap(be, &opts),
+        None => {
+            tracing::warn!(
+                "no local cache for {}: neither XDG_CACHE_HOME nor HOME is set",
+                be.location()
+            );
+            be
+        }
+    }
+}
+
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
 pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
     // Copies read on the way are wiped; the engine wipes the one returned.
@@ -146,7 +172,12 @@ pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
 /// `create_default` is set (first `pvsnap snapshot` on a machine).
 pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository> {
     let loc = location(cli)?;
-    let be = backend(cli, &loc)?;
+    let be = with_cache(
+        cli,
+        backend(cli, &loc)?,
+        loc.s3.is_none(),
+        CacheOptions::default_options(),
+    );
     let be: DynBackend = if dry_run {
         Arc::new(DryRun::new(be))
     } else {
@@ -315,6 +346,38 @@ impl Created {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_repositories_are_cached_unless_no_cache_and_local_ones_never() {
+        use clap::Parser;
+        let repo = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let be: DynBackend = Arc::new(LocalBackend::new(repo.path()));
+        LocalBackend::new(repo.path()).create_layout().unwrap();
+        Repository::init(be.clone(), pvsnap_engine::InitOptions::default()).unwrap();
+        let opts = || {
+            Some(CacheOptions {
+                root: cache.path().to_path_buf(),
+                limit: 1 << 20,
+            })
+        };
+        let cached = |args: &[&str], local: bool| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let wrapped = with_cache(&cli, be.clone(), local, opts());
+            !Arc::ptr_eq(&wrapped, &be)
+        };
+        assert!(cached(&["pvsnap", "snapshots"], false));
+        assert!(!cached(&["pvsnap", "snapshots", "--no-cache"], false));
+        assert!(!cached(&["pvsnap", "--no-cache", "snapshots"], false));
+        assert!(!cached(&["pvsnap", "snapshots"], true));
+        // One folder per repository id.
+        let id = Repository::open(be.clone(), None)
+            .unwrap()
+            .config()
+            .id
+            .to_hex();
+        assert!(cache.path().join(id).is_dir());
+    }
 
     #[test]
     fn undo_removes_only_what_creating_made() {

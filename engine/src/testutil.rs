@@ -234,3 +234,73 @@ pub fn cheap_kdf() -> KdfParams {
         p_cost: 1,
     }
 }
+
+/// A FAT file system, mounted for a test through FUSE (`fusefat`: the
+/// kernel here may lack the vfat driver), unmounted when dropped. FAT has
+/// no hard links, no rename without replace through FUSE, no permission
+/// bits, and folds case: a NAS share at its most limited.
+pub struct FatMount {
+    pub point: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FatMount {
+    /// Mounts a fresh 128 MiB FAT32 image, or says loudly why it cannot and
+    /// returns `None`: not root, or `mkfs.vfat`/`fusefat` missing (then
+    /// `PVSNAP_REQUIRE_LOOP=1`, as `scripts/test` sets for root, makes it a
+    /// failure instead).
+    pub fn new(test: &str) -> Option<FatMount> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (img, point) = (dir.path().join("fat.img"), dir.path().join("mnt"));
+        let why = if !crate::fsmeta::is_root() {
+            Some("not running as root (a loop or FUSE mount needs it)".to_string())
+        } else {
+            let run = |cmd: &mut std::process::Command| match cmd.output() {
+                Ok(o) if o.status.success() => None,
+                Ok(o) => Some(format!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr))),
+                Err(e) => Some(format!("{cmd:?} cannot run: {e}")),
+            };
+            std::fs::File::create(&img)
+                .and_then(|f| f.set_len(128 << 20))
+                .expect("image");
+            std::fs::create_dir(&point).expect("mount point");
+            run(std::process::Command::new("mkfs.vfat")
+                .args(["-F", "32"])
+                .arg(&img))
+            .or_else(|| {
+                run(std::process::Command::new("fusefat")
+                    .args(["-o", "rw+"])
+                    .arg(&img)
+                    .arg(&point))
+            })
+        };
+        if let Some(why) = why {
+            if crate::fsmeta::is_root()
+                && std::env::var("PVSNAP_REQUIRE_LOOP").as_deref() == Ok("1")
+            {
+                panic!(
+                    "{test}: PVSNAP_REQUIRE_LOOP=1 but no FAT file system can be mounted: {why}"
+                );
+            }
+            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+            return None;
+        }
+        Some(FatMount { point, _dir: dir })
+    }
+}
+
+impl Drop for FatMount {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("fusermount")
+            .arg("-u")
+            .arg(&self.point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.point)
+                .status();
+        }
+    }
+}

@@ -20,6 +20,7 @@ mod latest_source;
 mod locks;
 mod maintenance;
 mod mount;
+mod nas;
 mod partial_restore;
 mod permissions;
 mod rollback;

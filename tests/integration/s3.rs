@@ -111,6 +111,11 @@ fn a_repository_in_a_bucket_works_with_every_command() {
         proxy.count("GET", "/data/") - gets_before,
         proxy.requests().len() - requests_before
     );
+    assert_eq!(
+        proxy.count("GET", "/data/"),
+        gets_before,
+        "the local cache holds the tree packs an unchanged re-snapshot reads"
+    );
 
     let target = env.path("restored");
     ok(
@@ -131,8 +136,19 @@ fn a_repository_in_a_bucket_works_with_every_command() {
             assert!(std::fs::read(&f).unwrap() == std::fs::read(target.join(rel)).unwrap());
         }
     }
+    let gets_before = proxy.count("GET", "/data/");
     let ls = stdout(&ok(&env, &["--password-file", pw, "ls", "latest"]));
     assert!(ls.contains("small.txt"), "{ls}");
+    assert_eq!(
+        proxy.count("GET", "/data/"),
+        gets_before,
+        "ls browses from the cache"
+    );
+    ok(&env, &["--password-file", pw, "--no-cache", "ls", "latest"]);
+    assert!(
+        proxy.count("GET", "/data/") > gets_before,
+        "without the cache, ls reads tree packs from the bucket"
+    );
     let dump = ok(
         &env,
         &["--password-file", pw, "dump", "latest", "/sub/small.txt"],

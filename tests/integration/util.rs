@@ -37,7 +37,8 @@ impl Env {
         c.arg("--repo").arg(self.repo());
         c.env_remove("PVSNAP_PASSWORD")
             .env_remove("PVSNAP_REPO")
-            .env_remove("PVSNAP_PASSWORD_FILE");
+            .env_remove("PVSNAP_PASSWORD_FILE")
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"));
         c
     }
 

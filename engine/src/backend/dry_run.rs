@@ -25,6 +25,10 @@ impl Forward for DryRun {
     fn put(&self, _key: &ObjectKey, _data: &[u8]) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Reads keep the hint, so a dry run over a cache reads trees from it.
+    fn get_tree_pack(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
+        self.inner.get_tree_pack(key)
+    }
     fn delete(&self, _key: &ObjectKey) -> Result<(), BackendError> {
         Ok(())
     }

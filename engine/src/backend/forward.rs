@@ -46,6 +46,15 @@ pub trait Forward: Send + Sync {
     fn modified(&self, key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
         self.inner().modified(key)
     }
+    /// To this decorator's own `put`: a decorator that changes writes
+    /// (dry run, faults) changes these too. One that caches overrides it.
+    fn put_tree_pack(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+        Forward::put(self, key, data)
+    }
+    /// To this decorator's own `get`, like [`Forward::put_tree_pack`].
+    fn get_tree_pack(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
+        Forward::get(self, key)
+    }
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         self.inner().exists(key)
     }
@@ -90,6 +99,12 @@ impl<T: Forward> Backend for T {
     }
     fn modified(&self, key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
         Forward::modified(self, key)
+    }
+    fn put_tree_pack(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+        Forward::put_tree_pack(self, key, data)
+    }
+    fn get_tree_pack(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
+        Forward::get_tree_pack(self, key)
     }
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         Forward::exists(self, key)

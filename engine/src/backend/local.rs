@@ -14,6 +14,10 @@
 //! through a small reused buffer; the unaligned tail, and filesystems that
 //! refuse `O_DIRECT`, are written normally. The fsync is the same either way.
 //!
+//! On a NAS share or a FAT disk some of this is missing; what the file
+//! system can do is probed once, before the first write, and each missing
+//! piece has a fallback that keeps the put contract (see [`share`]).
+//!
 //! Permissions do not depend on the umask: every file is created 0600 and
 //! every folder 0700 (set explicitly after creation), or 0640 and 0750 in a
 //! repository created with group access ([`Modes::GROUP`]). The choice is
@@ -24,17 +28,22 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use super::{Backend, Leftover, ObjectKey, check_range};
+
+pub mod share;
 use crate::error::BackendError;
 use crate::repo::format::ObjectKind;
+pub use share::{Abilities, Place};
 
 pub struct LocalBackend {
     root: PathBuf,
     /// Aligned staging buffer for `O_DIRECT` writes (allocated on first use).
     direct_buf: Mutex<Vec<u8>>,
     modes: Modes,
+    /// What the file system allows, probed before the first write.
+    abilities: OnceLock<Abilities>,
 }
 
 /// Permission bits of the files and folders a repository is made of.
@@ -98,6 +107,54 @@ impl LocalBackend {
             root,
             direct_buf: Mutex::new(Vec::new()),
             modes,
+            abilities: OnceLock::new(),
+        }
+    }
+
+    /// What the repository's file system allows: probed in the root once,
+    /// on the first call that finds the root writable, and logged when
+    /// something is missing. Until then, everything is assumed.
+    pub fn abilities(&self) -> Abilities {
+        if let Some(a) = self.abilities.get() {
+            return *a;
+        }
+        let Some(a) = Abilities::probe(&self.root, self.modes.file) else {
+            return Abilities::FULL;
+        };
+        if self.abilities.set(a).is_ok()
+            && let Some(missing) = a.missing()
+        {
+            tracing::info!(
+                "{}: the file system lacks {missing}; using the fallbacks",
+                self.root.display()
+            );
+        }
+        a
+    }
+
+    /// Uses `abilities` instead of probing (tests of each fallback on a
+    /// file system that has everything).
+    #[cfg(test)]
+    pub(crate) fn with_abilities(self, abilities: Abilities) -> Self {
+        let _ = self.abilities.set(abilities);
+        self
+    }
+
+    /// Fsyncs `dir` where folders can be synced.
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        if self.abilities().dir_sync {
+            sync_dir(dir)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sets the mode of `path` where the file system keeps modes.
+    fn set_mode(&self, path: &Path, mode: u32) -> std::io::Result<()> {
+        if self.abilities().chmod {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        } else {
+            Ok(())
         }
     }
 
@@ -130,7 +187,7 @@ impl LocalBackend {
             Err(e) if e.kind() == ErrorKind::AlreadyExists && self.root.is_dir() => {}
             Err(e) => return Err(io(&at(&self.root), "create folder", e)),
         }
-        fs::set_permissions(&self.root, fs::Permissions::from_mode(self.modes.dir))
+        self.set_mode(&self.root, self.modes.dir)
             .map_err(|e| io(&at(&self.root), "set permissions", e))?;
         for kind in KINDS_WITH_DIRS {
             let d = self.root.join(kind.name());
@@ -142,7 +199,8 @@ impl LocalBackend {
             self.make_dirs(&d)
                 .map_err(|e| io(&at(&d), "create folder", e))?;
         }
-        sync_dir(&self.root).map_err(|e| io(&at(&self.root), "fsync", e))?;
+        self.sync_dir(&self.root)
+            .map_err(|e| io(&at(&self.root), "fsync", e))?;
         Ok(())
     }
 
@@ -159,7 +217,7 @@ impl LocalBackend {
             self.make_dirs(parent)?;
         }
         match fs::DirBuilder::new().mode(self.modes.dir).create(dir) {
-            Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(self.modes.dir)),
+            Ok(()) => self.set_mode(dir, self.modes.dir),
             // Another writer made it meanwhile (with the same mode).
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(e),
@@ -225,9 +283,10 @@ impl LocalBackend {
             self.make_dirs(dir)
                 .map_err(|e| io(&key.path(), "create folder", e))?;
         }
-        self.through_temp(key, dir, data, |tmp| match fs::hard_link(tmp, &path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+        let how = self.abilities().place;
+        self.through_temp(key, dir, data, |tmp| match share::place(how, tmp, &path) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
                 // Another writer won the race; fine when it wrote the same bytes.
                 if same_content(&path, data).map_err(|e| io(&key.path(), "compare", e))? {
                     Ok(())
@@ -235,7 +294,7 @@ impl LocalBackend {
                     Err(BackendError::Conflict { key: key.path() })
                 }
             }
-            Err(e) => Err(io(&key.path(), "link into place", e)),
+            Err(e) => Err(io(&key.path(), "put into place", e)),
         })
     }
 
@@ -263,7 +322,8 @@ impl LocalBackend {
         })();
         let _ = fs::remove_file(&tmp);
         result?;
-        sync_dir(dir).map_err(|e| io(&key.path(), "fsync folder", e))
+        self.sync_dir(dir)
+            .map_err(|e| io(&key.path(), "fsync folder", e))
     }
 }
 
@@ -279,12 +339,14 @@ impl LocalBackend {
                 .open(path)
                 .map_err(|e| ("create temporary file", e))?;
             // The umask may have taken bits the repository wants (group read).
-            f.set_permissions(fs::Permissions::from_mode(self.modes.file))
-                .map_err(|e| ("set permissions", e))?;
+            if self.abilities().chmod {
+                f.set_permissions(fs::Permissions::from_mode(self.modes.file))
+                    .map_err(|e| ("set permissions", e))?;
+            }
             Ok(f)
         };
         let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        if data.len() >= DIRECT_MIN {
+        if data.len() >= DIRECT_MIN && self.abilities().direct {
             match create(true) {
                 Ok(f) => {
                     let done = self.write_direct(&f, &data[..aligned]);
@@ -471,7 +533,8 @@ impl Backend for LocalBackend {
             Err(e) => return Err(io(&key.path(), "delete", e)),
         }
         if let Some(dir) = path.parent() {
-            sync_dir(dir).map_err(|e| io(&key.path(), "fsync folder", e))?;
+            self.sync_dir(dir)
+                .map_err(|e| io(&key.path(), "fsync folder", e))?;
         }
         Ok(())
     }
@@ -554,7 +617,8 @@ impl Backend for LocalBackend {
             Err(e) => return Err(io(&leftover.path, "delete", e)),
         }
         if let Some(dir) = path.parent() {
-            sync_dir(dir).map_err(|e| io(&leftover.path, "fsync folder", e))?;
+            self.sync_dir(dir)
+                .map_err(|e| io(&leftover.path, "fsync folder", e))?;
         }
         Ok(())
     }
@@ -570,6 +634,23 @@ mod tests {
         let b = LocalBackend::new(dir.path());
         b.create_layout().unwrap();
         super::super::contract_tests::run(&b);
+    }
+
+    #[test]
+    fn every_fallback_keeps_the_contract_and_a_racing_second_writer_out() {
+        for place in [Place::Link, Place::RenameNoReplace, Place::Claim] {
+            let dir = tempfile::tempdir().unwrap();
+            let lacking = Abilities {
+                place,
+                direct: false,
+                dir_sync: false,
+                chmod: false,
+            };
+            let b = LocalBackend::new(dir.path()).with_abilities(lacking);
+            b.create_layout().unwrap();
+            super::super::contract_tests::run(&b);
+            share::tests::racing_writers(&|| LocalBackend::new(dir.path()).with_abilities(lacking));
+        }
     }
 
     fn mode(p: &Path) -> u32 {

@@ -28,9 +28,11 @@
 //!   grace period, since a young one may belong to a write still running.
 //!
 //! Implementations: [`local::LocalBackend`] (the default), [`memory::MemoryBackend`]
-//! for tests, and the decorators [`DryRun`] and [`faulty::FaultyBackend`],
+//! for tests, and the decorators [`Cached`] (a local copy of what a remote
+//! repository is read for most), [`DryRun`] and [`faulty::FaultyBackend`],
 //! which pass on what they do not change through [`Forward`].
 
+pub mod cached;
 mod dry_run;
 pub mod faulty;
 mod forward;
@@ -40,6 +42,7 @@ pub mod s3;
 #[doc(hidden)]
 pub mod s3_test_server;
 
+pub use cached::Cached;
 pub use dry_run::DryRun;
 pub use forward::Forward;
 
@@ -134,6 +137,19 @@ pub trait Backend: Send + Sync {
     /// which prune treats as "too young to delete".
     fn modified(&self, _key: &ObjectKey) -> Result<Option<jiff::Timestamp>, BackendError> {
         Ok(None)
+    }
+    /// [`Backend::put`] of a pack that holds tree blobs. Tree packs are read
+    /// whole by every snapshot (its parent's trees), `ls`, `diff` and mount,
+    /// so a caching decorator ([`Cached`]) keeps a copy; every other backend
+    /// stores it as any object (the default). A decorator that does not
+    /// override it sends it to its own `put`.
+    fn put_tree_pack(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+        self.put(key, data)
+    }
+    /// [`Backend::get`] of a whole pack that holds tree blobs; see
+    /// [`Backend::put_tree_pack`]. The default is `get`.
+    fn get_tree_pack(&self, key: &ObjectKey) -> Result<Vec<u8>, BackendError> {
+        self.get(key)
     }
     /// Whether the object exists. The default asks `list`; backends override it.
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {

@@ -427,7 +427,7 @@ impl IndexedRepository {
         if loc.entry.kind == BlobKind::Tree {
             let pack = self
                 .tree_packs
-                .get_or_load(&loc.pack, || self.backend().get(&key))
+                .get_or_load(&loc.pack, || self.backend().get_tree_pack(&key))
                 .map_err(missing)?;
             let stored = pack
                 .get(start..start + len)

@@ -182,7 +182,13 @@ impl<'a> Packer<'a> {
     fn store(&self, fp: FinishedPack) -> Result<()> {
         if !self.dry_run {
             let key = ObjectKey::new(ObjectKind::Pack, fp.id.to_hex());
-            match self.repo.backend().put(&key, &fp.bytes) {
+            let trees = fp.entries.first().is_some_and(|e| e.kind == BlobKind::Tree);
+            let put = if trees {
+                self.repo.backend().put_tree_pack(&key, &fp.bytes)
+            } else {
+                self.repo.backend().put(&key, &fp.bytes)
+            };
+            match put {
                 Ok(()) => {}
                 // These are the bytes the name stands for, so the copy
                 // stored under it is a damaged one. They restore it.

@@ -39,6 +39,35 @@ pub fn read_at_append(
     Ok(n)
 }
 
+/// Renames `from` to `to` unless `to` exists (`renameat2` with
+/// `RENAME_NOREPLACE`): `AlreadyExists` then, and nothing changes. File
+/// systems that cannot promise it (NFS, older kernels) fail with `EINVAL`
+/// or `ENOSYS`, and nothing is renamed.
+pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that live across the call; the
+    // kernel only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Switches `O_DIRECT` off for an open file.
 pub fn clear_direct(file: &File) -> io::Result<()> {
     let fd = file.as_raw_fd();
