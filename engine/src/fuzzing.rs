@@ -450,5 +450,6 @@ fn sample_snapshot() -> crate::snapshot::Snapshot {
         errors: vec![],
         hooks: vec![],
         program_version: "0.1.0".into(),
+        original: None,
     }
 }

@@ -145,6 +145,7 @@ fn snapshot(root: Node) -> Snapshot {
         errors: vec![],
         hooks: vec![],
         program_version: "crafted".into(),
+        original: None,
     }
 }
 

@@ -106,11 +106,22 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<serde_json::Value>,
     pub program_version: String,
+    /// For a snapshot written by `pvsnap copy`: the id of the snapshot it
+    /// is a copy of, as first taken (a copy of a copy names the first).
+    /// Absent in snapshots taken directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<SnapshotId>,
 }
 
 impl Snapshot {
     pub fn short_id(&self) -> String {
         self.id.short()
+    }
+
+    /// The id of the snapshot as first taken: [`Snapshot::original`] for a
+    /// copy, its own id otherwise. A snapshot and all its copies share it.
+    pub fn origin(&self) -> SnapshotId {
+        self.original.unwrap_or(self.id)
     }
 }
 

@@ -28,7 +28,8 @@
 //!   grace period, since a young one may belong to a write still running.
 //!
 //! Implementations: [`local::LocalBackend`] (the default), [`memory::MemoryBackend`]
-//! for tests, and the decorators [`DryRun`] and [`faulty::FaultyBackend`],
+//! for tests, and the decorators [`DryRun`], [`Throttled`] (an upload limit) and
+//! [`faulty::FaultyBackend`],
 //! which pass on what they do not change through [`Forward`].
 
 mod dry_run;
@@ -36,9 +37,11 @@ pub mod faulty;
 mod forward;
 pub mod local;
 pub mod memory;
+mod throttle;
 
 pub use dry_run::DryRun;
 pub use forward::Forward;
+pub use throttle::Throttled;
 
 use std::sync::Arc;
 

@@ -264,6 +264,7 @@ pub fn store(
         errors: issues,
         hooks: opts.hooks.clone(),
         program_version: concat!("pvsnap ", env!("CARGO_PKG_VERSION")).to_string(),
+        original: None,
     };
     Ok(PendingSnapshot {
         snapshot,

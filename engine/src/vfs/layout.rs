@@ -312,6 +312,7 @@ mod tests {
             errors: vec![],
             hooks: vec![],
             program_version: "test".into(),
+            original: None,
         })
     }
 
