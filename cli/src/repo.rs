@@ -83,22 +83,40 @@ pub fn backend(path: &std::path::Path) -> DynBackend {
 
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
 pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
+    password_from(
+        cli.password_file.as_deref(),
+        "PVSNAP_PASSWORD",
+        "repository password: ",
+        confirm,
+    )
+}
+
+/// A password from a file, else the variable `env`, else a prompt on a
+/// terminal: how every repository's password is given (`--password-file`
+/// and `PVSNAP_PASSWORD` for `--repo`, `--to-password-file` and
+/// `PVSNAP_TO_PASSWORD` for `copy --to`).
+pub fn password_from(
+    file: Option<&Path>,
+    env: &str,
+    prompt: &str,
+    confirm: bool,
+) -> pvsnap_engine::Result<Vec<u8>> {
     // Copies read on the way are wiped; the engine wipes the one returned.
-    if let Some(f) = &cli.password_file {
+    if let Some(f) = file {
         let s = zeroize::Zeroizing::new(std::fs::read(f).map_err(|e| {
             Error::Invalid(format!("{}: cannot read password file: {e}", f.display()))
         })?);
         let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
         return Ok(trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec());
     }
-    if let Some(p) = std::env::var_os("PVSNAP_PASSWORD") {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec());
     }
     if !std::io::stdin().is_terminal() {
         return Err(pvsnap_engine::error::CryptoError::PasswordRequired.into());
     }
     let p = zeroize::Zeroizing::new(
-        rpassword::prompt_password("repository password: ")
+        rpassword::prompt_password(prompt)
             .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?,
     );
     if confirm {
@@ -159,6 +177,43 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Opens the repository at `path` that a command names besides `--repo`
+/// (`copy --to`, `init --copy-chunker-params-from`), through `backend`;
+/// `flag` names the option in messages.
+pub fn open_other(
+    path: &Path,
+    backend: DynBackend,
+    password: PasswordSource<'_>,
+    flag: &str,
+) -> Result<Repository> {
+    check_location(path)?;
+    let pw = || password_from(password.file, password.env, password.prompt, false);
+    match Repository::open(backend, Some(&pw)) {
+        Ok(r) => Ok(r),
+        Err(Error::NotARepository(_)) if config_missing(path).is_some() => {
+            Err(config_missing(path).expect("checked"))
+        }
+        Err(Error::NotARepository(p)) => bail!(
+            "{flag} {p}: not a pvsnap repository; create it first with `pvsnap --repo {p} init` (add --copy-chunker-params-from with the other repository to deduplicate with it)"
+        ),
+        Err(Error::Crypto(pvsnap_engine::error::CryptoError::PasswordRequired)) => bail!(
+            "{flag} {}: the repository is encrypted; give its password with {} or {}",
+            path.display(),
+            password.file_flag,
+            password.env
+        ),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("{flag} {}", path.display()))),
+    }
+}
+
+/// Where the password of a repository named by another option comes from.
+pub struct PasswordSource<'a> {
+    pub file: Option<&'a Path>,
+    pub file_flag: &'a str,
+    pub env: &'a str,
+    pub prompt: &'a str,
 }
 
 /// Creates the folder layout and the repository objects. The options are

@@ -417,7 +417,12 @@ impl Copier<'_, '_> {
             return Ok(());
         }
         self.report.packs_written += packs.len() as u64;
-        let (files, bytes) = write_index(self.dst, &packs, &[])?;
+        self.write_index(&packs)
+    }
+
+    /// Writes index files naming `packs`, and counts them.
+    fn write_index(&mut self, packs: &PackList) -> Result<()> {
+        let (files, bytes) = write_index(self.dst, packs, &[])?;
         self.report.index_files_written += files as u64;
         self.report.bytes_sent += bytes;
         self.progress.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
@@ -451,10 +456,6 @@ impl Copier<'_, '_> {
             packs.push((pack, entries));
         }
         self.report.packs_adopted += packs.len() as u64;
-        let (files, bytes) = write_index(self.dst, &packs, &[])?;
-        self.report.index_files_written += files as u64;
-        self.report.bytes_sent += bytes;
-        self.progress.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
+        self.write_index(&packs)
     }
 }
