@@ -99,6 +99,8 @@ pub enum Command {
     Maintenance(cmd::maintenance::Command),
     /// Show the snapshots as a read-only filesystem
     Mount(cmd::mount::Args),
+    /// Copy snapshots into another repository (offsite), sending only what it lacks
+    Copy(cmd::copy::Args),
     /// Print pvsnap's version, the repository format it writes and reads, and its build
     Version(cmd::about::VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -183,6 +185,7 @@ fn main() -> ExitCode {
         Command::Key(c) => cmd::key::run(&cli, c),
         Command::Maintenance(c) => cmd::maintenance::run(&cli, c),
         Command::Mount(a) => cmd::mount::run(&cli, a),
+        Command::Copy(a) => cmd::copy::run(&cli, a),
         Command::Version(a) => cmd::about::run_version(a),
         Command::Completion(a) => cmd::about::run_completion(a),
         Command::Man(a) => cmd::about::run_man(a),

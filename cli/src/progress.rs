@@ -14,11 +14,21 @@ pub struct Display {
     handle: Option<JoinHandle<()>>,
 }
 
-/// What the bar shows: (files, bytes done, bytes total or 0).
+/// What the bar shows: (files or another count, bytes done, bytes total or 0).
 pub type Sample = Box<dyn Fn() -> (u64, u64, u64) + Send>;
 
 impl Display {
     pub fn start(quiet: bool, label: &'static str, sample: Sample) -> Display {
+        Display::start_counting(quiet, label, "files", sample)
+    }
+
+    /// As [`Display::start`], the count being of `unit` (`snapshots`).
+    pub fn start_counting(
+        quiet: bool,
+        label: &'static str,
+        unit: &'static str,
+        sample: Sample,
+    ) -> Display {
         let stop = Arc::new(AtomicBool::new(false));
         if quiet || !std::io::stderr().is_terminal() {
             return Display { stop, handle: None };
@@ -35,7 +45,7 @@ impl Display {
                 let (files, done, total) = sample();
                 bar.set_length(total.max(done));
                 bar.set_position(done);
-                bar.set_message(format!("{files} files"));
+                bar.set_message(format!("{files} {unit}"));
                 // Woken early by `drop`, so the command does not end late.
                 std::thread::park_timeout(Duration::from_millis(150));
             }

@@ -24,27 +24,32 @@ pub struct Location {
 }
 
 pub fn location(cli: &Cli) -> Result<Location> {
-    if let Some(p) = &cli.repo {
-        if let Some(s) = p.to_str().filter(|s| S3Location::is_s3(s)) {
-            let s3 = S3Location::parse(s).map_err(|e| {
-                anyhow!("{e}; a folder whose name starts with `s3:` is named ./s3:…")
-            })?;
-            return Ok(Location {
-                path: PathBuf::from(s3.display()),
-                s3: Some(s3),
-                explicit: true,
-            });
-        }
-        return Ok(Location {
-            path: p.clone(),
+    match &cli.repo {
+        Some(p) => location_of(p),
+        None => Ok(Location {
+            path: default_repo()?,
             s3: None,
+            explicit: false,
+        }),
+    }
+}
+
+/// A repository named on the command line (`--repo`, `copy --to`): a
+/// folder, or a bucket in the `s3:` form.
+pub fn location_of(p: &Path) -> Result<Location> {
+    if let Some(s) = p.to_str().filter(|s| S3Location::is_s3(s)) {
+        let s3 = S3Location::parse(s)
+            .map_err(|e| anyhow!("{e}; a folder whose name starts with `s3:` is named ./s3:…"))?;
+        return Ok(Location {
+            path: PathBuf::from(s3.display()),
+            s3: Some(s3),
             explicit: true,
         });
     }
     Ok(Location {
-        path: default_repo()?,
+        path: p.to_path_buf(),
         s3: None,
-        explicit: false,
+        explicit: true,
     })
 }
 
@@ -138,22 +143,40 @@ pub fn with_cache(
 
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
 pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
+    password_from(
+        cli.password_file.as_deref(),
+        "PVSNAP_PASSWORD",
+        "repository password: ",
+        confirm,
+    )
+}
+
+/// A password from a file, else the variable `env`, else a prompt on a
+/// terminal: how every repository's password is given (`--password-file`
+/// and `PVSNAP_PASSWORD` for `--repo`, `--to-password-file` and
+/// `PVSNAP_TO_PASSWORD` for `copy --to`).
+pub fn password_from(
+    file: Option<&Path>,
+    env: &str,
+    prompt: &str,
+    confirm: bool,
+) -> pvsnap_engine::Result<Vec<u8>> {
     // Copies read on the way are wiped; the engine wipes the one returned.
-    if let Some(f) = &cli.password_file {
+    if let Some(f) = file {
         let s = zeroize::Zeroizing::new(std::fs::read(f).map_err(|e| {
             Error::Invalid(format!("{}: cannot read password file: {e}", f.display()))
         })?);
         let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
         return Ok(trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec());
     }
-    if let Some(p) = std::env::var_os("PVSNAP_PASSWORD") {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec());
     }
     if !std::io::stdin().is_terminal() {
         return Err(pvsnap_engine::error::CryptoError::PasswordRequired.into());
     }
     let p = zeroize::Zeroizing::new(
-        rpassword::prompt_password("repository password: ")
+        rpassword::prompt_password(prompt)
             .map_err(|e| Error::Invalid(format!("cannot read the password: {e}")))?,
     );
     if confirm {
@@ -262,6 +285,46 @@ pub fn create_at(
         }
     }
     Ok(made?)
+}
+
+/// Opens the repository at `loc` that a command names besides `--repo`
+/// (`copy --to`, `init --copy-chunker-params-from`), through `backend`;
+/// `flag` names the option in messages.
+pub fn open_other(
+    loc: &Location,
+    backend: DynBackend,
+    password: PasswordSource<'_>,
+    flag: &str,
+) -> Result<Repository> {
+    let path = loc.path.as_path();
+    if loc.s3.is_none() {
+        check_location(path)?;
+    }
+    let pw = || password_from(password.file, password.env, password.prompt, false);
+    match Repository::open(backend, Some(&pw)) {
+        Ok(r) => Ok(r),
+        Err(Error::NotARepository(_)) if config_missing(path).is_some() => {
+            Err(config_missing(path).expect("checked"))
+        }
+        Err(Error::NotARepository(p)) => bail!(
+            "{flag} {p}: not a pvsnap repository; create it first with `pvsnap --repo {p} init` (add --copy-chunker-params-from with the other repository to deduplicate with it)"
+        ),
+        Err(Error::Crypto(pvsnap_engine::error::CryptoError::PasswordRequired)) => bail!(
+            "{flag} {}: the repository is encrypted; give its password with {} or {}",
+            path.display(),
+            password.file_flag,
+            password.env
+        ),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("{flag} {}", path.display()))),
+    }
+}
+
+/// Where the password of a repository named by another option comes from.
+pub struct PasswordSource<'a> {
+    pub file: Option<&'a Path>,
+    pub file_flag: &'a str,
+    pub env: &'a str,
+    pub prompt: &'a str,
 }
 
 /// Creates the folder layout and the repository objects. The options are

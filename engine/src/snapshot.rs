@@ -106,8 +106,10 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<serde_json::Value>,
     pub program_version: String,
-    /// The id this snapshot was first written under, when it was rewritten
-    /// since (`pvsnap tag` writes a new object with a new id).
+    /// The id this snapshot was first written under: for a copy made by
+    /// `pvsnap copy`, the snapshot it copies (a copy of a copy names the
+    /// first); for a snapshot rewritten by `pvsnap tag`, its id before.
+    /// Absent in snapshots never copied or rewritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<SnapshotId>,
 }
@@ -115,6 +117,12 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn short_id(&self) -> String {
         self.id.short()
+    }
+
+    /// The id of the snapshot as first taken: [`Snapshot::original`] for a
+    /// copy, its own id otherwise. A snapshot and all its copies share it.
+    pub fn origin(&self) -> SnapshotId {
+        self.original.unwrap_or(self.id)
     }
 }
 

@@ -4,6 +4,7 @@
 mod util;
 
 mod about;
+mod copy;
 mod corruption;
 mod damage;
 mod deploy;

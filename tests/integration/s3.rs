@@ -246,3 +246,77 @@ fn bucket_faults_give_one_clear_error_and_store_nothing() {
         "{e}"
     );
 }
+
+/// The 3-2-1 step: a local repository copied offsite into a bucket, with
+/// its own password; the bucket then verifies and restores on its own, and
+/// copying again sends nothing.
+#[test]
+fn a_local_repository_is_copied_into_a_bucket() {
+    let Some((bucket_env, proxy, _bucket)) = s3_env("offsite") else {
+        return;
+    };
+    let bucket = bucket_env.repo();
+    let bucket = bucket.to_str().unwrap();
+    let local = Env::new();
+    let src = local.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    util::write_noise_files(&src, 7, 12, 200_000);
+    std::fs::write(src.join("sub/small.txt"), "offsite").unwrap();
+    local.ok(&["init"]);
+    local.ok(&["snapshot", src.to_str().unwrap()]);
+    std::fs::write(src.join("sub/small.txt"), "offsite, changed").unwrap();
+    local.ok(&["snapshot", src.to_str().unwrap()]);
+
+    let pw = bucket_env.path("pw");
+    std::fs::write(&pw, "offsite-secret\n").unwrap();
+    let pw = pw.to_str().unwrap();
+    ok(
+        &bucket_env,
+        &["--password-file", pw, "init", "--encryption"],
+    );
+
+    let copy = |proxy: &Proxy| {
+        let puts = proxy.count("PUT", "/data/");
+        let out = local
+            .cmd()
+            .env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("PVSNAP_TO_PASSWORD", "offsite-secret")
+            .args(["copy", "--to", bucket, "--connections", "4", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (j, proxy.count("PUT", "/data/") - puts)
+    };
+    let (first, packs) = copy(&proxy);
+    assert_eq!(first["snapshots_copied"], 2, "{first}");
+    assert!(packs >= 1, "packs were uploaded");
+    let (again, packs) = copy(&proxy);
+    assert_eq!(again["snapshots_copied"], 0, "{again}");
+    assert_eq!(again["bytes_sent"], 0, "{again}");
+    assert_eq!(packs, 0, "a second copy uploads no pack");
+
+    ok(
+        &bucket_env,
+        &["--password-file", pw, "check", "--read-data"],
+    );
+    let target = bucket_env.path("restored");
+    ok(
+        &bucket_env,
+        &[
+            "--password-file",
+            pw,
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(util::manifest(&src), util::manifest(&target));
+    assert_eq!(
+        std::fs::read(target.join("sub/small.txt")).unwrap(),
+        b"offsite, changed"
+    );
+}

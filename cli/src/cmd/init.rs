@@ -13,6 +13,17 @@ pub struct Args {
     /// Chunk sizes in KiB as MIN,AVG,MAX (default 256,1024,4096)
     #[arg(long, value_parser = parse_chunker)]
     pub chunker: Option<(u32, u32, u32)>,
+    /// Cut chunks exactly as the repository REPO does (its chunk sizes and
+    /// gear seed), so snapshots taken directly into this one deduplicate
+    /// with what `pvsnap copy` brings from REPO. Only the chunking is
+    /// shared: this repository gets its own id, password, keys, compression
+    /// and pack size (an encrypted one keeps the seed sealed with its own
+    /// key). REPO's password: --from-password-file or PVSNAP_FROM_PASSWORD
+    #[arg(long, value_name = "REPO", conflicts_with = "chunker")]
+    pub copy_chunker_params_from: Option<std::path::PathBuf>,
+    /// Read the password of the --copy-chunker-params-from repository from this file
+    #[arg(long, value_name = "FILE", requires = "copy_chunker_params_from")]
+    pub from_password_file: Option<std::path::PathBuf>,
     /// zstd level for new data, 0 for none (default 3)
     #[arg(long)]
     pub compression_level: Option<i32>,
@@ -64,6 +75,24 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         password: pw,
         ..Default::default()
     };
+    if let Some(from) = &a.copy_chunker_params_from {
+        let from = crate::repo::location_of(from)?;
+        let other = crate::repo::open_other(
+            &from,
+            crate::repo::backend(cli, &from)?,
+            crate::repo::PasswordSource {
+                file: a.from_password_file.as_deref(),
+                file_flag: "--from-password-file",
+                env: "PVSNAP_FROM_PASSWORD",
+                prompt: "password of the repository to copy chunker parameters from: ",
+            },
+            "--copy-chunker-params-from",
+        )?;
+        opts.chunker = pvsnap_engine::repo::ChunkerParams {
+            seed: Some(other.chunker_seed()),
+            ..other.config().chunker
+        };
+    }
     if let Some((min, avg, max)) = a.chunker {
         opts.chunker.min = min;
         opts.chunker.avg = avg;

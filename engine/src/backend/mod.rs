@@ -29,7 +29,8 @@
 //!
 //! Implementations: [`local::LocalBackend`] (the default), [`memory::MemoryBackend`]
 //! for tests, and the decorators [`Cached`] (a local copy of what a remote
-//! repository is read for most), [`DryRun`] and [`faulty::FaultyBackend`],
+//! repository is read for most), [`DryRun`], [`Throttled`] (an upload limit)
+//! and [`faulty::FaultyBackend`],
 //! which pass on what they do not change through [`Forward`].
 
 pub mod cached;
@@ -41,10 +42,12 @@ pub mod memory;
 pub mod s3;
 #[doc(hidden)]
 pub mod s3_test_server;
+mod throttle;
 
 pub use cached::Cached;
 pub use dry_run::DryRun;
 pub use forward::Forward;
+pub use throttle::Throttled;
 
 use std::sync::Arc;
 

@@ -45,6 +45,13 @@ pub struct Config {
     pub version: u32,
     pub id: Id,
     pub chunker: ChunkerParams,
+    /// An encrypted repository made to cut chunks like another one
+    /// (`init --copy-chunker-params-from`): that repository's gear seed,
+    /// sealed with this one's data key, in hex. It replaces the seed derived
+    /// from the key. A reader that ignores it cuts with the derived seed:
+    /// less deduplication with the other repository, nothing wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunker_seed_sealed: Option<String>,
     pub compression: Compression,
     /// Target size of pack files in bytes.
     pub pack_size: u32,

@@ -59,7 +59,13 @@ pub struct Repository {
     crypto: Crypto,
     /// The master key and the slot that opened it (encrypted repositories).
     master: Option<(KeyId, MasterKey)>,
+    /// The gear seed sealed in the config of an encrypted repository that
+    /// cuts chunks like another one ([`Config::chunker_seed_sealed`]).
+    shared_seed: Option<u64>,
 }
+
+/// What the sealed chunker seed of a config is bound to.
+const SEED_AAD: &[u8] = b"pvsnap chunker seed";
 
 impl Repository {
     /// Creates a repository in an empty backend.
@@ -71,6 +77,7 @@ impl Repository {
             return Err(Error::AlreadyInitialized(backend.location()));
         }
         let mut opened = None;
+        let wanted_seed = opts.chunker.seed;
         let (crypto, seed, encryption) = match &password {
             Some(pw) if pw.is_empty() => {
                 return Err(Error::Invalid(
@@ -87,8 +94,16 @@ impl Repository {
                     "xchacha20poly1305",
                 )
             }
-            None => (Crypto::None, Some(rand::random::<u64>()), "none"),
+            None => (
+                Crypto::None,
+                Some(wanted_seed.unwrap_or_else(rand::random::<u64>)),
+                "none",
+            ),
         };
+        // An encrypted repository keeps a seed it is given secret: sealed.
+        let shared_seed = wanted_seed.filter(|_| crypto.is_encrypted());
+        let chunker_seed_sealed =
+            shared_seed.map(|s| hex::encode(crypto.seal(SEED_AAD, s.to_le_bytes().to_vec())));
         let config = Config {
             version: REPO_VERSION,
             id: Id::random(),
@@ -96,6 +111,7 @@ impl Repository {
                 seed,
                 ..opts.chunker
             },
+            chunker_seed_sealed,
             compression: Compression {
                 algorithm: CompressionAlgorithm::Zstd,
                 level: opts.compression_level,
@@ -111,6 +127,7 @@ impl Repository {
             config: Arc::new(config),
             crypto,
             master: opened,
+            shared_seed,
         })
     }
 
@@ -155,11 +172,31 @@ impl Repository {
                 .into());
             }
         };
+        let shared_seed = config
+            .chunker_seed_sealed
+            .as_deref()
+            .filter(|_| crypto.is_encrypted())
+            .and_then(|sealed| {
+                let seed = hex::decode(sealed).ok().and_then(|b| {
+                    crypto
+                        .open(SEED_AAD, &b, &|| "chunker seed".into())
+                        .ok()
+                        .and_then(|p| <[u8; 8]>::try_from(p.as_slice()).ok())
+                });
+                if seed.is_none() {
+                    tracing::warn!(
+                        "{}/config: the sealed chunker seed does not open; new snapshots cut chunks with the seed of this repository's key (they deduplicate less with the repository it was made from, nothing else changes)",
+                        backend.location()
+                    );
+                }
+                seed.map(u64::from_le_bytes)
+            });
         Ok(Repository {
             backend,
             config: Arc::new(config),
             crypto,
             master,
+            shared_seed,
         })
     }
 
@@ -178,10 +215,11 @@ impl Repository {
         &self.crypto
     }
 
-    /// The chunker seed in force (stored, or derived from the key).
+    /// The chunker seed in force (stored, sealed in the config, or derived
+    /// from the key).
     pub fn chunker_seed(&self) -> u64 {
-        self.crypto
-            .chunker_seed()
+        self.shared_seed
+            .or(self.crypto.chunker_seed())
             .or(self.config.chunker.seed)
             .unwrap_or(0)
     }

@@ -1,5 +1,5 @@
 //! The one way blobs become packs: used by the snapshot pipeline, prune's
-//! repacking and repair, and whatever copies blobs next.
+//! repacking, repair and `copy`.
 //!
 //! A [`Packer`] keeps one pack builder per blob kind (data and trees go to
 //! separate packs). A blob is added raw ([`Packer::add`]: compressed and
@@ -267,7 +267,20 @@ impl<'a> Packer<'a> {
         Ok(())
     }
 
-    /// Stores what is pending; returns every pack stored.
+    /// Takes the packs stored so far (by the writer thread too), so the
+    /// caller can index them while adding goes on: an index checkpoint.
+    /// [`Packer::finish`] returns only the packs stored after the last take.
+    pub fn take_stored(&self) -> PackList {
+        std::mem::take(&mut *self.stored.lock().expect("stored packs"))
+    }
+
+    /// Bytes of the packs stored so far.
+    pub fn bytes_stored(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Stores what is pending; returns every pack stored (since the last
+    /// [`Packer::take_stored`]).
     pub fn finish(self) -> Result<Stored> {
         self.flush()?;
         Ok(Stored {
