@@ -267,7 +267,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         let v: Vec<serde_json::Value> = taken.iter().map(snapshot_json).collect();
         output::json(&v)?;
     }
-    if let Some(code) = stopped.report(taken.len()) {
+    if let Some(code) = stopped.report(taken.len(), a.dry_run) {
         return Ok(code);
     }
     if !failed.is_empty() {
@@ -339,10 +339,14 @@ impl Stopped {
     }
 
     /// Says what a stop kept; the exit code (130, 143) when there was one.
-    fn report(&self, saved: usize) -> Option<u8> {
+    fn report(&self, saved: usize, dry_run: bool) -> Option<u8> {
         let signal = crate::interrupt::received()?;
         let mut said = vec![];
-        if let Some((source, packs, bytes)) = &self.interrupted {
+        if let Some((source, _, _)) = &self.interrupted
+            && dry_run
+        {
+            said.push(format!("{source} was stopped; a dry run stores nothing"));
+        } else if let Some((source, packs, bytes)) = &self.interrupted {
             said.push(format!(
                 "kept {} in {packs} pack(s); the next snapshot of {source} stores only what is missing",
                 output::bytes(*bytes)

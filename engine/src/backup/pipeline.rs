@@ -251,7 +251,11 @@ pub fn store(
     });
     let walked = match walked {
         Ok(t) => Some(t),
-        Err(Error::Interrupted { .. }) => None,
+        // What is stored is indexed first, then the packs in hand are.
+        Err(Error::Interrupted { .. }) => {
+            a.packer.checkpoint_now()?;
+            None
+        }
         Err(e) => return Err(e),
     };
 

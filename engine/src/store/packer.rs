@@ -280,14 +280,22 @@ impl<'a> Packer<'a> {
                 spare.push(fp.bytes);
             }
         }
-        self.checkpoint_after(len)
+        self.checkpoint_after(len, false)
+    }
+
+    /// Writes an index checkpoint now for the packs stored since the last
+    /// one (if this packer checkpoints): a snapshot that is stopping does
+    /// this before it stores the packs in hand, so a second signal that
+    /// ends the process at once loses only those.
+    pub fn checkpoint_now(&self) -> Result<()> {
+        self.checkpoint_after(0, true)
     }
 
     /// Writes an index checkpoint when one is due after a pack of `len`
     /// bytes was stored: an index file naming every pack stored since the
     /// last one. Packs are only appended to `stored`, each after its put
     /// returned, so the packs past the mark are all durable.
-    fn checkpoint_after(&self, len: u64) -> Result<()> {
+    fn checkpoint_after(&self, len: u64, now: bool) -> Result<()> {
         let Some(state) = &self.checkpoints else {
             return Ok(());
         };
@@ -296,10 +304,13 @@ impl<'a> Packer<'a> {
         }
         let mut c = state.lock().expect("checkpoints");
         c.pending += len;
-        if c.pending < c.every.bytes && c.last.elapsed() < c.every.interval {
+        if !now && c.pending < c.every.bytes && c.last.elapsed() < c.every.interval {
             return Ok(());
         }
         let packs: PackList = self.stored.lock().expect("stored packs")[c.indexed..].to_vec();
+        if packs.is_empty() {
+            return Ok(());
+        }
         let (files, bytes) = write_index(self.repo, &packs, &[])?;
         tracing::debug!(
             "index checkpoint: {} pack(s) in {files} index file(s)",
