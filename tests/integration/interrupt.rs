@@ -227,3 +227,20 @@ fn restore_delete_killed_partway_then_run_again_gives_exactly_the_snapshot() {
         "every restore ended before its kill; the test killed none partway"
     );
 }
+
+#[test]
+fn a_second_ctrl_c_stops_at_once_and_blocks_nothing() {
+    let (env, src) = setup();
+    let mut child = spawn_snapshot(&env, &src, &[], &[]);
+    signal_after_packs(&env, &mut child, 8, libc::SIGINT);
+    // SAFETY: kill on the pid of our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", util::stderr(&out));
+    // The lock it may have left is stale (this host, pid gone): prune
+    // (exclusive) removes the packs it left unindexed, and the next
+    // snapshot is whole.
+    env.ok(&["prune", "--grace", "0"]);
+    let added = next_snapshot_adds(&env, &src);
+    assert!(added <= SOURCE + ONE_PACK, "{added}");
+}
