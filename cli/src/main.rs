@@ -2,6 +2,7 @@
 //! done by `pvsnap-engine`; this crate only glues it to a terminal.
 
 mod cmd;
+mod interrupt;
 mod k8s;
 mod output;
 mod progress;

@@ -233,6 +233,13 @@ pub enum Error {
         snapshot: String,
         below: String,
     },
+    /// A snapshot stopped on request ([`crate::backup::Stop`]) before its
+    /// snapshot object was written. What it stored is indexed and stays:
+    /// the next snapshot of the source stores only what is missing.
+    #[error(
+        "interrupted: kept {bytes} bytes in {packs} pack(s), indexed; no snapshot was saved, the next snapshot of this source stores only what is missing"
+    )]
+    Interrupted { packs: usize, bytes: u64 },
     #[error("{0}")]
     Invalid(String),
 }

@@ -26,6 +26,12 @@ pub struct SnapshotOptions {
     pub labels: BTreeMap<String, String>,
     /// The host name recorded instead of the machine's.
     pub hostname: Option<String>,
+    /// When index checkpoints are written while a source is stored.
+    pub checkpoints: backup::Checkpoints,
+    /// Stops the source being stored cleanly (its post hooks still run):
+    /// it fails with the engine's `Error::Interrupted`, and the caller
+    /// starts no further source.
+    pub stop: backup::Stop,
 }
 
 /// Commands run on the host around every source (`sh -c`). The pre hook
@@ -186,6 +192,8 @@ impl<'r> SnapshotRun<'r> {
             labels: o.labels.clone(),
             hostname: o.hostname.clone(),
             hooks: vec![],
+            checkpoints: o.checkpoints,
+            stop: o.stop.clone(),
         }
     }
 

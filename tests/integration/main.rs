@@ -15,6 +15,7 @@ mod fixture;
 mod guards;
 mod honest_sources;
 mod hostile;
+mod interrupt;
 mod k8s;
 mod kill;
 mod latest_source;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
+use pvsnap_engine::backup::Checkpoints;
 use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_k8s::{ClaimRef, HostHook, Scope};
 use pvsnap_ops::{HostHooks, SnapshotOptions, SnapshotRun, Taken};
@@ -120,6 +121,8 @@ struct Run<'a, 'r> {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
+    // Ctrl-C, SIGTERM: stop cleanly from here on (see `crate::interrupt`).
+    let stop = crate::interrupt::clean_stop();
     let mut folders: Vec<PathBuf> = Vec::new();
     let mut claims: Vec<ClaimRef> = Vec::new();
     // A source that cannot be snapshotted is reported, and the others still
@@ -198,6 +201,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         tags: a.tags.clone(),
         labels: a.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         hostname: a.host.clone(),
+        checkpoints: checkpoints()?,
+        stop,
     };
     let mut run = Run {
         cli,
@@ -210,8 +215,14 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         },
     };
     let sources = failed.len() + folders.len() + claims.len();
+    let mut stopped = Stopped::default();
     for abs in &folders {
-        if let Err(e) = run.folder(abs) {
+        if stopped.skip(abs.display()) {
+            continue;
+        }
+        if let Err(e) = run.folder(abs)
+            && !stopped.kept(&e, abs.display())
+        {
             eprintln!("pvsnap: {}: {}", abs.display(), output::error_text(&e));
             failed.push(abs.display().to_string());
         }
@@ -220,7 +231,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     // another node are that node's to snapshot: a notice, not a failure.
     let mut elsewhere = 0;
     for (i, claim) in claims.iter().enumerate() {
+        if stopped.skip(k8s::claim_key(claim)) {
+            continue;
+        }
         let Err(e) = run.claim(claim) else { continue };
+        if stopped.kept(&e, k8s::claim_key(claim)) {
+            continue;
+        }
         let other_node = matches!(
             e.downcast_ref::<pvsnap_k8s::Error>(),
             Some(pvsnap_k8s::Error::WrongNode { .. })
@@ -250,6 +267,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         let v: Vec<serde_json::Value> = taken.iter().map(snapshot_json).collect();
         output::json(&v)?;
     }
+    if let Some(code) = stopped.report(taken.len(), a.dry_run) {
+        return Ok(code);
+    }
     if !failed.is_empty() {
         eprintln!(
             "pvsnap: {} of {} source(s) failed: {}; {} snapshot(s) {} (exit code 1)",
@@ -269,6 +289,85 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         return Ok(crate::exit::INCOMPLETE);
     }
     Ok(crate::exit::OK)
+}
+
+/// When index checkpoints are written. `PVSNAP_CHECKPOINT_BYTES` (a test
+/// knob, not a setting: tests of kill -9 make checkpoints frequent) replaces
+/// the bytes between two.
+fn checkpoints() -> Result<Checkpoints> {
+    let mut c = Checkpoints::default();
+    if let Some(v) = std::env::var_os("PVSNAP_CHECKPOINT_BYTES") {
+        c.bytes = v
+            .to_str()
+            .and_then(|v| v.parse().ok())
+            .filter(|&b| b > 0)
+            .ok_or_else(|| {
+                anyhow!("PVSNAP_CHECKPOINT_BYTES={v:?} is not a positive number of bytes; unset it")
+            })?;
+    }
+    Ok(c)
+}
+
+/// What a stop by SIGINT or SIGTERM left: the source it interrupted, what
+/// that source kept, and the sources it never started.
+#[derive(Default)]
+struct Stopped {
+    /// The interrupted source, packs and bytes kept.
+    interrupted: Option<(String, usize, u64)>,
+    not_started: Vec<String>,
+}
+
+impl Stopped {
+    /// True (and the source is noted) once a stop was asked for.
+    fn skip(&mut self, source: impl std::fmt::Display) -> bool {
+        let stop = crate::interrupt::received().is_some();
+        if stop {
+            self.not_started.push(source.to_string());
+        }
+        stop
+    }
+
+    /// True when `e` is the stop of `source` (noted); false for a failure.
+    fn kept(&mut self, e: &anyhow::Error, source: impl std::fmt::Display) -> bool {
+        match e.downcast_ref::<pvsnap_engine::Error>() {
+            Some(pvsnap_engine::Error::Interrupted { packs, bytes }) => {
+                self.interrupted = Some((source.to_string(), *packs, *bytes));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Says what a stop kept; the exit code (130, 143) when there was one.
+    fn report(&self, saved: usize, dry_run: bool) -> Option<u8> {
+        let signal = crate::interrupt::received()?;
+        let mut said = vec![];
+        if let Some((source, _, _)) = &self.interrupted
+            && dry_run
+        {
+            said.push(format!("{source} was stopped; a dry run stores nothing"));
+        } else if let Some((source, packs, bytes)) = &self.interrupted {
+            said.push(format!(
+                "kept {} in {packs} pack(s); the next snapshot of {source} stores only what is missing",
+                output::bytes(*bytes)
+            ));
+        }
+        if saved > 0 {
+            said.push(format!("{saved} snapshot(s) saved before"));
+        }
+        if !self.not_started.is_empty() {
+            said.push(format!("not started: {}", self.not_started.join(", ")));
+        }
+        if said.is_empty() {
+            said.push("every snapshot was saved".into());
+        }
+        eprintln!(
+            "pvsnap: interrupted: {} (exit code {})",
+            said.join("; "),
+            crate::interrupt::exit_code(signal)
+        );
+        Some(crate::interrupt::exit_code(signal))
+    }
 }
 
 /// Warns about a host path given to `--exclude` that lies in no source

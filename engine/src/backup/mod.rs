@@ -13,7 +13,10 @@
 //! 5. **compress / encrypt**: zstd, then XChaCha20-Poly1305 when encrypted;
 //! 6. **pack**: blobs are appended to an in-memory pack (data and trees in
 //!    separate packs); a full pack is written by the thread that filled it;
-//! 7. **index**: after all packs, index files describing them are written;
+//! 7. **index**: index checkpoints name the packs stored so far every few
+//!    hundred MiB or minutes while the walk runs; after it, one more names
+//!    the rest (a run stopped on request writes it too, then returns
+//!    [`Error::Interrupted`](crate::error::Error::Interrupted));
 //! 8. **commit**: the snapshot object is written last.
 //!
 //! [`store`] runs stages 1-7 and returns a [`PendingSnapshot`]; its
@@ -32,8 +35,9 @@ mod chunker;
 pub mod pipeline;
 mod walker;
 
+pub use crate::store::packer::Checkpoints;
 pub use pipeline::{
-    BackupOptions, BackupOutcome, PendingSnapshot, Progress, backup, find_parent, store,
+    BackupOptions, BackupOutcome, PendingSnapshot, Progress, Stop, backup, find_parent, store,
 };
 
 #[cfg(test)]

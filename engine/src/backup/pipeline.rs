@@ -6,8 +6,8 @@ use std::ffi::OsStr;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use jiff::Timestamp;
@@ -18,7 +18,7 @@ use crate::repo::IndexedRepository;
 use crate::repo::id::{ChunkId, Id, SnapshotId, TreeId};
 use crate::snapshot::{PathIssue, Snapshot, Source, Summary};
 use crate::store::blob::BlobKind;
-use crate::store::packer::{self, PackList, Packer};
+use crate::store::packer::{self, Checkpoints, PackList, Packer};
 use crate::tree::filter::Excludes;
 use crate::tree::{Extent, NodeKind, Tree};
 
@@ -36,6 +36,37 @@ pub struct BackupOptions {
     /// The parent snapshot; see [`find_parent`].
     pub parent: Option<Snapshot>,
     pub hooks: Vec<serde_json::Value>,
+    /// When index checkpoints are written while packs are stored.
+    pub checkpoints: Checkpoints,
+    /// Asks the run to stop cleanly (SIGINT, SIGTERM): see [`Stop`].
+    pub stop: Stop,
+}
+
+/// A request to stop a snapshot cleanly, shared with whoever may make it
+/// (a signal handler: [`Stop::request`] only stores to an atomic). The
+/// workers notice it before the next entry or blob; [`store`] then stores
+/// the packs in hand, indexes every pack stored and returns
+/// [`Error::Interrupted`] without a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Interrupted)` once a stop was requested (the counts are
+    /// filled in by [`store`]).
+    pub(super) fn check(&self) -> Result<()> {
+        if self.requested() {
+            return Err(Error::Interrupted { packs: 0, bytes: 0 });
+        }
+        Ok(())
+    }
 }
 
 /// Live counters for a progress display.
@@ -85,6 +116,7 @@ pub(super) struct Archiver<'a> {
     pub(super) tree_blobs: AtomicU64,
     pub(super) total_bytes: AtomicU64,
     pub(super) progress: &'a Progress,
+    pub(super) stop: Stop,
 }
 
 /// Takes a snapshot of the folder `path` into `repo`: [`store`] then
@@ -174,7 +206,7 @@ pub fn store(
         names: NameCache::default(),
         seed: repo.chunker_seed(),
         pending: Mutex::new(HashSet::new()),
-        packer: Packer::new(repo),
+        packer: Packer::new(repo).checkpointing(opts.checkpoints),
         spare_blocks: Mutex::new(Vec::new()),
         issues: Mutex::new(Vec::new()),
         hardlinks: Mutex::new(HashMap::new()),
@@ -187,6 +219,7 @@ pub fn store(
         tree_blobs: AtomicU64::new(0),
         total_bytes: AtomicU64::new(0),
         progress,
+        stop: opts.stop.clone(),
     };
 
     match &opts.parent {
@@ -212,18 +245,38 @@ pub fn store(
         .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
     // Packs are stored by a thread of their own, so workers keep chunking and
     // compressing while a pack is written and fsynced.
-    let tree_id = a
-        .packer
-        .with_writer(|| pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref())))?;
+    let walked = a.packer.with_writer(|| {
+        a.stop.check()?;
+        pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref()))
+    });
+    let walked = match walked {
+        Ok(t) => Some(t),
+        // What is stored is indexed first, then the packs in hand are.
+        Err(Error::Interrupted { .. }) => {
+            a.packer.checkpoint_now()?;
+            None
+        }
+        Err(e) => return Err(e),
+    };
 
-    // Stage 7: index files for every pack written.
+    // Stage 7: index files for every pack written that no checkpoint named.
+    // A stopped run does this too (the packs in hand are stored first), so
+    // what it stored stays indexed for the next run.
     let stored = a.packer.finish()?;
-    let (_, index_bytes) = packer::write_index(repo, &stored.packs, &[])?;
+    let (_, final_bytes) = packer::write_index(repo, &stored.packs[stored.indexed..], &[])?;
+    let index_bytes = stored.index_bytes + final_bytes;
     tracing::info!(
-        "stored {} pack(s) of {} bytes and their index ({index_bytes} bytes)",
+        "stored {} pack(s) of {} bytes and their index ({index_bytes} bytes, {} checkpoint file(s))",
         stored.packs.len(),
-        stored.bytes
+        stored.bytes,
+        stored.index_files
     );
+    let Some(tree_id) = walked else {
+        return Err(Error::Interrupted {
+            packs: stored.packs.len(),
+            bytes: stored.bytes + index_bytes,
+        });
+    };
 
     // Stage 8 is prepared here and done by `PendingSnapshot::commit`.
     let mut issues = std::mem::take(&mut *a.issues.lock().expect("issues"));
@@ -328,6 +381,7 @@ impl Archiver<'_> {
 
     /// Stage 4 for one blob; the packer does stages 5-6.
     pub(super) fn store_blob(&self, kind: BlobKind, id: Id, raw: &[u8]) -> Result<()> {
+        self.stop.check()?;
         if self.repo.index().contains(&id) || !self.pending.lock().expect("pending").insert(id) {
             return Ok(());
         }

@@ -63,6 +63,7 @@ impl Archiver<'_> {
         name: &OsStr,
         prev: Option<&Node>,
     ) -> Result<Option<Node>> {
+        self.stop.check()?;
         let Some(meta) = self.readable(path, std::fs::symlink_metadata(path)) else {
             return Ok(None);
         };

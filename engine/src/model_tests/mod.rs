@@ -130,6 +130,12 @@ enum Op {
         change: Change,
         puts: u8,
     },
+    /// A snapshot asked to stop cleanly (SIGINT) after its `puts`-th write.
+    StoppedSnapshot {
+        source: u8,
+        change: Change,
+        puts: u8,
+    },
     /// A prune whose writes fail after `puts` and deletes after `deletes`.
     InterruptedPrune {
         max_unused: u8,
@@ -174,6 +180,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u16>().prop_map(|pick| Op::Restore { pick }),
         1 => (0u8..SOURCES as u8, change(), 0u8..8)
             .prop_map(|(source, change, puts)| Op::InterruptedSnapshot { source, change, puts }),
+        1 => (0u8..SOURCES as u8, change(), 0u8..8)
+            .prop_map(|(source, change, puts)| Op::StoppedSnapshot { source, change, puts }),
         2 => (prop_oneof![Just(0u8), Just(10u8)], 0u8..4, prop::option::of(0u8..6))
             .prop_map(|(max_unused, puts, deletes)| Op::InterruptedPrune { max_unused, puts, deletes }),
     ]

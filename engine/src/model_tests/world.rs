@@ -11,10 +11,13 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::{Change, Content, Op, SOURCES};
 use crate::backend::DynBackend;
+use crate::backend::Forward;
 use crate::backend::faulty::FaultyBackend;
 use crate::backend::local::LocalBackend;
 use crate::backend::memory::MemoryBackend;
-use crate::backup::{self, BackupOptions, Progress};
+use crate::backend::{Backend, ObjectKey};
+use crate::backup::{self, BackupOptions, Checkpoints, Progress, Stop};
+use crate::error::BackendError;
 use crate::maintenance::check::{self, ProblemKind, ReadData};
 use crate::maintenance::forget::{self, Selection};
 use crate::maintenance::prune::{self, PruneOptions};
@@ -262,11 +265,12 @@ impl World {
 
     fn snapshot(&mut self, s: usize) -> Outcome {
         let repo = self.repo.clone();
-        self.snapshot_through(&repo, s)
+        self.snapshot_through(&repo, s, Stop::default())
     }
 
-    /// A snapshot of source `s` through `repo` (which may fail on command).
-    fn snapshot_through(&mut self, repo: &Repository, s: usize) -> Outcome {
+    /// A snapshot of source `s` through `repo` (which may fail on command),
+    /// with index checkpoints every two packs, honouring `stop`.
+    fn snapshot_through(&mut self, repo: &Repository, s: usize, stop: Stop) -> Outcome {
         let mut indexed = repo.clone().load_index().map_err(err("load index"))?;
         let snaps = repo.snapshots().map_err(err("list snapshots"))?;
         let source = Source::Path {
@@ -278,6 +282,11 @@ impl World {
             source: Some(source),
             time: Some(self.time),
             hostname: Some("test-host".into()),
+            checkpoints: Checkpoints {
+                bytes: 2 * init_options(false).pack_size as u64,
+                interval: Duration::from_secs(3600),
+            },
+            stop,
             ..BackupOptions::default()
         };
         let out = backup::backup(
@@ -388,6 +397,20 @@ impl World {
         self.snaps.len()
     }
 
+    /// Packs that no index file names.
+    fn unindexed_packs(&self) -> std::result::Result<usize, String> {
+        let indexed = self.repo.clone().load_index().map_err(err("load index"))?;
+        let packs = self
+            .backend
+            .list(crate::repo::format::ObjectKind::Pack)
+            .map_err(err("list packs"))?;
+        let named: BTreeSet<String> = indexed.index().pack_ids().map(|p| p.to_hex()).collect();
+        Ok(packs
+            .iter()
+            .filter(|(name, _)| !named.contains(name))
+            .count())
+    }
+
     fn interrupted(&mut self) {
         self.stats.interrupted += 1;
         self.garbage = true;
@@ -438,9 +461,39 @@ impl World {
                 let s = *source as usize;
                 self.apply(s, change)?;
                 let faulty = FaultyBackend::new(self.backend.clone(), *puts as i64);
-                match self.snapshot_through(&reopen(Arc::new(faulty)), s) {
+                match self.snapshot_through(&reopen(Arc::new(faulty)), s, Stop::default()) {
                     Ok(()) => {}
                     Err(e) if e.contains("injected fault") => self.interrupted(),
+                    Err(e) => return Err(e),
+                }
+            }
+            Op::StoppedSnapshot {
+                source,
+                change,
+                puts,
+            } => {
+                let s = *source as usize;
+                self.apply(s, change)?;
+                let stop = Stop::default();
+                let stopping = StopAfterPuts {
+                    inner: self.backend.clone(),
+                    stop: stop.clone(),
+                    left: std::sync::atomic::AtomicI64::new(i64::from(*puts)),
+                };
+                let unindexed_before = self.unindexed_packs()?;
+                match self.snapshot_through(&reopen(Arc::new(stopping)), s, stop) {
+                    Ok(()) => {}
+                    Err(e) if e.contains("interrupted: kept") => {
+                        // A clean stop indexes every pack it stored.
+                        let unindexed = self.unindexed_packs()?;
+                        if unindexed > unindexed_before {
+                            return Err(format!(
+                                "a stopped snapshot left {} pack(s) unindexed",
+                                unindexed - unindexed_before
+                            ));
+                        }
+                        self.stats.interrupted += 1;
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -524,5 +577,26 @@ fn compare(got: &Tree, expected: &Tree) -> Outcome {
         Ok(())
     } else {
         Err(diff.join("; "))
+    }
+}
+
+/// A backend that asks a snapshot to stop (as SIGINT does) once `left`
+/// writes have passed, then goes on writing what the stop writes.
+struct StopAfterPuts {
+    inner: DynBackend,
+    stop: Stop,
+    left: std::sync::atomic::AtomicI64,
+}
+
+impl Forward for StopAfterPuts {
+    fn inner(&self) -> &dyn Backend {
+        &*self.inner
+    }
+
+    fn put(&self, key: &ObjectKey, data: &[u8]) -> std::result::Result<(), BackendError> {
+        if self.left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0 {
+            self.stop.request();
+        }
+        self.inner.put(key, data)
     }
 }

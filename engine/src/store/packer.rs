@@ -12,10 +12,19 @@
 //!
 //! No pack buffer is allocated per pack once the first packs are written:
 //! stored packs return their buffers to a small pool.
+//!
+//! A snapshot's packer writes index checkpoints ([`Packer::checkpointing`]):
+//! every [`Checkpoints::bytes`] stored or [`Checkpoints::interval`] elapsed,
+//! whichever comes first, an index file names the packs stored since the
+//! last one, so a process killed partway leaves its packs indexed. Each pack
+//! is named by exactly one index file of the run: [`Stored::indexed`] says
+//! how many of [`Stored::packs`] the checkpoints named, the caller indexes
+//! the rest.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, Instant};
 
 use crate::backend::ObjectKey;
 use crate::error::{BackendError, Error, Result};
@@ -39,6 +48,51 @@ pub struct Stored {
     pub packs: PackList,
     /// Their bytes (none in a dry run).
     pub bytes: u64,
+    /// How many of `packs` (the first ones) index checkpoints named.
+    pub indexed: usize,
+    /// Index files the checkpoints wrote, and their bytes.
+    pub index_files: usize,
+    pub index_bytes: u64,
+}
+
+/// When a snapshot writes an index checkpoint: after this many bytes of
+/// packs stored since the last one, or when a pack is stored this long
+/// after it, whichever comes first (restic saves its index every 5
+/// minutes; kopia checkpoints snapshots on a timer too). The bytes bound
+/// what a killed snapshot stores again; each checkpoint costs one index
+/// file (about 100 bytes per blob it names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoints {
+    pub bytes: u64,
+    pub interval: Duration,
+}
+
+impl Checkpoints {
+    /// 256 MiB of packs (16 of them) per checkpoint.
+    pub const BYTES: u64 = 256 << 20;
+    /// At most 5 minutes between checkpoints while packs are stored.
+    pub const INTERVAL: Duration = Duration::from_secs(5 * 60);
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Checkpoints {
+            bytes: Self::BYTES,
+            interval: Self::INTERVAL,
+        }
+    }
+}
+
+/// Where the checkpoints of a run stand.
+struct CheckpointState {
+    every: Checkpoints,
+    /// Packs (the first of `Packer::stored`) named by a checkpoint.
+    indexed: usize,
+    /// Bytes stored since the last checkpoint.
+    pending: u64,
+    last: Instant,
+    files: usize,
+    bytes: u64,
 }
 
 /// Builds packs of blobs and stores them; see the module documentation.
@@ -60,6 +114,7 @@ pub struct Packer<'a> {
     bytes: AtomicU64,
     dry_run: bool,
     replace_damaged: bool,
+    checkpoints: Option<Mutex<CheckpointState>>,
 }
 
 impl<'a> Packer<'a> {
@@ -83,7 +138,23 @@ impl<'a> Packer<'a> {
             bytes: AtomicU64::new(0),
             dry_run: false,
             replace_damaged: false,
+            checkpoints: None,
         }
+    }
+
+    /// Writes index checkpoints while packs are stored (see the module
+    /// documentation). For snapshots: prune and repair write one index that
+    /// supersedes others, and must not name their packs before it.
+    pub fn checkpointing(mut self, every: Checkpoints) -> Self {
+        self.checkpoints = Some(Mutex::new(CheckpointState {
+            every,
+            indexed: 0,
+            pending: 0,
+            last: Instant::now(),
+            files: 0,
+            bytes: 0,
+        }));
+        self
     }
 
     /// Builds packs but stores none (a dry run); [`Packer::finish`] still
@@ -204,14 +275,58 @@ impl<'a> Packer<'a> {
             self.bytes
                 .fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
         }
+        let len = fp.bytes.len() as u64;
         self.stored
             .lock()
             .expect("stored packs")
             .push((fp.id, fp.entries));
-        let mut spare = self.spare.lock().expect("spare packs");
-        if spare.len() < SPARE_PACKS {
-            spare.push(fp.bytes);
+        {
+            let mut spare = self.spare.lock().expect("spare packs");
+            if spare.len() < SPARE_PACKS {
+                spare.push(fp.bytes);
+            }
         }
+        self.checkpoint_after(len, false)
+    }
+
+    /// Writes an index checkpoint now for the packs stored since the last
+    /// one (if this packer checkpoints): a snapshot that is stopping does
+    /// this before it stores the packs in hand, so a second signal that
+    /// ends the process at once loses only those.
+    pub fn checkpoint_now(&self) -> Result<()> {
+        self.checkpoint_after(0, true)
+    }
+
+    /// Writes an index checkpoint when one is due after a pack of `len`
+    /// bytes was stored: an index file naming every pack stored since the
+    /// last one. Packs are only appended to `stored`, each after its put
+    /// returned, so the packs past the mark are all durable.
+    fn checkpoint_after(&self, len: u64, now: bool) -> Result<()> {
+        let Some(state) = &self.checkpoints else {
+            return Ok(());
+        };
+        if self.dry_run {
+            return Ok(());
+        }
+        let mut c = state.lock().expect("checkpoints");
+        c.pending += len;
+        if !now && c.pending < c.every.bytes && c.last.elapsed() < c.every.interval {
+            return Ok(());
+        }
+        let packs: PackList = self.stored.lock().expect("stored packs")[c.indexed..].to_vec();
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let (files, bytes) = write_index(self.repo, &packs, &[])?;
+        tracing::debug!(
+            "index checkpoint: {} pack(s) in {files} index file(s)",
+            packs.len()
+        );
+        c.indexed += packs.len();
+        c.pending = 0;
+        c.last = Instant::now();
+        c.files += files;
+        c.bytes += bytes;
         Ok(())
     }
 
@@ -283,9 +398,19 @@ impl<'a> Packer<'a> {
     /// [`Packer::take_stored`]).
     pub fn finish(self) -> Result<Stored> {
         self.flush()?;
+        let (indexed, index_files, index_bytes) = match self.checkpoints {
+            Some(c) => {
+                let c = c.into_inner().expect("checkpoints");
+                (c.indexed, c.files, c.bytes)
+            }
+            None => (0, 0, 0),
+        };
         Ok(Stored {
             packs: self.stored.into_inner().expect("stored packs"),
             bytes: self.bytes.into_inner(),
+            indexed,
+            index_files,
+            index_bytes,
         })
     }
 }
