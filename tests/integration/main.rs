@@ -21,6 +21,7 @@ mod maintenance;
 mod mount;
 mod partial_restore;
 mod permissions;
+mod progress;
 mod rollback;
 mod safety;
 mod snapshot_restore;

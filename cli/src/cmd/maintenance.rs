@@ -1,6 +1,7 @@
 //! `forget`, `prune`, `check`, `repair` and `policy`.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -11,9 +12,11 @@ use pvsnap_engine::maintenance::forget::{self, ForgetReport, Selection};
 use pvsnap_engine::maintenance::prune::{self, PruneOptions, PruneReport};
 use pvsnap_engine::maintenance::repair;
 use pvsnap_engine::maintenance::retention::{GroupBy, KeepPolicy, KeepWithin};
+use pvsnap_engine::maintenance::steps::Steps;
 use pvsnap_engine::repo::lock::{Access, ExclusiveLock, LockGuard};
 use pvsnap_engine::repo::policy::{self, NamedPolicy};
 
+use crate::progress::Display;
 use crate::{Cli, output};
 
 /// The maintenance subcommands, flattened into the top-level command list.
@@ -424,7 +427,10 @@ pub fn check(cli: &Cli, a: &CheckArgs) -> Result<u8> {
         (false, Some(s)) => s,
         (false, None) => ReadData::None,
     };
-    let r = check::check(&repo, read)?;
+    let steps = Arc::new(Steps::default());
+    let shown = Display::steps(cli.quiet || a.json, "check", steps.clone());
+    let r = check::check_with(&repo, read, &steps)?;
+    drop(shown);
     if a.json {
         output::json(&r)?;
     } else {

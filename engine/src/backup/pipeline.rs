@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use jiff::Timestamp;
@@ -39,6 +39,11 @@ pub struct BackupOptions {
 }
 
 /// Live counters for a progress display.
+///
+/// `files` and `bytes` count the regular files done and their sizes (holes
+/// and other names of a hardlinked file included), so once the snapshot has
+/// seen everything they equal the summary's `total_files` and
+/// `total_bytes` for a tree that did not change meanwhile.
 #[derive(Debug, Default)]
 pub struct Progress {
     pub files: AtomicU64,
@@ -46,6 +51,14 @@ pub struct Progress {
     /// Estimates from the parent snapshot (0 when unknown).
     pub total_files_hint: AtomicU64,
     pub total_bytes_hint: AtomicU64,
+    /// Set before [`store`] by a display that needs the totals in advance:
+    /// a size pre-scan then runs alongside the snapshot (see `scan`).
+    pub want_scan: AtomicBool,
+    /// The files and bytes the pre-scan has found so far.
+    pub scanned_files: AtomicU64,
+    pub scanned_bytes: AtomicU64,
+    /// The pre-scan has seen everything: `scanned_*` are the totals.
+    pub scan_done: AtomicBool,
 }
 
 /// The result of a snapshot run.
@@ -212,9 +225,27 @@ pub fn store(
         .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
     // Packs are stored by a thread of their own, so workers keep chunking and
     // compressing while a pack is written and fsynced.
-    let tree_id = a
-        .packer
-        .with_writer(|| pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref())))?;
+    // The size pre-scan, on a thread of its own, when a display wants it.
+    let scan_stop = AtomicBool::new(false);
+    let tree_id = std::thread::scope(|s| {
+        if progress.want_scan.load(Ordering::Relaxed) {
+            s.spawn(|| {
+                super::scan::scan(
+                    &abs,
+                    &a.excludes,
+                    a.one_file_system,
+                    a.root_dev,
+                    progress,
+                    &scan_stop,
+                )
+            });
+        }
+        let r = a
+            .packer
+            .with_writer(|| pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref())));
+        scan_stop.store(true, Ordering::Relaxed);
+        r
+    })?;
 
     // Stage 7: index files for every pack written.
     let stored = a.packer.finish()?;

@@ -8,3 +8,4 @@ pub mod forget;
 pub mod prune;
 pub mod repair;
 pub mod retention;
+pub mod steps;

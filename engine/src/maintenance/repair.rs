@@ -291,6 +291,7 @@ pub fn repair_snapshots<'a>(
         } else {
             ReadData::None
         },
+        &crate::maintenance::steps::Steps::default(),
     )?;
     let mut r = RepairSnapshotsReport {
         dry_run,
