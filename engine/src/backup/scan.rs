@@ -8,7 +8,8 @@
 //! seen everything. Memory: the folders found but not yet listed (a depth-
 //! first walk keeps them few), never a list of files. It stops early when
 //! `stop` is set (the snapshot ended first) and never records issues: the
-//! snapshot itself says what it could not read.
+//! snapshot itself says what it could not read. It runs at the lowest
+//! priority, on time the snapshot's workers leave.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ pub(super) fn scan(
     progress: &Progress,
     stop: &AtomicBool,
 ) {
+    // The snapshot's own workers come first: the scan takes idle time.
+    crate::sys::host::lower_thread_priority();
     // (absolute path, path relative to the root) of folders to list.
     let mut todo: Vec<(PathBuf, PathBuf)> = vec![(root.to_path_buf(), PathBuf::new())];
     while let Some((dir, rel)) = todo.pop() {
@@ -42,14 +45,19 @@ pub(super) fn scan(
             if !excludes.is_empty() && excludes.matches(&child_rel, &name) {
                 continue;
             }
-            let Ok(meta) = ent.metadata() else {
+            // The entry's type comes with the listing: only files and (for
+            // one file system) folders need a stat.
+            let Ok(kind) = ent.file_type() else {
                 continue;
             };
-            if meta.is_dir() {
-                if !one_file_system || meta.dev() == root_dev {
+            if kind.is_dir() {
+                if !one_file_system || ent.metadata().is_ok_and(|m| m.dev() == root_dev) {
                     todo.push((ent.path(), child_rel));
                 }
-            } else if meta.is_file() {
+            } else if kind.is_file() {
+                let Ok(meta) = ent.metadata() else {
+                    continue;
+                };
                 progress.scanned_files.fetch_add(1, Ordering::Relaxed);
                 progress
                     .scanned_bytes
