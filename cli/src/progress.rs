@@ -176,7 +176,7 @@ pub fn line(f: &Frame, per_sec: Option<f64>, end: bool) -> String {
             amount(t.max(f.done))
         )),
         // A step that has not counted its work yet.
-        None if f.unit.is_some() => parts.push(format!("{}…", f.step)),
+        None if !f.step.is_empty() => parts.push(format!("{}…", f.step)),
         None => parts.push(format!("{step}{} done", amount(f.done))),
     }
     if !f.extra.is_empty() {

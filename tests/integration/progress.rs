@@ -34,6 +34,8 @@ fn frames(shown: &str, label: &str) -> Vec<String> {
         .split(['\r', '\n'])
         .map(str::trim)
         .filter(|l| l.starts_with(&format!("{label} ")))
+        // Not the command's own output ("snapshot 1a2b3c4d of …").
+        .filter(|l| l.contains("] ") || l.contains('…'))
         .map(String::from)
         .collect()
 }
@@ -248,4 +250,26 @@ fn pvsnap_size(n: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", units[unit])
+}
+
+#[test]
+fn forget_prune_shows_the_packs_it_deletes() {
+    let env = Env::new();
+    env.init();
+    let src = source(&env);
+    env.snapshot(&src, &[]);
+    // The second snapshot shares nothing with the first.
+    std::fs::remove_dir_all(&src).unwrap();
+    write_noise_files(&src, 99_000, 4, SIZE);
+    env.snapshot(&src, &[]);
+    let shown = in_terminal(&env, &["forget", "--keep-last", "1", "--prune"]);
+    let frames = frames(&shown, "prune");
+    let deleting: Vec<&String> = frames
+        .iter()
+        .filter(|f| f.contains("deleting packs: "))
+        .collect();
+    let last = deleting.last().unwrap_or_else(|| panic!("{frames:#?}"));
+    let (done, total) = amounts(last).unwrap();
+    assert_eq!(done, total, "every pack deleted: {last}");
+    assert!(total.ends_with(" packs") && total != "0 packs", "{last}");
 }

@@ -303,7 +303,9 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
                 .chain(report.unreadable_removed.iter().copied())
                 .collect();
         }
-        Some(prune::prune(&repo, held.access(), &opts)?)
+        let steps = Arc::new(Steps::default());
+        let _shown = Display::steps(cli.quiet || a.json, "prune", steps.clone());
+        Some(prune::prune_with(&repo, held.access(), &opts, &steps)?)
     } else {
         None
     };
@@ -375,7 +377,10 @@ fn print_forget(r: &ForgetReport) -> Result<()> {
 pub fn prune(cli: &Cli, a: &PruneArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let held = Held::take(&repo, a.dry_run, "prune")?;
-    let r = prune::prune(&repo, held.access(), &prune_options(&a.tuning))?;
+    let steps = Arc::new(Steps::default());
+    let shown = Display::steps(cli.quiet || a.json, "prune", steps.clone());
+    let r = prune::prune_with(&repo, held.access(), &prune_options(&a.tuning), &steps)?;
+    drop(shown);
     if a.json {
         output::json(&r)?;
     } else if !cli.quiet {

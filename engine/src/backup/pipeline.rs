@@ -246,6 +246,14 @@ pub fn store(
         scan_stop.store(true, Ordering::Relaxed);
         r
     })?;
+    // Everything is read: a scan that had not finished is overtaken, and
+    // the totals are what was done.
+    if progress.want_scan.load(Ordering::Relaxed) && !progress.scan_done.load(Ordering::Acquire) {
+        let (files, bytes) = (&progress.files, &progress.bytes);
+        (progress.scanned_files).store(files.load(Ordering::Relaxed), Ordering::Relaxed);
+        (progress.scanned_bytes).store(bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        progress.scan_done.store(true, Ordering::Release);
+    }
 
     // Stage 7: index files for every pack written.
     let stored = a.packer.finish()?;
