@@ -273,3 +273,19 @@ fn forget_prune_shows_the_packs_it_deletes() {
     assert_eq!(done, total, "every pack deleted: {last}");
     assert!(total.ends_with(" packs") && total != "0 packs", "{last}");
 }
+
+#[test]
+fn repair_index_shows_the_trailers_it_reads() {
+    let env = Env::new();
+    env.init();
+    let src = source(&env);
+    env.snapshot(&src, &[]);
+    let packs = crate::util::files_below(&env.repo().join("data")).len();
+    let shown = in_terminal(&env, &["repair", "index"]);
+    let frames = frames(&shown, "repair");
+    let want = format!("reading pack trailers: {packs} packs / {packs} packs");
+    assert!(
+        frames.iter().any(|f| f.contains(&want)),
+        "{want}: {frames:#?}"
+    );
+}

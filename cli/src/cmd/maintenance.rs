@@ -532,7 +532,10 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
     };
     match &a.what {
         RepairWhat::Index { dry_run, json } => {
-            let r = repair::repair_index(&repo, access(*dry_run))?;
+            let steps = Arc::new(Steps::default());
+            let shown = Display::steps(cli.quiet || *json, "repair", steps.clone());
+            let r = repair::repair_index_with(&repo, access(*dry_run), &steps)?;
+            drop(shown);
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {
@@ -572,7 +575,10 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
             dry_run,
             json,
         } => {
-            let r = repair::repair_snapshots(&repo, access(*dry_run), *read_data)?;
+            let steps = Arc::new(Steps::default());
+            let shown = Display::steps(cli.quiet || *json, "repair", steps.clone());
+            let r = repair::repair_snapshots_with(&repo, access(*dry_run), *read_data, &steps)?;
+            drop(shown);
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {
