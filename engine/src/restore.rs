@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -141,11 +141,18 @@ pub struct Preview {
     pub kept: Vec<String>,
 }
 
-/// Live counters for a progress display.
+/// Live counters for a progress display. The totals are set from the plan
+/// before any data is written: `bytes` counts data written (holes and data
+/// already in place are not in `total_bytes`), `files` the regular files
+/// finished (kept in place ones included), up to `total_files`.
 #[derive(Debug, Default)]
 pub struct RestoreProgress {
     pub bytes: AtomicU64,
     pub total_bytes: AtomicU64,
+    pub files: AtomicU64,
+    pub total_files: AtomicU64,
+    /// The plan is made: the totals are set.
+    pub planned: AtomicBool,
 }
 
 /// Refuses a root entry that could lead a restore out of its target. The
@@ -265,14 +272,24 @@ pub fn restore(
     if !fresh {
         prepare_target(repo, &dirs, &mut plan, opts, &filter, &mut summary)?;
     }
+    // What phase 2 writes: stored data, not holes.
     let total: u64 = plan
         .files
         .iter()
-        .fold(0u64, |t, f| t.saturating_add(f.node.size));
+        .flat_map(|f| match &f.node.kind {
+            NodeKind::File { content } => content.as_slice(),
+            _ => &[],
+        })
+        .filter(|e| e.chunk.is_some())
+        .fold(0u64, |t, e| t.saturating_add(e.len));
+    progress
+        .total_files
+        .store(plan.files.len() as u64, Ordering::Relaxed);
     progress.total_bytes.store(
         total.saturating_sub(summary.bytes_skipped),
         Ordering::Relaxed,
     );
+    progress.planned.store(true, Ordering::Release);
 
     // Phase 2: data, in units of a few MiB (see `schedule` and `writer`).
     let written = Restorer::new(repo, &plan, &dirs, set_owner, progress).run()?;

@@ -99,7 +99,7 @@ pub async fn restore_in_place(
         cluster
             .wait_pods_gone(&claim.namespace, &claim.name, options.wait_timeout)
             .await?;
-        let taken = safety_snapshot(repo, &target.resolved)?;
+        let taken = safety_snapshot(repo, &target.resolved, observer)?;
         observer.kept(&taken);
         safety = Some(taken);
         let opts = RestoreOptions {
@@ -130,7 +130,11 @@ pub async fn restore_in_place(
 }
 
 /// Snapshots the claim's current content, tagged `pre-restore`.
-fn safety_snapshot(repo: &mut IndexedRepository, resolved: &ResolvedClaim) -> Result<Snapshot> {
+fn safety_snapshot(
+    repo: &mut IndexedRepository,
+    resolved: &ResolvedClaim,
+    observer: &dyn Observer,
+) -> Result<Snapshot> {
     let source = source_of(resolved);
     let (existing, bad) = repo.snapshots_lenient()?;
     pvsnap_engine::repo::warn_unreadable_snapshots(&bad);
@@ -140,11 +144,13 @@ fn safety_snapshot(repo: &mut IndexedRepository, resolved: &ResolvedClaim) -> Re
         tags: vec![PRE_RESTORE_TAG.to_string()],
         ..BackupOptions::default()
     };
-    let out = backup::backup(repo, &resolved.host_path, &opts, &Progress::default()).map_err(
-        |source| Error::SafetySnapshot {
-            dir: resolved.host_path.clone(),
-            source,
-        },
-    )?;
+    let progress = Arc::new(Progress::default());
+    let watch = observer.storing(progress.clone());
+    let out = backup::backup(repo, &resolved.host_path, &opts, &progress);
+    drop(watch);
+    let out = out.map_err(|source| Error::SafetySnapshot {
+        dir: resolved.host_path.clone(),
+        source,
+    })?;
     Ok(out.snapshot)
 }

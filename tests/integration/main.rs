@@ -25,6 +25,7 @@ mod mount;
 mod nas;
 mod partial_restore;
 mod permissions;
+mod progress;
 mod rollback;
 mod s3;
 mod safety;

@@ -129,16 +129,17 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let progress = Arc::new(CopyProgress::default());
     let report = {
         let p = progress.clone();
-        let _bar = crate::progress::Display::start_counting(
+        let _bar = crate::progress::Display::start(
             cli.quiet || a.json,
             "copy",
-            "snapshots",
             Box::new(move || {
-                (
-                    p.snapshots.load(Ordering::Relaxed),
-                    p.content_done.load(Ordering::Relaxed),
-                    p.content_total.load(Ordering::Relaxed),
-                )
+                let total = p.content_total.load(Ordering::Relaxed);
+                crate::progress::Frame {
+                    done: p.content_done.load(Ordering::Relaxed),
+                    total: (total > 0).then_some(total),
+                    extra: format!("{} snapshot(s) copied", p.snapshots.load(Ordering::Relaxed)),
+                    ..Default::default()
+                }
             }),
         );
         copy(&src, &dst, &selection, &progress)?

@@ -1,6 +1,7 @@
 //! `forget`, `prune`, `check`, `repair` and `policy`.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -11,9 +12,11 @@ use pvsnap_engine::maintenance::forget::{self, ForgetReport, Selection};
 use pvsnap_engine::maintenance::prune::{self, PruneOptions, PruneReport};
 use pvsnap_engine::maintenance::repair;
 use pvsnap_engine::maintenance::retention::{GroupBy, KeepPolicy, KeepWithin};
+use pvsnap_engine::maintenance::steps::Steps;
 use pvsnap_engine::repo::lock::{Access, ExclusiveLock, LockGuard};
 use pvsnap_engine::repo::policy::{self, NamedPolicy};
 
+use crate::progress::Display;
 use crate::{Cli, output};
 
 /// The maintenance subcommands, flattened into the top-level command list.
@@ -300,7 +303,9 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
                 .chain(report.unreadable_removed.iter().copied())
                 .collect();
         }
-        Some(prune::prune(&repo, held.access(), &opts)?)
+        let steps = Arc::new(Steps::default());
+        let _shown = Display::steps(cli.quiet || a.json, "prune", steps.clone());
+        Some(prune::prune_with(&repo, held.access(), &opts, &steps)?)
     } else {
         None
     };
@@ -372,7 +377,10 @@ fn print_forget(r: &ForgetReport) -> Result<()> {
 pub fn prune(cli: &Cli, a: &PruneArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let held = Held::take(&repo, a.dry_run, "prune")?;
-    let r = prune::prune(&repo, held.access(), &prune_options(&a.tuning))?;
+    let steps = Arc::new(Steps::default());
+    let shown = Display::steps(cli.quiet || a.json, "prune", steps.clone());
+    let r = prune::prune_with(&repo, held.access(), &prune_options(&a.tuning), &steps)?;
+    drop(shown);
     if a.json {
         output::json(&r)?;
     } else if !cli.quiet {
@@ -424,7 +432,10 @@ pub fn check(cli: &Cli, a: &CheckArgs) -> Result<u8> {
         (false, Some(s)) => s,
         (false, None) => ReadData::None,
     };
-    let r = check::check(&repo, read)?;
+    let steps = Arc::new(Steps::default());
+    let shown = Display::steps(cli.quiet || a.json, "check", steps.clone());
+    let r = check::check_with(&repo, read, &steps)?;
+    drop(shown);
     if a.json {
         output::json(&r)?;
     } else {
@@ -521,7 +532,10 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
     };
     match &a.what {
         RepairWhat::Index { dry_run, json } => {
-            let r = repair::repair_index(&repo, access(*dry_run))?;
+            let steps = Arc::new(Steps::default());
+            let shown = Display::steps(cli.quiet || *json, "repair", steps.clone());
+            let r = repair::repair_index_with(&repo, access(*dry_run), &steps)?;
+            drop(shown);
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {
@@ -561,7 +575,10 @@ pub fn repair(cli: &Cli, a: &RepairArgs) -> Result<u8> {
             dry_run,
             json,
         } => {
-            let r = repair::repair_snapshots(&repo, access(*dry_run), *read_data)?;
+            let steps = Arc::new(Steps::default());
+            let shown = Display::steps(cli.quiet || *json, "repair", steps.clone());
+            let r = repair::repair_snapshots_with(&repo, access(*dry_run), *read_data, &steps)?;
+            drop(shown);
             if *json {
                 output::json(&r)?;
             } else if !cli.quiet {

@@ -109,6 +109,11 @@ struct Notices<'a> {
 }
 
 impl Observer for Notices<'_> {
+    /// The safety snapshot taken before the volume is overwritten.
+    fn storing(&self, progress: Arc<pvsnap_engine::backup::Progress>) -> Watch {
+        self.bars.storing(progress)
+    }
+
     fn restoring(&self, progress: Arc<RestoreProgress>) -> Watch {
         self.bars.restoring(progress)
     }

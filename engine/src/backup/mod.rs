@@ -30,9 +30,14 @@
 //! and keeps the counters, `walker` walks folders and compares with the
 //! parent, `chunker` reads and cuts file content, and
 //! [`crate::store::packer`] compresses, encrypts, packs and stores.
+//!
+//! When a progress display asks for it ([`Progress::want_scan`]), `scan`
+//! counts the files and bytes to expect on a thread of its own, reading
+//! metadata only, while the stages run.
 
 mod chunker;
 pub mod pipeline;
+mod scan;
 mod walker;
 
 pub use crate::store::packer::Checkpoints;

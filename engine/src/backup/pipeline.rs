@@ -70,6 +70,11 @@ impl Stop {
 }
 
 /// Live counters for a progress display.
+///
+/// `files` and `bytes` count the regular files done and their sizes (holes
+/// and other names of a hardlinked file included), so once the snapshot has
+/// seen everything they equal the summary's `total_files` and
+/// `total_bytes` for a tree that did not change meanwhile.
 #[derive(Debug, Default)]
 pub struct Progress {
     pub files: AtomicU64,
@@ -77,6 +82,14 @@ pub struct Progress {
     /// Estimates from the parent snapshot (0 when unknown).
     pub total_files_hint: AtomicU64,
     pub total_bytes_hint: AtomicU64,
+    /// Set before [`store`] by a display that needs the totals in advance:
+    /// a size pre-scan then runs alongside the snapshot (see `scan`).
+    pub want_scan: AtomicBool,
+    /// The files and bytes the pre-scan has found so far.
+    pub scanned_files: AtomicU64,
+    pub scanned_bytes: AtomicU64,
+    /// The pre-scan has seen everything: `scanned_*` are the totals.
+    pub scan_done: AtomicBool,
 }
 
 /// The result of a snapshot run.
@@ -245,9 +258,27 @@ pub fn store(
         .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
     // Packs are stored by a thread of their own, so workers keep chunking and
     // compressing while a pack is written and fsynced.
-    let walked = a.packer.with_writer(|| {
-        a.stop.check()?;
-        pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref()))
+    // The size pre-scan, on a thread of its own, when a display wants it.
+    let scan_stop = AtomicBool::new(false);
+    let walked = std::thread::scope(|s| {
+        if progress.want_scan.load(Ordering::Relaxed) {
+            s.spawn(|| {
+                super::scan::scan(
+                    &abs,
+                    &a.excludes,
+                    a.one_file_system,
+                    a.root_dev,
+                    progress,
+                    &scan_stop,
+                )
+            });
+        }
+        let r = a.packer.with_writer(|| {
+            a.stop.check()?;
+            pool.install(|| a.folder(&abs, Path::new(""), parent_tree.as_ref()))
+        });
+        scan_stop.store(true, Ordering::Relaxed);
+        r
     });
     let walked = match walked {
         Ok(t) => Some(t),
@@ -258,6 +289,17 @@ pub fn store(
         }
         Err(e) => return Err(e),
     };
+    // Everything is read: a scan that had not finished is overtaken, and
+    // the totals are what was done.
+    if walked.is_some()
+        && progress.want_scan.load(Ordering::Relaxed)
+        && !progress.scan_done.load(Ordering::Acquire)
+    {
+        let (files, bytes) = (&progress.files, &progress.bytes);
+        (progress.scanned_files).store(files.load(Ordering::Relaxed), Ordering::Relaxed);
+        (progress.scanned_bytes).store(bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        progress.scan_done.store(true, Ordering::Release);
+    }
 
     // Stage 7: index files for every pack written that no checkpoint named.
     // A stopped run does this too (the packs in hand are stored first), so

@@ -120,3 +120,62 @@ fn a_failing_pack_store_fails_the_snapshot_and_commits_nothing() {
         }
     }
 }
+
+#[test]
+fn the_pre_scan_counts_what_the_snapshot_reads_and_the_counters_end_at_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = testutil::files(7, 30, 20 * 1024);
+    testutil::write_tree(dir.path(), &files);
+    let root = dir.path();
+    // Excluded, a hole, a second name, a symlink and a folder of its own.
+    std::fs::create_dir_all(root.join("cache/deep")).unwrap();
+    std::fs::write(root.join("cache/deep/big"), vec![1u8; 100_000]).unwrap();
+    std::fs::File::create(root.join("sparse"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let first = files.keys().next().unwrap();
+    std::fs::hard_link(root.join(first), root.join("link")).unwrap();
+    std::os::unix::fs::symlink("sparse", root.join("sym")).unwrap();
+    let (_, repo) = testutil::mem_repo(false);
+    let mut indexed = repo.load_index().unwrap();
+    let opts = BackupOptions {
+        excludes: vec!["cache".into()],
+        ..BackupOptions::default()
+    };
+    let progress = Progress::default();
+    progress.want_scan.store(true, Ordering::Relaxed);
+    let s = backup(&mut indexed, root, &opts, &progress)
+        .unwrap()
+        .snapshot;
+    assert!(progress.scan_done.load(Ordering::Relaxed));
+    let got = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(got(&progress.scanned_files), s.summary.total_files);
+    assert_eq!(got(&progress.scanned_bytes), s.summary.total_bytes);
+    // The scan on its own (above, the snapshot may have overtaken it).
+    let abs = std::fs::canonicalize(root).unwrap();
+    let alone = Progress::default();
+    let excludes = crate::tree::filter::Excludes::for_root(&opts.excludes, &abs).unwrap();
+    let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&abs).unwrap());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    super::scan::scan(&abs, &excludes, false, dev, &alone, &stop);
+    assert!(alone.scan_done.load(Ordering::Relaxed));
+    assert_eq!(got(&alone.scanned_files), s.summary.total_files);
+    assert_eq!(got(&alone.scanned_bytes), s.summary.total_bytes);
+    // Stopped at once: not done, so a display keeps saying "scanning".
+    let stopped = Progress::default();
+    stop.store(true, Ordering::Relaxed);
+    super::scan::scan(&abs, &excludes, false, dev, &stopped, &stop);
+    assert!(!stopped.scan_done.load(Ordering::Relaxed));
+    assert_eq!(got(&progress.files), s.summary.total_files);
+    assert_eq!(
+        got(&progress.bytes),
+        s.summary.total_bytes,
+        "holes and links count"
+    );
+    // Without a display asking, no scan.
+    let quiet = Progress::default();
+    backup(&mut indexed, root, &opts, &quiet).unwrap();
+    assert_eq!(got(&quiet.scanned_files), 0);
+    assert!(!quiet.scan_done.load(Ordering::Relaxed));
+}

@@ -186,6 +186,7 @@ impl Archiver<'_> {
                 );
                 // The size of what was read, not of what the inode is now.
                 node.size = content.iter().map(|e| e.len).sum();
+                self.progress.bytes.fetch_add(node.size, Ordering::Relaxed);
                 return done(node);
             }
         }
@@ -195,6 +196,13 @@ impl Archiver<'_> {
             Ok(None) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // Holes are not read, but they are part of the file's size.
+        let holes: u64 = content
+            .iter()
+            .filter(|e| e.chunk.is_none())
+            .map(|e| e.len)
+            .sum();
+        self.progress.bytes.fetch_add(holes, Ordering::Relaxed);
         counter.fetch_add(1, Ordering::Relaxed);
         if opened_meta.nlink() > 1 {
             self.hardlinks.lock().expect("hardlinks").insert(

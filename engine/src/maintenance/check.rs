@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::backend::ObjectKey;
 use crate::error::{Error, Result};
+use crate::maintenance::steps::{Steps, Unit};
 use crate::repo::catalog::IndexMode;
 use crate::repo::format::{HEADER_LEN, ObjectKind};
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
@@ -174,7 +175,7 @@ impl Scan {
 }
 
 /// Stages 1-3.
-pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
+pub(crate) fn scan(repo: &Repository, read_data: ReadData, steps: &Steps) -> Result<Scan> {
     let backend = repo.backend();
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -225,6 +226,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         );
     }
     let found = Mutex::new((Vec::new(), Vec::new()));
+    steps.start("checking pack trailers", Unit::Packs, indexed.len() as u64);
     indexed.par_iter().for_each(|(p, entries)| {
         let (mut errs, mut bads) = (Vec::new(), Vec::new());
         match sizes.get(p) {
@@ -247,6 +249,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         let mut g = found.lock().expect("check results");
         g.0.extend(errs);
         g.1.extend(bads.into_iter().filter(|(id, _)| chosen(id, p)));
+        steps.add(1);
     });
     let (errs, bads) = found.into_inner().expect("check results");
     errors.extend(errs);
@@ -259,6 +262,11 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         .filter(|p| sizes.contains_key(p))
         .collect();
     let selected = read_data.select(&present);
+    steps.start(
+        "reading packs",
+        Unit::Bytes,
+        selected.iter().map(|p| sizes[p]).sum(),
+    );
     let found = Mutex::new((Vec::new(), Vec::new(), 0usize));
     // Each worker reads every pack into one buffer and decodes every blob
     // into one set of buffers: no pack or blob allocates memory of its own.
@@ -315,6 +323,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData) -> Result<Scan> {
         g.0.extend(errs);
         g.1.extend(bads.into_iter().filter(|(id, _)| chosen(id, p)));
         g.2 += n;
+        steps.add(sizes[p]);
     });
     let (errs, bads, blobs_read) = found.into_inner().expect("check results");
     errors.extend(errs);
@@ -412,8 +421,14 @@ fn check_pack(
 
 /// Runs every stage; the caller holds a (shared) lock.
 pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
+    check_with(repo, read_data, &Steps::default())
+}
+
+/// [`check`], telling `steps` what it does.
+pub fn check_with(repo: &Repository, read_data: ReadData, steps: &Steps) -> Result<CheckReport> {
     let started = Instant::now();
-    let scan = scan(repo, read_data)?;
+    steps.start("reading index files", Unit::Packs, 0);
+    let scan = scan(repo, read_data, steps)?;
     let mut errors = scan.errors.clone();
     let mut snaps = Vec::new();
     let names = repo.backend().list(ObjectKind::Snapshot)?;
@@ -476,8 +491,14 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         })
         .collect();
     let mut damaged_snapshots = Vec::new();
+    steps.start(
+        "checking snapshot trees",
+        Unit::Snapshots,
+        snaps.len() as u64,
+    );
     for s in &snaps {
         let paths = walker.tree(&s.tree, 1);
+        steps.add(1);
         if !paths.is_empty() {
             damaged_snapshots.push(DamagedSnapshot {
                 id: s.id,

@@ -9,6 +9,7 @@ pub mod forget;
 pub mod prune;
 pub mod repair;
 pub mod retention;
+pub mod steps;
 
 #[cfg(test)]
 mod copy_tests;

@@ -36,6 +36,7 @@ use serde::Serialize;
 
 use crate::backend::{Leftover, ObjectKey};
 use crate::error::{Error, MaintenanceError, Result};
+use crate::maintenance::steps::{Steps, Unit};
 use crate::repo::Repository;
 use crate::repo::catalog::IndexMode;
 use crate::repo::format::ObjectKind;
@@ -146,6 +147,16 @@ pub fn prune<'a>(
     access: impl Into<Access<'a>>,
     opts: &PruneOptions,
 ) -> Result<PruneReport> {
+    prune_with(repo, access, opts, &Steps::default())
+}
+
+/// [`prune`], telling `steps` what it does.
+pub fn prune_with<'a>(
+    repo: &Repository,
+    access: impl Into<Access<'a>>,
+    opts: &PruneOptions,
+    steps: &Steps,
+) -> Result<PruneReport> {
     let dry_run = access.into().is_dry_run();
     if !dry_run && !opts.assume_removed.is_empty() {
         return Err(Error::Invalid(
@@ -153,6 +164,7 @@ pub fn prune<'a>(
         ));
     }
     let started = Instant::now();
+    steps.start("reading the index and snapshot trees", Unit::Packs, 0);
     let plan = plan(repo, opts)?;
     let mut r = PruneReport {
         dry_run,
@@ -205,7 +217,7 @@ pub fn prune<'a>(
         for l in &plan.leftovers {
             repo.backend().remove_leftover(l)?;
         }
-        let written = execute(repo, &plan)?;
+        let written = execute(repo, &plan, steps)?;
         r.packs_written = written.packs;
         r.index_files_written = written.index_files;
         r.index_files_deleted = written.index_files_deleted;
@@ -413,7 +425,7 @@ struct Written {
 }
 
 /// Stages 4-6.
-fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
+fn execute(repo: &Repository, plan: &Plan, steps: &Steps) -> Result<Written> {
     let backend = repo.backend();
     let crypto = repo.crypto();
     let mut w = Written {
@@ -427,6 +439,16 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
     // Stage 4: repack, checking every blob copied.
     let packer = Packer::new(repo);
     let mut bufs = blob::DecodeBuffers::default();
+    if !plan.repack.is_empty() {
+        steps.start(
+            "repacking",
+            Unit::Bytes,
+            plan.repack
+                .iter()
+                .map(|(p, _, _)| plan.pack_bytes.get(p).copied().unwrap_or(0))
+                .sum(),
+        );
+    }
     for (pack, _, needed) in &plan.repack {
         let bytes = backend.get(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
         for e in needed {
@@ -439,6 +461,7 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
             blob::decode_in(crypto, pack, e, stored, &mut bufs)?;
             packer.add_stored(e, stored)?;
         }
+        steps.add(plan.pack_bytes.get(pack).copied().unwrap_or(0));
     }
     let stored = packer.finish()?;
     let new_packs = stored.packs;
@@ -469,9 +492,14 @@ fn execute(repo: &Repository, plan: &Plan) -> Result<Written> {
         .map(|(p, _, _)| p)
         .chain(plan.repack.iter().map(|(p, _, _)| p))
         .chain(plan.unreferenced_delete.iter().map(|(p, _)| p))
-        .filter(|p| !written.contains(p));
+        .filter(|p| !written.contains(p))
+        .collect::<Vec<_>>();
+    if !obsolete.is_empty() {
+        steps.start("deleting packs", Unit::Packs, obsolete.len() as u64);
+    }
     for pack in obsolete {
         backend.delete(&ObjectKey::new(ObjectKind::Pack, pack.to_hex()))?;
+        steps.add(1);
     }
     Ok(w)
 }

@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::backend::ObjectKey;
 use crate::error::{BackendError, Result};
 use crate::maintenance::check::{self, DamagedPath, ReadData, Scan};
+use crate::maintenance::steps::{Steps, Unit};
 use crate::repo::Repository;
 use crate::repo::catalog::IndexMode;
 use crate::repo::format::{HEADER_LEN, ObjectKind};
@@ -88,6 +89,15 @@ pub fn repair_index<'a>(
     repo: &Repository,
     access: impl Into<Access<'a>>,
 ) -> Result<RepairIndexReport> {
+    repair_index_with(repo, access, &Steps::default())
+}
+
+/// [`repair_index`], telling `steps` what it does.
+pub fn repair_index_with<'a>(
+    repo: &Repository,
+    access: impl Into<Access<'a>>,
+    steps: &Steps,
+) -> Result<RepairIndexReport> {
     let dry_run = access.into().is_dry_run();
     let started = Instant::now();
     let backend = repo.backend();
@@ -107,13 +117,13 @@ pub fn repair_index<'a>(
     }
     let mut packs: Vec<(PackId, u64)> = catalog.packs.into_iter().collect();
     packs.sort();
+    steps.start("reading pack trailers", Unit::Packs, packs.len() as u64);
     let read: Vec<(PackId, Result<Vec<BlobEntry>>)> = packs
         .par_iter()
         .map(|(p, size)| {
-            (
-                *p,
-                pack::read_trailer(backend.as_ref(), repo.crypto(), p, *size),
-            )
+            let trailer = pack::read_trailer(backend.as_ref(), repo.crypto(), p, *size);
+            steps.add(1);
+            (*p, trailer)
         })
         .collect();
     let mut r = RepairIndexReport {
@@ -282,6 +292,16 @@ pub fn repair_snapshots<'a>(
     access: impl Into<Access<'a>>,
     read_data: bool,
 ) -> Result<RepairSnapshotsReport> {
+    repair_snapshots_with(repo, access, read_data, &Steps::default())
+}
+
+/// [`repair_snapshots`], telling `steps` what it does.
+pub fn repair_snapshots_with<'a>(
+    repo: &Repository,
+    access: impl Into<Access<'a>>,
+    read_data: bool,
+    steps: &Steps,
+) -> Result<RepairSnapshotsReport> {
     let dry_run = access.into().is_dry_run();
     let started = Instant::now();
     let scan = check::scan(
@@ -291,6 +311,7 @@ pub fn repair_snapshots<'a>(
         } else {
             ReadData::None
         },
+        steps,
     )?;
     let mut r = RepairSnapshotsReport {
         dry_run,

@@ -150,7 +150,9 @@ impl<'a> Restorer<'a> {
                 .map_err(|e| Error::io(&f.path, "set metadata", e))?;
         }
         fsmeta::apply_metadata_fd(file, &f.node, self.set_owner)
-            .map_err(|e| Error::io(&f.path, "set metadata", e))
+            .map_err(|e| Error::io(&f.path, "set metadata", e))?;
+        self.progress.files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Notes that every file `chunk` goes to is damaged, for `why`.

@@ -73,3 +73,15 @@ pub fn group_name(gid: u32) -> Option<String> {
             .into_owned(),
     )
 }
+
+/// Lowers the calling thread's scheduling priority to the lowest (nice 19),
+/// so that it runs on time other threads leave; errors are ignored (the
+/// thread then runs at the process's priority).
+pub fn lower_thread_priority() {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS
+    // and a thread id changes only that thread's nice value on Linux.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}
