@@ -1608,6 +1608,14 @@ def run_copy(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed: 
             continue
         if who == "pvsnap copy":
             env = src.env() | server.env() | {"XDG_CACHE_HOME": str(rundir / "aux" / "cache")}
+            # The target is a repository of its own, made (untimed) first:
+            # unencrypted like the source, so blobs travel as stored.
+            made = run([pvsnap, "--repo", f"s3:{bucket.url}", "init"], check=False, capture=True,
+                       timeout=timed.timeout, cwd=rundir, env=with_env(**env))
+            if made.returncode != 0:
+                out.append(dict(s, ok=False, rc=made.returncode,
+                                reason=f"pvsnap init of the copy target failed: {(made.stderr or '').strip()[-300:]}"))
+                continue
             cmd = [pvsnap, "--repo", str(src.repo), "copy", "--to", f"s3:{bucket.url}", "--json"]
         else:
             env = server.env() | rclone_env(server, rundir / "aux")

@@ -229,6 +229,31 @@ pub struct S3Backend {
     bucket_seen: std::sync::atomic::AtomicBool,
 }
 
+/// The certificates of `AWS_CA_BUNDLE` (PEM), which replace the built-in
+/// roots as they do for the AWS tools: a server with a private CA.
+fn ca_bundle(path: &std::path::Path) -> Result<ureq::tls::RootCerts, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("AWS_CA_BUNDLE {}: cannot read it: {e}", path.display()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(format!(
+            "AWS_CA_BUNDLE {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----); point it at the CA file of the S3 server, or unset it to trust the built-in roots",
+            path.display()
+        ));
+    }
+    tracing::debug!(
+        "{} certificate(s) from AWS_CA_BUNDLE {}",
+        certs.len(),
+        path.display()
+    );
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
 impl S3Backend {
     /// A backend for `location`; `connections` is the most requests at a
     /// time (at least 1). No request is sent yet.
@@ -247,7 +272,12 @@ impl S3Backend {
         )
         .map_err(|e| format!("{}: {e}", location.display()))?;
         let connections = connections.max(1);
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(bundle) = std::env::var_os("AWS_CA_BUNDLE").filter(|b| !b.is_empty()) {
+            tls = tls.root_certs(ca_bundle(std::path::Path::new(&bundle))?);
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .max_idle_connections_per_host(connections)
             .max_idle_connections(connections)
@@ -339,7 +369,8 @@ impl S3Backend {
             }
             let url = self.signed_url(method, object, query);
             match self.attempt(method, &url, headers, body) {
-                Ok(r) if r.status >= 500 || r.status == 429 => {
+                // 501 Not Implemented is an answer, not a passing fault.
+                Ok(r) if (r.status >= 500 && r.status != 501) || r.status == 429 => {
                     last = format!("HTTP {} {}", r.status, r.code());
                     tracing::debug!("{what}: {last}; retrying");
                 }
@@ -550,14 +581,23 @@ impl S3Backend {
             true => String::new(),
             false => format!("{}/", self.location.prefix),
         };
-        let r = self.send(
-            Method::Get,
-            None,
-            &[("uploads", ""), ("prefix", &prefix)],
-            &[],
-            None,
-            "",
-        )?;
+        // An empty `prefix=` is left out: not every server signs an empty
+        // value the way it is sent.
+        let mut query = vec![("uploads", "")];
+        if !prefix.is_empty() {
+            query.push(("prefix", &prefix));
+        }
+        let r = self.send(Method::Get, None, &query, &[], None, "")?;
+        if r.status == 501 {
+            // The server has no multipart listing (s3s-fs): pvsnap writes
+            // every object with one PUT, so there is nothing of its own to
+            // find there.
+            tracing::debug!(
+                "{}: the server cannot list multipart uploads",
+                self.location.display()
+            );
+            return Ok(Vec::new());
+        }
         if !r.ok() {
             return Err(self.unexpected("", "LIST uploads", &r));
         }
@@ -768,6 +808,30 @@ fn xml_values(xml: &str, tag: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed CA certificate, as a private S3 server's would be.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBiDCCAS+gAwIBAgIUEd7Y5MXdrHA8+N/Rw/LKcIo6oIMwCgYIKoZIzj0EAwIw\nGTEXMBUGA1UEAwwOcHZzbmFwLXRlc3QtY2EwIBcNMjYxMjA0MTEyODIxWhgPMjEy\nNjExMTAxMTI4MjFaMBkxFzAVBgNVBAMMDnB2c25hcC10ZXN0LWNhMFkwEwYHKoZI\nzj0CAQYIKoZIzj0DAQcDQgAE8yVUUJ5Z1xJym85eNZd6ZoizWxiJyv0zPJpmsBV5\nRUrxhT8kEDM9yGcJ2ncnswDuexDmLu16CyrIVMbvsWNAb6NTMFEwHQYDVR0OBBYE\nFLyxdXQBdamy1J85KppzaVS5z2qSMB8GA1UdIwQYMBaAFLyxdXQBdamy1J85Kppz\naVS5z2qSMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgGLAPjDSW\n61arK0smkFJjkaHq9q6XDXU10tFfXgNFGX4CIAG1tMPIsL5x2vFOR7L0oQQV22l1\nQrB5cgCGI6Y8XEh+\n-----END CERTIFICATE-----";
+
+    #[test]
+    fn a_ca_bundle_is_read_or_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, format!("a comment\n{TEST_CA}")).unwrap();
+        match ca_bundle(&good).unwrap() {
+            ureq::tls::RootCerts::Specific(certs) => assert_eq!(certs.len(), 1),
+            other => panic!("not the bundle's certificates: {other:?}"),
+        }
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here").unwrap();
+        let err = ca_bundle(&empty).unwrap_err();
+        assert!(
+            err.contains("AWS_CA_BUNDLE") && err.contains("empty.pem"),
+            "{err}"
+        );
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+        let err = ca_bundle(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(err.contains("cannot read it"), "{err}");
+    }
 
     #[test]
     fn locations_parse_and_bad_ones_are_named() {
