@@ -348,6 +348,17 @@ impl S3Backend {
         }
     }
 
+    /// Sends one request about the object at the repository path `path`.
+    fn send_object(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply, BackendError> {
+        self.send(method, Some(&self.full_key(path)), &[], headers, body, path)
+    }
+
     /// Sends one request, with retries; `what` names the object for messages.
     fn send(
         &self,
@@ -458,14 +469,7 @@ impl S3Backend {
 
     fn head(&self, key: &ObjectKey) -> Result<Option<Reply>, BackendError> {
         let path = key.path();
-        let r = self.send(
-            Method::Head,
-            Some(&self.full_key(&path)),
-            &[],
-            &[],
-            None,
-            &path,
-        )?;
+        let r = self.send_object(Method::Head, &path, &[], None)?;
         match r.status {
             _ if r.ok() => Ok(Some(r)),
             // HEAD answers carry no body: tell a missing bucket from a
@@ -507,14 +511,7 @@ impl S3Backend {
             Some((o, l)) => vec![("range", format!("bytes={o}-{}", o + l - 1))],
             None => vec![],
         };
-        let r = self.send(
-            Method::Get,
-            Some(&self.full_key(&path)),
-            &[],
-            &headers,
-            None,
-            &path,
-        )?;
+        let r = self.send_object(Method::Get, &path, &headers, None)?;
         match (r.status, r.code().as_str()) {
             _ if r.ok() || r.status == 416 => Ok(r),
             (404, "NoSuchKey") => Err(BackendError::NotFound { key: path }),
@@ -642,14 +639,7 @@ impl Backend for S3Backend {
     fn replace_damaged(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
         // A PUT replaces an object whole: readers see the old or the new one.
         let path = key.path();
-        let r = self.send(
-            Method::Put,
-            Some(&self.full_key(&path)),
-            &[],
-            &[],
-            Some(data),
-            &path,
-        )?;
+        let r = self.send_object(Method::Put, &path, &[], Some(data))?;
         match r.ok() {
             true => Ok(()),
             false => Err(self.unexpected(&path, "PUT", &r)),
@@ -705,14 +695,7 @@ impl Backend for S3Backend {
 
     fn delete(&self, key: &ObjectKey) -> Result<(), BackendError> {
         let path = key.path();
-        let r = self.send(
-            Method::Delete,
-            Some(&self.full_key(&path)),
-            &[],
-            &[],
-            None,
-            &path,
-        )?;
+        let r = self.send_object(Method::Delete, &path, &[], None)?;
         match r.ok() || r.code() == "NoSuchKey" {
             true => Ok(()),
             false => Err(self.unexpected(&path, "DELETE", &r)),
