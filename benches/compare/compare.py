@@ -1685,13 +1685,17 @@ def mount_vs_dump(tool: "Pvsnap", ds: str, rep: int, workdir: Path, timed: Timed
     (`dd bs=1M`) against `pvsnap dump` of the same file, both to /dev/null."""
     out = []
     env = tool.env()
-    ls = subprocess.run([tool.exe, "--repo", tool.repo_arg(), "ls", "latest", "--long"], capture_output=True,
+    ls = subprocess.run([tool.exe, "--repo", tool.repo_arg(), "ls", "latest", "--json"], capture_output=True,
                         text=True, stdin=subprocess.DEVNULL, env=with_env(**env))
-    rows = [line.split() for line in ls.stdout.splitlines() if line.startswith("file")]
+    try:
+        rows = [e for e in map(json.loads, ls.stdout.splitlines()) if e.get("type") == "file"]
+    except json.JSONDecodeError as e:
+        log(f"  pvsnap mount-vs-dump: `ls --json` printed a line that is not JSON: {e}")
+        return out
     if ls.returncode != 0 or not rows:
         log(f"  pvsnap mount-vs-dump: no file to read ({ls.stderr.strip()[-200:]})")
         return out
-    path, size = rows[0][-1], int(rows[0][4])
+    path, size = rows[0]["path"], int(rows[0]["size"])
     mnt = workdir / "mnt" / ds
     mnt.mkdir(parents=True, exist_ok=True)
     q = shlex.quote
