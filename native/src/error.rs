@@ -1,0 +1,44 @@
+//! Errors of native snapshots. Every message names the volume, snapshot or
+//! tool it is about and, where the user can act, what to do next.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tool could not be started (not installed, not on `PATH`).
+    #[error("`{tool}` could not be run: {source}; install it or put it on PATH")]
+    ToolMissing {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool ran and failed; `stderr` is what it said, trimmed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    ToolFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// A tool answered in a form this code does not understand.
+    #[error("`{command}` printed something unexpected ({detail}): {output}")]
+    Unparsed {
+        command: String,
+        detail: String,
+        output: String,
+    },
+    /// The source's storage cannot snapshot natively and it was required.
+    #[error("{path}: {reason}")]
+    NotNative { path: PathBuf, reason: String },
+    /// The storage refused for a reason that has a clear next step.
+    #[error("{what}: {detail}")]
+    Refused { what: String, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
