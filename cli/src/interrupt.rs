@@ -1,23 +1,35 @@
-//! SIGINT and SIGTERM during a snapshot. The first asks the run to stop
-//! cleanly (`pvsnap_engine::backup::Stop`): the packs in hand are stored,
-//! everything stored is indexed, post hooks run, the lock is released, and
-//! the command exits 130 (SIGINT) or 143 (SIGTERM). A second signal exits
-//! at once with its own code; what the last index checkpoint named is kept
-//! even then, and the lock left behind is stale (its pid is gone).
+//! SIGINT and SIGTERM during a snapshot or an in-place restore. The first
+//! asks the run to stop cleanly (`pvsnap_engine::stop::Stop`). A snapshot
+//! stores the packs in hand, indexes everything stored, runs its post
+//! hooks; a restore into a claim stops after the data in hand (see
+//! `pvsnap_ops::ScaleBack`). Then the lock is released and the command
+//! exits 130 (SIGINT) or 143 (SIGTERM). A second signal exits at once with
+//! its own code; what the last index checkpoint named is kept even then,
+//! and the lock left behind is stale (its pid is gone).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use pvsnap_engine::backup::Stop;
+use pvsnap_engine::stop::Stop;
 
 /// The first signal received (0: none).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// The stop the handler requests; set before the handler is installed.
 static STOP: OnceLock<Stop> = OnceLock::new();
+/// What the handler says on the first signal; set before it is installed.
+static SAYS: OnceLock<&'static [u8]> = OnceLock::new();
 
-/// Installs the handlers; returns the stop the run must honour.
-pub fn clean_stop() -> Stop {
+/// What a snapshot says when it is asked to stop.
+pub const STORING: &[u8] = b"\npvsnap: stopping: storing what was read and indexing it (press Ctrl-C again to stop at once)\n";
+/// What an in-place restore says when it is asked to stop.
+pub const RESTORING: &[u8] =
+    b"\npvsnap: stopping after the data in hand (press Ctrl-C again to stop at once)\n";
+
+/// Installs the handlers, which print `says` on the first signal; returns
+/// the stop the run must honour.
+pub fn clean_stop(says: &'static [u8]) -> Stop {
     let stop = STOP.get_or_init(Stop::default).clone();
+    SAYS.get_or_init(|| says);
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the action is zeroed plain data, then filled in; the
         // handler only touches atomics and calls write(2) and _exit(2),
@@ -57,7 +69,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
     if let Some(stop) = STOP.get() {
         stop.request();
     }
-    let msg: &[u8] = b"\npvsnap: stopping: storing what was read and indexing it (press Ctrl-C again to stop at once)\n";
+    let msg: &[u8] = SAYS.get().copied().unwrap_or(STORING);
     // SAFETY: write(2) on stderr from a valid buffer; async-signal-safe.
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
 }

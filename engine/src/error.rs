@@ -81,7 +81,7 @@ pub enum BackendError {
     #[error("{path}: not a temporary file left by an interrupted write; refusing to remove it")]
     NotALeftover { path: String },
     #[error(
-        "{key}: {op} failed: no space left on the file system holding the repository {location}. Free space there (or give the repository more room) and run the command again. What this run stored before it failed is given back by `pvsnap --repo {location} prune` once older than the grace period (24h by default), or right away by `pvsnap --repo {location} prune --grace 0` when no other pvsnap command is using the repository"
+        "{key}: {op} failed: no space left on the file system holding the repository {location}. Free space there (or give the repository more room) and run the command again. A snapshot keeps what its last index checkpoint named, and the next run stores only what is missing; packs stored after that checkpoint are given back by `pvsnap --repo {location} prune` once older than the grace period (24h by default), or right away by `pvsnap --repo {location} prune --grace 0` when no other pvsnap command is using the repository"
     )]
     NoSpace {
         key: String,
@@ -240,6 +240,13 @@ pub enum Error {
         "interrupted: kept {bytes} bytes in {packs} pack(s), indexed; no snapshot was saved, the next snapshot of this source stores only what is missing"
     )]
     Interrupted { packs: usize, bytes: u64 },
+    /// A restore stopped on request while writing data: the target holds
+    /// part of the snapshot (files written whole or in part, metadata not
+    /// yet applied); running the restore again finishes it.
+    #[error(
+        "interrupted after writing {bytes} bytes: the target holds part of the snapshot; run the same restore again to finish it"
+    )]
+    RestoreInterrupted { bytes: u64 },
     #[error("{0}")]
     Invalid(String),
 }

@@ -50,6 +50,7 @@ pub mod maintenance;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
+pub mod stop;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;

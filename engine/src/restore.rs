@@ -47,6 +47,7 @@ use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::repo::IndexedRepository;
 use crate::snapshot::Snapshot;
+use crate::stop::Stop;
 use crate::sys::dir::Dir;
 use crate::tree::filter::Excludes;
 use crate::tree::{Node, NodeKind};
@@ -85,6 +86,10 @@ pub struct RestoreOptions {
     /// Change nothing: plan, compare with the target, and report what would
     /// be done in [`RestoreSummary::preview`].
     pub dry_run: bool,
+    /// Asks the restore to stop (SIGINT, SIGTERM): the writers finish the
+    /// unit in hand and the restore returns [`Error::RestoreInterrupted`]
+    /// with the target holding part of the snapshot.
+    pub stop: Stop,
 }
 
 /// What a restore does with an entry that already exists in the target.
@@ -292,7 +297,9 @@ pub fn restore(
     progress.planned.store(true, Ordering::Release);
 
     // Phase 2: data, in units of a few MiB (see `schedule` and `writer`).
-    let written = Restorer::new(repo, &plan, &dirs, set_owner, progress).run()?;
+    let written = Restorer::new(repo, &plan, &dirs, set_owner, progress)
+        .stopped_by(opts.stop.clone())
+        .run()?;
 
     // Phase 3: hardlinks.
     summary.links = hardlinks(&dirs, &plan)?;

@@ -42,6 +42,7 @@ pub use clone::{CloneOptions, Cloned, restore_to_new_claim};
 pub use error::{Error, Result};
 pub use observe::{Observer, Quiet, Watch};
 pub use restore::{
-    InPlace, InPlaceOptions, InPlaceTarget, PRE_RESTORE_TAG, prepare_in_place, restore_in_place,
+    InPlace, InPlaceOptions, InPlaceTarget, PRE_RESTORE_TAG, ScaleBack, prepare_in_place,
+    restore_in_place,
 };
 pub use snapshot::{HostHooks, SnapshotOptions, SnapshotRun, Taken};

@@ -8,6 +8,7 @@ use pvsnap_engine::IndexedRepository;
 use pvsnap_engine::backup::{self, BackupOptions, Progress};
 use pvsnap_engine::restore::{self, RestoreOptions, RestoreProgress, RestoreSummary};
 use pvsnap_engine::snapshot::Snapshot;
+use pvsnap_engine::stop::Stop;
 use pvsnap_k8s::{ClaimRef, Cluster, ResolveOptions, ResolvedClaim, Workload};
 
 use crate::claim::{claim_key, source_of};
@@ -31,6 +32,32 @@ pub struct InPlaceTarget {
 pub struct InPlaceOptions {
     /// How long to wait for the claim's pods to stop.
     pub wait_timeout: Duration,
+    /// Asks the run to stop (SIGINT, SIGTERM). Before the restore writes,
+    /// the volume is unchanged and the workloads are scaled back; once it
+    /// writes, it stops after the data in hand and the workloads stay
+    /// scaled down ([`ScaleBack::LeftDown`]).
+    pub stop: Stop,
+}
+
+/// What became of the workloads scaled down for an in-place restore.
+#[derive(Debug)]
+pub enum ScaleBack {
+    /// Back at their replica counts from before.
+    Done,
+    /// Scaling back failed.
+    Failed(pvsnap_k8s::Error),
+    /// Left at zero on purpose: the restore was stopped while it wrote, so
+    /// the volume holds part of the snapshot, and starting the workloads
+    /// on it could harm their data. `commands` start them by hand once the
+    /// volume is whole again (the restore run again, or the safety
+    /// snapshot restored).
+    LeftDown { commands: Vec<String> },
+}
+
+impl ScaleBack {
+    pub fn is_done(&self) -> bool {
+        matches!(self, ScaleBack::Done)
+    }
 }
 
 /// What an in-place restore did. The restore and the scaling back are
@@ -43,7 +70,7 @@ pub struct InPlace {
     /// Waiting for the pods, the safety snapshot and the restore.
     pub restored: Result<RestoreSummary>,
     /// Scaling the workloads back to their counts from before.
-    pub scaled_back: Result<(), pvsnap_k8s::Error>,
+    pub scaled_back: ScaleBack,
 }
 
 /// Finds the claim's volume directory on this host and the workloads that
@@ -80,9 +107,10 @@ pub async fn prepare_in_place(
 /// Restores `snap` into the target's volume: scales its workloads to zero
 /// and waits for their pods, keeps the current content in a snapshot tagged
 /// [`PRE_RESTORE_TAG`], restores writing only chunks that differ and
-/// deleting extra entries, and scales the workloads back on every path.
-/// Fails only when scaling down fails (then nothing was changed and what
-/// was already scaled down is scaled back).
+/// deleting extra entries, and scales the workloads back on every path but
+/// one: a stop requested while the restore writes leaves them scaled down
+/// ([`ScaleBack::LeftDown`]). Fails only when scaling down fails (then
+/// nothing was changed and what was already scaled down is scaled back).
 pub async fn restore_in_place(
     repo: &mut IndexedRepository,
     cluster: &Cluster,
@@ -99,11 +127,12 @@ pub async fn restore_in_place(
         cluster
             .wait_pods_gone(&claim.namespace, &claim.name, options.wait_timeout)
             .await?;
-        let taken = safety_snapshot(repo, &target.resolved, observer)?;
+        let taken = safety_snapshot(repo, &target.resolved, &options.stop, observer)?;
         observer.kept(&taken);
         safety = Some(taken);
         let opts = RestoreOptions {
             delete_extra: true,
+            stop: options.stop.clone(),
             ..RestoreOptions::default()
         };
         let progress = Arc::new(RestoreProgress::default());
@@ -118,10 +147,25 @@ pub async fn restore_in_place(
         )?)
     }
     .await;
-    let scaled_back = down.restore_scale().await;
-    if scaled_back.is_ok() {
-        observer.scaled_back(down.originals());
-    }
+    let partly_written = matches!(
+        restored,
+        Err(Error::Engine(
+            pvsnap_engine::Error::RestoreInterrupted { .. }
+        ))
+    );
+    let scaled_back = if partly_written {
+        ScaleBack::LeftDown {
+            commands: down.manual_restore_commands(),
+        }
+    } else {
+        match down.restore_scale().await {
+            Ok(()) => {
+                observer.scaled_back(down.originals());
+                ScaleBack::Done
+            }
+            Err(e) => ScaleBack::Failed(e),
+        }
+    };
     Ok(InPlace {
         safety,
         restored,
@@ -133,6 +177,7 @@ pub async fn restore_in_place(
 fn safety_snapshot(
     repo: &mut IndexedRepository,
     resolved: &ResolvedClaim,
+    stop: &Stop,
     observer: &dyn Observer,
 ) -> Result<Snapshot> {
     let source = source_of(resolved);
@@ -142,6 +187,7 @@ fn safety_snapshot(
         parent: backup::find_parent(&existing, &source),
         source: Some(source),
         tags: vec![PRE_RESTORE_TAG.to_string()],
+        stop: stop.clone(),
         ..BackupOptions::default()
     };
     let progress = Arc::new(Progress::default());

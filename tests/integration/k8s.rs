@@ -638,6 +638,105 @@ fn a_failed_in_place_restore_still_scales_the_workload_back() {
     assert_scaled_back(&k, &err);
 }
 
+/// Ctrl-C while an in-place restore writes: it stops after the data in
+/// hand, exits 130, and leaves the workload scaled down (the volume holds
+/// part of the snapshot), printing how to finish, how to undo and how to
+/// start the workload. Running the restore again finishes it exactly.
+#[test]
+fn ctrl_c_during_an_in_place_restore_leaves_the_workload_down_and_says_how_on() {
+    use std::os::unix::fs::MetadataExt;
+
+    let k = Kube::new();
+    util::write_noise_files(&k.data(), 40, 32, 4 << 20);
+    let (code, snaps, err) = k.snapshot(&["pvc/default/data"]);
+    assert_eq!(code, 0, "{err}");
+    let id = snaps[0]["id"].as_str().unwrap().to_string();
+    let expected = util::manifest(&k.data());
+    // The workload lost its data: the restore writes all of it back.
+    fs::remove_dir_all(k.data()).unwrap();
+    fs::create_dir_all(k.data()).unwrap();
+
+    let mut child = k
+        .env
+        .cmd()
+        .args(["restore", &id, "--to-pvc", "default/data", "--yes"])
+        .arg("--kubeconfig")
+        .arg(k.fake.kubeconfig())
+        .args(["--node", NODE, "--host-root"])
+        .arg(k.host())
+        .env_remove("KUBECONFIG")
+        .env_remove("PVSNAP_NODE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pvsnap");
+    // Signalled once data is on disk (the files get their sizes up front,
+    // so allocated blocks tell that writing began).
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the restore ended ({status}) before it wrote anything the test saw");
+        }
+        let blocks: u64 = util::files_below(&k.data())
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.blocks())
+            .sum();
+        if blocks > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SAFETY: kill on the pid of our own child, which has not been reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("pvsnap: stopping after the data in hand"),
+        "{err}"
+    );
+    assert!(
+        err.contains("holds part of snapshot") && err.contains("stay scaled down"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "Finish the restore with `pvsnap restore {} --to-pvc default/data --yes`",
+            &id[..8]
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("or put back what was there with `pvsnap restore "),
+        "{err}"
+    );
+    assert!(
+        err.contains("kubectl scale -n default deployment/web --replicas=2"),
+        "{err}"
+    );
+    assert_eq!(k.replicas(Kind::Deployment, "default", "web"), 0);
+    assert_ne!(
+        util::manifest(&k.data()),
+        expected,
+        "the stop came too late"
+    );
+    let locks = k.env.repo().join("locks");
+    assert!(
+        !locks.exists() || fs::read_dir(&locks).unwrap().next().is_none(),
+        "the lock is released"
+    );
+
+    // Run again: finished exactly. The workload was at zero when it began,
+    // so it stays there until started as the first run said.
+    k.ok(&["restore", &id, "--to-pvc", "default/data", "--yes"]);
+    assert_eq!(util::manifest(&k.data()), expected);
+    assert_eq!(k.replicas(Kind::Deployment, "default", "web"), 0);
+}
+
 #[test]
 fn waiting_for_pods_gives_up_after_the_timeout_and_scales_back() {
     let (k, id) = snapshotted_data();

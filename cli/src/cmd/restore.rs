@@ -121,6 +121,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         delete_extra: a.delete,
         overwrite: a.overwrite.into(),
         dry_run: a.dry_run,
+        // Into a folder, Ctrl-C ends the restore where it is: running it
+        // again finishes it, and nothing else depends on the folder.
+        stop: Default::default(),
     };
     let summary = with_progress(cli, a, |p| {
         restore::restore(&repo, &snap, a.path.as_deref(), target, &opts, p)

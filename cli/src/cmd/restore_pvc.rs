@@ -7,7 +7,9 @@
 //! the restore can be undone; the snapshot is restored writing only chunks
 //! that differ and deleting extra entries; and the workloads are scaled
 //! back to their original replica counts on every path, failed restores
-//! included. This module asks before it starts and renders what happened.
+//! included, but one: stopped by a signal while it writes, the restore
+//! leaves them scaled down (`ScaleBack::LeftDown`). This module asks before
+//! it starts and renders what happened.
 //!
 //! Clone (the workflow is `pvsnap_ops::restore_to_new_claim`): this module
 //! checks the arguments and renders what was created.
@@ -18,7 +20,7 @@ use anyhow::{Result, bail};
 use pvsnap_engine::restore::{RestoreOptions, RestoreProgress};
 use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_k8s::Workload;
-use pvsnap_ops::{CloneOptions, InPlaceOptions, Observer, PRE_RESTORE_TAG, Watch};
+use pvsnap_ops::{CloneOptions, InPlaceOptions, Observer, PRE_RESTORE_TAG, ScaleBack, Watch};
 
 use super::restore::{Args, bars, report};
 use crate::Cli;
@@ -64,17 +66,29 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
         key: &key,
         spec,
     };
+    // Ctrl-C, SIGTERM from here on: stop cleanly (see `crate::interrupt`).
     let options = InPlaceOptions {
         wait_timeout: a.wait_timeout,
+        stop: crate::interrupt::clean_stop(crate::interrupt::RESTORING),
     };
     let done = kube
         .block_on(pvsnap_ops::restore_in_place(
             &mut repo, cluster, &snap, &target, &options, &notices,
         ))
         .map_err(super::ops_error)?;
+    if let Some(signal) = crate::interrupt::received()
+        && done.restored.is_err()
+    {
+        let code = crate::interrupt::exit_code(signal);
+        eprintln!(
+            "pvsnap: interrupted: {} (exit code {code})",
+            interrupted(&done, &snap, &key, spec)
+        );
+        return Ok(code);
+    }
     let summary = match (done.restored, done.scaled_back) {
-        (Ok(s), Ok(())) => s,
-        (Ok(s), Err(scale)) => {
+        (Ok(s), ScaleBack::Done | ScaleBack::LeftDown { .. }) => s,
+        (Ok(s), ScaleBack::Failed(scale)) => {
             report(cli, a, &snap, &key, &s, &extra_json(&done.safety))?;
             return Err(anyhow::Error::from(scale)
                 .context(format!("the restore into {key} succeeded, but")));
@@ -89,8 +103,12 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
                 None => "; the volume was not changed".to_string(),
             };
             let scale = match scale {
-                Ok(()) => String::new(),
-                Err(se) => format!("; also: {se}"),
+                ScaleBack::Done => String::new(),
+                ScaleBack::Failed(se) => format!("; also: {se}"),
+                ScaleBack::LeftDown { commands } => format!(
+                    "; its workloads were left scaled down: start them with {}",
+                    commands.join(" && ")
+                ),
             };
             return Err(
                 super::ops_error(e).context(format!("restore into {key} failed{undo}{scale}"))
@@ -98,6 +116,36 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
         }
     };
     report(cli, a, &snap, &key, &summary, &extra_json(&done.safety))
+}
+
+/// What a stopped in-place restore left, and the ways on from there.
+fn interrupted(done: &pvsnap_ops::InPlace, snap: &Snapshot, key: &str, spec: &str) -> String {
+    match &done.scaled_back {
+        ScaleBack::LeftDown { commands } => {
+            let undo = match &done.safety {
+                Some(s) => format!(
+                    ", or put back what was there with `pvsnap restore {} --to-pvc {spec} --yes`",
+                    s.short_id()
+                ),
+                None => String::new(),
+            };
+            let start = if commands.is_empty() {
+                String::new()
+            } else {
+                format!("; then start its workloads: {}", commands.join(" && "))
+            };
+            format!(
+                "the volume of {key} holds part of snapshot {id}, so its workloads stay scaled down (starting them on a half-restored volume could harm their data). Finish the restore with `pvsnap restore {id} --to-pvc {spec} --yes`{undo}{start}",
+                id = snap.short_id(),
+            )
+        }
+        ScaleBack::Done => {
+            format!("the volume of {key} was not changed; its workloads were scaled back")
+        }
+        ScaleBack::Failed(e) => format!(
+            "the volume of {key} was not changed, but scaling its workloads back failed: {e}"
+        ),
+    }
 }
 
 /// What an in-place restore says on standard error while it runs.

@@ -122,7 +122,7 @@ struct Run<'a, 'r> {
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     // Ctrl-C, SIGTERM: stop cleanly from here on (see `crate::interrupt`).
-    let stop = crate::interrupt::clean_stop();
+    let stop = crate::interrupt::clean_stop(crate::interrupt::STORING);
     let mut folders: Vec<PathBuf> = Vec::new();
     let mut claims: Vec<ClaimRef> = Vec::new();
     // A source that cannot be snapshotted is reported, and the others still

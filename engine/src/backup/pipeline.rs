@@ -6,8 +6,8 @@ use std::ffi::OsStr;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use jiff::Timestamp;
@@ -42,25 +42,13 @@ pub struct BackupOptions {
     pub stop: Stop,
 }
 
-/// A request to stop a snapshot cleanly, shared with whoever may make it
-/// (a signal handler: [`Stop::request`] only stores to an atomic). The
-/// workers notice it before the next entry or blob; [`store`] then stores
-/// the packs in hand, indexes every pack stored and returns
-/// [`Error::Interrupted`] without a snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct Stop(Arc<AtomicBool>);
+pub use crate::stop::Stop;
 
 impl Stop {
-    pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn requested(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
     /// `Err(Interrupted)` once a stop was requested (the counts are
-    /// filled in by [`store`]).
+    /// filled in by [`store`]): the workers ask before the next entry or
+    /// blob; [`store`] then stores the packs in hand, indexes every pack
+    /// stored and returns [`Error::Interrupted`] without a snapshot.
     pub(super) fn check(&self) -> Result<()> {
         if self.requested() {
             return Err(Error::Interrupted { packs: 0, bytes: 0 });

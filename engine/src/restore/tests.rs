@@ -21,13 +21,12 @@ fn snapshot(repo: &mut IndexedRepository, dir: &Path) -> Snapshot {
     testutil::backup_indexed(repo, dir, &BackupOptions::default())
 }
 
-const IN_PLACE: RestoreOptions = RestoreOptions {
-    includes: Vec::new(),
-    excludes: Vec::new(),
-    delete_extra: true,
-    overwrite: super::Overwrite::IfChanged,
-    dry_run: false,
-};
+static IN_PLACE: std::sync::LazyLock<RestoreOptions> =
+    std::sync::LazyLock::new(|| RestoreOptions {
+        delete_extra: true,
+        overwrite: super::Overwrite::IfChanged,
+        ..RestoreOptions::default()
+    });
 
 fn restore_with(
     repo: &IndexedRepository,
@@ -297,7 +296,7 @@ fn deleting_extra_entries_with_filters_stays_inside_the_selection() {
     let opts = RestoreOptions {
         includes: vec!["db".into()],
         excludes: vec!["*.tmp".into()],
-        ..IN_PLACE
+        ..IN_PLACE.clone()
     };
     let s = fx.restore(&vol, &opts);
     assert_eq!(s.deleted, 2, "db/extra and db/base/extra");
@@ -323,7 +322,7 @@ fn a_dry_run_changes_nothing_and_says_what_it_would_do() {
     let before = manifest(&vol);
     let opts = RestoreOptions {
         dry_run: true,
-        ..IN_PLACE
+        ..IN_PLACE.clone()
     };
     let s = fx.restore(&vol, &opts);
     assert_eq!(manifest(&vol), before);
@@ -461,4 +460,52 @@ fn holes_stay_holes_and_allocated_zeros_stay_allocated_through_two_round_trips()
         );
         from = to;
     }
+}
+
+/// A stop requested while data is written ends the restore with
+/// `RestoreInterrupted` before every byte is written; the same restore run
+/// again finishes it exactly.
+#[test]
+fn a_stopped_restore_says_so_and_running_it_again_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = tmp.path().join("vol");
+    fs::create_dir_all(vol.join("a/b")).unwrap();
+    for i in 0..12 {
+        fs::write(vol.join(format!("a/b/f{i}")), noise(i, 3 << 20)).unwrap();
+    }
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &vol);
+    let target = tmp.path().join("target");
+    let opts = RestoreOptions::default();
+    let progress = RestoreProgress::default();
+    let stopper = {
+        let stop = opts.stop.clone();
+        move |p: &RestoreProgress| {
+            while p.bytes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                std::thread::yield_now();
+            }
+            stop.request();
+        }
+    };
+    let out = std::thread::scope(|s| {
+        s.spawn(|| stopper(&progress));
+        restore(&repo, &snap, None, &target, &opts, &progress)
+    });
+    match out {
+        Err(crate::Error::RestoreInterrupted { bytes }) => {
+            assert!(bytes > 0 && bytes < 36 << 20, "{bytes} bytes written");
+        }
+        other => panic!("a stopped restore returned {other:?}"),
+    }
+    assert_ne!(
+        manifest(&vol),
+        manifest(&target),
+        "the stop changed nothing"
+    );
+    let again = RestoreOptions {
+        delete_extra: true,
+        ..RestoreOptions::default()
+    };
+    restore_with(&repo, &snap, &target, &again);
+    assert_eq!(manifest(&vol), manifest(&target));
 }

@@ -27,6 +27,7 @@ use crate::fsmeta;
 use crate::repo::IndexedRepository;
 use crate::repo::format::ObjectKind;
 use crate::repo::id::{ChunkId, PackId};
+use crate::stop::Stop;
 use crate::store::blob::{self, BlobEntry};
 use crate::tree::{Node, NodeKind};
 
@@ -62,6 +63,7 @@ pub(super) struct Restorer<'a> {
     pool: Arc<Mutex<Vec<UnitData>>>,
     handoff: Handoff<Job>,
     zeros: ZeroWriter,
+    stop: Stop,
 }
 
 impl<'a> Restorer<'a> {
@@ -95,7 +97,16 @@ impl<'a> Restorer<'a> {
             pool: Arc::new(Mutex::new(Vec::new())),
             handoff: Handoff::new(schedule::UNIT_BYTES),
             zeros: ZeroWriter::new(),
+            stop: Stop::default(),
         }
+    }
+
+    /// Stops the data phase when `stop` is requested: each writer ends
+    /// after its unit in hand, and [`Restorer::run`] returns
+    /// [`Error::RestoreInterrupted`].
+    pub(super) fn stopped_by(mut self, stop: Stop) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Restores every file: those without stored content (empty, or only
@@ -192,7 +203,7 @@ impl<'a> Restorer<'a> {
                 s.spawn(|| {
                     // The worker's files, kept open from one unit to the next.
                     let mut open = HashMap::new();
-                    while !stop.load(Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) && !self.stop.requested() {
                         let Some(i) = scheduler.next() else { break };
                         let r = self.run_unit(&units[i], &mut open);
                         scheduler.done(i);
@@ -206,6 +217,9 @@ impl<'a> Restorer<'a> {
         });
         match failed.into_inner().expect("failed") {
             Some(e) => Err(e),
+            None if self.stop.requested() => Err(Error::RestoreInterrupted {
+                bytes: self.written.load(Ordering::Relaxed),
+            }),
             None => Ok(()),
         }
     }
