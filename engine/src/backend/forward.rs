@@ -61,6 +61,12 @@ pub trait Forward: Send + Sync {
     fn replace_damaged(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
         self.inner().replace_damaged(key, data)
     }
+    fn parallel_puts(&self) -> usize {
+        self.inner().parallel_puts()
+    }
+    fn parallel_gets(&self) -> usize {
+        self.inner().parallel_gets()
+    }
     fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
         self.inner().leftovers()
     }
@@ -111,6 +117,12 @@ impl<T: Forward> Backend for T {
     }
     fn replace_damaged(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
         Forward::replace_damaged(self, key, data)
+    }
+    fn parallel_puts(&self) -> usize {
+        Forward::parallel_puts(self)
+    }
+    fn parallel_gets(&self) -> usize {
+        Forward::parallel_gets(self)
     }
     fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
         Forward::leftovers(self)

@@ -167,6 +167,22 @@ pub trait Backend: Send + Sync {
         self.delete(key)?;
         self.put(key, data)
     }
+    /// How many puts of packs to have in flight at a time for the best
+    /// throughput: a local disk takes one (the writer thread overlaps it
+    /// with reading; more would only compete for the same disk), a remote
+    /// store more, since each put waits mostly on the network. Each costs a
+    /// pack's worth of memory. The default is 1.
+    fn parallel_puts(&self) -> usize {
+        1
+    }
+    /// How many reads to have in flight at a time for the best throughput
+    /// when reading many ranges (restore): a local disk is served well by
+    /// one reader per core (the default, 1, means no more than that); a
+    /// remote store by as many as its connections, since each read waits
+    /// mostly on the network.
+    fn parallel_gets(&self) -> usize {
+        1
+    }
     /// Temporary objects left by interrupted writes, in no particular order.
     /// The default (a backend whose writes leave nothing behind) lists none.
     fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {

@@ -23,6 +23,10 @@ use super::{Backend, Leftover, ObjectKey, check_range};
 use crate::error::BackendError;
 use crate::repo::format::ObjectKind;
 
+/// The most pack puts in flight at once, whatever `--connections` allows:
+/// each holds a whole pack in memory.
+const MAX_PARALLEL_PUTS: usize = 4;
+
 /// Requests at a time when `--connections` is not given.
 pub const DEFAULT_CONNECTIONS: usize = 8;
 /// Attempts per request before a fault is reported.
@@ -223,6 +227,8 @@ pub struct S3Backend {
     bucket: Bucket,
     auth: S3Auth,
     agent: ureq::Agent,
+    /// The most requests at a time (`--connections`).
+    connections: usize,
     gate: Gate,
     /// Set once the bucket answered a listing: a 404 of HEAD then means a
     /// missing object without asking again.
@@ -293,6 +299,7 @@ impl S3Backend {
             bucket,
             auth,
             agent,
+            connections,
             gate: Gate {
                 free: Mutex::new(connections),
                 cv: Condvar::new(),
@@ -618,6 +625,17 @@ const UPLOAD_MARK: &str = "?uploadId=";
 impl Backend for S3Backend {
     fn location(&self) -> String {
         self.location.display()
+    }
+
+    /// Up to 4 packs in flight (64 MiB of 16 MiB packs), within
+    /// `--connections`: a put waits mostly on the network.
+    fn parallel_puts(&self) -> usize {
+        self.connections.min(MAX_PARALLEL_PUTS)
+    }
+
+    /// As many reads as `--connections`: restore keeps them all busy.
+    fn parallel_gets(&self) -> usize {
+        self.connections
     }
 
     fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {

@@ -509,3 +509,57 @@ fn a_stopped_restore_says_so_and_running_it_again_finishes_it() {
     restore_with(&repo, &snap, &target, &again);
     assert_eq!(manifest(&vol), manifest(&target));
 }
+
+/// Reads that take a while, as over a network, counting how many are in
+/// flight at once.
+struct SlowGets {
+    inner: std::sync::Arc<dyn crate::backend::Backend>,
+    parallel: usize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::backend::Forward for SlowGets {
+    fn inner(&self) -> &dyn crate::backend::Backend {
+        &*self.inner
+    }
+    fn parallel_gets(&self) -> usize {
+        self.parallel
+    }
+    fn get_range_into(
+        &self,
+        key: &crate::backend::ObjectKey,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), crate::error::BackendError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        self.in_flight.fetch_sub(1, SeqCst);
+        self.inner.get_range_into(key, offset, len, buf)
+    }
+}
+
+/// A remote repository is read with as many ranges in flight as it takes
+/// (its connections), not one per core.
+#[test]
+fn a_restore_keeps_as_many_reads_in_flight_as_the_backend_takes() {
+    let (mem, _) = testutil::mem_repo(false);
+    let slow = std::sync::Arc::new(SlowGets {
+        inner: mem,
+        parallel: 6,
+        in_flight: Default::default(),
+        most: Default::default(),
+    });
+    let repo = testutil::reopen(slow.clone());
+    let src = tempfile::tempdir().unwrap();
+    let files = testutil::files(5, 16, 96 * 1024);
+    testutil::write_tree(src.path(), &files);
+    let snap = testutil::snapshot(&repo, src.path(), "/src", "2026-12-04T12:00:00Z");
+    let (restored, damaged) = testutil::restore_files(&repo, &snap);
+    assert!(damaged.is_empty(), "{damaged:?}");
+    assert_eq!(restored, files);
+    assert_eq!(slow.most.load(std::sync::atomic::Ordering::SeqCst), 6);
+}

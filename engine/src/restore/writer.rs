@@ -197,7 +197,11 @@ impl<'a> Restorer<'a> {
         let scheduler = schedule::Scheduler::new(&units);
         let failed: Mutex<Option<Error>> = Mutex::new(None);
         let stop = AtomicBool::new(false);
-        let workers = rayon::current_num_threads().clamp(1, units.len().max(1));
+        // One worker per core, or per connection to a remote repository:
+        // a worker there waits mostly on the network.
+        let workers = rayon::current_num_threads()
+            .max(self.repo.backend().parallel_gets())
+            .clamp(1, units.len().max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {

@@ -7,7 +7,9 @@
 //! another pack). The caller that fills a pack finishes it (trailer, hash)
 //! and stores it, or, inside [`Packer::with_writer`], hands it over a
 //! rendezvous channel to a writer thread, so the caller goes on while the
-//! pack is written and fsynced. [`Packer::finish`] returns every pack
+//! pack is written and fsynced. There are as many writer threads as the
+//! backend takes puts at a time ([`crate::backend::Backend::parallel_puts`]: one for a local
+//! disk, several for object storage). [`Packer::finish`] returns every pack
 //! stored; [`write_index`] writes index files describing packs.
 //!
 //! No pack buffer is allocated per pack once the first packs are written:
@@ -36,7 +38,8 @@ use crate::store::index::IndexFile;
 use crate::store::pack::{FinishedPack, PackBuilder};
 
 /// Pack buffers kept for reuse: with one pack being filled, one handed over
-/// and one being written, two spares cover the steady state.
+/// and one being written, two spares cover the steady state; one more for
+/// each further writer thread.
 const SPARE_PACKS: usize = 2;
 
 /// Packs with their entries, as written to an index file.
@@ -107,8 +110,10 @@ pub struct Packer<'a> {
     /// Pack buffers of stored packs, for the next packs: every pack reuses
     /// memory that is already mapped instead of faulting in 16 fresh MiB.
     spare: Mutex<Vec<Vec<u8>>>,
-    /// Finished packs on their way to the writer thread, while one runs.
+    /// Finished packs on their way to the writer threads, while they run.
     writer: Mutex<Option<SyncSender<FinishedPack>>>,
+    /// Writer threads [`Packer::with_writer`] starts.
+    writers: usize,
     writer_error: Mutex<Option<Error>>,
     stored: Mutex<PackList>,
     bytes: AtomicU64,
@@ -133,6 +138,7 @@ impl<'a> Packer<'a> {
             ],
             spare: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
+            writers: repo.backend().parallel_puts().max(1),
             writer_error: Mutex::new(None),
             stored: Mutex::new(Vec::new()),
             bytes: AtomicU64::new(0),
@@ -282,7 +288,7 @@ impl<'a> Packer<'a> {
             .push((fp.id, fp.entries));
         {
             let mut spare = self.spare.lock().expect("spare packs");
-            if spare.len() < SPARE_PACKS {
+            if spare.len() < SPARE_PACKS + self.writers - 1 {
                 spare.push(fp.bytes);
             }
         }
@@ -330,22 +336,28 @@ impl<'a> Packer<'a> {
         Ok(())
     }
 
-    /// Runs `work` while packs are stored by a writer thread of their own,
-    /// so the threads adding blobs keep going while a pack is written and
-    /// fsynced; then stores what is pending. A full pack waits in the thread
-    /// that filled it until the writer takes it (a rendezvous channel), so
-    /// at most three packs of a kind exist at a time (filling, handed over,
-    /// being written). A queue of one more saved no time and cost 16 MiB.
-    /// After a failed store the writer keeps draining (so no one blocks) and
-    /// the error is returned.
+    /// Runs `work` while packs are stored by writer threads of their own
+    /// (as many as the backend takes puts at a time), so the threads adding
+    /// blobs keep going while a pack is written and fsynced; then stores
+    /// what is pending. A full pack waits in the thread that filled it until
+    /// a writer takes it (a rendezvous channel), so at most two packs of a
+    /// kind plus one per writer exist at a time (filling, handed over, being
+    /// written). A queue of one more saved no time and cost 16 MiB. After a
+    /// failed store the writers keep draining without storing (so no one
+    /// blocks) and the error is returned.
     pub fn with_writer<R>(&self, work: impl FnOnce() -> Result<R>) -> Result<R> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<FinishedPack>(0);
+        let rx = Mutex::new(rx);
         *self.writer.lock().expect("pack writer") = Some(tx);
         let r = std::thread::scope(|scope| {
-            let writer = scope.spawn(|| self.write_packs(rx));
+            let writers: Vec<_> = (0..self.writers)
+                .map(|_| scope.spawn(|| self.write_packs(&rx)))
+                .collect();
             let r = work().and_then(|r| self.flush().map(|()| r));
             self.writer.lock().expect("pack writer").take(); // closes the channel
-            writer.join().expect("the pack writer does not panic");
+            for w in writers {
+                w.join().expect("a pack writer does not panic");
+            }
             r
         })?;
         if let Some(e) = self.writer_error.lock().expect("pack writer error").take() {
@@ -354,16 +366,26 @@ impl<'a> Packer<'a> {
         Ok(r)
     }
 
-    /// The writer thread: stores each pack it is handed.
-    fn write_packs(&self, rx: Receiver<FinishedPack>) {
-        let mut failed = false;
-        for fp in rx {
-            if failed {
+    /// A writer thread: stores each pack it is handed until the channel
+    /// closes; after any writer's failure, only drains.
+    fn write_packs(&self, rx: &Mutex<Receiver<FinishedPack>>) {
+        loop {
+            // The lock is held only to take the next pack, not to store it.
+            let next = rx.lock().expect("pack channel").recv();
+            let Ok(fp) = next else { return };
+            if self
+                .writer_error
+                .lock()
+                .expect("pack writer error")
+                .is_some()
+            {
                 continue;
             }
             if let Err(e) = self.store(fp) {
-                failed = true;
-                *self.writer_error.lock().expect("pack writer error") = Some(e);
+                self.writer_error
+                    .lock()
+                    .expect("pack writer error")
+                    .get_or_insert(e);
             }
         }
     }
@@ -463,4 +485,105 @@ fn split_for_index(packs: &[(PackId, Vec<BlobEntry>)]) -> Vec<&[(PackId, Vec<Blo
         parts.push(&packs[start..]);
     }
     parts
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use crate::backend::{Backend, Forward, ObjectKey};
+    use crate::backup::{self, BackupOptions, Progress};
+    use crate::error::BackendError;
+    use crate::repo::format::ObjectKind;
+    use crate::testutil;
+
+    /// Puts that take a while, as over a network, counting how many are in
+    /// flight at once; optionally failing the pack puts after some.
+    struct SlowPuts {
+        inner: Arc<dyn Backend>,
+        parallel: usize,
+        in_flight: AtomicUsize,
+        most: AtomicUsize,
+        packs_put: AtomicUsize,
+        fail_after: Option<usize>,
+    }
+
+    impl Forward for SlowPuts {
+        fn inner(&self) -> &dyn Backend {
+            &*self.inner
+        }
+        fn parallel_puts(&self) -> usize {
+            self.parallel
+        }
+        fn put(&self, key: &ObjectKey, data: &[u8]) -> Result<(), BackendError> {
+            if key.kind != ObjectKind::Pack {
+                return self.inner.put(key, data);
+            }
+            let n = self.packs_put.fetch_add(1, Ordering::SeqCst);
+            if self.fail_after.is_some_and(|f| n >= f) {
+                return Err(BackendError::Injected(format!("put {key}")));
+            }
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(40));
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.inner.put(key, data)
+        }
+    }
+
+    fn run(parallel: usize, fail_after: Option<usize>) -> (Arc<SlowPuts>, crate::Result<()>) {
+        let (mem, _) = testutil::mem_repo(false);
+        let slow = Arc::new(SlowPuts {
+            inner: mem,
+            parallel,
+            in_flight: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            packs_put: AtomicUsize::new(0),
+            fail_after,
+        });
+        let repo = testutil::reopen(slow.clone());
+        let mut indexed = repo.clone().load_index().expect("index");
+        let src = tempfile::tempdir().unwrap();
+        let files = testutil::files(11, 24, 64 * 1024);
+        testutil::write_tree(src.path(), &files);
+        let out = backup::backup(
+            &mut indexed,
+            src.path(),
+            &BackupOptions::default(),
+            &Progress::default(),
+        );
+        let out = out.map(|o| {
+            let (restored, damaged) = testutil::restore_files(&repo, &o.snapshot);
+            assert!(damaged.is_empty(), "{damaged:?}");
+            assert_eq!(restored, files);
+        });
+        (slow, out)
+    }
+
+    #[test]
+    fn packs_are_put_as_many_at_a_time_as_the_backend_takes() {
+        let (one, r) = run(1, None);
+        r.expect("backup");
+        assert_eq!(one.most.load(Ordering::SeqCst), 1);
+        let (four, r) = run(4, None);
+        r.expect("backup");
+        assert!(
+            four.packs_put.load(Ordering::SeqCst) >= 12,
+            "too few packs to tell"
+        );
+        assert_eq!(
+            four.most.load(Ordering::SeqCst),
+            4,
+            "puts in flight at once"
+        );
+    }
+
+    #[test]
+    fn a_failed_put_among_parallel_ones_fails_the_snapshot_without_a_hang() {
+        let (_, r) = run(4, Some(5));
+        let e = r.expect_err("a put failed");
+        assert!(e.to_string().contains("put"), "{e}");
+    }
 }
