@@ -112,6 +112,8 @@ pub enum Command {
     Find(cmd::find::Args),
     /// Add, remove or set the tags of snapshots
     Tag(cmd::tag::Args),
+    /// Restore drill: restore a snapshot into a scratch folder, check every file, report the recovery time
+    Drill(cmd::drill::Args),
 }
 
 fn main() -> ExitCode {
@@ -192,6 +194,7 @@ fn main() -> ExitCode {
         Command::Man(a) => cmd::about::run_man(a),
         Command::Find(a) => cmd::find::run(&cli, a),
         Command::Tag(a) => cmd::tag::run(&cli, a),
+        Command::Drill(a) => cmd::drill::run(&cli, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

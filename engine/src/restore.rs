@@ -64,6 +64,7 @@ mod plan;
 mod schedule;
 #[cfg(test)]
 mod tests;
+pub mod verify;
 mod writer;
 mod zeros;
 

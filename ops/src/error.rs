@@ -68,6 +68,9 @@ pub enum Error {
         #[source]
         source: Box<pvsnap_k8s::Error>,
     },
+    /// A restore drill could not be set up (its folder, its snapshot).
+    #[error("drill: {0}")]
+    Drill(String),
     /// The snapshot of the current content before an in-place restore failed.
     #[error("cannot take the safety snapshot of {} before restoring", .dir.display())]
     SafetySnapshot {

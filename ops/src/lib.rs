@@ -18,6 +18,9 @@
 //! * [`restore_to_new_claim`]: a snapshot restored into a new folder of the
 //!   node's storage folder, then a volume pinned to the node and a claim
 //!   bound to it are created.
+//! * [`drill`]: a restore drill: a snapshot restored into a scratch folder,
+//!   every file checked against the snapshot, a command run on the copy,
+//!   the recovery time reported, the copy removed.
 //!
 //! Workflows take plain inputs (an indexed repository, a cluster client,
 //! options) and return reports; they print nothing and decide no exit code.
@@ -32,6 +35,7 @@
 
 mod claim;
 mod clone;
+mod drill;
 mod error;
 mod observe;
 mod restore;
@@ -39,6 +43,7 @@ mod snapshot;
 
 pub use claim::{claim_key, source_of};
 pub use clone::{CloneOptions, Cloned, restore_to_new_claim};
+pub use drill::{CommandOutcome, DrillOptions, DrillReport, drill};
 pub use error::{Error, Result};
 pub use observe::{Observer, Quiet, Watch};
 pub use restore::{

@@ -9,6 +9,7 @@ mod corruption;
 mod damage;
 mod deploy;
 mod diskfull;
+mod drill;
 mod extras;
 mod first_use;
 mod fixture;

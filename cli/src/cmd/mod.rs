@@ -2,6 +2,7 @@
 
 pub mod about;
 pub mod copy;
+pub mod drill;
 pub mod find;
 pub mod init;
 pub mod inspect;
