@@ -15,7 +15,13 @@
 //!
 //! # Inodes
 //! Inode numbers are handed out on first sight (lookup or listing) and never
-//! reused or forgotten while mounted; [`ROOT`] is 1. An inode is keyed by its
+//! reused while mounted; [`ROOT`] is 1. Each inode counts the references the
+//! kernel holds: one per [`Vfs::lookup`] and per entry taken by
+//! [`Vfs::readdir_plus`], given back by [`Vfs::forget`]; at zero the inode is
+//! dropped (a later lookup of the same name gets a new number), so browsing
+//! a million files holds only what the kernel still caches. Inodes made by a
+//! plain listing, which the kernel does not count, are swept once they
+//! outnumber a bound ([`VfsOptions::idle_inodes`], [`SWEEP_AT`] by default). An inode is keyed by its
 //! parent inode and name, so a snapshot reached through `snapshots/` and through
 //! `sources/` is two distinct trees of inodes (a folder must not have two
 //! parents). Within one such tree, non-folder nodes with a link count above one
@@ -38,6 +44,7 @@ mod file;
 pub mod layout;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +79,9 @@ pub struct VfsOptions {
     pub tree_cache_bytes: usize,
     /// How often, at most, the snapshot list is checked for changes.
     pub refresh_every: Duration,
+    /// Inodes the kernel holds no reference to (made by plain listings)
+    /// are swept when the table has grown by this many since the last sweep.
+    pub idle_inodes: usize,
     /// Owner of the layout's folders and links.
     pub uid: u32,
     pub gid: u32,
@@ -88,6 +98,7 @@ impl Default for VfsOptions {
             readahead_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tree_cache_bytes: 32 << 20,
             refresh_every: Duration::from_secs(3),
+            idle_inodes: SWEEP_AT,
             uid: crate::sys::host::euid(),
             gid: crate::sys::host::egid(),
             time_zone: TimeZone::system(),
@@ -199,15 +210,87 @@ enum What {
 struct Inode {
     parent: u64,
     what: What,
+    /// References the kernel holds (lookups not yet forgotten). Raised
+    /// under the table's read lock, checked for zero under its write lock.
+    lookups: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Default)]
+/// An inode in the table, with the keys that lead to it (to drop them with it).
+struct Slot {
+    inode: Arc<Inode>,
+    names: Vec<(u64, Vec<u8>)>,
+    link: Option<(u64, u64, u64)>,
+}
+
+/// The default of [`VfsOptions::idle_inodes`].
+pub const SWEEP_AT: usize = 65_536;
+
 struct Table {
-    /// Inode `n` is `inodes[n - 1]`.
-    inodes: Vec<Arc<Inode>>,
+    inodes: HashMap<u64, Slot>,
+    /// The next inode number: numbers are never reused.
+    next: u64,
+    /// The table's size that triggers the next sweep.
+    sweep_at: usize,
+    /// [`VfsOptions::idle_inodes`].
+    idle: usize,
     names: HashMap<(u64, Vec<u8>), u64>,
     /// (view, device, inode) of multiply linked nodes.
     links: HashMap<(u64, u64, u64), u64>,
+}
+
+impl Table {
+    fn new(root: Inode, idle: usize) -> Table {
+        let mut inodes = HashMap::new();
+        inodes.insert(
+            ROOT,
+            Slot {
+                inode: Arc::new(root),
+                names: vec![],
+                link: None,
+            },
+        );
+        Table {
+            inodes,
+            next: ROOT + 1,
+            sweep_at: idle.max(1),
+            idle: idle.max(1),
+            names: HashMap::new(),
+            links: HashMap::new(),
+        }
+    }
+
+    /// Drops inode `ino` and the names and link that lead to it.
+    fn drop_inode(&mut self, ino: u64) {
+        if ino == ROOT {
+            return;
+        }
+        if let Some(slot) = self.inodes.remove(&ino) {
+            for key in slot.names {
+                if self.names.get(&key) == Some(&ino) {
+                    self.names.remove(&key);
+                }
+            }
+            if let Some(l) = slot.link
+                && self.links.get(&l) == Some(&ino)
+            {
+                self.links.remove(&l);
+            }
+        }
+    }
+
+    /// Drops every inode the kernel holds no reference to.
+    fn sweep(&mut self) {
+        let idle: Vec<u64> = self
+            .inodes
+            .iter()
+            .filter(|(ino, s)| **ino != ROOT && s.inode.lookups.load(Ordering::Relaxed) == 0)
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in idle {
+            self.drop_inode(ino);
+        }
+        self.sweep_at = self.inodes.len() + self.idle;
+    }
 }
 
 /// The repository and snapshots as of the last refresh.
@@ -251,11 +334,13 @@ impl Vfs {
                         node: s.root.clone(),
                         file: None,
                     },
+                    lookups: Default::default(),
                 }
             }
             None => Inode {
                 parent: ROOT,
                 what: What::Layout(vec![]),
+                lookups: Default::default(),
             },
         };
         let (ids, snaps) = match &opts.snapshot {
@@ -275,10 +360,7 @@ impl Vfs {
                 snaps,
                 layout,
             })),
-            table: RwLock::new(Table {
-                inodes: vec![Arc::new(root)],
-                ..Default::default()
-            }),
+            table: RwLock::new(Table::new(root, opts.idle_inodes)),
             trees: Mutex::new(Lru::new(opts.tree_cache_bytes)),
             chunks: Arc::new(ChunkCache::new(opts.cache_bytes)),
             loader: Loader::new(opts.readahead_threads),
@@ -294,9 +376,23 @@ impl Vfs {
         self.state().snaps.len()
     }
 
-    /// How many inodes have been handed out.
+    /// How many inodes are held now (the root included).
     pub fn inode_count(&self) -> usize {
         self.table.read().expect("inode table").inodes.len()
+    }
+
+    /// The kernel gives back `n` references to `ino` (FUSE forget); at zero
+    /// the inode is dropped. Unknown inodes are ignored.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut t = self.table.write().expect("inode table");
+        let Some(slot) = t.inodes.get(&ino) else {
+            return;
+        };
+        let left = slot.inode.lookups.load(Ordering::Relaxed).saturating_sub(n);
+        slot.inode.lookups.store(left, Ordering::Relaxed);
+        if left == 0 {
+            t.drop_inode(ino);
+        }
     }
 
     fn state(&self) -> Arc<State> {
@@ -305,10 +401,9 @@ impl Vfs {
 
     fn inode(&self, ino: u64) -> VfsResult<Arc<Inode>> {
         let t = self.table.read().expect("inode table");
-        let i = ino.checked_sub(1).ok_or(VfsError::UnknownInode(ino))?;
         t.inodes
-            .get(i as usize)
-            .cloned()
+            .get(&ino)
+            .map(|s| s.inode.clone())
             .ok_or(VfsError::UnknownInode(ino))
     }
 
@@ -377,6 +472,8 @@ impl Vfs {
 
     /// The inode for `name` in `parent`, made by `make(ino)` when new or when
     /// the known one no longer `fits`. `link` is the hardlink key, if any.
+    /// `counted`: the kernel takes a reference to it (a lookup), raised here
+    /// under the table's lock so that no sweep drops it in between.
     fn intern(
         &self,
         parent: u64,
@@ -384,34 +481,56 @@ impl Vfs {
         make: impl FnOnce(u64) -> What,
         fits: impl Fn(&What) -> bool,
         link: Option<(u64, u64, u64)>,
+        counted: bool,
     ) -> (u64, Arc<Inode>) {
         let key = (parent, name.to_vec());
+        let count = |inode: &Arc<Inode>| {
+            if counted {
+                inode.lookups.fetch_add(1, Ordering::Relaxed);
+            }
+            inode.clone()
+        };
         {
             let t = self.table.read().expect("inode table");
-            if let Some(&ino) = t.names.get(&key) {
-                let inode = &t.inodes[ino as usize - 1];
-                if fits(&inode.what) {
-                    return (ino, inode.clone());
-                }
+            if let Some(slot) = t.names.get(&key).and_then(|ino| t.inodes.get(ino))
+                && fits(&slot.inode.what)
+            {
+                return (t.names[&key], count(&slot.inode));
             }
         }
         let mut t = self.table.write().expect("inode table");
-        if let Some(&ino) = t.names.get(&key) {
-            let inode = &t.inodes[ino as usize - 1];
-            if fits(&inode.what) {
-                return (ino, inode.clone());
-            }
+        if let Some(&ino) = t.names.get(&key)
+            && let Some(slot) = t.inodes.get(&ino)
+            && fits(&slot.inode.what)
+        {
+            return (ino, count(&slot.inode));
         }
-        if let Some(&ino) = link.as_ref().and_then(|l| t.links.get(l)) {
-            t.names.insert(key, ino);
-            return (ino, t.inodes[ino as usize - 1].clone());
+        if let Some(&ino) = link.as_ref().and_then(|l| t.links.get(l))
+            && t.inodes.contains_key(&ino)
+        {
+            t.names.insert(key.clone(), ino);
+            let slot = t.inodes.get_mut(&ino).expect("linked inode");
+            slot.names.push(key);
+            return (ino, count(&slot.inode));
         }
-        let ino = t.inodes.len() as u64 + 1;
+        if t.inodes.len() >= t.sweep_at {
+            t.sweep();
+        }
+        let ino = t.next;
+        t.next += 1;
         let inode = Arc::new(Inode {
             parent,
             what: make(ino),
+            lookups: std::sync::atomic::AtomicU64::new(u64::from(counted)),
         });
-        t.inodes.push(inode.clone());
+        t.inodes.insert(
+            ino,
+            Slot {
+                inode: inode.clone(),
+                names: vec![key.clone()],
+                link,
+            },
+        );
         t.names.insert(key, ino);
         if let Some(l) = link {
             t.links.insert(l, ino);
@@ -425,6 +544,7 @@ impl Vfs {
         path: &[Vec<u8>],
         name: &[u8],
         node: &VNode,
+        counted: bool,
     ) -> (u64, Arc<Inode>) {
         match node {
             VNode::Snapshot(s) => self.intern(
@@ -438,6 +558,7 @@ impl Vfs {
                 },
                 |w| matches!(w, What::Node { snapshot, .. } if *snapshot == s.id),
                 None,
+                counted,
             ),
             _ => self.intern(
                 parent,
@@ -449,6 +570,7 @@ impl Vfs {
                 },
                 |w| matches!(w, What::Layout(_)),
                 None,
+                counted,
             ),
         }
     }
@@ -459,6 +581,7 @@ impl Vfs {
         view: u64,
         snapshot: SnapshotId,
         node: &Node,
+        counted: bool,
     ) -> (u64, Arc<Inode>) {
         let link = (!node.is_dir() && node.links > 1).then_some((view, node.device, node.inode));
         self.intern(
@@ -479,6 +602,7 @@ impl Vfs {
             },
             |_| true,
             link,
+            counted,
         )
     }
 
@@ -565,8 +689,9 @@ impl Vfs {
                 let state = self.state();
                 let dir = layout_dir(&state.layout, path, parent)?;
                 let child = dir.entries.get(name).ok_or(VfsError::NotFound)?;
-                let (ino, inode) = self.layout_child(parent, path, name, child);
+                let (ino, inode) = self.layout_child(parent, path, name, child, true);
                 self.attr_of(ino, &inode, &state)
+                    .inspect_err(|_| untake(&inode, true))
             }
             What::Node {
                 view,
@@ -580,8 +705,9 @@ impl Vfs {
                 let state = self.state();
                 let tree = self.tree(&state.repo, subtree)?;
                 let child = tree.find(name).ok_or(VfsError::NotFound)?;
-                let (ino, inode) = self.node_child(parent, *view, *snapshot, child);
+                let (ino, inode) = self.node_child(parent, *view, *snapshot, child, true);
                 self.attr_of(ino, &inode, &state)
+                    .inspect_err(|_| untake(&inode, true))
             }
         }
     }
@@ -593,6 +719,28 @@ impl Vfs {
         &self,
         ino: u64,
         offset: u64,
+        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> VfsResult<()> {
+        self.list(ino, offset, false, add)
+    }
+
+    /// [`Vfs::readdir`] for a listing that hands the kernel each entry's
+    /// attributes (FUSE readdirplus): every entry taken but `.` and `..` is
+    /// a reference the kernel gives back with [`Vfs::forget`].
+    pub fn readdir_plus(
+        &self,
+        ino: u64,
+        offset: u64,
+        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> VfsResult<()> {
+        self.list(ino, offset, true, add)
+    }
+
+    fn list(
+        &self,
+        ino: u64,
+        offset: u64,
+        plus: bool,
         add: &mut dyn FnMut(DirEntry<'_>) -> bool,
     ) -> VfsResult<()> {
         let inode = self.inode(ino)?;
@@ -614,8 +762,12 @@ impl Vfs {
             return Ok(());
         }
         if offset <= 1 {
-            let parent = self.inode(inode.parent)?;
-            let attr = self.attr_of(inode.parent, &parent, &state)?;
+            // The kernel holds the parent of a folder it lists; should it be
+            // gone anyway, `..` shows the folder itself rather than fail.
+            let attr = match self.inode(inode.parent) {
+                Ok(parent) => self.attr_of(inode.parent, &parent, &state)?,
+                Err(_) => own,
+            };
             if add(DirEntry {
                 name: b"..",
                 attr,
@@ -629,13 +781,16 @@ impl Vfs {
             What::Layout(path) => {
                 let dir = layout_dir(&state.layout, path, ino)?;
                 for (i, (name, child)) in dir.entries.iter().enumerate().skip(skip) {
-                    let (cino, cinode) = self.layout_child(ino, path, name, child);
-                    let attr = self.attr_of(cino, &cinode, &state)?;
+                    let (cino, cinode) = self.layout_child(ino, path, name, child, plus);
+                    let attr = self
+                        .attr_of(cino, &cinode, &state)
+                        .inspect_err(|_| untake(&cinode, plus))?;
                     if add(DirEntry {
                         name,
                         attr,
                         next_offset: i as u64 + 3,
                     }) {
+                        untake(&cinode, plus);
                         break;
                     }
                 }
@@ -651,13 +806,16 @@ impl Vfs {
                 };
                 let tree = self.tree(&state.repo, subtree)?;
                 for (i, child) in tree.nodes.iter().enumerate().skip(skip) {
-                    let (cino, cinode) = self.node_child(ino, *view, *snapshot, child);
-                    let attr = self.attr_of(cino, &cinode, &state)?;
+                    let (cino, cinode) = self.node_child(ino, *view, *snapshot, child, plus);
+                    let attr = self
+                        .attr_of(cino, &cinode, &state)
+                        .inspect_err(|_| untake(&cinode, plus))?;
                     if add(DirEntry {
                         name: &child.name,
                         attr,
                         next_offset: i as u64 + 3,
                     }) {
+                        untake(&cinode, plus);
                         break;
                     }
                 }
@@ -749,3 +907,11 @@ fn node_attr(ino: u64, node: &Node, file: Option<&FileMap>) -> Attr {
 
 #[cfg(test)]
 mod tests;
+
+/// Gives back the reference a listing counted for an entry it could not
+/// hand over (the kernel's buffer was full).
+fn untake(inode: &Inode, counted: bool) {
+    if counted {
+        inode.lookups.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -65,6 +65,11 @@ impl Filesystem for PvsnapFs {
         }
     }
 
+    /// The kernel drops its references (batch forgets come here one by one).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.vfs.getattr(ino.0) {
             Ok(a) => reply.attr(ttl(&a), &file_attr(&a)),
@@ -202,7 +207,7 @@ impl Filesystem for PvsnapFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let r = self.vfs.readdir(ino.0, offset, &mut |e| {
+        let r = self.vfs.readdir_plus(ino.0, offset, &mut |e| {
             reply.add(
                 INodeNo(e.attr.ino),
                 e.next_offset,

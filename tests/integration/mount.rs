@@ -521,3 +521,67 @@ fn bad_mountpoints_are_refused_clearly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Inodes of the files in `dir` as the mount's statfs counts them (the
+/// filesystem reports the inodes it holds as its total).
+fn inodes_held(dir: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%c"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The kernel forgets inodes when it drops its caches; the mount then lets
+/// them go, so browsing a large snapshot holds only what the kernel holds,
+/// and a file looked up again reads the same.
+#[test]
+fn the_mount_lets_go_of_inodes_the_kernel_forgets() {
+    if !fuse_or_skip("the_mount_lets_go_of_inodes_the_kernel_forgets") {
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    for d in 0..20 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..500 {
+            fs::write(dir.join(format!("f{f:03}")), format!("{d} {f}")).unwrap();
+        }
+    }
+    env.snapshot(&src, &[]);
+    let m = Mounted::start(&env, "mnt", &["--snapshot", "latest"]);
+    let before = inodes_held(&m.dir);
+    let found = Command::new("find")
+        .arg(&m.dir)
+        .arg("-type")
+        .arg("f")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).lines().count(),
+        10_000
+    );
+    let browsed = inodes_held(&m.dir);
+    assert!(
+        browsed >= 10_000,
+        "find looked up every file: {before} → {browsed}"
+    );
+    // Dentries and inodes out of the kernel's caches: it sends forgets.
+    let mut after = browsed;
+    for _ in 0..50 {
+        fs::write("/proc/sys/vm/drop_caches", "2\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        after = inodes_held(&m.dir);
+        if after < 1_000 {
+            break;
+        }
+    }
+    assert!(
+        after < 1_000,
+        "the mount still holds {after} of {browsed} inodes"
+    );
+    assert_eq!(fs::read_to_string(m.dir.join("d07/f123")).unwrap(), "7 123");
+}

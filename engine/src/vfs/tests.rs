@@ -343,3 +343,123 @@ fn one_snapshot_at_the_root() {
     .unwrap();
     assert_eq!(rest, [b"f".to_vec()]);
 }
+
+/// A folder of `n` files `f0000`…, two of them hardlinked (`l1`, `l2`).
+fn many_files(n: usize) -> (tempfile::TempDir, IndexedRepository, Snapshot) {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("d")).unwrap();
+    for i in 0..n {
+        std::fs::write(src.path().join(format!("d/f{i:04}")), format!("file {i}")).unwrap();
+    }
+    std::fs::write(src.path().join("l1"), b"linked").unwrap();
+    std::fs::hard_link(src.path().join("l1"), src.path().join("l2")).unwrap();
+    let mut r = repo();
+    let snap = backup(&mut r, src.path(), 1_000);
+    (src, r, snap)
+}
+
+#[test]
+fn forgotten_inodes_are_dropped_and_a_new_lookup_gets_a_new_number() {
+    let (_src, r, snap) = many_files(3);
+    let vfs = Vfs::new(
+        r,
+        VfsOptions {
+            snapshot: Some(snap),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(vfs.inode_count(), 1);
+    let d = vfs.lookup(ROOT, b"d").unwrap();
+    let f = vfs.lookup(d.ino, b"f0001").unwrap();
+    assert_eq!(vfs.lookup(d.ino, b"f0001").unwrap().ino, f.ino);
+    vfs.forget(f.ino, 1);
+    assert!(vfs.getattr(f.ino).is_ok(), "one reference is left");
+    vfs.forget(f.ino, 1);
+    assert!(matches!(vfs.getattr(f.ino), Err(VfsError::UnknownInode(_))));
+    let again = vfs.lookup(d.ino, b"f0001").unwrap();
+    assert!(again.ino > f.ino, "numbers are never reused");
+    assert_eq!(&vfs.read(again.ino, 0, 100).unwrap()[..], b"file 1");
+    vfs.forget(again.ino, 1);
+    vfs.forget(d.ino, 1);
+    vfs.forget(ROOT, 5);
+    vfs.forget(12345, 1);
+    assert_eq!(vfs.inode_count(), 1, "only the root is left, and it stays");
+    assert!(vfs.getattr(ROOT).is_ok());
+
+    // Hardlinks: one inode under two names, dropped with both names.
+    let l1 = vfs.lookup(ROOT, b"l1").unwrap();
+    let l2 = vfs.lookup(ROOT, b"l2").unwrap();
+    assert_eq!(l1.ino, l2.ino);
+    vfs.forget(l1.ino, 2);
+    assert_eq!(vfs.inode_count(), 1);
+    let l2b = vfs.lookup(ROOT, b"l2").unwrap();
+    let l1b = vfs.lookup(ROOT, b"l1").unwrap();
+    assert_eq!(l1b.ino, l2b.ino);
+    assert_ne!(l1b.ino, l1.ino);
+}
+
+#[test]
+fn a_listing_with_attributes_counts_only_the_entries_taken() {
+    let (_src, r, snap) = many_files(10);
+    let vfs = Vfs::new(
+        r,
+        VfsOptions {
+            snapshot: Some(snap),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let d = vfs.lookup(ROOT, b"d").unwrap();
+    let mut taken = vec![];
+    // `.`, `..`, then the buffer is full at the fifth file.
+    vfs.readdir_plus(d.ino, 0, &mut |e| {
+        if e.name.starts_with(b"f") && taken.len() == 4 {
+            return true;
+        }
+        if e.name.starts_with(b"f") {
+            taken.push(e.attr.ino);
+        }
+        false
+    })
+    .unwrap();
+    assert_eq!(taken.len(), 4);
+    for ino in &taken {
+        vfs.forget(*ino, 1);
+    }
+    vfs.forget(d.ino, 1);
+    assert_eq!(
+        vfs.inode_count(),
+        1 + 1,
+        "the entry that did not fit holds no reference, only its slot until a sweep"
+    );
+}
+
+#[test]
+fn inodes_of_plain_listings_are_swept_so_the_table_stays_bounded() {
+    let (_src, r, snap) = many_files(1000);
+    let vfs = Vfs::new(
+        r,
+        VfsOptions {
+            snapshot: Some(snap),
+            idle_inodes: 100,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let d = vfs.lookup(ROOT, b"d").unwrap();
+    let held = vfs.lookup(d.ino, b"f0500").unwrap();
+    let mut seen = 0;
+    let mut most = 0;
+    vfs.readdir(d.ino, 0, &mut |_| {
+        seen += 1;
+        most = most.max(vfs.inode_count());
+        false
+    })
+    .unwrap();
+    assert_eq!(seen, 1002);
+    assert!(most <= 2 * 100 + 3, "the table grew to {most}");
+    // What the kernel holds is never swept.
+    assert_eq!(vfs.getattr(held.ino).unwrap().ino, held.ino);
+    assert_eq!(vfs.getattr(d.ino).unwrap().ino, d.ino);
+}
