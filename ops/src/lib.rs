@@ -39,6 +39,7 @@ mod drill;
 mod error;
 mod observe;
 mod restore;
+pub mod schedule;
 mod snapshot;
 
 pub use claim::{claim_key, source_of};
