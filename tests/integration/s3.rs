@@ -9,10 +9,10 @@ use pvsnap_engine::backend::s3_test_server::{Proxy, TestServer, free_port};
 
 use crate::util::{self, Env, stderr, stdout};
 
-const KEY: &str = "pvsnaptest";
+pub(crate) const KEY: &str = "pvsnaptest";
 
 /// A scratch folder and a fresh bucket behind a proxy that takes only `KEY`.
-fn s3_env(prefix: &str) -> Option<(Env, Proxy, String)> {
+pub(crate) fn s3_env(prefix: &str) -> Option<(Env, Proxy, String)> {
     let server = TestServer::get()?;
     let bucket = server.new_bucket();
     let proxy = Proxy::start(&server.endpoint, Some(KEY.into()));
@@ -22,7 +22,7 @@ fn s3_env(prefix: &str) -> Option<(Env, Proxy, String)> {
 }
 
 /// pvsnap with `KEY` as the access key, whatever the outcome.
-fn run_as(env: &Env, key: &str, args: &[&str]) -> Output {
+pub(crate) fn run_as(env: &Env, key: &str, args: &[&str]) -> Output {
     env.cmd()
         .env("AWS_ACCESS_KEY_ID", key)
         .env("AWS_SECRET_ACCESS_KEY", "secret")
@@ -33,7 +33,7 @@ fn run_as(env: &Env, key: &str, args: &[&str]) -> Output {
         .expect("run pvsnap")
 }
 
-fn ok(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn ok(env: &Env, args: &[&str]) -> Output {
     let out = run_as(env, KEY, args);
     assert!(
         out.status.success(),
@@ -44,13 +44,13 @@ fn ok(env: &Env, args: &[&str]) -> Output {
     out
 }
 
-fn fails(env: &Env, key: &str, args: &[&str]) -> String {
+pub(crate) fn fails(env: &Env, key: &str, args: &[&str]) -> String {
     let out = run_as(env, key, args);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
     stderr(&out)
 }
 
-fn snapshot_id(env: &Env, src: &str) -> String {
+pub(crate) fn snapshot_id(env: &Env, src: &str) -> String {
     let pw = env.path("pw");
     let out = ok(
         env,

@@ -189,7 +189,7 @@ pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
     };
     let r = lock::unlock(&backend, &which, &host)?;
     if !cli.quiet {
-        let now = jiff::Timestamp::now();
+        let now = backend.now()?;
         for (l, status) in &r.removed {
             match status.reason() {
                 Some(why) => eprintln!("removed {}: {why}", l.describe_at(now)),

@@ -227,6 +227,9 @@ pub struct S3Backend {
     /// Set once the bucket answered a listing: a 404 of HEAD then means a
     /// missing object without asking again.
     bucket_seen: std::sync::atomic::AtomicBool,
+    /// The server's clock minus this machine's, in milliseconds, from the
+    /// `Date` of the last answer that had one; `i64::MIN` before any.
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The certificates of `AWS_CA_BUNDLE` (PEM), which replace the built-in
@@ -298,6 +301,7 @@ impl S3Backend {
                 cv: Condvar::new(),
             },
             bucket_seen: Default::default(),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -424,6 +428,7 @@ impl S3Backend {
             None => self.agent.run(req.body(())?)?,
         };
         let (parts, b) = resp.into_parts();
+        self.note_clock(&parts.headers);
         let mut out = Vec::new();
         if method != Method::Head {
             b.into_reader().read_to_end(&mut out)?;
@@ -432,6 +437,39 @@ impl S3Backend {
             status: parts.status.as_u16(),
             headers: parts.headers,
             body: out,
+        })
+    }
+
+    /// Keeps the server's clock offset from an answer's `Date` (whole
+    /// seconds: the offset is off by up to a second).
+    fn note_clock(&self, headers: &ureq::http::HeaderMap) {
+        let date = headers
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| jiff::fmt::rfc2822::parse(t).ok());
+        if let Some(d) = date {
+            let offset = d.timestamp().duration_since(Timestamp::now());
+            self.clock_offset_ms.store(
+                offset.as_millis().clamp(i64::MIN as i128 + 1, i64::MAX as i128) as i64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The server's clock minus this machine's, from the last answer; one
+    /// listing request asks the server when no answer told it yet. `None`
+    /// when the server sends no `Date`.
+    pub fn clock_offset(&self) -> Result<Option<jiff::SignedDuration>, BackendError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.clock_offset_ms.load(Relaxed) == i64::MIN {
+            self.check_bucket("")?;
+            if self.clock_offset_ms.load(Relaxed) == i64::MIN {
+                self.is_empty()?;
+            }
+        }
+        Ok(match self.clock_offset_ms.load(Relaxed) {
+            i64::MIN => None,
+            ms => Some(jiff::SignedDuration::from_millis(ms)),
         })
     }
 
@@ -714,6 +752,11 @@ impl Backend for S3Backend {
 
     fn exists(&self, key: &ObjectKey) -> Result<bool, BackendError> {
         Ok(self.head(key)?.is_some())
+    }
+
+    fn now(&self) -> Result<Timestamp, BackendError> {
+        let offset = self.clock_offset()?.unwrap_or_default();
+        Ok(Timestamp::now().saturating_add(offset).unwrap_or(Timestamp::now()))
     }
 
     fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
