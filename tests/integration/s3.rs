@@ -11,9 +11,14 @@ use crate::util::{self, Env, stderr, stdout};
 
 pub(crate) const KEY: &str = "pvsnaptest";
 
-/// A scratch folder and a fresh bucket behind a proxy that takes only `KEY`.
+/// A scratch folder and a fresh bucket of moto behind a proxy that takes
+/// only `KEY`.
 pub(crate) fn s3_env(prefix: &str) -> Option<(Env, Proxy, String)> {
-    let server = TestServer::get()?;
+    s3_env_on(TestServer::get()?, prefix)
+}
+
+/// [`s3_env`] on `server`.
+pub(crate) fn s3_env_on(server: &TestServer, prefix: &str) -> Option<(Env, Proxy, String)> {
     let bucket = server.new_bucket();
     let proxy = Proxy::start(&server.endpoint, Some(KEY.into()));
     let mut env = Env::new();
@@ -68,7 +73,21 @@ pub(crate) fn snapshot_id(env: &Env, src: &str) -> String {
 
 #[test]
 fn a_repository_in_a_bucket_works_with_every_command() {
-    let Some((env, proxy, _bucket)) = s3_env("cluster1/repo") else {
+    if let Some(server) = TestServer::get() {
+        every_command(server);
+    }
+}
+
+/// The same on s3s-fs, which verifies every request's signature.
+#[test]
+fn every_command_works_on_a_server_that_verifies_signatures() {
+    if let Some(server) = TestServer::verifying() {
+        every_command(server);
+    }
+}
+
+fn every_command(server: &TestServer) {
+    let Some((env, proxy, _bucket)) = s3_env_on(server, "cluster1/repo") else {
         return;
     };
     let dir = env.dir.path();
@@ -252,7 +271,21 @@ fn bucket_faults_give_one_clear_error_and_store_nothing() {
 /// copying again sends nothing.
 #[test]
 fn a_local_repository_is_copied_into_a_bucket() {
-    let Some((bucket_env, proxy, _bucket)) = s3_env("offsite") else {
+    if let Some(server) = TestServer::get() {
+        copy_into_a_bucket(server);
+    }
+}
+
+/// The same on s3s-fs, which verifies every request's signature.
+#[test]
+fn a_local_repository_is_copied_into_a_bucket_that_verifies_signatures() {
+    if let Some(server) = TestServer::verifying() {
+        copy_into_a_bucket(server);
+    }
+}
+
+fn copy_into_a_bucket(server: &TestServer) {
+    let Some((bucket_env, proxy, _bucket)) = s3_env_on(server, "offsite") else {
         return;
     };
     let bucket = bucket_env.repo();
@@ -319,4 +352,38 @@ fn a_local_repository_is_copied_into_a_bucket() {
         std::fs::read(target.join("sub/small.txt")).unwrap(),
         b"offsite, changed"
     );
+}
+
+/// A request signed with the wrong secret key is refused by a server that
+/// verifies signatures (403 SignatureDoesNotMatch): one clear error about
+/// the credentials, naming the endpoint and bucket, and nothing stored.
+#[test]
+fn a_wrong_secret_key_is_a_clear_credentials_error() {
+    let Some(server) = TestServer::verifying() else {
+        return;
+    };
+    let bucket = server.new_bucket();
+    let mut env = Env::new();
+    env.repo_at = Some(format!("s3:{}/{bucket}/r", server.endpoint).into());
+    let out = env
+        .cmd()
+        .env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .env("AWS_REGION", "us-east-1")
+        .arg("init")
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("credentials") && e.contains("AWS_SECRET_ACCESS_KEY"),
+        "{e}"
+    );
+    assert!(e.contains(&server.endpoint) && e.contains(&bucket), "{e}");
+    assert!(
+        !e.contains("X-Amz-Signature") && !e.contains("X-Amz-Credential"),
+        "no signed URL in an error: {e}"
+    );
+    ok(&env, &["init"]);
+    ok(&env, &["snapshots"]);
 }

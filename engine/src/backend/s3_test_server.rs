@@ -1,5 +1,6 @@
-//! A real S3 server for tests: moto's server on a free port, and a counting
-//! proxy in front of it. Used by the engine's tests and by the integration
+//! Real S3 servers for tests: moto's server on a free port, `s3s-fs` (which
+//! verifies SigV4 signatures; moto checks none), and a counting, fault
+//! injecting proxy in front of either. Used by the engine's tests and by the integration
 //! tests of the `pvsnap` binary; not part of pvsnap's function.
 
 use std::io::{Read, Write};
@@ -9,14 +10,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A moto server this process started; it ends with this process.
+/// A server this process started; it ends with this process.
 pub struct TestServer {
     _child: Child,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
+    /// Where s3s-fs keeps its buckets (one folder each); `None` for moto.
+    root: Option<std::path::PathBuf>,
 }
 
+/// The access key and secret key s3s-fs takes; every other signature is
+/// refused with 403.
+pub const VERIFYING_KEY: (&str, &str) = ("pvsnaptest", "secret");
+
 static SERVER: OnceLock<Option<TestServer>> = OnceLock::new();
+static VERIFYING: OnceLock<Option<TestServer>> = OnceLock::new();
 static BUCKETS: AtomicUsize = AtomicUsize::new(0);
 
 /// The free port the system gives to a new listener.
@@ -36,8 +44,18 @@ impl TestServer {
         SERVER.get_or_init(Self::start).as_ref()
     }
 
-    fn start() -> Option<TestServer> {
-        let installed = Command::new("moto_server")
+    /// The s3s-fs server of this test process, which verifies signatures
+    /// (credentials [`VERIFYING_KEY`]), started on first use; `None` or a
+    /// failure as for [`TestServer::get`] when `s3s-fs` is not installed
+    /// (`cargo install s3s-fs@0.14.1 --features binary --locked`).
+    pub fn verifying() -> Option<&'static TestServer> {
+        VERIFYING.get_or_init(Self::start_verifying).as_ref()
+    }
+
+    /// Whether `program` runs; when not, a loud skip, or a failure under
+    /// `PVSNAP_REQUIRE_S3=1`.
+    fn installed(program: &str, install: &str) -> bool {
+        let installed = Command::new(program)
             .arg("--help")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -45,19 +63,56 @@ impl TestServer {
             .is_ok_and(|s| s.success());
         if !installed {
             if std::env::var("PVSNAP_REQUIRE_S3").as_deref() == Ok("1") {
-                panic!(
-                    "moto_server is not installed; `pip install 'moto[server]'` (scripts/test does)"
-                );
+                panic!("{program} is not installed; `{install}` (scripts/test does)");
             }
             eprintln!(
-                "\n*** SKIPPING S3 TESTS: moto_server is not installed; `pip install 'moto[server]'` or run scripts/test ***\n"
+                "\n*** SKIPPING S3 TESTS ON {program}: it is not installed; `{install}` or run scripts/test ***\n"
             );
+        }
+        installed
+    }
+
+    fn start() -> Option<TestServer> {
+        if !Self::installed("moto_server", "pip install 'moto[server]'") {
             return None;
         }
         let port = free_port();
-        // The shell ends moto when this process is gone, however it ends.
+        Some(Self::run(
+            &format!("moto_server -H 127.0.0.1 -p {port}"),
+            port,
+            None,
+        ))
+    }
+
+    fn start_verifying() -> Option<TestServer> {
+        if !Self::installed(
+            "s3s-fs",
+            "cargo install s3s-fs@0.14.1 --features binary --locked",
+        ) {
+            return None;
+        }
+        let port = free_port();
+        // Removed by the shell of `run` when the server ends.
+        let root = std::env::temp_dir().join(format!("pvsnap-s3s-fs-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("a folder for s3s-fs");
+        let (key, secret) = VERIFYING_KEY;
+        let command = format!(
+            "s3s-fs --host 127.0.0.1 --port {port} --access-key {key} --secret-key {secret} '{}'",
+            root.display()
+        );
+        Some(Self::run(&command, port, Some(root)))
+    }
+
+    /// Runs `command` (a server listening on `port`) until this process ends.
+    fn run(command: &str, port: u16, root: Option<std::path::PathBuf>) -> TestServer {
+        // The shell ends the server when this process is gone, however it
+        // ends, and removes the server's folder.
+        let cleanup = match &root {
+            Some(r) => format!("; sleep 1; rm -rf '{}'", r.display()),
+            None => String::new(),
+        };
         let script = format!(
-            "moto_server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; while kill -0 {} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done; kill $m 2>/dev/null",
+            "{command} >/dev/null 2>&1 & m=$!; while kill -0 {} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done; kill $m 2>/dev/null{cleanup}",
             std::process::id()
         );
         let child = Command::new("sh")
@@ -69,14 +124,15 @@ impl TestServer {
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "moto_server did not start on port {port}"
+                "`{command}` did not start on port {port}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(TestServer {
+        TestServer {
             _child: child,
             endpoint: format!("http://127.0.0.1:{port}"),
-        })
+            root,
+        }
     }
 
     /// Creates a new, empty bucket and returns its name.
@@ -86,6 +142,11 @@ impl TestServer {
             std::process::id(),
             BUCKETS.fetch_add(1, Ordering::Relaxed)
         );
+        if let Some(root) = &self.root {
+            // s3s-fs: a bucket is a folder of its root.
+            std::fs::create_dir(root.join(&name)).expect("create a bucket");
+            return name;
+        }
         let r = ureq::put(format!("{}/{name}", self.endpoint))
             .send_empty()
             .expect("create a bucket");
@@ -316,8 +377,7 @@ fn unfinished_header(bytes: &[u8]) -> usize {
         return 0;
     };
     let rest = &bytes[i + 2..];
-    let whole_date = rest.len() >= "date: ".len() + 29
-        && rest[..6].eq_ignore_ascii_case(b"date: ");
+    let whole_date = rest.len() >= "date: ".len() + 29 && rest[..6].eq_ignore_ascii_case(b"date: ");
     match rest.len() < WHOLE && !whole_date {
         true => bytes.len() - i,
         false => 0,
