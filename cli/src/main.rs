@@ -112,6 +112,9 @@ pub enum Command {
     Find(cmd::find::Args),
     /// Add, remove or set the tags of snapshots
     Tag(cmd::tag::Args),
+    /// Inspect the storage a repository lives on (`repo probe`)
+    #[command(subcommand)]
+    Repo(cmd::probe::RepoCommand),
 }
 
 fn main() -> ExitCode {
@@ -192,6 +195,7 @@ fn main() -> ExitCode {
         Command::Man(a) => cmd::about::run_man(a),
         Command::Find(a) => cmd::find::run(&cli, a),
         Command::Tag(a) => cmd::tag::run(&cli, a),
+        Command::Repo(c) => cmd::probe::run(&cli, c),
     };
     match result {
         Ok(code) => ExitCode::from(code),

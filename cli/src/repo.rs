@@ -8,7 +8,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use pvsnap_engine::backend::cached::CacheOptions;
 use pvsnap_engine::backend::local::{LocalBackend, Modes};
 use pvsnap_engine::backend::s3::{S3Auth, S3Backend, S3Location};
-use pvsnap_engine::backend::{Backend, Cached, DryRun, DynBackend};
+use pvsnap_engine::backend::{Cached, DryRun, DynBackend};
+use pvsnap_engine::repo::lock::LockGuard;
 use pvsnap_engine::{Error, Repository};
 
 use crate::Cli;
@@ -109,7 +110,7 @@ pub fn backend(cli: &Cli, loc: &Location) -> Result<DynBackend> {
     })
 }
 
-fn s3_backend(cli: &Cli, s3: &S3Location) -> Result<S3Backend> {
+pub fn s3_backend(cli: &Cli, s3: &S3Location) -> Result<S3Backend> {
     let connections = cli
         .connections
         .map_or(pvsnap_engine::backend::s3::DEFAULT_CONNECTIONS, usize::from);
@@ -264,17 +265,50 @@ pub fn create_at(
         return create(&loc.path, opts, modes);
     };
     opts.validate()?;
-    let be = s3_backend(cli, s3)?;
-    if be.exists(&pvsnap_engine::backend::ObjectKey::config())? {
-        return Err(Error::AlreadyInitialized(s3.display()).into());
-    }
-    if !be.is_empty()? {
-        bail!(
+    let s3be = Arc::new(s3_backend(cli, s3)?);
+    let be: DynBackend = s3be.clone();
+    let config = pvsnap_engine::backend::ObjectKey::config();
+    let not_empty = || {
+        anyhow!(
             "{}: this bucket or prefix is not empty and holds no repository; choose an empty bucket or a new prefix (s3:…/BUCKET/PREFIX)",
             s3.display()
-        );
+        )
+    };
+    if be.exists(&config)? {
+        return Err(Error::AlreadyInitialized(s3.display()).into());
     }
-    let be: DynBackend = Arc::new(be);
+    // Two `init`s at once on one prefix: each takes an exclusive lock
+    // first, and at most one of them holds it (both may back off: then
+    // each tries again after a random pause). Only the one that holds it
+    // looks whether the prefix is empty (but for locks): the other's key
+    // slot, written under its lock, is no foreign object.
+    let host = pvsnap_engine::repo::hostname_public();
+    let mut tries = 0;
+    let _guard = loop {
+        match LockGuard::acquire(be.clone(), true, "init", &host) {
+            Ok(g) => break g,
+            Err(Error::Locked { .. }) if tries < 4 && !be.exists(&config)? => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100 + rand_millis(900)));
+            }
+            Err(Error::Locked { .. }) if be.exists(&config)? => {
+                return Err(Error::AlreadyInitialized(s3.display()).into());
+            }
+            Err(Error::Locked { .. }) if !s3be.holds_only_locks()? => return Err(not_empty()),
+            Err(Error::Locked { holder, .. }) => bail!(
+                "{}: another `pvsnap init` is creating a repository here at this moment ({holder}); when it is done, `pvsnap --repo {} snapshots` shows it. Run init again only if that one failed",
+                s3.display(),
+                s3.display()
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if be.exists(&config)? {
+        return Err(Error::AlreadyInitialized(s3.display()).into());
+    }
+    if !s3be.holds_only_locks()? {
+        return Err(not_empty());
+    }
     let made = Repository::init(be.clone(), opts);
     if made.is_err() {
         // The prefix was empty: the key slot written before the config
@@ -285,6 +319,14 @@ pub fn create_at(
         }
     }
     Ok(made?)
+}
+
+/// A pause of up to `max` milliseconds that differs between processes.
+fn rand_millis(max: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (nanos ^ (std::process::id() as u64).wrapping_mul(2_654_435_761)) % max
 }
 
 /// Opens the repository at `loc` that a command names besides `--repo`

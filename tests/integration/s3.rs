@@ -387,3 +387,102 @@ fn a_wrong_secret_key_is_a_clear_credentials_error() {
     ok(&env, &["init"]);
     ok(&env, &["snapshots"]);
 }
+
+/// `repo probe` says what the server does, in words and as JSON, and
+/// leaves nothing behind; `init` on a bucket prints the same findings.
+#[test]
+fn the_probe_reports_conditional_writes_listing_uploads_and_the_clock() {
+    let Some((env, proxy, bucket)) = s3_env("p") else {
+        return;
+    };
+    let server = TestServer::get().unwrap();
+    let out = stdout(&ok(&env, &["init"]));
+    assert!(
+        out.contains("conditional put (If-None-Match): honoured")
+            && out.contains("does not depend on conditional writes"),
+        "{out}"
+    );
+    proxy.shift_clock(-600);
+    let out = stdout(&ok(&env, &["repo", "probe"]));
+    assert!(
+        out.contains("listing right after writes:      consistent"),
+        "{out}"
+    );
+    assert!(out.contains("s behind this machine's"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&ok(&env, &["repo", "probe", "--json"]).stdout).unwrap();
+    assert_eq!(j["conditional_put"], "honoured", "{j}");
+    assert_eq!(j["racers"], 8, "{j}");
+    assert_eq!(j["racers_told_ok"], 1, "{j}");
+    assert_eq!(j["list_after_write"], true, "{j}");
+    assert_eq!(j["multipart_listing"], true, "{j}");
+    assert_eq!(j["needs_conditional_put"], false, "{j}");
+    let off = j["clock_offset_s"].as_f64().unwrap();
+    assert!((-605.0..=-595.0).contains(&off), "{j}");
+    assert!(
+        proxy.count("PUT", "/pvsnap-probe-") >= 10,
+        "the probe wrote under pvsnap-probe-"
+    );
+    let left: Vec<_> = server
+        .keys(&bucket, "p/")
+        .into_iter()
+        .filter(|k| k.contains("pvsnap-probe-"))
+        .collect();
+    assert!(left.is_empty(), "the probe removed its objects: {left:?}");
+    ok(&env, &["check"]);
+    // A folder has nothing to probe.
+    let folder = Env::new();
+    let out = folder.run(&["repo", "probe"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("s3:http[s]://"), "{}", stderr(&out));
+}
+
+/// Two `init`s at once on one empty prefix: one creates the repository,
+/// the other gets a clear error, and the repository is valid.
+#[test]
+fn two_inits_racing_on_one_prefix_make_one_repository() {
+    let Some(server) = TestServer::get() else {
+        return;
+    };
+    let bucket = server.new_bucket();
+    for round in 0..4 {
+        let mut env = Env::new();
+        env.repo_at = Some(format!("s3:{}/{bucket}/race{round}", server.endpoint).into());
+        let pw = env.path("pw");
+        std::fs::write(&pw, "race\n").unwrap();
+        let pw = pw.to_str().unwrap();
+        let spawn = || {
+            env.cmd()
+                .env("AWS_ACCESS_KEY_ID", KEY)
+                .env("AWS_SECRET_ACCESS_KEY", "secret")
+                .env("AWS_REGION", "us-east-1")
+                .args(["--quiet", "--password-file", pw, "init", "--encryption"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        let errors: Vec<String> = outs
+            .iter()
+            .filter(|o| !o.status.success())
+            .map(stderr)
+            .collect();
+        assert_eq!(won, 1, "round {round}: one init wins: {errors:?}");
+        assert!(
+            errors[0].contains("already") || errors[0].contains("another `pvsnap init`"),
+            "{errors:?}"
+        );
+        ok(&env, &["--password-file", pw, "snapshots"]);
+        ok(&env, &["--password-file", pw, "check"]);
+        let keys = server.keys(&bucket, &format!("race{round}/keys/"));
+        assert_eq!(keys.len(), 1, "one key slot, the winner's: {keys:?}");
+        assert!(
+            server
+                .keys(&bucket, &format!("race{round}/locks/"))
+                .is_empty()
+        );
+    }
+}

@@ -572,7 +572,11 @@ impl S3Backend {
             if let Some(t) = &token {
                 q.push(("continuation-token", t));
             }
-            q.extend([("list-type", "2"), ("prefix", &prefix)]);
+            q.push(("list-type", "2"));
+            // No empty `prefix=` (see `uploads`).
+            if !prefix.is_empty() {
+                q.push(("prefix", &prefix));
+            }
             let r = self.send(Method::Get, None, &q, &[], None, rel_prefix)?;
             if !r.ok() {
                 return Err(self.unexpected(rel_prefix, "LIST", &r));
@@ -616,8 +620,22 @@ impl S3Backend {
         Ok(xml_values(&String::from_utf8_lossy(&r.body), "Key").is_empty())
     }
 
+    /// Whether all that is stored under the repository's prefix is lock
+    /// objects (`locks/…`): an `init` holding its lock sees only locks.
+    pub fn holds_only_locks(&self) -> Result<bool, BackendError> {
+        Ok(self
+            .list_prefix("")?
+            .iter()
+            .all(|(rel, _)| rel.starts_with("locks/")))
+    }
+
     /// Multipart uploads never completed, as (relative key, upload id, started).
-    fn uploads(&self) -> Result<Vec<(String, String, Option<Timestamp>)>, BackendError> {
+    fn uploads(&self) -> Result<Vec<Upload>, BackendError> {
+        Ok(self.uploads_if_listed()?.unwrap_or_default())
+    }
+
+    /// [`S3Backend::uploads`]; `None` when the server cannot list them.
+    fn uploads_if_listed(&self) -> Result<Option<Vec<Upload>>, BackendError> {
         let prefix = match self.location.prefix.is_empty() {
             true => String::new(),
             false => format!("{}/", self.location.prefix),
@@ -640,25 +658,177 @@ impl S3Backend {
                 "{}: the server cannot list multipart uploads",
                 self.location.display()
             );
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if !r.ok() {
             return Err(self.unexpected("", "LIST uploads", &r));
         }
         let text = String::from_utf8_lossy(&r.body);
-        Ok(xml_blocks(&text, "Upload")
-            .into_iter()
-            .filter_map(|u| {
-                let key = xml_values(u, "Key").into_iter().next()?;
-                let id = xml_values(u, "UploadId").into_iter().next()?;
-                let started = xml_values(u, "Initiated")
-                    .first()
-                    .and_then(|t| t.parse::<Timestamp>().ok());
-                Some((self.rel_key(&key)?.to_string(), id, started))
-            })
-            .collect())
+        Ok(Some(
+            xml_blocks(&text, "Upload")
+                .into_iter()
+                .filter_map(|u| {
+                    let key = xml_values(u, "Key").into_iter().next()?;
+                    let id = xml_values(u, "UploadId").into_iter().next()?;
+                    let started = xml_values(u, "Initiated")
+                        .first()
+                        .and_then(|t| t.parse::<Timestamp>().ok());
+                    Some((self.rel_key(&key)?.to_string(), id, started))
+                })
+                .collect(),
+        ))
+    }
+
+    /// Tries what the server does and reports it; see [`Probe`]. Its
+    /// objects live under `pvsnap-probe-<random>/` beside the repository's
+    /// folders and are removed again, whatever happens.
+    pub fn probe(&self) -> Result<Probe, BackendError> {
+        let dir = format!("pvsnap-probe-{:016x}", rand::random::<u64>());
+        let result = self.probe_in(&dir);
+        let mut left = 0;
+        for (rel, _) in self.list_prefix(&format!("{dir}/")).unwrap_or_default() {
+            if self.send_object(Method::Delete, &rel, &[], None).is_err() {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            tracing::warn!(
+                "{left} probe object(s) under {}/{dir}/ could not be removed; remove them by hand",
+                self.location.display()
+            );
+        }
+        result
+    }
+
+    fn probe_in(&self, dir: &str) -> Result<Probe, BackendError> {
+        let if_none_match = [("if-none-match", "*".to_string())];
+        // One writer after another: the second must be refused.
+        let lone = format!("{dir}/lone");
+        let put = |key: &str, headers: &[(&str, String)], body: &[u8]| {
+            let r = self.send_object(Method::Put, key, headers, Some(body))?;
+            match r.status {
+                200..=299 => Ok(true),
+                // 409: AWS's answer to a conditional write racing another.
+                409 | 412 => Ok(false),
+                _ => Err(self.unexpected(key, "PUT", &r)),
+            }
+        };
+        put(&lone, &if_none_match, b"first")?;
+        let lone_refused = !put(&lone, &if_none_match, b"second")?;
+        // Writers at once on one key, each with its own bytes; past the
+        // request gate, so that they really race.
+        let race = format!("{dir}/race");
+        let url = self.signed_url(Method::Put, Some(&self.full_key(&race)), &[]);
+        let barrier = std::sync::Barrier::new(PROBE_RACERS);
+        let bodies: Vec<Vec<u8>> = (0..PROBE_RACERS)
+            .map(|i| vec![b'a' + i as u8; 1 << 20])
+            .collect();
+        let answers: Vec<Result<Reply, ureq::Error>> = std::thread::scope(|s| {
+            let racers: Vec<_> = bodies
+                .iter()
+                .map(|body| {
+                    let (url, barrier, h) = (&url, &barrier, &if_none_match);
+                    s.spawn(move || {
+                        barrier.wait();
+                        self.attempt(Method::Put, url, h, Some(body))
+                    })
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|t| t.join().expect("a probe writer"))
+                .collect()
+        });
+        let mut told_ok = Vec::new();
+        for (i, a) in answers.into_iter().enumerate() {
+            match a {
+                Ok(r) if r.ok() => told_ok.push(i),
+                Ok(r) if r.status == 409 || r.status == 412 => {}
+                Ok(r) => return Err(self.unexpected(&race, "PUT", &r)),
+                Err(e) => {
+                    return Err(
+                        self.remote(&race, format!("a racing PUT failed: {}", describe(&e)))
+                    );
+                }
+            }
+        }
+        let r = self.send_object(Method::Get, &race, &[], None)?;
+        if !r.ok() {
+            return Err(self.unexpected(&race, "GET", &r));
+        }
+        let winner_kept = told_ok.len() == 1 && r.body == bodies[told_ok[0]];
+        let conditional_put = match (lone_refused, winner_kept) {
+            (false, _) => ConditionalPut::Ignored,
+            (true, true) => ConditionalPut::Honoured,
+            (true, false) => ConditionalPut::NotAtomic,
+        };
+        // A listing right after writes shows them, and not after deletes.
+        let names: Vec<String> = (0..3).map(|i| format!("{dir}/list/{i}")).collect();
+        for n in &names {
+            put(n, &[], b"listed")?;
+        }
+        let listed = self.list_prefix(&format!("{dir}/list/"))?.len();
+        for n in &names {
+            self.send_object(Method::Delete, n, &[], None)?;
+        }
+        let after_delete = self.list_prefix(&format!("{dir}/list/"))?.len();
+        Ok(Probe {
+            conditional_put,
+            racers: PROBE_RACERS,
+            racers_told_ok: told_ok.len(),
+            list_after_write: listed == names.len() && after_delete == 0,
+            multipart_listing: self.uploads_if_listed()?.is_some(),
+            clock_offset: self.clock_offset()?,
+        })
     }
 }
+
+/// Writers racing on one key in [`S3Backend::probe`].
+pub const PROBE_RACERS: usize = 8;
+
+/// What a server does with `If-None-Match: *` (create only if absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionalPut {
+    /// One of the racing writers is told 200 and its bytes are stored;
+    /// every other one, and a lone later writer, gets 412.
+    Honoured,
+    /// A lone later writer gets 412, but racing writers are not kept
+    /// apart: several are told 200, or the stored bytes are not the one
+    /// writer's that was told so.
+    NotAtomic,
+    /// A later writer replaces the object.
+    Ignored,
+}
+
+impl ConditionalPut {
+    /// `honoured`, `not_atomic`, `ignored` (the JSON of `repo probe`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConditionalPut::Honoured => "honoured",
+            ConditionalPut::NotAtomic => "not_atomic",
+            ConditionalPut::Ignored => "ignored",
+        }
+    }
+}
+
+/// What [`S3Backend::probe`] found.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub conditional_put: ConditionalPut,
+    pub racers: usize,
+    /// Racing writers told their write succeeded.
+    pub racers_told_ok: usize,
+    /// A listing right after PUTs showed them, and right after DELETEs did
+    /// not: what the lock protocol needs.
+    pub list_after_write: bool,
+    /// The server lists incomplete multipart uploads (else 501).
+    pub multipart_listing: bool,
+    /// The server's clock minus this machine's (whole seconds of `Date`).
+    pub clock_offset: Option<jiff::SignedDuration>,
+}
+
+/// An incomplete multipart upload: relative key, upload id, when started.
+type Upload = (String, String, Option<Timestamp>);
 
 const UPLOAD_MARK: &str = "?uploadId=";
 
@@ -992,6 +1162,40 @@ mod server_tests {
                 .is_empty()
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn the_probe_reports_what_each_server_does_and_leaves_nothing() {
+        let Some(server) = TestServer::get() else {
+            return;
+        };
+        let bucket = server.new_bucket();
+        // moto applies If-None-Match atomically and lists uploads.
+        let b = backend(&server.endpoint, &bucket, "p");
+        let p = b.probe().unwrap();
+        assert_eq!(p.conditional_put, ConditionalPut::Honoured, "{p:?}");
+        assert_eq!(p.racers_told_ok, 1, "{p:?}");
+        assert!(p.list_after_write && p.multipart_listing, "{p:?}");
+        assert!(p.clock_offset.unwrap().abs() < jiff::SignedDuration::from_secs(5));
+        assert!(b.is_empty().unwrap(), "the probe removed its objects");
+        // A server an hour behind, through the proxy.
+        let gate = Proxy::start(&server.endpoint, None);
+        gate.shift_clock(-3600);
+        let p = backend(&gate.endpoint, &bucket, "p").probe().unwrap();
+        let off = p.clock_offset.unwrap().as_secs();
+        assert!((-3605..=-3595).contains(&off), "{p:?}");
+        assert!(b.is_empty().unwrap());
+        // s3s-fs refuses a lone second writer but does not keep racers
+        // apart (when they overlap), and cannot list uploads.
+        if let Some(v) = TestServer::verifying() {
+            let bucket = v.new_bucket();
+            let b = backend(&v.endpoint, &bucket, "");
+            let p = b.probe().unwrap();
+            eprintln!("s3s-fs: {p:?}");
+            assert_ne!(p.conditional_put, ConditionalPut::Ignored, "{p:?}");
+            assert!(p.list_after_write && !p.multipart_listing, "{p:?}");
+            assert!(b.is_empty().unwrap());
+        }
     }
 
     #[test]
