@@ -63,6 +63,9 @@ pub struct Cli {
     /// Read a remote repository without the local cache of its index, snapshots and trees
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// Largest size of that cache, e.g. 512M or 4G (default 1G); the least recently used goes first
+    #[arg(long, global = true, value_name = "SIZE", value_parser = repo::parse_cache_size)]
+    pub cache_size: Option<u64>,
     /// No progress and no notices
     #[arg(long, short, global = true)]
     pub quiet: bool,

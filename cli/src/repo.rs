@@ -142,6 +142,48 @@ pub fn with_cache(
     }
 }
 
+/// `10M`, `512k`, `1.5G`, `2MiB`, `800000`: a number of bytes, at least 1
+/// (K, M, G, T are KiB, MiB, GiB, TiB).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, mult) = match body.chars().last() {
+        Some('k') => (&body[..body.len() - 1], 1u64 << 10),
+        Some('m') => (&body[..body.len() - 1], 1 << 20),
+        Some('g') => (&body[..body.len() - 1], 1 << 30),
+        Some('t') => (&body[..body.len() - 1], 1 << 40),
+        _ => (body, 1),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v * mult as f64 >= 1.0 && v * (mult as f64) < 1e18 => {
+            Some((v * mult as f64) as u64)
+        }
+        _ => None,
+    }
+}
+
+/// `--cache-size`: `512M`, `2G`; at least 1 MiB.
+pub fn parse_cache_size(s: &str) -> Result<u64, String> {
+    match parse_bytes(s) {
+        Some(n) if n >= 1 << 20 => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a cache size such as 512M or 2G (K, M, G = KiB, MiB, GiB) of at least 1M; --no-cache reads without a cache"
+        )),
+    }
+}
+
+/// Where the local cache of a remote repository lives and how large it may
+/// grow: `$XDG_CACHE_HOME/pvsnap`, `--cache-size` (default 1 GiB).
+pub fn cache_options(cli: &Cli) -> Option<CacheOptions> {
+    CacheOptions::default_options().map(|o| CacheOptions {
+        limit: cli.cache_size.unwrap_or(o.limit),
+        ..o
+    })
+}
+
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
 pub fn password(cli: &Cli, confirm: bool) -> pvsnap_engine::Result<Vec<u8>> {
     password_from(
@@ -200,7 +242,7 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
         cli,
         backend(cli, &loc)?,
         loc.s3.is_none(),
-        CacheOptions::default_options(),
+        cache_options(cli),
     );
     let be: DynBackend = if dry_run {
         Arc::new(DryRun::new(be))
@@ -482,6 +524,38 @@ mod tests {
             .id
             .to_hex();
         assert!(cache.path().join(id).is_dir());
+    }
+
+    #[test]
+    fn cache_size_sets_the_limit_and_bad_sizes_are_named() {
+        use clap::Parser;
+        let limit = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            cache_options(&cli).map(|o| o.limit)
+        };
+        if CacheOptions::default_options().is_none() {
+            eprintln!("*** no HOME or XDG_CACHE_HOME: cache_options is not tried ***");
+        } else {
+            assert_eq!(limit(&["pvsnap", "snapshots"]), Some(1 << 30));
+            assert_eq!(
+                limit(&["pvsnap", "--cache-size", "2G", "snapshots"]),
+                Some(2 << 30)
+            );
+            assert_eq!(
+                limit(&["pvsnap", "snapshots", "--cache-size", "512MiB"]),
+                Some(512 << 20)
+            );
+        }
+        for bad in ["0", "10k", "lots", ""] {
+            let e = Cli::try_parse_from(["pvsnap", "--cache-size", bad, "snapshots"])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("not a cache size") && e.contains("--no-cache"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
