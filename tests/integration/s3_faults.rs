@@ -188,3 +188,26 @@ fn grace_periods_and_stale_locks_are_judged_on_the_servers_clock() {
     let out = stdout(&ok(&env, &["unlock"]));
     assert!(out.contains("1 lock(s) removed"), "{out}");
 }
+
+/// A multipart upload a killed client left behind is aborted by prune; one
+/// under another prefix is not touched. (moto dates every upload
+/// 2010-11-10, so the grace period is not tried here: `Leftover::older_than`
+/// has its own tests.)
+#[test]
+fn prune_aborts_leftover_multipart_uploads_of_its_prefix() {
+    let Some((env, _proxy, bucket)) = s3_env("r") else {
+        return;
+    };
+    let server = TestServer::get().unwrap();
+    ok(&env, &["init"]);
+    server.start_upload(&bucket, "r/data/ab/unfinished");
+    server.start_upload(&bucket, "other/unfinished");
+    let out = stdout(&ok(&env, &["prune"]));
+    assert_eq!(
+        server.uploads(&bucket),
+        ["other/unfinished"],
+        "the repository's upload was aborted: {out}"
+    );
+    assert!(out.contains("interrupted writes removed"), "{out}");
+    ok(&env, &["check"]);
+}

@@ -167,6 +167,27 @@ impl TestServer {
         assert!(r.status().is_success(), "put {key}: {}", r.status());
     }
 
+    /// Starts a multipart upload of `key` and never completes it, as a
+    /// client killed in the middle leaves it (moto takes unsigned requests).
+    pub fn start_upload(&self, bucket: &str, key: &str) {
+        let r = ureq::post(format!("{}/{bucket}/{key}?uploads", self.endpoint))
+            .send_empty()
+            .expect("start an upload");
+        assert!(r.status().is_success(), "upload {key}: {}", r.status());
+    }
+
+    /// The keys of the incomplete multipart uploads of `bucket`.
+    pub fn uploads(&self, bucket: &str) -> Vec<String> {
+        let mut r = ureq::get(format!("{}/{bucket}?uploads", self.endpoint))
+            .call()
+            .expect("list uploads");
+        let text = r.body_mut().read_to_string().expect("a listing");
+        text.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
     /// The keys of `bucket` under `prefix`, read directly (up to 1000).
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut r = ureq::get(format!("{}/{bucket}", self.endpoint))
