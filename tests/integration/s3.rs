@@ -386,6 +386,12 @@ fn a_wrong_secret_key_is_a_clear_credentials_error() {
     );
     ok(&env, &["init"]);
     ok(&env, &["snapshots"]);
+    // A bucket name the server refuses (too short): HEAD's 400 has no
+    // body, and the message says what is usually wrong.
+    let mut short = Env::new();
+    short.repo_at = Some(format!("s3:{}/ab/r", server.endpoint).into());
+    let e = fails(&short, KEY, &["init"]);
+    assert!(e.contains("bucket name") && e.contains("bucket ab"), "{e}");
 }
 
 /// `repo probe` says what the server does, in words and as JSON, and

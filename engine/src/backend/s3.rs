@@ -495,6 +495,10 @@ impl S3Backend {
                 "{endpoint} refused access to bucket {bucket} ({} {code}): the credentials are wrong or lack permission. Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the profile in AWS_PROFILE), and AWS_REGION, for this endpoint",
                 r.status
             ),
+            // A HEAD answer has no body: no code, no message.
+            (400, "") => format!(
+                "{op} at {endpoint} (bucket {bucket}) answered HTTP 400 with no detail; the request was refused as malformed, often for the bucket name: S3 bucket names are 3 to 63 lowercase letters, digits, dots and hyphens"
+            ),
             _ => format!(
                 "{op} at {endpoint} (bucket {bucket}) answered HTTP {} {code}: {}",
                 r.status,
