@@ -523,3 +523,31 @@ fn serve(
     }
     let _ = server.shutdown(std::net::Shutdown::Write);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_moved_and_a_split_header_waits() {
+        let mut a = b"HTTP/1.1 200 OK\r\nDate: Fri, 04 Dec 2026 12:00:00 GMT\r\nLast-Modified: Fri, 04 Dec 2026 11:00:00 GMT\r\n\r\nbody".to_vec();
+        shift_dates(&mut a, -3600);
+        let text = String::from_utf8(a).unwrap();
+        assert!(
+            text.contains("Date: Fri, 04 Dec 2026 11:00:00 GMT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Last-Modified: Fri, 04 Dec 2026 10:00:00 GMT"),
+            "{text}"
+        );
+        // The start of a header waits for its end; a whole one does not.
+        assert_eq!(unfinished_header(b"x\r\nDate: Fri, 04"), 15);
+        assert_eq!(unfinished_header(b"x\r"), 1);
+        assert_eq!(
+            unfinished_header(b"x\r\nDate: Fri, 04 Dec 2026 12:00:00 GMT"),
+            0
+        );
+        assert_eq!(unfinished_header(&[7u8; 100]), 0);
+    }
+}
