@@ -63,6 +63,9 @@ pub struct Cli {
     /// Read a remote repository without the local cache of its index, snapshots and trees
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// Largest size of that cache, e.g. 512M or 4G (default 1G); the least recently used goes first
+    #[arg(long, global = true, value_name = "SIZE", value_parser = repo::parse_cache_size)]
+    pub cache_size: Option<u64>,
     /// No progress and no notices
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -114,6 +117,9 @@ pub enum Command {
     Tag(cmd::tag::Args),
     /// Restore drill: restore a snapshot into a scratch folder, check every file, report the recovery time
     Drill(cmd::drill::Args),
+    /// Inspect the storage a repository lives on (`repo probe`)
+    #[command(subcommand)]
+    Repo(cmd::probe::RepoCommand),
 }
 
 fn main() -> ExitCode {
@@ -195,6 +201,7 @@ fn main() -> ExitCode {
         Command::Find(a) => cmd::find::run(&cli, a),
         Command::Tag(a) => cmd::tag::run(&cli, a),
         Command::Drill(a) => cmd::drill::run(&cli, a),
+        Command::Repo(c) => cmd::probe::run(&cli, c),
     };
     match result {
         Ok(code) => ExitCode::from(code),

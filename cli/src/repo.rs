@@ -8,7 +8,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use pvsnap_engine::backend::cached::CacheOptions;
 use pvsnap_engine::backend::local::{LocalBackend, Modes};
 use pvsnap_engine::backend::s3::{S3Auth, S3Backend, S3Location};
-use pvsnap_engine::backend::{Backend, Cached, DryRun, DynBackend};
+use pvsnap_engine::backend::{Cached, DryRun, DynBackend};
+use pvsnap_engine::repo::lock::LockGuard;
 use pvsnap_engine::{Error, Repository};
 
 use crate::Cli;
@@ -109,7 +110,7 @@ pub fn backend(cli: &Cli, loc: &Location) -> Result<DynBackend> {
     })
 }
 
-fn s3_backend(cli: &Cli, s3: &S3Location) -> Result<S3Backend> {
+pub fn s3_backend(cli: &Cli, s3: &S3Location) -> Result<S3Backend> {
     let connections = cli
         .connections
         .map_or(pvsnap_engine::backend::s3::DEFAULT_CONNECTIONS, usize::from);
@@ -139,6 +140,48 @@ pub fn with_cache(
             be
         }
     }
+}
+
+/// `10M`, `512k`, `1.5G`, `2MiB`, `800000`: a number of bytes, at least 1
+/// (K, M, G, T are KiB, MiB, GiB, TiB).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let body = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (num, mult) = match body.chars().last() {
+        Some('k') => (&body[..body.len() - 1], 1u64 << 10),
+        Some('m') => (&body[..body.len() - 1], 1 << 20),
+        Some('g') => (&body[..body.len() - 1], 1 << 30),
+        Some('t') => (&body[..body.len() - 1], 1 << 40),
+        _ => (body, 1),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v * mult as f64 >= 1.0 && v * (mult as f64) < 1e18 => {
+            Some((v * mult as f64) as u64)
+        }
+        _ => None,
+    }
+}
+
+/// `--cache-size`: `512M`, `2G`; at least 1 MiB.
+pub fn parse_cache_size(s: &str) -> Result<u64, String> {
+    match parse_bytes(s) {
+        Some(n) if n >= 1 << 20 => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a cache size such as 512M or 2G (K, M, G = KiB, MiB, GiB) of at least 1M; --no-cache reads without a cache"
+        )),
+    }
+}
+
+/// Where the local cache of a remote repository lives and how large it may
+/// grow: `$XDG_CACHE_HOME/pvsnap`, `--cache-size` (default 1 GiB).
+pub fn cache_options(cli: &Cli) -> Option<CacheOptions> {
+    CacheOptions::default_options().map(|o| CacheOptions {
+        limit: cli.cache_size.unwrap_or(o.limit),
+        ..o
+    })
 }
 
 /// The password from `--password-file`, `PVSNAP_PASSWORD` or a terminal prompt.
@@ -199,7 +242,7 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
         cli,
         backend(cli, &loc)?,
         loc.s3.is_none(),
-        CacheOptions::default_options(),
+        cache_options(cli),
     );
     let be: DynBackend = if dry_run {
         Arc::new(DryRun::new(be))
@@ -264,17 +307,50 @@ pub fn create_at(
         return create(&loc.path, opts, modes);
     };
     opts.validate()?;
-    let be = s3_backend(cli, s3)?;
-    if be.exists(&pvsnap_engine::backend::ObjectKey::config())? {
-        return Err(Error::AlreadyInitialized(s3.display()).into());
-    }
-    if !be.is_empty()? {
-        bail!(
+    let s3be = Arc::new(s3_backend(cli, s3)?);
+    let be: DynBackend = s3be.clone();
+    let config = pvsnap_engine::backend::ObjectKey::config();
+    let not_empty = || {
+        anyhow!(
             "{}: this bucket or prefix is not empty and holds no repository; choose an empty bucket or a new prefix (s3:…/BUCKET/PREFIX)",
             s3.display()
-        );
+        )
+    };
+    if be.exists(&config)? {
+        return Err(Error::AlreadyInitialized(s3.display()).into());
     }
-    let be: DynBackend = Arc::new(be);
+    // Two `init`s at once on one prefix: each takes an exclusive lock
+    // first, and at most one of them holds it (both may back off: then
+    // each tries again after a random pause). Only the one that holds it
+    // looks whether the prefix is empty (but for locks): the other's key
+    // slot, written under its lock, is no foreign object.
+    let host = pvsnap_engine::repo::hostname_public();
+    let mut tries = 0;
+    let _guard = loop {
+        match LockGuard::acquire(be.clone(), true, "init", &host) {
+            Ok(g) => break g,
+            Err(Error::Locked { .. }) if tries < 4 && !be.exists(&config)? => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100 + rand_millis(900)));
+            }
+            Err(Error::Locked { .. }) if be.exists(&config)? => {
+                return Err(Error::AlreadyInitialized(s3.display()).into());
+            }
+            Err(Error::Locked { .. }) if !s3be.holds_only_locks()? => return Err(not_empty()),
+            Err(Error::Locked { holder, .. }) => bail!(
+                "{}: another `pvsnap init` is creating a repository here at this moment ({holder}); when it is done, `pvsnap --repo {} snapshots` shows it. Run init again only if that one failed",
+                s3.display(),
+                s3.display()
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if be.exists(&config)? {
+        return Err(Error::AlreadyInitialized(s3.display()).into());
+    }
+    if !s3be.holds_only_locks()? {
+        return Err(not_empty());
+    }
     let made = Repository::init(be.clone(), opts);
     if made.is_err() {
         // The prefix was empty: the key slot written before the config
@@ -285,6 +361,14 @@ pub fn create_at(
         }
     }
     Ok(made?)
+}
+
+/// A pause of up to `max` milliseconds that differs between processes.
+fn rand_millis(max: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (nanos ^ (std::process::id() as u64).wrapping_mul(2_654_435_761)) % max
 }
 
 /// Opens the repository at `loc` that a command names besides `--repo`
@@ -440,6 +524,38 @@ mod tests {
             .id
             .to_hex();
         assert!(cache.path().join(id).is_dir());
+    }
+
+    #[test]
+    fn cache_size_sets_the_limit_and_bad_sizes_are_named() {
+        use clap::Parser;
+        let limit = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            cache_options(&cli).map(|o| o.limit)
+        };
+        if CacheOptions::default_options().is_none() {
+            eprintln!("*** no HOME or XDG_CACHE_HOME: cache_options is not tried ***");
+        } else {
+            assert_eq!(limit(&["pvsnap", "snapshots"]), Some(1 << 30));
+            assert_eq!(
+                limit(&["pvsnap", "--cache-size", "2G", "snapshots"]),
+                Some(2 << 30)
+            );
+            assert_eq!(
+                limit(&["pvsnap", "snapshots", "--cache-size", "512MiB"]),
+                Some(512 << 20)
+            );
+        }
+        for bad in ["0", "10k", "lots", ""] {
+            let e = Cli::try_parse_from(["pvsnap", "--cache-size", bad, "snapshots"])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("not a cache size") && e.contains("--no-cache"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

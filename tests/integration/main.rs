@@ -29,5 +29,6 @@ mod permissions;
 mod progress;
 mod rollback;
 mod s3;
+mod s3_faults;
 mod safety;
 mod snapshot_restore;

@@ -54,12 +54,18 @@ struct Mounted {
 
 impl Mounted {
     fn start(env: &Env, name: &str, extra: &[&str]) -> Mounted {
+        Self::start_with(env, name, extra, &[])
+    }
+
+    /// [`Mounted::start`] with more environment variables (credentials).
+    fn start_with(env: &Env, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Mounted {
         let dir = env.path(name);
         fs::create_dir_all(&dir).unwrap();
         let dir = fs::canonicalize(dir).unwrap();
         let log = env.path(&format!("{name}.log"));
         let child = env
             .cmd()
+            .envs(vars.iter().copied())
             .arg("mount")
             .arg(&dir)
             .args(extra)
@@ -584,4 +590,47 @@ fn the_mount_lets_go_of_inodes_the_kernel_forgets() {
         "the mount still holds {after} of {browsed} inodes"
     );
     assert_eq!(fs::read_to_string(m.dir.join("d07/f123")).unwrap(), "7 123");
+}
+
+/// A repository in a bucket mounts like a folder: its snapshots are listed
+/// and a file reads back through the kernel.
+#[test]
+fn a_repository_in_a_bucket_mounts() {
+    if !fuse_or_skip("a_repository_in_a_bucket_mounts") {
+        return;
+    }
+    let Some((env, _proxy, _bucket)) = crate::s3::s3_env("m") else {
+        return;
+    };
+    let src = env.path("src");
+    build_tree(&src);
+    crate::s3::ok(&env, &["init"]);
+    crate::s3::ok(&env, &["snapshot", src.to_str().unwrap()]);
+    let vars = [
+        ("AWS_ACCESS_KEY_ID", crate::s3::KEY),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let m = Mounted::start_with(&env, "mnt", &[], &vars);
+    let ids: Vec<_> = fs::read_dir(m.path("ids")).unwrap().collect();
+    assert_eq!(ids.len(), 1, "one snapshot listed: {}", m.log());
+    let id = ids[0].as_ref().unwrap().file_name();
+    let root = m.path("ids").join(id);
+    let mut names: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.contains(&"text".to_string()) && names.contains(&"a".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(
+        fs::read(root.join("text")).unwrap(),
+        "some text\n".repeat(1000).as_bytes()
+    );
+    assert_eq!(
+        fs::read(root.join("a/b/c/noise")).unwrap(),
+        util::noise(3, 3 * 1024 * 1024 + 5)
+    );
 }

@@ -9,11 +9,16 @@ use pvsnap_engine::backend::s3_test_server::{Proxy, TestServer, free_port};
 
 use crate::util::{self, Env, stderr, stdout};
 
-const KEY: &str = "pvsnaptest";
+pub(crate) const KEY: &str = "pvsnaptest";
 
-/// A scratch folder and a fresh bucket behind a proxy that takes only `KEY`.
-fn s3_env(prefix: &str) -> Option<(Env, Proxy, String)> {
-    let server = TestServer::get()?;
+/// A scratch folder and a fresh bucket of moto behind a proxy that takes
+/// only `KEY`.
+pub(crate) fn s3_env(prefix: &str) -> Option<(Env, Proxy, String)> {
+    s3_env_on(TestServer::get()?, prefix)
+}
+
+/// [`s3_env`] on `server`.
+pub(crate) fn s3_env_on(server: &TestServer, prefix: &str) -> Option<(Env, Proxy, String)> {
     let bucket = server.new_bucket();
     let proxy = Proxy::start(&server.endpoint, Some(KEY.into()));
     let mut env = Env::new();
@@ -22,7 +27,7 @@ fn s3_env(prefix: &str) -> Option<(Env, Proxy, String)> {
 }
 
 /// pvsnap with `KEY` as the access key, whatever the outcome.
-fn run_as(env: &Env, key: &str, args: &[&str]) -> Output {
+pub(crate) fn run_as(env: &Env, key: &str, args: &[&str]) -> Output {
     env.cmd()
         .env("AWS_ACCESS_KEY_ID", key)
         .env("AWS_SECRET_ACCESS_KEY", "secret")
@@ -33,7 +38,7 @@ fn run_as(env: &Env, key: &str, args: &[&str]) -> Output {
         .expect("run pvsnap")
 }
 
-fn ok(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn ok(env: &Env, args: &[&str]) -> Output {
     let out = run_as(env, KEY, args);
     assert!(
         out.status.success(),
@@ -44,13 +49,13 @@ fn ok(env: &Env, args: &[&str]) -> Output {
     out
 }
 
-fn fails(env: &Env, key: &str, args: &[&str]) -> String {
+pub(crate) fn fails(env: &Env, key: &str, args: &[&str]) -> String {
     let out = run_as(env, key, args);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
     stderr(&out)
 }
 
-fn snapshot_id(env: &Env, src: &str) -> String {
+pub(crate) fn snapshot_id(env: &Env, src: &str) -> String {
     let pw = env.path("pw");
     let out = ok(
         env,
@@ -68,7 +73,21 @@ fn snapshot_id(env: &Env, src: &str) -> String {
 
 #[test]
 fn a_repository_in_a_bucket_works_with_every_command() {
-    let Some((env, proxy, _bucket)) = s3_env("cluster1/repo") else {
+    if let Some(server) = TestServer::get() {
+        every_command(server);
+    }
+}
+
+/// The same on s3s-fs, which verifies every request's signature.
+#[test]
+fn every_command_works_on_a_server_that_verifies_signatures() {
+    if let Some(server) = TestServer::verifying() {
+        every_command(server);
+    }
+}
+
+fn every_command(server: &TestServer) {
+    let Some((env, proxy, _bucket)) = s3_env_on(server, "cluster1/repo") else {
         return;
     };
     let dir = env.dir.path();
@@ -252,7 +271,21 @@ fn bucket_faults_give_one_clear_error_and_store_nothing() {
 /// copying again sends nothing.
 #[test]
 fn a_local_repository_is_copied_into_a_bucket() {
-    let Some((bucket_env, proxy, _bucket)) = s3_env("offsite") else {
+    if let Some(server) = TestServer::get() {
+        copy_into_a_bucket(server);
+    }
+}
+
+/// The same on s3s-fs, which verifies every request's signature.
+#[test]
+fn a_local_repository_is_copied_into_a_bucket_that_verifies_signatures() {
+    if let Some(server) = TestServer::verifying() {
+        copy_into_a_bucket(server);
+    }
+}
+
+fn copy_into_a_bucket(server: &TestServer) {
+    let Some((bucket_env, proxy, _bucket)) = s3_env_on(server, "offsite") else {
         return;
     };
     let bucket = bucket_env.repo();
@@ -319,4 +352,143 @@ fn a_local_repository_is_copied_into_a_bucket() {
         std::fs::read(target.join("sub/small.txt")).unwrap(),
         b"offsite, changed"
     );
+}
+
+/// A request signed with the wrong secret key is refused by a server that
+/// verifies signatures (403 SignatureDoesNotMatch): one clear error about
+/// the credentials, naming the endpoint and bucket, and nothing stored.
+#[test]
+fn a_wrong_secret_key_is_a_clear_credentials_error() {
+    let Some(server) = TestServer::verifying() else {
+        return;
+    };
+    let bucket = server.new_bucket();
+    let mut env = Env::new();
+    env.repo_at = Some(format!("s3:{}/{bucket}/r", server.endpoint).into());
+    let out = env
+        .cmd()
+        .env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .env("AWS_REGION", "us-east-1")
+        .arg("init")
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("credentials") && e.contains("AWS_SECRET_ACCESS_KEY"),
+        "{e}"
+    );
+    assert!(e.contains(&server.endpoint) && e.contains(&bucket), "{e}");
+    assert!(
+        !e.contains("X-Amz-Signature") && !e.contains("X-Amz-Credential"),
+        "no signed URL in an error: {e}"
+    );
+    ok(&env, &["init"]);
+    ok(&env, &["snapshots"]);
+    // A bucket name the server refuses (too short): HEAD's 400 has no
+    // body, and the message says what is usually wrong.
+    let mut short = Env::new();
+    short.repo_at = Some(format!("s3:{}/ab/r", server.endpoint).into());
+    let e = fails(&short, KEY, &["init"]);
+    assert!(e.contains("bucket name") && e.contains("bucket ab"), "{e}");
+}
+
+/// `repo probe` says what the server does, in words and as JSON, and
+/// leaves nothing behind; `init` on a bucket prints the same findings.
+#[test]
+fn the_probe_reports_conditional_writes_listing_uploads_and_the_clock() {
+    let Some((env, proxy, bucket)) = s3_env("p") else {
+        return;
+    };
+    let server = TestServer::get().unwrap();
+    let out = stdout(&ok(&env, &["init"]));
+    assert!(
+        out.contains("conditional put (If-None-Match): honoured")
+            && out.contains("does not depend on conditional writes"),
+        "{out}"
+    );
+    proxy.shift_clock(-600);
+    let out = stdout(&ok(&env, &["repo", "probe"]));
+    assert!(
+        out.contains("listing right after writes:      consistent"),
+        "{out}"
+    );
+    assert!(out.contains("s behind this machine's"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&ok(&env, &["repo", "probe", "--json"]).stdout).unwrap();
+    assert_eq!(j["conditional_put"], "honoured", "{j}");
+    assert_eq!(j["racers"], 8, "{j}");
+    assert_eq!(j["racers_told_ok"], 1, "{j}");
+    assert_eq!(j["list_after_write"], true, "{j}");
+    assert_eq!(j["multipart_listing"], true, "{j}");
+    assert_eq!(j["needs_conditional_put"], false, "{j}");
+    let off = j["clock_offset_s"].as_f64().unwrap();
+    assert!((-605.0..=-595.0).contains(&off), "{j}");
+    assert!(
+        proxy.count("PUT", "/pvsnap-probe-") >= 10,
+        "the probe wrote under pvsnap-probe-"
+    );
+    let left: Vec<_> = server
+        .keys(&bucket, "p/")
+        .into_iter()
+        .filter(|k| k.contains("pvsnap-probe-"))
+        .collect();
+    assert!(left.is_empty(), "the probe removed its objects: {left:?}");
+    ok(&env, &["check"]);
+    // A folder has nothing to probe.
+    let folder = Env::new();
+    let out = folder.run(&["repo", "probe"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("s3:http[s]://"), "{}", stderr(&out));
+}
+
+/// Two `init`s at once on one empty prefix: one creates the repository,
+/// the other gets a clear error, and the repository is valid.
+#[test]
+fn two_inits_racing_on_one_prefix_make_one_repository() {
+    let Some(server) = TestServer::get() else {
+        return;
+    };
+    let bucket = server.new_bucket();
+    for round in 0..4 {
+        let mut env = Env::new();
+        env.repo_at = Some(format!("s3:{}/{bucket}/race{round}", server.endpoint).into());
+        let pw = env.path("pw");
+        std::fs::write(&pw, "race\n").unwrap();
+        let pw = pw.to_str().unwrap();
+        let spawn = || {
+            env.cmd()
+                .env("AWS_ACCESS_KEY_ID", KEY)
+                .env("AWS_SECRET_ACCESS_KEY", "secret")
+                .env("AWS_REGION", "us-east-1")
+                .args(["--quiet", "--password-file", pw, "init", "--encryption"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        let errors: Vec<String> = outs
+            .iter()
+            .filter(|o| !o.status.success())
+            .map(stderr)
+            .collect();
+        assert_eq!(won, 1, "round {round}: one init wins: {errors:?}");
+        assert!(
+            errors[0].contains("already") || errors[0].contains("another `pvsnap init`"),
+            "{errors:?}"
+        );
+        ok(&env, &["--password-file", pw, "snapshots"]);
+        ok(&env, &["--password-file", pw, "check"]);
+        let keys = server.keys(&bucket, &format!("race{round}/keys/"));
+        assert_eq!(keys.len(), 1, "one key slot, the winner's: {keys:?}");
+        assert!(
+            server
+                .keys(&bucket, &format!("race{round}/locks/"))
+                .is_empty()
+        );
+    }
 }

@@ -43,27 +43,11 @@ pub struct Args {
 
 /// `10M`, `512k`, `1.5G`, `2MiB`, `800000`: bytes per second.
 fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let body = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
-    let (num, mult) = match body.chars().last() {
-        Some('k') => (&body[..body.len() - 1], 1u64 << 10),
-        Some('m') => (&body[..body.len() - 1], 1 << 20),
-        Some('g') => (&body[..body.len() - 1], 1 << 30),
-        Some('t') => (&body[..body.len() - 1], 1 << 40),
-        _ => (body, 1),
-    };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v * mult as f64 >= 1.0 && v * (mult as f64) < 1e18 => {
-            Ok((v * mult as f64) as u64)
-        }
-        _ => Err(format!(
+    crate::repo::parse_bytes(s).ok_or_else(|| {
+        format!(
             "`{s}` is not a rate in bytes per second such as 800k, 10M or 1G (K, M, G = KiB, MiB, GiB), at least 1"
-        )),
-    }
+        )
+    })
 }
 
 /// The target's backend (a folder or a bucket, with the global

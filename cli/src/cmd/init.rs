@@ -122,6 +122,16 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             loc.path.display()
         );
     }
+    if let Some(s3) = loc.s3.as_ref().filter(|_| !cli.quiet) {
+        // What the server does, tried once now: `pvsnap repo probe` again.
+        match crate::repo::s3_backend(cli, s3).and_then(|b| Ok(b.probe()?)) {
+            Ok(p) => print!("{}", crate::cmd::probe::text(&s3.display(), &p)),
+            Err(e) => eprintln!(
+                "pvsnap: warning: the repository was created, but probing the server failed: {}; `pvsnap repo probe` tries again",
+                crate::output::error_text(&e)
+            ),
+        }
+    }
     let repo_arg = if loc.explicit {
         format!("--repo {} ", loc.path.display())
     } else {
@@ -189,7 +199,7 @@ pub fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<u8> {
     };
     let r = lock::unlock(&backend, &which, &host)?;
     if !cli.quiet {
-        let now = jiff::Timestamp::now();
+        let now = backend.now()?;
         for (l, status) in &r.removed {
             match status.reason() {
                 Some(why) => eprintln!("removed {}: {why}", l.describe_at(now)),

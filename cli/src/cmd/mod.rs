@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod key;
 pub mod maintenance;
 pub mod mount;
+pub mod probe;
 pub mod restore;
 pub mod restore_pvc;
 pub mod snapshot;

@@ -73,6 +73,9 @@ pub trait Forward: Send + Sync {
     fn remove_leftover(&self, leftover: &Leftover) -> Result<(), BackendError> {
         self.inner().remove_leftover(leftover)
     }
+    fn now(&self) -> Result<jiff::Timestamp, BackendError> {
+        self.inner().now()
+    }
 }
 
 impl<T: Forward> Backend for T {
@@ -129,5 +132,8 @@ impl<T: Forward> Backend for T {
     }
     fn remove_leftover(&self, leftover: &Leftover) -> Result<(), BackendError> {
         Forward::remove_leftover(self, leftover)
+    }
+    fn now(&self) -> Result<jiff::Timestamp, BackendError> {
+        Forward::now(self)
     }
 }

@@ -196,6 +196,13 @@ pub trait Backend: Send + Sync {
             path: leftover.path.clone(),
         })
     }
+    /// The time now on the clock that [`Backend::modified`] reads: the
+    /// storage server's for object storage (its `Date`), this machine's
+    /// otherwise (the default). Ages (prune's grace, stale locks) are taken
+    /// on this clock, so a client whose clock is off judges them right.
+    fn now(&self) -> Result<jiff::Timestamp, BackendError> {
+        Ok(jiff::Timestamp::now())
+    }
 }
 
 /// A shared, dynamically dispatched backend.

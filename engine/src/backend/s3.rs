@@ -233,6 +233,9 @@ pub struct S3Backend {
     /// Set once the bucket answered a listing: a 404 of HEAD then means a
     /// missing object without asking again.
     bucket_seen: std::sync::atomic::AtomicBool,
+    /// The server's clock minus this machine's, in milliseconds, from the
+    /// `Date` of the last answer that had one; `i64::MIN` before any.
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 /// The certificates of `AWS_CA_BUNDLE` (PEM), which replace the built-in
@@ -305,6 +308,7 @@ impl S3Backend {
                 cv: Condvar::new(),
             },
             bucket_seen: Default::default(),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -431,6 +435,7 @@ impl S3Backend {
             None => self.agent.run(req.body(())?)?,
         };
         let (parts, b) = resp.into_parts();
+        self.note_clock(&parts.headers);
         let mut out = Vec::new();
         if method != Method::Head {
             b.into_reader().read_to_end(&mut out)?;
@@ -439,6 +444,41 @@ impl S3Backend {
             status: parts.status.as_u16(),
             headers: parts.headers,
             body: out,
+        })
+    }
+
+    /// Keeps the server's clock offset from an answer's `Date` (whole
+    /// seconds: the offset is off by up to a second).
+    fn note_clock(&self, headers: &ureq::http::HeaderMap) {
+        let date = headers
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| jiff::fmt::rfc2822::parse(t).ok());
+        if let Some(d) = date {
+            let offset = d.timestamp().duration_since(Timestamp::now());
+            self.clock_offset_ms.store(
+                offset
+                    .as_millis()
+                    .clamp(i64::MIN as i128 + 1, i64::MAX as i128) as i64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The server's clock minus this machine's, from the last answer; one
+    /// listing request asks the server when no answer told it yet. `None`
+    /// when the server sends no `Date`.
+    pub fn clock_offset(&self) -> Result<Option<jiff::SignedDuration>, BackendError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.clock_offset_ms.load(Relaxed) == i64::MIN {
+            self.check_bucket("")?;
+            if self.clock_offset_ms.load(Relaxed) == i64::MIN {
+                self.is_empty()?;
+            }
+        }
+        Ok(match self.clock_offset_ms.load(Relaxed) {
+            i64::MIN => None,
+            ms => Some(jiff::SignedDuration::from_millis(ms)),
         })
     }
 
@@ -459,16 +499,22 @@ impl S3Backend {
                 "bucket {bucket} does not exist at {endpoint}. Create it first (for example `aws --endpoint-url {endpoint} s3 mb s3://{bucket}`) or correct the bucket in --repo (or PVSNAP_REPO)"
             ),
             (401 | 403, _) => format!(
-                "{endpoint} refused access to bucket {bucket} ({} {code}). Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the profile in AWS_PROFILE), and AWS_REGION, for this endpoint",
+                "{endpoint} refused access to bucket {bucket} ({} {code}): the credentials are wrong or lack permission. Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the profile in AWS_PROFILE), and AWS_REGION, for this endpoint",
                 r.status
+            ),
+            // A HEAD answer has no body: no code, no message.
+            (400, "") => format!(
+                "{op} at {endpoint} (bucket {bucket}) answered HTTP 400 with no detail; the request was refused as malformed, often for the bucket name: S3 bucket names are 3 to 63 lowercase letters, digits, dots and hyphens"
             ),
             _ => format!(
                 "{op} at {endpoint} (bucket {bucket}) answered HTTP {} {code}: {}",
                 r.status,
-                xml_values(&String::from_utf8_lossy(&r.body), "Message")
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("")
+                redact(
+                    xml_values(&String::from_utf8_lossy(&r.body), "Message")
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or("")
+                )
             ),
         };
         self.remote(what, message)
@@ -532,9 +578,15 @@ impl S3Backend {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut q: Vec<(&str, &str)> = vec![("list-type", "2"), ("prefix", &prefix)];
+            // In sorted order, as signed (see `uploads`).
+            let mut q: Vec<(&str, &str)> = Vec::new();
             if let Some(t) = &token {
                 q.push(("continuation-token", t));
+            }
+            q.push(("list-type", "2"));
+            // No empty `prefix=` (see `uploads`).
+            if !prefix.is_empty() {
+                q.push(("prefix", &prefix));
             }
             let r = self.send(Method::Get, None, &q, &[], None, rel_prefix)?;
             if !r.ok() {
@@ -579,18 +631,35 @@ impl S3Backend {
         Ok(xml_values(&String::from_utf8_lossy(&r.body), "Key").is_empty())
     }
 
+    /// Whether all that is stored under the repository's prefix is lock
+    /// objects (`locks/…`): an `init` holding its lock sees only locks.
+    pub fn holds_only_locks(&self) -> Result<bool, BackendError> {
+        Ok(self
+            .list_prefix("")?
+            .iter()
+            .all(|(rel, _)| rel.starts_with("locks/")))
+    }
+
     /// Multipart uploads never completed, as (relative key, upload id, started).
-    fn uploads(&self) -> Result<Vec<(String, String, Option<Timestamp>)>, BackendError> {
+    fn uploads(&self) -> Result<Vec<Upload>, BackendError> {
+        Ok(self.uploads_if_listed()?.unwrap_or_default())
+    }
+
+    /// [`S3Backend::uploads`]; `None` when the server cannot list them.
+    fn uploads_if_listed(&self) -> Result<Option<Vec<Upload>>, BackendError> {
         let prefix = match self.location.prefix.is_empty() {
             true => String::new(),
             false => format!("{}/", self.location.prefix),
         };
         // An empty `prefix=` is left out: not every server signs an empty
-        // value the way it is sent.
-        let mut query = vec![("uploads", "")];
+        // value the way it is sent. The parameters go in sorted order, as
+        // they are signed: s3s-fs computes the signature of the query in the
+        // order sent and refuses `uploads&prefix=…` (403).
+        let mut query = vec![];
         if !prefix.is_empty() {
-            query.push(("prefix", &prefix));
+            query.push(("prefix", prefix.as_str()));
         }
+        query.push(("uploads", ""));
         let r = self.send(Method::Get, None, &query, &[], None, "")?;
         if r.status == 501 {
             // The server has no multipart listing (s3s-fs): pvsnap writes
@@ -600,25 +669,177 @@ impl S3Backend {
                 "{}: the server cannot list multipart uploads",
                 self.location.display()
             );
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if !r.ok() {
             return Err(self.unexpected("", "LIST uploads", &r));
         }
         let text = String::from_utf8_lossy(&r.body);
-        Ok(xml_blocks(&text, "Upload")
-            .into_iter()
-            .filter_map(|u| {
-                let key = xml_values(u, "Key").into_iter().next()?;
-                let id = xml_values(u, "UploadId").into_iter().next()?;
-                let started = xml_values(u, "Initiated")
-                    .first()
-                    .and_then(|t| t.parse::<Timestamp>().ok());
-                Some((self.rel_key(&key)?.to_string(), id, started))
-            })
-            .collect())
+        Ok(Some(
+            xml_blocks(&text, "Upload")
+                .into_iter()
+                .filter_map(|u| {
+                    let key = xml_values(u, "Key").into_iter().next()?;
+                    let id = xml_values(u, "UploadId").into_iter().next()?;
+                    let started = xml_values(u, "Initiated")
+                        .first()
+                        .and_then(|t| t.parse::<Timestamp>().ok());
+                    Some((self.rel_key(&key)?.to_string(), id, started))
+                })
+                .collect(),
+        ))
+    }
+
+    /// Tries what the server does and reports it; see [`Probe`]. Its
+    /// objects live under `pvsnap-probe-<random>/` beside the repository's
+    /// folders and are removed again, whatever happens.
+    pub fn probe(&self) -> Result<Probe, BackendError> {
+        let dir = format!("pvsnap-probe-{:016x}", rand::random::<u64>());
+        let result = self.probe_in(&dir);
+        let mut left = 0;
+        for (rel, _) in self.list_prefix(&format!("{dir}/")).unwrap_or_default() {
+            if self.send_object(Method::Delete, &rel, &[], None).is_err() {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            tracing::warn!(
+                "{left} probe object(s) under {}/{dir}/ could not be removed; remove them by hand",
+                self.location.display()
+            );
+        }
+        result
+    }
+
+    fn probe_in(&self, dir: &str) -> Result<Probe, BackendError> {
+        let if_none_match = [("if-none-match", "*".to_string())];
+        // One writer after another: the second must be refused.
+        let lone = format!("{dir}/lone");
+        let put = |key: &str, headers: &[(&str, String)], body: &[u8]| {
+            let r = self.send_object(Method::Put, key, headers, Some(body))?;
+            match r.status {
+                200..=299 => Ok(true),
+                // 409: AWS's answer to a conditional write racing another.
+                409 | 412 => Ok(false),
+                _ => Err(self.unexpected(key, "PUT", &r)),
+            }
+        };
+        put(&lone, &if_none_match, b"first")?;
+        let lone_refused = !put(&lone, &if_none_match, b"second")?;
+        // Writers at once on one key, each with its own bytes; past the
+        // request gate, so that they really race.
+        let race = format!("{dir}/race");
+        let url = self.signed_url(Method::Put, Some(&self.full_key(&race)), &[]);
+        let barrier = std::sync::Barrier::new(PROBE_RACERS);
+        let bodies: Vec<Vec<u8>> = (0..PROBE_RACERS)
+            .map(|i| vec![b'a' + i as u8; 1 << 20])
+            .collect();
+        let answers: Vec<Result<Reply, ureq::Error>> = std::thread::scope(|s| {
+            let racers: Vec<_> = bodies
+                .iter()
+                .map(|body| {
+                    let (url, barrier, h) = (&url, &barrier, &if_none_match);
+                    s.spawn(move || {
+                        barrier.wait();
+                        self.attempt(Method::Put, url, h, Some(body))
+                    })
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|t| t.join().expect("a probe writer"))
+                .collect()
+        });
+        let mut told_ok = Vec::new();
+        for (i, a) in answers.into_iter().enumerate() {
+            match a {
+                Ok(r) if r.ok() => told_ok.push(i),
+                Ok(r) if r.status == 409 || r.status == 412 => {}
+                Ok(r) => return Err(self.unexpected(&race, "PUT", &r)),
+                Err(e) => {
+                    return Err(
+                        self.remote(&race, format!("a racing PUT failed: {}", describe(&e)))
+                    );
+                }
+            }
+        }
+        let r = self.send_object(Method::Get, &race, &[], None)?;
+        if !r.ok() {
+            return Err(self.unexpected(&race, "GET", &r));
+        }
+        let winner_kept = told_ok.len() == 1 && r.body == bodies[told_ok[0]];
+        let conditional_put = match (lone_refused, winner_kept) {
+            (false, _) => ConditionalPut::Ignored,
+            (true, true) => ConditionalPut::Honoured,
+            (true, false) => ConditionalPut::NotAtomic,
+        };
+        // A listing right after writes shows them, and not after deletes.
+        let names: Vec<String> = (0..3).map(|i| format!("{dir}/list/{i}")).collect();
+        for n in &names {
+            put(n, &[], b"listed")?;
+        }
+        let listed = self.list_prefix(&format!("{dir}/list/"))?.len();
+        for n in &names {
+            self.send_object(Method::Delete, n, &[], None)?;
+        }
+        let after_delete = self.list_prefix(&format!("{dir}/list/"))?.len();
+        Ok(Probe {
+            conditional_put,
+            racers: PROBE_RACERS,
+            racers_told_ok: told_ok.len(),
+            list_after_write: listed == names.len() && after_delete == 0,
+            multipart_listing: self.uploads_if_listed()?.is_some(),
+            clock_offset: self.clock_offset()?,
+        })
     }
 }
+
+/// Writers racing on one key in [`S3Backend::probe`].
+pub const PROBE_RACERS: usize = 8;
+
+/// What a server does with `If-None-Match: *` (create only if absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionalPut {
+    /// One of the racing writers is told 200 and its bytes are stored;
+    /// every other one, and a lone later writer, gets 412.
+    Honoured,
+    /// A lone later writer gets 412, but racing writers are not kept
+    /// apart: several are told 200, or the stored bytes are not the one
+    /// writer's that was told so.
+    NotAtomic,
+    /// A later writer replaces the object.
+    Ignored,
+}
+
+impl ConditionalPut {
+    /// `honoured`, `not_atomic`, `ignored` (the JSON of `repo probe`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConditionalPut::Honoured => "honoured",
+            ConditionalPut::NotAtomic => "not_atomic",
+            ConditionalPut::Ignored => "ignored",
+        }
+    }
+}
+
+/// What [`S3Backend::probe`] found.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub conditional_put: ConditionalPut,
+    pub racers: usize,
+    /// Racing writers told their write succeeded.
+    pub racers_told_ok: usize,
+    /// A listing right after PUTs showed them, and right after DELETEs did
+    /// not: what the lock protocol needs.
+    pub list_after_write: bool,
+    /// The server lists incomplete multipart uploads (else 501).
+    pub multipart_listing: bool,
+    /// The server's clock minus this machine's (whole seconds of `Date`).
+    pub clock_offset: Option<jiff::SignedDuration>,
+}
+
+/// An incomplete multipart upload: relative key, upload id, when started.
+type Upload = (String, String, Option<Timestamp>);
 
 const UPLOAD_MARK: &str = "?uploadId=";
 
@@ -734,6 +955,13 @@ impl Backend for S3Backend {
         Ok(self.head(key)?.is_some())
     }
 
+    fn now(&self) -> Result<Timestamp, BackendError> {
+        let offset = self.clock_offset()?.unwrap_or_default();
+        Ok(Timestamp::now()
+            .saturating_add(offset)
+            .unwrap_or(Timestamp::now()))
+    }
+
     fn leftovers(&self) -> Result<Vec<Leftover>, BackendError> {
         Ok(self
             .uploads()?
@@ -767,15 +995,29 @@ impl Backend for S3Backend {
     }
 }
 
-/// A transport error in words.
+/// A transport error in words, with no signed URL in them.
 fn describe(e: &ureq::Error) -> String {
     match e {
-        ureq::Error::Io(io) => io.to_string(),
+        ureq::Error::Io(io) => redact(&io.to_string()),
         ureq::Error::ConnectionFailed => "connection refused or failed".into(),
         ureq::Error::HostNotFound => "host not found".into(),
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        e => e.to_string(),
+        e => redact(&e.to_string()),
     }
+}
+
+/// `text` with the query of every URL that carries a signature or
+/// credential cut off: a presigned URL is a password for an hour.
+fn redact(text: &str) -> String {
+    text.split(' ')
+        .map(|word| match word.split_once('?') {
+            Some((url, query)) if query.to_ascii_lowercase().contains("x-amz-") => {
+                format!("{url}?…")
+            }
+            _ => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The blocks `<tag>…</tag>` of an XML text, inner text only.
@@ -857,6 +1099,14 @@ mod tests {
     }
 
     #[test]
+    fn signed_urls_are_cut_from_messages() {
+        let m = "bad uri http://h:9/b/k?X-Amz-Algorithm=AWS4&X-Amz-Signature=abc123 here; also http://h/x?a=1";
+        let r = redact(m);
+        assert_eq!(r, "bad uri http://h:9/b/k?… here; also http://h/x?a=1");
+        assert!(!redact("u?x-amz-credential=K%2F").contains("credential"));
+    }
+
+    #[test]
     fn xml_values_are_unescaped() {
         let x = "<a><Key>x&amp;y</Key><Key>z</Key></a>";
         assert_eq!(xml_values(x, "Key"), ["x&y", "z"]);
@@ -919,6 +1169,55 @@ mod server_tests {
                 .is_empty()
                 .unwrap()
         );
+    }
+
+    /// The contract on s3s-fs, which verifies every signature.
+    #[test]
+    fn s3_backend_keeps_the_contract_on_a_server_that_verifies_signatures() {
+        let Some(server) = TestServer::verifying() else {
+            return;
+        };
+        let bucket = server.new_bucket();
+        super::super::contract_tests::run(&backend(&server.endpoint, &bucket, "a/b"));
+        assert!(
+            backend(&server.endpoint, &bucket, "a/bc")
+                .is_empty()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn the_probe_reports_what_each_server_does_and_leaves_nothing() {
+        let Some(server) = TestServer::get() else {
+            return;
+        };
+        let bucket = server.new_bucket();
+        // moto applies If-None-Match atomically and lists uploads.
+        let b = backend(&server.endpoint, &bucket, "p");
+        let p = b.probe().unwrap();
+        assert_eq!(p.conditional_put, ConditionalPut::Honoured, "{p:?}");
+        assert_eq!(p.racers_told_ok, 1, "{p:?}");
+        assert!(p.list_after_write && p.multipart_listing, "{p:?}");
+        assert!(p.clock_offset.unwrap().abs() < jiff::SignedDuration::from_secs(5));
+        assert!(b.is_empty().unwrap(), "the probe removed its objects");
+        // A server an hour behind, through the proxy.
+        let gate = Proxy::start(&server.endpoint, None);
+        gate.shift_clock(-3600);
+        let p = backend(&gate.endpoint, &bucket, "p").probe().unwrap();
+        let off = p.clock_offset.unwrap().as_secs();
+        assert!((-3605..=-3595).contains(&off), "{p:?}");
+        assert!(b.is_empty().unwrap());
+        // s3s-fs refuses a lone second writer but does not keep racers
+        // apart (when they overlap), and cannot list uploads.
+        if let Some(v) = TestServer::verifying() {
+            let bucket = v.new_bucket();
+            let b = backend(&v.endpoint, &bucket, "");
+            let p = b.probe().unwrap();
+            eprintln!("s3s-fs: {p:?}");
+            assert_ne!(p.conditional_put, ConditionalPut::Ignored, "{p:?}");
+            assert!(p.list_after_write && !p.multipart_listing, "{p:?}");
+            assert!(b.is_empty().unwrap());
+        }
     }
 
     #[test]

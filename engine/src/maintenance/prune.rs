@@ -30,7 +30,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -315,8 +314,9 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         .into());
     }
 
-    // Stage 3: sort packs.
-    let now = Timestamp::now();
+    // Stage 3: sort packs. Ages are on the storage's clock, which wrote
+    // the packs' times: a client whose clock is off gets no shorter grace.
+    let now = backend.now()?;
     let mut plan = Plan {
         rewrite_index: files.len() > 1 || !superseded.is_empty(),
         old_index,

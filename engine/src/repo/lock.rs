@@ -24,6 +24,11 @@
 //!   damage, and no process can be relying on it. It is reported whenever a
 //!   lock is taken.
 //!
+//! Times are the storage's clock ([`crate::backend::Backend::now`]: the
+//! server's `Date` on object storage), both when a lock is written and when
+//! its age is judged, so hosts whose clocks disagree with each other (or
+//! with the server) agree on which locks are stale.
+//!
 //! Stale locks never block, and `pvsnap unlock` deletes them. A live lock of
 //! another host that is known to be gone (a killed pod) is deleted with
 //! `pvsnap unlock <id>` or `pvsnap unlock --remove-all`, after making sure the
@@ -341,7 +346,7 @@ pub struct UnlockReport {
 /// prefix that names no lock, or more than one, is an error and nothing is
 /// removed.
 pub fn unlock(backend: &DynBackend, which: &Unlock, this_host: &str) -> Result<UnlockReport> {
-    let now = Timestamp::now();
+    let now = backend.now()?;
     let locks = list_locks(backend)?;
     let mut named = std::collections::HashSet::new();
     if let Unlock::Named(prefixes) = which {
@@ -406,7 +411,7 @@ impl LockGuard {
             hostname: hostname.to_string(),
             pid: std::process::id(),
             operation: operation.to_string(),
-            time: Timestamp::now(),
+            time: backend.now()?,
         };
         let id = LockId(crate::repo::id::Id::random());
         let key = ObjectKey::new(ObjectKind::Lock, id.to_hex());
@@ -441,7 +446,7 @@ impl LockGuard {
 /// Fails with [`Error::Locked`] when a live lock other than `own` conflicts;
 /// reports unreadable and future locks on the way.
 fn no_conflict(backend: &DynBackend, own: LockId, exclusive: bool, this_host: &str) -> Result<()> {
-    let now = Timestamp::now();
+    let now = backend.now()?;
     let own = own.to_hex();
     let mut conflict = None;
     for lock in list_locks(backend)? {
@@ -535,7 +540,13 @@ fn refresh_loop(
 ) {
     // Wakes at once when the guard is dropped (the sender goes away).
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH) {
-        info.time = Timestamp::now();
+        info.time = match backend.now() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("could not refresh the repository lock: {e}");
+                continue;
+            }
+        };
         let new = LockId(crate::repo::id::Id::random());
         if backend
             .put(
