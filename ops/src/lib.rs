@@ -33,6 +33,7 @@
 mod claim;
 mod clone;
 mod error;
+pub mod native;
 mod observe;
 mod restore;
 mod snapshot;
@@ -40,6 +41,7 @@ mod snapshot;
 pub use claim::{claim_key, source_of};
 pub use clone::{CloneOptions, Cloned, restore_to_new_claim};
 pub use error::{Error, Result};
+pub use native::{NativeOptions, SourceSnapshotMode};
 pub use observe::{Observer, Quiet, Watch};
 pub use restore::{
     InPlace, InPlaceOptions, InPlaceTarget, PRE_RESTORE_TAG, prepare_in_place, restore_in_place,
