@@ -104,6 +104,12 @@ impl Natives {
         };
         let provider = match pvsnap_native::provider_for(placed.volume.kind) {
             Ok(p) => p,
+            // A kind this pvsnap does not snapshot yet (any device-mapper
+            // device looks like LVM at first): auto reads live quietly.
+            Err(e) if mode == SourceSnapshotMode::Auto => {
+                tracing::info!("{}: {e}; reading the live folder", dir.display());
+                return Ok(ReadFrom::Live);
+            }
             Err(e) => return fallback(e),
         };
         for c in &placed.caveats {
@@ -119,12 +125,7 @@ impl Natives {
                     held.push(h);
                     held.len() - 1
                 }
-                Err(e) if matches!(e, Error::Native { .. }) => {
-                    let Error::Native { error, .. } = e else {
-                        unreachable!()
-                    };
-                    return fallback(error);
-                }
+                Err(Error::Native { error, .. }) => return fallback(error),
                 Err(e) => return Err(e),
             },
         };
@@ -350,7 +351,7 @@ pub(crate) fn prune_kept(snaps: &[Snapshot], source: &str, keep: usize) -> Vec<S
         .iter()
         .filter(|s| s.source.key() == source && !s.is_native_only() && s.kept_native().is_some())
         .collect();
-    mine.sort_by(|a, b| b.time.cmp(&a.time));
+    mine.sort_by_key(|s| std::cmp::Reverse(s.time));
     let (newest, older) = mine.split_at(keep.min(mine.len()));
     let older: Vec<Snapshot> = older.iter().map(|s| (*s).clone()).collect();
     let newest: Vec<Snapshot> = newest.iter().map(|s| (*s).clone()).collect();

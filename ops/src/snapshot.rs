@@ -194,7 +194,7 @@ impl<'r> SnapshotRun<'r> {
                 reason,
                 hooks: hooked.pre.into_iter().chain(hooked.post).collect(),
             }),
-            BodyOutcome::Ran(Err(e)) => Err(e.into()),
+            BodyOutcome::Ran(Err(e)) => Err(e),
             BodyOutcome::Ran(Ok(mut pending)) => {
                 pending.add_hooks(outcomes);
                 self.commit(pending, post_failure)
