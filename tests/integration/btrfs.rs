@@ -247,6 +247,14 @@ fn required_fails_naming_the_path_and_the_next_step() {
             && err.contains("--source-snapshot auto or off"),
         "{err}"
     );
+    // The freeze presets are not built yet: said before anything is read.
+    let out = util::code(&env, &["snapshot", s(&plain), "--freeze", "postgres"], 1);
+    assert!(
+        util::stderr(&out).contains("--freeze postgres: not built yet"),
+        "{}",
+        util::stderr(&out)
+    );
+    util::code(&env, &["snapshot", s(&plain), "--freeze", "oracle"], 2);
     // auto reads it live, saying nothing.
     let out = env.ok(&["snapshot", s(&plain)]);
     assert!(
