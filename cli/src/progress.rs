@@ -271,6 +271,10 @@ impl Bars {
 }
 
 impl pvsnap_ops::Observer for Bars {
+    fn note(&self, what: &str, text: &str) {
+        eprintln!("pvsnap: {what}: {text}");
+    }
+
     fn storing(&self, p: Arc<pvsnap_engine::backup::Progress>) -> pvsnap_ops::Watch {
         if self.hidden || !std::io::stderr().is_terminal() {
             return Box::new(());

@@ -451,5 +451,6 @@ fn sample_snapshot() -> crate::snapshot::Snapshot {
         hooks: vec![],
         program_version: "0.1.0".into(),
         original: None,
+        source_snapshot: None,
     }
 }

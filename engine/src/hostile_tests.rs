@@ -146,6 +146,7 @@ fn snapshot(root: Node) -> Snapshot {
         hooks: vec![],
         program_version: "crafted".into(),
         original: None,
+        source_snapshot: None,
     }
 }
 

@@ -112,6 +112,44 @@ pub struct Snapshot {
     /// Absent in snapshots never copied or rewritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<SnapshotId>,
+    /// The native snapshot (btrfs, ZFS, LVM, CSI) the data was read from,
+    /// or that this record stands for (a native restore point). Absent in
+    /// snapshots read from the live folder and in repositories older than
+    /// native snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_snapshot: Option<SourceSnapshot>,
+}
+
+/// The native snapshot behind a repository snapshot (FORMAT.md,
+/// `source_snapshot`). The engine only records it; the storage is handled
+/// by `pvsnap-native`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceSnapshot {
+    /// `btrfs`, `zfs`, `lvm` or `csi`.
+    pub kind: String,
+    /// The volume it is a snapshot of (the btrfs subvolume's path, the ZFS
+    /// dataset, the LVM volume, the claim).
+    pub volume: String,
+    /// Its pvsnap name (`pvsnap-keep-…`, `pvsnap-read-…`).
+    pub name: String,
+    /// What the storage's tools call it (a btrfs snapshot's path,
+    /// `dataset@name`, `vg/lv`).
+    pub handle: String,
+    /// The source folder relative to the volume's root (empty: the root).
+    #[serde(default)]
+    pub within: String,
+    /// Seconds the storage took to make it.
+    pub create_s: f64,
+    /// Seconds from freeze to thaw (no freezer: the creation time).
+    pub freeze_window_s: f64,
+    /// Whether it was left on the storage after the run (a restore point,
+    /// removed by `forget` with this record).
+    pub kept: bool,
+    /// A native restore point only (`snapshot --native-only`): nothing was
+    /// read, the tree is an empty folder, and the content is the native
+    /// snapshot's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub native_only: bool,
 }
 
 impl Snapshot {
@@ -123,6 +161,17 @@ impl Snapshot {
     /// copy, its own id otherwise. A snapshot and all its copies share it.
     pub fn origin(&self) -> SnapshotId {
         self.original.unwrap_or(self.id)
+    }
+
+    /// A native restore point: the record of a native snapshot, whose tree
+    /// is an empty folder ([`SourceSnapshot::native_only`]).
+    pub fn is_native_only(&self) -> bool {
+        self.source_snapshot.as_ref().is_some_and(|n| n.native_only)
+    }
+
+    /// The native snapshot this record keeps on the storage, if any.
+    pub fn kept_native(&self) -> Option<&SourceSnapshot> {
+        self.source_snapshot.as_ref().filter(|n| n.kept)
     }
 }
 

@@ -35,6 +35,9 @@ pub enum Error {
     /// The storage refused for a reason that has a clear next step.
     #[error("{what}: {detail}")]
     Refused { what: String, detail: String },
+    /// A native snapshot (or what it needs) is no longer on the storage.
+    #[error("{what} no longer exists")]
+    Missing { what: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -16,8 +16,10 @@
 //!   stand-ins first on `PATH`.
 //! - Synchronous, like the engine; prints nothing.
 
+pub mod btrfs;
 pub mod detect;
 pub mod error;
+pub mod freeze;
 pub mod mountinfo;
 pub mod naming;
 pub mod tool;
@@ -27,6 +29,40 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
+
+/// The provider of one storage kind: a single match, so each kind's owner
+/// adds its arm.
+pub fn provider_for(kind: Kind) -> Result<Box<dyn Provider>> {
+    match kind {
+        Kind::Btrfs => Ok(Box::new(btrfs::Btrfs)),
+        Kind::Zfs | Kind::Lvm | Kind::Csi => Err(Error::Refused {
+            what: format!("{kind} native snapshots"),
+            detail:
+                "not built yet in this pvsnap; snapshot with --source-snapshot off (a live read)"
+                    .into(),
+        }),
+    }
+}
+
+/// Places a source folder on its volume, as the storage's own provider
+/// sees it: the first look from the mount table ([`detect::place`]), then,
+/// for btrfs, the subvolume that holds it. `Ok(None)`: a filesystem with no
+/// native snapshots.
+pub fn place(path: &Path) -> Result<Option<Placed>> {
+    let Some(first) = detect::place(path)? else {
+        return Ok(None);
+    };
+    match first.volume.kind {
+        Kind::Btrfs => {
+            let path = std::fs::canonicalize(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+            btrfs::place(&path, &first).map(Some)
+        }
+        _ => Ok(Some(first)),
+    }
+}
 
 /// The kinds of native snapshot, as written in a snapshot's JSON
 /// (`source_snapshot.kind`) and on the command line.

@@ -78,9 +78,33 @@ pub enum Error {
         #[source]
         source: pvsnap_engine::Error,
     },
+    /// Native snapshots of the source's storage failed (or were required
+    /// where there are none); the message names the path and what to do.
+    #[error("{}", native_text(.error))]
+    Native {
+        source_dir: PathBuf,
+        error: pvsnap_native::Error,
+    },
+    /// The database freeze asked for (`--freeze`) failed.
+    #[error("freezing {freezer}: {error}")]
+    Freeze {
+        freezer: String,
+        error: pvsnap_native::Error,
+    },
+    /// A request that cannot be carried out as given.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A native snapshot error without the path the caller already names.
+fn native_text(e: &pvsnap_native::Error) -> String {
+    match e {
+        pvsnap_native::Error::NotNative { reason, .. } => reason.clone(),
+        e => e.to_string(),
+    }
+}
 
 fn below_host_root(volume_path: &Path, host_root: Option<&Path>) -> String {
     match host_root {

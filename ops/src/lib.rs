@@ -37,6 +37,7 @@ mod claim;
 mod clone;
 mod drill;
 mod error;
+pub mod native;
 mod observe;
 mod restore;
 pub mod schedule;
@@ -46,6 +47,7 @@ pub use claim::{claim_key, source_of};
 pub use clone::{CloneOptions, Cloned, restore_to_new_claim};
 pub use drill::{CommandOutcome, DrillOptions, DrillReport, drill};
 pub use error::{Error, Result};
+pub use native::{NativeOptions, SourceSnapshotMode};
 pub use observe::{Observer, Quiet, Watch};
 pub use restore::{
     InPlace, InPlaceOptions, InPlaceTarget, PRE_RESTORE_TAG, ScaleBack, prepare_in_place,

@@ -38,6 +38,13 @@ pub trait Observer {
         let _ = snapshot;
     }
 
+    /// Something the user should know about `what` (a source, a volume)
+    /// that does not stop the workflow: a live read instead of a native
+    /// snapshot, a nested subvolume left out, a leftover removed.
+    fn note(&self, what: &str, text: &str) {
+        let _ = (what, text);
+    }
+
     /// The workloads are back at their counts from before.
     fn scaled_back(&self, originals: &[Workload]) {
         let _ = originals;

@@ -11,6 +11,7 @@ use pvsnap_k8s::{BodyOutcome, ClaimRef, Cluster, HookOutcome, HostHook, PodRef, 
 
 use crate::claim::source_of;
 use crate::error::{Error, Result};
+use crate::native::{NativeOptions, Natives, ReadFrom};
 use crate::observe::Observer;
 
 /// What every snapshot of one run records and leaves out.
@@ -50,6 +51,8 @@ pub struct Taken {
     /// the snapshot is saved (with the outcome recorded), but the source
     /// counts as failed.
     pub post_hook_failure: Option<HookOutcome>,
+    /// Native snapshots destroyed by `--keep-native N` after this one.
+    pub native_pruned: Vec<String>,
 }
 
 /// One run over several sources. Each source is its own timeline: its
@@ -62,6 +65,7 @@ pub struct SnapshotRun<'r> {
     options: SnapshotOptions,
     existing: Vec<Snapshot>,
     taken: Vec<Snapshot>,
+    native: Natives,
 }
 
 impl<'r> SnapshotRun<'r> {
@@ -75,7 +79,26 @@ impl<'r> SnapshotRun<'r> {
             options,
             existing,
             taken: Vec::new(),
+            native: Natives::default(),
         })
+    }
+
+    /// Reads sources through native snapshots as `options` say, frozen by
+    /// `freezer` while each native snapshot is made.
+    pub fn with_native(
+        mut self,
+        options: NativeOptions,
+        freezer: Option<Box<dyn pvsnap_native::Freezer>>,
+    ) -> Self {
+        self.native.options = options;
+        self.native.freezer = freezer;
+        self
+    }
+
+    /// Releases the run's native snapshots now (destroying those not kept);
+    /// what could not be released. Dropping the run does it too.
+    pub fn release_native(&self) -> Vec<String> {
+        self.native.release()
     }
 
     /// The snapshots this run has committed, in order.
@@ -171,7 +194,7 @@ impl<'r> SnapshotRun<'r> {
                 reason,
                 hooks: hooked.pre.into_iter().chain(hooked.post).collect(),
             }),
-            BodyOutcome::Ran(Err(e)) => Err(e.into()),
+            BodyOutcome::Ran(Err(e)) => Err(e),
             BodyOutcome::Ran(Ok(mut pending)) => {
                 pending.add_hooks(outcomes);
                 self.commit(pending, post_failure)
@@ -197,15 +220,46 @@ impl<'r> SnapshotRun<'r> {
         }
     }
 
+    /// Reads `dir` (through a native snapshot where the run says so) and
+    /// stores it.
     fn store(
         &self,
         dir: &Path,
         opts: &BackupOptions,
         observer: &dyn Observer,
-    ) -> pvsnap_engine::Result<PendingSnapshot> {
+    ) -> Result<PendingSnapshot> {
+        let (read, record) = match self.native.read_from(dir, observer)? {
+            ReadFrom::Live => (None, None),
+            ReadFrom::Native { dir: read, record } => (Some(read), Some(record)),
+        };
+        let native_only = record.as_ref().is_some_and(|r| r.native_only);
+        // A native restore point records an empty folder as its tree.
+        let empty = if native_only {
+            Some(tempfile::tempdir().map_err(|e| {
+                Error::Invalid(format!("cannot make an empty folder for the record: {e}"))
+            })?)
+        } else {
+            None
+        };
+        let mut opts = opts.clone();
+        if native_only {
+            opts.parent = None;
+        }
+        let from = match (&empty, &read) {
+            (Some(e), _) => e.path().to_owned(),
+            (None, Some(r)) => {
+                opts.excludes = crate::native::rebase_excludes(&opts.excludes, dir);
+                r.clone()
+            }
+            (None, None) => dir.to_owned(),
+        };
         let progress = Arc::new(Progress::default());
         let _watch = observer.storing(progress.clone());
-        backup::store(self.repo, dir, opts, &progress)
+        let mut pending = backup::store(self.repo, &from, &opts, &progress)?;
+        if let Some(r) = record {
+            pending.record_source_snapshot(r);
+        }
+        Ok(pending)
     }
 
     fn commit(
@@ -215,9 +269,18 @@ impl<'r> SnapshotRun<'r> {
     ) -> Result<Taken> {
         let outcome = pending.commit(self.repo)?;
         self.taken.push(outcome.snapshot.clone());
+        let s = &outcome.snapshot;
+        let native_pruned = match self.native.options.keep_native {
+            Some(n) if s.kept_native().is_some() && !s.is_native_only() => {
+                let all: Vec<Snapshot> = self.existing.iter().chain(&self.taken).cloned().collect();
+                crate::native::prune_kept(&all, &s.source.key(), n)
+            }
+            _ => vec![],
+        };
         Ok(Taken {
             snapshot: outcome.snapshot,
             post_hook_failure,
+            native_pruned,
         })
     }
 }

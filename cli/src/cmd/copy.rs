@@ -153,6 +153,12 @@ fn render(
             })
         })
         .collect();
+    for id in &r.native_only_skipped {
+        eprintln!(
+            "pvsnap: snapshot {} is a native restore point (its content is a native snapshot on this host's storage) and is not copied",
+            id.short()
+        );
+    }
     if a.json {
         return output::json(&Summary {
             snapshots_copied: r.copied.len(),

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Result;
 use pvsnap_engine::repo::format::ObjectKind;
@@ -175,12 +176,24 @@ fn snapshot_table(out: &mut impl Write, snaps: &[Snapshot]) -> std::io::Result<u
         // An incomplete snapshot (exit code 3 when taken, or a repaired
         // copy) says so after its source.
         let missing = super::snapshot::missing_paths(s);
-        let mark = if missing > 0 {
+        let mut mark = if missing > 0 {
             incomplete += 1;
             format!("  [incomplete: {missing} path(s) missing]")
         } else {
             String::new()
         };
+        match &s.source_snapshot {
+            Some(n) if n.native_only => {
+                mark.push_str(&format!("  [native {} restore point {}]", n.kind, n.name));
+            }
+            // A btrfs snapshot is a folder: one removed since (by
+            // --keep-native, or by hand) is said to be gone.
+            Some(n) if n.kept && n.kind == "btrfs" && !Path::new(&n.handle).exists() => {
+                mark.push_str("  [btrfs snapshot gone]");
+            }
+            Some(n) if n.kept => mark.push_str(&format!("  [+ {} snapshot kept]", n.kind)),
+            _ => {}
+        }
         writeln!(
             out,
             "{:<10} {:<19} {:<16} {:>8} {:>10}  {:<20} {}{mark}",
@@ -228,6 +241,7 @@ pub fn ls(cli: &Cli, a: &LsArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let repo = repo.load_index()?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
+    super::refuse_native_only(&snap, "ls")?;
     let start = a.path.clone().unwrap_or_default();
     let node = repo.find_node(&snap, &start)?;
     let mut out = std::io::stdout().lock();
@@ -313,6 +327,7 @@ pub struct DumpArgs {
 pub fn dump(cli: &Cli, a: &DumpArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?.load_index()?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
+    super::refuse_native_only(&snap, "dump")?;
     let node = repo.find_node(&snap, &a.path)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(4 << 20, stdout.lock());
@@ -333,6 +348,8 @@ pub struct DiffArgs {
 pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?.load_index()?;
     let (x, y) = repo.resolve_pair(&a.from, &a.to)?;
+    super::refuse_native_only(&x, "diff")?;
+    super::refuse_native_only(&y, "diff")?;
     if x.source.key() != y.source.key() && !cli.quiet {
         eprintln!(
             "pvsnap: comparing snapshots of two sources: {} ({}) and {} ({})",

@@ -15,6 +15,7 @@ use pvsnap_engine::maintenance::retention::{GroupBy, KeepPolicy, KeepWithin};
 use pvsnap_engine::maintenance::steps::Steps;
 use pvsnap_engine::repo::lock::{Access, ExclusiveLock, LockGuard};
 use pvsnap_engine::repo::policy::{self, NamedPolicy};
+use pvsnap_engine::snapshot::Snapshot;
 
 use crate::progress::Display;
 use crate::{Cli, output};
@@ -291,7 +292,10 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
             group_by: a.keep.group_by.unwrap_or_default(),
         }
     };
+    // Native snapshots kept by forgotten records go with them.
+    let (before, _) = repo.snapshots_lenient()?;
     let report = forget::forget(&repo, held.access(), &selection, &TimeZone::system())?;
+    let native = forget_native(&report, &before);
     let pruned = if a.prune {
         let mut opts = prune_options(&a.tuning);
         if a.dry_run {
@@ -312,6 +316,10 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["prune"] = serde_json::to_value(&pruned)?;
+        v["native"] = native
+            .iter()
+            .map(|(ok, line)| serde_json::json!({"ok": ok, "message": line}))
+            .collect();
         output::json(&v)?;
     } else if !cli.quiet {
         print_forget(&report)?;
@@ -319,7 +327,45 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
             print_prune(p);
         }
     }
-    Ok(crate::exit::OK)
+    let mut code = crate::exit::OK;
+    for (ok, line) in &native {
+        if !ok {
+            code = crate::exit::ERROR;
+            eprintln!(
+                "pvsnap: the record is forgotten, but its native snapshot could not be destroyed: {line}; destroy it with the storage's tools"
+            );
+        } else if line.starts_with("warning: ") || !(cli.quiet || a.json) {
+            eprintln!("pvsnap: {line}");
+        }
+    }
+    Ok(code)
+}
+
+/// Destroys the native snapshots kept by the records `report` removed
+/// (none in a dry run: what would be destroyed is said), unless a record
+/// that stays still keeps them. `(ok, what happened)` per native snapshot.
+fn forget_native(report: &ForgetReport, before: &[Snapshot]) -> Vec<(bool, String)> {
+    let gone: std::collections::HashSet<_> = report
+        .snapshots
+        .iter()
+        .filter(|v| !v.keep)
+        .map(|v| v.id)
+        .collect();
+    let (forgotten, remaining): (Vec<Snapshot>, Vec<Snapshot>) =
+        before.iter().cloned().partition(|s| gone.contains(&s.id));
+    if report.dry_run {
+        return forgotten
+            .iter()
+            .filter_map(|s| s.kept_native())
+            .map(|n| {
+                (
+                    true,
+                    format!("would destroy the {} snapshot {}", n.kind, n.handle),
+                )
+            })
+            .collect();
+    }
+    pvsnap_ops::native::destroy_forgotten(&forgotten, &remaining)
 }
 
 fn print_forget(r: &ForgetReport) -> Result<()> {

@@ -11,6 +11,7 @@ pub mod maintenance;
 pub mod mount;
 pub mod probe;
 pub mod restore;
+pub mod restore_native;
 pub mod restore_pvc;
 pub mod snapshot;
 pub mod tag;
@@ -44,5 +45,23 @@ pub fn ops_error(e: pvsnap_ops::Error) -> anyhow::Error {
         pvsnap_ops::Error::Engine(e) => e.into(),
         pvsnap_ops::Error::Kube(e) => e.into(),
         e => e.into(),
+    }
+}
+
+/// Refuses `what` (a command reading the repository's copy of the data) on
+/// a native restore point, whose content is on the storage only.
+pub fn refuse_native_only(
+    snap: &pvsnap_engine::snapshot::Snapshot,
+    what: &str,
+) -> anyhow::Result<()> {
+    match &snap.source_snapshot {
+        Some(n) if n.native_only => anyhow::bail!(
+            "snapshot {} is a native restore point: its content is the {} snapshot {}, not stored in the repository, so {what} has nothing to read; use `pvsnap restore {} --target DIR` (a copy), `--clone-to PATH` or `--rollback`",
+            snap.short_id(),
+            n.kind,
+            n.handle,
+            snap.short_id()
+        ),
+        _ => Ok(()),
     }
 }

@@ -71,6 +71,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         .as_deref()
         .map(|s| repo.resolve_snapshot(s))
         .transpose()?;
+    if let Some(s) = &snapshot {
+        super::refuse_native_only(s, "mount")?;
+    }
     let what = match &snapshot {
         Some(s) => format!("snapshot {}", s.short_id()),
         None => "repository".to_string(),

@@ -20,8 +20,14 @@ pub struct Args {
     /// Snapshot: an id, a unique prefix, `latest` (of the --to-pvc claim, or of the only source) or `latest:SOURCE`
     pub snapshot: String,
     /// Folder to restore into; the snapshot's root content lands directly in it
-    #[arg(long, required_unless_present_any = ["to_pvc", "to_new_pvc"], conflicts_with_all = ["to_pvc", "to_new_pvc"])]
+    #[arg(long, required_unless_present_any = ["to_pvc", "to_new_pvc", "rollback", "clone_to"], conflicts_with_all = ["to_pvc", "to_new_pvc", "rollback", "clone_to"])]
     pub target: Option<PathBuf>,
+    /// Return the source's volume to the native snapshot the snapshot keeps (btrfs: the live subvolume is set aside and replaced); stop what writes to the folder first, and confirm with --yes
+    #[arg(long, conflicts_with_all = ["to_pvc", "to_new_pvc", "clone_to", "path", "includes", "excludes", "delete", "dry_run"])]
+    pub rollback: bool,
+    /// Make a writable copy of the native snapshot the snapshot keeps at PATH, sharing its data (btrfs: a snapshot; PATH on the same filesystem)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["to_pvc", "to_new_pvc", "path", "includes", "excludes", "delete", "dry_run"])]
+    pub clone_to: Option<PathBuf>,
     /// When --target is a symlink, restore into the folder it points to (refused otherwise)
     #[arg(long, requires = "target")]
     pub follow_target: bool,
@@ -97,6 +103,9 @@ impl From<OverwriteArg> for Overwrite {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
+    if a.rollback || a.clone_to.is_some() {
+        return super::restore_native::run(cli, a);
+    }
     if let Some(claim) = &a.to_pvc {
         return super::restore_pvc::in_place(cli, a, claim);
     }
@@ -115,6 +124,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
+    if snap.is_native_only() {
+        return super::restore_native::copy_out(cli, a, &snap, target);
+    }
     let opts = RestoreOptions {
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),

@@ -33,6 +33,7 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let (mut repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot_near(&a.snapshot, &key)?;
+    super::refuse_native_only(&snap, "--to-pvc")?;
     let kube = Kube::connect(&a.kube)?;
     let cluster = kube.connected();
     let target = kube
@@ -225,6 +226,7 @@ pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
+    super::refuse_native_only(&snap, "--to-new-pvc")?;
     let kube = Kube::connect(&a.kube)?;
     let options = CloneOptions {
         storage_dir,

@@ -14,7 +14,9 @@ use anyhow::{Result, anyhow};
 use pvsnap_engine::backup::Checkpoints;
 use pvsnap_engine::snapshot::Snapshot;
 use pvsnap_k8s::{ClaimRef, HostHook, Scope};
-use pvsnap_ops::{HostHooks, SnapshotOptions, SnapshotRun, Taken};
+use pvsnap_ops::{
+    HostHooks, NativeOptions, SnapshotOptions, SnapshotRun, SourceSnapshotMode, Taken,
+};
 
 use crate::k8s::{self, Kube, KubeArgs};
 use crate::progress::Bars;
@@ -55,6 +57,18 @@ pub struct Args {
     /// Run this shell command on the host after each source is read, whenever the pre hook ran (PVSNAP_HOOK=post, PVSNAP_SOURCE, PVSNAP_SNAPSHOT_PATH)
     #[arg(long, value_name = "CMD")]
     pub post_hook: Option<String>,
+    /// Read each source through a native snapshot of its storage (btrfs): auto (where the storage can, else the live folder), required (fail where it cannot), off (the live folder)
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub source_snapshot: SourceSnapshotArg,
+    /// Keep only a native snapshot of each source as a restore point, read nothing (needs native snapshots; restore it with `restore SNAP --target`, `--rollback` or `--clone-to`)
+    #[arg(long, conflicts_with_all = ["dry_run", "keep_native"])]
+    pub native_only: bool,
+    /// After reading through a native snapshot, keep it, and the last N kept ones of each source, for instant rollback
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "dry_run")]
+    pub keep_native: Option<u32>,
+    /// Freeze this database on the host while the native snapshot is made: postgres, mysql or mongodb
+    #[arg(long, value_name = "DATABASE", value_parser = clap::builder::PossibleValuesParser::new(pvsnap_native::freeze::PRESETS))]
+    pub freeze: Option<String>,
     /// Snapshot every claim of the namespace (--namespace, default: the kubeconfig's) or of all namespaces
     #[arg(long, help_heading = "Kubernetes")]
     pub all_pvcs: bool,
@@ -82,6 +96,46 @@ pub struct Args {
     pub selector: Option<String>,
     #[command(flatten)]
     pub kube: KubeArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SourceSnapshotArg {
+    Auto,
+    Required,
+    Off,
+}
+
+/// The native snapshot options of a run, or why they do not go together.
+fn native_options(a: &Args) -> Result<(NativeOptions, Option<Box<dyn pvsnap_native::Freezer>>)> {
+    let mode = match a.source_snapshot {
+        SourceSnapshotArg::Auto => SourceSnapshotMode::Auto,
+        SourceSnapshotArg::Required => SourceSnapshotMode::Required,
+        SourceSnapshotArg::Off => SourceSnapshotMode::Off,
+    };
+    if mode == SourceSnapshotMode::Off
+        && (a.native_only || a.keep_native.is_some() || a.freeze.is_some())
+    {
+        return Err(anyhow!(
+            "--source-snapshot off reads the live folder, so --native-only, --keep-native and --freeze have nothing to act on; drop one or the other"
+        ));
+    }
+    let freezer = match &a.freeze {
+        Some(name) => Some(pvsnap_native::freeze::preset(name)?),
+        None => None,
+    };
+    Ok((
+        NativeOptions {
+            // A restore point with no native snapshot would be nothing.
+            mode: if a.native_only {
+                SourceSnapshotMode::Required
+            } else {
+                mode
+            },
+            native_only: a.native_only,
+            keep_native: a.keep_native.map(|n| n as usize),
+        },
+        freezer,
+    ))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -192,6 +246,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         }
     }
 
+    let (native, freezer) = native_options(a)?;
     let repo = crate::repo::open(cli, true, a.dry_run)?;
     let (mut repo, _lock) = super::locked(repo, false, "snapshot")?;
     let options = SnapshotOptions {
@@ -207,7 +262,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let mut run = Run {
         cli,
         args: a,
-        session: SnapshotRun::new(&mut repo, options).map_err(super::ops_error)?,
+        session: SnapshotRun::new(&mut repo, options)
+            .map_err(super::ops_error)?
+            .with_native(native, freezer),
         kube,
         host,
         bars: Bars {
@@ -261,6 +318,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         failed.push(k8s::claim_key(claim));
     }
     let sources = sources - elsewhere;
+    for f in run.session.release_native() {
+        eprintln!("pvsnap: warning: releasing a native snapshot: {f}");
+    }
     let taken = run.session.taken();
 
     if a.json {
@@ -484,6 +544,11 @@ impl Run<'_, '_> {
                 return Err(super::ops_error(e));
             }
         };
+        for line in &taken.native_pruned {
+            if !self.cli.quiet {
+                eprintln!("pvsnap: --keep-native: {line}");
+            }
+        }
         if !(self.cli.quiet || self.args.json) {
             print_human(&taken.snapshot, self.args.dry_run);
         } else {
@@ -530,6 +595,18 @@ pub fn missing_paths(s: &Snapshot) -> usize {
 
 fn print_human(s: &Snapshot, dry_run: bool) {
     let m = &s.summary;
+    if let Some(n) = s.source_snapshot.as_ref().filter(|n| n.native_only) {
+        println!(
+            "native restore point {} of {}: {} snapshot {} of {}, made in {:.3}s",
+            s.short_id(),
+            s.source.key(),
+            n.kind,
+            n.handle,
+            n.volume,
+            n.create_s
+        );
+        return;
+    }
     println!(
         "{} {} of {}: {} new, {} changed, {} unmodified files; read {}, added {} in {:.2}s",
         if dry_run {
@@ -546,6 +623,21 @@ fn print_human(s: &Snapshot, dry_run: bool) {
         output::bytes(m.bytes_added),
         m.duration_s
     );
+    if let Some(n) = &s.source_snapshot {
+        println!(
+            "  read from the {} snapshot {} of {}, made in {:.3}s, frozen {:.3}s; {}",
+            n.kind,
+            n.name,
+            n.volume,
+            n.create_s,
+            n.freeze_window_s,
+            if n.kept {
+                format!("kept at {}", n.handle)
+            } else {
+                "removed after the read".to_string()
+            }
+        );
+    }
     for h in k8s::recorded_hooks(&s.hooks) {
         println!("  {}", k8s::hook_line(&h));
     }

@@ -86,9 +86,14 @@ pub struct BackupOutcome {
 }
 
 /// The latest snapshot of `source` (the parent of a new snapshot of it).
+/// A native restore point holds no tree to compare with, and is never one.
 pub fn find_parent(snaps: &[Snapshot], source: &Source) -> Option<Snapshot> {
     let key = source.key();
-    snaps.iter().rev().find(|s| s.source.key() == key).cloned()
+    snaps
+        .iter()
+        .rev()
+        .find(|s| s.source.key() == key && !s.is_native_only())
+        .cloned()
 }
 
 /// (device, inode) of a file with several names.
@@ -154,6 +159,12 @@ impl PendingSnapshot {
     /// Appends records (hook outcomes) to [`Snapshot::hooks`].
     pub fn add_hooks(&mut self, hooks: impl IntoIterator<Item = serde_json::Value>) {
         self.snapshot.hooks.extend(hooks);
+    }
+
+    /// Records the native snapshot the data was read from (or, for a native
+    /// restore point, the one it stands for).
+    pub fn record_source_snapshot(&mut self, native: crate::snapshot::SourceSnapshot) {
+        self.snapshot.source_snapshot = Some(native);
     }
 
     /// Stage 8: writes the snapshot object, the commit point, then adds the
@@ -348,6 +359,7 @@ pub fn store(
         hooks: opts.hooks.clone(),
         program_version: concat!("pvsnap ", env!("CARGO_PKG_VERSION")).to_string(),
         original: None,
+        source_snapshot: None,
     };
     Ok(PendingSnapshot {
         snapshot,

@@ -82,6 +82,10 @@ pub struct CopyReport {
     pub copied: Vec<(SnapshotId, SnapshotId)>,
     /// Selected snapshots the target had already.
     pub already_there: Vec<SnapshotId>,
+    /// Selected native restore points, not copied: their content is a
+    /// native snapshot on this host's storage, which another repository's
+    /// `forget` must not destroy.
+    pub native_only_skipped: Vec<SnapshotId>,
     /// Blobs stored in the target.
     pub blobs_copied: u64,
     /// Blobs the target had already.
@@ -129,6 +133,10 @@ pub fn copy(
     let todo: Vec<&Snapshot> = selected
         .into_iter()
         .filter(|s| {
+            if s.is_native_only() {
+                report.native_only_skipped.push(s.id);
+                return false;
+            }
             let there = present.contains_key(&s.origin());
             if there {
                 report.already_there.push(s.id);
@@ -260,6 +268,12 @@ impl Copier<'_, '_> {
                 .parent
                 .and_then(|p| present.get(origin_of.get(&p).unwrap_or(&p)).copied()),
             original: Some(snap.origin()),
+            // A native snapshot kept on the storage belongs to the
+            // repository that made it: the copy records it, not kept.
+            source_snapshot: snap.source_snapshot.clone().map(|mut n| {
+                n.kept = false;
+                n
+            }),
             ..snap.clone()
         };
         let n = dst.save_snapshot(&copy)?;

@@ -313,6 +313,7 @@ mod tests {
             hooks: vec![],
             program_version: "test".into(),
             original: None,
+            source_snapshot: None,
         })
     }
 
