@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use crate::util::{self, Env};
 
 /// A btrfs filesystem on a loop file, mounted until dropped.
-struct Btrfs {
+pub(crate) struct Btrfs {
     _dir: tempfile::TempDir,
-    mnt: PathBuf,
+    pub(crate) mnt: PathBuf,
 }
 
 impl Drop for Btrfs {
@@ -27,7 +27,7 @@ impl Drop for Btrfs {
     }
 }
 
-fn sh(args: &[&str]) -> Result<String, String> {
+pub(crate) fn sh(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -42,7 +42,7 @@ fn sh(args: &[&str]) -> Result<String, String> {
 }
 
 /// A mounted btrfs, or `None` after saying loudly why the test is skipped.
-fn btrfs(test: &str) -> Option<Btrfs> {
+pub(crate) fn btrfs(test: &str) -> Option<Btrfs> {
     let why = if !util::is_root() {
         Err("not root: a loop btrfs needs root".to_string())
     } else {
@@ -83,7 +83,7 @@ fn make() -> Result<Btrfs, String> {
 
 impl Btrfs {
     /// A new subvolume at `rel`.
-    fn subvolume(&self, rel: &str) -> PathBuf {
+    pub(crate) fn subvolume(&self, rel: &str) -> PathBuf {
         let p = self.mnt.join(rel);
         sh(&["btrfs", "subvolume", "create", p.to_str().unwrap()]).unwrap();
         p

@@ -8,6 +8,7 @@ mod btrfs;
 mod copy;
 mod corruption;
 mod damage;
+mod database;
 mod deploy;
 mod diskfull;
 mod drill;
