@@ -20,6 +20,7 @@ pub mod btrfs;
 pub mod detect;
 pub mod error;
 pub mod freeze;
+pub mod lvm;
 pub mod mountinfo;
 pub mod naming;
 pub mod tool;
@@ -35,7 +36,8 @@ pub use error::{Error, Result};
 pub fn provider_for(kind: Kind) -> Result<Box<dyn Provider>> {
     match kind {
         Kind::Btrfs => Ok(Box::new(btrfs::Btrfs)),
-        Kind::Zfs | Kind::Lvm | Kind::Csi => Err(Error::Refused {
+        Kind::Lvm => Ok(Box::new(lvm::Lvm::default())),
+        Kind::Zfs | Kind::Csi => Err(Error::Refused {
             what: format!("{kind} native snapshots"),
             detail:
                 "not built yet in this pvsnap; snapshot with --source-snapshot off (a live read)"
@@ -60,6 +62,7 @@ pub fn place(path: &Path) -> Result<Option<Placed>> {
             })?;
             btrfs::place(&path, &first).map(Some)
         }
+        Kind::Lvm => lvm::Lvm::default().place(&first).map(Some),
         _ => Ok(Some(first)),
     }
 }

@@ -42,6 +42,8 @@ pub struct NativeOptions {
     /// After a frozen read, keep the native snapshot and the last N kept
     /// ones of the source (`--keep-native N`).
     pub keep_native: Option<usize>,
+    /// The size of thick LVM snapshots (`--lvm-snapshot-size`).
+    pub lvm_snapshot_size: Option<pvsnap_native::lvm::SnapshotSize>,
 }
 
 /// One native snapshot a run made and reads from.
@@ -103,6 +105,12 @@ impl Natives {
             Err(e) => return fallback(e),
         };
         let provider = match pvsnap_native::provider_for(placed.volume.kind) {
+            Ok(_) if placed.volume.kind == pvsnap_native::Kind::Lvm => {
+                Box::new(pvsnap_native::lvm::Lvm {
+                    snapshot_size: self.options.lvm_snapshot_size.unwrap_or_default(),
+                    ..Default::default()
+                }) as Box<dyn Provider>
+            }
             Ok(p) => p,
             // A kind this pvsnap does not snapshot yet (any device-mapper
             // device looks like LVM at first): auto reads live quietly.
@@ -213,6 +221,15 @@ impl Natives {
             freeze_window_s,
             kept,
         })
+    }
+
+    /// How full the held native snapshot of `record` is (LVM thick
+    /// snapshots), for a watch during the read; `None` where the storage
+    /// has no such limit.
+    pub(crate) fn usage(&self, record: &SourceSnapshot) -> Option<f64> {
+        let held = self.held.lock().expect("native snapshots");
+        let h = held.iter().find(|h| h.snapshot.handle == record.handle)?;
+        h.provider.usage(&h.snapshot).ok().flatten()
     }
 
     /// Closes every view and destroys the snapshots not kept; the failures.

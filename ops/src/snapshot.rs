@@ -255,11 +255,84 @@ impl<'r> SnapshotRun<'r> {
         };
         let progress = Arc::new(Progress::default());
         let _watch = observer.storing(progress.clone());
-        let mut pending = backup::store(self.repo, &from, &opts, &progress)?;
+        let watched = match &record {
+            Some(r) if !native_only && r.kind == "lvm" => Some(r.clone()),
+            _ => None,
+        };
+        let mut pending = match watched {
+            None => backup::store(self.repo, &from, &opts, &progress)?,
+            Some(r) => self.store_watched(&from, opts, &progress, &r, observer)?,
+        };
         if let Some(r) = record {
             pending.record_source_snapshot(r);
         }
         Ok(pending)
+    }
+
+    /// Stores `from` while a watch polls how full the LVM snapshot it is
+    /// read from gets: a warning at 80 %, and at 95 % the read stops
+    /// cleanly (what was stored is indexed) before the snapshot overflows
+    /// and its content is lost.
+    fn store_watched(
+        &self,
+        from: &Path,
+        mut opts: BackupOptions,
+        progress: &Progress,
+        record: &pvsnap_engine::snapshot::SourceSnapshot,
+        observer: &dyn Observer,
+    ) -> Result<PendingSnapshot> {
+        use pvsnap_native::lvm::{ABORT_AT, WARN_AT};
+        let outer = opts.stop.clone();
+        let inner = pvsnap_engine::stop::Stop::default();
+        opts.stop = inner.clone();
+        // The store runs on a thread of its own; the watch here, where the
+        // held snapshot and the observer are.
+        let repo: &IndexedRepository = self.repo;
+        let (stored, overflow) = std::thread::scope(|s| {
+            let store = s.spawn(|| backup::store(repo, from, &opts, progress));
+            let mut warned = false;
+            let mut overflow = None;
+            let mut last = std::time::Instant::now() - std::time::Duration::from_secs(10);
+            while !store.is_finished() {
+                if outer.requested() {
+                    inner.request();
+                }
+                if overflow.is_none() && last.elapsed() >= std::time::Duration::from_secs(2) {
+                    last = std::time::Instant::now();
+                    if let Some(u) = self.native.usage(record) {
+                        if u >= ABORT_AT {
+                            inner.request();
+                            overflow = Some(u);
+                        } else if u >= WARN_AT && !warned {
+                            warned = true;
+                            observer.note(
+                                &record.handle,
+                                &format!(
+                                    "the LVM snapshot is {:.0}% full; it is read on, and stopped at {:.0}%",
+                                    u * 100.0,
+                                    ABORT_AT * 100.0
+                                ),
+                            );
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            (store.join().expect("the store does not panic"), overflow)
+        });
+        match (stored, overflow) {
+            (Err(_), Some(u)) => Err(Error::Native {
+                source_dir: from.to_owned(),
+                error: pvsnap_native::Error::Refused {
+                    what: format!("LVM snapshot {}", record.handle),
+                    detail: format!(
+                        "is {:.0}% full: the read stopped before it overflows (what was stored is kept for the next run); give it more room with --lvm-snapshot-size",
+                        u * 100.0
+                    ),
+                },
+            }),
+            (stored, _) => Ok(stored?),
+        }
     }
 
     fn commit(

@@ -66,6 +66,9 @@ pub struct Args {
     /// After reading through a native snapshot, keep it, and the last N kept ones of each source, for instant rollback
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "dry_run")]
     pub keep_native: Option<u32>,
+    /// Room for a thick LVM snapshot: a share of the origin (`20%`, the default) or a size (`10G`); it must hold what changes while it is read
+    #[arg(long, value_name = "SIZE", value_parser = pvsnap_native::lvm::SnapshotSize::parse)]
+    pub lvm_snapshot_size: Option<pvsnap_native::lvm::SnapshotSize>,
     /// Freeze this database on the host while the native snapshot is made: postgres, mysql or mongodb
     #[arg(long, value_name = "DATABASE", value_parser = clap::builder::PossibleValuesParser::new(pvsnap_native::freeze::PRESETS))]
     pub freeze: Option<String>,
@@ -133,6 +136,7 @@ fn native_options(a: &Args) -> Result<(NativeOptions, Option<Box<dyn pvsnap_nati
             },
             native_only: a.native_only,
             keep_native: a.keep_native.map(|n| n as usize),
+            lvm_snapshot_size: a.lvm_snapshot_size,
         },
         freezer,
     ))
