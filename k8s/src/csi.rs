@@ -33,6 +33,10 @@ pub const SNAPSHOT_API_GROUP: &str = "snapshot.storage.k8s.io";
 /// The annotation that makes a VolumeSnapshotClass its driver's default.
 pub const DEFAULT_SNAPSHOT_CLASS_ANNOTATION: &str =
     "snapshot.storage.kubernetes.io/is-default-class";
+/// The annotation naming the run that made a VolumeSnapshot,
+/// `HOST pid PID`: a later run on the same host can tell a killed run's
+/// leftover from a snapshot still being made.
+pub const RUN_ANNOTATION: &str = "pvsnap.io/run";
 /// How long to wait for `readyToUse` unless told (`--csi-timeout`).
 pub const DEFAULT_CSI_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -98,6 +102,9 @@ pub struct CsiSnapshot {
     pub ready: bool,
     /// `status.error.message`, when the driver reported one.
     pub error: Option<String>,
+    /// The object's annotations (who made it: [`RUN_ANNOTATION`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl CsiSnapshot {
@@ -115,6 +122,7 @@ impl CsiSnapshot {
             created: s(&status["creationTime"]),
             ready: status["readyToUse"] == true,
             error: s(&status["error"]["message"]),
+            annotations: obj.metadata.annotations.clone().unwrap_or_default(),
         }
     }
 
@@ -313,11 +321,15 @@ impl Cluster {
         claim: &CsiClaim,
         class: &SnapshotClass,
         name: &str,
+        annotations: &std::collections::BTreeMap<String, String>,
     ) -> Result<CsiSnapshot> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &claim.namespace, &snapshots());
         let mut obj = DynamicObject::new(name, &snapshots()).within(&claim.namespace);
         obj.metadata.labels = Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into());
+        if !annotations.is_empty() {
+            obj.metadata.annotations = Some(annotations.clone());
+        }
         obj.data = json!({
             "spec": {
                 "volumeSnapshotClassName": class.name,
@@ -371,6 +383,34 @@ impl Cluster {
         name: &str,
         timeout: Duration,
     ) -> Result<CsiSnapshot> {
+        self.wait_until(namespace, name, timeout, "ready to use", |s| s.ready)
+            .await
+    }
+
+    /// Waits until the storage has cut VolumeSnapshot `namespace/name`: its
+    /// `status.creationTime` is set (or it is ready). The data is fixed from
+    /// then on, though the driver may still be uploading it, so this ends a
+    /// freeze window. Errors and timeout as [`Cluster::wait_volume_snapshot`].
+    pub async fn wait_volume_snapshot_cut(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<CsiSnapshot> {
+        self.wait_until(namespace, name, timeout, "cut (creationTime)", |s| {
+            s.ready || s.created.is_some()
+        })
+        .await
+    }
+
+    async fn wait_until(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        stage: &'static str,
+        done: fn(&CsiSnapshot) -> bool,
+    ) -> Result<CsiSnapshot> {
         let deadline = Instant::now() + timeout;
         let last = loop {
             let snap = self
@@ -380,15 +420,14 @@ impl Cluster {
                     namespace: namespace.into(),
                     name: name.into(),
                 })?;
-            if snap.ready {
+            if done(&snap) {
                 return Ok(snap);
             }
             if let Some(message) = snap.error.clone() {
                 let cleanup = self.cleanup_note(namespace, name).await;
                 return Err(Error::SnapshotFailed {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    claim: snap.claim,
+                    snapshot: format!("{namespace}/{name}"),
+                    claim: format!("{namespace}/{}", snap.claim),
                     message,
                     cleanup,
                 });
@@ -401,12 +440,14 @@ impl Cluster {
         };
         let cleanup = self.cleanup_note(namespace, name).await;
         Err(Error::SnapshotTimeout {
-            namespace: namespace.into(),
-            name: name.into(),
-            claim: last.claim,
+            snapshot: format!("{namespace}/{name}"),
+            claim: format!("{namespace}/{}", last.claim),
+            stage,
             timeout,
-            content: last.content.unwrap_or_else(|| "none yet".into()),
-            cleanup,
+            detail: format!(
+                "content: {}; {cleanup}",
+                last.content.as_deref().unwrap_or("none yet")
+            ),
         })
     }
 

@@ -189,11 +189,13 @@ pub enum Error {
 
     /// The driver reported an error for a VolumeSnapshot.
     #[error(
-        "CSI volumesnapshot {namespace}/{name} of claim {namespace}/{claim} failed: {message}; {cleanup}. Check the driver's snapshotter with `kubectl describe volumesnapshot -n {namespace}`"
+        "CSI volumesnapshot {snapshot} of claim {claim} failed: {message}; {cleanup}. Check the driver's snapshotter with `kubectl describe volumesnapshot -n {}`",
+        .snapshot.split('/').next().unwrap_or("")
     )]
     SnapshotFailed {
-        namespace: String,
-        name: String,
+        /// `NAMESPACE/NAME`.
+        snapshot: String,
+        /// `NAMESPACE/NAME` of the claim.
         claim: String,
         /// `status.error.message`.
         message: String,
@@ -203,15 +205,18 @@ pub enum Error {
 
     /// A VolumeSnapshot was not ready in time.
     #[error(
-        "CSI volumesnapshot {namespace}/{name} of claim {namespace}/{claim} was not ready to use after {timeout:?} (content: {content}); {cleanup}. Raise --csi-timeout, or check that the CSI snapshotter runs (`kubectl get volumesnapshotcontent`, the driver's snapshot-controller logs)"
+        "CSI volumesnapshot {snapshot} of claim {claim} was not {stage} after {timeout:?} ({detail}). Raise --csi-timeout, or check that the CSI snapshotter runs (`kubectl get volumesnapshotcontent`, the driver's snapshot-controller logs)"
     )]
     SnapshotTimeout {
-        namespace: String,
-        name: String,
+        /// `NAMESPACE/NAME`.
+        snapshot: String,
+        /// `NAMESPACE/NAME` of the claim.
         claim: String,
+        /// What it was waited for: `ready to use`, `cut (creationTime)`.
+        stage: &'static str,
         timeout: Duration,
-        content: String,
-        cleanup: String,
+        /// Its content, and what became of it.
+        detail: String,
     },
 
     /// A claim from a snapshot was asked in another namespace.

@@ -88,7 +88,8 @@ pub use config::{
 };
 pub use csi::{
     ClaimFromSnapshot, CsiClaim, CsiSnapshot, DEFAULT_CSI_TIMEOUT,
-    DEFAULT_SNAPSHOT_CLASS_ANNOTATION, SNAPSHOT_API_GROUP, SnapshotClass, SnapshotDeleted,
+    DEFAULT_SNAPSHOT_CLASS_ANNOTATION, RUN_ANNOTATION, SNAPSHOT_API_GROUP, SnapshotClass,
+    SnapshotDeleted,
 };
 pub use error::{Error, Result, SourceAttempt};
 pub use hooks::{

@@ -68,6 +68,11 @@ pub enum Error {
         #[source]
         source: Box<pvsnap_k8s::Error>,
     },
+    /// No empty folder could be made to record a CSI snapshot with.
+    #[error(
+        "cannot make an empty temporary folder to record the CSI snapshot with: {0}; check TMPDIR (the VolumeSnapshot was deleted again)"
+    )]
+    CsiTempFolder(#[source] std::io::Error),
     /// The snapshot of the current content before an in-place restore failed.
     #[error("cannot take the safety snapshot of {} before restoring", .dir.display())]
     SafetySnapshot {

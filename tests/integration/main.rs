@@ -6,6 +6,7 @@ mod util;
 mod about;
 mod copy;
 mod corruption;
+mod csi;
 mod damage;
 mod deploy;
 mod diskfull;

@@ -31,7 +31,7 @@ async fn snapshot(
     let class = cluster.snapshot_class(&claim.driver, None).await.unwrap();
     let name = new_name();
     cluster
-        .create_volume_snapshot(&claim, &class, &name)
+        .create_volume_snapshot(&claim, &class, &name, &Default::default())
         .await
         .unwrap();
     let r = cluster

@@ -5,7 +5,7 @@
 //!
 //! A VolumeSnapshot posted here gets its content object at once (bound both
 //! ways, `readyToUse: false`), then, per [`CsiBehaviour`], turns ready after
-//! a delay, never, or fails with `status.error.message`. A snapshot without
+//! a delay (cut at once: `creationTime` set on creation), never, or fails with `status.error.message`. A snapshot without
 //! `volumeSnapshotClassName` gets the driver's default class, as the real
 //! controller does (none or several: an error status). Deleting a snapshot
 //! deletes its content when the class said `Delete` and keeps it (unbound
@@ -206,6 +206,10 @@ fn snapshot_created(state: &Arc<Mutex<State>>, ns: &str, name: &str) {
         });
     }
     let behaviour = st.csi.clone();
+    if let (CsiBehaviour::ReadyAfter(_), Some(s)) = (&behaviour, st.objects.get_mut(&key)) {
+        // The storage cuts the snapshot at once; uploading it takes longer.
+        s["status"]["creationTime"] = json!(now());
+    }
     drop(st);
 
     let (ns, name, state) = (ns.to_string(), name.to_string(), state.clone());
@@ -235,7 +239,9 @@ fn snapshot_created(state: &Arc<Mutex<State>>, ns: &str, name: &str) {
         }
         if let Some(s) = st.objects.get_mut(&key) {
             s["status"]["readyToUse"] = json!(true);
-            s["status"]["creationTime"] = json!(time);
+            if s["status"]["creationTime"].is_null() {
+                s["status"]["creationTime"] = json!(time);
+            }
             s["status"]["restoreSize"] = size;
         }
     });
