@@ -43,6 +43,9 @@ pub struct CsiOptions {
     /// How long to wait for the snapshot to be cut and then ready
     /// (`--csi-timeout`).
     pub timeout: Duration,
+    /// A dry run (`snapshot --dry-run`): the claim and class are checked,
+    /// nothing is made in the cluster.
+    pub dry_run: bool,
 }
 
 impl Default for CsiOptions {
@@ -50,6 +53,7 @@ impl Default for CsiOptions {
         CsiOptions {
             class: None,
             timeout: DEFAULT_CSI_TIMEOUT,
+            dry_run: false,
         }
     }
 }
@@ -177,6 +181,13 @@ impl SnapshotRun<'_> {
         let class = cluster
             .snapshot_class(&csi.driver, opts.class.as_deref())
             .await?;
+        if opts.dry_run {
+            return Err(Error::CsiDryRun {
+                key: format!("pvc/{}/{}", csi.namespace, csi.pvc),
+                driver: csi.driver,
+                class: class.name,
+            });
+        }
         let recorded = self.all_snapshots();
         for gone in remove_csi_leftovers(cluster, &claim.namespace, &recorded, opts.timeout).await?
         {

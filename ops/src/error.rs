@@ -68,6 +68,15 @@ pub enum Error {
         #[source]
         source: Box<pvsnap_k8s::Error>,
     },
+    /// A dry run reached a CSI claim: nothing is made in the cluster.
+    #[error(
+        "dry run: {key} is provided by CSI driver {driver}; a real run makes a VolumeSnapshot of class {class} (nothing was made)"
+    )]
+    CsiDryRun {
+        key: String,
+        driver: String,
+        class: String,
+    },
     /// No empty folder could be made to record a CSI snapshot with.
     #[error(
         "cannot make an empty temporary folder to record the CSI snapshot with: {0}; check TMPDIR (the VolumeSnapshot was deleted again)"

@@ -81,6 +81,14 @@ fn a_csi_claim_becomes_a_recorded_volume_snapshot() {
         "{text}"
     );
     assert_eq!(volume_snapshots(&k).len(), 2);
+    // A dry run checks the claim and class and makes nothing.
+    let out = k.run(&["snapshot", "--dry-run", "pvc/default/ceph"]);
+    assert!(
+        stderr(&out).contains("dry run: pvc/default/ceph is provided by CSI driver rbd.csi.ceph.com; a real run makes a VolumeSnapshot of class ceph-snap (nothing was made)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(volume_snapshots(&k).len(), 2);
 
     // Its files are not in the repository: --target and --to-pvc say how
     // to restore it instead.

@@ -210,6 +210,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         csi: pvsnap_ops::CsiOptions {
             class: a.snapshot_class.clone(),
             timeout: a.csi_timeout,
+            dry_run: a.dry_run,
         },
         excludes: a.excludes.clone(),
         one_file_system: a.one_file_system,
