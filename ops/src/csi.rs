@@ -217,7 +217,10 @@ impl SnapshotRun<'_> {
                 cluster
                     .wait_volume_snapshot_cut(&csi.namespace, &name, opts.timeout)
                     .await?;
-                Ok::<_, pvsnap_k8s::Error>((secs(started), secs(frozen)))
+                // Pre hooks done to post hooks starting: the request
+                // until the storage had cut it.
+                let cut = secs(frozen);
+                Ok::<_, pvsnap_k8s::Error>((cut, cut))
             },
         )
         .await;

@@ -59,6 +59,15 @@ fn a_csi_claim_becomes_a_recorded_volume_snapshot() {
             .starts_with("snapcontent-")
     );
     assert!(rec["snapshot"]["created"].is_string());
+    let (cut, ready) = (
+        rec["create_s"].as_f64().unwrap(),
+        rec["ready_s"].as_f64().unwrap(),
+    );
+    assert!(
+        cut <= ready && ready >= 0.3,
+        "cut in {cut}s, ready in {ready}s (ready 300 ms later)"
+    );
+    assert_eq!(rec["freeze_window_s"], rec["create_s"]);
     assert_eq!(snap["source"]["pvc"], "ceph");
     assert_eq!(volume_snapshots(&k), vec![format!("default/{name}")]);
     // Listed with the others; its tree holds nothing.
