@@ -275,6 +275,12 @@ impl pvsnap_ops::Observer for Bars {
         eprintln!("pvsnap: {what}: {text}");
     }
 
+    fn csi_leftover_removed(&self, snapshot: &str) {
+        eprintln!(
+            "pvsnap: removed volumesnapshot {snapshot}: a pvsnap run that is gone made it and never recorded it"
+        );
+    }
+
     fn storing(&self, p: Arc<pvsnap_engine::backup::Progress>) -> pvsnap_ops::Watch {
         if self.hidden || !std::io::stderr().is_terminal() {
             return Box::new(());

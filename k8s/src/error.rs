@@ -124,7 +124,7 @@ pub enum Error {
     /// The volume is provided by a CSI driver, whose data is not a plain host
     /// directory that can be read here.
     #[error(
-        "persistentvolume {pv} of claim {namespace}/{claim} is provided by CSI driver {driver}; only host-directory volumes (hostPath, local) are supported — native CSI VolumeSnapshots come in a later release"
+        "persistentvolume {pv} of claim {namespace}/{claim} is provided by CSI driver {driver}; its files cannot be read from the host (only hostPath and local volumes can) — `pvsnap snapshot pvc/{namespace}/{claim}` makes a CSI VolumeSnapshot of it instead; reading a CSI snapshot's content into the repository (a short-lived pod mounting a claim made from it) is not built yet"
     )]
     CsiVolume {
         /// Name of the volume.
@@ -136,6 +136,105 @@ pub enum Error {
         /// The CSI driver name from `spec.csi.driver`.
         driver: String,
     },
+
+    /// A CSI VolumeSnapshot was asked of a claim whose volume is not CSI.
+    #[error(
+        "persistentvolume {pv} of claim {namespace}/{claim} is not provided by a CSI driver, so it has no CSI VolumeSnapshots; snapshot it into the repository instead"
+    )]
+    NotCsi {
+        pv: String,
+        namespace: String,
+        claim: String,
+    },
+
+    /// The VolumeSnapshotClass asked for does not exist.
+    #[error(
+        "volumesnapshotclass {class} not found; list the classes with `kubectl get volumesnapshotclass`"
+    )]
+    SnapshotClassNotFound { class: String },
+
+    /// The VolumeSnapshotClass asked for is of another driver.
+    #[error(
+        "volumesnapshotclass {class} is for CSI driver {class_driver}, but the volume is provided by {driver}; pass --snapshot-class with a class of {driver}"
+    )]
+    SnapshotClassDriver {
+        class: String,
+        class_driver: String,
+        driver: String,
+    },
+
+    /// No class given and the driver has no default class.
+    #[error(
+        "CSI driver {driver} has no default VolumeSnapshotClass (its classes: {classes}); pass --snapshot-class NAME, or make one the default with `kubectl annotate volumesnapshotclass NAME snapshot.storage.kubernetes.io/is-default-class=true`"
+    )]
+    NoDefaultSnapshotClass { driver: String, classes: String },
+
+    /// No class given and the driver has several default classes.
+    #[error(
+        "CSI driver {driver} has more than one default VolumeSnapshotClass ({classes}), so which to use is ambiguous; pass --snapshot-class NAME, or keep one default with `kubectl annotate volumesnapshotclass NAME snapshot.storage.kubernetes.io/is-default-class-`"
+    )]
+    AmbiguousDefaultSnapshotClass { driver: String, classes: String },
+
+    /// The VolumeSnapshot to create exists already.
+    #[error(
+        "volumesnapshot {namespace}/{name} already exists; run the snapshot again for a new name"
+    )]
+    SnapshotExists { namespace: String, name: String },
+
+    /// A VolumeSnapshot being waited for or used is gone.
+    #[error(
+        "volumesnapshot {namespace}/{name} is gone (deleted by someone else?); check `kubectl get volumesnapshot -n {namespace}`"
+    )]
+    SnapshotVanished { namespace: String, name: String },
+
+    /// The driver reported an error for a VolumeSnapshot.
+    #[error(
+        "CSI volumesnapshot {snapshot} of claim {claim} failed: {message}; {cleanup}. Check the driver's snapshotter with `kubectl describe volumesnapshot -n {}`",
+        .snapshot.split('/').next().unwrap_or("")
+    )]
+    SnapshotFailed {
+        /// `NAMESPACE/NAME`.
+        snapshot: String,
+        /// `NAMESPACE/NAME` of the claim.
+        claim: String,
+        /// `status.error.message`.
+        message: String,
+        /// What became of the snapshot.
+        cleanup: String,
+    },
+
+    /// A VolumeSnapshot was not ready in time.
+    #[error(
+        "CSI volumesnapshot {snapshot} of claim {claim} was not {stage} after {timeout:?} ({detail}). Raise --csi-timeout, or check that the CSI snapshotter runs (`kubectl get volumesnapshotcontent`, the driver's snapshot-controller logs)"
+    )]
+    SnapshotTimeout {
+        /// `NAMESPACE/NAME`.
+        snapshot: String,
+        /// `NAMESPACE/NAME` of the claim.
+        claim: String,
+        /// What it was waited for: `ready to use`, `cut (creationTime)`.
+        stage: &'static str,
+        timeout: Duration,
+        /// Its content, and what became of it.
+        detail: String,
+    },
+
+    /// A claim from a snapshot was asked in another namespace.
+    #[error(
+        "a claim made from volumesnapshot {snapshot} must be in its namespace, not {namespace}; use --to-new-pvc {}/{name}",
+        .snapshot.split('/').next().unwrap_or("")
+    )]
+    SnapshotOtherNamespace {
+        snapshot: String,
+        namespace: String,
+        name: String,
+    },
+
+    /// A claim from a snapshot was asked of a snapshot not ready.
+    #[error(
+        "volumesnapshot {snapshot} is not ready to use (error: {error}); no claim can be made from it yet — check `kubectl describe volumesnapshot`"
+    )]
+    SnapshotNotReady { snapshot: String, error: String },
 
     /// The volume type is neither hostPath nor local.
     #[error(

@@ -23,6 +23,11 @@
 //!   users of a claim for an in-place restore.
 //! * [`Cluster::create_clone_claim`] makes a new claim on a restored
 //!   directory.
+//! * [`Cluster::csi_claim`], [`Cluster::snapshot_class`],
+//!   [`Cluster::create_volume_snapshot`], [`Cluster::wait_volume_snapshot`],
+//!   [`Cluster::delete_volume_snapshot`], [`Cluster::pvsnap_volume_snapshots`]
+//!   and [`Cluster::create_claim_from_snapshot`]: CSI VolumeSnapshots of
+//!   claims a CSI driver provides, and claims made from them.
 //!
 //! # TLS crypto provider
 //!
@@ -62,6 +67,7 @@
 mod claims;
 mod clone;
 mod config;
+mod csi;
 mod error;
 mod hooks;
 mod workloads;
@@ -79,6 +85,11 @@ pub use clone::{CloneTarget, MANAGED_BY, MANAGED_BY_LABEL, clone_volume_name};
 pub use config::{
     Cluster, ConfigSource, ConfigSources, ConnectOptions, MICROK8S_CLIENT_CONFIG,
     SERVICE_ACCOUNT_DIR, connect, connect_with,
+};
+pub use csi::{
+    ClaimFromSnapshot, CsiClaim, CsiSnapshot, DEFAULT_CSI_TIMEOUT,
+    DEFAULT_SNAPSHOT_CLASS_ANNOTATION, RUN_ANNOTATION, SNAPSHOT_API_GROUP, SnapshotClass,
+    SnapshotDeleted,
 };
 pub use error::{Error, Result, SourceAttempt};
 pub use hooks::{

@@ -11,6 +11,8 @@ mod claims;
 mod clone;
 #[path = "k8s/config.rs"]
 mod config;
+#[path = "k8s/csi.rs"]
+mod csi;
 #[path = "k8s/hooked.rs"]
 mod hooked;
 #[path = "k8s/pod_hooks.rs"]

@@ -92,6 +92,24 @@ impl Name {
     }
 }
 
+impl Name {
+    /// The name in lowercase, as Kubernetes object names must be (a CSI
+    /// VolumeSnapshot's name): `pvsnap-keep-20261204t120000z-0123abcd`.
+    pub fn to_dns_label(&self) -> String {
+        self.to_string().to_ascii_lowercase()
+    }
+
+    /// Parses a name made by [`Name::to_dns_label`] (or [`Name::parse`]'s
+    /// form); `None` for anything else.
+    pub fn parse_dns_label(s: &str) -> Option<Name> {
+        let rest = s.strip_prefix(PREFIX)?;
+        let (purpose, rest) = rest.split_once('-')?;
+        let (time, nonce) = rest.split_once('-')?;
+        let time = time.to_ascii_uppercase();
+        Name::parse(&format!("{PREFIX}{purpose}-{time}-{nonce}"))
+    }
+}
+
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -131,7 +149,18 @@ mod tests {
             let n = Name::new(p);
             let s = n.to_string();
             assert!(s.starts_with("pvsnap-"), "{s}");
-            assert_eq!(Name::parse(&s), Some(n), "{s}");
+            assert_eq!(Name::parse(&s), Some(n.clone()), "{s}");
+            let dns = n.to_dns_label();
+            assert_eq!(dns, dns.to_ascii_lowercase());
+            assert_eq!(Name::parse_dns_label(&dns), Some(n), "{dns}");
+        }
+        for s in [
+            "pvsnap-KEEP-20261204t120000z-0123abcd",
+            "pvsnap-keep-20261204t120000z-0123ABCD",
+            "pvsnap-keep-20261204x120000z-0123abcd",
+            "other-keep-20261204t120000z-0123abcd",
+        ] {
+            assert_eq!(Name::parse_dns_label(s), None, "{s}");
         }
         for s in [
             "daily-2026",

@@ -71,6 +71,20 @@ pub enum Error {
     /// A restore drill could not be set up (its folder, its snapshot).
     #[error("drill: {0}")]
     Drill(String),
+    /// A dry run reached a CSI claim: nothing is made in the cluster.
+    #[error(
+        "dry run: {key} is provided by CSI driver {driver}; a real run makes a VolumeSnapshot of class {class} (nothing was made)"
+    )]
+    CsiDryRun {
+        key: String,
+        driver: String,
+        class: String,
+    },
+    /// No empty folder could be made to record a CSI snapshot with.
+    #[error(
+        "cannot make an empty temporary folder to record the CSI snapshot with: {0}; check TMPDIR (the VolumeSnapshot was deleted again)"
+    )]
+    CsiTempFolder(#[source] std::io::Error),
     /// The snapshot of the current content before an in-place restore failed.
     #[error("cannot take the safety snapshot of {} before restoring", .dir.display())]
     SafetySnapshot {

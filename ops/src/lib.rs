@@ -8,7 +8,10 @@
 //!   [`SnapshotRun::claim`] resolves a claim to its volume directory on this
 //!   node and snapshots it between its running pods' backup hooks (and the
 //!   host hooks). Every source is hooks → store → post hooks → commit, so
-//!   post-hook outcomes are recorded in the snapshot they belong to.
+//!   post-hook outcomes are recorded in the snapshot they belong to. A claim
+//!   a CSI driver provides gets a VolumeSnapshot between the hooks instead,
+//!   recorded as a native restore point ([`CsiRecord`]; [`forget_csi`],
+//!   [`restore_csi_to_new_claim`], [`remove_csi_leftovers`]).
 //! * [`prepare_in_place`] then [`restore_in_place`]: a claim restored in
 //!   place. Its Deployments and StatefulSets are scaled to zero and their
 //!   pods waited for, the volume's current content is kept in a snapshot
@@ -35,6 +38,7 @@
 
 mod claim;
 mod clone;
+mod csi;
 mod drill;
 mod error;
 pub mod native;
@@ -45,6 +49,10 @@ mod snapshot;
 
 pub use claim::{claim_key, source_of};
 pub use clone::{CloneOptions, Cloned, restore_to_new_claim};
+pub use csi::{
+    CsiOptions, CsiRecord, SOURCE_SNAPSHOT, csi_record, forget_csi, remove_csi_leftovers,
+    restore_csi_to_new_claim,
+};
 pub use drill::{CommandOutcome, DrillOptions, DrillReport, drill};
 pub use error::{Error, Result};
 pub use native::{NativeOptions, SourceSnapshotMode};

@@ -45,6 +45,12 @@ pub trait Observer {
         let _ = (what, text);
     }
 
+    /// A VolumeSnapshot (`NAMESPACE/NAME`) that a killed run made and never
+    /// recorded was removed.
+    fn csi_leftover_removed(&self, snapshot: &str) {
+        let _ = snapshot;
+    }
+
     /// The workloads are back at their counts from before.
     fn scaled_back(&self, originals: &[Workload]) {
         let _ = originals;

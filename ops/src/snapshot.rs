@@ -33,6 +33,8 @@ pub struct SnapshotOptions {
     /// it fails with the engine's `Error::Interrupted`, and the caller
     /// starts no further source.
     pub stop: backup::Stop,
+    /// How claims a CSI driver provides are snapshotted.
+    pub csi: crate::csi::CsiOptions,
 }
 
 /// Commands run on the host around every source (`sh -c`). The pre hook
@@ -134,9 +136,16 @@ impl<'r> SnapshotRun<'r> {
         host: &HostHooks,
         observer: &dyn Observer,
     ) -> Result<Taken> {
-        let resolved = cluster
+        let resolved = match cluster
             .resolve_claim(&claim.namespace, &claim.name, resolve)
-            .await?;
+            .await
+        {
+            // Its files are not on the host: a VolumeSnapshot instead.
+            Err(pvsnap_k8s::Error::CsiVolume { .. }) => {
+                return self.csi_claim(cluster, claim, host, observer).await;
+            }
+            r => r?,
+        };
         if !resolved.host_path.is_dir() {
             return Err(Error::VolumeNotHere {
                 dir: resolved.host_path,
@@ -202,7 +211,20 @@ impl<'r> SnapshotRun<'r> {
         }
     }
 
-    fn backup_options(&self, source: Source) -> BackupOptions {
+    pub(crate) fn options(&self) -> &SnapshotOptions {
+        &self.options
+    }
+
+    pub(crate) fn repo(&self) -> &IndexedRepository {
+        self.repo
+    }
+
+    /// The repository's snapshots, from before the run and taken in it.
+    pub(crate) fn all_snapshots(&self) -> Vec<&Snapshot> {
+        self.existing.iter().chain(&self.taken).collect()
+    }
+
+    pub(crate) fn backup_options(&self, source: Source) -> BackupOptions {
         let o = &self.options;
         BackupOptions {
             parent: backup::find_parent(&self.existing, &source)
@@ -335,7 +357,7 @@ impl<'r> SnapshotRun<'r> {
         }
     }
 
-    fn commit(
+    pub(crate) fn commit(
         &mut self,
         pending: PendingSnapshot,
         post_hook_failure: Option<HookOutcome>,

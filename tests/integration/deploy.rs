@@ -11,7 +11,7 @@ use std::process::Output;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use pvsnap_k8s::testing::fixtures::{PG_POST, PG_PRE, STORAGE_ROOT};
+use pvsnap_k8s::testing::fixtures::{CEPH_DRIVER, PG_POST, PG_PRE, STORAGE_ROOT, snapshot_class};
 use serde_json::Value;
 
 use crate::k8s::Kube;
@@ -186,10 +186,13 @@ fn rbac_grants_exactly_what_the_commands_use() {
             .script_simple("postgres-0", "postgres", &PG_POST, 0, "");
     }
 
-    // Snapshots: by name and by --all-pvcs, with pod hooks.
+    // Snapshots: by name and by --all-pvcs, with pod hooks; default/ceph
+    // (CSI) as a VolumeSnapshot, then forgotten (the CronJob's account runs
+    // `forget --policy default` too).
+    k.fake
+        .insert(snapshot_class("ceph-snap", CEPH_DRIVER, "Delete", true));
     let start = k.fake.requests().len();
-    // (default/ceph is refused: exit code 1.)
-    k.run(&[
+    k.ok(&[
         "snapshot",
         "--all-pvcs",
         "--all-namespaces",
@@ -198,7 +201,22 @@ fn rbac_grants_exactly_what_the_commands_use() {
     ]);
     k.ok(&["snapshot", "--all-pvcs", "-n", "db"]);
     k.ok(&["snapshot", "pvc/db/data-postgres-0"]);
+    k.ok(&[
+        "snapshot",
+        "pvc/default/ceph",
+        "--snapshot-class",
+        "ceph-snap",
+    ]);
+    k.ok(&["forget", "latest:pvc/default/ceph"]);
     let snapshot_uses = used_since(&k, start);
+    assert!(
+        snapshot_uses.contains(&(
+            "snapshot.storage.k8s.io".into(),
+            "volumesnapshots".into(),
+            "delete".into()
+        )),
+        "{snapshot_uses:?}"
+    );
     assert!(
         snapshot_uses.contains(&("".into(), "pods/exec".into(), "create".into())),
         "hooks ran: {snapshot_uses:?}"
@@ -225,6 +243,13 @@ fn rbac_grants_exactly_what_the_commands_use() {
         "latest:pvc/default/data",
         "--to-new-pvc",
         "default/copy",
+    ]);
+    // A CSI record: a claim from its VolumeSnapshot through dataSource.
+    k.ok(&[
+        "restore",
+        "latest:pvc/default/ceph",
+        "--to-new-pvc",
+        "default/ceph-copy",
     ]);
     let restore_uses = used_since(&k, start);
     assert!(

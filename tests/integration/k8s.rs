@@ -349,7 +349,7 @@ fn refused_claims_are_reported_with_their_reason_and_the_others_still_run() {
         "pvsnap: pvc/default/nope: persistentvolumeclaim default/nope not found",
         "pvsnap: pvc/default/pending: persistentvolumeclaim default/pending is not bound (phase Pending)",
         "pvsnap: pvc/default/remote: persistentvolume pvc-9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c32 of claim default/remote is on node node-b, but this is node node-a; run pvsnap on node node-b",
-        "pvsnap: pvc/default/ceph: persistentvolume pvc-1f0c9d2e-8b7a-4e55-b1c3-2a4d6f8e0b21 of claim default/ceph is provided by CSI driver rbd.csi.ceph.com; only host-directory volumes (hostPath, local) are supported — native CSI VolumeSnapshots come in a later release",
+        "pvsnap: pvc/default/ceph: CSI driver rbd.csi.ceph.com has no default VolumeSnapshotClass (its classes: none)",
         "pvsnap: pvc/default/shared: persistentvolume nfs-share of claim default/shared has unsupported volume type nfs",
         "pvsnap: pvc/default/lost: persistentvolume pvc-gone (bound to claim default/lost) not found",
         "is not a folder on this host",
@@ -390,11 +390,16 @@ fn all_pvcs_by_namespace_selector_and_all_namespaces() {
     };
     assert_eq!(keys(&snaps), ["db/data-postgres-0"]);
 
-    // backup=daily: db/data-postgres-0, default/ceph (refused: CSI), default/data.
+    // backup=daily: db/data-postgres-0, default/ceph (CSI, no snapshot class: refused), default/data.
     let (code, snaps, err) = k.snapshot(&["--all-pvcs", "--all-namespaces", "-l", "backup=daily"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(keys(&snaps), ["db/data-postgres-0", "default/data"]);
-    assert!(err.contains("pvc/default/ceph: persistentvolume"), "{err}");
+    assert!(
+        err.contains(
+            "pvc/default/ceph: CSI driver rbd.csi.ceph.com has no default VolumeSnapshotClass"
+        ),
+        "{err}"
+    );
     assert!(!err.contains("pvc/default/pending"), "not selected: {err}");
 
     // Without --namespace: the kubeconfig's namespace (default).

@@ -7,6 +7,7 @@ mod about;
 mod btrfs;
 mod copy;
 mod corruption;
+mod csi;
 mod damage;
 mod database;
 mod deploy;

@@ -124,6 +124,9 @@ pub struct ForgetArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+    /// The cluster of forgotten CSI VolumeSnapshot records (their VolumeSnapshots are deleted)
+    #[command(flatten)]
+    pub kube: crate::k8s::KubeArgs,
 }
 
 #[derive(clap::Args)]
@@ -292,10 +295,20 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
             group_by: a.keep.group_by.unwrap_or_default(),
         }
     };
-    // Native snapshots kept by forgotten records go with them.
+    // Native snapshots kept by forgotten records go with them; CSI
+    // restore points live in the cluster: their records are read first.
     let (before, _) = repo.snapshots_lenient()?;
+    let csi: std::collections::HashMap<_, _> = before
+        .iter()
+        .filter_map(|s| pvsnap_ops::csi_record(s).map(|r| (s.id, r)))
+        .collect();
     let report = forget::forget(&repo, held.access(), &selection, &TimeZone::system())?;
     let native = forget_native(&report, &before);
+    let csi_failed = if a.dry_run {
+        0
+    } else {
+        forget_volume_snapshots(cli, a, &report, &csi)
+    };
     let pruned = if a.prune {
         let mut opts = prune_options(&a.tuning);
         if a.dry_run {
@@ -338,6 +351,9 @@ pub fn forget(cli: &Cli, a: &ForgetArgs) -> Result<u8> {
             eprintln!("pvsnap: {line}");
         }
     }
+    if csi_failed > 0 {
+        code = crate::exit::ERROR;
+    }
     Ok(code)
 }
 
@@ -366,6 +382,85 @@ fn forget_native(report: &ForgetReport, before: &[Snapshot]) -> Vec<(bool, Strin
             .collect();
     }
     pvsnap_ops::native::destroy_forgotten(&forgotten, &remaining)
+}
+
+/// Deletes the VolumeSnapshots of the forgotten CSI records that no kept
+/// snapshot (a copy, say) records too; returns how many could not be.
+fn forget_volume_snapshots(
+    cli: &Cli,
+    a: &ForgetArgs,
+    report: &ForgetReport,
+    records: &std::collections::HashMap<pvsnap_engine::repo::id::SnapshotId, pvsnap_ops::CsiRecord>,
+) -> usize {
+    let kept: std::collections::HashSet<&str> = report
+        .snapshots
+        .iter()
+        .filter(|v| v.keep)
+        .filter_map(|v| records.get(&v.id))
+        .map(|r| r.handle.as_str())
+        .collect();
+    let mut gone: Vec<&pvsnap_ops::CsiRecord> = report
+        .snapshots
+        .iter()
+        .filter(|v| !v.keep)
+        .filter_map(|v| records.get(&v.id))
+        .filter(|r| !kept.contains(r.handle.as_str()))
+        .collect();
+    gone.dedup_by(|x, y| x.handle == y.handle);
+    if gone.is_empty() {
+        return 0;
+    }
+    let kube = match crate::k8s::Kube::connect(&a.kube) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!(
+                "pvsnap: the records are forgotten, but their VolumeSnapshots stay: {}; delete them with {}",
+                output::error_text(&e),
+                gone.iter()
+                    .map(|r| kubectl_delete(&r.handle))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            return gone.len();
+        }
+    };
+    let mut failed = 0;
+    for r in gone {
+        match kube.block_on(pvsnap_ops::forget_csi(kube.connected(), r)) {
+            Ok(d) if !cli.quiet && !a.json => eprintln!(
+                "pvsnap: {} volumesnapshot {}{}",
+                if d.existed {
+                    "deleted"
+                } else {
+                    "already gone:"
+                },
+                r.handle,
+                match (d.deletion_policy.as_deref(), d.content.as_deref()) {
+                    (Some("Retain"), Some(c)) => format!(
+                        "; its class retains the storage's snapshot (volumesnapshotcontent {c}): delete that by hand when it is no longer needed"
+                    ),
+                    (Some(p), Some(c)) => format!(" (deletionPolicy {p}: content {c} goes too)"),
+                    _ => String::new(),
+                }
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                failed += 1;
+                eprintln!(
+                    "pvsnap: the record is forgotten, but deleting volumesnapshot {} failed: {}; delete it with {}",
+                    r.handle,
+                    output::error_text(&super::ops_error(e)),
+                    kubectl_delete(&r.handle)
+                );
+            }
+        }
+    }
+    failed
+}
+
+fn kubectl_delete(handle: &str) -> String {
+    let (ns, name) = handle.split_once('/').unwrap_or(("default", handle));
+    format!("`kubectl delete volumesnapshot -n {ns} {name}`")
 }
 
 fn print_forget(r: &ForgetReport) -> Result<()> {

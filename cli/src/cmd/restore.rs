@@ -127,6 +127,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     if snap.is_native_only() {
         return super::restore_native::copy_out(cli, a, &snap, target);
     }
+    refuse_csi(&snap, "--target")?;
     let opts = RestoreOptions {
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),
@@ -144,6 +145,22 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         return report_dry_run(cli, a, &snap, target, &summary, preview);
     }
     report(cli, a, &snap, &target.display().to_string(), &summary, &[])
+}
+
+/// A CSI restore point holds no files in the repository: only
+/// `--to-new-pvc` can restore it (through the VolumeSnapshot).
+pub fn refuse_csi(snap: &pvsnap_engine::snapshot::Snapshot, option: &str) -> Result<()> {
+    if let Some(r) = pvsnap_ops::csi_record(snap) {
+        anyhow::bail!(
+            "snapshot {} of {} is a CSI VolumeSnapshot ({}) and holds no files in the repository, so {option} cannot restore it; make a new claim from it with `pvsnap restore {} --to-new-pvc {}/NEW-NAME`",
+            snap.short_id(),
+            snap.source.key(),
+            r.handle,
+            snap.short_id(),
+            r.snapshot.namespace
+        );
+    }
+    Ok(())
 }
 
 /// Prints what a dry run found: each path to write (with its bytes), to

@@ -34,6 +34,7 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let (mut repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot_near(&a.snapshot, &key)?;
     super::refuse_native_only(&snap, "--to-pvc")?;
+    super::restore::refuse_csi(&snap, "--to-pvc")?;
     let kube = Kube::connect(&a.kube)?;
     let cluster = kube.connected();
     let target = kube
@@ -228,6 +229,36 @@ pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let snap = repo.resolve_snapshot(&a.snapshot)?;
     super::refuse_native_only(&snap, "--to-new-pvc")?;
     let kube = Kube::connect(&a.kube)?;
+    if let Some(record) = pvsnap_ops::csi_record(&snap) {
+        let made = kube
+            .block_on(pvsnap_ops::restore_csi_to_new_claim(
+                kube.connected(),
+                &snap,
+                &record,
+                &claim.namespace,
+                &claim.name,
+            ))
+            .map_err(super::ops_error)?;
+        if a.json {
+            crate::output::json(&serde_json::json!({
+                "snapshot": snap.id.to_string(),
+                "short_id": snap.short_id(),
+                "source": snap.source.key(),
+                "claim": made,
+            }))?;
+        } else if !cli.quiet {
+            println!(
+                "created {key} ({}, storage class {}) from volumesnapshot {} through dataSource; it is {} (the CSI driver copies the data when it provisions the volume)",
+                made.capacity,
+                made.storage_class
+                    .as_deref()
+                    .unwrap_or("the cluster's default"),
+                made.snapshot,
+                made.phase
+            );
+        }
+        return Ok(crate::exit::OK);
+    }
     let options = CloneOptions {
         storage_dir,
         storage_class: a.storage_class.clone(),

@@ -97,6 +97,12 @@ pub struct Args {
         help_heading = "Kubernetes"
     )]
     pub selector: Option<String>,
+    /// For claims a CSI driver provides: the VolumeSnapshotClass (default: the driver's default class)
+    #[arg(long, value_name = "CLASS", help_heading = "Kubernetes")]
+    pub snapshot_class: Option<String>,
+    /// For claims a CSI driver provides: how long to wait for the VolumeSnapshot to be ready (e.g. 90s, 5m)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout, help_heading = "Kubernetes")]
+    pub csi_timeout: std::time::Duration,
     #[command(flatten)]
     pub kube: KubeArgs,
 }
@@ -140,6 +146,12 @@ fn native_options(a: &Args) -> Result<(NativeOptions, Option<Box<dyn pvsnap_nati
         },
         freezer,
     ))
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    pvsnap_k8s::parse_go_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{s}` is not a duration such as 90s, 5m or 1h30m"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -254,6 +266,11 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let repo = crate::repo::open(cli, true, a.dry_run)?;
     let (mut repo, _lock) = super::locked(repo, false, "snapshot")?;
     let options = SnapshotOptions {
+        csi: pvsnap_ops::CsiOptions {
+            class: a.snapshot_class.clone(),
+            timeout: a.csi_timeout,
+            dry_run: a.dry_run,
+        },
         excludes: a.excludes.clone(),
         one_file_system: a.one_file_system,
         time: a.time,
@@ -587,6 +604,12 @@ pub fn snapshot_json(s: &Snapshot) -> serde_json::Value {
         let missing = missing_paths(s);
         o.insert("incomplete".into(), (missing > 0).into());
         o.insert("missing_paths".into(), missing.into());
+        if let Some(r) = pvsnap_ops::csi_record(s) {
+            o.insert(
+                pvsnap_ops::SOURCE_SNAPSHOT.into(),
+                serde_json::to_value(r).expect("record serializes"),
+            );
+        }
     }
     v
 }
@@ -609,6 +632,24 @@ fn print_human(s: &Snapshot, dry_run: bool) {
             n.volume,
             n.create_s
         );
+        return;
+    }
+    if let Some(r) = pvsnap_ops::csi_record(s) {
+        let c = &r.snapshot;
+        println!(
+            "snapshot {} of {}: CSI VolumeSnapshot {} (class {}, content {}, restore size {}), cut in {:.2}s, ready in {:.2}s; nothing was read into the repository",
+            s.short_id(),
+            s.source.key(),
+            r.handle,
+            c.class.as_deref().unwrap_or("?"),
+            c.content.as_deref().unwrap_or("?"),
+            c.restore_size.as_deref().unwrap_or("?"),
+            r.create_s,
+            r.ready_s
+        );
+        for h in k8s::recorded_hooks(&s.hooks) {
+            println!("  {}", k8s::hook_line(&h));
+        }
         return;
     }
     println!(

@@ -121,7 +121,7 @@ async fn claims_that_cannot_be_read_here_are_refused_with_the_reason() {
         (
             "ceph",
             |e| matches!(e, Error::CsiVolume { driver, .. } if driver == "rbd.csi.ceph.com"),
-            &["CSI driver rbd.csi.ceph.com", "later release"],
+            &["CSI driver rbd.csi.ceph.com", "makes a CSI VolumeSnapshot"],
         ),
         (
             "shared",

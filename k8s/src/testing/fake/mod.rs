@@ -11,7 +11,10 @@
 //! posted with `volumeName`; and the `exec` subresource over WebSocket with
 //! the channel protocol (`v5.channel.k8s.io`, falling back to
 //! `v4.channel.k8s.io`), answering from scripts per (pod, container,
-//! command) and logging every call in order.
+//! command) and logging every call in order; CSI snapshots
+//! (`snapshot.storage.k8s.io/v1` VolumeSnapshot, VolumeSnapshotClass,
+//! VolumeSnapshotContent) with a simulated snapshot controller, and claims
+//! provisioned from a snapshot through `dataSource` ([`snapshots`]).
 //!
 //! The parts: [`store`] (objects, list and create), [`selector`] (label
 //! selectors), [`controller`] (the scale subresource and the pods it
@@ -23,12 +26,14 @@ mod controller;
 mod exec;
 mod http;
 mod selector;
+mod snapshots;
 mod store;
 
 use controller::*;
 use exec::*;
 use http::*;
 use selector::*;
+use snapshots::*;
 use store::*;
 
 use std::collections::{BTreeMap, HashSet};
@@ -47,6 +52,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 pub use exec::{ExecCall, ExecEnd, ExecScript};
+pub use snapshots::CsiBehaviour;
 
 pub const TOKEN: &str = "fake-token";
 pub const CONTEXT: &str = "fake-ctx";
@@ -60,16 +66,22 @@ pub enum Kind {
     Deployment,
     StatefulSet,
     ReplicaSet,
+    VolumeSnapshot,
+    VolumeSnapshotClass,
+    VolumeSnapshotContent,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 9] = [
         Kind::PersistentVolume,
         Kind::PersistentVolumeClaim,
         Kind::Pod,
         Kind::Deployment,
         Kind::StatefulSet,
         Kind::ReplicaSet,
+        Kind::VolumeSnapshot,
+        Kind::VolumeSnapshotClass,
+        Kind::VolumeSnapshotContent,
     ];
 
     fn plural(self) -> &'static str {
@@ -80,12 +92,18 @@ impl Kind {
             Kind::Deployment => "deployments",
             Kind::StatefulSet => "statefulsets",
             Kind::ReplicaSet => "replicasets",
+            Kind::VolumeSnapshot => "volumesnapshots",
+            Kind::VolumeSnapshotClass => "volumesnapshotclasses",
+            Kind::VolumeSnapshotContent => "volumesnapshotcontents",
         }
     }
 
     fn group_version(self) -> &'static str {
         match self {
             Kind::Deployment | Kind::StatefulSet | Kind::ReplicaSet => "apps/v1",
+            Kind::VolumeSnapshot | Kind::VolumeSnapshotClass | Kind::VolumeSnapshotContent => {
+                "snapshot.storage.k8s.io/v1"
+            }
             _ => "v1",
         }
     }
@@ -98,11 +116,17 @@ impl Kind {
             Kind::Deployment => "Deployment",
             Kind::StatefulSet => "StatefulSet",
             Kind::ReplicaSet => "ReplicaSet",
+            Kind::VolumeSnapshot => "VolumeSnapshot",
+            Kind::VolumeSnapshotClass => "VolumeSnapshotClass",
+            Kind::VolumeSnapshotContent => "VolumeSnapshotContent",
         }
     }
 
     fn namespaced(self) -> bool {
-        self != Kind::PersistentVolume
+        !matches!(
+            self,
+            Kind::PersistentVolume | Kind::VolumeSnapshotClass | Kind::VolumeSnapshotContent
+        )
     }
 
     fn from_plural(group_version: &str, plural: &str) -> Option<Kind> {
@@ -126,6 +150,8 @@ pub(super) struct State {
     fail_scale: HashSet<String>,
     /// Channel protocols the exec endpoint accepts, in preference order.
     exec_protocols: Vec<&'static str>,
+    /// How the simulated snapshot controller answers new VolumeSnapshots.
+    csi: CsiBehaviour,
     counter: u64,
 }
 
@@ -318,6 +344,29 @@ impl FakeCluster {
         self.state.lock().unwrap().exec_protocols = protocols.to_vec();
     }
 
+    /// How the simulated snapshot controller answers VolumeSnapshots
+    /// created from now on.
+    pub fn set_csi(&self, csi: CsiBehaviour) {
+        self.state.lock().unwrap().csi = csi;
+    }
+
+    /// Names of the objects of `kind` (`namespace/name`, or `name` for a
+    /// cluster-scoped kind), sorted.
+    pub fn names(&self, kind: Kind) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        st.objects
+            .keys()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, ns, n)| {
+                if ns.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{ns}/{n}")
+                }
+            })
+            .collect()
+    }
+
     pub fn allow_scale_of(&self, name: &str) {
         self.state.lock().unwrap().fail_scale.remove(name);
     }
@@ -376,6 +425,9 @@ async fn handle(
     let (gv, rest): (&str, &[&str]) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("v1", rest),
         ["apis", "apps", "v1", rest @ ..] => ("apps/v1", rest),
+        ["apis", "snapshot.storage.k8s.io", "v1", rest @ ..] => {
+            ("snapshot.storage.k8s.io/v1", rest)
+        }
         _ => {
             return Ok(error(
                 404,
@@ -440,11 +492,20 @@ async fn handle(
                 None => not_found(kind, &name),
             }
         }
-        (Method::POST, None, None) => create(&state, kind, ns.as_deref(), &body),
+        (Method::POST, None, None) => {
+            let resp = create(&state, kind, ns.as_deref(), &body);
+            if resp.status() == StatusCode::CREATED {
+                after_create(&state, kind, &ns_key, &body);
+            }
+            resp
+        }
         (Method::DELETE, Some(name), None) => {
             let mut st = state.lock().unwrap();
             match st.objects.remove(&(kind, ns_key, name.clone())) {
-                Some(o) => respond(StatusCode::OK, &o),
+                Some(o) => {
+                    after_delete(&mut st, kind, &o);
+                    respond(StatusCode::OK, &o)
+                }
                 None => not_found(kind, &name),
             }
         }
