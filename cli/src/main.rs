@@ -1,6 +1,7 @@
 //! The `pvsnap` command: argument parsing, output and exit codes. All work is
 //! done by `pvsnap-engine`; this crate only glues it to a terminal.
 
+mod audit;
 mod cmd;
 mod interrupt;
 mod k8s;
@@ -112,6 +113,8 @@ pub enum Command {
     Find(cmd::find::Args),
     /// Add, remove or set the tags of snapshots
     Tag(cmd::tag::Args),
+    /// Show who changed the repository or a volume, and how each run ended; verify or trim the trail
+    Audit(cmd::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -192,7 +195,9 @@ fn main() -> ExitCode {
         Command::Man(a) => cmd::about::run_man(a),
         Command::Find(a) => cmd::find::run(&cli, a),
         Command::Tag(a) => cmd::tag::run(&cli, a),
+        Command::Audit(a) => cmd::audit::run(&cli, a),
     };
+    audit::finish(&cli, &result);
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

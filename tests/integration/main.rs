@@ -4,6 +4,7 @@
 mod util;
 
 mod about;
+mod audit;
 mod copy;
 mod corruption;
 mod damage;
