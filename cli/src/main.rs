@@ -1,6 +1,7 @@
 //! The `pvsnap` command: argument parsing, output and exit codes. All work is
 //! done by `pvsnap-engine`; this crate only glues it to a terminal.
 
+mod audit;
 mod cmd;
 mod interrupt;
 mod k8s;
@@ -120,6 +121,8 @@ pub enum Command {
     /// Inspect the storage a repository lives on (`repo probe`)
     #[command(subcommand)]
     Repo(cmd::probe::RepoCommand),
+    /// Show who changed the repository or a volume, and how each run ended; verify or trim the trail
+    Audit(cmd::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -202,7 +205,9 @@ fn main() -> ExitCode {
         Command::Tag(a) => cmd::tag::run(&cli, a),
         Command::Drill(a) => cmd::drill::run(&cli, a),
         Command::Repo(c) => cmd::probe::run(&cli, c),
+        Command::Audit(a) => cmd::audit::run(&cli, a),
     };
+    audit::finish(&cli, &result);
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

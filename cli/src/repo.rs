@@ -259,6 +259,9 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
                 loc.path.display(),
                 r.config().encryption
             );
+            if !dry_run {
+                crate::audit::opened(&r);
+            }
             Ok(r)
         }
         Err(Error::NotARepository(_)) if create_default && !loc.explicit && !dry_run => {
@@ -278,7 +281,9 @@ pub fn open(cli: &Cli, create_default: bool, dry_run: bool) -> Result<Repository
             } else if !cli.quiet {
                 eprintln!("pvsnap: created repository at {}", loc.path.display());
             }
-            Ok(Repository::open(be, Some(&pw))?)
+            let r = Repository::open(be, Some(&pw))?;
+            crate::audit::opened(&r);
+            Ok(r)
         }
         Err(Error::NotARepository(_)) if config_missing(&loc.path).is_some() => {
             Err(config_missing(&loc.path).expect("checked"))

@@ -54,6 +54,23 @@ fn a_drill_restores_checks_every_file_reports_the_recovery_time_and_cleans_up() 
     assert!(text.contains(": passed"), "{text}");
     assert!(text.contains("every file matches the snapshot"), "{text}");
     assert!(text.contains("(recovery time)"), "{text}");
+
+    // Both drills are in the audit trail, with their snapshot.
+    let audit: Value =
+        serde_json::from_slice(&env.ok(&["audit", "--operation", "drill", "--json"]).stdout)
+            .unwrap();
+    let drills = audit.as_array().unwrap();
+    assert_eq!(drills.len(), 2, "{audit}");
+    assert!(
+        drills
+            .iter()
+            .all(|e| e["operation"] == "drill" && e["outcome"] == "ok"),
+        "{audit}"
+    );
+    assert!(
+        audit.to_string().contains(r["snapshot"].as_str().unwrap()),
+        "{audit}"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod util;
 
 mod about;
+mod audit;
 mod btrfs;
 mod copy;
 mod corruption;

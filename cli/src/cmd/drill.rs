@@ -62,6 +62,22 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         hidden: cli.quiet || a.json,
     };
     let report = pvsnap_ops::drill(&repo, &snap, &opts, &bars).map_err(super::ops_error)?;
+    // The audit trail records the drill with its snapshot and verdict.
+    crate::audit::note(
+        Some(report.source.clone()),
+        vec![report.snapshot.clone()],
+        if report.ok {
+            pvsnap_engine::repo::audit::Outcome::Ok
+        } else {
+            pvsnap_engine::repo::audit::Outcome::Failed
+        },
+        report.error.clone().map(|e| {
+            format!(
+                "{e} (recovery time {:.2} s, {} file(s) verified)",
+                report.rto_seconds, report.files_verified
+            )
+        }),
+    );
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else if !cli.quiet || !report.ok {

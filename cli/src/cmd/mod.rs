@@ -1,6 +1,7 @@
 //! One module per group of subcommands.
 
 pub mod about;
+pub mod audit;
 pub mod copy;
 pub mod drill;
 pub mod find;

@@ -294,26 +294,58 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     };
     let sources = failed.len() + folders.len() + claims.len();
     let mut stopped = Stopped::default();
+    // One audit entry per source, also for those that failed early.
+    for f in &failed {
+        audit_note(
+            f,
+            &[],
+            Some("cannot snapshot it; see the message above"),
+            false,
+        );
+    }
     for abs in &folders {
         if stopped.skip(abs.display()) {
+            audit_note(
+                &abs.display(),
+                &[],
+                Some("not started: stopped by a signal"),
+                true,
+            );
             continue;
         }
-        if let Err(e) = run.folder(abs)
-            && !stopped.kept(&e, abs.display())
-        {
-            eprintln!("pvsnap: {}: {}", abs.display(), output::error_text(&e));
-            failed.push(abs.display().to_string());
+        let before = run.session.taken().len();
+        let r = run.folder(abs);
+        let new = &run.session.taken()[before..];
+        match r {
+            Ok(_) => audit_note(&abs.display(), new, None, false),
+            Err(e) if stopped.kept(&e, abs.display()) => {
+                audit_note(&abs.display(), new, Some("stopped by a signal"), true)
+            }
+            Err(e) => {
+                eprintln!("pvsnap: {}: {}", abs.display(), output::error_text(&e));
+                audit_note(&abs.display(), new, Some(&output::error_text(&e)), false);
+                failed.push(abs.display().to_string());
+            }
         }
     }
     // Claims listed by --all-pvcs (after the named ones) that live on
     // another node are that node's to snapshot: a notice, not a failure.
     let mut elsewhere = 0;
     for (i, claim) in claims.iter().enumerate() {
-        if stopped.skip(k8s::claim_key(claim)) {
+        let key = k8s::claim_key(claim);
+        if stopped.skip(&key) {
+            audit_note(&key, &[], Some("not started: stopped by a signal"), true);
             continue;
         }
-        let Err(e) = run.claim(claim) else { continue };
-        if stopped.kept(&e, k8s::claim_key(claim)) {
+        let before = run.session.taken().len();
+        let r = run.claim(claim);
+        let new = &run.session.taken()[before..];
+        let Err(e) = r else {
+            audit_note(&key, new, None, false);
+            continue;
+        };
+        if stopped.kept(&e, &key) {
+            audit_note(&key, new, Some("stopped by a signal"), true);
             continue;
         }
         let other_node = matches!(
@@ -331,12 +363,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             }
             continue;
         }
-        eprintln!(
-            "pvsnap: {}: {}",
-            k8s::claim_key(claim),
-            output::error_text(&e)
-        );
-        failed.push(k8s::claim_key(claim));
+        eprintln!("pvsnap: {key}: {}", output::error_text(&e));
+        audit_note(&key, new, Some(&output::error_text(&e)), false);
+        failed.push(key);
     }
     let sources = sources - elsewhere;
     for f in run.session.release_native() {
@@ -370,6 +399,28 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         return Ok(crate::exit::INCOMPLETE);
     }
     Ok(crate::exit::OK)
+}
+
+/// Adds the audit entry of one source: ok without `error`, else failed
+/// or (`stopped`) interrupted.
+fn audit_note(
+    source: &dyn std::fmt::Display,
+    taken: &[pvsnap_engine::snapshot::Snapshot],
+    error: Option<&str>,
+    stopped: bool,
+) {
+    use pvsnap_engine::repo::audit::Outcome;
+    let outcome = match (error, stopped) {
+        (None, _) => Outcome::Ok,
+        (Some(_), true) => Outcome::Interrupted,
+        (Some(_), false) => Outcome::Failed,
+    };
+    crate::audit::note(
+        Some(source.to_string()),
+        taken.iter().map(|s| s.id.to_hex()).collect(),
+        outcome,
+        error.map(str::to_string),
+    );
 }
 
 /// When index checkpoints are written. `PVSNAP_CHECKPOINT_BYTES` (a test

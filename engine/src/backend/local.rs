@@ -86,13 +86,14 @@ const DIRECT_ALIGN: usize = 4096;
 /// Bytes staged and written per `O_DIRECT` write.
 const DIRECT_PIECE: usize = 4 << 20;
 
-const KINDS_WITH_DIRS: [ObjectKind; 6] = [
+const KINDS_WITH_DIRS: [ObjectKind; 7] = [
     ObjectKind::Key,
     ObjectKind::Pack,
     ObjectKind::Index,
     ObjectKind::Snapshot,
     ObjectKind::Lock,
     ObjectKind::Policy,
+    ObjectKind::Audit,
 ];
 
 impl LocalBackend {

@@ -45,6 +45,7 @@ pub enum ObjectKind {
     Snapshot = 5,
     Lock = 6,
     Policy = 7,
+    Audit = 8,
 }
 
 impl ObjectKind {
@@ -58,6 +59,8 @@ impl ObjectKind {
             Self::Config | Self::Key | Self::Index | Self::Snapshot | Self::Lock | Self::Policy => {
                 2
             }
+            // Audit entries were added after the checksum: they start at 2.
+            Self::Audit => 2,
             Self::Pack => 1,
         }
     }
@@ -71,6 +74,7 @@ impl ObjectKind {
             5 => Self::Snapshot,
             6 => Self::Lock,
             7 => Self::Policy,
+            8 => Self::Audit,
             _ => return None,
         })
     }
@@ -85,6 +89,7 @@ impl ObjectKind {
             Self::Snapshot => "snapshots",
             Self::Lock => "locks",
             Self::Policy => "policies",
+            Self::Audit => "audit",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! backup, restore and every reader need: the type makes it impossible to read
 //! a blob before the index is loaded.
 
+pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod crypto;

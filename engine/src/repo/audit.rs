@@ -1,0 +1,418 @@
+//! The audit trail: one immutable object per run of a command that changes
+//! the repository or a volume, recording who ran what, where, and how it
+//! ended (see `FORMAT.md`, "Audit entries").
+//!
+//! An entry is an object `audit/<ID>`: the common header and checksum, then
+//! the JSON of [`Entry`], sealed with the repository key when the repository
+//! is encrypted. `ID` is the BLAKE3 hash of the whole stored object, so the
+//! name proves the bytes. Each entry names the entries that were the newest
+//! when it was written (`parents`: those no other entry names), which makes
+//! the trail a hash chain; two writers at once both name the same parents,
+//! so the chain is a DAG with several heads, which is normal.
+//!
+//! [`verify`] finds objects whose bytes do not match their name (altered),
+//! that cannot be read, and parents that are missing (a gap) without an
+//! `audit forget` entry that accounts for them. What it cannot find: the
+//! newest entries (heads) removed together, and, in an unencrypted
+//! repository, a whole rewritten trail (anyone can compute the hashes).
+//! ARCHITECTURE.md says more.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::ObjectKey;
+use crate::error::{BackendError, FormatError, Result};
+use crate::repo::Repository;
+use crate::repo::format::{ObjectKind, decode_checked, encode_checked};
+
+/// The operation name of an `audit forget` entry.
+pub const FORGET_OPERATION: &str = "audit forget";
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    Interrupted,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+        })
+    }
+}
+
+/// The Kubernetes pod a command ran in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kubernetes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// One audit entry, as stored (without its id, which is the hash of the
+/// stored object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub time: Timestamp,
+    /// The command, as typed after `pvsnap` (`snapshot`, `restore`, `key add`).
+    pub operation: String,
+    /// The arguments that matter (sources, targets, filters); never passwords.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The source a snapshot run was about (one entry per source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Snapshots written, restored, forgotten or tagged.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Kubernetes>,
+    /// The pvsnap version that wrote the entry.
+    pub version: String,
+    /// Ids of the entries that were the newest when this one was written.
+    #[serde(default)]
+    pub parents: Vec<String>,
+    /// For `audit forget`: the ids of the entries it removed, so that
+    /// [`verify`] does not report them as a gap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten: Vec<String>,
+}
+
+impl Entry {
+    /// An entry for `operation` now, by this process on this machine, with
+    /// no parents yet ([`record`] fills them in).
+    pub fn new(operation: &str, outcome: Outcome) -> Self {
+        let uid = crate::sys::host::euid();
+        Entry {
+            time: Timestamp::now(),
+            operation: operation.into(),
+            args: Vec::new(),
+            source: None,
+            snapshots: Vec::new(),
+            outcome,
+            error: None,
+            uid,
+            user: crate::sys::host::user_name(uid),
+            host: crate::repo::host::hostname(),
+            kubernetes: kubernetes_identity(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            parents: Vec::new(),
+            forgotten: Vec::new(),
+        }
+    }
+}
+
+/// Where the service account token's namespace lies in a pod.
+const SA_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The pod this process runs in: `POD_NAME` and `POD_NAMESPACE` (set from
+/// the downward API), else the service account's namespace; `None`
+/// outside Kubernetes.
+pub fn kubernetes_identity() -> Option<Kubernetes> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let pod = env("POD_NAME");
+    let namespace = env("POD_NAMESPACE").or_else(|| {
+        std::fs::read_to_string(SA_NAMESPACE)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    });
+    (pod.is_some() || namespace.is_some()).then_some(Kubernetes { pod, namespace })
+}
+
+const AAD: &[u8] = b"pvsnap audit";
+
+/// Encodes an entry; returns its id (object name) and bytes.
+pub fn encode(repo: &Repository, entry: &Entry) -> (String, Vec<u8>) {
+    let json = serde_json::to_vec(entry).expect("audit entry serializes");
+    let sealed = repo.crypto().seal(AAD, json);
+    let bytes = encode_checked(ObjectKind::Audit, repo.crypto().is_encrypted(), &sealed);
+    (blake3::hash(&bytes).to_hex().to_string(), bytes)
+}
+
+/// Decodes the object `id`, checking that its bytes hash to its name.
+pub fn decode(repo: &Repository, id: &str, bytes: &[u8]) -> Result<Entry> {
+    let what = || format!("audit/{id}");
+    let invalid = |detail: String| FormatError::Invalid {
+        what: what(),
+        detail,
+    };
+    if blake3::hash(bytes).to_hex().as_str() != id {
+        return Err(invalid("its bytes do not match its name: altered or damaged".into()).into());
+    }
+    let (header, sealed) = decode_checked(bytes, ObjectKind::Audit, &what)?;
+    if header.version < 2 {
+        return Err(invalid("version 1 was never written for audit entries".into()).into());
+    }
+    if header.encrypted() != repo.crypto().is_encrypted() {
+        return Err(invalid("encryption flag does not match the repository".into()).into());
+    }
+    let json = repo.crypto().open(AAD, sealed, &what)?;
+    Ok(serde_json::from_slice(&json).map_err(|e| invalid(e.to_string()))?)
+}
+
+/// What reading the trail found.
+#[derive(Debug, Default)]
+pub struct Trail {
+    /// Entries that decode, by id.
+    pub entries: BTreeMap<String, Entry>,
+    /// Objects that do not, as (id, what is wrong).
+    pub damaged: Vec<(String, String)>,
+}
+
+impl Trail {
+    /// Entries oldest first (ties by id).
+    pub fn sorted(&self) -> Vec<(&String, &Entry)> {
+        let mut v: Vec<_> = self.entries.iter().collect();
+        v.sort_by(|a, b| (a.1.time, a.0).cmp(&(b.1.time, b.0)));
+        v
+    }
+
+    /// Ids no other entry names as a parent: the newest, which the next
+    /// entry will name. Damaged objects count as seen, so a later entry
+    /// still points at them and `verify` keeps reporting them.
+    pub fn heads(&self) -> Vec<String> {
+        let named: BTreeSet<&str> = self
+            .entries
+            .values()
+            .flat_map(|e| e.parents.iter().map(String::as_str))
+            .collect();
+        self.entries
+            .keys()
+            .chain(self.damaged.iter().map(|(id, _)| id))
+            .filter(|id| !named.contains(id.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads every audit object.
+pub fn read(repo: &Repository) -> Result<Trail> {
+    let mut trail = Trail::default();
+    for (id, _) in repo.backend().list(ObjectKind::Audit)? {
+        if id.starts_with('.') {
+            continue; // a temporary file of an interrupted write
+        }
+        match repo.backend().get(&ObjectKey::new(ObjectKind::Audit, &id)) {
+            Ok(bytes) => match decode(repo, &id, &bytes) {
+                Ok(e) => {
+                    trail.entries.insert(id, e);
+                }
+                Err(e) => trail.damaged.push((id, e.to_string())),
+            },
+            Err(BackendError::NotFound { .. }) => {} // forgotten meanwhile
+            Err(e) => return Err(e.into()),
+        }
+    }
+    trail.damaged.sort();
+    Ok(trail)
+}
+
+/// Writes `entry`, chained to the current heads; returns its id.
+pub fn record(repo: &Repository, mut entry: Entry) -> Result<String> {
+    let trail = read(repo)?;
+    entry.parents = trail.heads();
+    let (id, bytes) = encode(repo, &entry);
+    repo.backend()
+        .put(&ObjectKey::new(ObjectKind::Audit, &id), &bytes)?;
+    Ok(id)
+}
+
+/// One problem [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `altered` (bytes do not match the name, or cannot be read) or `gap`
+    /// (a parent is missing and no `audit forget` removed it).
+    pub kind: &'static str,
+    pub id: String,
+    pub detail: String,
+}
+
+/// Checks the trail: every object's bytes match its name and decode, and
+/// every parent named exists or was removed by `audit forget`.
+pub fn verify(trail: &Trail) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = trail
+        .damaged
+        .iter()
+        .map(|(id, e)| Problem {
+            kind: "altered",
+            id: id.clone(),
+            detail: e.clone(),
+        })
+        .collect();
+    let forgotten: BTreeSet<&str> = trail
+        .entries
+        .values()
+        .filter(|e| e.operation == FORGET_OPERATION)
+        .flat_map(|e| e.forgotten.iter().map(String::as_str))
+        .collect();
+    let damaged: BTreeSet<&str> = trail.damaged.iter().map(|(i, _)| i.as_str()).collect();
+    for (id, e) in trail.sorted() {
+        for p in &e.parents {
+            let p = p.as_str();
+            if !trail.entries.contains_key(p) && !damaged.contains(p) && !forgotten.contains(p) {
+                problems.push(Problem {
+                    kind: "gap",
+                    id: p.to_string(),
+                    detail: format!(
+                        "named as a parent by audit/{id} ({} {}) but missing: an entry was removed",
+                        e.operation, e.time
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}
+
+/// Removes entries older than `cutoff`, after writing an entry of
+/// operation [`FORGET_OPERATION`] that lists them (so [`verify`] knows the
+/// gap is intended). Returns the ids removed. Entries that cannot be read
+/// are kept.
+pub fn forget_older_than(
+    repo: &Repository,
+    cutoff: Timestamp,
+    mut entry: Entry,
+) -> Result<Vec<String>> {
+    let trail = read(repo)?;
+    let old: Vec<String> = trail
+        .entries
+        .iter()
+        .filter(|(_, e)| e.time < cutoff)
+        .map(|(id, _)| id.clone())
+        .collect();
+    entry.operation = FORGET_OPERATION.into();
+    entry.forgotten = old.clone();
+    // Earlier forget entries' lists are carried forward, so removing an old
+    // forget entry does not turn what it removed into a gap.
+    for e in trail.entries.values() {
+        if e.operation == FORGET_OPERATION && e.time < cutoff {
+            entry.forgotten.extend(e.forgotten.iter().cloned());
+        }
+    }
+    entry.forgotten.sort();
+    entry.forgotten.dedup();
+    entry.parents = trail.heads();
+    let (id, bytes) = encode(repo, &entry);
+    repo.backend()
+        .put(&ObjectKey::new(ObjectKind::Audit, &id), &bytes)?;
+    for old_id in &old {
+        repo.backend()
+            .delete(&ObjectKey::new(ObjectKind::Audit, old_id))?;
+    }
+    Ok(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(encrypted: bool) -> Repository {
+        crate::testutil::mem_repo(encrypted).1
+    }
+
+    fn entry(op: &str, t: i64) -> Entry {
+        let mut e = Entry::new(op, Outcome::Ok);
+        e.time = Timestamp::from_second(t).unwrap();
+        e
+    }
+
+    #[test]
+    fn entries_chain_and_verify_clean() {
+        for enc in [false, true] {
+            let r = repo(enc);
+            let a = record(&r, entry("snapshot", 100)).unwrap();
+            let b = record(&r, entry("forget", 200)).unwrap();
+            let t = read(&r).unwrap();
+            assert_eq!(t.entries.len(), 2);
+            assert_eq!(t.entries[&b].parents, vec![a.clone()]);
+            assert_eq!(t.heads(), vec![b]);
+            assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+        }
+    }
+
+    #[test]
+    fn removed_middle_entry_is_a_gap_and_altered_bytes_are_found() {
+        let r = repo(true);
+        let a = record(&r, entry("snapshot", 100)).unwrap();
+        let b = record(&r, entry("restore", 200)).unwrap();
+        let c = record(&r, entry("forget", 300)).unwrap();
+        r.backend()
+            .delete(&ObjectKey::new(ObjectKind::Audit, &b))
+            .unwrap();
+        let p = verify(&read(&r).unwrap());
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].kind, p[0].id.as_str()), ("gap", b.as_str()));
+        // Flip a byte of the first entry.
+        let key = ObjectKey::new(ObjectKind::Audit, &a);
+        let mut bytes = r.backend().get(&key).unwrap();
+        let n = bytes.len() - 1;
+        bytes[n] ^= 1;
+        r.backend().delete(&key).unwrap();
+        r.backend().put(&key, &bytes).unwrap();
+        let p = verify(&read(&r).unwrap());
+        assert!(p.iter().any(|p| p.kind == "altered" && p.id == a), "{p:?}");
+        // The next entry still points at c, the head (and at the altered
+        // one, which nothing readable names any more).
+        let d = record(&r, entry("prune", 400)).unwrap();
+        assert!(read(&r).unwrap().entries[&d].parents.contains(&c));
+    }
+
+    #[test]
+    fn concurrent_writers_make_two_heads_that_the_next_entry_joins() {
+        let r = repo(false);
+        let a = record(&r, entry("snapshot", 100)).unwrap();
+        // Two writers that both saw only `a`.
+        let mut x = entry("snapshot", 200);
+        x.parents = vec![a.clone()];
+        let mut y = entry("snapshot", 201);
+        y.parents = vec![a];
+        for e in [x, y] {
+            let (id, bytes) = encode(&r, &e);
+            r.backend()
+                .put(&ObjectKey::new(ObjectKind::Audit, &id), &bytes)
+                .unwrap();
+        }
+        assert_eq!(read(&r).unwrap().heads().len(), 2);
+        let z = record(&r, entry("prune", 300)).unwrap();
+        let t = read(&r).unwrap();
+        assert_eq!(t.entries[&z].parents.len(), 2);
+        assert!(verify(&t).is_empty());
+    }
+
+    #[test]
+    fn forget_removes_old_entries_without_a_gap() {
+        let r = repo(false);
+        record(&r, entry("snapshot", 100)).unwrap();
+        record(&r, entry("snapshot", 200)).unwrap();
+        let keep = record(&r, entry("snapshot", 300)).unwrap();
+        let gone =
+            forget_older_than(&r, Timestamp::from_second(250).unwrap(), entry("x", 400)).unwrap();
+        assert_eq!(gone.len(), 2);
+        let t = read(&r).unwrap();
+        assert_eq!(t.entries.len(), 2);
+        assert!(t.entries.contains_key(&keep));
+        assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+        // A second forget that removes the first forget entry keeps the gap explained.
+        forget_older_than(&r, Timestamp::from_second(450).unwrap(), entry("x", 500)).unwrap();
+        let t = read(&r).unwrap();
+        assert_eq!(t.entries.len(), 1);
+        assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+    }
+}
