@@ -35,6 +35,10 @@ pub enum Error {
     /// The storage refused for a reason that has a clear next step.
     #[error("{what}: {detail}")]
     Refused { what: String, detail: String },
+    /// A database freeze preset could not freeze or thaw; `database` names
+    /// the server (never with its password).
+    #[error("{database}: {detail}")]
+    Freeze { database: String, detail: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -18,6 +18,7 @@
 
 pub mod detect;
 pub mod error;
+pub mod freeze;
 pub mod mountinfo;
 pub mod naming;
 pub mod tool;
@@ -222,4 +223,22 @@ pub trait Freezer {
 /// `thaw` reports whether that worked.
 pub trait Frozen {
     fn thaw(self: Box<Self>) -> Result<()>;
+
+    /// Thaws, and returns the files the database needs beside the snapshot's
+    /// copy of its data for a consistent start. PostgreSQL: `backup_label`
+    /// (and `tablespace_map` when there are tablespaces), which
+    /// `pg_backup_stop` hands back instead of writing them: the caller
+    /// records them with the snapshot, and a restore writes them into the
+    /// data directory's root. Others: none.
+    fn thaw_keeping(self: Box<Self>) -> Result<Vec<KeptFile>> {
+        self.thaw().map(|()| Vec::new())
+    }
+}
+
+/// A file a frozen database returned on thaw, to be restored beside its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptFile {
+    /// Its name in the data directory's root (`backup_label`).
+    pub name: String,
+    pub contents: String,
 }
