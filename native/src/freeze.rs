@@ -355,6 +355,7 @@ impl HostFreezer {
             stderr,
             stderr_done: Some(stderr_done),
             count: 0,
+            timeout: self.options.timeout,
         })
     }
 }
@@ -476,6 +477,8 @@ struct Session {
     stderr: Arc<Mutex<String>>,
     stderr_done: Option<std::thread::JoinHandle<()>>,
     count: u32,
+    /// The freeze timeout, for messages.
+    timeout: Duration,
 }
 
 impl Session {
@@ -505,9 +508,10 @@ impl Session {
                     // Ending the session withdraws the waiting request.
                     self.kill();
                     return Err(self.fail(format!(
-                        "`{statement}` did not finish within the freeze timeout; \
+                        "`{statement}` did not finish within the freeze timeout ({}s); \
                          another session holds a lock it waits for (a long query, \
-                         LOCK TABLES, a running backup): find it, or raise the timeout"
+                         LOCK TABLES, a running backup): find it, or raise the timeout",
+                        self.timeout.as_secs_f64()
                     )));
                 }
             }
@@ -583,7 +587,7 @@ fn parse_version(lines: &[String]) -> Option<u32> {
 
 fn unhex(s: &str) -> Option<String> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..s.len())

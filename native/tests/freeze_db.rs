@@ -446,9 +446,14 @@ fn mysql_read_lock_blocks_writers_until_thaw_and_dies_with_its_client() {
         .expect("the freeze waits for LOCK TABLES")
         .to_string();
     let waited = t0.elapsed();
+    eprintln!("mysql lock timeout after {waited:?}: {e}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert!(
         e.contains(&target) && e.contains("FLUSH TABLES WITH READ LOCK"),
+        "{e}"
+    );
+    assert!(
+        e.contains("did not finish within the freeze timeout (2s)"),
         "{e}"
     );
     drop(hin);
