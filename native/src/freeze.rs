@@ -69,9 +69,13 @@ impl Preset {
         let mut argv: Vec<OsString> = vec![self.client().into()];
         match self {
             Preset::Postgres => {
-                // No ~/.psqlrc, unaligned rows without headers, stop at the
-                // first error (the session then ends and so does the backup).
-                argv.extend(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"].map(Into::into));
+                // No ~/.psqlrc, never a password prompt on the terminal (it
+                // would wait for nobody), unaligned rows without headers,
+                // stop at the first error (the session then ends and so
+                // does the backup).
+                argv.extend(
+                    ["-X", "-w", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"].map(Into::into),
+                );
             }
             Preset::Mysql => {
                 if let Some(f) = conn_file {
@@ -712,6 +716,10 @@ mod tests {
             );
         }
         assert!(Preset::Mongodb.freeze_script(0)[0].contains("process.env.MONGODB_URI"));
+        assert!(
+            Preset::Postgres.client_argv(None).contains(&"-w".into()),
+            "no prompt"
+        );
     }
 
     #[test]

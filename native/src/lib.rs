@@ -224,12 +224,15 @@ pub trait Freezer {
 pub trait Frozen {
     fn thaw(self: Box<Self>) -> Result<()>;
 
-    /// Thaws, and returns the files the database needs beside the snapshot's
-    /// copy of its data for a consistent start. PostgreSQL: `backup_label`
-    /// (and `tablespace_map` when there are tablespaces), which
-    /// `pg_backup_stop` hands back instead of writing them: the caller
-    /// records them with the snapshot, and a restore writes them into the
-    /// data directory's root. Others: none.
+    /// Thaws, and returns the files the database hands back for the
+    /// snapshot. PostgreSQL: `backup_label` (and `tablespace_map` when there
+    /// are tablespaces) from `pg_backup_stop`; the caller records them with
+    /// the snapshot. They are for archive recovery: written into a restored
+    /// data directory's root together with a `restore_command` that reaches
+    /// the WAL up to the backup's end (written after the snapshot). Without
+    /// them an atomic native snapshot starts by crash recovery, which is
+    /// what a plain restore should do: with the label but without that WAL,
+    /// PostgreSQL refuses to start. Others: none.
     fn thaw_keeping(self: Box<Self>) -> Result<Vec<KeptFile>> {
         self.thaw().map(|()| Vec::new())
     }
