@@ -38,6 +38,10 @@ pub enum Error {
     /// A native snapshot (or what it needs) is no longer on the storage.
     #[error("{what} no longer exists")]
     Missing { what: String },
+    /// A database freeze preset could not freeze or thaw; `database` names
+    /// the server (never with its password).
+    #[error("{database}: {detail}")]
+    Freeze { database: String, detail: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -261,4 +261,25 @@ pub trait Freezer {
 /// `thaw` reports whether that worked.
 pub trait Frozen {
     fn thaw(self: Box<Self>) -> Result<()>;
+
+    /// Thaws, and returns the files the database hands back for the
+    /// snapshot. PostgreSQL: `backup_label` (and `tablespace_map` when there
+    /// are tablespaces) from `pg_backup_stop`; the caller records them with
+    /// the snapshot. They are for archive recovery: written into a restored
+    /// data directory's root together with a `restore_command` that reaches
+    /// the WAL up to the backup's end (written after the snapshot). Without
+    /// them an atomic native snapshot starts by crash recovery, which is
+    /// what a plain restore should do: with the label but without that WAL,
+    /// PostgreSQL refuses to start. Others: none.
+    fn thaw_keeping(self: Box<Self>) -> Result<Vec<KeptFile>> {
+        self.thaw().map(|()| Vec::new())
+    }
+}
+
+/// A file a frozen database returned on thaw, to be restored beside its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptFile {
+    /// Its name in the data directory's root (`backup_label`).
+    pub name: String,
+    pub contents: String,
 }

@@ -251,6 +251,15 @@ impl<'r> SnapshotRun<'r> {
         observer: &dyn Observer,
     ) -> Result<PendingSnapshot> {
         let (read, record) = match self.native.read_from(dir, observer)? {
+            // A freeze lasts as long as making a native snapshot; held
+            // around a whole live read it would stop the database for
+            // minutes, so it is refused instead.
+            ReadFrom::Live if self.native.freezer.is_some() => {
+                return Err(Error::Invalid(format!(
+                    "{}: --freeze needs a native snapshot of the source, and it is read live here; put it on btrfs, ZFS or LVM (see --source-snapshot required), or freeze with --pre-hook/--post-hook around the whole read",
+                    dir.display()
+                )));
+            }
             ReadFrom::Live => (None, None),
             ReadFrom::Native { dir: read, record } => (Some(read), Some(record)),
         };

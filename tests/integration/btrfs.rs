@@ -247,10 +247,10 @@ fn required_fails_naming_the_path_and_the_next_step() {
             && err.contains("--source-snapshot auto or off"),
         "{err}"
     );
-    // The freeze presets are not built yet: said before anything is read.
+    // A freeze needs a native snapshot: refused for a live read.
     let out = util::code(&env, &["snapshot", s(&plain), "--freeze", "postgres"], 1);
     assert!(
-        util::stderr(&out).contains("--freeze postgres: not built yet"),
+        util::stderr(&out).contains("--freeze needs a native snapshot"),
         "{}",
         util::stderr(&out)
     );

@@ -129,7 +129,10 @@ fn native_options(a: &Args) -> Result<(NativeOptions, Option<Box<dyn pvsnap_nati
         ));
     }
     let freezer = match &a.freeze {
-        Some(name) => Some(pvsnap_native::freeze::preset(name)?),
+        Some(name) => Some(pvsnap_native::freeze::preset(
+            name,
+            pvsnap_native::freeze::Options::default(),
+        )?),
         None => None,
     };
     Ok((
