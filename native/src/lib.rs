@@ -21,6 +21,7 @@ pub mod error;
 pub mod mountinfo;
 pub mod naming;
 pub mod tool;
+pub mod zfs;
 
 use std::path::{Path, PathBuf};
 
