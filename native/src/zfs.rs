@@ -436,9 +436,13 @@ impl Provider for Zfs {
                 detail: "a clone's mount point must be an absolute path".into(),
             });
         }
-        // `tank/data-pvsnap-keep-…`: next to the volume, and not a
-        // leftover (its last part is not a pvsnap name).
-        let clone = format!("{}-{}", snapshot.volume, snapshot.name);
+        // `tank/data-pvsnap-keep-…` next to the volume (`tank/tank-…` for
+        // a pool's root), and not a leftover: its last part is not a
+        // pvsnap name.
+        let clone = match snapshot.volume.rsplit_once('/') {
+            Some(_) => format!("{}-{}", snapshot.volume, snapshot.name),
+            None => format!("{0}/{0}-{1}", snapshot.volume, snapshot.name),
+        };
         zfs()
             .args(["clone", "-o"])
             .arg(format!("mountpoint={}", target.display()))
