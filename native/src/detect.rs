@@ -53,7 +53,10 @@ fn kind_of(m: &Mount) -> Option<Kind> {
         "btrfs" => Some(Kind::Btrfs),
         "zfs" => Some(Kind::Zfs),
         // zfs-fuse mounts a dataset as `fuse` with the dataset as source.
-        "fuse" | "fuse.zfs" if looks_like_dataset(&m.source) => Some(Kind::Zfs),
+        // zfs-fuse 0.7 (Debian) shows `fuse.zfs`; a dataset name may hold
+        // spaces, never a leading `/`.
+        "fuse.zfs" if !m.source.is_empty() && !m.source.starts_with('/') => Some(Kind::Zfs),
+        "fuse" if looks_like_dataset(&m.source) => Some(Kind::Zfs),
         _ if m.source.starts_with("/dev/mapper/") || m.source.starts_with("/dev/dm-") => {
             Some(Kind::Lvm)
         }

@@ -24,6 +24,7 @@ pub mod lvm;
 pub mod mountinfo;
 pub mod naming;
 pub mod tool;
+pub mod zfs;
 
 use std::path::{Path, PathBuf};
 
@@ -37,7 +38,8 @@ pub fn provider_for(kind: Kind) -> Result<Box<dyn Provider>> {
     match kind {
         Kind::Btrfs => Ok(Box::new(btrfs::Btrfs)),
         Kind::Lvm => Ok(Box::new(lvm::Lvm::default())),
-        Kind::Zfs | Kind::Csi => Err(Error::Refused {
+        Kind::Zfs => Ok(Box::new(zfs::Zfs::new())),
+        Kind::Csi => Err(Error::Refused {
             what: format!("{kind} native snapshots"),
             detail:
                 "not built yet in this pvsnap; snapshot with --source-snapshot off (a live read)"
