@@ -12,6 +12,7 @@ mod diskfull;
 mod extras;
 mod first_use;
 mod fixture;
+mod garage;
 mod guards;
 mod honest_sources;
 mod hostile;
