@@ -17,6 +17,7 @@ mod drill;
 mod extras;
 mod first_use;
 mod fixture;
+mod garage;
 mod guards;
 mod honest_sources;
 mod hostile;
