@@ -159,6 +159,9 @@ def freeze_window(pvsnap: str, scratch: Path, reps: int, samples: list) -> None:
         return
     log("freeze window: PostgreSQL on btrfs, --freeze postgres")
     vol = Btrfs(scratch, GiB, "pg")
+    # The postgres user must reach its folders below the scratch folder.
+    for d in (scratch, vol.mnt, vol.volume):
+        os.chmod(d, 0o755)
     data = vol.volume / "pgdata"
     sock = scratch / "pgsock"
     sock.mkdir(exist_ok=True)
@@ -169,7 +172,7 @@ def freeze_window(pvsnap: str, scratch: Path, reps: int, samples: list) -> None:
     as_pg = ["runuser", "-u", "postgres", "--"]
     try:
         run([*as_pg, str(pg_bin / "initdb"), "-D", str(data), "-A", "trust"])
-        run([*as_pg, str(pg_bin / "pg_ctl"), "-D", str(data), "-w", "-l", str(scratch / "pg.log"), "-o",
+        run([*as_pg, str(pg_bin / "pg_ctl"), "-D", str(data), "-w", "-l", str(sock / "pg.log"), "-o",
              f"-p {port} -k {sock} -c listen_addresses=''", "start"])
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("PVSNAP_")},
                "PGHOST": str(sock), "PGPORT": port, "PGUSER": "postgres"}
@@ -251,15 +254,21 @@ def main() -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=scratch))
     samples: list = []
+    kinds = ([Btrfs] if "btrfs" not in skip else []) + \
+        ([Zfs] if "zfs" not in skip and shutil.which("zfs-fuse") else [])
+    parts = [("create", lambda: creation(kinds, scratch, [int(s) * GiB for s in a.sizes.split(",")], a.reps,
+                                         samples)),
+             ("read", lambda: frozen_vs_live(a.pvsnap, scratch, a.read_size * GiB, a.reps, samples)),
+             ("freeze", lambda: freeze_window(a.pvsnap, scratch, a.reps, samples))]
     try:
-        if "create" not in skip:
-            kinds = ([Btrfs] if "btrfs" not in skip else []) + \
-                ([Zfs] if "zfs" not in skip and shutil.which("zfs-fuse") else [])
-            creation(kinds, scratch, [int(s) * GiB for s in a.sizes.split(",")], a.reps, samples)
-        if "read" not in skip:
-            frozen_vs_live(a.pvsnap, scratch, a.read_size * GiB, a.reps, samples)
-        if "freeze" not in skip:
-            freeze_window(a.pvsnap, scratch, a.reps, samples)
+        for name, part in parts:
+            if name in skip:
+                continue
+            try:
+                part()
+            except RuntimeError as e:
+                # One part failing leaves the others' numbers standing.
+                log(f"{name}: FAILED: {e}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if a.out:
