@@ -130,22 +130,8 @@ impl Cluster {
                 ));
             }
         };
-        let phase = pvc
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_else(|| "unknown".into());
         let spec = pvc.spec.clone().unwrap_or_default();
-        let pv_name = match spec.volume_name.as_deref() {
-            Some(v) if phase == "Bound" && !v.is_empty() => v.to_string(),
-            _ => {
-                return Err(Error::ClaimNotBound {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    phase,
-                });
-            }
-        };
+        let pv_name = bound_volume(&pvc, namespace, name)?;
 
         let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
         let pv = match volumes.get(&pv_name).await {
@@ -408,4 +394,26 @@ pub fn parse_quantity(text: &str) -> Option<u64> {
     let den = 10u128.checked_pow(frac_len)?.checked_mul(mul_den)?;
     let bytes = num.div_ceil(den);
     u64::try_from(bytes).ok()
+}
+
+/// The volume claim `namespace/name` is bound to; an error naming its phase
+/// when it is not bound.
+pub(crate) fn bound_volume(
+    pvc: &PersistentVolumeClaim,
+    namespace: &str,
+    name: &str,
+) -> Result<String> {
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "unknown".into());
+    match pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref()) {
+        Some(v) if phase == "Bound" && !v.is_empty() => Ok(v.to_string()),
+        _ => Err(Error::ClaimNotBound {
+            namespace: namespace.into(),
+            name: name.into(),
+            phase,
+        }),
+    }
 }

@@ -185,22 +185,8 @@ impl Cluster {
                 namespace: namespace.into(),
                 name: name.into(),
             })?;
-        let phase = pvc
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_else(|| "unknown".into());
         let spec = pvc.spec.clone().unwrap_or_default();
-        let pv_name = match spec.volume_name.as_deref() {
-            Some(v) if phase == "Bound" && !v.is_empty() => v.to_string(),
-            _ => {
-                return Err(Error::ClaimNotBound {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    phase,
-                });
-            }
-        };
+        let pv_name = crate::claims::bound_volume(&pvc, namespace, name)?;
         let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
         let pv = volumes
             .get_opt(&pv_name)
