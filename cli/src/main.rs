@@ -40,6 +40,7 @@ Environment:
   NO_COLOR               When set and not empty: no colour in log output
   XDG_DATA_HOME, HOME    Where the default repository of a non-root user lies
   KUBECONFIG             Kubernetes client configuration (else ~/.kube/config or in-cluster)
+  PVSNAP_TOOL_TIMEOUT_SECS  Time limit of one btrfs, zfs or lvm tool call (600)
 Hooks (--pre-hook, --post-hook) find PVSNAP_HOOK (pre|post), PVSNAP_SOURCE and
 PVSNAP_SNAPSHOT_PATH (the host folder being read) in their environment.";
 

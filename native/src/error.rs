@@ -22,6 +22,12 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    /// A tool did not finish in time and was killed.
+    #[error(
+        "`{command}` did not finish within {seconds} s and was stopped; \
+         check the storage (a hung daemon or a full pool) and try again"
+    )]
+    ToolTimedOut { command: String, seconds: u64 },
     /// A tool answered in a form this code does not understand.
     #[error("`{command}` printed something unexpected ({detail}): {output}")]
     Unparsed {
