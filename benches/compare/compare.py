@@ -1620,6 +1620,10 @@ def run_copy(ds: str, rep: int, states: Path, live: Path, workdir: Path, timed: 
         else:
             env = server.env() | rclone_env(server, rundir / "aux")
             cmd = [rclone, "sync", f"{src.repo}/", f"bench:{bucket.name}"]
+            # A `pvsnap copy` run before this one recorded its audit entry
+            # in the source repository: count the folder as rclone sees it.
+            files = [os.path.join(d, f) for d, _, names in os.walk(src.repo) for f in names]
+            local_files, local_bytes = len(files), sum(os.lstat(f).st_size for f in files)
         warm(src.repo)
         sync()
         r = timed(cmd, env=env, cwd=rundir)

@@ -36,6 +36,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::repo::IndexedRepository;
 use crate::repo::crypto::Crypto;
@@ -48,6 +50,10 @@ use crate::tree::{MAX_DEPTH, NodeKind, Tree};
 
 /// Packs stored between two index checkpoints.
 pub const CHECKPOINT_PACKS: usize = 8;
+
+/// Stored bytes read and verified at once when blobs move as stored: a
+/// bound on the memory a folder of large files takes during a copy.
+const VERIFY_BATCH_BYTES: u64 = 32 << 20;
 
 /// Which snapshots of the source to copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,11 +301,18 @@ impl Copier<'_, '_> {
         }
         let plain = self.src.read_blob(BlobKind::Tree, &id.0)?;
         let mut tree = Tree::decode(&plain, id)?;
+        if self.same_ids {
+            // Ids do not change: the folder's chunks are sent in batches,
+            // verified on all cores, before its subfolders.
+            self.chunks_as_stored(packer, &tree)?;
+        }
         for node in &mut tree.nodes {
             match &mut node.kind {
                 NodeKind::File { content } => {
                     for extent in content.iter_mut() {
-                        if let Some(c) = &mut extent.chunk {
+                        if let Some(c) = &mut extent.chunk
+                            && !self.same_ids
+                        {
                             *c = self.chunk(packer, c)?;
                         }
                         self.progress
@@ -325,12 +338,72 @@ impl Copier<'_, '_> {
         Ok(new)
     }
 
-    /// Copies one data chunk; returns its id in the target.
-    fn chunk(&mut self, packer: &Packer<'_>, id: &ChunkId) -> Result<ChunkId> {
-        if self.same_ids {
-            self.blob_as_stored(packer, BlobKind::Data, &id.0)?;
-            return Ok(*id);
+    /// Copies the data chunks of the files of `tree` as stored (same ids):
+    /// those the target lacks are read and verified in parallel, a batch
+    /// of at most [`VERIFY_BATCH_BYTES`] at a time, and handed to the
+    /// packer in the tree's order. Counts as [`Self::blob_as_stored`] does
+    /// for each reference.
+    fn chunks_as_stored(&mut self, packer: &Packer<'_>, tree: &Tree) -> Result<()> {
+        let mut need: Vec<(Id, crate::store::index::BlobLocation)> = Vec::new();
+        let mut queued: HashSet<Id> = HashSet::new();
+        for node in &tree.nodes {
+            let NodeKind::File { content } = &node.kind else {
+                continue;
+            };
+            for id in content.iter().filter_map(|e| e.chunk.map(|c| c.0)) {
+                if queued.contains(&id) || self.target_has(BlobKind::Data, &id)? {
+                    self.report.blobs_present += 1;
+                    continue;
+                }
+                let loc = self.src.locate(&id).ok_or_else(|| Error::BlobNotInIndex {
+                    id: id.to_hex(),
+                    kind: BlobKind::Data.name(),
+                })?;
+                queued.insert(id);
+                need.push((id, loc));
+            }
         }
+        let mut rest = need.as_slice();
+        while !rest.is_empty() {
+            let mut bytes = 0u64;
+            let n = rest
+                .iter()
+                .take_while(|(_, loc)| {
+                    let fits = bytes == 0 || bytes < VERIFY_BATCH_BYTES;
+                    bytes += u64::from(loc.entry.stored_len);
+                    fits
+                })
+                .count();
+            let (batch, after) = rest.split_at(n);
+            rest = after;
+            let stored: Vec<Vec<u8>> = batch
+                .par_iter()
+                .map(|(_, loc)| self.read_verified(loc))
+                .collect::<Result<_>>()?;
+            for ((id, loc), bytes) in batch.iter().zip(stored) {
+                packer.add_stored(&loc.entry, &bytes)?;
+                self.stored_one(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored bytes of the source blob at `loc`, after checking that
+    /// they open to the content their id names.
+    fn read_verified(&self, loc: &crate::store::index::BlobLocation) -> Result<Vec<u8>> {
+        let key = crate::backend::ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex());
+        let stored = self.src.backend().get_range(
+            &key,
+            loc.entry.offset as u64,
+            loc.entry.stored_len as u64,
+        )?;
+        blob::decode(self.src.crypto(), &loc.pack, &loc.entry, &stored)?;
+        Ok(stored)
+    }
+
+    /// Copies one data chunk under the target's own id (ids differ);
+    /// returns that id.
+    fn chunk(&mut self, packer: &Packer<'_>, id: &ChunkId) -> Result<ChunkId> {
         if let Some(done) = self.chunks.get(id) {
             return Ok(*done);
         }
@@ -370,13 +443,7 @@ impl Copier<'_, '_> {
             id: id.to_hex(),
             kind: kind.name(),
         })?;
-        let key = crate::backend::ObjectKey::new(ObjectKind::Pack, loc.pack.to_hex());
-        let stored = self.src.backend().get_range(
-            &key,
-            loc.entry.offset as u64,
-            loc.entry.stored_len as u64,
-        )?;
-        blob::decode(self.src.crypto(), &loc.pack, &loc.entry, &stored)?;
+        let stored = self.read_verified(&loc)?;
         packer.add_stored(&loc.entry, &stored)?;
         self.stored_one(id);
         Ok(())
