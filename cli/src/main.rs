@@ -124,6 +124,8 @@ pub enum Command {
     Repo(cmd::probe::RepoCommand),
     /// Show who changed the repository or a volume, and how each run ended; verify or trim the trail
     Audit(cmd::audit::AuditArgs),
+    /// Run scheduled jobs on this node, serve /healthz and /metrics, send notifications
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -207,6 +209,7 @@ fn main() -> ExitCode {
         Command::Drill(a) => cmd::drill::run(&cli, a),
         Command::Repo(c) => cmd::probe::run(&cli, c),
         Command::Audit(a) => cmd::audit::run(&cli, a),
+        Command::Serve(a) => cmd::serve::run(&cli, a),
     };
     audit::finish(&cli, &result);
     match result {

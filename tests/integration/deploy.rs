@@ -8,8 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Namespace, PodSpec, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use pvsnap_k8s::testing::fixtures::{CEPH_DRIVER, PG_POST, PG_PRE, STORAGE_ROOT, snapshot_class};
 use serde_json::Value;
@@ -48,6 +49,8 @@ fn documents() -> Vec<(PathBuf, Value)> {
 
 struct Manifests {
     cronjobs: Vec<CronJob>,
+    daemonsets: Vec<DaemonSet>,
+    config_maps: Vec<ConfigMap>,
     service_accounts: Vec<ServiceAccount>,
     roles: Vec<ClusterRole>,
     bindings: Vec<ClusterRoleBinding>,
@@ -69,9 +72,54 @@ impl Manifests {
     }
 }
 
+impl Manifests {
+    /// The pod the DaemonSet runs.
+    fn daemonset_pod(&self) -> PodSpec {
+        self.daemonsets[0].spec.template.spec.clone().unwrap()
+    }
+}
+
+/// The jobs of the DaemonSet's schedule (its ConfigMap), as `pvsnap serve
+/// --check` reads them: (name, args).
+fn served_jobs(m: &Manifests) -> Vec<(String, Vec<String>)> {
+    let cm = m
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("pvsnap-schedule"))
+        .expect("ConfigMap pvsnap-schedule");
+    let text = &cm.data.as_ref().unwrap()["schedule.toml"];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("schedule.toml");
+    fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pvsnap"))
+        .args(["serve", "--check", "--schedule"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (name, rest) = l
+                .strip_prefix("job ")
+                .unwrap()
+                .split_once(": next ")
+                .unwrap();
+            let cmd = rest.split_once(": pvsnap ").unwrap().1;
+            (
+                name.to_string(),
+                cmd.split(' ').map(str::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
 fn manifests() -> Manifests {
     let mut m = Manifests {
         cronjobs: vec![],
+        daemonsets: vec![],
+        config_maps: vec![],
         service_accounts: vec![],
         roles: vec![],
         bindings: vec![],
@@ -80,6 +128,8 @@ fn manifests() -> Manifests {
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
         match kind.as_str() {
             "CronJob" => m.cronjobs.push(typed(&path, doc)),
+            "DaemonSet" => m.daemonsets.push(typed(&path, doc)),
+            "ConfigMap" => m.config_maps.push(typed(&path, doc)),
             "ServiceAccount" => m.service_accounts.push(typed(&path, doc)),
             "ClusterRole" => m.roles.push(typed(&path, doc)),
             "ClusterRoleBinding" => m.bindings.push(typed(&path, doc)),
@@ -272,9 +322,19 @@ fn rbac_grants_exactly_what_the_commands_use() {
         "pvsnap-restore must grant exactly what `pvsnap restore --to-pvc/--to-new-pvc` use"
     );
 
-    // The CronJob's service account is bound to the snapshot role.
+    // The CronJob's and the DaemonSet's service account is bound to the
+    // snapshot role; the DaemonSet's jobs are the commands measured above.
     let sa = m.cronjob_pod().service_account_name.unwrap();
     let sa_ns = m.cronjobs[0].metadata.namespace.clone().unwrap();
+    assert_eq!(m.daemonset_pod().service_account_name, Some(sa.clone()));
+    assert_eq!(m.daemonsets[0].metadata.namespace, Some(sa_ns.clone()));
+    for (_, args) in served_jobs(&m) {
+        assert!(
+            ["snapshot", "forget"].contains(&args[0].as_str()),
+            "the DaemonSet's job `{}` sends requests this test did not measure against pvsnap-snapshot",
+            args.join(" ")
+        );
+    }
     assert!(
         m.service_accounts
             .iter()
@@ -434,5 +494,131 @@ fn the_systemd_unit_runs_a_command_the_cli_accepts() {
     assert!(
         timer.lines().any(|l| l.starts_with("OnCalendar=")),
         "{timer}"
+    );
+}
+
+#[test]
+fn the_daemonset_serves_a_schedule_of_commands_the_cli_accepts() {
+    let m = manifests();
+    assert_eq!(m.daemonsets.len(), 1);
+    let ds = &m.daemonsets[0];
+    let annotations = ds
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "9934");
+    let pod = m.daemonset_pod();
+    let c = &pod.containers[0];
+    let command = c.command.clone().unwrap();
+    assert_eq!(command[..2], ["pvsnap", "serve"]);
+    let after =
+        |flag: &str| command[command.iter().position(|a| a == flag).expect(flag) + 1].clone();
+    assert_eq!(after("--listen"), ":9934");
+    let schedule = after("--schedule");
+    // The ConfigMap is mounted where --schedule reads it.
+    let cm_volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| {
+            v.config_map
+                .as_ref()
+                .is_some_and(|c| c.name == "pvsnap-schedule")
+        })
+        .expect("the schedule ConfigMap as a volume");
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|vm| vm.name == cm_volume.name)
+        .expect("schedule mounted");
+    assert_eq!(format!("{}/schedule.toml", mount.mount_path), schedule);
+    // Each job parses; the snapshot's --host-root has the storage below it.
+    let jobs = served_jobs(&m);
+    assert!(jobs.iter().any(|(_, a)| a[0] == "snapshot"));
+    for (_, args) in &jobs {
+        parses(args);
+        if let Some(i) = args.iter().position(|a| a == "--host-root") {
+            let storage = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == STORAGE_ROOT))
+                .expect("a hostPath volume of the storage folder");
+            assert!(
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|vm| vm.name == storage.name
+                        && vm.mount_path == format!("{}{STORAGE_ROOT}", args[i + 1])
+                        && vm.read_only == Some(true))
+            );
+        }
+    }
+    // The repository and the state folder are the host's (pvsnap's
+    // defaults for root), so state and outbox survive the pod.
+    for path in ["/var/lib/pvsnap/repo", "/var/lib/pvsnap/serve"] {
+        let v = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == path))
+            .unwrap_or_else(|| panic!("hostPath {path}"));
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|vm| vm.name == v.name && vm.mount_path == path),
+            "{path} mounted"
+        );
+    }
+    let node = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "PVSNAP_NODE")
+        .expect("PVSNAP_NODE");
+    assert_eq!(
+        node.value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "spec.nodeName"
+    );
+}
+
+#[test]
+fn the_systemd_serve_unit_runs_a_command_the_cli_accepts() {
+    let unit = fs::read_to_string(deploy_dir().join("systemd/pvsnap.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert!(
+        words[0].ends_with("/pvsnap") && words[1] == "serve",
+        "{exec}"
+    );
+    // The flags parse: with --check, serve only reads the schedule, which
+    // is missing here, and says so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pvsnap"))
+        .args(&words[1..])
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("schedule /etc/pvsnap/schedule.toml"),
+        "{}",
+        stderr(&out)
     );
 }

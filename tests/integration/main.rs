@@ -36,4 +36,5 @@ mod rollback;
 mod s3;
 mod s3_faults;
 mod safety;
+mod serve;
 mod snapshot_restore;

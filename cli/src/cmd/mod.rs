@@ -10,10 +10,12 @@ pub mod inspect;
 pub mod key;
 pub mod maintenance;
 pub mod mount;
+pub mod notify;
 pub mod probe;
 pub mod restore;
 pub mod restore_native;
 pub mod restore_pvc;
+pub mod serve;
 pub mod snapshot;
 pub mod tag;
 

@@ -43,6 +43,10 @@ pub struct Job {
     pub catch_up: Duration,
     /// Jobs of one group never overlap.
     pub group: Option<String>,
+    /// Where to POST this job's notifications (else `serve --notify`).
+    pub notify: Option<String>,
+    /// Whether a success is notified too (else only failures).
+    pub notify_always: bool,
 }
 
 /// A schedule file (TOML), as written by people.
@@ -64,6 +68,8 @@ struct JobForm {
     jitter: Option<String>,
     catch_up: Option<String>,
     group: Option<String>,
+    notify: Option<String>,
+    notify_on: Option<String>,
 }
 
 /// A parsed schedule.
@@ -123,7 +129,27 @@ impl Schedule {
                     .contains(&first)
                     .then(|| "maintenance".to_string())
             });
+            let notify_always = match j.notify_on.as_deref() {
+                None | Some("failure") => false,
+                Some("always") => true,
+                Some(other) => {
+                    return Err(format!(
+                        "job `{}`: notify_on `{other}`: write \"failure\" or \"always\"",
+                        j.name
+                    ));
+                }
+            };
+            if let Some(url) = &j.notify
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(format!(
+                    "job `{}`: notify `{url}` is not an http:// or https:// URL",
+                    j.name
+                ));
+            }
             jobs.push(Job {
+                notify: j.notify.clone(),
+                notify_always,
                 cron: Cron::parse(&j.cron).map_err(|e| format!("job `{}`: {e}", j.name))?,
                 jitter: dur("jitter", &j.jitter, Duration::ZERO)?,
                 catch_up: dur("catch_up", &j.catch_up, Duration::from_secs(3600))?,

@@ -2,8 +2,11 @@
 //! of the `pvsnap` binary.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -13,34 +16,52 @@ use super::{Event, Job, JobState, Outcome, Runner, Running, Schedule, Scheduler,
 
 /// Runs each job as `program [global…] args…` (the same binary with the
 /// repository flags the scheduler was given), its output on the
-/// scheduler's own standard error.
+/// scheduler's own standard error; the last [`TAIL`] bytes of each job's
+/// standard error are kept in `tails` (job name → bytes) for notifications.
 pub struct ProcessRunner {
     pub program: PathBuf,
     /// Flags put before every job's arguments (`--repo`, `--password-file`).
     pub global: Vec<String>,
+    pub tails: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    /// Sends SIGTERM to a pid (a snapshot then stores what it read and
+    /// indexes it); given by the binary, which may call libc.
+    pub terminate: fn(u32),
 }
 
-struct ChildRun(Child);
+/// How much of a job's standard error is kept.
+pub const TAIL: usize = 4096;
+
+struct ChildRun {
+    child: Child,
+    /// Copies the child's standard error; joined when it ends, so the tail
+    /// is complete before the end is reported.
+    copier: Option<JoinHandle<()>>,
+    terminate: fn(u32),
+}
+
+impl ChildRun {
+    fn finish(&mut self) {
+        if let Some(c) = self.copier.take() {
+            let _ = c.join();
+        }
+    }
+}
 
 impl Running for ChildRun {
     fn poll(&mut self) -> Option<Outcome> {
-        match self.0.try_wait() {
-            Ok(Some(status)) => Some(Outcome {
+        let outcome = match self.child.try_wait() {
+            Ok(Some(status)) => Outcome {
                 code: status.code(),
-            }),
-            Ok(None) => None,
-            Err(_) => Some(Outcome { code: None }),
-        }
+            },
+            Ok(None) => return None,
+            Err(_) => Outcome { code: None },
+        };
+        self.finish();
+        Some(outcome)
     }
 
     fn stop(&mut self) {
-        // SIGTERM: a snapshot stores what it read and indexes it.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        (self.terminate)(self.child.id());
     }
 }
 
@@ -63,10 +84,21 @@ impl Runner for ProcessRunner {
             .env("PVSNAP_SCHEDULE_SLOT", slot.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn();
         match child {
-            Ok(c) => Box::new(ChildRun(c)),
+            Ok(mut c) => {
+                let pipe = c.stderr.take();
+                let tails = self.tails.clone();
+                let name = job.name.clone();
+                tails.lock().expect("tails").insert(name.clone(), vec![]);
+                let copier = pipe.map(|p| std::thread::spawn(move || copy_tail(p, &tails, &name)));
+                Box::new(ChildRun {
+                    child: c,
+                    copier,
+                    terminate: self.terminate,
+                })
+            }
             Err(e) => {
                 tracing::error!(
                     "job {}: cannot start {}: {e}",
@@ -79,10 +111,31 @@ impl Runner for ProcessRunner {
     }
 }
 
+/// Copies a child's standard error to ours, keeping its last [`TAIL`]
+/// bytes under the job's name.
+fn copy_tail(mut pipe: impl Read, tails: &Mutex<BTreeMap<String, Vec<u8>>>, name: &str) {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let _ = std::io::stderr().write_all(&buf[..n]);
+        let mut tails = tails.lock().expect("tails");
+        let tail = tails.entry(name.to_string()).or_default();
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > TAIL {
+            tail.drain(..tail.len() - TAIL);
+        }
+    }
+}
+
 /// Runs the schedule until `stop` is requested; then asks running jobs to
 /// stop, waits for them up to `grace`, and saves the state. `on_event`
 /// sees every event (logs, metrics); the state file is written after each
-/// start and end.
+/// start and end. `alive` is called on every turn of the loop (a health
+/// check sees the loop turning).
 pub fn run(
     schedule: &Schedule,
     state_file: &Path,
@@ -90,6 +143,7 @@ pub fn run(
     stop: &Stop,
     grace: Duration,
     on_event: &mut dyn FnMut(&Event, &BTreeMap<String, JobState>),
+    alive: &dyn Fn(),
 ) -> Result<(), String> {
     let saved = super::load_state(state_file)?;
     let (mut s, events) = Scheduler::new(schedule, &saved, Timestamp::now());
@@ -99,6 +153,7 @@ pub fn run(
     }
     save_state(state_file, &states)?;
     while !stop.requested() {
+        alive();
         let events = s.tick(Timestamp::now(), runner);
         if !events.is_empty() {
             let states = s.states();

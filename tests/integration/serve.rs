@@ -1,0 +1,354 @@
+//! `pvsnap serve`: scheduled jobs run as child processes, /healthz and
+//! /metrics answer, SIGTERM stops it cleanly, failures are notified.
+//!
+//! Cron has minutes as its finest field, so the jobs here are made due at
+//! start through catch-up: the state file says their last run was a few
+//! minutes ago, and the slot missed since is run at once.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::Env;
+
+/// serve, its standard error collected as it comes.
+struct Serve {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(env: &Env, args: &[&str]) -> Serve {
+        let mut child = env
+            .cmd()
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pvsnap serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("[serve] {line}");
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Serve { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until serve's standard error has `what`.
+    fn wait_for(&self, what: &str, secs: u64) {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            if self.stderr().contains(what) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("serve never said `{what}`:\n{}", self.stderr());
+    }
+
+    /// The address it listens on, from its `listening on` line.
+    fn addr(&self) -> String {
+        self.wait_for("listening on http://", 60);
+        let s = self.stderr();
+        let i = s.find("listening on http://").unwrap() + "listening on http://".len();
+        s[i..].lines().next().unwrap().trim().to_string()
+    }
+
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200));
+                return (st, self.stderr());
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("serve did not stop after SIGTERM:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `GET path` → (status code, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).expect("connect to serve");
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    c.read_to_string(&mut r).unwrap();
+    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (code, body)
+}
+
+/// A state file whose jobs last ran three minutes ago: with `* * * * *`
+/// the slot since is due at start.
+fn state_due(path: &Path, jobs: &[&str]) {
+    let then = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(180);
+    let mut m = serde_json::Map::new();
+    for j in jobs {
+        m.insert(
+            j.to_string(),
+            serde_json::json!({"last_slot": then.to_string(), "runs": 0, "failures": 0, "missed": 0, "last_outcome": null}),
+        );
+    }
+    std::fs::write(path, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn serve_runs_a_due_job_answers_health_and_metrics_and_stops_on_sigterm() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), b"hello").unwrap();
+    let schedule = env.path("schedule.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[[job]]\nname = \"snap\"\ncron = \"* * * * *\"\nargs = [\"snapshot\", \"{}\", \"--tag\", \"served\"]\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let state = env.path("serve/state.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    state_due(&state, &["snap"]);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--schedule",
+            schedule.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    let addr = serve.addr();
+    serve.wait_for("job snap ended: exit code 0", 120);
+    let out = env.ok(&["snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert!(v[0]["tags"].to_string().contains("served"), "{v}");
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    let (code, metrics) = get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    for want in [
+        "# TYPE pvsnap_schedule_runs_total counter",
+        "pvsnap_schedule_runs_total{job=\"snap\",outcome=\"success\"} 1",
+        "pvsnap_schedule_runs_total{job=\"snap\",outcome=\"failure\"} 0",
+        "pvsnap_schedule_missed_total{job=\"snap\"} ",
+        "pvsnap_schedule_running{job=\"snap\"} 0",
+    ] {
+        assert!(metrics.contains(want), "no `{want}` in:\n{metrics}");
+    }
+    assert_eq!(get(&addr, "/nothing").0, 404);
+    let (status, _) = serve.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM ends serve with 0");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["snap"]["runs"], 1, "{saved}");
+    assert_eq!(saved["snap"]["last_outcome"]["code"], 0, "{saved}");
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "nothing listens after exit"
+    );
+}
+
+#[test]
+fn serve_refuses_bad_input_with_the_next_step() {
+    let env = Env::new();
+    let out = env.run(&["serve"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(crate::util::stderr(&out).contains("--schedule FILE"));
+    let schedule = env.path("s.toml");
+    std::fs::write(
+        &schedule,
+        "[[job]]\nname = \"x\"\ncron = \"* * * * *\"\nargs = [\"check\"]\nnotify_on = \"sometimes\"\n",
+    )
+    .unwrap();
+    let out = env.run(&["serve", "--schedule", schedule.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = crate::util::stderr(&out);
+    assert!(err.contains("notify_on `sometimes`"), "{err}");
+    let out = env.run(&["serve", "--listen", "127.0.0.1:0", "--notify", "ftp://x"]);
+    assert!(crate::util::stderr(&out).contains("--notify"));
+}
+
+/// A receiver that answers 500 to the first `fail` requests, then 200,
+/// keeping the bodies it accepted.
+fn receiver(fail: usize) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(vec![]));
+    let tries = Arc::new(Mutex::new(0usize));
+    let (g, t) = (got.clone(), tries.clone());
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let n = {
+                let mut t = t.lock().unwrap();
+                *t += 1;
+                *t
+            };
+            if n <= fail {
+                let _ = c.write_all(
+                    b"HTTP/1.1 500 Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            } else {
+                g.lock().unwrap().push(String::from_utf8(body).unwrap());
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        }
+    });
+    (url, got, tries)
+}
+
+#[test]
+fn a_failing_job_is_notified_through_a_receiver_that_fails_at_first() {
+    let env = Env::new();
+    env.init();
+    let (url, got, tries) = receiver(2);
+    let schedule = env.path("schedule.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[[job]]\nname = \"broken\"\ncron = \"* * * * *\"\nargs = [\"snapshot\", \"{}\"]\n",
+            env.path("no-such-folder").display()
+        ),
+    )
+    .unwrap();
+    let state = env.path("st/state.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    state_due(&state, &["broken"]);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--schedule",
+            schedule.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--notify",
+            &url,
+        ],
+    );
+    serve.wait_for("job broken ended: exit code", 120);
+    let end = Instant::now() + Duration::from_secs(60);
+    while got.lock().unwrap().is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, err) = serve.terminate();
+    assert_eq!(status.code(), Some(0));
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "one delivery after two refusals:\n{err}");
+    assert_eq!(*tries.lock().unwrap(), 3);
+    let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["event"], "job_failed");
+    assert_eq!(v["job"], "broken");
+    assert_eq!(v["args"][0], "snapshot");
+    assert!(v["exit_code"].as_i64().unwrap() != 0, "{v}");
+    assert!(
+        v["stderr_tail"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-folder"),
+        "the tail tells why: {v}"
+    );
+    assert!(v["host"].as_str().is_some_and(|h| !h.is_empty()));
+    assert!(v["started"].as_str().is_some() && v["finished"].as_str().is_some());
+    let left: Vec<_> = std::fs::read_dir(env.path("st/outbox")).unwrap().collect();
+    assert!(left.is_empty(), "the delivered event leaves the outbox");
+}
+
+#[test]
+fn jobs_of_one_group_never_overlap() {
+    let env = Env::new();
+    env.init();
+    let mut text = String::new();
+    for name in ["one", "two"] {
+        let d = env.path(name);
+        std::fs::create_dir_all(&d).unwrap();
+        crate::util::write_noise_files(&d, 1, 20, 200_000);
+        text.push_str(&format!(
+            "[[job]]\nname = \"{name}\"\ncron = \"* * * * *\"\ngroup = \"g\"\nargs = [\"snapshot\", \"{}\"]\n",
+            d.display()
+        ));
+    }
+    let schedule = env.path("schedule.toml");
+    std::fs::write(&schedule, text).unwrap();
+    let state = env.path("state.json");
+    state_due(&state, &["one", "two"]);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--schedule",
+            schedule.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    serve.wait_for("job one ended", 120);
+    serve.wait_for("job two ended", 120);
+    let (status, err) = serve.terminate();
+    assert_eq!(status.code(), Some(0));
+    // The order of the scheduler's lines: a start, its end, the other's start.
+    let marks: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(" started (slot") || l.contains(" ended: "))
+        .collect();
+    assert_eq!(marks.len(), 4, "{err}");
+    assert!(
+        marks[0].contains("started") && marks[1].contains("ended"),
+        "{err}"
+    );
+    assert!(
+        marks[2].contains("started") && marks[3].contains("ended"),
+        "{err}"
+    );
+    let first = if marks[0].contains("job one") {
+        "one"
+    } else {
+        "two"
+    };
+    assert!(marks[1].contains(&format!("job {first} ")), "{err}");
+    let out = env.ok(&["snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+}
