@@ -30,6 +30,10 @@ fn deploy_dir() -> PathBuf {
 fn documents() -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
     for path in util::files_below(&deploy_dir()) {
+        // Prometheus rules, not Kubernetes objects (tests: prometheus.rs).
+        if path.starts_with(deploy_dir().join("prometheus")) {
+            continue;
+        }
         if matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
