@@ -196,9 +196,13 @@ fn serve_refuses_bad_input_with_the_next_step() {
     assert!(crate::util::stderr(&out).contains("--notify"));
 }
 
+/// What a test receiver holds: the bodies it accepted, and how many
+/// requests it saw.
+type Received = (Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>);
+
 /// A receiver that answers 500 to the first `fail` requests, then 200,
 /// keeping the bodies it accepted.
-fn receiver(fail: usize) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
+fn receiver(fail: usize) -> (String, Received) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     let got = Arc::new(Mutex::new(vec![]));
@@ -237,14 +241,14 @@ fn receiver(fail: usize) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>)
             }
         }
     });
-    (url, got, tries)
+    (url, (got, tries))
 }
 
 #[test]
 fn a_failing_job_is_notified_through_a_receiver_that_fails_at_first() {
     let env = Env::new();
     env.init();
-    let (url, got, tries) = receiver(2);
+    let (url, (got, tries)) = receiver(2);
     let schedule = env.path("schedule.toml");
     std::fs::write(
         &schedule,
