@@ -124,6 +124,10 @@ pub enum Command {
     Repo(cmd::probe::RepoCommand),
     /// Show who changed the repository or a volume, and how each run ended; verify or trim the trail
     Audit(cmd::audit::AuditArgs),
+    /// Print the repository's health in the Prometheus text format
+    Metrics(cmd::health::MetricsArgs),
+    /// Show each source's last snapshot and run, and the repository's checks, drills, space and locks; exit non-zero when unhealthy
+    Status(cmd::health::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -207,6 +211,8 @@ fn main() -> ExitCode {
         Command::Drill(a) => cmd::drill::run(&cli, a),
         Command::Repo(c) => cmd::probe::run(&cli, c),
         Command::Audit(a) => cmd::audit::run(&cli, a),
+        Command::Metrics(a) => cmd::health::metrics(&cli, a),
+        Command::Status(a) => cmd::health::status(&cli, a),
     };
     audit::finish(&cli, &result);
     match result {

@@ -238,7 +238,12 @@ pub fn gather(repo: &IndexedRepository, local: Option<&Path>) -> Result<Health> 
         ObjectKind::Index,
         ObjectKind::Snapshot,
     ] {
-        stored_bytes += repo.backend().list(kind)?.iter().map(|(_, s)| s).sum::<u64>();
+        stored_bytes += repo
+            .backend()
+            .list(kind)?
+            .iter()
+            .map(|(_, s)| s)
+            .sum::<u64>();
     }
     let mut seen = std::collections::HashSet::new();
     let raw_bytes = repo
@@ -399,7 +404,11 @@ pub fn render_metrics(h: &Health) -> String {
         "pvsnap_last_snapshot_added_bytes",
         "gauge",
         "Bytes the newest snapshot of the source added to the repository.",
-        &|s| s.last_snapshot.as_ref().map_or(0.0, |l| l.added_bytes as f64),
+        &|s| {
+            s.last_snapshot
+                .as_ref()
+                .map_or(0.0, |l| l.added_bytes as f64)
+        },
     );
     per_source(
         &mut out,
@@ -435,7 +444,11 @@ pub fn render_metrics(h: &Health) -> String {
         for s in &h.sources {
             if let Some(u) = &s.native_usage {
                 f.sample(
-                    &[("source", &s.source), ("host", &s.host), ("volume", &u.volume)],
+                    &[
+                        ("source", &s.source),
+                        ("host", &s.host),
+                        ("volume", &u.volume),
+                    ],
                     u.ratio,
                 );
             }
@@ -475,7 +488,9 @@ pub fn render_metrics(h: &Health) -> String {
         "pvsnap_last_check_success",
         "gauge",
         "1 when the newest check passed, else 0 (also when never checked).",
-        r.last_check.as_ref().map_or(0.0, |c| f64::from(u8::from(c.ok))),
+        r.last_check
+            .as_ref()
+            .map_or(0.0, |c| f64::from(u8::from(c.ok))),
     );
     single(
         "pvsnap_last_drill_timestamp_seconds",
