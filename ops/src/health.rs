@@ -752,7 +752,7 @@ pub fn assess(h: &Health, t: &Thresholds) -> Vec<Problem> {
             ),
         );
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|p| std::cmp::Reverse(p.severity));
     out
 }
 

@@ -220,7 +220,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         // `status` and `metrics` count them (a source that never worked).
         if !a.dry_run && crate::repo::open(cli, false, false).is_ok() {
             for f in &failed {
-                audit_note(f, &[], Some("cannot snapshot it; see the message above"), false);
+                audit_note(
+                    f,
+                    &[],
+                    Some("cannot snapshot it; see the message above"),
+                    false,
+                );
             }
         }
         eprintln!(
