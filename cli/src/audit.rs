@@ -45,6 +45,13 @@ pub fn note(
     NOTES.lock().expect("audit lock").push(e);
 }
 
+/// Adds the recovery time of a drill to the entry [`note`] added last.
+pub fn note_rto(seconds: f64) {
+    if let Some(e) = NOTES.lock().expect("audit lock").last_mut() {
+        e.rto_seconds = Some(seconds);
+    }
+}
+
 /// The operation a command line records, or `None` when it changes nothing.
 pub fn operation(c: &Command) -> Option<String> {
     use crate::cmd::audit::{AuditArgs, AuditWhat};

@@ -126,6 +126,10 @@ pub enum Command {
     Audit(cmd::audit::AuditArgs),
     /// Run scheduled jobs on this node, serve /healthz and /metrics, send notifications
     Serve(cmd::serve::Args),
+    /// Print the repository's health in the Prometheus text format
+    Metrics(cmd::health::MetricsArgs),
+    /// Show each source's last snapshot and run, and the repository's checks, drills, space and locks; exit non-zero when unhealthy
+    Status(cmd::health::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -210,6 +214,8 @@ fn main() -> ExitCode {
         Command::Repo(c) => cmd::probe::run(&cli, c),
         Command::Audit(a) => cmd::audit::run(&cli, a),
         Command::Serve(a) => cmd::serve::run(&cli, a),
+        Command::Metrics(a) => cmd::health::metrics(&cli, a),
+        Command::Status(a) => cmd::health::status(&cli, a),
     };
     audit::finish(&cli, &result);
     match result {

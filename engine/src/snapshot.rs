@@ -150,6 +150,11 @@ pub struct SourceSnapshot {
     /// snapshot's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub native_only: bool,
+    /// How full the native snapshot was when last looked at during the
+    /// read (LVM thick snapshots: data percent / 100); absent where the
+    /// storage has no such limit or nobody looked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<f64>,
 }
 
 impl Snapshot {

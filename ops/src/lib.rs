@@ -41,6 +41,7 @@ mod clone;
 mod csi;
 mod drill;
 mod error;
+pub mod health;
 pub mod native;
 mod observe;
 mod restore;

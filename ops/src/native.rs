@@ -151,6 +151,7 @@ impl Natives {
                 freeze_window_s: h.freeze_window_s,
                 kept: h.kept,
                 native_only: self.options.native_only,
+                usage: None,
             },
         })
     }

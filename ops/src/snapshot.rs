@@ -290,11 +290,16 @@ impl<'r> SnapshotRun<'r> {
             Some(r) if !native_only && r.kind == "lvm" => Some(r.clone()),
             _ => None,
         };
+        let mut usage = None;
         let mut pending = match watched {
             None => backup::store(self.repo, &from, &opts, &progress)?,
-            Some(r) => self.store_watched(&from, opts, &progress, &r, observer)?,
+            Some(r) => self.store_watched(&from, opts, &progress, &r, observer, &mut usage)?,
         };
-        if let Some(r) = record {
+        if let Some(mut r) = record {
+            // The last usage the watch saw (a final look when the read was
+            // too short for one) goes into the record, for `status` and
+            // `metrics` (pvsnap_native_snapshot_usage_ratio).
+            r.usage = usage.or_else(|| self.native.usage(&r));
             pending.record_source_snapshot(r);
         }
         Ok(pending)
@@ -311,6 +316,7 @@ impl<'r> SnapshotRun<'r> {
         progress: &Progress,
         record: &pvsnap_engine::snapshot::SourceSnapshot,
         observer: &dyn Observer,
+        seen: &mut Option<f64>,
     ) -> Result<PendingSnapshot> {
         use pvsnap_native::lvm::{ABORT_AT, WARN_AT};
         let outer = opts.stop.clone();
@@ -331,6 +337,7 @@ impl<'r> SnapshotRun<'r> {
                 if overflow.is_none() && last.elapsed() >= std::time::Duration::from_secs(2) {
                     last = std::time::Instant::now();
                     if let Some(u) = self.native.usage(record) {
+                        *seen = Some(u);
                         if u >= ABORT_AT {
                             inner.request();
                             overflow = Some(u);

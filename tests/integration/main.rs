@@ -19,6 +19,7 @@ mod first_use;
 mod fixture;
 mod garage;
 mod guards;
+mod health;
 mod honest_sources;
 mod hostile;
 mod interrupt;

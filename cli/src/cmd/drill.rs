@@ -78,6 +78,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
             )
         }),
     );
+    crate::audit::note_rto(report.rto_seconds);
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else if !cli.quiet || !report.ok {

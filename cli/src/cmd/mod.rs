@@ -5,6 +5,7 @@ pub mod audit;
 pub mod copy;
 pub mod drill;
 pub mod find;
+pub mod health;
 pub mod init;
 pub mod inspect;
 pub mod key;

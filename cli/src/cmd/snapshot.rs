@@ -215,8 +215,19 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         }
     }
     if folders.is_empty() && claims.is_empty() && !a.all_pvcs {
-        // Nothing is left to snapshot: the repository is not even opened
-        // (nor created).
+        // Nothing is left to snapshot: the repository is not created. An
+        // existing one records the failed runs in its audit trail, so that
+        // `status` and `metrics` count them (a source that never worked).
+        if !a.dry_run && crate::repo::open(cli, false, false).is_ok() {
+            for f in &failed {
+                audit_note(
+                    f,
+                    &[],
+                    Some("cannot snapshot it; see the message above"),
+                    false,
+                );
+            }
+        }
         eprintln!(
             "pvsnap: {} of {} source(s) failed: {}; nothing was saved (exit code 1)",
             failed.len(),

@@ -60,7 +60,7 @@ pub struct Kubernetes {
 
 /// One audit entry, as stored (without its id, which is the hash of the
 /// stored object).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub time: Timestamp,
     /// The command, as typed after `pvsnap` (`snapshot`, `restore`, `key add`).
@@ -92,6 +92,10 @@ pub struct Entry {
     /// [`verify`] does not report them as a gap.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forgotten: Vec<String>,
+    /// For `drill`: the recovery time, seconds from the start of the
+    /// restore to its end (absent in entries older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_seconds: Option<f64>,
 }
 
 impl Entry {
@@ -114,6 +118,7 @@ impl Entry {
             version: env!("CARGO_PKG_VERSION").into(),
             parents: Vec::new(),
             forgotten: Vec::new(),
+            rto_seconds: None,
         }
     }
 }

@@ -85,3 +85,19 @@ pub fn lower_thread_priority() {
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
     }
 }
+
+/// Bytes free for an unprivileged writer on the filesystem holding `path`
+/// (`statvfs`: available blocks times the fragment size).
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs only writes the struct we pass; zeroed is a valid value of it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; `st` is writable.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
