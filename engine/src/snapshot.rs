@@ -155,6 +155,19 @@ pub struct SourceSnapshot {
     /// storage has no such limit or nobody looked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<f64>,
+    /// CSI only: seconds until the VolumeSnapshot was ready to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_s: Option<f64>,
+    /// CSI only: the CSI driver of the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// CSI only: the class's `deletionPolicy` (`Delete`, `Retain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<String>,
+    /// CSI only: the VolumeSnapshot as it was when ready (its JSON, read
+    /// by `pvsnap-ops`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<serde_json::Value>,
 }
 
 impl Snapshot {
@@ -174,9 +187,13 @@ impl Snapshot {
         self.source_snapshot.as_ref().is_some_and(|n| n.native_only)
     }
 
-    /// The native snapshot this record keeps on the storage, if any.
+    /// The native snapshot this record keeps on the storage, if any. A CSI
+    /// VolumeSnapshot is not one: it lives in the cluster, and `pvsnap-ops`
+    /// handles it (`csi_record`).
     pub fn kept_native(&self) -> Option<&SourceSnapshot> {
-        self.source_snapshot.as_ref().filter(|n| n.kept)
+        self.source_snapshot
+            .as_ref()
+            .filter(|n| n.kept && n.kind != "csi")
     }
 }
 

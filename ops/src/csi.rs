@@ -5,8 +5,9 @@
 //! the pods' backup hooks (the freeze window ends when the storage has cut
 //! it, `status.creationTime`, not when it is ready), waits for `readyToUse`,
 //! and records it in the repository: a snapshot of the claim whose tree is
-//! an empty folder and whose `hooks` hold one `{"source_snapshot": …}`
-//! record ([`CsiRecord`]). `forget` of that snapshot deletes the
+//! an empty folder and whose `source_snapshot` is the record
+//! ([`CsiRecord`]; snapshots written before kept it in `hooks`, which
+//! [`csi_record`] still reads). `forget` of that snapshot deletes the
 //! VolumeSnapshot ([`forget_csi`]); `restore --to-new-pvc` makes a claim
 //! from it through `dataSource` ([`restore_csi_to_new_claim`]).
 //!
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pvsnap_engine::backup::{self, Progress};
-use pvsnap_engine::snapshot::{Snapshot, Source};
+use pvsnap_engine::snapshot::{Snapshot, Source, SourceSnapshot};
 use pvsnap_k8s::{
     BodyOutcome, ClaimFromSnapshot, ClaimRef, Cluster, CsiClaim, CsiSnapshot, DEFAULT_CSI_TIMEOUT,
     HookOutcome, HostHook, RUN_ANNOTATION, Scope, SnapshotDeleted,
@@ -58,8 +59,9 @@ impl Default for CsiOptions {
     }
 }
 
-/// The key of the record in a snapshot's `hooks`, and of the field the
-/// snapshot's JSON output carries.
+/// The field of the snapshot's JSON output that carries the record, and
+/// its key in `hooks` where snapshots taken before CSI records moved to
+/// `Snapshot::source_snapshot` kept it.
 pub const SOURCE_SNAPSHOT: &str = "source_snapshot";
 
 /// A CSI VolumeSnapshot recorded as a native restore point: the fields
@@ -94,13 +96,31 @@ pub struct CsiRecord {
     pub snapshot: CsiSnapshot,
 }
 
-/// The CSI record of a repository snapshot, if it is one.
+/// The CSI record of a repository snapshot, if it is one: its
+/// `source_snapshot`, or (snapshots written before the record moved there)
+/// a `{"source_snapshot": …}` entry of its `hooks`.
 pub fn csi_record(s: &Snapshot) -> Option<CsiRecord> {
-    s.hooks
-        .iter()
-        .filter_map(|h| h.get(SOURCE_SNAPSHOT))
-        .find_map(|v| serde_json::from_value::<CsiRecord>(v.clone()).ok())
-        .filter(|r| r.kind == "csi")
+    let current = s
+        .source_snapshot
+        .as_ref()
+        .filter(|n| n.kind == "csi")
+        .and_then(|n| serde_json::to_value(n).ok());
+    let legacy = || {
+        s.hooks
+            .iter()
+            .filter_map(|h| h.get(SOURCE_SNAPSHOT))
+            .find(|v| v.get("kind").and_then(|k| k.as_str()) == Some("csi"))
+            .cloned()
+    };
+    current
+        .or_else(legacy)
+        .and_then(|v| serde_json::from_value::<CsiRecord>(v).ok())
+}
+
+/// The record as the snapshot's `source_snapshot`.
+fn as_source_snapshot(record: &CsiRecord) -> SourceSnapshot {
+    let v = serde_json::to_value(record).expect("record serializes");
+    serde_json::from_value(v).expect("a CSI record is a source_snapshot")
 }
 
 fn this_run() -> String {
@@ -280,7 +300,7 @@ impl SnapshotRun<'_> {
     fn record_csi(
         &mut self,
         source: Source,
-        mut outcomes: Vec<serde_json::Value>,
+        outcomes: Vec<serde_json::Value>,
         record: &CsiRecord,
         observer: &dyn Observer,
     ) -> Result<Taken> {
@@ -294,8 +314,8 @@ impl SnapshotRun<'_> {
             backup::store(self.repo(), empty.path(), &opts, &progress)?
         };
         let mut pending = pending;
-        outcomes.push(serde_json::json!({ SOURCE_SNAPSHOT: record }));
         pending.add_hooks(outcomes);
+        pending.record_source_snapshot(as_source_snapshot(record));
         self.commit(pending, None)
     }
 }
@@ -355,4 +375,89 @@ pub async fn restore_csi_to_new_claim(
             &capacity,
         )
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvsnap_engine::repo::id::{Id, SnapshotId, TreeId};
+    use pvsnap_engine::snapshot::Summary;
+    use pvsnap_engine::tree::{Node, NodeKind};
+
+    fn record() -> CsiRecord {
+        CsiRecord {
+            kind: "csi".into(),
+            volume: "ns/data".into(),
+            name: "pvsnap-keep-x".into(),
+            handle: "ns/pvsnap-keep-x".into(),
+            within: String::new(),
+            create_s: 0.5,
+            freeze_window_s: 0.25,
+            ready_s: 2.0,
+            kept: true,
+            native_only: true,
+            driver: "rbd.csi.ceph.com".into(),
+            deletion_policy: "Delete".into(),
+            snapshot: serde_json::from_value(serde_json::json!({
+                "namespace": "ns", "name": "pvsnap-keep-x", "claim": "data",
+                "class": "c", "content": "snapcontent-1", "restore_size": "1Gi",
+                "created": null, "ready": true, "error": null
+            }))
+            .expect("a VolumeSnapshot"),
+        }
+    }
+
+    fn empty_snapshot() -> Snapshot {
+        let tree = TreeId(Id([0; 32]));
+        let root: Node = serde_json::from_value(serde_json::json!({
+            "name": [], "kind": {"Dir": {"subtree": tree}}, "mode": 0o40755,
+            "uid": 0, "gid": 0, "user": null, "group": null, "size": 0,
+            "mtime_ns": 0, "ctime_ns": 0, "inode": 0, "device": 0, "links": 1,
+            "xattrs": []
+        }))
+        .expect("a root");
+        assert!(matches!(root.kind, NodeKind::Dir { .. }));
+        Snapshot {
+            id: SnapshotId(Id([1; 32])),
+            time: "2026-01-01T00:00:00Z".parse().expect("time"),
+            hostname: "h".into(),
+            source: Source::Path { path: "/x".into() },
+            tags: vec![],
+            labels: BTreeMap::new(),
+            parent: None,
+            root,
+            tree,
+            summary: Summary::default(),
+            errors: vec![],
+            hooks: vec![serde_json::json!({"phase": "pre", "ok": true})],
+            program_version: "t".into(),
+            original: None,
+            source_snapshot: None,
+        }
+    }
+
+    #[test]
+    fn the_record_is_the_source_snapshot_and_reads_back_whole() {
+        let mut s = empty_snapshot();
+        s.source_snapshot = Some(as_source_snapshot(&record()));
+        assert_eq!(csi_record(&s), Some(record()));
+        assert!(s.is_native_only());
+        // Not a storage snapshot for the btrfs/ZFS/LVM code to destroy.
+        assert!(s.kept_native().is_none());
+    }
+
+    #[test]
+    fn a_record_written_before_in_hooks_still_reads() {
+        let mut s = empty_snapshot();
+        assert_eq!(csi_record(&s), None);
+        s.hooks
+            .push(serde_json::json!({ SOURCE_SNAPSHOT: record() }));
+        assert_eq!(csi_record(&s), Some(record()));
+        // A native snapshot of another kind is not a CSI record.
+        let mut r = as_source_snapshot(&record());
+        r.kind = "zfs".into();
+        let mut z = empty_snapshot();
+        z.source_snapshot = Some(r);
+        assert_eq!(csi_record(&z), None);
+    }
 }

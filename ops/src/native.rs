@@ -70,7 +70,7 @@ pub(crate) enum ReadFrom {
     Live,
     Native {
         dir: PathBuf,
-        record: SourceSnapshot,
+        record: Box<SourceSnapshot>,
     },
 }
 
@@ -141,7 +141,7 @@ impl Natives {
         let view = h.view.as_ref().expect("a held snapshot is open");
         Ok(ReadFrom::Native {
             dir: view.source(&placed.within),
-            record: SourceSnapshot {
+            record: Box::new(SourceSnapshot {
                 kind: h.snapshot.kind.as_str().to_owned(),
                 volume: h.snapshot.volume.clone(),
                 name: h.snapshot.name.clone(),
@@ -152,7 +152,11 @@ impl Natives {
                 kept: h.kept,
                 native_only: self.options.native_only,
                 usage: None,
-            },
+                ready_s: None,
+                driver: None,
+                deletion_policy: None,
+                snapshot: None,
+            }),
         })
     }
 

@@ -261,7 +261,7 @@ impl<'r> SnapshotRun<'r> {
                 )));
             }
             ReadFrom::Live => (None, None),
-            ReadFrom::Native { dir: read, record } => (Some(read), Some(record)),
+            ReadFrom::Native { dir: read, record } => (Some(read), Some(*record)),
         };
         let native_only = record.as_ref().is_some_and(|r| r.native_only);
         // A native restore point records an empty folder as its tree.

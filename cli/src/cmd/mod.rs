@@ -58,6 +58,7 @@ pub fn refuse_native_only(
     snap: &pvsnap_engine::snapshot::Snapshot,
     what: &str,
 ) -> anyhow::Result<()> {
+    restore::refuse_csi(snap, what)?;
     match &snap.source_snapshot {
         Some(n) if n.native_only => anyhow::bail!(
             "snapshot {} is a native restore point: its content is the {} snapshot {}, not stored in the repository, so {what} has nothing to read; use `pvsnap restore {} --target DIR` (a copy), `--clone-to PATH` or `--rollback`",

@@ -124,10 +124,10 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
+    refuse_csi(&snap, "--target")?;
     if snap.is_native_only() {
         return super::restore_native::copy_out(cli, a, &snap, target);
     }
-    refuse_csi(&snap, "--target")?;
     let opts = RestoreOptions {
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),

@@ -15,6 +15,14 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
+    super::restore::refuse_csi(
+        &snap,
+        if a.rollback {
+            "--rollback"
+        } else {
+            "--clone-to"
+        },
+    )?;
     let Some(native) = snap.kept_native() else {
         bail!(
             "snapshot {} keeps no native snapshot (it was read from {}), so there is nothing to {}; restore it with --target DIR",

@@ -227,9 +227,12 @@ pub fn to_new_claim(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let repo = crate::repo::open(cli, false, false)?;
     let (repo, _lock) = super::locked(repo, false, "restore")?;
     let snap = repo.resolve_snapshot(&a.snapshot)?;
-    super::refuse_native_only(&snap, "--to-new-pvc")?;
+    let csi = pvsnap_ops::csi_record(&snap);
+    if csi.is_none() {
+        super::refuse_native_only(&snap, "--to-new-pvc")?;
+    }
     let kube = Kube::connect(&a.kube)?;
-    if let Some(record) = pvsnap_ops::csi_record(&snap) {
+    if let Some(record) = csi {
         let made = kube
             .block_on(pvsnap_ops::restore_csi_to_new_claim(
                 kube.connected(),
