@@ -67,6 +67,7 @@ pub fn operation(c: &Command) -> Option<String> {
         Command::Key(KeyCommand::Passwd { .. }) => "key passwd",
         Command::Key(KeyCommand::Remove { .. }) => "key remove",
         Command::Maintenance(M::Forget(_)) => "forget",
+        Command::Maintenance(M::Undelete(_)) => "undelete",
         Command::Maintenance(M::Prune(_)) => "prune",
         Command::Maintenance(M::Check(_)) => "check",
         Command::Maintenance(M::Repair(_)) => "repair",

@@ -170,6 +170,10 @@ pub enum Error {
     AlreadyInitialized(String),
     #[error("no snapshot matches `{0}`; list them with `pvsnap snapshots`")]
     SnapshotNotFound(String),
+    #[error(
+        "no snapshot in the trash matches `{0}`: either it was never forgotten, or prune removed it from the trash after its grace period (--keep-deleted) and it is gone; list the trash with `pvsnap snapshots --deleted`"
+    )]
+    SnapshotGone(String),
     #[error("`{prefix}` matches {count} snapshots; give more digits of the id")]
     AmbiguousSnapshot { prefix: String, count: usize },
     /// `latest` where a command works on one source and the repository

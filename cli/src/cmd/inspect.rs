@@ -34,6 +34,12 @@ pub struct SnapshotsArgs {
     /// Print JSON (with --group-by: one object per group, `snapshots` inside)
     #[arg(long)]
     pub json: bool,
+    /// List the trash instead: snapshots `forget` removed, when, and when prune expires them
+    #[arg(long, conflicts_with_all = ["group_by", "last"])]
+    pub deleted: bool,
+    /// With --deleted: the grace period prune will be given, for the expiry shown
+    #[arg(long, value_name = "DURATION", default_value = "7d", requires = "deleted", value_parser = super::maintenance::parse_duration)]
+    pub keep_deleted: std::time::Duration,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -100,6 +106,9 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
         .transpose()?;
     let source = pvc.or(a.source.as_deref().map(pvsnap_engine::repo::source_key));
     let repo = crate::repo::open(cli, false, false)?;
+    if a.deleted {
+        return deleted(&repo, a, source.as_deref());
+    }
     let (all, bad) = repo.snapshots_lenient()?;
     for (id, e) in &bad {
         eprintln!(
@@ -161,6 +170,65 @@ pub fn snapshots(cli: &Cli, a: &SnapshotsArgs) -> Result<u8> {
             "{incomplete} incomplete: paths that could not be read (or were lost and removed by `pvsnap repair snapshots`) are missing; `pvsnap snapshots --json` names them under `errors`"
         )?;
     }
+    Ok(crate::exit::OK)
+}
+
+/// `snapshots --deleted`: the trash, oldest removal first.
+fn deleted(
+    repo: &pvsnap_engine::repo::Repository,
+    a: &SnapshotsArgs,
+    source: Option<&str>,
+) -> Result<u8> {
+    let trash = repo.trash()?;
+    for (e, err) in &trash.unreadable {
+        eprintln!(
+            "pvsnap: trash entry trash/{} is unreadable and not listed: {err}; run `pvsnap check`",
+            e.name()
+        );
+    }
+    let list: Vec<_> = trash
+        .entries
+        .iter()
+        .filter(|t| {
+            source.is_none_or(|src| pvsnap_engine::repo::same_source(&t.snapshot.source.key(), src))
+        })
+        .filter(|t| a.tag.as_ref().is_none_or(|g| t.snapshot.tags.contains(g)))
+        .collect();
+    if a.json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|t| {
+                let mut v = super::snapshot::snapshot_json(&t.snapshot);
+                v["deleted"] = t.entry.deleted.to_string().into();
+                v["expires"] = t.entry.expires(a.keep_deleted).to_string().into();
+                v
+            })
+            .collect();
+        output::json(&v)?;
+        return Ok(crate::exit::OK);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<10} {:<19} {:<19} {:<19} source",
+        "id", "time", "deleted", "expires"
+    )?;
+    for t in &list {
+        writeln!(
+            out,
+            "{:<10} {:<19} {:<19} {:<19} {}",
+            t.snapshot.short_id(),
+            output::local_time(t.snapshot.time),
+            output::local_time(t.entry.deleted),
+            output::local_time(t.entry.expires(a.keep_deleted)),
+            t.snapshot.source.key()
+        )?;
+    }
+    writeln!(
+        out,
+        "{} deleted snapshot(s); `pvsnap undelete ID` brings one back until prune expires it",
+        list.len()
+    )?;
     Ok(crate::exit::OK)
 }
 

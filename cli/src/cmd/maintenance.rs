@@ -23,8 +23,10 @@ use crate::{Cli, output};
 /// The maintenance subcommands, flattened into the top-level command list.
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Remove snapshots by a retention policy (or by id); `--prune` frees the space
+    /// Remove snapshots by a retention policy (or by id) into the trash; `--prune` frees the space
     Forget(ForgetArgs),
+    /// Bring back a snapshot that `forget` moved to the trash (before prune expires it)
+    Undelete(UndeleteArgs),
     /// Delete data that no snapshot needs and repack half-empty packs
     Prune(PruneArgs),
     /// Verify the repository; exit code 4 names damaged snapshots and files
@@ -38,6 +40,7 @@ pub enum Command {
 pub fn run(cli: &Cli, c: &Command) -> Result<u8> {
     match c {
         Command::Forget(a) => forget(cli, a),
+        Command::Undelete(a) => undelete(cli, a),
         Command::Prune(a) => prune(cli, a),
         Command::Check(a) => check(cli, a),
         Command::Repair(a) => repair(cli, a),
@@ -101,6 +104,18 @@ pub struct PruneTuning {
     /// Leave packs that no index names alone until they are this old (a snapshot may still be writing them)
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Keep the data of forgotten snapshots this long (`pvsnap undelete` brings them back until then); 0 empties the trash
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub keep_deleted: Duration,
+}
+
+#[derive(clap::Args)]
+pub struct UndeleteArgs {
+    /// The id (or a unique prefix) of a snapshot in the trash (`pvsnap snapshots --deleted` lists them)
+    pub snapshot: String,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -274,6 +289,7 @@ fn prune_options(t: &PruneTuning) -> PruneOptions {
     PruneOptions {
         max_unused_percent: t.max_unused,
         grace: t.grace,
+        keep_deleted: t.keep_deleted,
         ..PruneOptions::default()
     }
 }
@@ -512,7 +528,40 @@ fn print_forget(r: &ForgetReport) -> Result<()> {
             "removed"
         }
     )?;
+    let trashed = r.removed - r.unreadable_removed.len();
+    if trashed > 0 && !r.dry_run {
+        writeln!(
+            out,
+            "{trashed} moved to the trash: `pvsnap undelete ID` brings one back until prune removes it (--keep-deleted, 7 days by default); `pvsnap snapshots --deleted` lists them"
+        )?;
+    }
     Ok(())
+}
+
+/// `pvsnap undelete SNAP`: writes the trashed snapshot back under the
+/// shared lock (prune, which removes trash entries and data, takes the
+/// exclusive one, so it cannot run meanwhile).
+pub fn undelete(cli: &Cli, a: &UndeleteArgs) -> Result<u8> {
+    let repo = crate::repo::open(cli, false, false)?;
+    let _lock = lock(&repo, false, "undelete")?;
+    let snap = repo.undelete(&a.snapshot)?;
+    crate::audit::note(
+        Some(snap.source.key()),
+        vec![snap.id.to_hex()],
+        pvsnap_engine::repo::audit::Outcome::Ok,
+        None,
+    );
+    if a.json {
+        output::json(&super::snapshot::snapshot_json(&snap))?;
+    } else if !cli.quiet {
+        println!(
+            "undeleted snapshot {} of {} at {}",
+            snap.short_id(),
+            snap.source.key(),
+            output::local_time(snap.time)
+        );
+    }
+    Ok(crate::exit::OK)
 }
 
 pub fn prune(cli: &Cli, a: &PruneArgs) -> Result<u8> {

@@ -86,7 +86,7 @@ const DIRECT_ALIGN: usize = 4096;
 /// Bytes staged and written per `O_DIRECT` write.
 const DIRECT_PIECE: usize = 4 << 20;
 
-const KINDS_WITH_DIRS: [ObjectKind; 7] = [
+const KINDS_WITH_DIRS: [ObjectKind; 8] = [
     ObjectKind::Key,
     ObjectKind::Pack,
     ObjectKind::Index,
@@ -94,6 +94,7 @@ const KINDS_WITH_DIRS: [ObjectKind; 7] = [
     ObjectKind::Lock,
     ObjectKind::Policy,
     ObjectKind::Audit,
+    ObjectKind::Trash,
 ];
 
 impl LocalBackend {

@@ -62,6 +62,10 @@ pub enum ProblemKind {
     SupersededIndex,
     /// Warning: temporary files left by interrupted writes (prune removes them).
     Leftovers,
+    /// Warning: a snapshot in the trash cannot be read, or its tree is
+    /// damaged: `undelete` would bring back a snapshot that cannot be
+    /// restored whole. Live snapshots are not affected.
+    TrashDamaged,
 }
 
 /// One problem, naming the objects concerned.
@@ -127,6 +131,8 @@ pub struct CheckReport {
     pub ok: bool,
     pub read_data: String,
     pub snapshots: usize,
+    /// Snapshots in the trash whose trees were checked too.
+    pub trashed_snapshots: usize,
     pub index_files: usize,
     pub packs: usize,
     pub blobs: usize,
@@ -451,6 +457,21 @@ pub fn check_with(repo: &Repository, read_data: ReadData, steps: &Steps) -> Resu
         }
     }
     crate::repo::sort_snapshots(&mut snaps);
+    // Trashed snapshots may come back (`undelete`): their trees are
+    // checked too, and damage in them is a warning.
+    let trash = repo.trash()?;
+    let mut trash_warnings = Vec::new();
+    for (e, err) in &trash.unreadable {
+        let mut p = Problem::new(
+            ProblemKind::TrashDamaged,
+            format!(
+                "trash/{}: {err}; `pvsnap prune --keep-deleted 0` removes it",
+                e.name()
+            ),
+        );
+        p.snapshot = Some(e.id);
+        trash_warnings.push(p);
+    }
     for (object, detail) in crate::repo::policy::damaged(repo)? {
         errors.push(Problem::new(
             ProblemKind::PolicyDamaged,
@@ -458,6 +479,7 @@ pub fn check_with(repo: &Repository, read_data: ReadData, steps: &Steps) -> Resu
         ));
     }
     let mut warnings = scan.warnings.clone();
+    warnings.append(&mut trash_warnings);
     let leftovers = repo.backend().leftovers()?;
     let leftover_bytes: u64 = leftovers.iter().map(|l| l.size).sum();
     if !leftovers.is_empty() {
@@ -516,11 +538,30 @@ pub fn check_with(repo: &Repository, read_data: ReadData, steps: &Steps) -> Resu
             });
         }
     }
+    for t in &trash.entries {
+        let paths = walker.tree(&t.snapshot.tree, 1);
+        if let Some(d) = paths.first() {
+            let mut p = Problem::new(
+                ProblemKind::TrashDamaged,
+                format!(
+                    "snapshot {} in the trash (forgotten {}): {} path(s) cannot be restored, e.g. /{}: {}",
+                    t.snapshot.short_id(),
+                    t.entry.deleted,
+                    paths.len(),
+                    d.path,
+                    d.reason
+                ),
+            );
+            p.snapshot = Some(t.entry.id);
+            warnings.push(p);
+        }
+    }
     let trees_checked = walker.memo.len();
     Ok(CheckReport {
         ok: errors.is_empty() && damaged_snapshots.is_empty(),
         read_data: read_data.to_string(),
         snapshots: snaps.len(),
+        trashed_snapshots: trash.entries.len(),
         index_files,
         packs,
         blobs,

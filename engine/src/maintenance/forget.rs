@@ -2,11 +2,14 @@
 //!
 //! The calendar logic is [`crate::maintenance::retention::decide`]; this module feeds it
 //! the repository's snapshots, explains every verdict and deletes the
-//! snapshot objects that no rule keeps. Deleting snapshots frees nothing by
-//! itself: `prune` removes the data that no remaining snapshot needs.
+//! snapshot objects that no rule keeps into the trash (see
+//! [`crate::repo::trash`]), from where `undelete` brings them back. Forgetting
+//! frees nothing by itself: `prune` removes the data that neither a remaining
+//! snapshot nor one still kept in the trash needs.
 //!
 //! A snapshot object that cannot be read can still be removed by its id (or
-//! a unique prefix of its name); a policy cannot judge it, so it leaves it
+//! a unique prefix of its name), and is deleted outright (the trash holds
+//! only snapshots prune can read); a policy cannot judge it, so it leaves it
 //! alone and reports it.
 
 use jiff::Timestamp;
@@ -209,9 +212,9 @@ pub fn forget<'a>(
             tracing::info!("removed unreadable snapshot {id}");
         }
         for v in verdicts.iter().filter(|v| !v.keep) {
-            repo.delete_snapshot(&v.id)?;
+            repo.trash_snapshot(&v.id)?;
             tracing::info!(
-                "removed snapshot {} of {} at {}",
+                "moved snapshot {} of {} at {} to the trash",
                 v.short_id,
                 v.source,
                 v.time

@@ -41,6 +41,7 @@ use crate::repo::catalog::IndexMode;
 use crate::repo::format::ObjectKind;
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::repo::lock::Access;
+use crate::repo::trash::TrashEntry;
 use crate::store::blob::{self, BlobEntry, BlobKind};
 use crate::store::index::Index;
 use crate::store::packer::{self, Packer};
@@ -48,6 +49,9 @@ use crate::tree::NodeKind;
 
 /// Default share of a pack's bytes that may be unneeded before it is repacked.
 pub const DEFAULT_MAX_UNUSED_PERCENT: f64 = 10.0;
+
+/// Default time a forgotten snapshot stays in the trash, its data kept.
+pub const DEFAULT_KEEP_DELETED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Default age below which a pack no index names is left alone.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -58,6 +62,9 @@ pub struct PruneOptions {
     pub max_unused_percent: f64,
     /// Packs that no index names are deleted only when older than this.
     pub grace: Duration,
+    /// Snapshots in the trash keep their data this long after `forget`
+    /// removed them; older trash entries are removed (zero: all of them).
+    pub keep_deleted: Duration,
     /// Snapshots to treat as already removed; only in a dry run (what
     /// `forget --dry-run --prune` would free).
     pub assume_removed: Vec<SnapshotId>,
@@ -68,6 +75,7 @@ impl Default for PruneOptions {
         PruneOptions {
             max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
             grace: DEFAULT_GRACE,
+            keep_deleted: DEFAULT_KEEP_DELETED,
             assume_removed: Vec::new(),
         }
     }
@@ -78,6 +86,12 @@ impl Default for PruneOptions {
 pub struct PruneReport {
     pub dry_run: bool,
     pub snapshots: usize,
+    /// Snapshots in the trash younger than `--keep-deleted`: their data is
+    /// kept.
+    pub trash_kept: usize,
+    /// Trash entries removed: expired ones, and leftovers of an interrupted
+    /// forget or undelete whose snapshot is live.
+    pub trash_removed: usize,
     pub packs_before: usize,
     pub packs_after: usize,
     /// Packs removed because nothing in them is needed (including packs no
@@ -132,6 +146,10 @@ struct Plan {
     unreferenced_kept: usize,
     missing: usize,
     snapshots: usize,
+    trash_kept: usize,
+    /// Trash entries to remove, before any pack (an entry must never name
+    /// data that is gone).
+    trash_remove: Vec<TrashEntry>,
     needed: usize,
     pack_bytes: HashMap<PackId, u64>,
     /// Temporary files older than the grace period.
@@ -168,6 +186,8 @@ pub fn prune_with<'a>(
     let mut r = PruneReport {
         dry_run,
         snapshots: plan.snapshots,
+        trash_kept: plan.trash_kept,
+        trash_removed: plan.trash_remove.len(),
         packs_before: plan.pack_bytes.len(),
         packs_deleted: plan.delete.len() + plan.unreferenced_delete.len(),
         packs_repacked: plan.repack.len(),
@@ -213,6 +233,9 @@ pub fn prune_with<'a>(
         };
         r.packs_after = r.packs_before - r.packs_deleted - r.packs_repacked + new_packs;
     } else {
+        for e in &plan.trash_remove {
+            repo.delete_trash_entry(e)?;
+        }
         for l in &plan.leftovers {
             repo.backend().remove_leftover(l)?;
         }
@@ -284,8 +307,72 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
             detail: e.to_string(),
         });
     }
-    snaps.retain(|s| !opts.assume_removed.contains(&s.id));
-    let needed = mark(repo.clone().with_index(index), &snaps)?;
+    // Forgotten snapshots go to the trash: in a dry run, those assumed
+    // removed stay needed unless their trash entry would expire at once.
+    let keep_assumed = !opts.keep_deleted.is_zero();
+    let assumed = snaps
+        .iter()
+        .filter(|s| opts.assume_removed.contains(&s.id))
+        .count();
+    snaps.retain(|s| keep_assumed || !opts.assume_removed.contains(&s.id));
+    let live = snaps.len() - if keep_assumed { assumed } else { 0 };
+    let mut trash_kept = if keep_assumed { assumed } else { 0 };
+    // The trash, on the storage's clock (it wrote the removal times).
+    let now = backend.now()?;
+    let trash = repo.trash()?;
+    let mut trash_remove = trash.stale;
+    let mut kept_trash = Vec::new();
+    for t in trash.entries {
+        if now < t.entry.expires(opts.keep_deleted) {
+            trash_kept += 1;
+            kept_trash.push(t.snapshot);
+        } else {
+            trash_remove.push(t.entry);
+        }
+    }
+    for (e, err) in trash.unreadable {
+        if now < e.expires(opts.keep_deleted) {
+            return Err(Error::SnapshotUnreadable {
+                id: e.id.to_hex(),
+                detail: format!(
+                    "its trash entry trash/{} (kept until {}): {err}; prune cannot know what it needs: run `pvsnap prune --keep-deleted 0` to empty the trash",
+                    e.name(),
+                    e.expires(opts.keep_deleted)
+                ),
+            });
+        }
+        trash_remove.push(e);
+    }
+    let indexed_repo = repo.clone().with_index(index);
+    let mut needed = mark(&indexed_repo, &snaps)?;
+    // What trashed snapshots need is kept as far as it exists: a damaged
+    // snapshot forgotten into the trash must not stop prune.
+    let in_trash = match mark(&indexed_repo, &kept_trash) {
+        Ok(m) => m,
+        Err(_) => {
+            let mut m = HashMap::new();
+            for s in &kept_trash {
+                match mark(&indexed_repo, std::slice::from_ref(s)) {
+                    Ok(one) => m.extend(one),
+                    Err(e) => tracing::warn!(
+                        "snapshot {} in the trash is damaged ({e}): only the data it needs that prune could find is kept",
+                        s.short_id()
+                    ),
+                }
+            }
+            m
+        }
+    };
+    let present: HashSet<Id> = indexed
+        .iter()
+        .filter(|(p, _)| pack_bytes.contains_key(p))
+        .flat_map(|(_, es)| es.iter().map(|e| e.id))
+        .collect();
+    for (id, v) in in_trash {
+        if present.contains(&id) {
+            needed.entry(id).or_insert(v);
+        }
+    }
     let mut chosen: HashMap<Id, PackId> = HashMap::with_capacity(needed.len());
     for (pack, entries) in &indexed {
         if !pack_bytes.contains_key(pack) {
@@ -316,7 +403,6 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
 
     // Stage 3: sort packs. Ages are on the storage's clock, which wrote
     // the packs' times: a client whose clock is off gets no shorter grace.
-    let now = backend.now()?;
     let mut plan = Plan {
         rewrite_index: files.len() > 1 || !superseded.is_empty(),
         old_index,
@@ -326,7 +412,9 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         unreferenced_delete: vec![],
         unreferenced_kept: 0,
         missing: 0,
-        snapshots: snaps.len(),
+        snapshots: live,
+        trash_kept,
+        trash_remove,
         needed: needed.len(),
         pack_bytes: HashMap::new(),
         leftovers: Vec::new(),
@@ -378,7 +466,7 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
 /// Every blob reachable from `snaps`: id → (kind, first snapshot needing it).
 /// Trees are read level by level, in parallel; each tree once.
 pub(crate) fn mark(
-    repo: crate::repo::IndexedRepository,
+    repo: &crate::repo::IndexedRepository,
     snaps: &[crate::snapshot::Snapshot],
 ) -> Result<HashMap<Id, (BlobKind, SnapshotId)>> {
     let mut needed: HashMap<Id, (BlobKind, SnapshotId)> = HashMap::new();

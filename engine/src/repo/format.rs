@@ -46,6 +46,8 @@ pub enum ObjectKind {
     Lock = 6,
     Policy = 7,
     Audit = 8,
+    /// Snapshots `forget` removed, until prune expires them (see `repo::trash`).
+    Trash = 9,
 }
 
 impl ObjectKind {
@@ -61,6 +63,9 @@ impl ObjectKind {
             }
             // Audit entries were added after the checksum: they start at 2.
             Self::Audit => 2,
+            // Trash entries hold snapshot objects' bytes unchanged: their
+            // header says `Snapshot`, never `Trash`.
+            Self::Trash => 2,
             Self::Pack => 1,
         }
     }
@@ -75,6 +80,7 @@ impl ObjectKind {
             6 => Self::Lock,
             7 => Self::Policy,
             8 => Self::Audit,
+            9 => Self::Trash,
             _ => return None,
         })
     }
@@ -90,6 +96,7 @@ impl ObjectKind {
             Self::Lock => "locks",
             Self::Policy => "policies",
             Self::Audit => "audit",
+            Self::Trash => "trash",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod lock;
 pub mod policy;
 pub mod snapshots;
+pub mod trash;
 
 pub use config::{
     ChunkerAlgorithm, ChunkerParams, Compression, CompressionAlgorithm, Config,
