@@ -327,14 +327,28 @@ fn prune_leaves_about_the_size_of_a_fresh_repository() {
     let forgotten = ok_json(&env, &["forget", "--keep-last", "1", "--json"]);
     assert_eq!(forgotten["removed"], 2);
 
-    let dry = ok_json(&env, &["prune", "--dry-run", "--json", "--grace", "0"]);
+    let dry = ok_json(
+        &env,
+        &[
+            "prune",
+            "--dry-run",
+            "--json",
+            "--grace",
+            "0",
+            "--keep-deleted",
+            "0",
+        ],
+    );
     assert_eq!(dry["dry_run"], true);
     let after_forget = stored(&env.repo());
     assert!(
         after_forget > before - 10_000,
         "forget only removes small snapshot objects"
     );
-    let r = ok_json(&env, &["prune", "--json", "--grace", "0"]);
+    let r = ok_json(
+        &env,
+        &["prune", "--json", "--grace", "0", "--keep-deleted", "0"],
+    );
     for field in [
         "packs_deleted",
         "packs_repacked",

@@ -262,7 +262,17 @@ fn forget_prune_shows_the_packs_it_deletes() {
     std::fs::remove_dir_all(&src).unwrap();
     write_noise_files(&src, 99_000, 4, SIZE);
     env.snapshot(&src, &[]);
-    let shown = in_terminal(&env, &["forget", "--keep-last", "1", "--prune"]);
+    let shown = in_terminal(
+        &env,
+        &[
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--keep-deleted",
+            "0",
+        ],
+    );
     let frames = frames(&shown, "prune");
     let deleting: Vec<&String> = frames
         .iter()

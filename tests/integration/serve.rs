@@ -161,6 +161,10 @@ fn serve_runs_a_due_job_answers_health_and_metrics_and_stops_on_sigterm() {
         "pvsnap_schedule_runs_total{job=\"snap\",outcome=\"failure\"} 0",
         "pvsnap_schedule_missed_total{job=\"snap\"} ",
         "pvsnap_schedule_running{job=\"snap\"} 0",
+        // The repository's own series, through `pvsnap metrics`.
+        "pvsnap_snapshots{",
+        "pvsnap_last_snapshot_timestamp_seconds{",
+        "pvsnap_repository_readable 1",
     ] {
         assert!(metrics.contains(want), "no `{want}` in:\n{metrics}");
     }

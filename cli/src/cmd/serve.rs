@@ -58,6 +58,10 @@ struct Status {
 #[derive(Clone, Default)]
 pub struct Context {
     status: Arc<Mutex<Status>>,
+    /// How to run `pvsnap metrics` on the repository: the executable and
+    /// the global options. Each scrape runs it as a child, like a job, so
+    /// a repository that cannot be read never takes serve down.
+    repository: Option<(PathBuf, Vec<String>)>,
 }
 
 /// The loop is alive if it turned within this time (it turns every 0.5 s).
@@ -71,7 +75,8 @@ impl Context {
 }
 
 /// The text of `/metrics` (Prometheus text format): the scheduler's own
-/// series.
+/// series, then the repository's (`pvsnap metrics`, run as a child) and
+/// whether it could be read.
 pub fn metrics_text(ctx: &Context) -> Result<String> {
     use std::fmt::Write as _;
     let s = ctx.status.lock().expect("status");
@@ -117,6 +122,34 @@ pub fn metrics_text(ctx: &Context) -> Result<String> {
             label(job),
             u8::from(s.running.contains(job))
         )?;
+    }
+    drop(s);
+    if let Some((program, global)) = &ctx.repository {
+        let run = std::process::Command::new(program)
+            .args(global)
+            .arg("metrics")
+            .stdin(std::process::Stdio::null())
+            .output();
+        let readable = match &run {
+            Ok(o) if o.status.success() => {
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+                true
+            }
+            Ok(o) => {
+                eprintln!(
+                    "pvsnap serve: /metrics: the repository could not be read: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!("pvsnap serve: /metrics: `pvsnap metrics` did not start: {e}");
+                false
+            }
+        };
+        out.push_str("# HELP pvsnap_repository_readable Whether serve could read the repository's health at this scrape (1) or not (0).\n");
+        out.push_str("# TYPE pvsnap_repository_readable gauge\n");
+        writeln!(out, "pvsnap_repository_readable {}", u8::from(readable))?;
     }
     Ok(out)
 }
@@ -166,7 +199,13 @@ pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
     if let Some(dir) = state_file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("state folder {}", dir.display()))?;
     }
-    let ctx = Context::default();
+    let ctx = Context {
+        repository: Some((
+            std::env::current_exe().context("finding the pvsnap executable")?,
+            global_args(cli),
+        )),
+        ..Context::default()
+    };
     {
         let mut s = ctx.status.lock().expect("status");
         s.scheduling = schedule.is_some();

@@ -687,18 +687,7 @@ pub fn missing_paths(s: &Snapshot) -> usize {
 
 fn print_human(s: &Snapshot, dry_run: bool) {
     let m = &s.summary;
-    if let Some(n) = s.source_snapshot.as_ref().filter(|n| n.native_only) {
-        println!(
-            "native restore point {} of {}: {} snapshot {} of {}, made in {:.3}s",
-            s.short_id(),
-            s.source.key(),
-            n.kind,
-            n.handle,
-            n.volume,
-            n.create_s
-        );
-        return;
-    }
+    // A CSI record says more than the native line: the class, the content.
     if let Some(r) = pvsnap_ops::csi_record(s) {
         let c = &r.snapshot;
         println!(
@@ -715,6 +704,18 @@ fn print_human(s: &Snapshot, dry_run: bool) {
         for h in k8s::recorded_hooks(&s.hooks) {
             println!("  {}", k8s::hook_line(&h));
         }
+        return;
+    }
+    if let Some(n) = s.source_snapshot.as_ref().filter(|n| n.native_only) {
+        println!(
+            "native restore point {} of {}: {} snapshot {} of {}, made in {:.3}s",
+            s.short_id(),
+            s.source.key(),
+            n.kind,
+            n.handle,
+            n.volume,
+            n.create_s
+        );
         return;
     }
     println!(
