@@ -17,6 +17,8 @@ fn prune_opts() -> PruneOptions {
     PruneOptions {
         max_unused_percent: 0.0,
         grace: Duration::ZERO,
+        // Forgotten snapshots leave the trash at once.
+        keep_deleted: Duration::ZERO,
         ..PruneOptions::default()
     }
 }

@@ -33,6 +33,8 @@ fn grace(g: Duration) -> PruneOptions {
     PruneOptions {
         grace: g,
         max_unused_percent: 10.0,
+        // Forgotten snapshots leave the trash at once.
+        keep_deleted: Duration::ZERO,
         ..PruneOptions::default()
     }
 }

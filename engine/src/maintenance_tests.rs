@@ -104,6 +104,8 @@ fn opts(max_unused: f64, grace: Duration) -> PruneOptions {
     PruneOptions {
         max_unused_percent: max_unused,
         grace,
+        // Forgotten snapshots leave the trash at once.
+        keep_deleted: Duration::ZERO,
         ..PruneOptions::default()
     }
 }
