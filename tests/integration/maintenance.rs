@@ -681,3 +681,79 @@ fn prune_and_forget_wait_for_running_snapshots() {
     f.env.ok(&["prune", "--dry-run"]);
     assert_eq!(ids(&ok_json(&f.env, &["snapshots", "--json"])).len(), 2);
 }
+
+/// A forgotten snapshot waits in the trash: listed by `snapshots
+/// --deleted`, brought back by `undelete` (by prefix) whole, even after a
+/// prune that keeps the trash; after a prune with `--keep-deleted 0` it is
+/// gone, and `undelete` says so.
+#[test]
+fn forget_is_undone_by_undelete_until_prune_empties_the_trash() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src, "a/one", &util::noise(1, 300_000));
+    write(&src, "b/two", &util::noise(2, 200_000));
+    let first = env.snapshot(&src, &[])["id"].as_str().unwrap().to_owned();
+    std::fs::remove_dir_all(&src).unwrap();
+    write(&src, "c/three", &util::noise(3, 100_000));
+    env.snapshot(&src, &[]);
+
+    ok_json(&env, &["forget", &first, "--json"]);
+    let live = ok_json(&env, &["snapshots", "--json"]);
+    assert_eq!(live.as_array().unwrap().len(), 1, "{live}");
+    let trash = ok_json(&env, &["snapshots", "--deleted", "--json"]);
+    let trash = trash.as_array().unwrap();
+    assert_eq!(trash.len(), 1, "{trash:?}");
+    assert_eq!(trash[0]["id"].as_str(), Some(first.as_str()));
+    assert!(trash[0]["expires"].is_string(), "{:?}", trash[0]);
+
+    // A prune with the default grace keeps what the trash needs.
+    ok_json(&env, &["prune", "--json", "--grace", "0"]);
+    run(&env, &["undelete", &first[..8]]);
+    let live = ok_json(&env, &["snapshots", "--json"]);
+    assert_eq!(live.as_array().unwrap().len(), 2, "{live}");
+    let back = env.path("back");
+    let out = run(
+        &env,
+        &["restore", &first, "--target", back.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(back.join("a/one")).unwrap(),
+        util::noise(1, 300_000)
+    );
+    assert_eq!(
+        std::fs::read(back.join("b/two")).unwrap(),
+        util::noise(2, 200_000)
+    );
+    let out = run(&env, &["check", "--read-data"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Undeleting a live snapshot is refused; after the trash is emptied,
+    // the forgotten snapshot is gone and `undelete` says so.
+    let (_, err) = fails(&env, &["undelete", &first], 1);
+    assert!(err.contains("is not deleted"), "{err}");
+    ok_json(&env, &["forget", &first, "--json"]);
+    ok_json(
+        &env,
+        &["prune", "--json", "--grace", "0", "--keep-deleted", "0"],
+    );
+    let trash = ok_json(&env, &["snapshots", "--deleted", "--json"]);
+    assert_eq!(trash.as_array().unwrap().len(), 0, "{trash}");
+    let (_, err) = fails(&env, &["undelete", &first], 1);
+    assert!(err.contains("gone"), "{err}");
+    let out = run(&env, &["check", "--read-data"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
