@@ -135,13 +135,20 @@ impl Repository {
 
     /// Opens an existing repository, asking `password` only if it is encrypted.
     pub fn open(backend: DynBackend, password: Option<PasswordFn<'_>>) -> Result<Repository> {
-        let bytes = match backend.get(&ObjectKey::config()) {
-            Ok(b) => b,
-            Err(BackendError::NotFound { .. }) => {
-                return Err(Error::NotARepository(backend.location()));
-            }
-            Err(e) => return Err(e.into()),
+        let read = || match backend.get(&ObjectKey::config()) {
+            Ok(b) => Ok(b),
+            Err(BackendError::NotFound { .. }) => Err(Error::NotARepository(backend.location())),
+            Err(e) => Err(Error::from(e)),
         };
+        let mut bytes = read()?;
+        if Config::decode(&bytes, &backend.location()).is_err() {
+            // Read it once more before calling it damaged: a share that
+            // another node writes to at the same moment may hand a reader
+            // a passing wrong answer (seen on FAT through fusefat). Damage
+            // that stays is reported below as before.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            bytes = read()?;
+        }
         let config = Config::decode(&bytes, &backend.location()).map_err(|e| match e {
             Error::Format(
                 f @ (FormatError::Truncated { .. }
