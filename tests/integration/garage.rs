@@ -425,6 +425,7 @@ fn two_writers_and_a_killed_node_on_a_three_node_garage_cluster() {
     cluster.nodes[2].start();
     cluster.nodes[2].wait_ready();
     let puts_before = proxy.count("PUT", "/data/");
+    let index_before = proxy.count("PUT", "/index/");
     let c = pvsnap(
         &env,
         &cluster,
@@ -433,8 +434,12 @@ fn two_writers_and_a_killed_node_on_a_three_node_garage_cluster() {
     )
     .spawn()
     .expect("snapshot c");
-    wait_until("packs of c", || {
+    // Killed after an index checkpoint of this run has been stored, so
+    // the retry has something indexed to reuse (killed before it, the
+    // retry rightly stores everything again).
+    wait_until("packs and an index checkpoint of c", || {
         proxy.count("PUT", "/data/") >= puts_before + 8
+            && proxy.count("PUT", "/index/") > index_before
     });
     cluster.nodes[0].kill();
     let c = c.wait_with_output().expect("snapshot c");
