@@ -4,7 +4,9 @@
 //! host, pid, operation and time. Taking a lock is: write our lock object, then
 //! list all locks; if any live lock conflicts (either side exclusive), delete
 //! ours and fail. Two writers racing both see each other and both back off, so
-//! the protocol is safe on any backend that lists what was written before. An
+//! the protocol is safe on any backend that lists what was written before;
+//! each then tries again after a random pause, so a race costs a moment, not
+//! the operation (a lock really held still fails the attempt). An
 //! attempt that fails for any reason (a conflict, a listing that fails) deletes
 //! the lock object it wrote.
 //!
@@ -400,7 +402,32 @@ pub struct LockGuard {
 
 impl LockGuard {
     /// Takes a shared (`exclusive == false`) or exclusive lock for `operation`.
+    ///
+    /// Two processes taking conflicting locks at the same instant both see
+    /// each other and both back off, although neither holds anything for
+    /// long: a `prune` started while a snapshot is taking its shared lock
+    /// would fail the snapshot too. So a conflicting attempt is tried again
+    /// after a random pause, [`RACE_RETRIES`] times over a few seconds; a
+    /// lock that is really held still fails the call, only a little later.
     pub fn acquire(
+        backend: DynBackend,
+        exclusive: bool,
+        operation: &str,
+        hostname: &str,
+    ) -> Result<LockGuard> {
+        let mut attempt = 0;
+        loop {
+            match Self::try_once(backend.clone(), exclusive, operation, hostname) {
+                Err(Error::Locked { .. }) if attempt < RACE_RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(race_pause(attempt));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_once(
         backend: DynBackend,
         exclusive: bool,
         operation: &str,
@@ -441,6 +468,19 @@ impl LockGuard {
             refresher,
         })
     }
+}
+
+/// How many times a conflicting lock attempt is tried again before the
+/// conflict is reported (see [`LockGuard::acquire`]).
+pub const RACE_RETRIES: u32 = 3;
+
+/// The pause before retry `attempt` (1-based): random within a window that
+/// doubles each time (0.1–0.6 s, 0.2–1.2 s, 0.4–2.4 s), so two racing
+/// processes retry at different moments.
+fn race_pause(attempt: u32) -> Duration {
+    let base = 100u64 << (attempt - 1);
+    let jitter = u64::from(crate::repo::id::Id::random().0[0]) * base * 5 / 255;
+    Duration::from_millis(base + jitter)
 }
 
 /// Fails with [`Error::Locked`] when a live lock other than `own` conflicts;

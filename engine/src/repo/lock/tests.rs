@@ -326,3 +326,69 @@ fn a_lock_of_a_newer_version_blocks_and_only_its_id_removes_it() {
     drop(LockGuard::acquire(b.clone(), true, "prune", "h").unwrap());
     assert!(names(&b).is_empty());
 }
+
+/// An exclusive locker racing this one: at the first listing its lock is
+/// there (written a moment ago); by the next listing it is gone, because
+/// the racer saw our lock too and backed off.
+struct Racer {
+    inner: DynBackend,
+    /// `None` before the race, then the racer's lock until it is removed.
+    racer: Mutex<Option<Option<String>>>,
+}
+
+impl Forward for Racer {
+    fn inner(&self) -> &dyn Backend {
+        &*self.inner
+    }
+    fn list(&self, kind: ObjectKind) -> std::result::Result<Vec<(String, u64)>, BackendError> {
+        if kind == ObjectKind::Lock {
+            let mut racer = self.racer.lock().unwrap();
+            match &mut *racer {
+                None => *racer = Some(Some(plant(&self.inner, &info("other", true, 0).encode()))),
+                Some(name) => {
+                    if let Some(name) = name.take() {
+                        self.inner
+                            .delete(&ObjectKey::new(ObjectKind::Lock, name))
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        self.inner.list(kind)
+    }
+}
+
+#[test]
+fn a_lock_taken_in_the_same_instant_as_a_conflicting_one_is_retried() {
+    for exclusive in [false, true] {
+        let inner = mem();
+        let b: DynBackend = Arc::new(Racer {
+            inner: inner.clone(),
+            racer: Mutex::new(None),
+        });
+        let started = std::time::Instant::now();
+        let guard = LockGuard::acquire(b.clone(), exclusive, "snapshot", "h")
+            .expect("the racer backed off, so the retry gets the lock");
+        assert!(started.elapsed() >= Duration::from_millis(100), "it paused");
+        assert_eq!(names(&inner).len(), 1, "only our lock is left");
+        drop(guard);
+        assert!(names(&inner).is_empty());
+    }
+}
+
+#[test]
+fn a_lock_really_held_still_fails_after_the_retries() {
+    let b = mem();
+    let _held = LockGuard::acquire(b.clone(), true, "prune", "h").unwrap();
+    let started = std::time::Instant::now();
+    let err = LockGuard::acquire(b.clone(), false, "snapshot", "h")
+        .err()
+        .expect("held");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "gives up within seconds: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(names(&b).len(), 1, "each attempt removed its own lock");
+}
