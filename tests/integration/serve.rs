@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use crate::util::Env;
 
 /// serve, its standard error collected as it comes.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Serve {
-    fn start(env: &Env, args: &[&str]) -> Serve {
+    pub(crate) fn start(env: &Env, args: &[&str]) -> Serve {
         let mut child = env
             .cmd()
             .arg("serve")
@@ -62,14 +62,14 @@ impl Serve {
     }
 
     /// The address it listens on, from its `listening on` line.
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         self.wait_for("listening on http://", 60);
         let s = self.stderr();
         let i = s.find("listening on http://").unwrap() + "listening on http://".len();
         s[i..].lines().next().unwrap().trim().to_string()
     }
 
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let end = Instant::now() + Duration::from_secs(60);
