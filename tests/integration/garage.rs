@@ -363,14 +363,28 @@ fn two_writers_and_a_killed_node_on_a_three_node_garage_cluster() {
     );
 
     // Two machines snapshot their own volumes at once; node 2 dies while
-    // packs are being stored.
+    // packs are being stored. Their pre hooks hold them, lock taken, until
+    // the gate opens, so the prune below meets them running.
+    let gate = env.path("gate");
+    let hook = |name: &str| {
+        format!(
+            "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+            env.path(&format!("in-hook-{name}")).display(),
+            gate.display()
+        )
+    };
     let t = Instant::now();
-    let locks_before = proxy.count("PUT", "/locks/");
     let a = pvsnap(
         &env,
         &cluster,
         "cache-a",
-        &["snapshot", vol_a.to_str().unwrap(), "--json"],
+        &[
+            "snapshot",
+            vol_a.to_str().unwrap(),
+            "--json",
+            "--pre-hook",
+            &hook("a"),
+        ],
     )
     .spawn()
     .expect("snapshot a");
@@ -378,12 +392,18 @@ fn two_writers_and_a_killed_node_on_a_three_node_garage_cluster() {
         &env,
         &cluster,
         "cache-b",
-        &["snapshot", vol_b.to_str().unwrap(), "--json"],
+        &[
+            "snapshot",
+            vol_b.to_str().unwrap(),
+            "--json",
+            "--pre-hook",
+            &hook("b"),
+        ],
     )
     .spawn()
     .expect("snapshot b");
-    wait_until("both snapshots' locks", || {
-        proxy.count("PUT", "/locks/") >= locks_before + 2
+    wait_until("both snapshots in their pre hooks", || {
+        env.path("in-hook-a").exists() && env.path("in-hook-b").exists()
     });
     let prune = run(&env, &cluster, "cache-c", &["prune"]);
     let err = stderr(&prune);
@@ -393,6 +413,7 @@ fn two_writers_and_a_killed_node_on_a_three_node_garage_cluster() {
         "prune beside snapshots: {err}"
     );
     assert!(err.contains("`snapshot`"), "the holder is named: {err}");
+    std::fs::write(&gate, b"").unwrap();
     wait_until("packs being stored", || proxy.count("PUT", "/data/") >= 6);
     cluster.nodes[2].kill();
     eprintln!(

@@ -3,10 +3,13 @@
 //! A lock is an object `locks/<random id>` holding JSON: exclusive or shared,
 //! host, pid, operation and time. Taking a lock is: write our lock object, then
 //! list all locks; if any live lock conflicts (either side exclusive), delete
-//! ours and fail. Two writers racing both see each other and both back off, so
-//! the protocol is safe on any backend that lists what was written before;
-//! each then tries again after a random pause, so a race costs a moment, not
-//! the operation (a lock really held still fails the attempt). An
+//! ours and fail. Two writers racing see each other; the older attempt (by
+//! time, then name) stays, waiting until the newer one has deleted its lock,
+//! and the newer one backs off, so the first comer wins and a race costs a
+//! moment, not both operations. Only a listing without a conflict lets an
+//! attempt go on, so the protocol is safe on any backend that lists what was
+//! written before. An attempt that backed off tries again after a random
+//! pause (a lock really held still fails it). An
 //! attempt that fails for any reason (a conflict, a listing that fails) deletes
 //! the lock object it wrote.
 //!
@@ -403,12 +406,12 @@ pub struct LockGuard {
 impl LockGuard {
     /// Takes a shared (`exclusive == false`) or exclusive lock for `operation`.
     ///
-    /// Two processes taking conflicting locks at the same instant both see
-    /// each other and both back off, although neither holds anything for
-    /// long: a `prune` started while a snapshot is taking its shared lock
-    /// would fail the snapshot too. So a conflicting attempt is tried again
-    /// after a random pause, [`RACE_RETRIES`] times over a few seconds; a
-    /// lock that is really held still fails the call, only a little later.
+    /// Two processes taking conflicting locks at the same instant see each
+    /// other; the one that came first stays and the other backs off (see
+    /// [`settle`]). An attempt that backed off is tried again after a random
+    /// pause, [`RACE_RETRIES`] times over a few seconds, in case what it met
+    /// was only another attempt; a lock that is really held still fails the
+    /// call, only a little later.
     pub fn acquire(
         backend: DynBackend,
         exclusive: bool,
@@ -417,8 +420,13 @@ impl LockGuard {
     ) -> Result<LockGuard> {
         let mut attempt = 0;
         loop {
+            let started = std::time::Instant::now();
             match Self::try_once(backend.clone(), exclusive, operation, hostname) {
-                Err(Error::Locked { .. }) if attempt < RACE_RETRIES => {
+                // An attempt that waited its whole bound met a lock that is
+                // held, not another attempt: trying again would only wait again.
+                Err(Error::Locked { .. })
+                    if attempt < RACE_RETRIES && started.elapsed() < WAIT_FOR_NEWER =>
+                {
                     attempt += 1;
                     std::thread::sleep(race_pause(attempt));
                 }
@@ -443,7 +451,7 @@ impl LockGuard {
         let id = LockId(crate::repo::id::Id::random());
         let key = ObjectKey::new(ObjectKind::Lock, id.to_hex());
         backend.put(&key, &info.encode())?;
-        if let Err(e) = no_conflict(&backend, id, exclusive, hostname) {
+        if let Err(e) = settle(&backend, id, &info, hostname) {
             if let Err(d) = backend.delete(&key) {
                 tracing::warn!(
                     "could not remove this attempt's lock {}: {d}; `pvsnap unlock` removes it once this process is gone",
@@ -483,38 +491,63 @@ fn race_pause(attempt: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
-/// Fails with [`Error::Locked`] when a live lock other than `own` conflicts;
-/// reports unreadable and future locks on the way.
-fn no_conflict(backend: &DynBackend, own: LockId, exclusive: bool, this_host: &str) -> Result<()> {
-    let now = backend.now()?;
-    let own = own.to_hex();
-    let mut conflict = None;
-    for lock in list_locks(backend)? {
-        if lock.name == own {
-            continue;
-        }
-        match (lock.status(now, this_host), &lock.info) {
-            (LockStatus::Live, Ok(info)) if exclusive || info.exclusive => {
-                conflict.get_or_insert(lock);
+/// How long an attempt waits for conflicting attempts that came after it to
+/// back off (see [`settle`]).
+pub const WAIT_FOR_NEWER: Duration = Duration::from_secs(5);
+
+/// Lists the locks until the attempt `own` (written with `info`) may go on:
+/// `Ok` once no live lock conflicts. Of two conflicting attempts that see
+/// each other, the older one (by time, then name) stays and the newer one
+/// backs off, so the one that came first wins the race: a conflicting lock
+/// older than `own` fails the attempt at once, and a newer one is waited
+/// for, at most [`WAIT_FOR_NEWER`], to go away. Only a listing without a
+/// conflict lets the attempt go on, so waiting never lets two conflicting
+/// holders in. Reports unreadable and future locks on the way.
+fn settle(backend: &DynBackend, own: LockId, info: &LockInfo, this_host: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + WAIT_FOR_NEWER;
+    let own = (info.time, own.to_hex());
+    let mut reported = false;
+    loop {
+        let now = backend.now()?;
+        let mut older = None;
+        let mut newer = None;
+        for lock in list_locks(backend)? {
+            if lock.name == own.1 {
+                continue;
             }
-            (LockStatus::Newer(_), _) => {
-                conflict.get_or_insert(lock);
+            match (lock.status(now, this_host), &lock.info) {
+                (LockStatus::Live, Ok(other)) if info.exclusive || other.exclusive => {
+                    if (other.time, &lock.name) < (own.0, &own.1) {
+                        older.get_or_insert(lock);
+                    } else {
+                        newer.get_or_insert(lock);
+                    }
+                }
+                // Of a newer pvsnap: it cannot be judged, so it wins.
+                (LockStatus::Newer(_), _) => {
+                    older.get_or_insert(lock);
+                }
+                (LockStatus::Unreadable(why), _) if !reported => tracing::warn!(
+                    "lock {} is unreadable ({why}); it is ignored, and `pvsnap unlock` removes it",
+                    lock.key().path()
+                ),
+                (LockStatus::Future, _) if !reported => tracing::warn!(
+                    "{} is more than {} in the future: it is treated as stale, and `pvsnap unlock` removes it; check the clock of that host",
+                    lock.describe_at(now),
+                    human(signed(SKEW))
+                ),
+                _ => {}
             }
-            (LockStatus::Unreadable(why), _) => tracing::warn!(
-                "lock {} is unreadable ({why}); it is ignored, and `pvsnap unlock` removes it",
-                lock.key().path()
-            ),
-            (LockStatus::Future, _) => tracing::warn!(
-                "{} is more than {} in the future: it is treated as stale, and `pvsnap unlock` removes it; check the clock of that host",
-                lock.describe_at(now),
-                human(signed(SKEW))
-            ),
-            _ => {}
         }
-    }
-    match conflict {
-        Some(lock) => Err(locked_error(backend, &lock, now, this_host)),
-        None => Ok(()),
+        reported = true;
+        match (older, newer) {
+            (Some(lock), _) => return Err(locked_error(backend, &lock, now, this_host)),
+            (None, None) => return Ok(()),
+            (None, Some(lock)) if std::time::Instant::now() >= deadline => {
+                return Err(locked_error(backend, &lock, now, this_host));
+            }
+            (None, Some(_)) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
 }
 

@@ -328,23 +328,33 @@ fn a_lock_of_a_newer_version_blocks_and_only_its_id_removes_it() {
 }
 
 /// An exclusive locker racing this one: at the first listing its lock is
-/// there (written a moment ago); by the next listing it is gone, because
-/// the racer saw our lock too and backed off.
+/// there, written `age_secs` before; by the next listing it is gone (it saw
+/// our lock too and backed off, or, older, it was done).
 struct Racer {
     inner: DynBackend,
+    age_secs: i64,
     /// `None` before the race, then the racer's lock until it is removed.
     racer: Mutex<Option<Option<String>>>,
+    /// Lock objects this side wrote.
+    puts: std::sync::atomic::AtomicUsize,
 }
 
 impl Forward for Racer {
     fn inner(&self) -> &dyn Backend {
         &*self.inner
     }
+    fn put(&self, key: &ObjectKey, data: &[u8]) -> std::result::Result<(), BackendError> {
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.put(key, data)
+    }
     fn list(&self, kind: ObjectKind) -> std::result::Result<Vec<(String, u64)>, BackendError> {
         if kind == ObjectKind::Lock {
             let mut racer = self.racer.lock().unwrap();
             match &mut *racer {
-                None => *racer = Some(Some(plant(&self.inner, &info("other", true, 0).encode()))),
+                None => {
+                    let lock = info("other", true, self.age_secs).encode();
+                    *racer = Some(Some(plant(&self.inner, &lock)));
+                }
                 Some(name) => {
                     if let Some(name) = name.take() {
                         self.inner
@@ -358,21 +368,33 @@ impl Forward for Racer {
     }
 }
 
+/// A racer that came later is waited for (it backs off); one that came
+/// first makes this attempt back off and try again after a pause. Either
+/// way the lock is taken, without two holders at any listing.
 #[test]
-fn a_lock_taken_in_the_same_instant_as_a_conflicting_one_is_retried() {
-    for exclusive in [false, true] {
-        let inner = mem();
-        let b: DynBackend = Arc::new(Racer {
-            inner: inner.clone(),
-            racer: Mutex::new(None),
-        });
-        let started = std::time::Instant::now();
-        let guard = LockGuard::acquire(b.clone(), exclusive, "snapshot", "h")
-            .expect("the racer backed off, so the retry gets the lock");
-        assert!(started.elapsed() >= Duration::from_millis(100), "it paused");
-        assert_eq!(names(&inner).len(), 1, "only our lock is left");
-        drop(guard);
-        assert!(names(&inner).is_empty());
+fn a_lock_taken_in_the_same_instant_as_a_conflicting_one_is_settled() {
+    for (age_secs, retried) in [(-1, false), (1, true)] {
+        for exclusive in [false, true] {
+            let inner = mem();
+            let racer = Arc::new(Racer {
+                inner: inner.clone(),
+                age_secs,
+                racer: Mutex::new(None),
+                puts: Default::default(),
+            });
+            let b: DynBackend = racer.clone();
+            let started = std::time::Instant::now();
+            let guard = LockGuard::acquire(b.clone(), exclusive, "snapshot", "h")
+                .expect("the race is settled");
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(100), "it paused: {took:?}");
+            assert!(took < Duration::from_secs(3), "{took:?}");
+            assert_eq!(names(&inner).len(), 1, "only our lock is left");
+            let attempts = racer.puts.load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(attempts, 1 + usize::from(retried), "age {age_secs}");
+            drop(guard);
+            assert!(names(&inner).is_empty());
+        }
     }
 }
 
@@ -391,4 +413,56 @@ fn a_lock_really_held_still_fails_after_the_retries() {
         started.elapsed()
     );
     assert_eq!(names(&b).len(), 1, "each attempt removed its own lock");
+}
+
+/// Threads taking shared and exclusive locks at random moments: at no time
+/// does an exclusive holder share the repository with any other holder, and
+/// most attempts get the lock (a race costs a pause, not the attempt).
+#[test]
+fn racing_lockers_never_hold_conflicting_locks_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let b = mem();
+    let shared = Arc::new(AtomicUsize::new(0));
+    let exclusive = Arc::new(AtomicUsize::new(0));
+    let granted = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (b, shared, exclusive, granted) = (
+                b.clone(),
+                shared.clone(),
+                exclusive.clone(),
+                granted.clone(),
+            );
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    let excl = (t + i) % 3 == 0;
+                    let Ok(guard) = LockGuard::acquire(b.clone(), excl, "t", "h") else {
+                        continue;
+                    };
+                    granted.fetch_add(1, SeqCst);
+                    let mine = if excl { &exclusive } else { &shared };
+                    mine.fetch_add(1, SeqCst);
+                    let (s, x) = (shared.load(SeqCst), exclusive.load(SeqCst));
+                    assert!(
+                        x <= 1 && (x == 0 || s == 0),
+                        "{x} exclusive and {s} shared holders"
+                    );
+                    std::thread::sleep(Duration::from_millis(3));
+                    let (s, x) = (shared.load(SeqCst), exclusive.load(SeqCst));
+                    assert!(
+                        x <= 1 && (x == 0 || s == 0),
+                        "{x} exclusive and {s} shared holders"
+                    );
+                    mine.fetch_sub(1, SeqCst);
+                    drop(guard);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("no two conflicting holders");
+    }
+    let granted = granted.load(SeqCst);
+    assert!(granted >= 48, "only {granted} of 60 attempts got the lock");
+    assert!(names(&b).is_empty(), "every lock was released");
 }
