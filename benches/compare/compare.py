@@ -2147,6 +2147,10 @@ def default_pvsnap() -> str:
 
 
 def main() -> int:
+    if any(a == "--scale" or a.startswith("--scale=") for a in sys.argv[1:]):
+        # trees of many small files against the file count: scale.py
+        import scale
+        return scale.main(sys.argv[1:])
     ap = argparse.ArgumentParser(description="pvsnap comparison benchmark (see README.md)")
     ap.add_argument("--smoke", action="store_true", help="tiny datasets, 1 repetition (about 2 minutes)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, smoke 1)")
