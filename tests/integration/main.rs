@@ -32,6 +32,7 @@ mod nas;
 mod partial_restore;
 mod permissions;
 mod progress;
+mod restore_memory;
 mod rollback;
 mod s3;
 mod s3_faults;
