@@ -644,3 +644,47 @@ fn verify_finds_every_kind_of_difference_and_nothing_in_a_faithful_restore() {
         "only the name that is not UTF-8 still holds"
     );
 }
+
+/// A fresh restore runs a batch of [`super::plan::BATCH`] entries (3 in unit
+/// tests) at a time: hardlinks whose first name was written batches earlier,
+/// symlinks and folder times set across batches, and the counts summed.
+#[test]
+fn a_restore_in_batches_keeps_hardlinks_symlinks_and_folder_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in ["a", "b", "c/deep"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("a/first"), noise(1, 70_000)).unwrap();
+    for i in 0..7 {
+        fs::write(src.join(format!("b/f{i}")), noise(10 + i, 100 + i as usize)).unwrap();
+    }
+    fs::hard_link(src.join("a/first"), src.join("c/deep/second")).unwrap();
+    fs::hard_link(src.join("a/first"), src.join("c/third")).unwrap();
+    std::os::unix::fs::symlink("../a/first", src.join("c/deep/link")).unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    for d in ["a", "b", "c/deep", "c", ""] {
+        let times = fs::FileTimes::new().set_modified(old).set_accessed(old);
+        fs::File::open(src.join(d))
+            .unwrap()
+            .set_times(times)
+            .unwrap();
+    }
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    let target = dir.path().join("restored");
+    let s = restore_with(&repo, &snap, &target, &RestoreOptions::default());
+    assert_eq!(manifest(&target), manifest(&src));
+    let ino = |p: &str| fs::metadata(target.join(p)).unwrap().ino();
+    assert_eq!(ino("a/first"), ino("c/deep/second"), "link across batches");
+    assert_eq!(ino("a/first"), ino("c/third"), "link across batches");
+    assert_eq!((s.files, s.links, s.specials, s.dirs), (8, 2, 1, 5));
+    let mtime = |p: &Path| fs::symlink_metadata(p).unwrap().mtime();
+    for d in ["a", "b", "c/deep", "c"] {
+        assert_eq!(
+            mtime(&target.join(d)),
+            1_500_000_000,
+            "{d}: folder time set last"
+        );
+    }
+}
