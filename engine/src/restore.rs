@@ -155,7 +155,8 @@ pub struct Preview {
 /// before any data is written: `bytes` counts data written (holes and data
 /// already in place are not in `total_bytes`), `files` the regular files
 /// finished (kept in place ones included), up to `total_files`. Into a new
-/// or empty target the totals grow batch by batch (see [`flush`]).
+/// or empty target the totals come from a walk that only counts, before the
+/// batches are written (see [`flush`]).
 #[derive(Debug, Default)]
 pub struct RestoreProgress {
     pub bytes: AtomicU64,
@@ -233,16 +234,20 @@ pub fn restore(
         },
         excludes: Excludes::new(&opts.excludes)?,
     };
+    // What a walk without writing found: (files, stored bytes to write).
+    let mut counted = None;
     // An include that matches nothing is said before anything is touched.
     if filter.includes.is_some() && !opts.dry_run {
         let dry = Mode {
             dry: true,
             keep_existing: false,
         };
-        // Only which patterns matched is kept: the entries are dropped in batches.
+        // Only which patterns matched is kept, and how much there is: the
+        // entries are dropped in batches.
         let only_hits = Some(Batch::new(false, progress, opts.stop.clone()));
-        let (checked, _, _) = plan(repo, &root, Dirs::absent(target), &filter, dry, only_hits)?;
+        let (checked, _, done) = plan(repo, &root, Dirs::absent(target), &filter, dry, only_hits)?;
         check_includes(snap, subpath, &opts.includes, &checked)?;
+        counted = done.map(|d| (d.files, d.bytes));
     }
     let dirs = if opts.dry_run {
         match std::fs::symlink_metadata(target) {
@@ -272,8 +277,28 @@ pub fn restore(
     // Phase 1: plan; folders, symlinks and special files are made here.
     // Into a new or empty target, phases 1 to 3 run a batch at a time (see
     // `flush`): nothing in place needs the whole plan.
-    let batch =
-        (fresh && !opts.dry_run).then(|| Batch::new(set_owner, progress, opts.stop.clone()));
+    // The progress totals come from a walk that only counts, so they are
+    // known before anything is written and never change.
+    let batch = if fresh && !opts.dry_run {
+        let (files, bytes) = match counted {
+            Some(c) => c,
+            None => {
+                let dry = Mode {
+                    dry: true,
+                    keep_existing: false,
+                };
+                let counter = Some(Batch::new(false, progress, opts.stop.clone()));
+                let (_, _, done) = plan(repo, &root, Dirs::absent(target), &filter, dry, counter)?;
+                done.map_or((0, 0), |d| (d.files, d.bytes))
+            }
+        };
+        progress.total_files.store(files, Ordering::Relaxed);
+        progress.total_bytes.store(bytes, Ordering::Relaxed);
+        progress.planned.store(true, Ordering::Release);
+        Some(Batch::new(set_owner, progress, opts.stop.clone()))
+    } else {
+        None
+    };
     let (mut plan, dirs, batch) = plan(repo, &root, dirs, &filter, mode, batch)?;
     check_includes(snap, subpath, &opts.includes, &plan)?;
     if let Some(done) = batch {
@@ -424,14 +449,12 @@ fn flush(walk: &mut Walk) -> Result<()> {
     };
     let plan = &mut walk.plan;
     walk.flushed += plan.files.len() + plan.others.len() + plan.hardlinks.len();
-    if !walk.mode.dry {
-        let total: u64 = stored_bytes(plan);
+    if walk.mode.dry {
+        // A walk that only counts (see `restore`).
+        batch.files += plan.files.len() as u64;
+        batch.bytes += stored_bytes(plan);
+    } else {
         let progress = batch.progress;
-        progress
-            .total_files
-            .fetch_add(plan.files.len() as u64, Ordering::Relaxed);
-        progress.total_bytes.fetch_add(total, Ordering::Relaxed);
-        progress.planned.store(true, Ordering::Release);
         let written = Restorer::new(walk.repo, plan, &walk.dirs, batch.set_owner, progress)
             .stopped_by(batch.stop.clone())
             .run()?;

@@ -688,3 +688,63 @@ fn a_restore_in_batches_keeps_hardlinks_symlinks_and_folder_times() {
         );
     }
 }
+
+/// A restore in batches knows its totals before the first byte is written,
+/// and they do not change: the counters end exactly at them, with or
+/// without include patterns.
+#[test]
+fn a_restore_in_batches_knows_its_totals_first() {
+    use std::sync::atomic::Ordering::{Acquire, Relaxed};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in ["a", "b/c"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for i in 0..11 {
+        let d = if i % 2 == 0 { "a" } else { "b/c" };
+        fs::write(
+            src.join(format!("{d}/f{i}")),
+            noise(i, 1000 * (i as usize + 1)),
+        )
+        .unwrap();
+    }
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    for (includes, files) in [(vec![], 11), (vec!["/b".to_string()], 5)] {
+        let target = dir.path().join(format!("restored-{files}"));
+        let opts = RestoreOptions {
+            includes,
+            ..RestoreOptions::default()
+        };
+        let progress = RestoreProgress::default();
+        let seen_first = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                while !progress.planned.load(Acquire) {
+                    std::thread::yield_now();
+                }
+                (
+                    progress.total_files.load(Relaxed),
+                    progress.total_bytes.load(Relaxed),
+                )
+            });
+            restore(&repo, &snap, None, &target, &opts, &progress).expect("restore");
+            watcher.join().unwrap()
+        });
+        let end = (
+            progress.total_files.load(Relaxed),
+            progress.total_bytes.load(Relaxed),
+        );
+        assert_eq!(seen_first, end, "the totals changed after they were shown");
+        assert_eq!(end.0, files);
+        assert_eq!(
+            progress.files.load(Relaxed),
+            end.0,
+            "files end at the total"
+        );
+        assert_eq!(
+            progress.bytes.load(Relaxed),
+            end.1,
+            "bytes end at the total"
+        );
+    }
+}
