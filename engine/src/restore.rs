@@ -12,6 +12,10 @@
 //! 3. **links**: hardlinks to files restored in phase 2;
 //! 4. **metadata**: owners, xattrs, modes and times; folders last, deepest first.
 //!
+//! Into a new or empty target, phases 1 to 3 run a batch of at most
+//! [`plan::BATCH`] entries at a time (see [`flush`]), so memory does not grow
+//! with the number of files; only the folders wait for the end.
+//!
 //! Over existing content ([`Overwrite`], [`RestoreOptions::delete_extra`]),
 //! the target can end up an exact copy of the snapshot while writing little:
 //! existing regular files are kept and only chunks whose bytes differ are
@@ -53,7 +57,7 @@ use crate::tree::filter::Excludes;
 use crate::tree::{Node, NodeKind};
 
 use dirs::{Dirs, TARGET};
-use plan::{Filter, Mode, Plan, PlannedFile, Walk};
+use plan::{Filter, Mode, Placed, Plan, PlannedFile, Walk};
 use writer::Restorer;
 
 mod dirs;
@@ -150,7 +154,9 @@ pub struct Preview {
 /// Live counters for a progress display. The totals are set from the plan
 /// before any data is written: `bytes` counts data written (holes and data
 /// already in place are not in `total_bytes`), `files` the regular files
-/// finished (kept in place ones included), up to `total_files`.
+/// finished (kept in place ones included), up to `total_files`. Into a new
+/// or empty target the totals come from a walk that only counts, before the
+/// batches are written (see [`flush`]).
 #[derive(Debug, Default)]
 pub struct RestoreProgress {
     pub bytes: AtomicU64,
@@ -228,14 +234,20 @@ pub fn restore(
         },
         excludes: Excludes::new(&opts.excludes)?,
     };
+    // What a walk without writing found: (files, stored bytes to write).
+    let mut counted = None;
     // An include that matches nothing is said before anything is touched.
     if filter.includes.is_some() && !opts.dry_run {
         let dry = Mode {
             dry: true,
             keep_existing: false,
         };
-        let (checked, _) = plan(repo, &root, Dirs::absent(target), &filter, dry)?;
+        // Only which patterns matched is kept, and how much there is: the
+        // entries are dropped in batches.
+        let only_hits = Some(Batch::new(false, progress, opts.stop.clone()));
+        let (checked, _, done) = plan(repo, &root, Dirs::absent(target), &filter, dry, only_hits)?;
         check_includes(snap, subpath, &opts.includes, &checked)?;
+        counted = done.map(|d| (d.files, d.bytes));
     }
     let dirs = if opts.dry_run {
         match std::fs::symlink_metadata(target) {
@@ -263,8 +275,46 @@ pub fn restore(
     let mut summary = RestoreSummary::default();
 
     // Phase 1: plan; folders, symlinks and special files are made here.
-    let (mut plan, dirs) = plan(repo, &root, dirs, &filter, mode)?;
+    // Into a new or empty target, phases 1 to 3 run a batch at a time (see
+    // `flush`): nothing in place needs the whole plan.
+    // The progress totals come from a walk that only counts, so they are
+    // known before anything is written and never change.
+    let batch = if fresh && !opts.dry_run {
+        let (files, bytes) = match counted {
+            Some(c) => c,
+            None => {
+                let dry = Mode {
+                    dry: true,
+                    keep_existing: false,
+                };
+                let counter = Some(Batch::new(false, progress, opts.stop.clone()));
+                let (_, _, done) = plan(repo, &root, Dirs::absent(target), &filter, dry, counter)?;
+                done.map_or((0, 0), |d| (d.files, d.bytes))
+            }
+        };
+        progress.total_files.store(files, Ordering::Relaxed);
+        progress.total_bytes.store(bytes, Ordering::Relaxed);
+        progress.planned.store(true, Ordering::Release);
+        Some(Batch::new(set_owner, progress, opts.stop.clone()))
+    } else {
+        None
+    };
+    let (mut plan, dirs, batch) = plan(repo, &root, dirs, &filter, mode, batch)?;
     check_includes(snap, subpath, &opts.includes, &plan)?;
+    if let Some(done) = batch {
+        progress.planned.store(true, Ordering::Release);
+        // Phase 4 for the folders (the rest was set batch by batch).
+        set_metadata(&dirs, &mut plan, opts.delete_extra, set_owner)?;
+        summary.files = done.files;
+        summary.dirs = plan.dirs.len() as u64;
+        summary.specials = done.specials;
+        summary.links = done.links;
+        summary.bytes_written = done.bytes;
+        summary.damaged = plan.lost;
+        summary.damaged.extend(done.damaged);
+        summary.duration_s = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
     summary.kept = plan.kept.len() as u64;
     if opts.dry_run {
         summary.preview = Some(preview(repo, &dirs, &plan, opts, &filter, fresh)?);
@@ -279,15 +329,7 @@ pub fn restore(
         prepare_target(repo, &dirs, &mut plan, opts, &filter, &mut summary)?;
     }
     // What phase 2 writes: stored data, not holes.
-    let total: u64 = plan
-        .files
-        .iter()
-        .flat_map(|f| match &f.node.kind {
-            NodeKind::File { content } => content.as_slice(),
-            _ => &[],
-        })
-        .filter(|e| e.chunk.is_some())
-        .fold(0u64, |t, e| t.saturating_add(e.len));
+    let total = stored_bytes(&plan);
     progress
         .total_files
         .store(plan.files.len() as u64, Ordering::Relaxed);
@@ -325,13 +367,16 @@ pub fn restore(
 
 /// Phase 1: walks the trees below `root` into a plan, making folders,
 /// symlinks and special files on the way (unless `mode.dry`).
-fn plan(
-    repo: &IndexedRepository,
+/// With `batch`, the planned entries are handed on every [`plan::BATCH`]
+/// entries and at the end (see [`flush`]), and what was done is returned.
+fn plan<'a>(
+    repo: &'a IndexedRepository,
     root: &Node,
     dirs: Dirs,
-    filter: &Filter,
+    filter: &'a Filter,
     mode: Mode,
-) -> Result<(Plan, Dirs)> {
+    batch: Option<Batch<'a>>,
+) -> Result<(Plan, Dirs, Option<Batch<'a>>)> {
     let mut walk = Walk {
         repo,
         filter,
@@ -342,6 +387,8 @@ fn plan(
         dirs,
         seen: HashMap::new(),
         mode,
+        batch,
+        flushed: 0,
     };
     match &root.kind {
         NodeKind::Dir { subtree } => {
@@ -357,7 +404,89 @@ fn plan(
             }
         }
     }
-    Ok((walk.plan, walk.dirs))
+    if walk.batch.is_some() {
+        flush(&mut walk)?;
+    }
+    Ok((walk.plan, walk.dirs, walk.batch))
+}
+
+/// What a restore into a new or empty target did batch by batch (see
+/// [`flush`]), and what each batch needs.
+struct Batch<'a> {
+    set_owner: bool,
+    progress: &'a RestoreProgress,
+    stop: Stop,
+    files: u64,
+    specials: u64,
+    links: u64,
+    bytes: u64,
+    damaged: Vec<(String, String)>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(set_owner: bool, progress: &'a RestoreProgress, stop: Stop) -> Self {
+        Batch {
+            set_owner,
+            progress,
+            stop,
+            files: 0,
+            specials: 0,
+            links: 0,
+            bytes: 0,
+            damaged: Vec::new(),
+        }
+    }
+}
+
+/// Phases 2 and 3, and phase 4 for symlinks and special files, for the
+/// entries planned since the last batch; then forgets them, so a restore
+/// holds at most [`plan::BATCH`] planned entries whatever the snapshot
+/// holds. A dry walk only forgets them. Hardlinks to a file of an earlier
+/// batch find it by its folder and name ([`Walk::seen`]).
+fn flush(walk: &mut Walk) -> Result<()> {
+    let Some(batch) = walk.batch.as_mut() else {
+        return Ok(());
+    };
+    let plan = &mut walk.plan;
+    walk.flushed += plan.files.len() + plan.others.len() + plan.hardlinks.len();
+    if walk.mode.dry {
+        // A walk that only counts (see `restore`).
+        batch.files += plan.files.len() as u64;
+        batch.bytes += stored_bytes(plan);
+    } else {
+        let progress = batch.progress;
+        let written = Restorer::new(walk.repo, plan, &walk.dirs, batch.set_owner, progress)
+            .stopped_by(batch.stop.clone())
+            .run()?;
+        batch.bytes += written.bytes;
+        batch.damaged.extend(
+            written
+                .damaged
+                .into_iter()
+                .map(|(fi, why)| (plan.files[fi].path.to_string_lossy().into_owned(), why)),
+        );
+        batch.links += hardlinks(&walk.dirs, plan)?;
+        set_others_metadata(&walk.dirs, &plan.others, batch.set_owner)?;
+        batch.files += plan.files.len() as u64;
+        batch.specials += plan.others.len() as u64;
+    }
+    plan.files.clear();
+    plan.targets.clear();
+    plan.hardlinks.clear();
+    plan.others.clear();
+    Ok(())
+}
+
+/// What phase 2 writes of `plan`'s files: stored data, not holes.
+fn stored_bytes(plan: &Plan) -> u64 {
+    plan.files
+        .iter()
+        .flat_map(|f| match &f.node.kind {
+            NodeKind::File { content } => content.as_slice(),
+            _ => &[],
+        })
+        .filter(|e| e.chunk.is_some())
+        .fold(0u64, |t, e| t.saturating_add(e.len))
 }
 
 /// Fails, naming them, when include patterns matched nothing.
@@ -471,11 +600,11 @@ fn hardlinks(dirs: &Dirs, plan: &Plan) -> Result<u64> {
     for ((dir, path, node), first) in &plan.hardlinks {
         let d = dirs.open(*dir)?;
         dirs::remove_existing(&d, &node.name, path)?;
-        let f = &plan.files[*first];
+        let (first_dir, first_name) = first;
         d.hard_link(
             OsStr::from_bytes(&node.name),
-            &*dirs.open(f.dir)?,
-            OsStr::from_bytes(&f.node.name),
+            &*dirs.open(*first_dir)?,
+            OsStr::from_bytes(first_name),
         )
         .map_err(|e| Error::io(path, "create hardlink", e))?;
     }
@@ -487,10 +616,7 @@ fn hardlinks(dirs: &Dirs, plan: &Plan) -> Result<u64> {
 /// `delete_extra`: folders also lose xattrs the snapshot does not have.
 fn set_metadata(dirs: &Dirs, plan: &mut Plan, delete_extra: bool, set_owner: bool) -> Result<()> {
     let meta_err = |p: &Path, e: std::io::Error| Error::io(p, "set metadata", e);
-    for (dir, path, node) in &plan.others {
-        apply_metadata_at(&*dirs.open(*dir)?, path, node, set_owner)
-            .map_err(|e| meta_err(path, e))?;
-    }
+    set_others_metadata(dirs, &plan.others, set_owner)?;
     plan.dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
     for (dir, node, _) in &plan.dirs {
         let path = dirs.path(*dir);
@@ -499,6 +625,15 @@ fn set_metadata(dirs: &Dirs, plan: &mut Plan, delete_extra: bool, set_owner: boo
             inplace::remove_extra_xattrs(d.as_file(), path, node).map_err(|e| meta_err(path, e))?;
         }
         fsmeta::apply_metadata_fd(d.as_file(), node, set_owner).map_err(|e| meta_err(path, e))?;
+    }
+    Ok(())
+}
+
+/// Phase 4 for symlinks and special files.
+fn set_others_metadata(dirs: &Dirs, others: &[Placed], set_owner: bool) -> Result<()> {
+    for (dir, path, node) in others {
+        apply_metadata_at(&*dirs.open(*dir)?, path, node, set_owner)
+            .map_err(|e| Error::io(path, "set metadata", e))?;
     }
     Ok(())
 }

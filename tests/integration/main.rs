@@ -34,6 +34,7 @@ mod partial_restore;
 mod permissions;
 mod progress;
 mod prometheus;
+mod restore_memory;
 mod rollback;
 mod s3;
 mod s3_faults;

@@ -33,11 +33,20 @@ pub(super) struct PlannedFile {
 /// An entry restored in phase 1 or 3: (folder, path, node).
 pub(super) type Placed = (usize, PathBuf, Node);
 
+/// The first name of a hardlinked file: (folder, name). It outlives the
+/// batch it was written in (see [`Walk::batch`]).
+pub(super) type First = (usize, Vec<u8>);
+
+/// Entries planned before the walk hands them on to be written (see
+/// [`Walk::batch`]): restore memory is bounded by this, not by the snapshot.
+/// The unit tests use batches of 3, so every restore in them spans batches.
+pub(super) const BATCH: usize = if cfg!(test) { 3 } else { 8192 };
+
 #[derive(Default)]
 pub(super) struct Plan {
     pub files: Vec<PlannedFile>,
-    /// (link, index into files of the first name).
-    pub hardlinks: Vec<(Placed, usize)>,
+    /// (link, the first name, already planned or written).
+    pub hardlinks: Vec<(Placed, First)>,
     pub others: Vec<Placed>,
     /// (folder, its node, depth).
     pub dirs: Vec<(usize, Node, usize)>,
@@ -93,8 +102,15 @@ pub(super) struct Walk<'a> {
     pub filter: &'a Filter,
     pub plan: Plan,
     pub dirs: Dirs,
-    pub seen: HashMap<(u64, u64), usize>,
+    /// Hardlinked files (`links > 1` only) by the original's (device,
+    /// inode): where the first name went. Kept for the whole walk.
+    pub seen: HashMap<(u64, u64), First>,
     pub mode: Mode,
+    /// Hands the planned files, links and special files on every [`BATCH`]
+    /// entries (see `restore::flush`): without it the plan is held whole.
+    pub batch: Option<super::Batch<'a>>,
+    /// Entries planned and handed on already.
+    pub flushed: usize,
 }
 
 impl Walk<'_> {
@@ -177,6 +193,9 @@ impl Walk<'_> {
                     if !self.keep(dir, node, false)? {
                         self.entry(node, dir)?;
                     }
+                    if self.batch.is_some() && self.pending() >= BATCH {
+                        super::flush(self)?;
+                    }
                 }
                 _ => {}
             }
@@ -210,8 +229,13 @@ impl Walk<'_> {
         Ok(keep)
     }
 
-    fn placed(&self) -> usize {
+    /// Entries planned and not yet handed on.
+    pub fn pending(&self) -> usize {
         self.plan.files.len() + self.plan.others.len() + self.plan.hardlinks.len()
+    }
+
+    fn placed(&self) -> usize {
+        self.flushed + self.pending()
     }
 
     /// Plans a non-folder entry `node` in folder `dir` (which exists).
@@ -221,9 +245,10 @@ impl Walk<'_> {
         match &node.kind {
             NodeKind::File { content } => {
                 if node.links > 1
-                    && let Some(&first) = self.seen.get(&(node.device, node.inode))
+                    && let Some(first) = self.seen.get(&(node.device, node.inode))
                 {
-                    plan.hardlinks.push(((dir, path, node.clone()), first));
+                    plan.hardlinks
+                        .push(((dir, path, node.clone()), first.clone()));
                     return Ok(());
                 }
                 // Offsets past what a file can hold are damage, not a write
@@ -274,7 +299,8 @@ impl Walk<'_> {
                 }
                 let fi = plan.files.len();
                 if node.links > 1 {
-                    self.seen.insert((node.device, node.inode), fi);
+                    self.seen
+                        .insert((node.device, node.inode), (dir, node.name.clone()));
                 }
                 for (c, off) in at {
                     plan.targets.entry(c).or_default().push((fi, off));

@@ -21,6 +21,11 @@ use crate::store::blob::BlobEntry;
 
 /// Most file content a unit writes (more only when one chunk is larger).
 pub(super) const UNIT_BYTES: u64 = 8 * 1024 * 1024;
+/// Most places (file, offset) a unit writes to. Small files make a unit
+/// of [`UNIT_BYTES`] thousands of files long: a worker given the last such
+/// unit of a restore (or of a batch, see `restore::flush`) would write them
+/// alone while the others wait.
+pub(super) const UNIT_WRITES: usize = 256;
 /// How many candidates (units, or runs of units of one busy file) a worker
 /// looks at for one that touches no busy file.
 pub(super) const WINDOW: usize = 32;
@@ -50,9 +55,11 @@ pub(super) fn units(
         blobs.sort_by_key(|(e, _)| e.offset);
         let mut start = 0;
         let mut bytes = 0u64;
+        let mut places = 0usize;
         for i in 0..blobs.len() {
             let cur = &blobs[i].0;
-            let writes = cur.raw_len as u64 * targets[&blobs[i].1].len() as u64;
+            let to = targets[&blobs[i].1].len();
+            let writes = cur.raw_len as u64 * to as u64;
             if i > start {
                 let prev = &blobs[i - 1].0;
                 let prev_end = prev.offset as u64 + prev.stored_len as u64;
@@ -60,13 +67,16 @@ pub(super) fn units(
                 if cur.offset as u64 > prev_end + GAP
                     || span > MAX_SPAN
                     || bytes + writes > UNIT_BYTES
+                    || places + to > UNIT_WRITES
                 {
                     out.push(unit(pack, blobs[start..i].to_vec(), targets));
                     start = i;
                     bytes = 0;
+                    places = 0;
                 }
             }
             bytes += writes;
+            places += to;
         }
         if start < blobs.len() {
             out.push(unit(pack, blobs[start..].to_vec(), targets));

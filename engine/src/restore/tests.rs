@@ -644,3 +644,107 @@ fn verify_finds_every_kind_of_difference_and_nothing_in_a_faithful_restore() {
         "only the name that is not UTF-8 still holds"
     );
 }
+
+/// A fresh restore runs a batch of [`super::plan::BATCH`] entries (3 in unit
+/// tests) at a time: hardlinks whose first name was written batches earlier,
+/// symlinks and folder times set across batches, and the counts summed.
+#[test]
+fn a_restore_in_batches_keeps_hardlinks_symlinks_and_folder_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in ["a", "b", "c/deep"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("a/first"), noise(1, 70_000)).unwrap();
+    for i in 0..7 {
+        fs::write(src.join(format!("b/f{i}")), noise(10 + i, 100 + i as usize)).unwrap();
+    }
+    fs::hard_link(src.join("a/first"), src.join("c/deep/second")).unwrap();
+    fs::hard_link(src.join("a/first"), src.join("c/third")).unwrap();
+    std::os::unix::fs::symlink("../a/first", src.join("c/deep/link")).unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    for d in ["a", "b", "c/deep", "c", ""] {
+        let times = fs::FileTimes::new().set_modified(old).set_accessed(old);
+        fs::File::open(src.join(d))
+            .unwrap()
+            .set_times(times)
+            .unwrap();
+    }
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    let target = dir.path().join("restored");
+    let s = restore_with(&repo, &snap, &target, &RestoreOptions::default());
+    assert_eq!(manifest(&target), manifest(&src));
+    let ino = |p: &str| fs::metadata(target.join(p)).unwrap().ino();
+    assert_eq!(ino("a/first"), ino("c/deep/second"), "link across batches");
+    assert_eq!(ino("a/first"), ino("c/third"), "link across batches");
+    assert_eq!((s.files, s.links, s.specials, s.dirs), (8, 2, 1, 5));
+    let mtime = |p: &Path| fs::symlink_metadata(p).unwrap().mtime();
+    for d in ["a", "b", "c/deep", "c"] {
+        assert_eq!(
+            mtime(&target.join(d)),
+            1_500_000_000,
+            "{d}: folder time set last"
+        );
+    }
+}
+
+/// A restore in batches knows its totals before the first byte is written,
+/// and they do not change: the counters end exactly at them, with or
+/// without include patterns.
+#[test]
+fn a_restore_in_batches_knows_its_totals_first() {
+    use std::sync::atomic::Ordering::{Acquire, Relaxed};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for d in ["a", "b/c"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for i in 0..11 {
+        let d = if i % 2 == 0 { "a" } else { "b/c" };
+        fs::write(
+            src.join(format!("{d}/f{i}")),
+            noise(i, 1000 * (i as usize + 1)),
+        )
+        .unwrap();
+    }
+    let mut repo = repo();
+    let snap = snapshot(&mut repo, &src);
+    for (includes, files) in [(vec![], 11), (vec!["/b".to_string()], 5)] {
+        let target = dir.path().join(format!("restored-{files}"));
+        let opts = RestoreOptions {
+            includes,
+            ..RestoreOptions::default()
+        };
+        let progress = RestoreProgress::default();
+        let seen_first = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                while !progress.planned.load(Acquire) {
+                    std::thread::yield_now();
+                }
+                (
+                    progress.total_files.load(Relaxed),
+                    progress.total_bytes.load(Relaxed),
+                )
+            });
+            restore(&repo, &snap, None, &target, &opts, &progress).expect("restore");
+            watcher.join().unwrap()
+        });
+        let end = (
+            progress.total_files.load(Relaxed),
+            progress.total_bytes.load(Relaxed),
+        );
+        assert_eq!(seen_first, end, "the totals changed after they were shown");
+        assert_eq!(end.0, files);
+        assert_eq!(
+            progress.files.load(Relaxed),
+            end.0,
+            "files end at the total"
+        );
+        assert_eq!(
+            progress.bytes.load(Relaxed),
+            end.1,
+            "bytes end at the total"
+        );
+    }
+}
