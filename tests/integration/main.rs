@@ -40,4 +40,5 @@ mod s3;
 mod s3_faults;
 mod safety;
 mod serve;
+mod shapes;
 mod snapshot_restore;
