@@ -225,6 +225,10 @@ struct Slot {
 /// The default of [`VfsOptions::idle_inodes`].
 pub const SWEEP_AT: usize = 65_536;
 
+/// A table that held at least this many inodes is shrunk once the kernel
+/// forgot three quarters of them (see [`Table::shrink_if_emptied`]).
+const SHRINK_FROM: usize = 4096;
+
 struct Table {
     inodes: HashMap<u64, Slot>,
     /// The next inode number: numbers are never reused.
@@ -236,6 +240,9 @@ struct Table {
     names: HashMap<(u64, Vec<u8>), u64>,
     /// (view, device, inode) of multiply linked nodes.
     links: HashMap<(u64, u64, u64), u64>,
+    /// The most inodes held since memory was last given back (see
+    /// [`Table::shrink_if_emptied`]).
+    peak: usize,
 }
 
 impl Table {
@@ -256,7 +263,26 @@ impl Table {
             idle: idle.max(1),
             names: HashMap::new(),
             links: HashMap::new(),
+            peak: 1,
         }
+    }
+
+    /// Once the kernel has forgotten most inodes (the table holds under a
+    /// quarter of its peak, and the peak was large), shrinks the maps to
+    /// what they hold; returns whether it did, so the caller gives the
+    /// freed memory back to the system once the table's lock is released.
+    /// A hash map keeps its capacity when emptied, and the allocator keeps
+    /// what it freed: without this, a mount stays at the size of the
+    /// largest walk through it.
+    fn shrink_if_emptied(&mut self) -> bool {
+        if self.peak < SHRINK_FROM || self.inodes.len() * 4 > self.peak {
+            return false;
+        }
+        self.inodes.shrink_to_fit();
+        self.names.shrink_to_fit();
+        self.links.shrink_to_fit();
+        self.peak = self.inodes.len().max(1);
+        true
     }
 
     /// Drops inode `ino` and the names and link that lead to it.
@@ -381,6 +407,12 @@ impl Vfs {
         self.table.read().expect("inode table").inodes.len()
     }
 
+    /// How many inodes the table has room for without growing.
+    #[cfg(test)]
+    fn inode_capacity(&self) -> usize {
+        self.table.read().expect("inode table").inodes.capacity()
+    }
+
     /// The kernel gives back `n` references to `ino` (FUSE forget); at zero
     /// the inode is dropped. Unknown inodes are ignored.
     pub fn forget(&self, ino: u64, n: u64) {
@@ -392,6 +424,10 @@ impl Vfs {
         slot.inode.lookups.store(left, Ordering::Relaxed);
         if left == 0 {
             t.drop_inode(ino);
+            if t.shrink_if_emptied() {
+                drop(t);
+                crate::sys::host::release_free_memory();
+            }
         }
     }
 
@@ -535,6 +571,7 @@ impl Vfs {
         if let Some(l) = link {
             t.links.insert(l, ino);
         }
+        t.peak = t.peak.max(t.inodes.len());
         (ino, inode)
     }
 

@@ -463,3 +463,39 @@ fn inodes_of_plain_listings_are_swept_so_the_table_stays_bounded() {
     assert_eq!(vfs.getattr(held.ino).unwrap().ino, held.ino);
     assert_eq!(vfs.getattr(d.ino).unwrap().ino, d.ino);
 }
+
+/// After a walk through thousands of files the kernel forgets them: the
+/// table gives back its room (and the process its freed memory), instead
+/// of staying at the size of the largest walk.
+#[test]
+fn a_table_the_kernel_emptied_gives_back_its_room() {
+    let (_src, r, snap) = many_files(6000);
+    let vfs = Vfs::new(
+        r,
+        VfsOptions {
+            snapshot: Some(snap),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let d = vfs.lookup(ROOT, b"d").unwrap();
+    let inos: Vec<u64> = (0..6000)
+        .map(|i| {
+            vfs.lookup(d.ino, format!("f{i:04}").as_bytes())
+                .unwrap()
+                .ino
+        })
+        .collect();
+    assert!(vfs.inode_capacity() >= 6000);
+    for ino in inos {
+        vfs.forget(ino, 1);
+    }
+    assert_eq!(vfs.inode_count(), 2, "the root and d");
+    assert!(
+        vfs.inode_capacity() < 1500,
+        "room for {} inodes kept after they were forgotten",
+        vfs.inode_capacity()
+    );
+    // Still usable: a new walk finds the files again.
+    assert!(vfs.lookup(d.ino, b"f0042").is_ok());
+}
