@@ -216,6 +216,14 @@ pub trait Provider: Send + Sync {
     /// The pvsnap-named snapshots of `volume`, oldest first.
     fn list(&self, volume: &Volume) -> Result<Vec<NativeSnapshot>>;
 
+    /// The handles of the snapshots of the volume named `volume` (a
+    /// record's `volume`), where the storage can list them by that name
+    /// alone (ZFS: `pool/dataset@name`); `None` where it cannot (btrfs
+    /// handles are folders to look at; LVM needs the volume group).
+    fn handles_of(&self, _volume: &str) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
     /// Returns the volume to `snapshot` (ZFS rollback, LVM merge, btrfs
     /// subvolume swap). The caller has stopped every writer.
     fn rollback(&self, volume: &Volume, snapshot: &NativeSnapshot) -> Result<()>;

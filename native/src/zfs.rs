@@ -239,7 +239,7 @@ impl Zfs {
             return Err(Error::Refused {
                 what: snapshot.handle.clone(),
                 detail: format!(
-                    "rolling back would destroy the newer snapshots {}; allow that (-r) or pick the newest",
+                    "rolling back would destroy the newer snapshots {}; roll back to the newest, or first `pvsnap forget` the snapshots that keep the newer ones (or `zfs destroy` them)",
                     newer.join(", ")
                 ),
             });
@@ -418,6 +418,10 @@ impl Provider for Zfs {
             Zfs::release_hold(&snapshot.handle)?;
         }
         zfs().args(["destroy", &snapshot.handle]).run()
+    }
+
+    fn handles_of(&self, volume: &str) -> Result<Option<Vec<String>>> {
+        self.snapshot_names(volume).map(Some)
     }
 
     fn list(&self, volume: &Volume) -> Result<Vec<NativeSnapshot>> {

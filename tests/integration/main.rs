@@ -42,3 +42,4 @@ mod safety;
 mod serve;
 mod shapes;
 mod snapshot_restore;
+mod zfs;

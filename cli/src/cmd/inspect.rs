@@ -232,6 +232,40 @@ fn deleted(
     Ok(crate::exit::OK)
 }
 
+/// Which kept native snapshots are no longer on this host's storage. Only
+/// records written on this host are judged (another host's storage is not
+/// here to look at); a volume's snapshots are listed once.
+#[derive(Default)]
+struct Gone {
+    host: Option<String>,
+    /// (kind, volume) → its snapshots' handles, `None` when they cannot be
+    /// listed (then nothing is said to be gone).
+    listed: std::collections::HashMap<(String, String), Option<HashSet<String>>>,
+}
+
+impl Gone {
+    fn is_gone(&mut self, s: &Snapshot, n: &pvsnap_engine::snapshot::SourceSnapshot) -> bool {
+        let host = self
+            .host
+            .get_or_insert_with(pvsnap_engine::repo::hostname_public);
+        if s.hostname != *host {
+            return false;
+        }
+        if n.kind == "btrfs" {
+            return !Path::new(&n.handle).exists();
+        }
+        let handles = self
+            .listed
+            .entry((n.kind.clone(), n.volume.clone()))
+            .or_insert_with(|| {
+                let (provider, _) = pvsnap_ops::native::recorded(n).ok()?;
+                let handles = provider.handles_of(&n.volume).ok()??;
+                Some(handles.into_iter().collect())
+            });
+        handles.as_ref().is_some_and(|h| !h.contains(&n.handle))
+    }
+}
+
 /// Writes the table of `snaps`; returns how many are incomplete.
 fn snapshot_table(out: &mut impl Write, snaps: &[Snapshot]) -> std::io::Result<usize> {
     writeln!(
@@ -240,6 +274,7 @@ fn snapshot_table(out: &mut impl Write, snaps: &[Snapshot]) -> std::io::Result<u
         "id", "time", "host", "files", "size", "tags"
     )?;
     let mut incomplete = 0;
+    let mut gone = Gone::default();
     for s in snaps {
         // An incomplete snapshot (exit code 3 when taken, or a repaired
         // copy) says so after its source.
@@ -254,10 +289,10 @@ fn snapshot_table(out: &mut impl Write, snaps: &[Snapshot]) -> std::io::Result<u
             Some(n) if n.native_only => {
                 mark.push_str(&format!("  [native {} restore point {}]", n.kind, n.name));
             }
-            // A btrfs snapshot is a folder: one removed since (by
-            // --keep-native, or by hand) is said to be gone.
-            Some(n) if n.kept && n.kind == "btrfs" && !Path::new(&n.handle).exists() => {
-                mark.push_str("  [btrfs snapshot gone]");
+            // One removed since (by --keep-native, or by hand) is said to
+            // be gone, where this host can tell.
+            Some(n) if n.kept && gone.is_gone(s, n) => {
+                mark.push_str(&format!("  [{} snapshot gone]", n.kind));
             }
             Some(n) if n.kept => mark.push_str(&format!("  [+ {} snapshot kept]", n.kind)),
             _ => {}

@@ -123,6 +123,32 @@ pub(super) struct Archiver<'a> {
     pub(super) total_bytes: AtomicU64,
     pub(super) progress: &'a Progress,
     pub(super) stop: Stop,
+    /// When the parent began reading (ns since the epoch): a parent's
+    /// entry whose mtime or ctime is this close to it, or after, is read
+    /// again even when its metadata is unchanged (see [`racy_from`]).
+    pub(super) racy_from_ns: i64,
+}
+
+/// How far before a parent snapshot's start an entry's mtime or ctime may
+/// lie and still be "racy". Timestamps are coarse: whole seconds on
+/// zfs-fuse and ext3, two seconds on FAT, and a kernel tick (a few
+/// milliseconds) where they have nanoseconds. A file changed in the same
+/// tick after the parent read it keeps the mtime, size, ctime and inode the
+/// parent recorded, and only its bytes differ.
+pub(super) const RACY_WHOLE_SECONDS_NS: i64 = 2_000_000_000;
+/// The margin for times with a fraction of a second (see above).
+pub(super) const RACY_FINE_NS: i64 = 50_000_000;
+
+/// Where `parent` began reading (its time less its duration), in ns since
+/// the epoch; `i64::MAX` without a parent. An entry whose times lie within
+/// the racy margin before it, or after it, is read again once; by the next
+/// snapshot its times lie well before its parent's start.
+fn racy_from(parent: Option<&Snapshot>) -> i64 {
+    parent.map_or(i64::MAX, |p| {
+        let end = i64::try_from(p.time.as_nanosecond()).unwrap_or(i64::MAX);
+        let took = (p.summary.duration_s.max(0.0) * 1e9) as i64;
+        end.saturating_sub(took)
+    })
 }
 
 /// Takes a snapshot of the folder `path` into `repo`: [`store`] then
@@ -232,6 +258,7 @@ pub fn store(
         total_bytes: AtomicU64::new(0),
         progress,
         stop: opts.stop.clone(),
+        racy_from_ns: racy_from(opts.parent.as_ref()),
     };
 
     match &opts.parent {

@@ -71,7 +71,9 @@ impl Archiver<'_> {
         // parent's xattrs are still true and need not be read again.
         let xattrs = match prev {
             Some(p)
-                if p.ctime_ns == ns(meta.ctime(), meta.ctime_nsec()) && p.inode == meta.ino() =>
+                if p.ctime_ns == ns(meta.ctime(), meta.ctime_nsec())
+                    && p.inode == meta.ino()
+                    && !self.racy(p) =>
             {
                 p.xattrs.clone()
             }
@@ -130,6 +132,20 @@ impl Archiver<'_> {
         )))
     }
 
+    /// Whether the parent recorded `p` so close to its own start that a
+    /// change in the same timestamp tick would not show (see
+    /// `pipeline::racy_from`).
+    fn racy(&self, p: &Node) -> bool {
+        use super::pipeline::{RACY_FINE_NS, RACY_WHOLE_SECONDS_NS};
+        let whole_seconds = p.mtime_ns % 1_000_000_000 == 0 && p.ctime_ns % 1_000_000_000 == 0;
+        let margin = if whole_seconds {
+            RACY_WHOLE_SECONDS_NS
+        } else {
+            RACY_FINE_NS
+        };
+        p.mtime_ns.max(p.ctime_ns) >= self.racy_from_ns.saturating_sub(margin)
+    }
+
     pub(super) fn file(
         &self,
         path: &Path,
@@ -150,6 +166,7 @@ impl Archiver<'_> {
                 && p.mtime_ns == ns(meta.mtime(), meta.mtime_nsec())
                 && p.ctime_ns == ns(meta.ctime(), meta.ctime_nsec())
                 && p.inode == meta.ino()
+                && !self.racy(p)
                 && p.chunks().all(|c| self.repo.index().contains(&c.0));
             if same {
                 self.files_unmodified.fetch_add(1, Ordering::Relaxed);
