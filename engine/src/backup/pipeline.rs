@@ -147,9 +147,21 @@ fn racy_from(parent: Option<&Snapshot>) -> i64 {
     parent.map_or(i64::MAX, |p| {
         let end = i64::try_from(p.time.as_nanosecond()).unwrap_or(i64::MAX);
         let took = (p.summary.duration_s.max(0.0) * 1e9) as i64;
-        end.saturating_sub(took)
+        // Read through a native snapshot, the parent saw the volume as of
+        // the snapshot's making, before its read began (the snapshot made,
+        // a view opened: a clone mounted on zfs-fuse takes seconds).
+        let frozen_earlier = match &p.source_snapshot {
+            Some(n) => ((n.create_s.max(0.0) * 1e9) as i64).saturating_add(NATIVE_OPEN_NS),
+            None => 0,
+        };
+        end.saturating_sub(took).saturating_sub(frozen_earlier)
     })
 }
+
+/// How long opening a native snapshot for reading may take at most, for
+/// [`racy_from`]: a generous bound, since it only widens what is read again
+/// once.
+const NATIVE_OPEN_NS: i64 = 30_000_000_000;
 
 /// Takes a snapshot of the folder `path` into `repo`: [`store`] then
 /// [`PendingSnapshot::commit`], which adds the new packs to `repo`'s index.
