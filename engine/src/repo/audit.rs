@@ -96,6 +96,31 @@ pub struct Entry {
     /// restore to its end (absent in entries older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto_seconds: Option<f64>,
+    /// For `audit forget`: what numbers derived from the trail (metrics)
+    /// took from the entries it removed, so removing them changes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried: Option<Carried>,
+}
+
+/// What an `audit forget` entry carries forward of the entries it removed
+/// (and of the forget entries among them): the failed snapshot runs per
+/// source and host, and the newest removed `snapshot` entry of each source
+/// and host, `check` and `drill` entry, as they were.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Carried {
+    #[serde(default)]
+    pub failures: Vec<SourceFailures>,
+    /// Copies with `parents`, `forgotten` and `carried` emptied.
+    #[serde(default)]
+    pub latest: Vec<Entry>,
+}
+
+/// Snapshot runs of one source on one host that ended failed or interrupted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFailures {
+    pub source: String,
+    pub host: String,
+    pub count: u64,
 }
 
 impl Entry {
@@ -119,6 +144,7 @@ impl Entry {
             parents: Vec::new(),
             forgotten: Vec::new(),
             rto_seconds: None,
+            carried: None,
         }
     }
 }
@@ -239,6 +265,107 @@ pub fn record(repo: &Repository, mut entry: Entry) -> Result<String> {
     Ok(id)
 }
 
+/// The operations whose newest entry numbers derived from the trail use.
+const TRACKED: [&str; 3] = ["snapshot", "check", "drill"];
+
+/// The trail as numbers derived from it see it, the entries `audit forget`
+/// removed included: what forget entries carried forward plus the entries
+/// present. A counter derived from it never goes down.
+#[derive(Debug, Default, PartialEq)]
+pub struct History {
+    /// Failed or interrupted `snapshot` runs per (source, host).
+    pub failures: BTreeMap<(String, String), u64>,
+    /// The newest entry per (operation, source, host) of the operations
+    /// `snapshot` (per source and host), `check` and `drill` (source and
+    /// host empty), with `parents`, `forgotten` and `carried` emptied.
+    pub latest: BTreeMap<(String, String, String), Entry>,
+}
+
+impl History {
+    fn consider(&mut self, e: &Entry) {
+        if !TRACKED.contains(&e.operation.as_str()) {
+            return;
+        }
+        let key = if e.operation == "snapshot" {
+            let Some(source) = &e.source else { return };
+            (e.operation.clone(), source.clone(), e.host.clone())
+        } else {
+            (e.operation.clone(), String::new(), String::new())
+        };
+        if self.latest.get(&key).is_none_or(|old| old.time <= e.time) {
+            let mut e = e.clone();
+            e.parents.clear();
+            e.forgotten.clear();
+            e.carried = None;
+            self.latest.insert(key, e);
+        }
+    }
+
+    fn into_carried(self) -> Option<Carried> {
+        let c = Carried {
+            failures: self
+                .failures
+                .into_iter()
+                .map(|((source, host), count)| SourceFailures {
+                    source,
+                    host,
+                    count,
+                })
+                .collect(),
+            latest: self.latest.into_values().collect(),
+        };
+        (c != Carried::default()).then_some(c)
+    }
+}
+
+/// Ids a present `audit forget` entry lists as removed. One still present
+/// outlived an interrupted forget, which already carries what it counts.
+fn accounted(trail: &Trail) -> BTreeSet<&str> {
+    trail
+        .entries
+        .values()
+        .filter(|e| e.operation == FORGET_OPERATION)
+        .flat_map(|e| e.forgotten.iter().map(String::as_str))
+        .collect()
+}
+
+fn summarize<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Entry)>,
+    accounted: &BTreeSet<&str>,
+) -> History {
+    let mut h = History::default();
+    for (id, e) in entries {
+        if accounted.contains(id.as_str()) {
+            // Outlived the forget that removed it, which carries it.
+        } else if e.operation == FORGET_OPERATION {
+            for c in e.carried.iter() {
+                for f in &c.failures {
+                    *h.failures
+                        .entry((f.source.clone(), f.host.clone()))
+                        .or_default() += f.count;
+                }
+                c.latest.iter().for_each(|l| h.consider(l));
+            }
+        } else {
+            if e.operation == "snapshot"
+                && e.outcome != Outcome::Ok
+                && let Some(source) = &e.source
+            {
+                *h.failures
+                    .entry((source.clone(), e.host.clone()))
+                    .or_default() += 1;
+            }
+            h.consider(e);
+        }
+    }
+    h
+}
+
+/// The run history of the whole trail, removed entries included.
+pub fn history(trail: &Trail) -> History {
+    summarize(trail.entries.iter(), &accounted(trail))
+}
+
 /// One problem [`verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -261,12 +388,7 @@ pub fn verify(trail: &Trail) -> Vec<Problem> {
             detail: e.clone(),
         })
         .collect();
-    let forgotten: BTreeSet<&str> = trail
-        .entries
-        .values()
-        .filter(|e| e.operation == FORGET_OPERATION)
-        .flat_map(|e| e.forgotten.iter().map(String::as_str))
-        .collect();
+    let forgotten = accounted(trail);
     let damaged: BTreeSet<&str> = trail.damaged.iter().map(|(i, _)| i.as_str()).collect();
     for (id, e) in trail.sorted() {
         for p in &e.parents {
@@ -288,8 +410,9 @@ pub fn verify(trail: &Trail) -> Vec<Problem> {
 
 /// Removes entries older than `cutoff`, after writing an entry of
 /// operation [`FORGET_OPERATION`] that lists them (so [`verify`] knows the
-/// gap is intended). Returns the ids removed. Entries that cannot be read
-/// are kept.
+/// gap is intended) and carries what [`history`] took from them (so
+/// metrics do not change). Returns the ids removed. Entries that cannot be
+/// read are kept.
 pub fn forget_older_than(
     repo: &Repository,
     cutoff: Timestamp,
@@ -304,6 +427,11 @@ pub fn forget_older_than(
         .collect();
     entry.operation = FORGET_OPERATION.into();
     entry.forgotten = old.clone();
+    entry.carried = summarize(
+        old.iter().map(|id| (id, &trail.entries[id])),
+        &accounted(&trail),
+    )
+    .into_carried();
     // Earlier forget entries' lists are carried forward, so removing an old
     // forget entry does not turn what it removed into a gap.
     for e in trail.entries.values() {
@@ -419,5 +547,71 @@ mod tests {
         let t = read(&r).unwrap();
         assert_eq!(t.entries.len(), 1);
         assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+    }
+
+    fn failed(source: &str, t: i64) -> Entry {
+        let mut e = entry("snapshot", t);
+        e.outcome = Outcome::Failed;
+        e.source = Some(source.into());
+        e
+    }
+
+    #[test]
+    fn history_survives_forget_of_everything_and_a_forget_of_the_forget() {
+        let r = repo(true);
+        record(&r, failed("/a", 100)).unwrap();
+        record(&r, failed("/a", 110)).unwrap();
+        record(&r, failed("/b", 120)).unwrap();
+        let mut ok = entry("snapshot", 130);
+        ok.source = Some("/b".into());
+        record(&r, ok).unwrap();
+        record(&r, entry("check", 140)).unwrap();
+        let mut drill = entry("drill", 150);
+        drill.rto_seconds = Some(2.5);
+        record(&r, drill).unwrap();
+        let before = history(&read(&r).unwrap());
+        let host = crate::repo::host::hostname();
+        assert_eq!(before.failures[&("/a".into(), host.clone())], 2);
+        assert_eq!(before.failures[&("/b".into(), host.clone())], 1);
+        assert_eq!(before.latest.len(), 4, "{:?}", before.latest.keys());
+        forget_older_than(&r, Timestamp::from_second(200).unwrap(), entry("x", 300)).unwrap();
+        let t = read(&r).unwrap();
+        assert_eq!(t.entries.len(), 1);
+        assert_eq!(history(&t), before);
+        assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+        // New failures add to the carried ones; a second forget that also
+        // removes the first forget entry keeps every count.
+        record(&r, failed("/a", 400)).unwrap();
+        forget_older_than(&r, Timestamp::from_second(450).unwrap(), entry("x", 500)).unwrap();
+        let t = read(&r).unwrap();
+        assert_eq!(t.entries.len(), 1);
+        let after = history(&t);
+        assert_eq!(after.failures[&("/a".into(), host.clone())], 3);
+        assert_eq!(after.failures[&("/b".into(), host.clone())], 1);
+        let newest_a = &after.latest[&("snapshot".into(), "/a".into(), host)];
+        assert_eq!(newest_a.time, Timestamp::from_second(400).unwrap());
+        assert_eq!(
+            after.latest[&("drill".into(), String::new(), String::new())].rto_seconds,
+            Some(2.5)
+        );
+        assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+    }
+
+    #[test]
+    fn an_interrupted_forget_counts_nothing_twice() {
+        let r = repo(false);
+        let a = record(&r, failed("/a", 100)).unwrap();
+        record(&r, failed("/a", 110)).unwrap();
+        let before = history(&read(&r).unwrap());
+        let key = ObjectKey::new(ObjectKind::Audit, &a);
+        let bytes = r.backend().get(&key).unwrap();
+        forget_older_than(&r, Timestamp::from_second(200).unwrap(), entry("x", 300)).unwrap();
+        // Put one removed entry back, as if the forget died before deleting
+        // it: it is counted once, and a later forget does not count it again.
+        r.backend().put(&key, &bytes).unwrap();
+        assert_eq!(read(&r).unwrap().entries.len(), 2);
+        assert_eq!(history(&read(&r).unwrap()), before);
+        forget_older_than(&r, Timestamp::from_second(350).unwrap(), entry("x", 400)).unwrap();
+        assert_eq!(history(&read(&r).unwrap()), before);
     }
 }
