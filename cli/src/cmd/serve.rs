@@ -154,6 +154,15 @@ pub fn metrics_text(ctx: &Context) -> Result<String> {
     Ok(out)
 }
 
+/// This node's name: `PVSNAP_NODE` (the DaemonSet sets it from the
+/// downward API), else the host name snapshots record.
+fn node_name() -> String {
+    std::env::var("PVSNAP_NODE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(pvsnap_engine::repo::hostname_public)
+}
+
 pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
     if args.listen.is_none() && args.schedule.is_none() {
         bail!(
@@ -174,7 +183,10 @@ pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
                         path.display()
                     )
                 })?;
-            Some(s)
+            Some(Schedule {
+                node: node_name(),
+                ..s
+            })
         }
         None => None,
     };
@@ -186,7 +198,7 @@ pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
             let next = j
                 .cron
                 .next_after(now, &sch.time_zone)
-                .map(|slot| schedule::start_time(j, slot).to_string())
+                .map(|slot| schedule::start_time(j, &sch.node, slot).to_string())
                 .unwrap_or_else(|| "never".into());
             println!("job {}: next {next}: pvsnap {}", j.name, j.args.join(" "));
         }
@@ -267,10 +279,7 @@ fn run_schedule(
         tails: tails.clone(),
         terminate,
     };
-    let host = std::env::var("PVSNAP_NODE")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(pvsnap_engine::repo::hostname_public);
+    let host = sch.node.clone();
     let jobs: BTreeMap<&str, &schedule::Job> =
         sch.jobs.iter().map(|j| (j.name.as_str(), j)).collect();
     let mut started: BTreeMap<String, Timestamp> = BTreeMap::new();
