@@ -366,3 +366,92 @@ fn jobs_of_one_group_never_overlap() {
         "one snapshot a run"
     );
 }
+
+#[test]
+fn a_job_that_outlives_the_stop_timeout_is_killed_and_recorded_as_failed() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), b"hello").unwrap();
+    let marker = env.path("hook-started");
+    // A pre hook that ignores SIGTERM and takes long: the job cannot end
+    // within --stop-timeout. The pid of the job (the pvsnap child) is the
+    // hook's parent.
+    let hook = format!("trap '' TERM; echo $PPID > {}; sleep 30", marker.display());
+    let schedule = env.path("schedule.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[[job]]\nname = \"stuck\"\ncron = \"* * * * *\"\nargs = [\"snapshot\", \"{}\", \"--pre-hook\", {}]\n",
+            data.display(),
+            serde_json::to_string(&hook).unwrap()
+        ),
+    )
+    .unwrap();
+    let state = env.path("state.json");
+    state_due(&state, &["stuck"]);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--schedule",
+            schedule.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--stop-timeout",
+            "1s",
+        ],
+    );
+    serve.wait_for("job stuck started", 120);
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&marker).map_or(true, |s| s.trim().is_empty()) {
+        assert!(
+            Instant::now() < end,
+            "the hook never ran:\n{}",
+            serve.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let job_pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t = Instant::now();
+    let (status, err) = serve.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "serve waited for the job: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        err.contains("job stuck still ran 1s after SIGTERM (--stop-timeout): killed"),
+        "{err}"
+    );
+    // The job's process is gone (kill(pid, 0) fails: no such process).
+    // SAFETY: signal 0 only checks that the pid exists.
+    let alive = unsafe { libc::kill(job_pid, 0) } == 0;
+    assert!(!alive, "the job's process {job_pid} still runs");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["stuck"]["failures"], 1, "{saved}");
+    assert_eq!(saved["stuck"]["last_outcome"]["killed"], true, "{saved}");
+    let audit: Vec<serde_json::Value> = serde_json::from_slice(
+        &env.ok(&["audit", "--json", "--operation", "snapshot"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["outcome"], "failed");
+    assert_eq!(
+        audit[0]["source"],
+        std::fs::canonicalize(&data).unwrap().to_str().unwrap()
+    );
+    assert!(
+        audit[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("killed by pvsnap serve"),
+        "{audit:?}"
+    );
+}

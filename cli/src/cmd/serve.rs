@@ -278,6 +278,7 @@ fn run_schedule(
         global: global_args(cli),
         tails: tails.clone(),
         terminate,
+        kill: kill_group,
     };
     let host = sch.node.clone();
     let jobs: BTreeMap<&str, &schedule::Job> =
@@ -294,13 +295,21 @@ fn run_schedule(
             }
             Event::Finished { job, outcome } => {
                 s.running.remove(job);
-                let code = outcome
-                    .code
-                    .map_or_else(|| "killed by a signal".into(), |c| format!("exit code {c}"));
-                eprintln!("pvsnap serve: job {job} ended: {code}");
                 let Some(j) = jobs.get(job.as_str()) else {
                     return;
                 };
+                if outcome.killed {
+                    eprintln!(
+                        "pvsnap serve: job {job} still ran {} after SIGTERM (--stop-timeout): killed (SIGKILL to its process group); recorded as failed",
+                        crate::progress::duration(args.stop_timeout)
+                    );
+                    record_killed(cli, j, args.stop_timeout);
+                } else {
+                    let code = outcome
+                        .code
+                        .map_or_else(|| "killed by a signal".into(), |c| format!("exit code {c}"));
+                    eprintln!("pvsnap serve: job {job} ended: {code}");
+                }
                 let failed = outcome.code != Some(0);
                 let url = j.notify.as_ref().or(args.notify.as_ref());
                 if let Some(url) = url
@@ -346,6 +355,81 @@ fn run_schedule(
     );
     ctx.status.lock().expect("status").heartbeat = None;
     result.map_err(anyhow::Error::msg)
+}
+
+/// SIGKILL to the process group a job leads (`ProcessRunner` starts each
+/// job as the leader of its own group).
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with the negated pid of a child this process started
+    // with its own process group and has not reaped yet.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+    }
+}
+
+/// Writes the audit entry a killed job could not write itself: the
+/// operation its command line records (one entry per source for a
+/// snapshot, as `snapshot` writes them), `interrupted`, with the reason.
+/// A failure is said on stderr, never fatal: serve is stopping.
+fn record_killed(cli: &Cli, job: &schedule::Job, timeout: Duration) {
+    use clap::Parser as _;
+    use pvsnap_engine::repo::audit::{self, Entry, Outcome};
+    let line = std::iter::once("pvsnap".to_string())
+        .chain(global_args(cli))
+        .chain(job.args.iter().cloned());
+    let Ok(parsed) = Cli::try_parse_from(line) else {
+        eprintln!(
+            "pvsnap serve: job {}: its arguments do not parse; no audit entry written",
+            job.name
+        );
+        return;
+    };
+    let Some(operation) = crate::audit::operation(&parsed.command) else {
+        return; // a command that records nothing
+    };
+    let sources: Vec<Option<String>> = match &parsed.command {
+        crate::Command::Snapshot(a) if !a.paths.is_empty() => a
+            .paths
+            .iter()
+            .map(|p| {
+                let s = p.to_string_lossy();
+                Some(if s.starts_with("pvc/") {
+                    s.into_owned()
+                } else {
+                    std::fs::canonicalize(p)
+                        .map(|c| c.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| absolute(p))
+                })
+            })
+            .collect(),
+        _ => vec![None],
+    };
+    let repo = match crate::repo::open(&parsed, false, false) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "pvsnap serve: job {}: cannot open the repository to record the kill in the audit trail: {e:#}",
+                job.name
+            );
+            return;
+        }
+    };
+    for source in sources {
+        let mut e = Entry::new(&operation, Outcome::Failed);
+        e.source = source;
+        e.args = job.args.clone();
+        e.error = Some(format!(
+            "killed by pvsnap serve: job {} still ran {} after SIGTERM (--stop-timeout)",
+            job.name,
+            crate::progress::duration(timeout)
+        ));
+        if let Err(err) = audit::record(&repo, e) {
+            eprintln!(
+                "pvsnap serve: job {}: could not record the kill in the audit trail: {err}",
+                job.name
+            );
+        }
+    }
 }
 
 /// SIGTERM to a job's process.

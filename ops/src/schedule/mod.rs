@@ -185,6 +185,8 @@ pub trait Running {
     fn poll(&mut self) -> Option<Outcome>;
     /// Asks it to stop cleanly (SIGTERM: a snapshot checkpoints).
     fn stop(&mut self);
+    /// Ends it by force (SIGKILL to its process group) and waits for it.
+    fn kill(&mut self) -> Outcome;
 }
 
 /// How a run ended.
@@ -192,6 +194,19 @@ pub trait Running {
 pub struct Outcome {
     /// The exit code; `None` when killed by a signal.
     pub code: Option<i32>,
+    /// The scheduler killed it: it still ran when the stop timeout ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub killed: bool,
+}
+
+impl Outcome {
+    /// A run that ended by itself with `code` (`None`: by a signal).
+    pub fn exited(code: Option<i32>) -> Outcome {
+        Outcome {
+            code,
+            killed: false,
+        }
+    }
 }
 
 /// What the scheduler remembers across restarts, per job.
@@ -402,6 +417,28 @@ impl Scheduler {
             .iter()
             .filter_map(|l| l.next.map(|s| start_time(&l.job, &self.node, s)))
             .min()
+    }
+
+    /// Ends every job still running by force (the stop timeout passed):
+    /// each is killed and its run counted as failed, with `killed` set.
+    pub fn kill_running(&mut self) -> Vec<Event> {
+        let mut events = vec![];
+        for l in &mut self.jobs {
+            if let Some(mut r) = l.running.take() {
+                let outcome = Outcome {
+                    killed: true,
+                    ..r.kill()
+                };
+                l.state.runs += 1;
+                l.state.failures += 1;
+                l.state.last_outcome = Some(outcome.clone());
+                events.push(Event::Finished {
+                    job: l.job.name.clone(),
+                    outcome,
+                });
+            }
+        }
+        events
     }
 
     /// Asks every running job to stop (SIGTERM to the scheduler).

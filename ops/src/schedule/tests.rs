@@ -36,12 +36,13 @@ struct SimRun {
 
 impl Running for SimRun {
     fn poll(&mut self) -> Option<Outcome> {
-        (*self.clock.borrow() >= self.ends).then_some(Outcome {
-            code: Some(self.code),
-        })
+        (*self.clock.borrow() >= self.ends).then_some(Outcome::exited(Some(self.code)))
     }
     fn stop(&mut self) {
         self.ends = *self.clock.borrow();
+    }
+    fn kill(&mut self) -> Outcome {
+        Outcome::exited(None)
     }
 }
 
@@ -297,7 +298,7 @@ fn the_state_file_round_trips_and_a_damaged_one_is_named() {
             runs: 3,
             failures: 1,
             missed: 2,
-            last_outcome: Some(Outcome { code: Some(0) }),
+            last_outcome: Some(Outcome::exited(Some(0))),
         },
     );
     save_state(&path, &st).unwrap();
@@ -355,4 +356,48 @@ fn jitter_differs_per_node_stays_in_bounds_and_survives_a_restart() {
     assert_eq!(starts_on("node-a", from, 40), a);
     let later = starts_on("node-a", a[10].0, 10);
     assert_eq!(later[..], a[11..21]);
+}
+
+/// A run that ignores SIGTERM.
+struct Stubborn;
+
+impl Running for Stubborn {
+    fn poll(&mut self) -> Option<Outcome> {
+        None
+    }
+    fn stop(&mut self) {}
+    fn kill(&mut self) -> Outcome {
+        Outcome::exited(None)
+    }
+}
+
+struct StubbornRunner;
+
+impl Runner for StubbornRunner {
+    fn start(&mut self, _: &Job, _: Timestamp) -> Box<dyn Running> {
+        Box::new(Stubborn)
+    }
+}
+
+#[test]
+fn a_run_still_going_after_stop_is_killed_and_counted_failed() {
+    let schedule = Schedule::parse(SCHEDULE, &parse_duration).unwrap();
+    let start = ts("2027-01-01T00:00:00Z");
+    let (mut s, _) = Scheduler::new(&schedule, &BTreeMap::new(), start);
+    s.tick(ts("2027-01-01T01:00:00Z"), &mut StubbornRunner);
+    assert!(s.busy());
+    s.stop_all();
+    assert!(s.tick_reap_only().is_empty() && s.busy());
+    let events = s.kill_running();
+    assert!(!s.busy());
+    assert!(!events.is_empty());
+    for e in &events {
+        let Event::Finished { job, outcome } = e else {
+            panic!("{e:?}")
+        };
+        assert!(outcome.killed, "{e:?}");
+        let st = &s.states()[job];
+        assert_eq!((st.runs, st.failures), (1, 1), "{job}: {st:?}");
+        assert_eq!(st.last_outcome.as_ref(), Some(outcome));
+    }
 }
