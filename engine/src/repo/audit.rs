@@ -100,6 +100,11 @@ pub struct Entry {
     /// took from the entries it removed, so removing them changes none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carried: Option<Carried>,
+    /// For an entry `copy` re-sealed for another repository's key: the ids
+    /// it had in the repositories it came from (oldest first). Parents and
+    /// `forgotten` lists name entries by those ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// What an `audit forget` entry carries forward of the entries it removed
@@ -145,6 +150,7 @@ impl Entry {
             forgotten: Vec::new(),
             rto_seconds: None,
             carried: None,
+            aliases: Vec::new(),
         }
     }
 }
@@ -224,11 +230,27 @@ impl Trail {
             .values()
             .flat_map(|e| e.parents.iter().map(String::as_str))
             .collect();
+        let aliases_named = |id: &str| {
+            self.entries
+                .get(id)
+                .is_some_and(|e| e.aliases.iter().any(|a| named.contains(a.as_str())))
+        };
         self.entries
             .keys()
             .chain(self.damaged.iter().map(|(id, _)| id))
-            .filter(|id| !named.contains(id.as_str()))
+            .filter(|id| !named.contains(id.as_str()) && !aliases_named(id))
             .cloned()
+            .collect()
+    }
+
+    /// Every id an entry of the trail is known by: its own, its aliases
+    /// (copied entries), and damaged objects' ids.
+    pub fn known_ids(&self) -> BTreeSet<&str> {
+        self.entries
+            .iter()
+            .flat_map(|(id, e)| std::iter::once(id).chain(&e.aliases))
+            .chain(self.damaged.iter().map(|(id, _)| id))
+            .map(String::as_str)
             .collect()
     }
 }
@@ -335,7 +357,10 @@ fn summarize<'a>(
 ) -> History {
     let mut h = History::default();
     for (id, e) in entries {
-        if accounted.contains(id.as_str()) {
+        if std::iter::once(id)
+            .chain(&e.aliases)
+            .any(|i| accounted.contains(i.as_str()))
+        {
             // Outlived the forget that removed it, which carries it.
         } else if e.operation == FORGET_OPERATION {
             for c in e.carried.iter() {
@@ -366,6 +391,56 @@ pub fn history(trail: &Trail) -> History {
     summarize(trail.entries.iter(), &accounted(trail))
 }
 
+/// What [`copy_to`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CopiedEntries {
+    /// Entries stored with their bytes and id unchanged.
+    pub verbatim: usize,
+    /// Entries the target's key could not open, re-sealed with it (a new
+    /// id; the old one kept in `aliases`).
+    pub resealed: usize,
+    /// Entries of the source that cannot be read (left behind; `audit
+    /// verify` on the source names them).
+    pub damaged: usize,
+}
+
+/// Copies the entries of `src`'s trail that `dst` lacks (by id or alias):
+/// byte for byte when `dst` can read them as they are (both unencrypted),
+/// else re-sealed with `dst`'s key, the source id added to `aliases`, so
+/// that parents and `forgotten` lists still resolve. Running it again
+/// copies nothing.
+pub fn copy_to(src: &Repository, dst: &Repository) -> Result<CopiedEntries> {
+    let from = read(src)?;
+    let to = read(dst)?;
+    let known = to.known_ids();
+    let mut done = CopiedEntries {
+        damaged: from.damaged.len(),
+        ..CopiedEntries::default()
+    };
+    for (id, e) in from.sorted() {
+        if std::iter::once(id)
+            .chain(&e.aliases)
+            .any(|i| known.contains(i.as_str()))
+        {
+            continue;
+        }
+        let bytes = src.backend().get(&ObjectKey::new(ObjectKind::Audit, id))?;
+        if decode(dst, id, &bytes).is_ok() {
+            dst.backend()
+                .put(&ObjectKey::new(ObjectKind::Audit, id), &bytes)?;
+            done.verbatim += 1;
+        } else {
+            let mut e = e.clone();
+            e.aliases.push(id.clone());
+            let (new_id, bytes) = encode(dst, &e);
+            dst.backend()
+                .put(&ObjectKey::new(ObjectKind::Audit, &new_id), &bytes)?;
+            done.resealed += 1;
+        }
+    }
+    Ok(done)
+}
+
 /// One problem [`verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -389,11 +464,11 @@ pub fn verify(trail: &Trail) -> Vec<Problem> {
         })
         .collect();
     let forgotten = accounted(trail);
-    let damaged: BTreeSet<&str> = trail.damaged.iter().map(|(i, _)| i.as_str()).collect();
+    let known = trail.known_ids();
     for (id, e) in trail.sorted() {
         for p in &e.parents {
             let p = p.as_str();
-            if !trail.entries.contains_key(p) && !damaged.contains(p) && !forgotten.contains(p) {
+            if !known.contains(p) && !forgotten.contains(p) {
                 problems.push(Problem {
                     kind: "gap",
                     id: p.to_string(),
@@ -613,5 +688,63 @@ mod tests {
         assert_eq!(history(&read(&r).unwrap()), before);
         forget_older_than(&r, Timestamp::from_second(350).unwrap(), entry("x", 400)).unwrap();
         assert_eq!(history(&read(&r).unwrap()), before);
+    }
+
+    #[test]
+    fn copy_keeps_ids_between_plain_repositories_reseals_otherwise_and_is_idempotent() {
+        for (src_enc, dst_enc) in [(false, false), (true, true), (false, true), (true, false)] {
+            let (src, dst) = (repo(src_enc), repo(dst_enc));
+            let a = record(&src, failed("/a", 100)).unwrap();
+            record(&src, entry("check", 200)).unwrap();
+            forget_older_than(&src, Timestamp::from_second(150).unwrap(), entry("x", 300)).unwrap();
+            record(&src, entry("drill", 400)).unwrap();
+            let own = record(&dst, entry("init", 50)).unwrap();
+            let done = copy_to(&src, &dst).unwrap();
+            let t = read(&dst).unwrap();
+            assert_eq!(t.entries.len(), 4, "{src_enc}->{dst_enc}");
+            let verbatim = !src_enc && !dst_enc;
+            assert_eq!(
+                (done.verbatim, done.resealed),
+                if verbatim { (3, 0) } else { (0, 3) }
+            );
+            let src_ids: BTreeSet<String> = read(&src).unwrap().entries.into_keys().collect();
+            if verbatim {
+                assert!(src_ids.iter().all(|id| t.entries.contains_key(id)));
+            } else {
+                let aliases: BTreeSet<String> =
+                    t.entries.values().flat_map(|e| e.aliases.clone()).collect();
+                assert_eq!(aliases, src_ids);
+            }
+            assert!(
+                verify(&t).is_empty(),
+                "{src_enc}->{dst_enc}: {:?}",
+                verify(&t)
+            );
+            // The forget's carry travels: the failure removed at the source counts.
+            let host = crate::repo::host::hostname();
+            assert_eq!(history(&t).failures[&("/a".into(), host)], 1);
+            assert!(!t.entries.contains_key(&a) || verbatim);
+            // Heads: the copied trail's newest and the target's own.
+            assert_eq!(t.heads().len(), 2, "{:?}", t.heads());
+            assert!(t.heads().contains(&own));
+            assert_eq!(copy_to(&src, &dst).unwrap(), CopiedEntries::default());
+            // The next entry joins both; still clean.
+            record(&dst, entry("prune", 500)).unwrap();
+            let t = read(&dst).unwrap();
+            assert_eq!(t.heads().len(), 1);
+            assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+            // Removing a copied middle entry is a gap the target reports.
+            let check = t
+                .entries
+                .iter()
+                .find(|(_, e)| e.operation == FORGET_OPERATION)
+                .map(|(id, _)| id.clone())
+                .unwrap();
+            dst.backend()
+                .delete(&ObjectKey::new(ObjectKind::Audit, &check))
+                .unwrap();
+            let p = verify(&read(&dst).unwrap());
+            assert!(p.iter().any(|p| p.kind == "gap"), "{p:?}");
+        }
     }
 }
