@@ -501,7 +501,12 @@ pub fn forget_older_than(
         .map(|(id, _)| id.clone())
         .collect();
     entry.operation = FORGET_OPERATION.into();
-    entry.forgotten = old.clone();
+    // With their aliases: copied entries' parents name them by those.
+    entry.forgotten = old
+        .iter()
+        .flat_map(|id| std::iter::once(id).chain(&trail.entries[id].aliases))
+        .cloned()
+        .collect();
     entry.carried = summarize(
         old.iter().map(|id| (id, &trail.entries[id])),
         &accounted(&trail),
@@ -733,6 +738,20 @@ mod tests {
             let t = read(&dst).unwrap();
             assert_eq!(t.heads().len(), 1);
             assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+            // A forget at the target of the oldest copied entry leaves no gap.
+            let dst2 = repo(dst_enc);
+            copy_to(&src, &dst2).unwrap();
+            record(&dst2, entry("prune", 500)).unwrap();
+            forget_older_than(&dst2, Timestamp::from_second(350).unwrap(), entry("x", 600))
+                .unwrap();
+            let t2 = read(&dst2).unwrap();
+            assert_eq!(t2.entries.len(), 3, "drill, prune, the new forget");
+            assert!(
+                verify(&t2).is_empty(),
+                "{src_enc}->{dst_enc}: {:?}",
+                verify(&t2)
+            );
+            assert_eq!(history(&t2).failures.values().sum::<u64>(), 1);
             // Removing a copied middle entry is a gap the target reports.
             let check = t
                 .entries
