@@ -207,6 +207,12 @@ type Received = (Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>);
 /// A receiver that answers 500 to the first `fail` requests, then 200,
 /// keeping the bodies it accepted.
 fn receiver(fail: usize) -> (String, Received) {
+    receiver_gated(move |n| n > fail)
+}
+
+/// A receiver that accepts the `n`th request (from 1) when `accept(n)`,
+/// else answers 500.
+fn receiver_gated(accept: impl Fn(usize) -> bool + Send + 'static) -> (String, Received) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     let got = Arc::new(Mutex::new(vec![]));
@@ -233,7 +239,7 @@ fn receiver(fail: usize) -> (String, Received) {
                 *t += 1;
                 *t
             };
-            if n <= fail {
+            if !accept(n) {
                 let _ = c.write_all(
                     b"HTTP/1.1 500 Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 );
@@ -453,5 +459,78 @@ fn a_job_that_outlives_the_stop_timeout_is_killed_and_recorded_as_failed() {
             .unwrap()
             .contains("killed by pvsnap serve"),
         "{audit:?}"
+    );
+}
+
+#[test]
+fn a_restarted_serve_delivers_what_the_last_one_left_in_the_outbox() {
+    let env = Env::new();
+    env.init();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = open.clone();
+    let (url, (got, tries)) =
+        receiver_gated(move |_| gate.load(std::sync::atomic::Ordering::SeqCst));
+    let schedule = env.path("schedule.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[[job]]\nname = \"broken\"\ncron = \"* * * * *\"\nargs = [\"snapshot\", \"{}\"]\n",
+            env.path("no-such-folder").display()
+        ),
+    )
+    .unwrap();
+    let state = env.path("st/state.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    state_due(&state, &["broken"]);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--schedule",
+            schedule.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--notify",
+            &url,
+        ],
+    );
+    serve.wait_for("job broken ended: exit code", 120);
+    serve.wait_for("trying again in", 60);
+    let (status, err) = serve.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(got.lock().unwrap().is_empty());
+    let outbox = env.path("st/outbox");
+    assert_eq!(std::fs::read_dir(&outbox).unwrap().count(), 1, "{err}");
+    let refused = *tries.lock().unwrap();
+    assert!(refused >= 1);
+    // The receiver works again; serve restarts with no schedule and no
+    // --notify at all: what waits in the outbox still goes out.
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    serve.wait_for("1 notification(s) left from a previous run", 60);
+    let end = Instant::now() + Duration::from_secs(60);
+    while got.lock().unwrap().is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, err) = serve.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "delivered once after the restart:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(
+        (v["event"].as_str(), v["job"].as_str()),
+        (Some("job_failed"), Some("broken"))
+    );
+    assert_eq!(
+        std::fs::read_dir(&outbox).unwrap().count(),
+        0,
+        "the outbox is empty"
     );
 }

@@ -238,7 +238,17 @@ pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
         std::thread::spawn(move || serve_http(listener, &ctx));
     }
     let outbox = Outbox::new(outbox_dir(&state_file));
-    let any_notify = args.notify.is_some()
+    // Notifications a previous run left undelivered go out even when this
+    // run notifies nothing new.
+    let pending = outbox.pending();
+    if pending > 0 {
+        eprintln!(
+            "pvsnap serve: {pending} notification(s) left from a previous run in {}: delivering",
+            outbox.dir().display()
+        );
+    }
+    let any_notify = pending > 0
+        || args.notify.is_some()
         || schedule
             .iter()
             .flat_map(|s| &s.jobs)
