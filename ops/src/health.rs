@@ -8,7 +8,9 @@
 //!   added bytes, size; the native snapshot's `usage`, the last LVM usage
 //!   the read's watch saw, FORMAT.md `source_snapshot`);
 //! - runs, failed ones included (a run that wrote nothing still has an
-//!   entry): the audit trail's `snapshot` entries, one per source;
+//!   entry): the audit trail's `snapshot` entries, one per source, and what
+//!   `audit forget` entries carried of the ones they removed
+//!   (`audit::history`), so the failure counter never goes down;
 //! - check and drill: the newest `check` and `drill` audit entries (a
 //!   drill entry carries `rto_seconds`);
 //! - sizes: the object listing (stored) and the index (raw); free bytes by
@@ -203,19 +205,24 @@ pub fn gather(repo: &IndexedRepository, local: Option<&Path>) -> Result<Health> 
         h.size_trend_bytes.drain(..n.saturating_sub(TREND_LEN));
     }
 
+    // The history counts what `audit forget` removed too: a counter never
+    // goes down.
+    let history = audit::history(&trail);
+    for ((source, host), n) in &history.failures {
+        sources
+            .entry((source.clone(), host.clone()))
+            .or_insert_with(|| blank(source, host))
+            .failures = *n;
+    }
     let mut last_check: Option<Run> = None;
     let mut last_drill: Option<Drill> = None;
-    for (_, e) in trail.sorted() {
-        match e.operation.as_str() {
+    for ((operation, source, host), e) in &history.latest {
+        match operation.as_str() {
             "snapshot" => {
-                let Some(source) = &e.source else { continue };
-                let h = sources
-                    .entry((source.clone(), e.host.clone()))
-                    .or_insert_with(|| blank(source, &e.host));
-                if e.outcome != Outcome::Ok {
-                    h.failures += 1;
-                }
-                h.last_run = Some(run_of(e));
+                sources
+                    .entry((source.clone(), host.clone()))
+                    .or_insert_with(|| blank(source, host))
+                    .last_run = Some(run_of(e));
             }
             "check" => last_check = Some(run_of(e)),
             "drill" => {

@@ -459,3 +459,101 @@ fn limit_upload_paces_the_copy() {
     assert!(sent > 3 << 20, "{j}");
     assert!(j["duration_s"].as_f64().unwrap() >= 2.5, "{j}");
 }
+
+/// `audit --json` of a repository, as (operation, source, outcome, time).
+fn trail(out: Output) -> Vec<(String, String, String, String)> {
+    let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut t: Vec<_> = v
+        .iter()
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap().to_string(),
+                e["source"].as_str().unwrap_or("").to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+                e["time"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn audit_entries_travel_with_copy_once_and_verify_clean() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("data");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"content").unwrap();
+    env.snapshot(&src, &[]);
+    crate::util::code(
+        &env,
+        &["snapshot", env.path("missing").to_str().unwrap()],
+        1,
+    );
+    env.ok(&["check"]);
+    assert_eq!(trail(env.ok(&["audit", "--json"])).len(), 3);
+    for (name, password) in [("plain", None), ("sealed", Some("other secret"))] {
+        // The second target also gets the first one's copy entries.
+        let source_trail = trail(env.ok(&["audit", "--json"]));
+        let source_ids: Vec<String> =
+            serde_json::from_slice::<Vec<Value>>(&env.ok(&["audit", "--json"]).stdout)
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect();
+        let t = Target::new(&env, name, password, &[]);
+        let j = copy(&env, None, &t.to_args());
+        let copied = &j["audit_entries"];
+        let target_ids: Vec<String> =
+            serde_json::from_slice::<Vec<Value>>(&t.ok(&["audit", "--json"]).stdout)
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect();
+        // The source's entries (the copy's own is written after it, to the
+        // source) are all in the target's trail.
+        let there = trail(t.ok(&["audit", "--json"]));
+        for e in &source_trail {
+            assert!(there.contains(e), "{name}: {e:?} not in {there:?}");
+        }
+        if password.is_none() {
+            assert_eq!(copied["verbatim"], source_ids.len(), "{name}: {j}");
+            for id in &source_ids {
+                assert!(target_ids.contains(id), "{name}: id {id} changed");
+            }
+        } else {
+            assert_eq!(copied["resealed"], source_ids.len(), "{name}: {j}");
+        }
+        // The failure counts in the target's metrics too.
+        let m = String::from_utf8(t.ok(&["metrics"]).stdout).unwrap();
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("pvsnap_snapshot_failures_total{")
+                    && l.contains("missing")
+                    && l.ends_with(" 1")),
+            "{name}: {m}"
+        );
+        let v = t.ok(&["audit", "verify"]);
+        assert!(
+            String::from_utf8_lossy(&v.stdout).contains("intact"),
+            "{name}: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+        // Again: the source's trail now has one more entry (the first
+        // copy's), which is all that travels.
+        let before = there.len();
+        let j = copy(&env, None, &t.to_args());
+        let n = j["audit_entries"]["verbatim"].as_u64().unwrap()
+            + j["audit_entries"]["resealed"].as_u64().unwrap();
+        assert_eq!(n, 1, "{name}: only the first copy's own entry: {j}");
+        let after = trail(t.ok(&["audit", "--json"]));
+        assert_eq!(after.len(), before + n as usize, "{name}");
+        // Nothing new at the source but the last copy's entry: one more.
+        let j = copy(&env, None, &t.to_args());
+        let n = j["audit_entries"]["verbatim"].as_u64().unwrap()
+            + j["audit_entries"]["resealed"].as_u64().unwrap();
+        assert_eq!((n, j["snapshots_copied"].as_u64()), (1, Some(0)), "{j}");
+        t.ok(&["audit", "verify"]);
+    }
+}

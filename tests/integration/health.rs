@@ -373,3 +373,45 @@ fn status_answers_quickly_for_a_thousand_snapshots() {
     eprintln!("status over 1,000 snapshots took {took:?} (debug build)");
     assert_eq!(v["repository"]["snapshots"], 1000);
 }
+
+#[test]
+fn audit_forget_leaves_the_failure_counter_and_last_runs_alone() {
+    let env = Env::new();
+    env.init();
+    let missing = env.path("missing");
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"some content").unwrap();
+    code(&env, &["snapshot", missing.to_str().unwrap()], 1);
+    code(&env, &["snapshot", missing.to_str().unwrap()], 1);
+    env.snapshot(&src, &[]);
+    env.ok(&["check"]);
+    let trail = [
+        "pvsnap_snapshot_failures_total",
+        "pvsnap_last_snapshot_success",
+        "pvsnap_last_check_timestamp_seconds",
+        "pvsnap_last_check_success",
+    ];
+    let pick = |m: &BTreeMap<(String, BTreeMap<String, String>), f64>| {
+        m.iter()
+            .filter(|((n, _), _)| trail.contains(&n.as_str()))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = pick(&metrics(&env));
+    let s = Some(missing.to_str().unwrap());
+    assert_eq!(value(&before, "pvsnap_snapshot_failures_total", s), 2.0);
+    assert!(value(&before, "pvsnap_last_check_timestamp_seconds", None) > 1.7e9);
+    env.ok(&["audit", "forget", "--older-than", "0"]);
+    let e: Vec<serde_json::Value> =
+        serde_json::from_slice(&env.ok(&["audit", "--json"]).stdout).unwrap();
+    assert_eq!(e.len(), 1, "only the forget entry is left: {e:?}");
+    assert_eq!(pick(&metrics(&env)), before);
+    // A new failure counts on from there, and a second forget (removing the
+    // first forget entry) still keeps it.
+    code(&env, &["snapshot", missing.to_str().unwrap()], 1);
+    env.ok(&["audit", "forget", "--older-than", "0"]);
+    let after = metrics(&env);
+    assert_eq!(value(&after, "pvsnap_snapshot_failures_total", s), 3.0);
+    assert!(stdout(&env.ok(&["audit", "verify"])).contains("intact"));
+}

@@ -492,3 +492,66 @@ fn two_inits_racing_on_one_prefix_make_one_repository() {
         );
     }
 }
+
+/// `forget` → trash → `undelete` → restore, then emptied by `prune
+/// --keep-deleted 0`, in a bucket (the trash entry's name carries the
+/// storage's clock, `Backend::now`, which S3 gives by a request).
+#[test]
+fn undelete_brings_a_forgotten_snapshot_back_from_a_bucket() {
+    let Some((env, _proxy, _bucket)) = s3_env("trash/repo") else {
+        return;
+    };
+    std::fs::write(env.path("pw"), "pw\n").unwrap();
+    let pw = env.path("pw");
+    let pw = pw.to_str().unwrap();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), util::noise(5, 300_000)).unwrap();
+    ok(&env, &["--password-file", pw, "init", "--encryption"]);
+    let first = snapshot_id(&env, src.to_str().unwrap());
+    std::fs::write(src.join("g"), b"later").unwrap();
+    snapshot_id(&env, src.to_str().unwrap());
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["--password-file", pw];
+        a.extend_from_slice(args);
+        serde_json::from_slice(&ok(&env, &a).stdout).unwrap()
+    };
+    json(&["forget", &first, "--json"]);
+    assert_eq!(json(&["snapshots", "--json"]).as_array().unwrap().len(), 1);
+    let trash = json(&["snapshots", "--deleted", "--json"]);
+    assert_eq!(trash[0]["id"].as_str(), Some(first.as_str()), "{trash}");
+    let expires: jiff::Timestamp = trash[0]["expires"].as_str().unwrap().parse().unwrap();
+    assert!(expires > jiff::Timestamp::now(), "{trash}");
+    json(&["prune", "--json", "--grace", "0"]);
+    ok(&env, &["--password-file", pw, "undelete", &first[..8]]);
+    assert_eq!(json(&["snapshots", "--json"]).as_array().unwrap().len(), 2);
+    let back = env.path("back");
+    ok(
+        &env,
+        &[
+            "--password-file",
+            pw,
+            "restore",
+            &first,
+            "--target",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(back.join("f")).unwrap(),
+        util::noise(5, 300_000)
+    );
+    assert!(!back.join("g").exists());
+    // Emptied: gone for good, and undelete says so.
+    json(&["forget", &first, "--json"]);
+    json(&["prune", "--json", "--grace", "0", "--keep-deleted", "0"]);
+    assert!(
+        json(&["snapshots", "--deleted", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let err = fails(&env, KEY, &["--password-file", pw, "undelete", &first]);
+    assert!(err.contains("gone"), "{err}");
+    ok(&env, &["--password-file", pw, "check", "--read-data"]);
+}

@@ -2,8 +2,11 @@
 //! /metrics answer, SIGTERM stops it cleanly, failures are notified.
 //!
 //! Cron has minutes as its finest field, so the jobs here are made due at
-//! start through catch-up: the state file says their last run was a few
-//! minutes ago, and the slot missed since is run at once.
+//! start through catch-up: the state file says their last run was two
+//! hours ago, and the newest slot missed since (within the hour: the
+//! default catch-up) is run at once. Jobs that must run exactly once are
+//! hourly (`0 * * * *`), so that a minute turning during the test does not
+//! start them again.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -102,10 +105,10 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// A state file whose jobs last ran three minutes ago: with `* * * * *`
-/// the slot since is due at start.
+/// A state file whose jobs last ran two hours ago: with `0 * * * *` (or
+/// any more frequent cron) the newest slot since is due at start.
 fn state_due(path: &Path, jobs: &[&str]) {
-    let then = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(180);
+    let then = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(7200);
     let mut m = serde_json::Map::new();
     for j in jobs {
         m.insert(
@@ -127,7 +130,7 @@ fn serve_runs_a_due_job_answers_health_and_metrics_and_stops_on_sigterm() {
     std::fs::write(
         &schedule,
         format!(
-            "[[job]]\nname = \"snap\"\ncron = \"* * * * *\"\nargs = [\"snapshot\", \"{}\", \"--tag\", \"served\"]\n",
+            "[[job]]\nname = \"snap\"\ncron = \"0 * * * *\"\nargs = [\"snapshot\", \"{}\", \"--tag\", \"served\"]\n",
             data.display()
         ),
     )
@@ -207,6 +210,12 @@ type Received = (Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>);
 /// A receiver that answers 500 to the first `fail` requests, then 200,
 /// keeping the bodies it accepted.
 fn receiver(fail: usize) -> (String, Received) {
+    receiver_gated(move |n| n > fail)
+}
+
+/// A receiver that accepts the `n`th request (from 1) when `accept(n)`,
+/// else answers 500.
+fn receiver_gated(accept: impl Fn(usize) -> bool + Send + 'static) -> (String, Received) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     let got = Arc::new(Mutex::new(vec![]));
@@ -233,7 +242,7 @@ fn receiver(fail: usize) -> (String, Received) {
                 *t += 1;
                 *t
             };
-            if n <= fail {
+            if !accept(n) {
                 let _ = c.write_all(
                     b"HTTP/1.1 500 Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 );
@@ -257,7 +266,7 @@ fn a_failing_job_is_notified_through_a_receiver_that_fails_at_first() {
     std::fs::write(
         &schedule,
         format!(
-            "[[job]]\nname = \"broken\"\ncron = \"* * * * *\"\nargs = [\"snapshot\", \"{}\"]\n",
+            "[[job]]\nname = \"broken\"\ncron = \"0 * * * *\"\nargs = [\"snapshot\", \"{}\"]\n",
             env.path("no-such-folder").display()
         ),
     )
@@ -364,5 +373,178 @@ fn jobs_of_one_group_never_overlap() {
         v.as_array().unwrap().len(),
         marks.len() / 2,
         "one snapshot a run"
+    );
+}
+
+#[test]
+fn a_job_that_outlives_the_stop_timeout_is_killed_and_recorded_as_failed() {
+    let env = Env::new();
+    env.init();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), b"hello").unwrap();
+    let marker = env.path("hook-started");
+    // A pre hook that ignores SIGTERM and takes long: the job cannot end
+    // within --stop-timeout. The pid of the job (the pvsnap child) is the
+    // hook's parent.
+    let hook = format!("trap '' TERM; echo $PPID > {}; sleep 30", marker.display());
+    let schedule = env.path("schedule.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[[job]]\nname = \"stuck\"\ncron = \"0 * * * *\"\nargs = [\"snapshot\", \"{}\", \"--pre-hook\", {}]\n",
+            data.display(),
+            serde_json::to_string(&hook).unwrap()
+        ),
+    )
+    .unwrap();
+    let state = env.path("state.json");
+    state_due(&state, &["stuck"]);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--schedule",
+            schedule.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--stop-timeout",
+            "1s",
+        ],
+    );
+    serve.wait_for("job stuck started", 120);
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&marker).map_or(true, |s| s.trim().is_empty()) {
+        assert!(
+            Instant::now() < end,
+            "the hook never ran:\n{}",
+            serve.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let job_pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t = Instant::now();
+    let (status, err) = serve.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "serve waited for the job: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        err.contains("job stuck still ran 1s after SIGTERM (--stop-timeout): killed"),
+        "{err}"
+    );
+    // The job's process is gone (kill(pid, 0) fails: no such process).
+    // SAFETY: signal 0 only checks that the pid exists.
+    let alive = unsafe { libc::kill(job_pid, 0) } == 0;
+    assert!(!alive, "the job's process {job_pid} still runs");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["stuck"]["failures"], 1, "{saved}");
+    assert_eq!(saved["stuck"]["last_outcome"]["killed"], true, "{saved}");
+    let audit: Vec<serde_json::Value> = serde_json::from_slice(
+        &env.ok(&["audit", "--json", "--operation", "snapshot"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["outcome"], "failed");
+    assert_eq!(
+        audit[0]["source"],
+        std::fs::canonicalize(&data).unwrap().to_str().unwrap()
+    );
+    assert!(
+        audit[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("killed by pvsnap serve"),
+        "{audit:?}"
+    );
+}
+
+#[test]
+fn a_restarted_serve_delivers_what_the_last_one_left_in_the_outbox() {
+    let env = Env::new();
+    env.init();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = open.clone();
+    let (url, (got, tries)) =
+        receiver_gated(move |_| gate.load(std::sync::atomic::Ordering::SeqCst));
+    let schedule = env.path("schedule.toml");
+    std::fs::write(
+        &schedule,
+        format!(
+            "[[job]]\nname = \"broken\"\ncron = \"0 * * * *\"\nargs = [\"snapshot\", \"{}\"]\n",
+            env.path("no-such-folder").display()
+        ),
+    )
+    .unwrap();
+    let state = env.path("st/state.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    state_due(&state, &["broken"]);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--schedule",
+            schedule.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+            "--notify",
+            &url,
+        ],
+    );
+    serve.wait_for("job broken ended: exit code", 120);
+    serve.wait_for("trying again in", 60);
+    let (status, err) = serve.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(got.lock().unwrap().is_empty());
+    let outbox = env.path("st/outbox");
+    // One per failed run: a minute that turns during the test adds a run.
+    let left = std::fs::read_dir(&outbox).unwrap().count();
+    assert!(left >= 1, "{err}");
+    let refused = *tries.lock().unwrap();
+    assert!(refused >= 1);
+    // The receiver works again; serve restarts with no schedule and no
+    // --notify at all: what waits in the outbox still goes out.
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let serve = Serve::start(
+        &env,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    serve.wait_for(
+        &format!("{left} notification(s) left from a previous run"),
+        60,
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while got.lock().unwrap().len() < left && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, err) = serve.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let got = got.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        left,
+        "each delivered once after the restart:\n{err}"
+    );
+    for body in &got {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            (v["event"].as_str(), v["job"].as_str()),
+            (Some("job_failed"), Some("broken"))
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&outbox).unwrap().count(),
+        0,
+        "the outbox is empty"
     );
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use pvsnap_engine::backend::{DynBackend, Throttled};
 use pvsnap_engine::maintenance::copy::{CopyProgress, CopyReport, Selection, copy};
+use pvsnap_engine::repo::audit::CopiedEntries;
 use serde::Serialize;
 
 use crate::repo::{Location, PasswordSource};
@@ -74,6 +75,7 @@ struct Summary<'a> {
     index_files_written: u64,
     reencoded: bool,
     copies: Vec<Copied<'a>>,
+    audit_entries: CopiedEntries,
 }
 
 #[derive(Serialize)]
@@ -128,8 +130,15 @@ pub fn run(cli: &Cli, a: &Args) -> Result<u8> {
         );
         copy(&src, &dst, &selection, &progress)?
     };
+    // The audit trail travels with the snapshots (all of it that the
+    // target lacks, whatever the selection).
+    let entries = pvsnap_engine::repo::audit::copy_to(&src, &dst).map_err(|e| {
+        anyhow::anyhow!(
+            "the snapshots were copied, but not the audit trail: {e}; run the same copy again"
+        )
+    })?;
     let snaps = src.snapshots_lenient()?.0;
-    render(cli, a, &report, &snaps, &dst.backend().location())?;
+    render(cli, a, &report, &entries, &snaps, &dst.backend().location())?;
     Ok(crate::exit::OK)
 }
 
@@ -137,6 +146,7 @@ fn render(
     cli: &Cli,
     a: &Args,
     r: &CopyReport,
+    entries: &CopiedEntries,
     snaps: &[pvsnap_engine::snapshot::Snapshot],
     target: &str,
 ) -> Result<()> {
@@ -173,6 +183,7 @@ fn render(
             index_files_written: r.index_files_written,
             reencoded: r.reencoded,
             copies,
+            audit_entries: *entries,
         });
     }
     if cli.quiet {
@@ -196,6 +207,28 @@ fn render(
         output::bytes(r.bytes_sent),
         r.duration_s
     );
+    let n = entries.verbatim + entries.resealed;
+    if n > 0 {
+        println!(
+            "{n} audit entr{} copied{}",
+            if n == 1 { "y" } else { "ies" },
+            if entries.resealed > 0 {
+                format!(
+                    " ({} re-sealed for the target's key: `audit verify` there checks their chain, not their original bytes)",
+                    entries.resealed
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    if entries.damaged > 0 {
+        eprintln!(
+            "pvsnap: warning: {} audit entr{} of the source cannot be read and stayed behind; see `pvsnap audit verify` there",
+            entries.damaged,
+            if entries.damaged == 1 { "y" } else { "ies" }
+        );
+    }
     if r.packs_adopted > 0 {
         println!(
             "{} pack(s) an interrupted copy had stored were indexed and not sent again",

@@ -80,6 +80,15 @@ impl Outbox {
         write_atomic(&self.dir.join(name), &p)
     }
 
+    /// How many notifications wait in the outbox (0 when it does not exist).
+    pub fn pending(&self) -> usize {
+        std::fs::read_dir(&self.dir).map_or(0, |d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+    }
+
     /// Delivers what is due, every half second, until `stop`.
     pub fn deliver_until(&self, stop: &pvsnap_engine::stop::Stop) {
         let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -154,6 +154,15 @@ pub fn metrics_text(ctx: &Context) -> Result<String> {
     Ok(out)
 }
 
+/// This node's name: `PVSNAP_NODE` (the DaemonSet sets it from the
+/// downward API), else the host name snapshots record.
+fn node_name() -> String {
+    std::env::var("PVSNAP_NODE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(pvsnap_engine::repo::hostname_public)
+}
+
 pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
     if args.listen.is_none() && args.schedule.is_none() {
         bail!(
@@ -174,7 +183,10 @@ pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
                         path.display()
                     )
                 })?;
-            Some(s)
+            Some(Schedule {
+                node: node_name(),
+                ..s
+            })
         }
         None => None,
     };
@@ -186,7 +198,7 @@ pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
             let next = j
                 .cron
                 .next_after(now, &sch.time_zone)
-                .map(|slot| schedule::start_time(j, slot).to_string())
+                .map(|slot| schedule::start_time(j, &sch.node, slot).to_string())
                 .unwrap_or_else(|| "never".into());
             println!("job {}: next {next}: pvsnap {}", j.name, j.args.join(" "));
         }
@@ -226,7 +238,17 @@ pub fn run(cli: &Cli, args: &Args) -> Result<u8> {
         std::thread::spawn(move || serve_http(listener, &ctx));
     }
     let outbox = Outbox::new(outbox_dir(&state_file));
-    let any_notify = args.notify.is_some()
+    // Notifications a previous run left undelivered go out even when this
+    // run notifies nothing new.
+    let pending = outbox.pending();
+    if pending > 0 {
+        eprintln!(
+            "pvsnap serve: {pending} notification(s) left from a previous run in {}: delivering",
+            outbox.dir().display()
+        );
+    }
+    let any_notify = pending > 0
+        || args.notify.is_some()
         || schedule
             .iter()
             .flat_map(|s| &s.jobs)
@@ -266,11 +288,9 @@ fn run_schedule(
         global: global_args(cli),
         tails: tails.clone(),
         terminate,
+        kill: kill_group,
     };
-    let host = std::env::var("PVSNAP_NODE")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(pvsnap_engine::repo::hostname_public);
+    let host = sch.node.clone();
     let jobs: BTreeMap<&str, &schedule::Job> =
         sch.jobs.iter().map(|j| (j.name.as_str(), j)).collect();
     let mut started: BTreeMap<String, Timestamp> = BTreeMap::new();
@@ -285,13 +305,21 @@ fn run_schedule(
             }
             Event::Finished { job, outcome } => {
                 s.running.remove(job);
-                let code = outcome
-                    .code
-                    .map_or_else(|| "killed by a signal".into(), |c| format!("exit code {c}"));
-                eprintln!("pvsnap serve: job {job} ended: {code}");
                 let Some(j) = jobs.get(job.as_str()) else {
                     return;
                 };
+                if outcome.killed {
+                    eprintln!(
+                        "pvsnap serve: job {job} still ran {} after SIGTERM (--stop-timeout): killed (SIGKILL to its process group); recorded as failed",
+                        crate::progress::duration(args.stop_timeout)
+                    );
+                    record_killed(cli, j, args.stop_timeout);
+                } else {
+                    let code = outcome
+                        .code
+                        .map_or_else(|| "killed by a signal".into(), |c| format!("exit code {c}"));
+                    eprintln!("pvsnap serve: job {job} ended: {code}");
+                }
                 let failed = outcome.code != Some(0);
                 let url = j.notify.as_ref().or(args.notify.as_ref());
                 if let Some(url) = url
@@ -337,6 +365,81 @@ fn run_schedule(
     );
     ctx.status.lock().expect("status").heartbeat = None;
     result.map_err(anyhow::Error::msg)
+}
+
+/// SIGKILL to the process group a job leads (`ProcessRunner` starts each
+/// job as the leader of its own group).
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with the negated pid of a child this process started
+    // with its own process group and has not reaped yet.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+    }
+}
+
+/// Writes the audit entry a killed job could not write itself: the
+/// operation its command line records (one entry per source for a
+/// snapshot, as `snapshot` writes them), `interrupted`, with the reason.
+/// A failure is said on stderr, never fatal: serve is stopping.
+fn record_killed(cli: &Cli, job: &schedule::Job, timeout: Duration) {
+    use clap::Parser as _;
+    use pvsnap_engine::repo::audit::{self, Entry, Outcome};
+    let line = std::iter::once("pvsnap".to_string())
+        .chain(global_args(cli))
+        .chain(job.args.iter().cloned());
+    let Ok(parsed) = Cli::try_parse_from(line) else {
+        eprintln!(
+            "pvsnap serve: job {}: its arguments do not parse; no audit entry written",
+            job.name
+        );
+        return;
+    };
+    let Some(operation) = crate::audit::operation(&parsed.command) else {
+        return; // a command that records nothing
+    };
+    let sources: Vec<Option<String>> = match &parsed.command {
+        crate::Command::Snapshot(a) if !a.paths.is_empty() => a
+            .paths
+            .iter()
+            .map(|p| {
+                let s = p.to_string_lossy();
+                Some(if s.starts_with("pvc/") {
+                    s.into_owned()
+                } else {
+                    std::fs::canonicalize(p)
+                        .map(|c| c.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| absolute(p))
+                })
+            })
+            .collect(),
+        _ => vec![None],
+    };
+    let repo = match crate::repo::open(&parsed, false, false) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "pvsnap serve: job {}: cannot open the repository to record the kill in the audit trail: {e:#}",
+                job.name
+            );
+            return;
+        }
+    };
+    for source in sources {
+        let mut e = Entry::new(&operation, Outcome::Failed);
+        e.source = source;
+        e.args = job.args.clone();
+        e.error = Some(format!(
+            "killed by pvsnap serve: job {} still ran {} after SIGTERM (--stop-timeout)",
+            job.name,
+            crate::progress::duration(timeout)
+        ));
+        if let Err(err) = audit::record(&repo, e) {
+            eprintln!(
+                "pvsnap serve: job {}: could not record the kill in the audit trail: {err}",
+                job.name
+            );
+        }
+    }
 }
 
 /// SIGTERM to a job's process.

@@ -96,6 +96,36 @@ pub struct Entry {
     /// restore to its end (absent in entries older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto_seconds: Option<f64>,
+    /// For `audit forget`: what numbers derived from the trail (metrics)
+    /// took from the entries it removed, so removing them changes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried: Option<Carried>,
+    /// For an entry `copy` re-sealed for another repository's key: the ids
+    /// it had in the repositories it came from (oldest first). Parents and
+    /// `forgotten` lists name entries by those ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// What an `audit forget` entry carries forward of the entries it removed
+/// (and of the forget entries among them): the failed snapshot runs per
+/// source and host, and the newest removed `snapshot` entry of each source
+/// and host, `check` and `drill` entry, as they were.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Carried {
+    #[serde(default)]
+    pub failures: Vec<SourceFailures>,
+    /// Copies with `parents`, `forgotten` and `carried` emptied.
+    #[serde(default)]
+    pub latest: Vec<Entry>,
+}
+
+/// Snapshot runs of one source on one host that ended failed or interrupted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFailures {
+    pub source: String,
+    pub host: String,
+    pub count: u64,
 }
 
 impl Entry {
@@ -119,6 +149,8 @@ impl Entry {
             parents: Vec::new(),
             forgotten: Vec::new(),
             rto_seconds: None,
+            carried: None,
+            aliases: Vec::new(),
         }
     }
 }
@@ -198,11 +230,27 @@ impl Trail {
             .values()
             .flat_map(|e| e.parents.iter().map(String::as_str))
             .collect();
+        let aliases_named = |id: &str| {
+            self.entries
+                .get(id)
+                .is_some_and(|e| e.aliases.iter().any(|a| named.contains(a.as_str())))
+        };
         self.entries
             .keys()
             .chain(self.damaged.iter().map(|(id, _)| id))
-            .filter(|id| !named.contains(id.as_str()))
+            .filter(|id| !named.contains(id.as_str()) && !aliases_named(id))
             .cloned()
+            .collect()
+    }
+
+    /// Every id an entry of the trail is known by: its own, its aliases
+    /// (copied entries), and damaged objects' ids.
+    pub fn known_ids(&self) -> BTreeSet<&str> {
+        self.entries
+            .iter()
+            .flat_map(|(id, e)| std::iter::once(id).chain(&e.aliases))
+            .chain(self.damaged.iter().map(|(id, _)| id))
+            .map(String::as_str)
             .collect()
     }
 }
@@ -239,6 +287,160 @@ pub fn record(repo: &Repository, mut entry: Entry) -> Result<String> {
     Ok(id)
 }
 
+/// The operations whose newest entry numbers derived from the trail use.
+const TRACKED: [&str; 3] = ["snapshot", "check", "drill"];
+
+/// The trail as numbers derived from it see it, the entries `audit forget`
+/// removed included: what forget entries carried forward plus the entries
+/// present. A counter derived from it never goes down.
+#[derive(Debug, Default, PartialEq)]
+pub struct History {
+    /// Failed or interrupted `snapshot` runs per (source, host).
+    pub failures: BTreeMap<(String, String), u64>,
+    /// The newest entry per (operation, source, host) of the operations
+    /// `snapshot` (per source and host), `check` and `drill` (source and
+    /// host empty), with `parents`, `forgotten` and `carried` emptied.
+    pub latest: BTreeMap<(String, String, String), Entry>,
+}
+
+impl History {
+    fn consider(&mut self, e: &Entry) {
+        if !TRACKED.contains(&e.operation.as_str()) {
+            return;
+        }
+        let key = if e.operation == "snapshot" {
+            let Some(source) = &e.source else { return };
+            (e.operation.clone(), source.clone(), e.host.clone())
+        } else {
+            (e.operation.clone(), String::new(), String::new())
+        };
+        if self.latest.get(&key).is_none_or(|old| old.time <= e.time) {
+            let mut e = e.clone();
+            e.parents.clear();
+            e.forgotten.clear();
+            e.carried = None;
+            self.latest.insert(key, e);
+        }
+    }
+
+    fn into_carried(self) -> Option<Carried> {
+        let c = Carried {
+            failures: self
+                .failures
+                .into_iter()
+                .map(|((source, host), count)| SourceFailures {
+                    source,
+                    host,
+                    count,
+                })
+                .collect(),
+            latest: self.latest.into_values().collect(),
+        };
+        (c != Carried::default()).then_some(c)
+    }
+}
+
+/// Ids a present `audit forget` entry lists as removed. One still present
+/// outlived an interrupted forget, which already carries what it counts.
+fn accounted(trail: &Trail) -> BTreeSet<&str> {
+    trail
+        .entries
+        .values()
+        .filter(|e| e.operation == FORGET_OPERATION)
+        .flat_map(|e| e.forgotten.iter().map(String::as_str))
+        .collect()
+}
+
+fn summarize<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Entry)>,
+    accounted: &BTreeSet<&str>,
+) -> History {
+    let mut h = History::default();
+    for (id, e) in entries {
+        if std::iter::once(id)
+            .chain(&e.aliases)
+            .any(|i| accounted.contains(i.as_str()))
+        {
+            // Outlived the forget that removed it, which carries it.
+        } else if e.operation == FORGET_OPERATION {
+            for c in e.carried.iter() {
+                for f in &c.failures {
+                    *h.failures
+                        .entry((f.source.clone(), f.host.clone()))
+                        .or_default() += f.count;
+                }
+                c.latest.iter().for_each(|l| h.consider(l));
+            }
+        } else {
+            if e.operation == "snapshot"
+                && e.outcome != Outcome::Ok
+                && let Some(source) = &e.source
+            {
+                *h.failures
+                    .entry((source.clone(), e.host.clone()))
+                    .or_default() += 1;
+            }
+            h.consider(e);
+        }
+    }
+    h
+}
+
+/// The run history of the whole trail, removed entries included.
+pub fn history(trail: &Trail) -> History {
+    summarize(trail.entries.iter(), &accounted(trail))
+}
+
+/// What [`copy_to`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CopiedEntries {
+    /// Entries stored with their bytes and id unchanged.
+    pub verbatim: usize,
+    /// Entries the target's key could not open, re-sealed with it (a new
+    /// id; the old one kept in `aliases`).
+    pub resealed: usize,
+    /// Entries of the source that cannot be read (left behind; `audit
+    /// verify` on the source names them).
+    pub damaged: usize,
+}
+
+/// Copies the entries of `src`'s trail that `dst` lacks (by id or alias):
+/// byte for byte when `dst` can read them as they are (both unencrypted),
+/// else re-sealed with `dst`'s key, the source id added to `aliases`, so
+/// that parents and `forgotten` lists still resolve. Running it again
+/// copies nothing.
+pub fn copy_to(src: &Repository, dst: &Repository) -> Result<CopiedEntries> {
+    let from = read(src)?;
+    let to = read(dst)?;
+    let known = to.known_ids();
+    let mut done = CopiedEntries {
+        damaged: from.damaged.len(),
+        ..CopiedEntries::default()
+    };
+    for (id, e) in from.sorted() {
+        if std::iter::once(id)
+            .chain(&e.aliases)
+            .any(|i| known.contains(i.as_str()))
+        {
+            continue;
+        }
+        let bytes = src.backend().get(&ObjectKey::new(ObjectKind::Audit, id))?;
+        if decode(dst, id, &bytes).is_ok() {
+            dst.backend()
+                .put(&ObjectKey::new(ObjectKind::Audit, id), &bytes)?;
+            done.verbatim += 1;
+        } else {
+            let mut e = e.clone();
+            e.aliases.push(id.clone());
+            let (new_id, bytes) = encode(dst, &e);
+            dst.backend()
+                .put(&ObjectKey::new(ObjectKind::Audit, &new_id), &bytes)?;
+            done.resealed += 1;
+        }
+    }
+    Ok(done)
+}
+
 /// One problem [`verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
@@ -261,17 +463,12 @@ pub fn verify(trail: &Trail) -> Vec<Problem> {
             detail: e.clone(),
         })
         .collect();
-    let forgotten: BTreeSet<&str> = trail
-        .entries
-        .values()
-        .filter(|e| e.operation == FORGET_OPERATION)
-        .flat_map(|e| e.forgotten.iter().map(String::as_str))
-        .collect();
-    let damaged: BTreeSet<&str> = trail.damaged.iter().map(|(i, _)| i.as_str()).collect();
+    let forgotten = accounted(trail);
+    let known = trail.known_ids();
     for (id, e) in trail.sorted() {
         for p in &e.parents {
             let p = p.as_str();
-            if !trail.entries.contains_key(p) && !damaged.contains(p) && !forgotten.contains(p) {
+            if !known.contains(p) && !forgotten.contains(p) {
                 problems.push(Problem {
                     kind: "gap",
                     id: p.to_string(),
@@ -288,8 +485,9 @@ pub fn verify(trail: &Trail) -> Vec<Problem> {
 
 /// Removes entries older than `cutoff`, after writing an entry of
 /// operation [`FORGET_OPERATION`] that lists them (so [`verify`] knows the
-/// gap is intended). Returns the ids removed. Entries that cannot be read
-/// are kept.
+/// gap is intended) and carries what [`history`] took from them (so
+/// metrics do not change). Returns the ids removed. Entries that cannot be
+/// read are kept.
 pub fn forget_older_than(
     repo: &Repository,
     cutoff: Timestamp,
@@ -303,7 +501,17 @@ pub fn forget_older_than(
         .map(|(id, _)| id.clone())
         .collect();
     entry.operation = FORGET_OPERATION.into();
-    entry.forgotten = old.clone();
+    // With their aliases: copied entries' parents name them by those.
+    entry.forgotten = old
+        .iter()
+        .flat_map(|id| std::iter::once(id).chain(&trail.entries[id].aliases))
+        .cloned()
+        .collect();
+    entry.carried = summarize(
+        old.iter().map(|id| (id, &trail.entries[id])),
+        &accounted(&trail),
+    )
+    .into_carried();
     // Earlier forget entries' lists are carried forward, so removing an old
     // forget entry does not turn what it removed into a gap.
     for e in trail.entries.values() {
@@ -419,5 +627,143 @@ mod tests {
         let t = read(&r).unwrap();
         assert_eq!(t.entries.len(), 1);
         assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+    }
+
+    fn failed(source: &str, t: i64) -> Entry {
+        let mut e = entry("snapshot", t);
+        e.outcome = Outcome::Failed;
+        e.source = Some(source.into());
+        e
+    }
+
+    #[test]
+    fn history_survives_forget_of_everything_and_a_forget_of_the_forget() {
+        let r = repo(true);
+        record(&r, failed("/a", 100)).unwrap();
+        record(&r, failed("/a", 110)).unwrap();
+        record(&r, failed("/b", 120)).unwrap();
+        let mut ok = entry("snapshot", 130);
+        ok.source = Some("/b".into());
+        record(&r, ok).unwrap();
+        record(&r, entry("check", 140)).unwrap();
+        let mut drill = entry("drill", 150);
+        drill.rto_seconds = Some(2.5);
+        record(&r, drill).unwrap();
+        let before = history(&read(&r).unwrap());
+        let host = crate::repo::host::hostname();
+        assert_eq!(before.failures[&("/a".into(), host.clone())], 2);
+        assert_eq!(before.failures[&("/b".into(), host.clone())], 1);
+        assert_eq!(before.latest.len(), 4, "{:?}", before.latest.keys());
+        forget_older_than(&r, Timestamp::from_second(200).unwrap(), entry("x", 300)).unwrap();
+        let t = read(&r).unwrap();
+        assert_eq!(t.entries.len(), 1);
+        assert_eq!(history(&t), before);
+        assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+        // New failures add to the carried ones; a second forget that also
+        // removes the first forget entry keeps every count.
+        record(&r, failed("/a", 400)).unwrap();
+        forget_older_than(&r, Timestamp::from_second(450).unwrap(), entry("x", 500)).unwrap();
+        let t = read(&r).unwrap();
+        assert_eq!(t.entries.len(), 1);
+        let after = history(&t);
+        assert_eq!(after.failures[&("/a".into(), host.clone())], 3);
+        assert_eq!(after.failures[&("/b".into(), host.clone())], 1);
+        let newest_a = &after.latest[&("snapshot".into(), "/a".into(), host)];
+        assert_eq!(newest_a.time, Timestamp::from_second(400).unwrap());
+        assert_eq!(
+            after.latest[&("drill".into(), String::new(), String::new())].rto_seconds,
+            Some(2.5)
+        );
+        assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+    }
+
+    #[test]
+    fn an_interrupted_forget_counts_nothing_twice() {
+        let r = repo(false);
+        let a = record(&r, failed("/a", 100)).unwrap();
+        record(&r, failed("/a", 110)).unwrap();
+        let before = history(&read(&r).unwrap());
+        let key = ObjectKey::new(ObjectKind::Audit, &a);
+        let bytes = r.backend().get(&key).unwrap();
+        forget_older_than(&r, Timestamp::from_second(200).unwrap(), entry("x", 300)).unwrap();
+        // Put one removed entry back, as if the forget died before deleting
+        // it: it is counted once, and a later forget does not count it again.
+        r.backend().put(&key, &bytes).unwrap();
+        assert_eq!(read(&r).unwrap().entries.len(), 2);
+        assert_eq!(history(&read(&r).unwrap()), before);
+        forget_older_than(&r, Timestamp::from_second(350).unwrap(), entry("x", 400)).unwrap();
+        assert_eq!(history(&read(&r).unwrap()), before);
+    }
+
+    #[test]
+    fn copy_keeps_ids_between_plain_repositories_reseals_otherwise_and_is_idempotent() {
+        for (src_enc, dst_enc) in [(false, false), (true, true), (false, true), (true, false)] {
+            let (src, dst) = (repo(src_enc), repo(dst_enc));
+            let a = record(&src, failed("/a", 100)).unwrap();
+            record(&src, entry("check", 200)).unwrap();
+            forget_older_than(&src, Timestamp::from_second(150).unwrap(), entry("x", 300)).unwrap();
+            record(&src, entry("drill", 400)).unwrap();
+            let own = record(&dst, entry("init", 50)).unwrap();
+            let done = copy_to(&src, &dst).unwrap();
+            let t = read(&dst).unwrap();
+            assert_eq!(t.entries.len(), 4, "{src_enc}->{dst_enc}");
+            let verbatim = !src_enc && !dst_enc;
+            assert_eq!(
+                (done.verbatim, done.resealed),
+                if verbatim { (3, 0) } else { (0, 3) }
+            );
+            let src_ids: BTreeSet<String> = read(&src).unwrap().entries.into_keys().collect();
+            if verbatim {
+                assert!(src_ids.iter().all(|id| t.entries.contains_key(id)));
+            } else {
+                let aliases: BTreeSet<String> =
+                    t.entries.values().flat_map(|e| e.aliases.clone()).collect();
+                assert_eq!(aliases, src_ids);
+            }
+            assert!(
+                verify(&t).is_empty(),
+                "{src_enc}->{dst_enc}: {:?}",
+                verify(&t)
+            );
+            // The forget's carry travels: the failure removed at the source counts.
+            let host = crate::repo::host::hostname();
+            assert_eq!(history(&t).failures[&("/a".into(), host)], 1);
+            assert!(!t.entries.contains_key(&a) || verbatim);
+            // Heads: the copied trail's newest and the target's own.
+            assert_eq!(t.heads().len(), 2, "{:?}", t.heads());
+            assert!(t.heads().contains(&own));
+            assert_eq!(copy_to(&src, &dst).unwrap(), CopiedEntries::default());
+            // The next entry joins both; still clean.
+            record(&dst, entry("prune", 500)).unwrap();
+            let t = read(&dst).unwrap();
+            assert_eq!(t.heads().len(), 1);
+            assert!(verify(&t).is_empty(), "{:?}", verify(&t));
+            // A forget at the target of the oldest copied entry leaves no gap.
+            let dst2 = repo(dst_enc);
+            copy_to(&src, &dst2).unwrap();
+            record(&dst2, entry("prune", 500)).unwrap();
+            forget_older_than(&dst2, Timestamp::from_second(350).unwrap(), entry("x", 600))
+                .unwrap();
+            let t2 = read(&dst2).unwrap();
+            assert_eq!(t2.entries.len(), 3, "drill, prune, the new forget");
+            assert!(
+                verify(&t2).is_empty(),
+                "{src_enc}->{dst_enc}: {:?}",
+                verify(&t2)
+            );
+            assert_eq!(history(&t2).failures.values().sum::<u64>(), 1);
+            // Removing a copied middle entry is a gap the target reports.
+            let check = t
+                .entries
+                .iter()
+                .find(|(_, e)| e.operation == FORGET_OPERATION)
+                .map(|(id, _)| id.clone())
+                .unwrap();
+            dst.backend()
+                .delete(&ObjectKey::new(ObjectKind::Audit, &check))
+                .unwrap();
+            let p = verify(&read(&dst).unwrap());
+            assert!(p.iter().any(|p| p.kind == "gap"), "{p:?}");
+        }
     }
 }

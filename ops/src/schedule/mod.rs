@@ -3,8 +3,8 @@
 //!
 //! A job is a pvsnap command line (`["snapshot", "/srv/data", "--tag",
 //! "hourly"]`) with a cron expression, an optional jitter (a fixed offset
-//! per job and slot, within the jitter, so that nodes do not start at the
-//! same second) and an optional group: jobs of one group never run at the
+//! per node, job and slot, within the jitter, so that the nodes of a
+//! DaemonSet do not all start at the same second against one repository) and an optional group: jobs of one group never run at the
 //! same time (maintenance of one repository: forget, prune, check). Rules:
 //! - **One run at a time per job.** A slot that comes while the job still
 //!   runs is skipped and counted as missed.
@@ -77,6 +77,9 @@ struct JobForm {
 pub struct Schedule {
     pub time_zone: TimeZone,
     pub jobs: Vec<Job>,
+    /// The node this scheduler runs on (mixed into the jitter); empty
+    /// from [`Schedule::parse`], set by the caller.
+    pub node: String,
 }
 
 /// Commands that change what other commands rely on: they share one group
@@ -158,7 +161,11 @@ impl Schedule {
                 group,
             });
         }
-        Ok(Schedule { time_zone, jobs })
+        Ok(Schedule {
+            time_zone,
+            jobs,
+            node: String::new(),
+        })
     }
 }
 
@@ -178,6 +185,8 @@ pub trait Running {
     fn poll(&mut self) -> Option<Outcome>;
     /// Asks it to stop cleanly (SIGTERM: a snapshot checkpoints).
     fn stop(&mut self);
+    /// Ends it by force (SIGKILL to its process group) and waits for it.
+    fn kill(&mut self) -> Outcome;
 }
 
 /// How a run ended.
@@ -185,6 +194,19 @@ pub trait Running {
 pub struct Outcome {
     /// The exit code; `None` when killed by a signal.
     pub code: Option<i32>,
+    /// The scheduler killed it: it still ran when the stop timeout ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub killed: bool,
+}
+
+impl Outcome {
+    /// A run that ended by itself with `code` (`None`: by a signal).
+    pub fn exited(code: Option<i32>) -> Outcome {
+        Outcome {
+            code,
+            killed: false,
+        }
+    }
 }
 
 /// What the scheduler remembers across restarts, per job.
@@ -230,6 +252,7 @@ struct Live {
 /// The jobs, their state and what runs; see the module documentation.
 pub struct Scheduler {
     tz: TimeZone,
+    node: String,
     jobs: Vec<Live>,
 }
 
@@ -293,6 +316,7 @@ impl Scheduler {
         (
             Scheduler {
                 tz: schedule.time_zone.clone(),
+                node: schedule.node.clone(),
                 jobs,
             },
             events,
@@ -344,7 +368,7 @@ impl Scheduler {
         // Slots that came: queue them, or count them missed.
         for l in &mut self.jobs {
             while let Some(slot) = l.next
-                && start_time(&l.job, slot) <= now
+                && start_time(&l.job, &self.node, slot) <= now
             {
                 l.next = l.job.cron.next_after(slot, &self.tz);
                 if l.running.is_some() || l.queued.is_some() {
@@ -391,8 +415,30 @@ impl Scheduler {
     pub fn next_wakeup(&self) -> Option<Timestamp> {
         self.jobs
             .iter()
-            .filter_map(|l| l.next.map(|s| start_time(&l.job, s)))
+            .filter_map(|l| l.next.map(|s| start_time(&l.job, &self.node, s)))
             .min()
+    }
+
+    /// Ends every job still running by force (the stop timeout passed):
+    /// each is killed and its run counted as failed, with `killed` set.
+    pub fn kill_running(&mut self) -> Vec<Event> {
+        let mut events = vec![];
+        for l in &mut self.jobs {
+            if let Some(mut r) = l.running.take() {
+                let outcome = Outcome {
+                    killed: true,
+                    ..r.kill()
+                };
+                l.state.runs += 1;
+                l.state.failures += 1;
+                l.state.last_outcome = Some(outcome.clone());
+                events.push(Event::Finished {
+                    job: l.job.name.clone(),
+                    outcome,
+                });
+            }
+        }
+        events
     }
 
     /// Asks every running job to stop (SIGTERM to the scheduler).
@@ -405,16 +451,30 @@ impl Scheduler {
     }
 }
 
-/// When the run of `slot` starts: the slot plus the job's jitter for it (a
-/// fixed offset from the job's name and the slot, below the jitter).
-pub fn start_time(job: &Job, slot: Timestamp) -> Timestamp {
+/// When the run of `slot` starts on `node`: the slot plus the job's jitter
+/// for it, a fixed offset below the jitter from a hash of the node, the
+/// job's name and the slot. The hash (FNV-1a, then the SplitMix64 finalizer)
+/// is written here, not taken from the standard library, so that the
+/// offset stays the same across restarts and pvsnap versions.
+pub fn start_time(job: &Job, node: &str, slot: Timestamp) -> Timestamp {
     let jitter_ms = job.jitter.as_millis() as u64;
     if jitter_ms == 0 {
         return slot;
     }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(&(job.name.as_str(), slot.as_second()), &mut h);
-    let off = std::hash::Hasher::finish(&h) % jitter_ms;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = node
+        .bytes()
+        .chain([0])
+        .chain(job.name.bytes())
+        .chain([0])
+        .chain(slot.as_second().to_le_bytes());
+    for b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    let off = h % jitter_ms;
     slot.checked_add(jiff::SignedDuration::from_millis(off as i64))
         .unwrap_or(slot)
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,9 @@ pub struct ProcessRunner {
     /// Sends SIGTERM to a pid (a snapshot then stores what it read and
     /// indexes it); given by the binary, which may call libc.
     pub terminate: fn(u32),
+    /// Sends SIGKILL to the process group a job leads (each job starts
+    /// its own); given by the binary.
+    pub kill: fn(u32),
 }
 
 /// How much of a job's standard error is kept.
@@ -37,6 +41,7 @@ struct ChildRun {
     /// is complete before the end is reported.
     copier: Option<JoinHandle<()>>,
     terminate: fn(u32),
+    kill: fn(u32),
 }
 
 impl ChildRun {
@@ -50,11 +55,9 @@ impl ChildRun {
 impl Running for ChildRun {
     fn poll(&mut self) -> Option<Outcome> {
         let outcome = match self.child.try_wait() {
-            Ok(Some(status)) => Outcome {
-                code: status.code(),
-            },
+            Ok(Some(status)) => Outcome::exited(status.code()),
             Ok(None) => return None,
-            Err(_) => Outcome { code: None },
+            Err(_) => Outcome::exited(None),
         };
         self.finish();
         Some(outcome)
@@ -63,6 +66,15 @@ impl Running for ChildRun {
     fn stop(&mut self) {
         (self.terminate)(self.child.id());
     }
+
+    fn kill(&mut self) -> Outcome {
+        (self.kill)(self.child.id());
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        // The copier is not joined: a process that left the group may
+        // still hold the pipe open.
+        self.copier = None;
+        Outcome::exited(code)
+    }
 }
 
 /// A run that could not even start: it ends at once as a failure.
@@ -70,9 +82,12 @@ struct NotStarted;
 
 impl Running for NotStarted {
     fn poll(&mut self) -> Option<Outcome> {
-        Some(Outcome { code: Some(127) })
+        Some(Outcome::exited(Some(127)))
     }
     fn stop(&mut self) {}
+    fn kill(&mut self) -> Outcome {
+        Outcome::exited(Some(127))
+    }
 }
 
 impl Runner for ProcessRunner {
@@ -82,6 +97,10 @@ impl Runner for ProcessRunner {
             .args(&job.args)
             .env("PVSNAP_SCHEDULE_JOB", &job.name)
             .env("PVSNAP_SCHEDULE_SLOT", slot.to_string())
+            // Its own process group, so that `kill` reaches what it started
+            // in it, and a terminal's Ctrl-C reaches serve only (which
+            // forwards SIGTERM).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
@@ -97,6 +116,7 @@ impl Runner for ProcessRunner {
                     child: c,
                     copier,
                     terminate: self.terminate,
+                    kill: self.kill,
                 })
             }
             Err(e) => {
@@ -132,7 +152,8 @@ fn copy_tail(mut pipe: impl Read, tails: &Mutex<BTreeMap<String, Vec<u8>>>, name
 }
 
 /// Runs the schedule until `stop` is requested; then asks running jobs to
-/// stop, waits for them up to `grace`, and saves the state. `on_event`
+/// stop, waits for them up to `grace`, kills those still running (a
+/// `Finished` event with `killed`), and saves the state. `on_event`
 /// sees every event (logs, metrics); the state file is written after each
 /// start and end. `alive` is called on every turn of the loop (a health
 /// check sees the loop turning).
@@ -175,6 +196,13 @@ pub fn run(
             on_event(e, &states);
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if s.busy() {
+        let events = s.kill_running();
+        let states = s.states();
+        for e in &events {
+            on_event(e, &states);
+        }
     }
     save_state(state_file, &s.states())
 }

@@ -36,12 +36,13 @@ struct SimRun {
 
 impl Running for SimRun {
     fn poll(&mut self) -> Option<Outcome> {
-        (*self.clock.borrow() >= self.ends).then_some(Outcome {
-            code: Some(self.code),
-        })
+        (*self.clock.borrow() >= self.ends).then_some(Outcome::exited(Some(self.code)))
     }
     fn stop(&mut self) {
         self.ends = *self.clock.borrow();
+    }
+    fn kill(&mut self) -> Outcome {
+        Outcome::exited(None)
     }
 }
 
@@ -135,7 +136,7 @@ fn a_simulated_year_has_no_overlap_and_every_slot_is_run_or_missed() {
         let mut slots = 0u64;
         let mut t = start;
         while let Some(n) = job.cron.next_after(t, &schedule.time_zone) {
-            if start_time(job, n) >= end {
+            if start_time(job, &schedule.node, n) >= end {
                 break;
             }
             slots += 1;
@@ -184,7 +185,7 @@ fn a_simulated_year_has_no_overlap_and_every_slot_is_run_or_missed() {
     for a in &runner.runs {
         // Never before the slot's start time, jitter within bounds.
         let job = schedule.jobs.iter().find(|j| j.name == a.0).unwrap();
-        let due = start_time(job, a.2);
+        let due = start_time(job, &schedule.node, a.2);
         assert!(a.3 >= due, "{a:?} started before {due}");
         assert!(
             due.duration_since(a.2)
@@ -297,7 +298,7 @@ fn the_state_file_round_trips_and_a_damaged_one_is_named() {
             runs: 3,
             failures: 1,
             missed: 2,
-            last_outcome: Some(Outcome { code: Some(0) }),
+            last_outcome: Some(Outcome::exited(Some(0))),
         },
     );
     save_state(&path, &st).unwrap();
@@ -305,4 +306,98 @@ fn the_state_file_round_trips_and_a_damaged_one_is_named() {
     std::fs::write(&path, b"{ not json").unwrap();
     let e = load_state(&path).unwrap_err();
     assert!(e.contains("move it aside"), "{e}");
+}
+
+/// The (slot, start) of the first `n` runs of a schedule on `node`, from a
+/// scheduler started at `from` that ticks at each wake-up it asks for.
+fn starts_on(node: &str, from: Timestamp, n: usize) -> Vec<(Timestamp, Timestamp)> {
+    let mut schedule = Schedule::parse(
+        "time_zone = \"UTC\"\n[[job]]\nname = \"volumes\"\ncron = \"*/15 * * * *\"\njitter = \"10m\"\nargs = [\"snapshot\", \"/srv\"]",
+        &parse_duration,
+    )
+    .unwrap();
+    schedule.node = node.into();
+    let clock = Rc::new(RefCell::new(from));
+    let mut runner = SimRunner {
+        clock: clock.clone(),
+        seed: 3,
+        runs: vec![],
+        longest: Duration::from_secs(1),
+    };
+    let (mut s, _) = Scheduler::new(&schedule, &BTreeMap::new(), from);
+    while runner.runs.len() < n {
+        let t = s.next_wakeup().expect("a next slot");
+        *clock.borrow_mut() = t;
+        s.tick(t, &mut runner);
+    }
+    runner.runs.iter().map(|r| (r.2, r.3)).collect()
+}
+
+#[test]
+fn jitter_differs_per_node_stays_in_bounds_and_survives_a_restart() {
+    let from = ts("2027-05-01T00:00:00Z");
+    let a = starts_on("node-a", from, 40);
+    let b = starts_on("node-b", from, 40);
+    let jitter = SignedDuration::from_mins(10);
+    for (slot, start) in a.iter().chain(&b) {
+        let off = start.duration_since(*slot);
+        assert!(off >= SignedDuration::ZERO && off < jitter, "{slot}: {off}");
+    }
+    // Same slots, different offsets (two equal by chance is allowed, all
+    // equal is the bug: every node of a DaemonSet at the same instant).
+    assert_eq!(
+        a.iter().map(|r| r.0).collect::<Vec<_>>(),
+        b.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    let same = a.iter().zip(&b).filter(|(x, y)| x.1 == y.1).count();
+    assert!(same <= 2, "{same} of 40 starts equal on two nodes");
+    // A restart (a new scheduler, here from a later point) gives the same
+    // starts for the same node and slots.
+    assert_eq!(starts_on("node-a", from, 40), a);
+    let later = starts_on("node-a", a[10].0, 10);
+    assert_eq!(later[..], a[11..21]);
+}
+
+/// A run that ignores SIGTERM.
+struct Stubborn;
+
+impl Running for Stubborn {
+    fn poll(&mut self) -> Option<Outcome> {
+        None
+    }
+    fn stop(&mut self) {}
+    fn kill(&mut self) -> Outcome {
+        Outcome::exited(None)
+    }
+}
+
+struct StubbornRunner;
+
+impl Runner for StubbornRunner {
+    fn start(&mut self, _: &Job, _: Timestamp) -> Box<dyn Running> {
+        Box::new(Stubborn)
+    }
+}
+
+#[test]
+fn a_run_still_going_after_stop_is_killed_and_counted_failed() {
+    let schedule = Schedule::parse(SCHEDULE, &parse_duration).unwrap();
+    let start = ts("2027-01-01T00:00:00Z");
+    let (mut s, _) = Scheduler::new(&schedule, &BTreeMap::new(), start);
+    s.tick(ts("2027-01-01T01:00:00Z"), &mut StubbornRunner);
+    assert!(s.busy());
+    s.stop_all();
+    assert!(s.tick_reap_only().is_empty() && s.busy());
+    let events = s.kill_running();
+    assert!(!s.busy());
+    assert!(!events.is_empty());
+    for e in &events {
+        let Event::Finished { job, outcome } = e else {
+            panic!("{e:?}")
+        };
+        assert!(outcome.killed, "{e:?}");
+        let st = &s.states()[job];
+        assert_eq!((st.runs, st.failures), (1, 1), "{job}: {st:?}");
+        assert_eq!(st.last_outcome.as_ref(), Some(outcome));
+    }
 }
