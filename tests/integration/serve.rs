@@ -548,3 +548,27 @@ fn a_restarted_serve_delivers_what_the_last_one_left_in_the_outbox() {
         "the outbox is empty"
     );
 }
+
+/// The schedule README shows is one serve accepts, every job of it.
+#[test]
+fn the_readme_schedule_example_is_valid() {
+    let env = Env::new();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme
+        .find("```toml\ntime_zone")
+        .expect("README has the schedule example");
+    let body = &readme[start + "```toml\n".len()..];
+    let body = &body[..body.find("```").unwrap()];
+    let jobs = body.matches("[[job]]").count();
+    let file = env.path("schedule.toml");
+    std::fs::write(&file, body).unwrap();
+    let out = env.ok(&["serve", "--check", "--schedule", file.to_str().unwrap()]);
+    let said = crate::util::stdout(&out) + &crate::util::stderr(&out);
+    assert_eq!(said.matches("job ").count(), jobs, "{said}");
+    assert!(
+        said.contains("pvsnap drill --pvc"),
+        "a weekly drill: {said}"
+    );
+}
