@@ -228,7 +228,10 @@ fn rollback_refuses_to_lose_newer_snapshots_unless_allowed() {
     assert_eq!(std::fs::read(pool.mount.join("f")).unwrap(), b"two");
 
     let e = z.rollback(&v, &one).unwrap_err().to_string();
-    assert!(e.contains(&two.handle) && e.contains("pvsnap forget"), "{e}");
+    assert!(
+        e.contains(&two.handle) && e.contains("pvsnap forget"),
+        "{e}"
+    );
     assert_eq!(std::fs::read(pool.mount.join("f")).unwrap(), b"two");
     assert_eq!(pool.snapshots().len(), 2);
 
