@@ -100,7 +100,17 @@ impl Drop for Pool {
         for d in children.iter().rev() {
             let _ = sh("zfs", &["destroy", "-R", d]);
         }
-        if let Err(e) = sh("zpool", &["destroy", "-f", &self.name]) {
+        // zfs-fuse may still call the pool busy right after its datasets
+        // went (their unmounts finish late): try a few times.
+        let mut last = Ok(String::new());
+        for _ in 0..10 {
+            last = sh("zpool", &["destroy", "-f", &self.name]);
+            if last.is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        if let Err(e) = last {
             eprintln!("zfs.rs: could not destroy the test pool {}: {e}", self.name);
         }
     }
