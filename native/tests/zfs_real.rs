@@ -65,12 +65,19 @@ struct Pool {
     name: String,
     mount: PathBuf,
     _dir: tempfile::TempDir,
+    /// One pool at a time: zfs-fuse was seen to hang in `zfs destroy -R`
+    /// of a clone while another test's pool was being worked on.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
+
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
 impl Pool {
     fn new() -> Pool {
+        // A test that failed while holding it leaves it poisoned: still ours.
+        let alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pool");
         let f = std::fs::File::create(&file).unwrap();
@@ -96,6 +103,7 @@ impl Pool {
             name,
             mount,
             _dir: dir,
+            _alone: alone,
         }
     }
 
@@ -397,6 +405,7 @@ fn snapshot_time_of_a_1_gib_dataset() {
         name: pool_name,
         mount,
         _dir: dir,
+        _alone: ALONE.lock().unwrap_or_else(|e| e.into_inner()),
     };
     let mut f = std::fs::File::create(pool.mount.join("big")).unwrap();
     let chunk: Vec<u8> = (0..1 << 20)
