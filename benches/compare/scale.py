@@ -23,8 +23,9 @@ from pathlib import Path
 import compare as c
 
 # name -> (folders, files per folder)
-SIZES = {"ci": (10, 1000), "100k": (100, 1000), "1m": (1000, 1000)}
-STEPS = ["first snapshot", "unchanged re-snapshot", "restore"]
+SIZES = {"ci": (10, 1000), "100k": (100, 1000), "1m": (1000, 1000), "3m": (3000, 1000)}
+STEPS = ["first snapshot", "unchanged re-snapshot", "restore", "find through mount"]
+MOUNT_SNAPSHOTS = 3
 SCALE_VERSION = 1
 
 
@@ -53,7 +54,33 @@ def build_tree(root: Path, folders: int, per: int, seed: int) -> None:
     stamp.write_text(want)
 
 
-def run_size(name: str, tree: Path, tools: dict[str, str], work: Path, timed: c.Timed, reps: int) -> list[dict]:
+def fresh_ext4(image: Path, mnt: Path, files: int) -> None:
+    """A new ext4 (with a journal) on a sparse file, mounted at `target`: a
+    restore's timing must not depend on what the machine's own filesystem
+    deleted just before (an ext4 without a journal skips inodes freed in the
+    last 30 s one by one, which made restores right after the previous
+    run's cleanup up to 10x slower). The restore goes into a folder of it:
+    the filesystem's root is not empty (lost+found)."""
+    size = files * 8192 + (1 << 30)
+    with open(image, "wb") as f:
+        f.truncate(size)
+    c.run(["mkfs.ext4", "-q", "-F", "-N", str(files + files // 5 + 10000), "-E",
+           "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(image)])
+    mnt.mkdir()
+    c.run(["mount", "-o", "loop", str(image), str(mnt)])
+
+
+def drop_target(target: Path, fresh_fs: bool) -> None:
+    """Unmounts the fresh filesystem `target` is in, or removes `target`."""
+    if fresh_fs and os.path.ismount(target.parent):
+        c.run(["umount", str(target.parent)])
+        c.rmtree(target.parent)
+    else:
+        c.rmtree(target)
+
+
+def run_size(name: str, tree: Path, tools: dict[str, str], work: Path, timed: c.Timed, reps: int,
+             fresh_fs: bool = True) -> list[dict]:
     folders, per = SIZES[name]
     rows = []
     for tool_name, exe in tools.items():
@@ -68,10 +95,13 @@ def run_size(name: str, tree: Path, tools: dict[str, str], work: Path, timed: c.
             target = rundir / "restored"
             cmds = [tool.snapshot_cmd(tree, 1), tool.snapshot_cmd(tree, 2), None]
             for step, cmd in zip(STEPS, cmds):
-                c.sync()
                 if cmd is None:
+                    if fresh_fs:
+                        fresh_ext4(rundir / "restore.img", rundir / "fs", folders * per)
+                        target = rundir / "fs" / "restored"
                     target.mkdir()
                     cmd = tool.restore_cmd(target, 2)
+                c.sync()
                 r = timed(cmd, env=env, cwd=tool.restore_cwd(target) if step == "restore" else None)
                 ok = r["rc"] == 0
                 if ok and step == "restore":
@@ -87,8 +117,70 @@ def run_size(name: str, tree: Path, tools: dict[str, str], work: Path, timed: c.
                       + ("" if ok else f" FAILED rc {r['rc']}: {r['stderr_tail'][-300:]}"))
                 if not ok:
                     break
+            else:
+                if tool_name == "pvsnap":
+                    drop_target(target, fresh_fs)
+                    rows.append(mount_find(name, folders * per, tree, exe, rundir, env, rep))
+            drop_target(target, fresh_fs)
             c.rmtree(rundir)
     return rows
+
+
+def rss_of(pid: int) -> tuple[int, int]:
+    """(VmHWM, VmRSS) of a process in KiB, from /proc."""
+    hwm = rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1])
+        elif line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    return hwm, rss
+
+
+def mount_find(name: str, files: int, tree: Path, exe: str, rundir: Path, env: dict, rep: int) -> dict:
+    """`find` over MOUNT_SNAPSHOTS snapshots of the tree through `pvsnap mount`:
+    wall time of the find, peak RSS of the mount process (VmHWM), and its
+    RSS once the find is done (`after_mib`)."""
+    import time
+    repo = rundir / "repo"
+    while len(json.loads(subprocess.run([exe, "--repo", str(repo), "snapshots", "--json"], capture_output=True,
+                                        text=True, check=True, env=c.with_env(**env)).stdout)) < MOUNT_SNAPSHOTS:
+        c.run([exe, "--repo", str(repo), "snapshot", str(tree), "--quiet"], env=c.with_env(**env))
+    mnt = rundir / "mnt"
+    mnt.mkdir()
+    log = open(rundir / "mount.log", "wb")
+    p = subprocess.Popen([exe, "--repo", str(repo), "mount", str(mnt)], env=c.with_env(**env),
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    row = {"size": name, "files": files, "tool": "pvsnap", "step": "find through mount", "rep": rep,
+           "ok": False, "wall_s": 0.0, "maxrss_kib": 0, "after_kib": 0, "stderr": ""}
+    try:
+        deadline = time.time() + 60
+        while not os.path.ismount(mnt):
+            if p.poll() is not None or time.time() > deadline:
+                row["stderr"] = "the mount did not come up: " + (rundir / "mount.log").read_text()[-300:]
+                return row
+            time.sleep(0.05)
+        c.sync()
+        t0 = time.perf_counter()
+        out = subprocess.run(["find", str(mnt / "snapshots"), "-type", "f", "!", "-name", ".complete"], capture_output=True, check=True).stdout
+        row["wall_s"] = time.perf_counter() - t0
+        got = out.count(b"\n")
+        hwm, rss = rss_of(p.pid)
+        row["maxrss_kib"], row["after_kib"] = hwm, rss
+        row["ok"] = got == files * MOUNT_SNAPSHOTS
+        if not row["ok"]:
+            row["stderr"] = f"found {got} files of {files * MOUNT_SNAPSHOTS}"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        log.close()
+    c.log(f"  {name} pvsnap find through mount ({MOUNT_SNAPSHOTS} snapshots): {row['wall_s']:.2f} s, "
+          f"peak {row['maxrss_kib'] / 1024:.0f} MiB, {row['after_kib'] / 1024:.0f} MiB after"
+          + ("" if row["ok"] else f" FAILED: {row['stderr']}"))
+    return row
 
 
 def medians(rows: list[dict]) -> list[dict]:
@@ -98,7 +190,8 @@ def medians(rows: list[dict]) -> list[dict]:
             out.setdefault((r["files"], r["tool"], r["step"]), []).append(r)
     return [{"files": k[0], "tool": k[1], "step": k[2],
              "wall_s": statistics.median(x["wall_s"] for x in v),
-             "maxrss_mib": statistics.median(x["maxrss_kib"] for x in v) / 1024, "n": len(v)}
+             "maxrss_mib": statistics.median(x["maxrss_kib"] for x in v) / 1024, "n": len(v),
+             **({"after_mib": statistics.median(x["after_kib"] for x in v) / 1024} if "after_kib" in v[0] else {})}
             for k, v in sorted(out.items())]
 
 
@@ -112,7 +205,10 @@ def table(meds: list[dict]) -> str:
             cells = []
             for t in tools:
                 m = by.get((files, step, t))
-                cells.append(f"{m['wall_s']:.2f} s, {m['maxrss_mib']:.0f} MiB" if m else "—")
+                cell = f"{m['wall_s']:.2f} s, {m['maxrss_mib']:.0f} MiB" if m else "—"
+                if m and "after_mib" in m:
+                    cell += f" ({m['after_mib']:.0f} MiB after)"
+                cells.append(cell)
             lines.append(f"| {files:,} | {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -172,6 +268,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", default="/work/benchdata-scale", help="scratch folder (trees, repositories)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--step-timeout", type=float, default=7200)
+    ap.add_argument("--restore-in-place", action="store_true",
+                    help="restore into a folder of WORKDIR instead of a fresh ext4 on a loop device per restore")
     args = ap.parse_args(argv)
     sizes = [s.strip() for s in args.scale.split(",") if s.strip()]
     if bad := [s for s in sizes if s not in SIZES]:
@@ -194,7 +292,7 @@ def main(argv: list[str]) -> int:
         tree = work / "trees" / s
         c.log(f"tree {s}: {folders} x {per} files")
         build_tree(tree, folders, per, args.seed)
-        rows += run_size(s, tree, tools, work, timed, args.reps)
+        rows += run_size(s, tree, tools, work, timed, args.reps, fresh_fs=not args.restore_in_place)
     meds = medians(rows)
     (work / "scale.json").write_text(json.dumps({"rows": rows, "medians": meds}, indent=1))
     md = table(meds)

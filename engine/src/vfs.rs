@@ -14,20 +14,35 @@
 //! reloaded (before the new snapshots become visible) and the layout rebuilt.
 //!
 //! # Inodes
-//! Inode numbers are handed out on first sight (lookup or listing) and never
-//! reused while mounted; [`ROOT`] is 1. Each inode counts the references the
-//! kernel holds: one per [`Vfs::lookup`] and per entry taken by
-//! [`Vfs::readdir_plus`], given back by [`Vfs::forget`]; at zero the inode is
-//! dropped (a later lookup of the same name gets a new number), so browsing
-//! a million files holds only what the kernel still caches. Inodes made by a
-//! plain listing, which the kernel does not count, are swept once they
-//! outnumber a bound ([`VfsOptions::idle_inodes`], [`SWEEP_AT`] by default). An inode is keyed by its
-//! parent inode and name, so a snapshot reached through `snapshots/` and through
-//! `sources/` is two distinct trees of inodes (a folder must not have two
-//! parents). Within one such tree, non-folder nodes with a link count above one
-//! and the same (device, inode) share an inode number: hardlinks stay hardlinks.
+//! [`ROOT`] is 1. The layout's folders and links get numbers on first sight
+//! (lookup or listing). An entry of a snapshot is numbered by where it is: a
+//! folder whose entries are looked up or listed gets a range of numbers, and
+//! entry `i` of its tree is `first + i`. The table keeps, per snapshot entry
+//! the kernel holds, only its number and the references the kernel holds:
+//! one per [`Vfs::lookup`] and per entry taken by [`Vfs::readdir_plus`], given
+//! back by [`Vfs::forget`]. At zero the inode is dropped; a folder dropped
+//! takes its range along, and a folder looked up again numbers its entries
+//! anew, so a number never names another entry. Browsing a million files
+//! holds only what the kernel still caches, at about 45 bytes an inode.
+//! Records of inodes the kernel does not count (layout entries, hardlinked
+//! nodes and ranges seen by a plain listing) are swept once they outnumber a
+//! bound ([`VfsOptions::idle_inodes`], [`SWEEP_AT`] by default). A snapshot
+//! reached through `snapshots/` and through `sources/` is two distinct trees
+//! of inodes (a folder must not have two parents). Within one such tree,
+//! non-folder nodes with a link count above one and the same (device, inode)
+//! share the number of the first name seen: hardlinks stay hardlinks, and
+//! such a node and the snapshot roots (in no tree) are kept whole.
 //! Folders report the link count captured; the layout's folders report 1
 //! ("unknown", which keeps `find` from guessing subfolder counts).
+//!
+//! Attributes, names and extent lists are read from a byte-bounded LRU of
+//! folder trees ([`VfsOptions::tree_cache_bytes`]) when asked, and read again
+//! from the repository after eviction. A tree is kept packed (`vfs/packed.rs`:
+//! its plaintext, an entry decoded when asked), about a quarter of its
+//! decoded size. A folder that is open (from [`Vfs::opendir`] to
+//! [`Vfs::releasedir`]) keeps its tree, however large, so the many readdir
+//! calls of a huge folder read it once; a lookup in a folder binary-searches
+//! its sorted names in place.
 //!
 //! # Reads
 //! A file's extents are indexed by their start offsets; a read finds its first
@@ -42,9 +57,10 @@
 mod cache;
 mod file;
 pub mod layout;
+mod packed;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -56,10 +72,12 @@ use crate::repo::IndexedRepository;
 use crate::repo::format::ObjectKind;
 use crate::repo::id::{SnapshotId, TreeId};
 use crate::snapshot::Snapshot;
-use crate::tree::{Extent, Node, NodeKind, Tree};
+use crate::store::blob::BlobKind;
+use crate::tree::{Node, NodeKind};
 use cache::{ChunkCache, Loader};
 pub use file::{FileMap, ReadData};
 use layout::{VDir, VNode};
+use packed::PackedTree;
 
 /// The inode number of the root folder.
 pub const ROOT: u64 = 1;
@@ -189,37 +207,68 @@ pub struct DirEntry<'a> {
     pub next_offset: u64,
 }
 
-/// What an inode stands for.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "inodes already live behind an Arc; most are nodes"
-)]
-enum What {
-    /// A folder or symlink of the layout, by its path from the root.
-    Layout(Vec<Vec<u8>>),
-    /// An entry of a snapshot, reached through the snapshot root inode `view`.
-    /// A file's extents live in `file`, not in `node`.
-    Node {
-        view: u64,
-        snapshot: SnapshotId,
-        node: Node,
-        file: Option<FileMap>,
-    },
+/// References the kernel holds to one inode (lookups not yet forgotten):
+/// all the table keeps per held inode of a snapshot entry (with its number,
+/// 16 bytes). Raised under the table's read lock, checked for zero under its
+/// write lock. At `u32::MAX` it stays: the inode is then held until unmounted.
+#[derive(Default)]
+struct Held(AtomicU32);
+
+impl Held {
+    fn take(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_add(1))
+            });
+    }
+
+    fn untake(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c != u32::MAX).then(|| c.saturating_sub(1))
+            });
+    }
 }
 
-struct Inode {
+/// A folder of a snapshot: its tree, and the snapshot root inode it was
+/// reached through (the scope of its hardlinks).
+#[derive(Debug, Clone, Copy)]
+struct Folder {
+    subtree: TreeId,
+    view: u64,
+}
+
+/// The numbers of a folder's entries: entry `i` of its tree is inode
+/// `first + i`. Given out when its entries are first looked up or listed,
+/// dropped with the folder's inode; a folder looked up again gets new ones.
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    folder: Folder,
+    first: u64,
+    len: u64,
+}
+
+/// A node the table holds whole: a snapshot root (in no tree) or a file with
+/// hardlinks (one inode under several folders, any of which the kernel may
+/// forget first). Both are rare next to the other inodes.
+struct Own {
+    node: Arc<Node>,
     parent: u64,
-    what: What,
-    /// References the kernel holds (lookups not yet forgotten). Raised
-    /// under the table's read lock, checked for zero under its write lock.
-    lookups: std::sync::atomic::AtomicU64,
+    /// The snapshot of a snapshot root.
+    snapshot: Option<SnapshotId>,
+    /// The name of a snapshot root in its layout folder.
+    layout_name: Option<Vec<u8>>,
+    /// (view, device, inode) of a hardlinked node.
+    link: Option<(u64, u64, u64)>,
 }
 
-/// An inode in the table, with the keys that lead to it (to drop them with it).
-struct Slot {
-    inode: Arc<Inode>,
-    names: Vec<(u64, Vec<u8>)>,
-    link: Option<(u64, u64, u64)>,
+/// A folder or link of the layout.
+struct LayoutInode {
+    parent: u64,
+    /// From the root.
+    path: Vec<Vec<u8>>,
 }
 
 /// The default of [`VfsOptions::idle_inodes`].
@@ -229,42 +278,101 @@ pub const SWEEP_AT: usize = 65_536;
 /// forgot three quarters of them (see [`Table::shrink_if_emptied`]).
 const SHRINK_FROM: usize = 4096;
 
+/// How many bytes of file extent lists are kept indexed for reads.
+const FILE_MAP_BYTES: usize = 16 << 20;
+
+/// The inodes. An entry of a snapshot has no record of its own: its number
+/// says where it is (the folder [`Range`] holding it, and its index there),
+/// and the table keeps only the kernel's references to it ([`Held`]). Folders
+/// whose entries have numbers add a [`Range`]; the layout's inodes and the
+/// rare [`Own`] ones hold more.
 struct Table {
-    inodes: HashMap<u64, Slot>,
-    /// The next inode number: numbers are never reused.
+    held: HashMap<u64, Held>,
+    /// Folder inode → the numbers of its entries.
+    dirs: HashMap<u64, Range>,
+    /// First number of a range → its folder inode.
+    ranges: BTreeMap<u64, u64>,
+    own: HashMap<u64, Own>,
+    layout: HashMap<u64, LayoutInode>,
+    /// (parent, name) → inode, for the layout's entries.
+    layout_names: HashMap<(u64, Vec<u8>), u64>,
+    /// (view, device, inode) of multiply linked nodes.
+    links: HashMap<(u64, u64, u64), u64>,
+    /// The next number: numbers are never given to another entry.
     next: u64,
-    /// The table's size that triggers the next sweep.
+    /// Records (ranges, own nodes, layout inodes) that trigger the next sweep.
     sweep_at: usize,
     /// [`VfsOptions::idle_inodes`].
     idle: usize,
-    names: HashMap<(u64, Vec<u8>), u64>,
-    /// (view, device, inode) of multiply linked nodes.
-    links: HashMap<(u64, u64, u64), u64>,
     /// The most inodes held since memory was last given back (see
     /// [`Table::shrink_if_emptied`]).
     peak: usize,
 }
 
 impl Table {
-    fn new(root: Inode, idle: usize) -> Table {
-        let mut inodes = HashMap::new();
-        inodes.insert(
-            ROOT,
-            Slot {
-                inode: Arc::new(root),
-                names: vec![],
-                link: None,
-            },
-        );
-        Table {
-            inodes,
+    fn new(snapshot: Option<&Snapshot>, idle: usize) -> Table {
+        let mut t = Table {
+            held: HashMap::new(),
+            dirs: HashMap::new(),
+            ranges: BTreeMap::new(),
+            own: HashMap::new(),
+            layout: HashMap::new(),
+            layout_names: HashMap::new(),
+            links: HashMap::new(),
             next: ROOT + 1,
             sweep_at: idle.max(1),
             idle: idle.max(1),
-            names: HashMap::new(),
-            links: HashMap::new(),
             peak: 1,
+        };
+        match snapshot {
+            Some(s) => t.add_snapshot_root(ROOT, ROOT, s, None),
+            None => {
+                t.layout.insert(
+                    ROOT,
+                    LayoutInode {
+                        parent: ROOT,
+                        path: vec![],
+                    },
+                );
+            }
         }
+        t
+    }
+
+    fn add_snapshot_root(&mut self, ino: u64, parent: u64, s: &Snapshot, name: Option<Vec<u8>>) {
+        self.own.insert(
+            ino,
+            Own {
+                node: Arc::new(s.root.clone()),
+                parent,
+                snapshot: Some(s.id),
+                layout_name: name,
+                link: None,
+            },
+        );
+    }
+
+    /// A new number for a record about to be added; sweeps first when the
+    /// records of unheld inodes piled up.
+    fn number(&mut self, len: u64) -> u64 {
+        if self.dirs.len() + self.own.len() + self.layout.len() >= self.sweep_at {
+            self.sweep();
+        }
+        let n = self.next;
+        self.next = self.next.saturating_add(len.max(1));
+        n
+    }
+
+    /// Takes a reference for the kernel to `ino`.
+    fn hold(&mut self, ino: u64) {
+        self.held.entry(ino).or_default().take();
+        self.peak = self.peak.max(self.held.len());
+    }
+
+    fn is_held(&self, ino: u64) -> bool {
+        self.held
+            .get(&ino)
+            .is_some_and(|h| h.0.load(Ordering::Relaxed) > 0)
     }
 
     /// Once the kernel has forgotten most inodes (the table holds under a
@@ -275,48 +383,114 @@ impl Table {
     /// what it freed: without this, a mount stays at the size of the
     /// largest walk through it.
     fn shrink_if_emptied(&mut self) -> bool {
-        if self.peak < SHRINK_FROM || self.inodes.len() * 4 > self.peak {
+        if self.peak < SHRINK_FROM || self.held.len() * 4 > self.peak {
             return false;
         }
-        self.inodes.shrink_to_fit();
-        self.names.shrink_to_fit();
+        self.held.shrink_to_fit();
+        self.dirs.shrink_to_fit();
+        self.own.shrink_to_fit();
+        self.layout.shrink_to_fit();
+        self.layout_names.shrink_to_fit();
         self.links.shrink_to_fit();
-        self.peak = self.inodes.len().max(1);
+        self.peak = self.held.len().max(1);
         true
     }
 
-    /// Drops inode `ino` and the names and link that lead to it.
+    /// Drops inode `ino`: its references, and the records and keys that
+    /// lead to it. The numbers of its entries (a folder's) are never given
+    /// out again.
     fn drop_inode(&mut self, ino: u64) {
         if ino == ROOT {
             return;
         }
-        if let Some(slot) = self.inodes.remove(&ino) {
-            for key in slot.names {
-                if self.names.get(&key) == Some(&ino) {
-                    self.names.remove(&key);
-                }
-            }
-            if let Some(l) = slot.link
+        self.held.remove(&ino);
+        if let Some(r) = self.dirs.remove(&ino)
+            && self.ranges.get(&r.first) == Some(&ino)
+        {
+            self.ranges.remove(&r.first);
+        }
+        if let Some(own) = self.own.remove(&ino) {
+            if let Some(l) = own.link
                 && self.links.get(&l) == Some(&ino)
             {
                 self.links.remove(&l);
             }
+            if let Some(name) = own.layout_name {
+                self.drop_layout_name((own.parent, name), ino);
+            }
+        }
+        if let Some(mut l) = self.layout.remove(&ino)
+            && let Some(name) = l.path.pop()
+        {
+            self.drop_layout_name((l.parent, name), ino);
         }
     }
 
-    /// Drops every inode the kernel holds no reference to.
+    fn drop_layout_name(&mut self, key: (u64, Vec<u8>), ino: u64) {
+        if self.layout_names.get(&key) == Some(&ino) {
+            self.layout_names.remove(&key);
+        }
+    }
+
+    /// Drops the records of inodes the kernel holds no reference to.
     fn sweep(&mut self) {
-        let idle: Vec<u64> = self
-            .inodes
-            .iter()
-            .filter(|(ino, s)| **ino != ROOT && s.inode.lookups.load(Ordering::Relaxed) == 0)
-            .map(|(ino, _)| *ino)
+        let idle: Vec<u64> = (self.dirs.keys())
+            .chain(self.own.keys())
+            .chain(self.layout.keys())
+            .chain(self.held.keys())
+            .filter(|&&ino| ino != ROOT && !self.is_held(ino))
+            .copied()
             .collect();
         for ino in idle {
             self.drop_inode(ino);
         }
-        self.sweep_at = self.inodes.len() + self.idle;
+        self.sweep_at = self.dirs.len() + self.own.len() + self.layout.len() + self.idle;
     }
+
+    /// How many inodes are held or have records.
+    fn count(&self) -> usize {
+        let unheld: BTreeSet<u64> = (self.dirs.keys())
+            .chain(self.own.keys())
+            .chain(self.layout.keys())
+            .filter(|ino| !self.held.contains_key(ino))
+            .copied()
+            .collect();
+        self.held.len() + unheld.len()
+    }
+}
+
+/// A snapshot entry found: decoded from a cached tree, or held whole.
+enum NodeRef {
+    Decoded(Box<Node>),
+    Own(Arc<Node>),
+}
+
+impl std::ops::Deref for NodeRef {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        match self {
+            NodeRef::Decoded(node) => node,
+            NodeRef::Own(node) => node,
+        }
+    }
+}
+
+/// What an inode stands for, looked up when asked.
+enum Found {
+    /// A folder or symlink of the layout, by its path from the root.
+    Layout(Vec<Vec<u8>>),
+    /// An entry of a snapshot; `dir` when it is a folder.
+    Node { node: NodeRef, dir: Option<Folder> },
+}
+
+/// Trees of the folders that are open (opendir to releasedir): a listing
+/// of a huge folder comes in many readdir calls, and its tree may be larger
+/// than the tree cache.
+#[derive(Default)]
+struct OpenDirs {
+    next: u64,
+    handles: HashMap<u64, TreeId>,
+    trees: HashMap<TreeId, (Arc<PackedTree>, usize)>,
 }
 
 /// The repository and snapshots as of the last refresh.
@@ -332,7 +506,12 @@ pub struct Vfs {
     opts: VfsOptions,
     state: RwLock<Arc<State>>,
     table: RwLock<Table>,
-    trees: Mutex<Lru<TreeId, Arc<Tree>>>,
+    trees: Mutex<Lru<TreeId, Arc<PackedTree>>>,
+    open_dirs: Mutex<OpenDirs>,
+    /// Tree blobs read and decoded so far.
+    trees_read: AtomicUsize,
+    /// Extent lists of files being read, indexed, by inode.
+    files: Mutex<Lru<u64, (Arc<FileMap>, u64)>>,
     chunks: Arc<ChunkCache>,
     loader: Loader,
     checked: Mutex<Instant>,
@@ -344,31 +523,14 @@ impl Vfs {
     /// `opts.snapshot`'s tree.
     pub fn new(repo: IndexedRepository, opts: VfsOptions) -> crate::Result<Vfs> {
         let started_ns = jiff::Timestamp::now().as_nanosecond() as i64;
-        let root = match &opts.snapshot {
-            Some(s) => {
-                if !s.root.is_dir() {
-                    return Err(Error::Invalid(format!(
-                        "snapshot {}: its root is not a folder",
-                        s.id.short()
-                    )));
-                }
-                Inode {
-                    parent: ROOT,
-                    what: What::Node {
-                        view: ROOT,
-                        snapshot: s.id,
-                        node: s.root.clone(),
-                        file: None,
-                    },
-                    lookups: Default::default(),
-                }
-            }
-            None => Inode {
-                parent: ROOT,
-                what: What::Layout(vec![]),
-                lookups: Default::default(),
-            },
-        };
+        if let Some(s) = &opts.snapshot
+            && !s.root.is_dir()
+        {
+            return Err(Error::Invalid(format!(
+                "snapshot {}: its root is not a folder",
+                s.id.short()
+            )));
+        }
         let (ids, snaps) = match &opts.snapshot {
             Some(_) => (BTreeSet::new(), vec![]),
             None => {
@@ -386,8 +548,11 @@ impl Vfs {
                 snaps,
                 layout,
             })),
-            table: RwLock::new(Table::new(root, opts.idle_inodes)),
+            table: RwLock::new(Table::new(opts.snapshot.as_ref(), opts.idle_inodes)),
             trees: Mutex::new(Lru::new(opts.tree_cache_bytes)),
+            open_dirs: Mutex::new(OpenDirs::default()),
+            trees_read: AtomicUsize::new(0),
+            files: Mutex::new(Lru::new(FILE_MAP_BYTES)),
             chunks: Arc::new(ChunkCache::new(opts.cache_bytes)),
             loader: Loader::new(opts.readahead_threads),
             checked: Mutex::new(Instant::now()),
@@ -404,24 +569,28 @@ impl Vfs {
 
     /// How many inodes are held now (the root included).
     pub fn inode_count(&self) -> usize {
-        self.table.read().expect("inode table").inodes.len()
+        self.table.read().expect("inode table").count()
     }
 
     /// How many inodes the table has room for without growing.
     #[cfg(test)]
     fn inode_capacity(&self) -> usize {
-        self.table.read().expect("inode table").inodes.capacity()
+        self.table.read().expect("inode table").held.capacity()
     }
 
     /// The kernel gives back `n` references to `ino` (FUSE forget); at zero
     /// the inode is dropped. Unknown inodes are ignored.
     pub fn forget(&self, ino: u64, n: u64) {
         let mut t = self.table.write().expect("inode table");
-        let Some(slot) = t.inodes.get(&ino) else {
+        let Some(h) = t.held.get(&ino) else {
             return;
         };
-        let left = slot.inode.lookups.load(Ordering::Relaxed).saturating_sub(n);
-        slot.inode.lookups.store(left, Ordering::Relaxed);
+        let held = h.0.load(Ordering::Relaxed);
+        if held == u32::MAX {
+            return;
+        }
+        let left = u64::from(held).saturating_sub(n) as u32;
+        h.0.store(left, Ordering::Relaxed);
         if left == 0 {
             t.drop_inode(ino);
             if t.shrink_if_emptied() {
@@ -435,12 +604,102 @@ impl Vfs {
         self.state.read().expect("vfs state").clone()
     }
 
-    fn inode(&self, ino: u64) -> VfsResult<Arc<Inode>> {
+    /// What inode `ino` stands for, and its parent inode. An entry of a
+    /// snapshot is read from its folder's tree (the tree cache).
+    fn find(&self, ino: u64) -> VfsResult<(u64, Found)> {
+        let (folder, index) = {
+            let t = self.table.read().expect("inode table");
+            if let Some(own) = t.own.get(&ino) {
+                let dir = match &own.node.kind {
+                    NodeKind::Dir { subtree } if own.snapshot.is_some() => Some(Folder {
+                        subtree: *subtree,
+                        view: ino,
+                    }),
+                    _ => None,
+                };
+                let node = NodeRef::Own(own.node.clone());
+                return Ok((own.parent, Found::Node { node, dir }));
+            }
+            if let Some(l) = t.layout.get(&ino) {
+                return Ok((l.parent, Found::Layout(l.path.clone())));
+            }
+            // The kernel holds a folder while it holds anything in it;
+            // without its folder's range the number is stale.
+            let (first, folder) = t
+                .ranges
+                .range(..=ino)
+                .next_back()
+                .ok_or(VfsError::UnknownInode(ino))?;
+            let range = t.dirs.get(folder).ok_or(VfsError::UnknownInode(ino))?;
+            if ino - first >= range.len {
+                return Err(VfsError::UnknownInode(ino));
+            }
+            ((*folder, range.folder), (ino - first) as usize)
+        };
+        let tree = self.tree(&self.state().repo, &folder.1.subtree)?;
+        if index >= tree.len() {
+            return Err(VfsError::UnknownInode(ino));
+        }
+        let node = tree.node(index).map_err(Error::from)?;
+        let dir = match &node.kind {
+            NodeKind::Dir { subtree } => Some(Folder {
+                subtree: *subtree,
+                view: folder.1.view,
+            }),
+            _ => None,
+        };
+        let node = NodeRef::Decoded(Box::new(node));
+        Ok((folder.0, Found::Node { node, dir }))
+    }
+
+    /// Whether inode `ino` is the layout's.
+    fn is_layout(&self, ino: u64) -> bool {
         let t = self.table.read().expect("inode table");
-        t.inodes
-            .get(&ino)
-            .map(|s| s.inode.clone())
-            .ok_or(VfsError::UnknownInode(ino))
+        t.layout.contains_key(&ino)
+    }
+
+    /// Takes a reference for the kernel to `ino` when `counted`.
+    fn take(&self, ino: u64, counted: bool) {
+        if !counted {
+            return;
+        }
+        {
+            let t = self.table.read().expect("inode table");
+            if let Some(h) = t.held.get(&ino) {
+                return h.take();
+            }
+        }
+        self.table.write().expect("inode table").hold(ino);
+    }
+
+    /// Gives back the reference a listing counted for an entry it could not
+    /// hand over (the kernel's buffer was full).
+    fn untake(&self, ino: u64, counted: bool) {
+        if !counted {
+            return;
+        }
+        let t = self.table.read().expect("inode table");
+        if let Some(h) = t.held.get(&ino) {
+            h.untake();
+        }
+    }
+
+    /// The numbers of the entries of folder `ino`, given out now if they
+    /// were not yet.
+    fn range(&self, ino: u64, folder: Folder, len: usize) -> Range {
+        if let Some(r) = self.table.read().expect("inode table").dirs.get(&ino) {
+            return *r;
+        }
+        let mut t = self.table.write().expect("inode table");
+        if let Some(r) = t.dirs.get(&ino) {
+            return *r;
+        }
+        let len = len as u64;
+        let first = t.number(len);
+        let r = Range { folder, first, len };
+        t.dirs.insert(ino, r);
+        t.ranges.insert(first, ino);
+        r
     }
 
     /// Re-lists snapshots if the last check is older than `refresh_every`;
@@ -506,75 +765,9 @@ impl Vfs {
         Ok(true)
     }
 
-    /// The inode for `name` in `parent`, made by `make(ino)` when new or when
-    /// the known one no longer `fits`. `link` is the hardlink key, if any.
-    /// `counted`: the kernel takes a reference to it (a lookup), raised here
-    /// under the table's lock so that no sweep drops it in between.
-    fn intern(
-        &self,
-        parent: u64,
-        name: &[u8],
-        make: impl FnOnce(u64) -> What,
-        fits: impl Fn(&What) -> bool,
-        link: Option<(u64, u64, u64)>,
-        counted: bool,
-    ) -> (u64, Arc<Inode>) {
-        let key = (parent, name.to_vec());
-        let count = |inode: &Arc<Inode>| {
-            if counted {
-                inode.lookups.fetch_add(1, Ordering::Relaxed);
-            }
-            inode.clone()
-        };
-        {
-            let t = self.table.read().expect("inode table");
-            if let Some(slot) = t.names.get(&key).and_then(|ino| t.inodes.get(ino))
-                && fits(&slot.inode.what)
-            {
-                return (t.names[&key], count(&slot.inode));
-            }
-        }
-        let mut t = self.table.write().expect("inode table");
-        if let Some(&ino) = t.names.get(&key)
-            && let Some(slot) = t.inodes.get(&ino)
-            && fits(&slot.inode.what)
-        {
-            return (ino, count(&slot.inode));
-        }
-        if let Some(&ino) = link.as_ref().and_then(|l| t.links.get(l))
-            && t.inodes.contains_key(&ino)
-        {
-            t.names.insert(key.clone(), ino);
-            let slot = t.inodes.get_mut(&ino).expect("linked inode");
-            slot.names.push(key);
-            return (ino, count(&slot.inode));
-        }
-        if t.inodes.len() >= t.sweep_at {
-            t.sweep();
-        }
-        let ino = t.next;
-        t.next += 1;
-        let inode = Arc::new(Inode {
-            parent,
-            what: make(ino),
-            lookups: std::sync::atomic::AtomicU64::new(u64::from(counted)),
-        });
-        t.inodes.insert(
-            ino,
-            Slot {
-                inode: inode.clone(),
-                names: vec![key.clone()],
-                link,
-            },
-        );
-        t.names.insert(key, ino);
-        if let Some(l) = link {
-            t.links.insert(l, ino);
-        }
-        t.peak = t.peak.max(t.inodes.len());
-        (ino, inode)
-    }
-
+    /// The inode of layout entry `name` in layout folder `parent` (at
+    /// `path`). A snapshot root is held whole; the known inode is kept
+    /// unless the entry changed kind or snapshot (a refresh).
     fn layout_child(
         &self,
         parent: u64,
@@ -582,90 +775,99 @@ impl Vfs {
         name: &[u8],
         node: &VNode,
         counted: bool,
-    ) -> (u64, Arc<Inode>) {
-        match node {
-            VNode::Snapshot(s) => self.intern(
-                parent,
-                name,
-                |ino| What::Node {
-                    view: ino,
-                    snapshot: s.id,
-                    node: s.root.clone(),
-                    file: None,
-                },
-                |w| matches!(w, What::Node { snapshot, .. } if *snapshot == s.id),
-                None,
-                counted,
-            ),
-            _ => self.intern(
-                parent,
-                name,
-                |_| {
-                    let mut p = path.to_vec();
-                    p.push(name.to_vec());
-                    What::Layout(p)
-                },
-                |w| matches!(w, What::Layout(_)),
-                None,
-                counted,
-            ),
-        }
-    }
-
-    fn node_child(
-        &self,
-        parent: u64,
-        view: u64,
-        snapshot: SnapshotId,
-        node: &Node,
-        counted: bool,
-    ) -> (u64, Arc<Inode>) {
-        let link = (!node.is_dir() && node.links > 1).then_some((view, node.device, node.inode));
-        self.intern(
-            parent,
-            &node.name,
-            |_| {
-                let mut node = node.clone();
-                let file = match &mut node.kind {
-                    NodeKind::File { content } => Some(FileMap::new(std::mem::take(content))),
-                    _ => None,
-                };
-                What::Node {
-                    view,
-                    snapshot,
-                    node,
-                    file,
+    ) -> u64 {
+        let snapshot = match node {
+            VNode::Snapshot(s) => Some(s),
+            _ => None,
+        };
+        let fits = |t: &Table, ino: u64| match (snapshot, t.own.get(&ino)) {
+            (Some(s), Some(own)) => own.snapshot == Some(s.id),
+            (None, None) => t.layout.contains_key(&ino),
+            _ => false,
+        };
+        let key = (parent, name.to_vec());
+        {
+            let t = self.table.read().expect("inode table");
+            if let Some(&ino) = t.layout_names.get(&key)
+                && fits(&t, ino)
+            {
+                if !counted {
+                    return ino;
                 }
-            },
-            |_| true,
-            link,
-            counted,
-        )
+                if let Some(h) = t.held.get(&ino) {
+                    h.take();
+                    return ino;
+                }
+            }
+        }
+        // Made and counted under one write lock, so no sweep drops it in between.
+        let mut t = self.table.write().expect("inode table");
+        let ino = match t.layout_names.get(&key) {
+            Some(&ino) if fits(&t, ino) => ino,
+            _ => {
+                let ino = t.number(1);
+                match snapshot {
+                    Some(s) => t.add_snapshot_root(ino, parent, s, Some(name.to_vec())),
+                    None => {
+                        let mut path = path.to_vec();
+                        path.push(name.to_vec());
+                        t.layout.insert(ino, LayoutInode { parent, path });
+                    }
+                }
+                t.layout_names.insert(key, ino);
+                ino
+            }
+        };
+        if counted {
+            t.hold(ino);
+        }
+        ino
     }
 
-    fn tree(&self, repo: &IndexedRepository, id: &TreeId) -> VfsResult<Arc<Tree>> {
+    /// The number of `node`, entry `index` of a folder with entry numbers
+    /// `range`: `first + index`, or, for non-folders with a link count above
+    /// one, the number of the first name seen with the same (device, inode)
+    /// (hardlinks stay hardlinks). The kernel's reference is taken by the caller.
+    fn node_child(&self, range: &Range, node: &Node, index: usize, parent: u64) -> u64 {
+        let ino = range.first + index as u64;
+        if node.is_dir() || node.links <= 1 {
+            return ino;
+        }
+        let link = (range.folder.view, node.device, node.inode);
+        if let Some(&other) = self.table.read().expect("inode table").links.get(&link) {
+            return other;
+        }
+        let mut t = self.table.write().expect("inode table");
+        if let Some(&other) = t.links.get(&link) {
+            return other;
+        }
+        t.number(0);
+        t.own.insert(
+            ino,
+            Own {
+                node: Arc::new(node.clone()),
+                parent,
+                snapshot: None,
+                layout_name: None,
+                link: Some(link),
+            },
+        );
+        t.links.insert(link, ino);
+        ino
+    }
+
+    /// The tree `id`: from an open folder, the tree cache, or the repository.
+    fn tree(&self, repo: &IndexedRepository, id: &TreeId) -> VfsResult<Arc<PackedTree>> {
+        if let Some((t, _)) = self.open_dirs.lock().expect("open folders").trees.get(id) {
+            return Ok(t.clone());
+        }
         if let Some(t) = self.trees.lock().expect("tree cache").get(id) {
             return Ok(t);
         }
-        let tree = Arc::new(repo.read_tree(id)?);
-        let weight = tree
-            .nodes
-            .iter()
-            .map(|n| {
-                let content = match &n.kind {
-                    NodeKind::File { content } => content.len() * std::mem::size_of::<Extent>(),
-                    _ => 0,
-                };
-                std::mem::size_of::<Node>()
-                    + n.name.len()
-                    + content
-                    + n.xattrs
-                        .iter()
-                        .map(|x| x.name.len() + x.value.len() + 48)
-                        .sum::<usize>()
-            })
-            .sum::<usize>()
-            + 64;
+        let bytes = repo.read_blob(BlobKind::Tree, &id.0)?;
+        let tree = Arc::new(PackedTree::new(bytes, id).map_err(Error::from)?);
+        self.trees_read.fetch_add(1, Ordering::Relaxed);
+        let weight = tree.weight();
         self.trees
             .lock()
             .expect("tree cache")
@@ -673,10 +875,23 @@ impl Vfs {
         Ok(tree)
     }
 
-    fn attr_of(&self, ino: u64, inode: &Inode, state: &State) -> VfsResult<Attr> {
-        let path = match &inode.what {
-            What::Node { node, file, .. } => return Ok(node_attr(ino, node, file.as_ref())),
-            What::Layout(path) => path,
+    /// Empties the tree and file caches (tests: answers after a cache miss).
+    #[cfg(test)]
+    fn drop_caches(&self) {
+        *self.trees.lock().unwrap() = Lru::new(self.opts.tree_cache_bytes);
+        *self.files.lock().unwrap() = Lru::new(FILE_MAP_BYTES);
+    }
+
+    /// How many tree blobs were read and decoded (tests: how often).
+    #[cfg(test)]
+    fn trees_read(&self) -> usize {
+        self.trees_read.load(Ordering::Relaxed)
+    }
+
+    fn attr_of(&self, ino: u64, found: &Found, state: &State) -> VfsResult<Attr> {
+        let path = match found {
+            Found::Node { node, .. } => return Ok(node_attr(ino, node)),
+            Found::Layout(path) => path,
         };
         let root = &state.layout;
         let (kind, perm, size, mtime) = match path.is_empty() {
@@ -686,7 +901,7 @@ impl Vfs {
                 VNode::Link(target) => {
                     (FileKind::Symlink, 0o777, target.len() as u64, root.mtime_ns)
                 }
-                // Snapshot roots get `What::Node` inodes; a layout inode here is stale.
+                // Snapshot roots get inodes of their own; a layout inode here is stale.
                 VNode::Snapshot(_) => return Err(VfsError::NotFound),
             },
         };
@@ -710,41 +925,71 @@ impl Vfs {
 
     /// Attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> VfsResult<Attr> {
-        let inode = self.inode(ino)?;
-        if matches!(inode.what, What::Layout(_)) {
+        if self.is_layout(ino) {
             self.maybe_refresh();
         }
-        self.attr_of(ino, &inode, &self.state())
+        let (_, found) = self.find(ino)?;
+        self.attr_of(ino, &found, &self.state())
     }
 
     /// The entry `name` in folder `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> VfsResult<Attr> {
-        let p = self.inode(parent)?;
-        match &p.what {
-            What::Layout(path) => {
-                self.maybe_refresh();
-                let state = self.state();
+        if self.is_layout(parent) {
+            self.maybe_refresh();
+        }
+        let (_, found) = self.find(parent)?;
+        let state = self.state();
+        match &found {
+            Found::Layout(path) => {
                 let dir = layout_dir(&state.layout, path, parent)?;
                 let child = dir.entries.get(name).ok_or(VfsError::NotFound)?;
-                let (ino, inode) = self.layout_child(parent, path, name, child, true);
-                self.attr_of(ino, &inode, &state)
-                    .inspect_err(|_| untake(&inode, true))
+                let ino = self.layout_child(parent, path, name, child, true);
+                self.find(ino)
+                    .and_then(|(_, found)| self.attr_of(ino, &found, &state))
+                    .inspect_err(|_| self.untake(ino, true))
             }
-            What::Node {
-                view,
-                snapshot,
-                node,
-                ..
-            } => {
-                let NodeKind::Dir { subtree } = &node.kind else {
-                    return Err(VfsError::NotDir(parent));
-                };
-                let state = self.state();
-                let tree = self.tree(&state.repo, subtree)?;
-                let child = tree.find(name).ok_or(VfsError::NotFound)?;
-                let (ino, inode) = self.node_child(parent, *view, *snapshot, child, true);
-                self.attr_of(ino, &inode, &state)
-                    .inspect_err(|_| untake(&inode, true))
+            Found::Node { dir, .. } => {
+                let dir = dir.ok_or(VfsError::NotDir(parent))?;
+                let tree = self.tree(&state.repo, &dir.subtree)?;
+                let index = tree.find(name).ok_or(VfsError::NotFound)?;
+                let child = tree.node(index).map_err(Error::from)?;
+                let range = self.range(parent, dir, tree.len());
+                let ino = self.node_child(&range, &child, index, parent);
+                self.take(ino, true);
+                Ok(node_attr(ino, &child))
+            }
+        }
+    }
+
+    /// Opens folder `ino` for listing; returns the handle to list it with
+    /// and give back with [`Vfs::releasedir`]. While open, its tree stays
+    /// decoded, however large, so a listing in many calls decodes it once.
+    pub fn opendir(&self, ino: u64) -> VfsResult<u64> {
+        let (_, found) = self.find(ino)?;
+        let Found::Node { node, dir } = found else {
+            return Ok(0);
+        };
+        let dir = dir.ok_or(VfsError::NotDir(ino))?;
+        drop(node);
+        let tree = self.tree(&self.state().repo, &dir.subtree)?;
+        let mut open = self.open_dirs.lock().expect("open folders");
+        open.next += 1;
+        let fh = open.next;
+        open.handles.insert(fh, dir.subtree);
+        open.trees.entry(dir.subtree).or_insert((tree, 0)).1 += 1;
+        Ok(fh)
+    }
+
+    /// Closes a folder opened by [`Vfs::opendir`]; unknown handles are ignored.
+    pub fn releasedir(&self, fh: u64) {
+        let mut open = self.open_dirs.lock().expect("open folders");
+        let Some(id) = open.handles.remove(&fh) else {
+            return;
+        };
+        if let Some((_, n)) = open.trees.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                open.trees.remove(&id);
             }
         }
     }
@@ -780,12 +1025,12 @@ impl Vfs {
         plus: bool,
         add: &mut dyn FnMut(DirEntry<'_>) -> bool,
     ) -> VfsResult<()> {
-        let inode = self.inode(ino)?;
-        if matches!(inode.what, What::Layout(_)) {
+        if self.is_layout(ino) {
             self.maybe_refresh();
         }
+        let (parent, found) = self.find(ino)?;
         let state = self.state();
-        let own = self.attr_of(ino, &inode, &state)?;
+        let own = self.attr_of(ino, &found, &state)?;
         if own.kind != FileKind::Dir {
             return Err(VfsError::NotDir(ino));
         }
@@ -801,8 +1046,8 @@ impl Vfs {
         if offset <= 1 {
             // The kernel holds the parent of a folder it lists; should it be
             // gone anyway, `..` shows the folder itself rather than fail.
-            let attr = match self.inode(inode.parent) {
-                Ok(parent) => self.attr_of(inode.parent, &parent, &state)?,
+            let attr = match self.find(parent) {
+                Ok((_, p)) => self.attr_of(parent, &p, &state)?,
                 Err(_) => own,
             };
             if add(DirEntry {
@@ -814,47 +1059,42 @@ impl Vfs {
             }
         }
         let skip = offset.saturating_sub(2) as usize;
-        match &inode.what {
-            What::Layout(path) => {
+        match &found {
+            Found::Layout(path) => {
                 let dir = layout_dir(&state.layout, path, ino)?;
                 for (i, (name, child)) in dir.entries.iter().enumerate().skip(skip) {
-                    let (cino, cinode) = self.layout_child(ino, path, name, child, plus);
+                    let cino = self.layout_child(ino, path, name, child, plus);
                     let attr = self
-                        .attr_of(cino, &cinode, &state)
-                        .inspect_err(|_| untake(&cinode, plus))?;
+                        .find(cino)
+                        .and_then(|(_, found)| self.attr_of(cino, &found, &state))
+                        .inspect_err(|_| self.untake(cino, plus))?;
                     if add(DirEntry {
                         name,
                         attr,
                         next_offset: i as u64 + 3,
                     }) {
-                        untake(&cinode, plus);
+                        self.untake(cino, plus);
                         break;
                     }
                 }
             }
-            What::Node {
-                view,
-                snapshot,
-                node,
-                ..
-            } => {
-                let NodeKind::Dir { subtree } = &node.kind else {
-                    return Err(VfsError::NotDir(ino));
-                };
-                let tree = self.tree(&state.repo, subtree)?;
-                for (i, child) in tree.nodes.iter().enumerate().skip(skip) {
-                    let (cino, cinode) = self.node_child(ino, *view, *snapshot, child, plus);
-                    let attr = self
-                        .attr_of(cino, &cinode, &state)
-                        .inspect_err(|_| untake(&cinode, plus))?;
+            Found::Node { dir, .. } => {
+                let dir = dir.ok_or(VfsError::NotDir(ino))?;
+                let tree = self.tree(&state.repo, &dir.subtree)?;
+                let range = self.range(ino, dir, tree.len());
+                for i in skip..tree.len() {
+                    let child = tree.node(i).map_err(Error::from)?;
+                    let cino = self.node_child(&range, &child, i, ino);
                     if add(DirEntry {
                         name: &child.name,
-                        attr,
+                        attr: node_attr(cino, &child),
                         next_offset: i as u64 + 3,
                     }) {
-                        untake(&cinode, plus);
                         break;
                     }
+                    // Counted once taken: the number is only handed over
+                    // with this reply, so no forget can come before.
+                    self.take(cino, plus);
                 }
             }
         }
@@ -863,14 +1103,13 @@ impl Vfs {
 
     /// The target of symlink `ino`.
     pub fn readlink(&self, ino: u64) -> VfsResult<Vec<u8>> {
-        let inode = self.inode(ino)?;
-        match &inode.what {
-            What::Layout(path) => match self.state().layout.resolve(path) {
+        match self.find(ino)?.1 {
+            Found::Layout(path) => match self.state().layout.resolve(&path) {
                 Some(VNode::Link(target)) => Ok(target.clone()),
                 Some(_) => Err(VfsError::NotSymlink(ino)),
                 None => Err(VfsError::NotFound),
             },
-            What::Node { node, .. } => match &node.kind {
+            Found::Node { node, .. } => match &node.kind {
                 NodeKind::Symlink { target } => Ok(target.clone()),
                 _ => Err(VfsError::NotSymlink(ino)),
             },
@@ -880,9 +1119,8 @@ impl Vfs {
     /// The names of the extended attributes of `ino`, each followed by a NUL
     /// (the `listxattr` format).
     pub fn listxattr(&self, ino: u64) -> VfsResult<Vec<u8>> {
-        let inode = self.inode(ino)?;
         let mut out = Vec::new();
-        if let What::Node { node, .. } = &inode.what {
+        if let Found::Node { node, .. } = self.find(ino)?.1 {
             for x in &node.xattrs {
                 out.extend_from_slice(&x.name);
                 out.push(0);
@@ -893,15 +1131,14 @@ impl Vfs {
 
     /// The value of extended attribute `name` of `ino`.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> VfsResult<Vec<u8>> {
-        let inode = self.inode(ino)?;
-        match &inode.what {
-            What::Node { node, .. } => node
+        match self.find(ino)?.1 {
+            Found::Node { node, .. } => node
                 .xattrs
                 .iter()
                 .find(|x| x.name == name)
                 .map(|x| x.value.clone())
                 .ok_or(VfsError::NoXattr),
-            What::Layout(_) => Err(VfsError::NoXattr),
+            Found::Layout(_) => Err(VfsError::NoXattr),
         }
     }
 }
@@ -917,10 +1154,17 @@ fn layout_dir<'a>(root: &'a VDir, path: &[Vec<u8>], ino: u64) -> VfsResult<&'a V
     }
 }
 
-fn node_attr(ino: u64, node: &Node, file: Option<&FileMap>) -> Attr {
+fn node_attr(ino: u64, node: &Node) -> Attr {
+    let mut stored = 0u64;
     let (kind, size, rdev) = match &node.kind {
         NodeKind::Dir { .. } => (FileKind::Dir, 0, 0),
-        NodeKind::File { .. } => (FileKind::File, node.size, 0),
+        NodeKind::File { content } => {
+            stored = content
+                .iter()
+                .filter(|e| e.chunk.is_some())
+                .fold(0u64, |n, e| n.saturating_add(e.len));
+            (FileKind::File, node.size, 0)
+        }
         NodeKind::Symlink { target } => (FileKind::Symlink, target.len() as u64, 0),
         NodeKind::Fifo => (FileKind::Fifo, 0, 0),
         NodeKind::CharDevice { rdev } => (FileKind::CharDevice, 0, *rdev),
@@ -934,7 +1178,7 @@ fn node_attr(ino: u64, node: &Node, file: Option<&FileMap>) -> Attr {
         uid: node.uid,
         gid: node.gid,
         size,
-        blocks: file.map_or(0, |f| f.stored_len().min(node.size).div_ceil(512)),
+        blocks: stored.min(node.size).div_ceil(512),
         mtime_ns: node.mtime_ns,
         ctime_ns: node.ctime_ns,
         rdev,
@@ -944,11 +1188,3 @@ fn node_attr(ino: u64, node: &Node, file: Option<&FileMap>) -> Attr {
 
 #[cfg(test)]
 mod tests;
-
-/// Gives back the reference a listing counted for an entry it could not
-/// hand over (the kernel's buffer was full).
-fn untake(inode: &Inode, counted: bool) {
-    if counted {
-        inode.lookups.fetch_sub(1, Ordering::Relaxed);
-    }
-}

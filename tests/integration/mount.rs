@@ -634,3 +634,62 @@ fn a_repository_in_a_bucket_mounts() {
         util::noise(3, 3 * 1024 * 1024 + 5)
     );
 }
+
+/// VmRSS of process `pid` in KiB.
+fn vm_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// How much more the mount may hold after `find` over 50k files than over
+/// 10k, the kernel keeping every inode. An inode costs the mount about
+/// 45 bytes (its number and the kernel's count; the entry stays in the
+/// tree cache): 40k files more, some 2 MiB. The tree cache holds the 40
+/// folders more, packed (about 95 bytes an entry): some 4 MiB. Measured:
+/// 5 MiB. When each inode held its node (about 1 KiB), it was 45 MiB; with
+/// decoded trees in the cache, 16 MiB.
+const MOUNT_MAX_GROWTH_KIB: u64 = 12 * 1024;
+
+/// The mount's RSS after `find` over a snapshot of `n` small files.
+fn mount_rss_after_find(n: usize) -> (u64, u64) {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    crate::restore_memory::tree(&src, n);
+    env.snapshot(&src, &[]);
+    let m = Mounted::start(&env, "mnt", &["--snapshot", "latest"]);
+    // Sizes need a stat of every entry: the kernel looks each one up.
+    let found = Command::new("find")
+        .arg(&m.dir)
+        .args(["-printf", "%s\n"])
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&found.stdout).lines().count();
+    assert_eq!(lines, 1 + n + n.div_ceil(1000), "find saw every entry");
+    let pid = m.child.as_ref().unwrap().id();
+    (vm_rss(pid), inodes_held(&m.dir))
+}
+
+/// Issue #23: browsing three snapshots of a million files must fit in
+/// 256 MiB, so what the mount holds per file the kernel holds is bounded.
+#[test]
+fn mount_memory_grows_by_a_few_bytes_per_file() {
+    if !fuse_or_skip("mount_memory_grows_by_a_few_bytes_per_file") {
+        return;
+    }
+    let (small, small_held) = mount_rss_after_find(10_000);
+    let (big, big_held) = mount_rss_after_find(50_000);
+    eprintln!(
+        "mount RSS after find: 10k files {small} KiB ({small_held} inodes held), 50k files {big} KiB ({big_held} inodes held)"
+    );
+    assert!(
+        big_held >= 40_000,
+        "the kernel kept the inodes ({big_held} held), else this measures nothing"
+    );
+    assert!(
+        big.saturating_sub(small) <= MOUNT_MAX_GROWTH_KIB,
+        "the mount held {big} KiB after find over 50k files, {small} KiB over 10k: {} KiB more (bound {MOUNT_MAX_GROWTH_KIB} KiB); what it holds per inode grew",
+        big - small
+    );
+}

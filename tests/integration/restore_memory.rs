@@ -19,7 +19,7 @@ const MAX_GROWTH_KIB: u64 = 8 * 1024;
 /// `n` small files in folders of [`PER_DIR`]; their contents repeat (97
 /// kinds), so the repository's index stays the same size and only what the
 /// restore holds per file can grow.
-fn tree(root: &Path, n: usize) {
+pub(crate) fn tree(root: &Path, n: usize) {
     for i in 0..n {
         let dir = root.join(format!("d{:04}", i / PER_DIR));
         if i % PER_DIR == 0 {

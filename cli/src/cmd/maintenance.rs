@@ -480,7 +480,8 @@ fn kubectl_delete(handle: &str) -> String {
 }
 
 fn print_forget(r: &ForgetReport) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    // Buffered (a line per snapshot; standard output flushes each line).
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut group = None;
     for v in &r.snapshots {
         if group.as_ref() != Some(&v.group) {
@@ -535,6 +536,7 @@ fn print_forget(r: &ForgetReport) -> Result<()> {
             "{trashed} moved to the trash: `pvsnap undelete ID` brings one back until prune removes it (--keep-deleted, 7 days by default); `pvsnap snapshots --deleted` lists them"
         )?;
     }
+    out.flush()?;
     Ok(())
 }
 

@@ -98,32 +98,55 @@ impl Repository {
     /// Reads every index file and lists the packs; `mode` says what an
     /// unreadable file does (see the module documentation).
     pub fn catalog(&self, mode: IndexMode) -> Result<Catalog> {
+        let mut files = Vec::new();
+        let mut out = self.catalog_each(mode, |id, f| files.push((id, f)))?;
+        out.files = files;
+        Ok(out)
+    }
+
+    /// [`Repository::catalog`], handing each decoded index file to `each`
+    /// (in listing order) instead of keeping it: the returned catalog's
+    /// `files` is empty. Files are read in parallel a batch at a time (up
+    /// to [`CATALOG_BATCH_BYTES`] of them), so a reader that keeps only
+    /// what it needs of each (the in-memory index) never holds every
+    /// decoded file at once.
+    pub fn catalog_each(
+        &self,
+        mode: IndexMode,
+        mut each: impl FnMut(IndexId, IndexFile),
+    ) -> Result<Catalog> {
         let names = self.backend.list(ObjectKind::Index)?;
-        // (name, (id, file), or why not). A file whose bytes do not hash to
-        // its name is refused by its decoder, so it lands in `unreadable`.
-        type Read = (String, Result<(IndexId, IndexFile)>);
-        let read: Vec<Read> = names
-            .par_iter()
-            // Other names are no index files of ours (check reports them).
+        // Other names are no index files of ours (check reports them).
+        let ours: Vec<&(String, u64)> = names
+            .iter()
             .filter(|(name, _)| name.parse::<IndexId>().is_ok())
-            .map(|(name, _)| {
-                let r = self.read_index_file(name).map(|(id, f, _)| (id, f));
-                (name.clone(), r)
-            })
             .collect();
         let mut out = Catalog::default();
-        for (name, r) in read {
-            match r {
-                Ok((id, f)) => out.files.push((id, f)),
-                // Deleted since it was listed (a prune finishing): it was superseded.
-                Err(Error::Backend(BackendError::NotFound { .. })) => {}
-                Err(e) if mode == IndexMode::Strict => {
-                    return Err(Error::IndexUnreadable {
-                        name,
-                        detail: e.to_string(),
-                    });
+        for batch in batches(&ours) {
+            // (name, (id, file), or why not). A file whose bytes do not hash
+            // to its name is refused by its decoder, so it lands in
+            // `unreadable`.
+            type Read = (String, Result<(IndexId, IndexFile)>);
+            let read: Vec<Read> = batch
+                .par_iter()
+                .map(|(name, _)| {
+                    let r = self.read_index_file(name).map(|(id, f, _)| (id, f));
+                    (name.clone(), r)
+                })
+                .collect();
+            for (name, r) in read {
+                match r {
+                    Ok((id, f)) => each(id, f),
+                    // Deleted since it was listed (a prune finishing): it was superseded.
+                    Err(Error::Backend(BackendError::NotFound { .. })) => {}
+                    Err(e) if mode == IndexMode::Strict => {
+                        return Err(Error::IndexUnreadable {
+                            name,
+                            detail: e.to_string(),
+                        });
+                    }
+                    Err(error) => out.unreadable.push(UnreadableIndex { name, error }),
                 }
-                Err(error) => out.unreadable.push(UnreadableIndex { name, error }),
             }
         }
         if mode == IndexMode::Verified {
@@ -159,5 +182,71 @@ impl Repository {
         let bytes = self.backend.get(&ObjectKey::new(ObjectKind::Index, name))?;
         let file = IndexFile::decode(&bytes, &self.crypto, name)?;
         Ok((id, file, bytes))
+    }
+}
+
+/// Bytes of index files (as listed) that [`Repository::catalog_each`] reads
+/// and decodes at a time; a batch holds at least one file, and at most
+/// [`CATALOG_BATCH_FILES`]. Index files hold at most ~64k blobs (3 MiB),
+/// so a batch is a few dozen files read in parallel (enough for an S3
+/// repository's connections) and a few tens of MiB in memory.
+pub const CATALOG_BATCH_BYTES: u64 = 32 << 20;
+/// Most index files in one batch of [`Repository::catalog_each`].
+pub const CATALOG_BATCH_FILES: usize = 256;
+
+/// `names` cut into consecutive batches of at most [`CATALOG_BATCH_BYTES`]
+/// (a larger file alone) and [`CATALOG_BATCH_FILES`].
+fn batches<'a>(names: &'a [&'a (String, u64)]) -> Vec<&'a [&'a (String, u64)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, (_, size)) in names.iter().enumerate() {
+        if i > start
+            && (bytes.saturating_add(*size) > CATALOG_BATCH_BYTES
+                || i - start >= CATALOG_BATCH_FILES)
+        {
+            out.push(&names[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(*size);
+    }
+    if start < names.len() {
+        out.push(&names[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_and_cover_every_name_in_order() {
+        let mb = 1u64 << 20;
+        let names: Vec<(String, u64)> = [1, 2, 30, 3, 100, 0, 0, 31, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("f{i}"), m * mb))
+            .collect();
+        let refs: Vec<&(String, u64)> = names.iter().collect();
+        let got: Vec<Vec<&str>> = batches(&refs)
+            .iter()
+            .map(|b| b.iter().map(|(n, _)| n.as_str()).collect())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                vec!["f0", "f1"],
+                vec!["f2"],
+                vec!["f3"],
+                vec!["f4"],
+                vec!["f5", "f6", "f7", "f8"],
+            ]
+        );
+        let many: Vec<(String, u64)> = (0..600).map(|i| (format!("{i}"), 10)).collect();
+        let refs: Vec<&(String, u64)> = many.iter().collect();
+        let sizes: Vec<usize> = batches(&refs).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, vec![256, 256, 88]);
+        assert!(batches(&[]).is_empty());
     }
 }

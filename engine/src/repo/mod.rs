@@ -42,7 +42,7 @@ use crate::repo::format::{ObjectKind, REPO_VERSION};
 use crate::repo::id::{ChunkId, Id, IndexId, KeyId, PackId, TreeId};
 use crate::snapshot::Snapshot;
 use crate::store::blob::{self, BlobKind};
-use crate::store::index::{BlobLocation, Index, IndexFile};
+use crate::store::index::{BlobLocation, Index, IndexBuilder, IndexFile};
 use crate::tree::Tree;
 use catalog::IndexMode;
 
@@ -237,11 +237,14 @@ impl Repository {
     /// that cannot be read is skipped with a warning (see
     /// [`IndexMode::Lenient`]): what the others describe stays readable.
     pub fn load_index(self) -> Result<IndexedRepository> {
-        let catalog = self.catalog(IndexMode::Lenient)?;
+        // File by file into the index: the decoded files are never all
+        // held beside it (their entries are about as large).
+        let mut builder = IndexBuilder::default();
+        let catalog = self.catalog_each(IndexMode::Lenient, |id, f| builder.add(id, &f))?;
         for u in &catalog.unreadable {
             tracing::warn!("{u}");
         }
-        let (index, set_aside) = usable_index(&catalog.files, &catalog.packs);
+        let (index, set_aside) = usable_index(builder, &catalog.packs);
         Ok(IndexedRepository {
             repo: self,
             index,
@@ -271,12 +274,21 @@ fn damage_detail(e: &FormatError) -> String {
 /// Left out, the chunk is stored again. The catalog lists packs after
 /// reading the index files, so every pack those files name was written
 /// before the listing.
-fn usable_index(files: &[(IndexId, IndexFile)], sizes: &HashMap<PackId, u64>) -> (Index, SetAside) {
+fn usable_index(files: IndexBuilder, sizes: &HashMap<PackId, u64>) -> (Index, SetAside) {
     let unusable = std::sync::Mutex::new(HashMap::<Id, PackId>::new());
-    let index = Index::from_files_where(files, |pack, e| {
-        let fits = sizes
-            .get(pack)
-            .is_some_and(|&size| e.offset as u64 + e.stored_len as u64 <= size);
+    // A pack's entries come one after another: its size is looked up once
+    // (not hashed ten million times).
+    let last = std::cell::Cell::new(None::<(PackId, Option<u64>)>);
+    let index = files.finish(|pack, e| {
+        let size = match last.get() {
+            Some((p, size)) if p == *pack => size,
+            _ => {
+                let size = sizes.get(pack).copied();
+                last.set(Some((*pack, size)));
+                size
+            }
+        };
+        let fits = size.is_some_and(|size| e.offset as u64 + e.stored_len as u64 <= size);
         if !fits {
             unusable.lock().expect("unusable").insert(e.id, *pack);
         }

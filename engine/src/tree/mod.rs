@@ -123,6 +123,22 @@ pub fn validate_name(name: &[u8]) -> Result<(), FormatError> {
     Ok(())
 }
 
+/// Refuses a tree blob's plaintext that is empty or of another version.
+pub fn check_version(bytes: &[u8], id: &TreeId) -> Result<(), FormatError> {
+    match bytes.first() {
+        Some(&TREE_VERSION) => Ok(()),
+        Some(&v) => Err(FormatError::UnsupportedVersion {
+            what: "tree",
+            found: v as u32,
+            supported: TREE_VERSION as u32,
+        }),
+        None => Err(FormatError::Invalid {
+            what: format!("tree {id}"),
+            detail: "empty".into(),
+        }),
+    }
+}
+
 impl Tree {
     /// Sorts entries by name; call before encoding.
     pub fn sort(&mut self) {
@@ -145,22 +161,7 @@ impl Tree {
 
     pub fn decode(bytes: &[u8], id: &TreeId) -> Result<Tree, FormatError> {
         let what = || format!("tree {id}");
-        match bytes.first() {
-            Some(&TREE_VERSION) => {}
-            Some(&v) => {
-                return Err(FormatError::UnsupportedVersion {
-                    what: "tree",
-                    found: v as u32,
-                    supported: TREE_VERSION as u32,
-                });
-            }
-            None => {
-                return Err(FormatError::Invalid {
-                    what: what(),
-                    detail: "empty".into(),
-                });
-            }
-        }
+        check_version(bytes, id)?;
         let tree: Tree = postcard::from_bytes(&bytes[1..]).map_err(|e| FormatError::Invalid {
             what: what(),
             detail: e.to_string(),
@@ -183,6 +184,26 @@ pub(crate) mod tests {
     use super::*;
     use crate::repo::id::Id;
     use proptest::prelude::*;
+
+    /// A fifo named `name`, with nothing else set.
+    pub fn fifo(name: &[u8]) -> Node {
+        Node {
+            name: name.to_vec(),
+            kind: NodeKind::Fifo,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            device: 0,
+            links: 1,
+            xattrs: vec![],
+        }
+    }
 
     pub fn arb_node() -> impl Strategy<Value = Node> {
         let kind = prop_oneof![
@@ -278,22 +299,7 @@ pub(crate) mod tests {
         }
         assert!(validate_name(b"\xff\xfe not utf8").is_ok());
         let mut t = Tree::default();
-        t.nodes.push(Node {
-            name: b"..".to_vec(),
-            kind: NodeKind::Fifo,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            user: None,
-            group: None,
-            size: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            inode: 0,
-            device: 0,
-            links: 1,
-            xattrs: vec![],
-        });
+        t.nodes.push(fifo(b".."));
         assert!(Tree::decode(&t.encode(), &TreeId::default()).is_err());
     }
 

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{VNode, Vfs, VfsError, VfsResult, What};
+use super::{Found, Vfs, VfsError, VfsResult};
 use crate::error::Error;
 use crate::repo::IndexedRepository;
 use crate::repo::id::ChunkId;
-use crate::tree::Extent;
+use crate::tree::{Extent, NodeKind};
 
 /// At most this many chunks are being read ahead at once.
 const MAX_PREFETCHES: usize = 16;
@@ -109,36 +109,48 @@ impl FileMap {
 impl Vfs {
     /// `lseek(SEEK_DATA)` (`data`) or `lseek(SEEK_HOLE)` on file `ino`.
     pub fn seek(&self, ino: u64, offset: u64, data: bool) -> VfsResult<u64> {
-        let inode = self.inode(ino)?;
-        match &inode.what {
-            What::Node {
-                node,
-                file: Some(file),
-                ..
-            } => file.seek(offset, data, node.size).ok_or(VfsError::PastEnd),
-            _ => Err(VfsError::NotFile(ino)),
+        let (file, size) = self.file_map(ino)?;
+        file.seek(offset, data, size).ok_or(VfsError::PastEnd)
+    }
+
+    /// File `ino`'s extents indexed for reads, and its size: from the cache
+    /// of file maps, else from its node (in the tree cache or read again).
+    fn file_map(&self, ino: u64) -> VfsResult<(Arc<FileMap>, u64)> {
+        if let Some(f) = self.files.lock().expect("file maps").get(&ino) {
+            return Ok(f);
         }
+        let node = match self.find(ino)?.1 {
+            Found::Node { node, .. } => node,
+            Found::Layout(p) => {
+                let dir = p.is_empty()
+                    || matches!(self.state().layout.resolve(&p), Some(super::VNode::Dir(_)));
+                return Err(if dir {
+                    VfsError::IsDir(ino)
+                } else {
+                    VfsError::NotFile(ino)
+                });
+            }
+        };
+        let content = match &node.kind {
+            NodeKind::File { content } => content.clone(),
+            NodeKind::Dir { .. } => return Err(VfsError::IsDir(ino)),
+            _ => return Err(VfsError::NotFile(ino)),
+        };
+        let size = node.size;
+        let weight = content.len() * (std::mem::size_of::<Extent>() + 8) + 128;
+        let file = (Arc::new(FileMap::new(content)), size);
+        self.files
+            .lock()
+            .expect("file maps")
+            .insert(ino, file.clone(), weight);
+        Ok(file)
     }
 
     /// Up to `size` bytes of file `ino` at `offset` (fewer only at the end).
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> VfsResult<ReadData> {
-        let inode = self.inode(ino)?;
-        let (node, file) = match &inode.what {
-            What::Node {
-                node,
-                file: Some(file),
-                ..
-            } => (node, file),
-            What::Node { node, .. } if node.is_dir() => return Err(VfsError::IsDir(ino)),
-            What::Layout(p)
-                if p.is_empty()
-                    || matches!(self.state().layout.resolve(p), Some(VNode::Dir(_))) =>
-            {
-                return Err(VfsError::IsDir(ino));
-            }
-            _ => return Err(VfsError::NotFile(ino)),
-        };
-        let end = offset.saturating_add(size as u64).min(node.size);
+        let (file, file_size) = self.file_map(ino)?;
+        let file = &*file;
+        let end = offset.saturating_add(size as u64).min(file_size);
         if offset >= end {
             return Ok(ReadData::Owned(Vec::new()));
         }

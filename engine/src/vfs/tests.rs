@@ -7,6 +7,7 @@ use super::*;
 use crate::backup::BackupOptions;
 use crate::repo::id::{ChunkId, Id};
 use crate::testutil::{self, half_compressible};
+use crate::tree::Extent;
 
 fn chunk(n: u8) -> Option<ChunkId> {
     Some(ChunkId(Id([n; 32])))
@@ -359,7 +360,7 @@ fn many_files(n: usize) -> (tempfile::TempDir, IndexedRepository, Snapshot) {
 }
 
 #[test]
-fn forgotten_inodes_are_dropped_and_a_new_lookup_gets_a_new_number() {
+fn forgotten_inodes_are_dropped_and_a_forgotten_folder_numbers_its_entries_anew() {
     let (_src, r, snap) = many_files(3);
     let vfs = Vfs::new(
         r,
@@ -373,15 +374,25 @@ fn forgotten_inodes_are_dropped_and_a_new_lookup_gets_a_new_number() {
     let d = vfs.lookup(ROOT, b"d").unwrap();
     let f = vfs.lookup(d.ino, b"f0001").unwrap();
     assert_eq!(vfs.lookup(d.ino, b"f0001").unwrap().ino, f.ino);
+    assert_eq!(vfs.inode_count(), 3);
     vfs.forget(f.ino, 1);
-    assert!(vfs.getattr(f.ino).is_ok(), "one reference is left");
+    assert_eq!(vfs.inode_count(), 3, "one reference is left");
     vfs.forget(f.ino, 1);
-    assert!(matches!(vfs.getattr(f.ino), Err(VfsError::UnknownInode(_))));
+    assert_eq!(vfs.inode_count(), 2, "the root and d");
     let again = vfs.lookup(d.ino, b"f0001").unwrap();
-    assert!(again.ino > f.ino, "numbers are never reused");
+    assert_eq!(again.ino, f.ino, "an entry's number is where it is");
     assert_eq!(&vfs.read(again.ino, 0, 100).unwrap()[..], b"file 1");
     vfs.forget(again.ino, 1);
     vfs.forget(d.ino, 1);
+    assert!(matches!(vfs.getattr(f.ino), Err(VfsError::UnknownInode(_))));
+    // A folder looked up again numbers its entries anew: the kernel may
+    // still know the old numbers, which must never name another entry.
+    let d2 = vfs.lookup(ROOT, b"d").unwrap();
+    let f2 = vfs.lookup(d2.ino, b"f0001").unwrap();
+    assert!(f2.ino > f.ino, "old numbers are never given out again");
+    assert_eq!(&vfs.read(f2.ino, 0, 100).unwrap()[..], b"file 1");
+    vfs.forget(f2.ino, 1);
+    vfs.forget(d2.ino, 1);
     vfs.forget(ROOT, 5);
     vfs.forget(12345, 1);
     assert_eq!(vfs.inode_count(), 1, "only the root is left, and it stays");
@@ -430,8 +441,8 @@ fn a_listing_with_attributes_counts_only_the_entries_taken() {
     vfs.forget(d.ino, 1);
     assert_eq!(
         vfs.inode_count(),
-        1 + 1,
-        "the entry that did not fit holds no reference, only its slot until a sweep"
+        1,
+        "the entry that did not fit was never counted"
     );
 }
 
@@ -498,4 +509,212 @@ fn a_table_the_kernel_emptied_gives_back_its_room() {
     );
     // Still usable: a new walk finds the files again.
     assert!(vfs.lookup(d.ino, b"f0042").is_ok());
+}
+
+/// A filesystem of `snap` alone, at the root.
+fn at_root(r: IndexedRepository, snap: Snapshot, opts: VfsOptions) -> Vfs {
+    let opts = VfsOptions {
+        snapshot: Some(snap),
+        ..opts
+    };
+    Vfs::new(r, opts).unwrap()
+}
+
+/// An inode is a reference to its entry, never the entry: three 1M-file
+/// snapshots held by the kernel must fit in 256 MiB (issue #23).
+#[test]
+fn an_inode_is_a_reference_not_the_node() {
+    // All the table keeps per held file: its number and the kernel's count.
+    let per_inode = std::mem::size_of::<(u64, Held)>();
+    assert!(
+        per_inode <= 16,
+        "a held inode takes {per_inode} bytes; its entry belongs in the tree cache"
+    );
+    // A folder's range: once per folder, not per entry.
+    assert!(std::mem::size_of::<Range>() <= 64);
+}
+
+/// Attributes, content, links and extended attributes come from the tree
+/// cache; after it was emptied they are read again and are the same.
+#[test]
+fn answers_after_the_caches_were_emptied_are_the_same() {
+    let src = tempfile::tempdir().unwrap();
+    let big = half_compressible(3, 100_000);
+    std::fs::create_dir_all(src.path().join("a/b")).unwrap();
+    std::fs::write(src.path().join("a/b/big"), &big).unwrap();
+    std::fs::write(src.path().join("a/small"), b"small").unwrap();
+    std::fs::hard_link(src.path().join("a/small"), src.path().join("small-link")).unwrap();
+    std::os::unix::fs::symlink("a/b/big", src.path().join("sym")).unwrap();
+    let xattrs = xattr::set(src.path().join("a/b/big"), "user.k", b"v").is_ok();
+    let mut r = repo();
+    let snap = backup(&mut r, src.path(), 5_000);
+    let vfs = at_root(r, snap, opts());
+    let a = walk(&vfs, "a").unwrap();
+    let b = walk(&vfs, "a/b").unwrap();
+    let f = walk(&vfs, "a/b/big").unwrap();
+    let small = walk(&vfs, "a/small").unwrap();
+    let link = walk(&vfs, "small-link").unwrap();
+    let sym = walk(&vfs, "sym").unwrap();
+    assert_eq!(small.ino, link.ino, "hardlinks share an inode");
+    let before = [a, b, f, small, sym];
+    let listed = names(&vfs, b.ino);
+    vfs.drop_caches();
+    let read_before = vfs.trees_read();
+    for attr in before {
+        assert_eq!(vfs.getattr(attr.ino).unwrap(), attr, "getattr after a miss");
+        vfs.drop_caches();
+    }
+    assert!(
+        vfs.trees_read() > read_before,
+        "attributes came from trees read again"
+    );
+    assert_eq!(read_all(&vfs, f.ino, big.len() as u64, 7000), big);
+    vfs.drop_caches();
+    assert_eq!(&vfs.read(f.ino, 99_990, 100).unwrap()[..], &big[99_990..]);
+    assert_eq!(vfs.seek(f.ino, 0, false).unwrap(), 100_000);
+    vfs.drop_caches();
+    assert_eq!(vfs.readlink(sym.ino).unwrap(), b"a/b/big");
+    vfs.drop_caches();
+    assert_eq!(names(&vfs, b.ino), listed);
+    if xattrs {
+        vfs.drop_caches();
+        assert_eq!(vfs.getxattr(f.ino, b"user.k").unwrap(), b"v");
+    }
+    // The hardlink's first name goes (its folder forgotten): the file is
+    // still what the kernel holds under its other name.
+    vfs.forget(small.ino, 1);
+    vfs.forget(a.ino, 100);
+    assert!(
+        vfs.getattr(b.ino).is_err(),
+        "the numbers in a forgotten folder are stale"
+    );
+    vfs.drop_caches();
+    assert_eq!(vfs.getattr(link.ino).unwrap(), small);
+    assert_eq!(&vfs.read(link.ino, 0, 100).unwrap()[..], b"small");
+}
+
+/// A folder larger than the tree cache, listed in many calls while open,
+/// is decoded once; a lookup in it finds its entry by binary search.
+#[test]
+fn an_open_folder_is_decoded_once_however_many_calls_list_it() {
+    let (_src, r, snap) = many_files(3000);
+    let tiny_cache = VfsOptions {
+        tree_cache_bytes: 1,
+        ..opts()
+    };
+    let vfs = at_root(r, snap, tiny_cache);
+    let d = walk(&vfs, "d").unwrap();
+    let fh = vfs.opendir(d.ino).unwrap();
+    // Its own attributes come from the root folder's tree, read again now.
+    vfs.getattr(d.ino).unwrap();
+    let start = vfs.trees_read();
+    let mut offset = 0;
+    let mut seen = vec![];
+    loop {
+        let mut batch = 0;
+        vfs.readdir_plus(d.ino, offset, &mut |e| {
+            if batch == 100 {
+                return true;
+            }
+            batch += 1;
+            offset = e.next_offset;
+            seen.push(e.name.to_vec());
+            false
+        })
+        .unwrap();
+        if batch == 0 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3002);
+    assert_eq!(seen[2], b"f0000");
+    assert_eq!(
+        vfs.trees_read(),
+        start,
+        "the open folder's tree was not decoded again"
+    );
+    assert_eq!(
+        vfs.lookup(d.ino, b"f2999").unwrap().size,
+        "file 2999".len() as u64
+    );
+    assert_eq!(vfs.trees_read(), start);
+    vfs.releasedir(fh);
+    vfs.releasedir(fh);
+    vfs.releasedir(999);
+    vfs.drop_caches();
+    assert_eq!(vfs.lookup(d.ino, b"f1234").unwrap().size, 9);
+    assert_eq!(
+        vfs.trees_read(),
+        start + 2,
+        "closed: read again when needed (the root's tree to find `d`, then d's)"
+    );
+    assert!(matches!(
+        vfs.opendir(vfs.lookup(ROOT, b"l1").unwrap().ino),
+        Err(VfsError::NotDir(_))
+    ));
+}
+
+/// What FORMAT.md says of a tree blob's size: about 90 bytes of plaintext
+/// per small file, and the mount keeps little more.
+#[test]
+fn a_tree_blob_takes_under_150_bytes_an_entry() {
+    let (_src, r, snap) = many_files(2000);
+    let root = r.read_tree(&snap.tree).unwrap();
+    let NodeKind::Dir { subtree } = &root.find(b"d").unwrap().kind else {
+        panic!("d is a folder")
+    };
+    let tree = r.read_tree(subtree).unwrap();
+    let n = tree.nodes.len();
+    let plain = tree.encode().len() / n;
+    let packed = PackedTree::new(tree.encode(), subtree).unwrap().weight() / n;
+    eprintln!("tree blob: {plain} bytes an entry encoded, {packed} as the mount keeps it");
+    assert!(plain < 150, "{plain} bytes an entry");
+    assert!(packed < plain + 16, "{packed} bytes an entry kept");
+}
+
+/// Four threads look up, list with attributes and forget in the same
+/// folders at once, the tree cache too small to hold them: every answer is
+/// right, and once each gave back what it took, only the root is held.
+#[test]
+fn concurrent_lookups_listings_and_forgets_leave_nothing_behind() {
+    let (_src, r, snap) = many_files(300);
+    let tiny_cache = VfsOptions {
+        tree_cache_bytes: 1,
+        idle_inodes: 50,
+        ..opts()
+    };
+    let vfs = at_root(r, snap, tiny_cache);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let vfs = &vfs;
+            s.spawn(move || {
+                for round in 0..20u64 {
+                    let d = vfs.lookup(ROOT, b"d").unwrap();
+                    let mut taken = vec![];
+                    vfs.readdir_plus(d.ino, 0, &mut |e| {
+                        if e.name.starts_with(b"f") {
+                            taken.push((e.attr.ino, e.name.to_vec()));
+                        }
+                        false
+                    })
+                    .unwrap();
+                    assert_eq!(taken.len(), 300);
+                    let i = ((t * 31 + round * 7) % 300) as usize;
+                    let (ino, name) = &taken[i];
+                    let want = format!("file {}", i);
+                    assert_eq!(name, format!("f{i:04}").as_bytes());
+                    assert_eq!(&vfs.read(*ino, 0, 100).unwrap()[..], want.as_bytes());
+                    let l = vfs.lookup(ROOT, b"l2").unwrap();
+                    assert_eq!(&vfs.read(l.ino, 0, 100).unwrap()[..], b"linked");
+                    vfs.forget(l.ino, 1);
+                    for (ino, _) in taken {
+                        vfs.forget(ino, 1);
+                    }
+                    vfs.forget(d.ino, 1);
+                }
+            });
+        }
+    });
+    assert_eq!(vfs.inode_count(), 1, "only the root is left");
+    assert_eq!(walk(&vfs, "d/f0007").unwrap().size, 6);
 }
