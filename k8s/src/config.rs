@@ -113,6 +113,9 @@ pub struct Cluster {
     pub(crate) client: Client,
     name: String,
     source: ConfigSource,
+    /// The configuration the client was made from, for clients of other
+    /// runtimes (a database freeze runs its exec on a thread of its own).
+    pub(crate) config: Option<Config>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -131,6 +134,7 @@ impl Cluster {
             client,
             name: name.into(),
             source,
+            config: None,
         }
     }
 
@@ -214,11 +218,13 @@ pub async fn connect_with(opts: ConnectOptions, sources: &ConfigSources) -> Resu
         match loaded {
             Ok((config, name)) => {
                 tracing::info!(source = %candidate, cluster = %name, server = %config.cluster_url, "using Kubernetes configuration");
-                let client = Client::try_from(config).map_err(|source| Error::Client {
+                let client = Client::try_from(config.clone()).map_err(|source| Error::Client {
                     source_name: candidate.to_string(),
                     source,
                 })?;
-                return Ok(Cluster::from_client(client, name, candidate));
+                let mut cluster = Cluster::from_client(client, name, candidate);
+                cluster.config = Some(config);
+                return Ok(cluster);
             }
             Err(reason) => {
                 tracing::debug!(source = %candidate, %reason, "configuration source not usable");

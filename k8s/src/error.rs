@@ -31,6 +31,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `--freeze` for a claim that has no pod or container to run it in.
+    #[error("cannot freeze the database of claim {claim}: {reason}")]
+    FreezeRefused {
+        /// `namespace/name` of the claim.
+        claim: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// No configuration source gave a usable cluster configuration.
     #[error(
         "no usable Kubernetes configuration; tried:{}\nnext step: pass --kubeconfig FILE, set KUBECONFIG, \

@@ -515,7 +515,7 @@ struct ExecDone {
 
 /// Exit code from the Status sent on the exec status channel: `Success` is
 /// 0; `Failure` carries the code as a cause with reason `ExitCode`.
-fn interpret_status(s: &Status) -> (Option<i32>, Option<String>) {
+pub(crate) fn interpret_status(s: &Status) -> (Option<i32>, Option<String>) {
     if s.status.as_deref() == Some("Success") {
         return (Some(0), None);
     }

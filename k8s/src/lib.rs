@@ -18,6 +18,8 @@
 //!   and [`with_hooks`] run Velero-compatible backup hooks
 //!   (`pre.hook.backup.velero.io/command` and friends) through the exec
 //!   subresource, plus host commands.
+//! * [`PodFreezer`] runs a database freeze preset (`--freeze postgres`)
+//!   in the pod that mounts a claim, over exec with stdin open.
 //! * [`Cluster::workloads_mounting`], [`Cluster::scale_down`] /
 //!   [`ScaledDown::restore_scale`] and [`Cluster::wait_pods_gone`] stop the
 //!   users of a claim for an in-place restore.
@@ -70,6 +72,7 @@ mod config;
 mod csi;
 mod error;
 mod hooks;
+mod podfreeze;
 mod workloads;
 
 #[cfg(feature = "testing")]
@@ -97,6 +100,7 @@ pub use hooks::{
     OUTPUT_TAIL_BYTES, OnError, PodHook, PodRef, parse_go_duration, pod_hook, run_host_hook,
     with_hooks,
 };
+pub use podfreeze::{FREEZE_CONTAINER_ANNOTATION, PodFreezer};
 pub use workloads::{POLL_INTERVAL, ScaledDown, Workload, WorkloadKind};
 
 /// The `kube` crate, re-exported so callers use the same version.

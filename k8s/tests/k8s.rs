@@ -17,6 +17,8 @@ mod csi;
 mod hooked;
 #[path = "k8s/pod_hooks.rs"]
 mod pod_hooks;
+#[path = "k8s/podfreeze.rs"]
+mod podfreeze;
 #[path = "k8s/scenario.rs"]
 mod scenario;
 #[path = "k8s/workloads.rs"]

@@ -322,48 +322,17 @@ impl HostFreezer {
         for (k, v) in &self.file_env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().map_err(|source| Error::ToolMissing {
+        let child = cmd.spawn().map_err(|source| Error::ToolMissing {
             tool: program.to_string_lossy().into_owned(),
             source,
         })?;
-        let stdin = child.stdin.take();
-        let (tx, lines) = channel();
-        let stdout = child.stdout.take().expect("piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("piped");
-        let err_buf = Arc::clone(&stderr);
-        let stderr_done = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let mut b = err_buf.lock().unwrap_or_else(|e| e.into_inner());
-                if b.len() < 16 * 1024 {
-                    b.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
-        });
-        Ok(Session {
-            preset: self.preset,
-            target: self.target(),
-            secrets: self.secrets(),
-            child,
-            stdin,
-            lines,
-            stderr,
-            stderr_done: Some(stderr_done),
-            count: 0,
-            timeout: self.options.timeout,
-        })
+        Ok(Session::new(
+            self.preset,
+            self.target(),
+            self.secrets(),
+            Box::new(LocalClient::new(child)),
+            self.options.timeout,
+        ))
     }
 }
 
@@ -373,48 +342,66 @@ impl Freezer for HostFreezer {
     }
 
     fn freeze(&self) -> Result<Box<dyn Frozen>> {
-        let deadline = Instant::now() + self.options.timeout;
-        let mut session = self.spawn()?;
-        let version = match self.preset {
-            Preset::Postgres => {
-                let out = session.run("SHOW server_version_num;", deadline)?;
-                parse_version(&out).ok_or_else(|| {
-                    session.fail(format!(
-                        "`SHOW server_version_num` answered {:?}, not a version number",
-                        out.join("\n")
-                    ))
-                })?
-            }
-            _ => 0,
-        };
-        if self.preset == Preset::Mysql {
-            // The server gives up too, so a lock request never outlives
-            // the timeout even if this process is stopped mid-wait.
-            let secs = self.options.timeout.as_secs().max(1);
-            session.run(
-                &format!("SET SESSION lock_wait_timeout = {secs};"),
-                deadline,
-            )?;
-        }
-        for statement in self.preset.freeze_script(version) {
-            session.run(&statement, deadline)?;
-        }
-        Ok(Box::new(HostFrozen {
-            session: Some(session),
-            version,
-            timeout: self.options.timeout,
-        }))
+        hold(self.spawn()?)
     }
 }
 
-/// A database frozen by a host preset; its client session holds the lock.
-struct HostFrozen {
+/// Freezes through an open client `session` (on this host or in a pod) and
+/// returns the guard that holds the session until the thaw.
+pub fn hold(mut session: Session) -> Result<Box<dyn Frozen>> {
+    let timeout = session.timeout;
+    let deadline = Instant::now() + timeout;
+    let version = match session.preset {
+        Preset::Postgres => {
+            let out = session.run("SHOW server_version_num;", deadline)?;
+            parse_version(&out).ok_or_else(|| {
+                session.fail(format!(
+                    "`SHOW server_version_num` answered {:?}, not a version number",
+                    out.join("\n")
+                ))
+            })?
+        }
+        _ => 0,
+    };
+    if session.preset == Preset::Mysql {
+        // The server gives up too, so a lock request never outlives
+        // the timeout even if this process is stopped mid-wait.
+        let secs = timeout.as_secs().max(1);
+        session.run(
+            &format!("SET SESSION lock_wait_timeout = {secs};"),
+            deadline,
+        )?;
+    }
+    // The last statement holds the database; those before it prepare.
+    let mut held_since = Instant::now();
+    let script = session.preset.freeze_script(version);
+    for (i, statement) in script.iter().enumerate() {
+        if i + 1 == script.len() {
+            held_since = Instant::now();
+        }
+        session.run(statement, deadline)?;
+    }
+    Ok(Box::new(HeldSession {
+        session: Some(session),
+        version,
+        timeout,
+        held_since,
+    }))
+}
+
+/// A database frozen by a preset; its client session holds the lock.
+struct HeldSession {
     session: Option<Session>,
     version: u32,
     timeout: Duration,
+    held_since: Instant,
 }
 
-impl Frozen for HostFrozen {
+impl Frozen for HeldSession {
+    fn held_since(&self) -> Option<Instant> {
+        Some(self.held_since)
+    }
+
     fn thaw(self: Box<Self>) -> Result<()> {
         self.thaw_keeping().map(drop)
     }
@@ -453,7 +440,7 @@ impl Frozen for HostFrozen {
     }
 }
 
-impl Drop for HostFrozen {
+impl Drop for HeldSession {
     fn drop(&mut self) {
         // Not thawed (an error or a panic in between): ending the session
         // ends the lock (MySQL) or the backup (PostgreSQL). MongoDB's lock
@@ -473,47 +460,197 @@ impl Drop for HostFrozen {
     }
 }
 
-/// One client process and what it printed.
-struct Session {
-    preset: Preset,
-    target: String,
-    secrets: Vec<String>,
+/// What a client session runs over: the client's stdin, its stdout read
+/// as lines, and how it ended. A child process on this host
+/// ([`LocalClient`]) or a process in a pod over an exec stream.
+pub trait LineStream: Send {
+    /// Writes `text` to the client's stdin (and flushes it).
+    fn send(&mut self, text: &str) -> std::io::Result<()>;
+    /// The next line the client printed on stdout, waiting until `deadline`.
+    fn recv(&mut self, deadline: Instant) -> Recv;
+    /// After the client ended: its exit status and what it said on stderr
+    /// (empty when nothing), each for a message.
+    fn ended(&mut self) -> (String, String);
+    /// Ends the client now (a request that waits too long is withdrawn).
+    fn kill(&mut self);
+    /// Ends the client politely (end of its input), surely (`kill`) when
+    /// it lingers past `grace`.
+    fn close(&mut self, grace: Duration);
+}
+
+/// What [`LineStream::recv`] got.
+pub enum Recv {
+    Line(String),
+    /// The client's stdout ended (it exited, or the stream closed).
+    Ended,
+    Timeout,
+}
+
+impl Recv {
+    /// The next line a reader thread sent on `lines`, waiting until
+    /// `deadline`; the sender gone is the client's end.
+    pub fn from_channel(lines: &Receiver<String>, deadline: Instant) -> Recv {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => Recv::Line(line),
+            Err(RecvTimeoutError::Disconnected) => Recv::Ended,
+            Err(RecvTimeoutError::Timeout) => Recv::Timeout,
+        }
+    }
+}
+
+/// A client run as a child of this process.
+pub struct LocalClient {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
     stderr_done: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalClient {
+    /// Takes over `child`, spawned with piped stdin, stdout and stderr.
+    pub fn new(mut child: Child) -> LocalClient {
+        let stdin = child.stdin.take();
+        let (tx, lines) = channel();
+        let stdout = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("piped");
+        let err_buf = Arc::clone(&stderr);
+        let stderr_done = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut b = err_buf.lock().unwrap_or_else(|e| e.into_inner());
+                if b.len() < 16 * 1024 {
+                    b.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        LocalClient {
+            child,
+            stdin,
+            lines,
+            stderr,
+            stderr_done: Some(stderr_done),
+        }
+    }
+}
+
+impl LineStream for LocalClient {
+    fn send(&mut self, text: &str) -> std::io::Result<()> {
+        match self.stdin.as_mut() {
+            Some(stdin) => stdin
+                .write_all(text.as_bytes())
+                .and_then(|()| stdin.flush()),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn recv(&mut self, deadline: Instant) -> Recv {
+        Recv::from_channel(&self.lines, deadline)
+    }
+
+    fn ended(&mut self) -> (String, String) {
+        let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+        if let Some(t) = self.stderr_done.take() {
+            let _ = t.join();
+        }
+        let said = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .trim()
+            .to_owned();
+        (status, said)
+    }
+
+    fn kill(&mut self) {
+        self.stdin = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn close(&mut self, grace: Duration) {
+        self.stdin = None;
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for LocalClient {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// One client session of a preset and what it printed.
+pub struct Session {
+    preset: Preset,
+    target: String,
+    secrets: Vec<String>,
+    stream: Box<dyn LineStream>,
     count: u32,
-    /// The freeze timeout, for messages.
+    /// The freeze timeout: for each step, and for messages.
     timeout: Duration,
 }
 
 impl Session {
+    /// A session of `preset` over `stream`. `target` names the database in
+    /// messages; `secrets` are never shown in them.
+    pub fn new(
+        preset: Preset,
+        target: String,
+        secrets: Vec<String>,
+        stream: Box<dyn LineStream>,
+        timeout: Duration,
+    ) -> Session {
+        Session {
+            preset,
+            target,
+            secrets,
+            stream,
+            count: 0,
+            timeout,
+        }
+    }
+
     /// Sends `statement` and a marker; returns the lines printed before the
     /// marker. Errors when the client ends first or the deadline passes.
     fn run(&mut self, statement: &str, deadline: Instant) -> Result<Vec<String>> {
         self.count += 1;
         let marker = format!("{MARKER}{}", self.count);
         let text = format!("{statement}\n{}\n", self.preset.marker_statement(&marker));
-        let sent = match self.stdin.as_mut() {
-            Some(stdin) => stdin
-                .write_all(text.as_bytes())
-                .and_then(|()| stdin.flush()),
-            None => Err(std::io::ErrorKind::BrokenPipe.into()),
-        };
-        if sent.is_err() {
+        if self.stream.send(&text).is_err() {
             return Err(self.ended(statement));
         }
         let mut out = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.trim() == marker => return Ok(out),
-                Ok(line) => out.push(line),
-                Err(RecvTimeoutError::Disconnected) => return Err(self.ended(statement)),
-                Err(RecvTimeoutError::Timeout) => {
+            match self.stream.recv(deadline) {
+                Recv::Line(line) if line.trim() == marker => return Ok(out),
+                Recv::Line(line) => out.push(line),
+                Recv::Ended => return Err(self.ended(statement)),
+                Recv::Timeout => {
                     // Ending the session withdraws the waiting request.
-                    self.kill();
+                    self.stream.kill();
                     return Err(self.fail(format!(
                         "`{statement}` did not finish within the freeze timeout ({}s); \
                          another session holds a lock it waits for (a long query, \
@@ -527,16 +664,7 @@ impl Session {
 
     /// The error for a client that ended while `statement` ran.
     fn ended(&mut self, statement: &str) -> Error {
-        let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-        if let Some(t) = self.stderr_done.take() {
-            let _ = t.join();
-        }
-        let said = self
-            .stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .trim()
-            .to_owned();
+        let (status, said) = self.stream.ended();
         let said = if said.is_empty() {
             "it printed nothing on stderr".to_owned()
         } else {
@@ -559,32 +687,8 @@ impl Session {
         }
     }
 
-    fn kill(&mut self) {
-        self.stdin = None;
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Ends the session politely (end of input), and surely (kill) if the
-    /// client lingers.
     fn close(&mut self) {
-        self.stdin = None;
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.kill();
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
+        self.stream.close(Duration::from_secs(5));
     }
 }
 
@@ -681,6 +785,76 @@ fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in psql: answers each statement's marker, taking `slow`
+    /// for a CHECKPOINT, and records when each statement arrived.
+    struct SlowCheckpoint {
+        slow: Duration,
+        pending: std::collections::VecDeque<String>,
+        sent: Arc<Mutex<Vec<(String, Instant)>>>,
+    }
+
+    impl LineStream for SlowCheckpoint {
+        fn send(&mut self, text: &str) -> std::io::Result<()> {
+            let mut lines = text.lines();
+            let statement = lines.next().unwrap_or_default().to_owned();
+            self.sent
+                .lock()
+                .unwrap()
+                .push((statement.clone(), Instant::now()));
+            if statement == "CHECKPOINT;" {
+                std::thread::sleep(self.slow);
+            }
+            if statement.starts_with("SHOW server_version_num") {
+                self.pending.push_back("150004".into());
+            }
+            for l in lines {
+                if let Some(m) = l.strip_prefix("\\echo ") {
+                    self.pending.push_back(m.to_owned());
+                }
+            }
+            Ok(())
+        }
+        fn recv(&mut self, _deadline: Instant) -> Recv {
+            self.pending.pop_front().map_or(Recv::Ended, Recv::Line)
+        }
+        fn ended(&mut self) -> (String, String) {
+            ("exit status 0".into(), String::new())
+        }
+        fn kill(&mut self) {}
+        fn close(&mut self, _grace: Duration) {}
+    }
+
+    #[test]
+    fn the_freeze_window_starts_at_the_statement_that_holds() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let stream = SlowCheckpoint {
+            slow: Duration::from_millis(300),
+            pending: Default::default(),
+            sent: sent.clone(),
+        };
+        let called = Instant::now();
+        let session = Session::new(
+            Preset::Postgres,
+            "PostgreSQL".into(),
+            vec![],
+            Box::new(stream),
+            Duration::from_secs(5),
+        );
+        let frozen = hold(session).unwrap();
+        let since = frozen.held_since().expect("a preset says when it held");
+        let sent = sent.lock().unwrap().clone();
+        let start = sent
+            .iter()
+            .find(|(s, _)| s.contains("pg_backup_start"))
+            .expect("pg_backup_start sent")
+            .1;
+        // Not from the call (connect, version, CHECKPOINT prepare only),
+        // but from just before pg_backup_start was sent.
+        assert!(since >= called + Duration::from_millis(300), "{sent:?}");
+        assert!(since <= start, "{sent:?}");
+        let _ = frozen.thaw();
+    }
 
     #[test]
     fn presets_parse_and_refuse_unknown_names() {

@@ -272,6 +272,14 @@ pub trait Freezer {
 pub trait Frozen {
     fn thaw(self: Box<Self>) -> Result<()>;
 
+    /// When the database began to be held: the statement that holds it was
+    /// sent (what comes before it, such as connecting or PostgreSQL's
+    /// `CHECKPOINT`, prepares and holds nothing). The freeze window is
+    /// counted from here; `None`: from the call to freeze.
+    fn held_since(&self) -> Option<std::time::Instant> {
+        None
+    }
+
     /// Thaws, and returns the files the database hands back for the
     /// snapshot. PostgreSQL: `backup_label` (and `tablespace_map` when there
     /// are tablespaces) from `pg_backup_stop`; the caller records them with

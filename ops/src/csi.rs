@@ -28,6 +28,7 @@ use pvsnap_k8s::{
     BodyOutcome, ClaimFromSnapshot, ClaimRef, Cluster, CsiClaim, CsiSnapshot, DEFAULT_CSI_TIMEOUT,
     HookOutcome, HostHook, RUN_ANNOTATION, Scope, SnapshotDeleted,
 };
+use pvsnap_native::Freezer;
 use pvsnap_native::naming::{Name, Purpose};
 use serde::{Deserialize, Serialize};
 
@@ -214,6 +215,9 @@ impl SnapshotRun<'_> {
             observer.csi_leftover_removed(&gone);
         }
         let pods = cluster.pods_mounting(&claim.namespace, &claim.name).await?;
+        // `--freeze`: held in the pod from before the request until the
+        // storage has cut the snapshot.
+        let freezer = self.pod_freezer(cluster, claim, &pods)?;
         let source = csi_source(cluster, &csi);
         let name = Name::new(Purpose::Keep).to_dns_label();
         let told = |h: &HostHook| {
@@ -230,7 +234,10 @@ impl SnapshotRun<'_> {
             pre.as_ref(),
             post.as_ref(),
             || async {
-                let frozen = Instant::now();
+                let (frozen, held_since) = crate::native::freeze(
+                    freezer.as_ref().map(|f| f as &dyn pvsnap_native::Freezer),
+                )?;
+                let requested = Instant::now();
                 cluster
                     .create_volume_snapshot(&csi, &class, &name, &annotations)
                     .await?;
@@ -238,9 +245,27 @@ impl SnapshotRun<'_> {
                     .wait_volume_snapshot_cut(&csi.namespace, &name, opts.timeout)
                     .await?;
                 // Pre hooks done to post hooks starting: the request
-                // until the storage had cut it.
-                let cut = secs(frozen);
-                Ok::<_, pvsnap_k8s::Error>((cut, cut))
+                // until the storage had cut it (and the freeze around it).
+                let cut = secs(requested);
+                if let Some(f) = frozen
+                    && let Err(error) = f.thaw()
+                {
+                    // Not frozen to the end: not kept, as for a folder.
+                    let _ = cluster.delete_volume_snapshot(&csi.namespace, &name).await;
+                    return Err(Error::Freeze {
+                        freezer: freezer
+                            .as_ref()
+                            .map(|f| f.name().to_owned())
+                            .unwrap_or_default(),
+                        error,
+                    });
+                }
+                let window = if freezer.is_some() {
+                    secs(held_since)
+                } else {
+                    cut
+                };
+                Ok::<_, Error>((cut, window))
             },
         )
         .await;
@@ -256,7 +281,7 @@ impl SnapshotRun<'_> {
                     hooks: hooked.pre.into_iter().chain(hooked.post).collect(),
                 });
             }
-            BodyOutcome::Ran(Err(e)) => return Err(e.into()),
+            BodyOutcome::Ran(Err(e)) => return Err(e),
             BodyOutcome::Ran(Ok(t)) => t,
         };
         let left = opts.timeout.saturating_sub(started.elapsed());

@@ -18,6 +18,9 @@
 //!   tagged [`PRE_RESTORE_TAG`], the snapshot is restored writing only what
 //!   differs and deleting extra entries, and the workloads are scaled back
 //!   on every path, failed restores included.
+//! * [`check_claim_rollback`] then [`rollback_in_place`]: a claim's volume
+//!   returned to a native snapshot, with the same scale-down safety (one
+//!   helper runs both: workloads to zero, pods gone, the work, scaled back).
 //! * [`restore_to_new_claim`]: a snapshot restored into a new folder of the
 //!   node's storage folder, then a volume pinned to the node and a claim
 //!   bound to it are created.
@@ -45,6 +48,7 @@ pub mod health;
 pub mod native;
 mod observe;
 mod restore;
+mod rollback;
 pub mod schedule;
 mod snapshot;
 
@@ -62,4 +66,5 @@ pub use restore::{
     InPlace, InPlaceOptions, InPlaceTarget, PRE_RESTORE_TAG, ScaleBack, prepare_in_place,
     restore_in_place,
 };
+pub use rollback::{RolledBack, check_claim_rollback, rollback_in_place};
 pub use snapshot::{HostHooks, SnapshotOptions, SnapshotRun, Taken};

@@ -44,6 +44,17 @@ pub struct NativeOptions {
     pub keep_native: Option<usize>,
     /// The size of thick LVM snapshots (`--lvm-snapshot-size`).
     pub lvm_snapshot_size: Option<pvsnap_native::lvm::SnapshotSize>,
+    /// `--freeze NAME` for claims: the preset's session runs in the pod
+    /// that mounts the claim (folders use the run's host freezer).
+    pub freeze: Option<pvsnap_native::freeze::Preset>,
+}
+
+/// A freezer for one source (a claim's database, frozen in its pod), and
+/// what it freezes: a native snapshot made under it is not shared with
+/// sources frozen otherwise.
+pub(crate) struct SourceFreezer {
+    pub(crate) freezer: Box<dyn Freezer>,
+    pub(crate) key: String,
 }
 
 /// One native snapshot a run made and reads from.
@@ -54,6 +65,8 @@ struct Held {
     create_s: f64,
     freeze_window_s: f64,
     kept: bool,
+    /// The [`SourceFreezer`] it was made under, if any.
+    frozen_for: Option<String>,
 }
 
 /// The native snapshots of one run, released when it ends.
@@ -79,8 +92,14 @@ fn seconds(t: Instant) -> f64 {
 }
 
 impl Natives {
-    /// Places `dir` and makes (or reuses) the native snapshot to read it from.
-    pub(crate) fn read_from(&self, dir: &Path, observer: &dyn Observer) -> Result<ReadFrom> {
+    /// Places `dir` and makes (or reuses) the native snapshot to read it
+    /// from, frozen by `own` (a claim's pod) or else the run's freezer.
+    pub(crate) fn read_from(
+        &self,
+        dir: &Path,
+        own: Option<&SourceFreezer>,
+        observer: &dyn Observer,
+    ) -> Result<ReadFrom> {
         let mode = self.options.mode;
         if mode == SourceSnapshotMode::Off {
             return Ok(ReadFrom::Live);
@@ -124,11 +143,14 @@ impl Natives {
             observer.note(&dir.display().to_string(), c);
         }
         let mut held = self.held.lock().expect("native snapshots");
+        let frozen_for = own.map(|o| o.key.clone());
         let i = match held.iter().position(|h| {
-            h.snapshot.kind == placed.volume.kind && h.snapshot.volume == placed.volume.name
+            h.snapshot.kind == placed.volume.kind
+                && h.snapshot.volume == placed.volume.name
+                && h.frozen_for == frozen_for
         }) {
             Some(i) => i,
-            None => match self.make(provider, &placed, observer) {
+            None => match self.make(provider, &placed, own, observer) {
                 Ok(h) => {
                     held.push(h);
                     held.len() - 1
@@ -165,8 +187,13 @@ impl Natives {
         &self,
         provider: Box<dyn Provider>,
         placed: &Placed,
+        own: Option<&SourceFreezer>,
         observer: &dyn Observer,
     ) -> Result<Held> {
+        let freezer = match own {
+            Some(o) => Some(o.freezer.as_ref()),
+            None => self.freezer.as_deref(),
+        };
         let volume = &placed.volume;
         let native = |error| Error::Native {
             source_dir: volume.mount_point.join(&placed.within),
@@ -181,21 +208,13 @@ impl Natives {
         }
         let kept = self.options.native_only || self.options.keep_native.is_some();
         let name = Name::new(if kept { Purpose::Keep } else { Purpose::Read }).to_string();
-        let frozen_at = Instant::now();
-        let frozen = match &self.freezer {
-            // A freeze that fails stops the source: it was asked for.
-            Some(f) => Some(f.freeze().map_err(|e| Error::Freeze {
-                freezer: f.name().to_owned(),
-                error: e,
-            })?),
-            None => None,
-        };
+        let (frozen, held_since) = freeze(freezer)?;
         let started = Instant::now();
         let made = provider.create(volume, &name);
         let create_s = seconds(started);
         let thawed = frozen.map(|f| f.thaw());
-        let freeze_window_s = if self.freezer.is_some() {
-            seconds(frozen_at)
+        let freeze_window_s = if freezer.is_some() {
+            seconds(held_since)
         } else {
             create_s
         };
@@ -203,11 +222,7 @@ impl Natives {
         if let Some(Err(e)) = thawed {
             let _ = provider.destroy(&snapshot);
             return Err(Error::Freeze {
-                freezer: self
-                    .freezer
-                    .as_ref()
-                    .map(|f| f.name().to_owned())
-                    .unwrap_or_default(),
+                freezer: freezer.map(|f| f.name().to_owned()).unwrap_or_default(),
                 error: e,
             });
         }
@@ -225,6 +240,7 @@ impl Natives {
             create_s,
             freeze_window_s,
             kept,
+            frozen_for: own.map(|o| o.key.clone()),
         })
     }
 
@@ -244,14 +260,14 @@ impl Natives {
             if let Some(v) = h.view.take()
                 && let Err(e) = v.release()
             {
-                failed.push(format!("{}: {e}", h.snapshot.handle));
+                failed.push(naming(&h.snapshot.handle, &e));
             }
             if !h.kept
                 && let Err(e) = h.provider.destroy(&h.snapshot)
             {
                 failed.push(format!(
-                    "{}: {e}; the next snapshot of this volume removes it",
-                    h.snapshot.handle
+                    "{}; the next snapshot of this volume removes it",
+                    naming(&h.snapshot.handle, &e)
                 ));
             }
         }
@@ -359,10 +375,42 @@ pub fn destroy_forgotten(forgotten: &[Snapshot], remaining: &[Snapshot]) -> Vec<
                     n.kind, n.handle
                 ),
             ),
-            Err(e) => (false, format!("{}: {e}", n.handle)),
+            Err(e) => (false, naming(&n.handle, &e)),
         });
     }
     out
+}
+
+/// Freezes with `freezer`, if any: the guard, and when the database began
+/// to be held (the freeze window's start). A freeze that fails stops the
+/// source: it was asked for.
+pub(crate) fn freeze(
+    freezer: Option<&dyn Freezer>,
+) -> Result<(Option<Box<dyn pvsnap_native::Frozen>>, Instant)> {
+    let called = Instant::now();
+    let frozen = match freezer {
+        Some(f) => Some(f.freeze().map_err(|error| Error::Freeze {
+            freezer: f.name().to_owned(),
+            error,
+        })?),
+        None => None,
+    };
+    let since = frozen
+        .as_ref()
+        .and_then(|f| f.held_since())
+        .unwrap_or(called);
+    Ok((frozen, since))
+}
+
+/// `handle: error`, unless the error already starts with the handle (a
+/// refusal names what it refused).
+fn naming(handle: &str, e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    if text.starts_with(handle) {
+        text
+    } else {
+        format!("{handle}: {text}")
+    }
 }
 
 /// `--keep-native N` after a frozen read of `source`: the native snapshots
@@ -458,38 +506,152 @@ pub fn clone_to(snap: &Snapshot, target: &Path) -> Result<PathBuf> {
 /// snapshot. The caller has stopped every writer. Returns where the
 /// volume's content from before is kept, when the storage keeps it.
 pub fn rollback(snap: &Snapshot) -> Result<Option<PathBuf>> {
-    let Some(n) = snap.kept_native() else {
-        return Err(Error::Invalid(format!(
-            "snapshot {} keeps no native snapshot to roll back to; restore it with --target",
-            snap.short_id()
-        )));
-    };
     let live = PathBuf::from(match &snap.source {
         pvsnap_engine::snapshot::Source::Path { path } => path.clone(),
         pvsnap_engine::snapshot::Source::Pvc { host_path, .. } => host_path.clone(),
     });
-    let native_err = |error| Error::Native {
-        source_dir: live.clone(),
-        error,
-    };
-    let placed = pvsnap_native::place(&live)
-        .map_err(native_err)?
-        .ok_or_else(|| native_err(not_native(&live)))?;
-    if placed.volume.name != n.volume || placed.volume.kind.as_str() != n.kind {
-        return Err(Error::Invalid(format!(
-            "{} is now on the {} volume {}, not on {} that the snapshot was made of; nothing was changed",
-            live.display(),
-            placed.volume.kind,
-            placed.volume.name,
-            n.volume
-        )));
+    Rollback::check(snap, &live)?.run()
+}
+
+/// A rollback checked against the storage, not yet run.
+pub struct Rollback {
+    live: PathBuf,
+    placed: Placed,
+    provider: Box<dyn Provider>,
+    native: NativeSnapshot,
+    record: SourceSnapshot,
+}
+
+impl Rollback {
+    /// Checks, changing nothing, that `live` (the source's folder as this
+    /// process sees it) is still on the volume `snap`'s native snapshot
+    /// was made of, at the same place in it.
+    pub fn check(snap: &Snapshot, live: &Path) -> Result<Rollback> {
+        let Some(n) = snap.kept_native() else {
+            return Err(Error::Invalid(format!(
+                "snapshot {} keeps no native snapshot to roll back to; restore it with --target",
+                snap.short_id()
+            )));
+        };
+        let native_err = |error| Error::Native {
+            source_dir: live.to_owned(),
+            error,
+        };
+        let placed = pvsnap_native::place(live)
+            .map_err(native_err)?
+            .ok_or_else(|| native_err(not_native(live)))?;
+        if placed.volume.name != n.volume || placed.volume.kind.as_str() != n.kind {
+            return Err(Error::Invalid(format!(
+                "{} is now on the {} volume {}, not on {} that the snapshot was made of; nothing was changed",
+                live.display(),
+                placed.volume.kind,
+                placed.volume.name,
+                n.volume
+            )));
+        }
+        if placed.within != Path::new(&n.within) {
+            return Err(Error::Invalid(format!(
+                "{} is now at {:?} in the {} volume {}, not at {:?} where the snapshot found it; nothing was changed",
+                live.display(),
+                placed.within,
+                n.kind,
+                n.volume,
+                n.within
+            )));
+        }
+        let (provider, native) = recorded(n)?;
+        Ok(Rollback {
+            live: live.to_owned(),
+            placed,
+            provider,
+            native,
+            record: n.clone(),
+        })
     }
-    let (provider, native) = recorded(n)?;
-    provider
-        .rollback(&placed.volume, &native)
-        .map_err(native_err)?;
-    Ok(match placed.volume.kind {
-        Kind::Btrfs => pvsnap_native::btrfs::set_aside(&placed.volume).pop(),
-        _ => None,
-    })
+
+    /// The native snapshot rolled back to.
+    pub fn record(&self) -> &SourceSnapshot {
+        &self.record
+    }
+
+    /// Where the source's folder is inside the volume (empty: the source
+    /// is the whole volume).
+    pub fn within(&self) -> &Path {
+        &self.placed.within
+    }
+
+    /// The folder the rollback replaces: the whole volume's mount (btrfs:
+    /// the subvolume), which holds the source.
+    pub fn swapped(&self) -> &Path {
+        &self.placed.volume.mount_point
+    }
+
+    /// Returns the volume to the snapshot; where the content from before
+    /// is kept, when the storage keeps it (btrfs).
+    pub fn run(self) -> Result<Option<PathBuf>> {
+        self.provider
+            .rollback(&self.placed.volume, &self.native)
+            .map_err(|error| Error::Native {
+                source_dir: self.live.clone(),
+                error,
+            })?;
+        Ok(match self.placed.volume.kind {
+            Kind::Btrfs => pvsnap_native::btrfs::set_aside(&self.placed.volume).pop(),
+            _ => None,
+        })
+    }
+}
+
+/// The processes (`pid (command)`) with a file, folder or working folder
+/// under `dir`, from `/proc`.
+pub fn open_under(dir: &Path) -> Vec<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let me = std::process::id().to_string();
+    let mut out = vec![];
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let base = p.path();
+        let mut links: Vec<PathBuf> = vec![base.join("cwd"), base.join("root")];
+        if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        let hit = links
+            .iter()
+            .filter_map(|l| std::fs::read_link(l).ok())
+            .any(|t| t.starts_with(dir));
+        if hit {
+            let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            out.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::naming;
+
+    #[test]
+    fn a_refusal_that_names_the_snapshot_is_not_named_twice() {
+        let refused = pvsnap_native::Error::Refused {
+            what: "tank/k8s@pvsnap-1".into(),
+            detail: "it has clones tank/dev; remove them first".into(),
+        };
+        assert_eq!(
+            naming("tank/k8s@pvsnap-1", &refused),
+            "tank/k8s@pvsnap-1: it has clones tank/dev; remove them first"
+        );
+        let missing = pvsnap_native::Error::Missing {
+            what: "the pool".into(),
+        };
+        assert_eq!(
+            naming("tank/k8s@pvsnap-1", &missing),
+            "tank/k8s@pvsnap-1: the pool no longer exists"
+        );
+    }
 }

@@ -119,41 +119,87 @@ pub async fn restore_in_place(
     options: &InPlaceOptions,
     observer: &dyn Observer,
 ) -> Result<InPlace> {
+    let mut safety: Option<Snapshot> = None;
+    let down = with_workloads_down(
+        cluster,
+        target,
+        options.wait_timeout,
+        observer,
+        || {
+            let taken = safety_snapshot(repo, &target.resolved, &options.stop, observer)?;
+            observer.kept(&taken);
+            safety = Some(taken);
+            let opts = RestoreOptions {
+                delete_extra: true,
+                stop: options.stop.clone(),
+                ..RestoreOptions::default()
+            };
+            let progress = Arc::new(RestoreProgress::default());
+            let _watch = observer.restoring(progress.clone());
+            Ok(restore::restore(
+                repo,
+                snap,
+                None,
+                &target.resolved.host_path,
+                &opts,
+                &progress,
+            )?)
+        },
+        // Stopped while it wrote: the volume holds part of the snapshot.
+        |restored| {
+            matches!(
+                restored,
+                Err(Error::Engine(
+                    pvsnap_engine::Error::RestoreInterrupted { .. }
+                ))
+            )
+        },
+    )
+    .await?;
+    Ok(InPlace {
+        safety,
+        restored: down.done,
+        scaled_back: down.scaled_back,
+    })
+}
+
+/// What became of work done while a claim's workloads were scaled down.
+#[derive(Debug)]
+pub(crate) struct WhileDown<T> {
+    /// Waiting for the pods, then the work.
+    pub(crate) done: Result<T>,
+    /// The workloads with the replica counts they had before.
+    pub(crate) scaled: Vec<Workload>,
+    pub(crate) scaled_back: ScaleBack,
+}
+
+/// The safety of every in-place change of a claim's volume: scales the
+/// target's workloads to zero, waits for their pods to go, runs `work`,
+/// then scales them back to their counts from before on every path but
+/// one: when `leave_down` says the outcome left the volume in a state its
+/// workloads must not start on ([`ScaleBack::LeftDown`]). A timeout
+/// waiting for the pods skips the work and scales back. Fails only when
+/// scaling down fails (then nothing else ran and what was already scaled
+/// down is scaled back).
+pub(crate) async fn with_workloads_down<T>(
+    cluster: &Cluster,
+    target: &InPlaceTarget,
+    wait_timeout: Duration,
+    observer: &dyn Observer,
+    work: impl FnOnce() -> Result<T>,
+    leave_down: impl FnOnce(&Result<T>) -> bool,
+) -> Result<WhileDown<T>> {
     let claim = &target.claim;
     let mut down = cluster.scale_down(&target.workloads).await?;
     observer.scaled_down(down.originals());
-    let mut safety: Option<Snapshot> = None;
-    let restored = async {
-        cluster
-            .wait_pods_gone(&claim.namespace, &claim.name, options.wait_timeout)
-            .await?;
-        let taken = safety_snapshot(repo, &target.resolved, &options.stop, observer)?;
-        observer.kept(&taken);
-        safety = Some(taken);
-        let opts = RestoreOptions {
-            delete_extra: true,
-            stop: options.stop.clone(),
-            ..RestoreOptions::default()
-        };
-        let progress = Arc::new(RestoreProgress::default());
-        let _watch = observer.restoring(progress.clone());
-        Ok(restore::restore(
-            repo,
-            snap,
-            None,
-            &target.resolved.host_path,
-            &opts,
-            &progress,
-        )?)
-    }
-    .await;
-    let partly_written = matches!(
-        restored,
-        Err(Error::Engine(
-            pvsnap_engine::Error::RestoreInterrupted { .. }
-        ))
-    );
-    let scaled_back = if partly_written {
+    let done = match cluster
+        .wait_pods_gone(&claim.namespace, &claim.name, wait_timeout)
+        .await
+    {
+        Ok(()) => work(),
+        Err(e) => Err(e.into()),
+    };
+    let scaled_back = if leave_down(&done) {
         ScaleBack::LeftDown {
             commands: down.manual_restore_commands(),
         }
@@ -166,9 +212,9 @@ pub async fn restore_in_place(
             Err(e) => ScaleBack::Failed(e),
         }
     };
-    Ok(InPlace {
-        safety,
-        restored,
+    Ok(WhileDown {
+        done,
+        scaled: down.originals().to_vec(),
         scaled_back,
     })
 }

@@ -11,7 +11,7 @@ use pvsnap_k8s::{BodyOutcome, ClaimRef, Cluster, HookOutcome, HostHook, PodRef, 
 
 use crate::claim::source_of;
 use crate::error::{Error, Result};
-use crate::native::{NativeOptions, Natives, ReadFrom};
+use crate::native::{NativeOptions, Natives, ReadFrom, SourceFreezer};
 use crate::observe::Observer;
 
 /// What every snapshot of one run records and leaves out.
@@ -57,6 +57,14 @@ pub struct Taken {
     pub native_pruned: Vec<String>,
 }
 
+/// What a claim adds to a hooked snapshot: its cluster, the pods that
+/// mount it (their hooks run) and the freezer run in one of them.
+struct ClaimSide<'a> {
+    cluster: &'a Cluster,
+    pods: &'a [PodRef],
+    freezer: Option<&'a SourceFreezer>,
+}
+
 /// One run over several sources. Each source is its own timeline: its
 /// parent is the latest snapshot of the same source, taken before the run
 /// or earlier in it. A source that fails (its folder unreadable, a hook, the
@@ -67,7 +75,7 @@ pub struct SnapshotRun<'r> {
     options: SnapshotOptions,
     existing: Vec<Snapshot>,
     taken: Vec<Snapshot>,
-    native: Natives,
+    pub(crate) native: Natives,
 }
 
 impl<'r> SnapshotRun<'r> {
@@ -111,7 +119,7 @@ impl<'r> SnapshotRun<'r> {
     /// Snapshots the folder `dir` (an absolute path, recorded as the source).
     pub fn folder(&mut self, dir: &Path, observer: &dyn Observer) -> Result<Taken> {
         let opts = self.backup_options(path_source(dir));
-        let pending = self.store(dir, &opts, observer)?;
+        let pending = self.store(dir, &opts, None, observer)?;
         self.commit(pending, None)
     }
 
@@ -122,7 +130,7 @@ impl<'r> SnapshotRun<'r> {
         host: &HostHooks,
         observer: &dyn Observer,
     ) -> Result<Taken> {
-        self.hooked(dir, path_source(dir), None, &[], host, observer)
+        self.hooked(dir, path_source(dir), None, host, observer)
             .await
     }
 
@@ -156,16 +164,47 @@ impl<'r> SnapshotRun<'r> {
             });
         }
         let pods = cluster.pods_mounting(&claim.namespace, &claim.name).await?;
+        // `--freeze` for a claim: its database is in its pod, so the
+        // preset's session runs there (never on this host).
+        let own = match self.pod_freezer(cluster, claim, &pods)? {
+            Some(f) => {
+                let (pod, container) = f.place();
+                Some(SourceFreezer {
+                    freezer: Box::new(f),
+                    key: format!("pod {pod} container {container}"),
+                })
+            }
+            None => None,
+        };
         let source = source_of(&resolved);
-        self.hooked(
-            &resolved.host_path,
-            source,
-            Some(cluster),
-            &pods,
-            host,
-            observer,
-        )
-        .await
+        let claim = ClaimSide {
+            cluster,
+            pods: &pods,
+            freezer: own.as_ref(),
+        };
+        self.hooked(&resolved.host_path, source, Some(claim), host, observer)
+            .await
+    }
+
+    /// With `--freeze`: the freezer that runs the preset's session in the
+    /// pod of `claim` (its database is there, never on this host).
+    pub(crate) fn pod_freezer(
+        &self,
+        cluster: &pvsnap_k8s::Cluster,
+        claim: &ClaimRef,
+        pods: &[PodRef],
+    ) -> Result<Option<pvsnap_k8s::PodFreezer>> {
+        let Some(preset) = self.native.options.freeze else {
+            return Ok(None);
+        };
+        Ok(Some(pvsnap_k8s::PodFreezer::for_claim(
+            cluster,
+            &claim.namespace,
+            &claim.name,
+            pods,
+            preset,
+            pvsnap_native::freeze::DEFAULT_TIMEOUT,
+        )?))
     }
 
     /// Host pre hook, pods' pre hooks, store, pods' post hooks, host post
@@ -174,11 +213,14 @@ impl<'r> SnapshotRun<'r> {
         &mut self,
         dir: &Path,
         source: Source,
-        cluster: Option<&Cluster>,
-        pods: &[PodRef],
+        claim: Option<ClaimSide<'_>>,
         host: &HostHooks,
         observer: &dyn Observer,
     ) -> Result<Taken> {
+        let (cluster, pods, own) = match &claim {
+            Some(c) => (Some(c.cluster), c.pods, c.freezer),
+            None => (None, &[][..], None),
+        };
         // The hooks learn what they run for: the source as snapshots name
         // it, and the host folder that is read.
         let told = |h: &HostHook| {
@@ -190,7 +232,7 @@ impl<'r> SnapshotRun<'r> {
         let opts = self.backup_options(source);
         let this = &*self;
         let hooked = pvsnap_k8s::with_hooks(cluster, pods, pre.as_ref(), post.as_ref(), || async {
-            this.store(dir, &opts, observer)
+            this.store(dir, &opts, own, observer)
         })
         .await;
         let outcomes: Vec<serde_json::Value> = hooked
@@ -248,13 +290,14 @@ impl<'r> SnapshotRun<'r> {
         &self,
         dir: &Path,
         opts: &BackupOptions,
+        own: Option<&SourceFreezer>,
         observer: &dyn Observer,
     ) -> Result<PendingSnapshot> {
-        let (read, record) = match self.native.read_from(dir, observer)? {
+        let (read, record) = match self.native.read_from(dir, own, observer)? {
             // A freeze lasts as long as making a native snapshot; held
             // around a whole live read it would stop the database for
             // minutes, so it is refused instead.
-            ReadFrom::Live if self.native.freezer.is_some() => {
+            ReadFrom::Live if self.native.freezer.is_some() || own.is_some() => {
                 return Err(Error::Invalid(format!(
                     "{}: --freeze needs a native snapshot of the source, and it is read live here; put it on btrfs, ZFS or LVM (see --source-snapshot required), or freeze with --pre-hook/--post-hook around the whole read",
                     dir.display()

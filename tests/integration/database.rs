@@ -1,14 +1,16 @@
 //! A real database under load, snapshotted without hooks (issue #21):
-//! PostgreSQL on a btrfs subvolume with pgbench writing. The frozen-source
+//! PostgreSQL on a btrfs subvolume, and on a zfs-fuse dataset, with pgbench
+//! writing. The frozen-source
 //! snapshot (the default where the storage can) is one instant of the
 //! volume, so the restored copy starts like a server after a power cut:
 //! recovery completes and `pg_amcheck --heapallindexed` finds nothing. The
 //! same with `--source-snapshot off` (a live read) is reported, not
 //! asserted: a torn copy may or may not start.
 //!
-//! Needs root, btrfs and Debian's PostgreSQL 15; skipped loudly without
-//! them, a failure instead when `PVSNAP_REQUIRE_DB=1` (as `scripts/test`
-//! sets for root).
+//! Needs root, btrfs (or zfs-fuse) and Debian's PostgreSQL 15; skipped
+//! loudly without them, a failure instead when `PVSNAP_REQUIRE_DB=1` (and
+//! `PVSNAP_REQUIRE_BTRFS=1`, `PVSNAP_REQUIRE_ZFS=1`, as `scripts/test` sets
+//! for root). MariaDB under load is in `mariadb.rs`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,14 +21,23 @@ use serde_json::Value;
 
 use crate::btrfs::btrfs;
 use crate::util::{self, Env, stderr};
+use crate::zfs::Pool;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-fn have_postgres(test: &str) -> bool {
+pub(crate) fn have_postgres(test: &str) -> bool {
+    let missing = (!Path::new(PG_BIN).join("postgres").exists())
+        .then_some("PostgreSQL 15 is not installed (Debian package postgresql)");
+    require_db(test, missing)
+}
+
+/// Whether a database test can run (root, and nothing `missing`); says so
+/// loudly when it cannot, and fails instead under `PVSNAP_REQUIRE_DB=1`.
+pub(crate) fn require_db(test: &str, missing: Option<&str>) -> bool {
     let why = if !util::is_root() {
         "not root"
-    } else if !Path::new(PG_BIN).join("postgres").exists() {
-        "PostgreSQL 15 is not installed (Debian package postgresql)"
+    } else if let Some(m) = missing {
+        m
     } else {
         return true;
     };
@@ -37,8 +48,18 @@ fn have_postgres(test: &str) -> bool {
     false
 }
 
+/// Opens `dir` and its parents up to the temp folder to other users (the
+/// database servers run as their own users and must reach their folders).
+pub(crate) fn let_others_in(dir: &Path) {
+    let mut p = dir.to_owned();
+    while p != Path::new("/") && p.starts_with(std::env::temp_dir()) {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.pop();
+    }
+}
+
 /// `runuser -u postgres -- PG_BIN/tool args…`.
-fn pg(tool: &str, args: &[&str]) -> Command {
+pub(crate) fn pg(tool: &str, args: &[&str]) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--"])
         .arg(Path::new(PG_BIN).join(tool))
@@ -47,8 +68,9 @@ fn pg(tool: &str, args: &[&str]) -> Command {
     c
 }
 
-fn run(mut c: Command, what: &str) -> String {
-    let out = c.output().unwrap();
+/// Runs `c` and requires success; its standard output.
+pub(crate) fn run(c: &mut Command, what: &str) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
         "{what}: {}\n{}",
@@ -59,14 +81,14 @@ fn run(mut c: Command, what: &str) -> String {
 }
 
 /// A PostgreSQL server on `data`, listening on a socket in `sock` only.
-struct Server {
+pub(crate) struct Server {
     data: PathBuf,
-    sock: PathBuf,
-    port: u16,
+    pub(crate) sock: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Server {
-    fn start(data: &Path, sock: &Path, port: u16) -> Result<Server, String> {
+    pub(crate) fn start(data: &Path, sock: &Path, port: u16) -> Result<Server, String> {
         let opts = format!("-p {port} -k {} -c listen_addresses=''", sock.display());
         let log = sock.join(format!("pg-{port}.log"));
         let out = pg(
@@ -100,7 +122,7 @@ impl Server {
         })
     }
 
-    fn client(&self, tool: &str, args: &[&str]) -> Command {
+    pub(crate) fn client(&self, tool: &str, args: &[&str]) -> Command {
         let mut c = pg(
             tool,
             &[
@@ -209,28 +231,53 @@ fn postgres_under_pgbench_restores_from_a_frozen_source_and_passes_amcheck() {
     }
     let Some(fs) = btrfs(test) else { return };
     // The postgres user must reach its folders below the test's temp dir.
-    let mut p = fs.mnt.clone();
-    while p != Path::new("/") && p.starts_with(std::env::temp_dir()) {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        p.pop();
-    }
+    let_others_in(&fs.mnt);
     let vol = fs.subvolume("pg");
-    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    under_pgbench(&vol, "btrfs", 3);
+}
+
+/// The same on a zfs-fuse dataset: pvsnap reads the ZFS snapshot through
+/// a temporary read-only clone (zfs-fuse has no `.zfs` folder), which goes
+/// with the snapshot after the read.
+#[test]
+fn postgres_under_pgbench_on_zfs_restores_from_a_frozen_source_and_passes_amcheck() {
+    let test = "postgres_under_pgbench_on_zfs_restores_from_a_frozen_source_and_passes_amcheck";
+    if !have_postgres(test) {
+        return;
+    }
+    let Some(pool) = Pool::new(test, 256) else {
+        return;
+    };
+    let_others_in(&pool.mnt);
+    under_pgbench(&pool.mnt.join("vol"), "zfs", 1);
+    let all = pool.all();
+    assert!(
+        !all.iter()
+            .any(|d| d.contains("pvsnap-tmp") || d.contains("pvsnap-read")),
+        "no read clone or read snapshot left: {all:?}"
+    );
+}
+
+/// A cluster in `vol` (a btrfs subvolume or ZFS dataset) under pgbench
+/// (`scale` × 100,000 accounts): a frozen-source snapshot (the storage's
+/// `kind`) and a live read, both restored; the frozen copy must recover
+/// and pass `pg_amcheck --heapallindexed`, the live copy is reported.
+fn under_pgbench(vol: &Path, kind: &str, scale: u32) {
+    std::fs::set_permissions(vol, std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = vol.join("data");
-    let sock = fs.mnt.join("sock");
+    // Sockets live outside the storage under test (FUSE for zfs-fuse).
+    let run_dir = tempfile::tempdir().unwrap();
+    let_others_in(run_dir.path());
+    let sock = run_dir.path().join("sock");
     std::fs::create_dir_all(&sock).unwrap();
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::create_dir(&data).unwrap();
     run(
-        {
-            let mut c = Command::new("chown");
-            c.args(["postgres:postgres", data.to_str().unwrap()]);
-            c
-        },
+        Command::new("chown").args(["postgres:postgres", data.to_str().unwrap()]),
         "chown",
     );
     run(
-        pg(
+        &mut pg(
             "initdb",
             &[
                 "-D",
@@ -243,12 +290,13 @@ fn postgres_under_pgbench_restores_from_a_frozen_source_and_passes_amcheck() {
         ),
         "initdb",
     );
-    let port = 20_000 + (std::process::id() % 10_000) as u16;
+    let port = 20_000 + (std::process::id() % 10_000) as u16 + if kind == "zfs" { 10 } else { 0 };
     let server = Server::start(&data, &sock, port).unwrap();
+    let s = scale.to_string();
     run(
-        server.client(
+        &mut server.client(
             "pgbench",
-            &["-U", "postgres", "-i", "-s", "3", "-q", "postgres"],
+            &["-U", "postgres", "-i", "-s", &s, "-q", "postgres"],
         ),
         "pgbench -i",
     );
@@ -269,10 +317,7 @@ fn postgres_under_pgbench_restores_from_a_frozen_source_and_passes_amcheck() {
     let frozen = snapshot(&env, &data, &[]);
     let frozen_s = started.elapsed().as_secs_f64();
     let ss = &frozen["source_snapshot"];
-    assert_eq!(
-        ss["kind"], "btrfs",
-        "read through a btrfs snapshot: {frozen}"
-    );
+    assert_eq!(ss["kind"], kind, "read through a {kind} snapshot: {frozen}");
     let live = snapshot(&env, &data, &["--source-snapshot", "off"]);
     assert!(live["source_snapshot"].is_null(), "{live}");
     let _ = load.kill();
@@ -280,16 +325,20 @@ fn postgres_under_pgbench_restores_from_a_frozen_source_and_passes_amcheck() {
     server.stop();
     drop(server);
 
-    // The copies go outside the small btrfs volume, which the original,
-    // its WAL and the snapshots fill.
-    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The copies go outside the small volume, which the original, its WAL
+    // and the snapshots fill.
+    let_others_in(env.dir.path());
     let copy = env.path("frozen-copy");
     restore(&env, frozen["id"].as_str().unwrap(), &copy);
     let accounts = check_copy(&copy, &sock, port + 1)
         .unwrap_or_else(|e| panic!("the frozen copy did not come up clean: {e}"));
-    assert_eq!(accounts, 300_000, "pgbench -s 3 holds 300,000 accounts");
+    assert_eq!(
+        accounts,
+        i64::from(scale) * 100_000,
+        "pgbench -s {scale} holds {scale} × 100,000 accounts"
+    );
     eprintln!(
-        "frozen source under pgbench: snapshot in {frozen_s:.2} s (native snapshot {} s, frozen {} s); recovery completed, pg_amcheck --heapallindexed clean, {accounts} accounts",
+        "frozen source on {kind} under pgbench: snapshot in {frozen_s:.2} s (native snapshot {} s, frozen {} s); recovery completed, pg_amcheck --heapallindexed clean, {accounts} accounts",
         ss["create_s"], ss["freeze_window_s"]
     );
 
@@ -298,10 +347,10 @@ fn postgres_under_pgbench_restores_from_a_frozen_source_and_passes_amcheck() {
     restore(&env, live["id"].as_str().unwrap(), &torn);
     match check_copy(&torn, &sock, port + 2) {
         Ok(n) => eprintln!(
-            "live read under pgbench (--source-snapshot off): this time the copy started and pg_amcheck passed ({n} accounts); a live read gives no such guarantee"
+            "live read on {kind} under pgbench (--source-snapshot off): this time the copy started and pg_amcheck passed ({n} accounts); a live read gives no such guarantee"
         ),
         Err(e) => eprintln!(
-            "live read under pgbench (--source-snapshot off): the copy is torn: {}",
+            "live read on {kind} under pgbench (--source-snapshot off): the copy is torn: {}",
             e.lines().take(3).collect::<Vec<_>>().join(" / ")
         ),
     }

@@ -63,6 +63,11 @@ impl Kube {
 
     /// `pvsnap ARGS --kubeconfig .. --node node-a --host-root <host>`.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run pvsnap")
+    }
+
+    /// The command [`Kube::run`] runs, to change or spawn.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
         let mut c = self.env.cmd();
         c.args(args)
             .arg("--kubeconfig")
@@ -72,7 +77,7 @@ impl Kube {
             .env_remove("KUBECONFIG")
             .env_remove("PVSNAP_NODE")
             .stdin(Stdio::null());
-        c.output().expect("run pvsnap")
+        c
     }
 
     pub fn ok(&self, args: &[&str]) -> Output {

@@ -7,12 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::util::{self, Env};
 
 /// Runs a ZFS tool with a two-minute limit (a wedged zfs-fuse daemon fails
 /// the test instead of hanging the suite).
-fn sh(program: &str, args: &[&str]) -> Result<String, String> {
+pub(crate) fn sh(program: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new("timeout")
         .args(["-k", "10", "120", program])
         .args(args)
@@ -29,15 +30,29 @@ fn sh(program: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// One test pool at a time in this process: zfs-fuse has hung working on
+/// one pool while another was being destroyed (and the name is per process).
+static ONE_POOL: Mutex<()> = Mutex::new(());
+
 /// A pool on a file with one dataset `vol`; destroyed on drop.
-struct Pool {
-    name: String,
-    mnt: PathBuf,
+pub(crate) struct Pool {
+    pub(crate) name: String,
+    pub(crate) mnt: PathBuf,
     _dir: tempfile::TempDir,
+    /// Dropped after the pool is destroyed (fields drop after `drop`).
+    _one: MutexGuard<'static, ()>,
 }
 
 impl Pool {
-    fn new(test: &str) -> Option<Pool> {
+    /// A pool of `mib` MiB on a file, or `None` after saying loudly why
+    /// the test is skipped (a failure under `PVSNAP_REQUIRE_ZFS=1`).
+    pub(crate) fn new(test: &str, mib: u64) -> Option<Pool> {
+        Pool::named(test, format!("pvti{}", std::process::id()), mib)
+    }
+
+    /// [`Pool::new`] named `name` (`pvti<pid>x<n>`, which `scripts/test`
+    /// sweeps too).
+    pub(crate) fn named(test: &str, name: String, mib: u64) -> Option<Pool> {
         let why = if !util::is_root() {
             Some("not root".to_string())
         } else {
@@ -52,13 +67,13 @@ impl Pool {
             );
             return None;
         }
+        let one = ONE_POOL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pool");
         std::fs::File::create(&file)
             .unwrap()
-            .set_len(128 << 20)
+            .set_len(mib << 20)
             .unwrap();
-        let name = format!("pvti{}", std::process::id());
         let mnt = dir.path().join("mnt");
         sh(
             "zpool",
@@ -75,13 +90,14 @@ impl Pool {
             name,
             mnt,
             _dir: dir,
+            _one: one,
         };
         sh("zfs", &["create", &format!("{}/vol", pool.name)]).unwrap();
         Some(pool)
     }
 
     /// Every dataset and snapshot of the pool.
-    fn all(&self) -> Vec<String> {
+    pub(crate) fn all(&self) -> Vec<String> {
         sh(
             "zfs",
             &["list", "-H", "-t", "all", "-o", "name", "-r", &self.name],
@@ -122,8 +138,10 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn kept_zfs_snapshots_roll_back_clone_and_go_with_their_records() {
-    let Some(pool) = Pool::new("kept_zfs_snapshots_roll_back_clone_and_go_with_their_records")
-    else {
+    let Some(pool) = Pool::new(
+        "kept_zfs_snapshots_roll_back_clone_and_go_with_their_records",
+        128,
+    ) else {
         return;
     };
     let vol = pool.mnt.join("vol");

@@ -22,7 +22,7 @@ pub struct Args {
     /// Folder to restore into; the snapshot's root content lands directly in it
     #[arg(long, required_unless_present_any = ["to_pvc", "to_new_pvc", "rollback", "clone_to"], conflicts_with_all = ["to_pvc", "to_new_pvc", "rollback", "clone_to"])]
     pub target: Option<PathBuf>,
-    /// Return the source's volume to the native snapshot the snapshot keeps (btrfs: the live subvolume is set aside and replaced); stop what writes to the folder first, and confirm with --yes
+    /// Return the source's volume to the native snapshot the snapshot keeps (btrfs: the live subvolume is set aside and replaced); stop what writes to the folder first (a claim's workloads are scaled down and back, as with --to-pvc), and confirm with --yes
     #[arg(long, conflicts_with_all = ["to_pvc", "to_new_pvc", "clone_to", "path", "includes", "excludes", "delete", "dry_run"])]
     pub rollback: bool,
     /// Make a writable copy of the native snapshot the snapshot keeps at PATH, sharing its data (btrfs: a snapshot; PATH on the same filesystem)

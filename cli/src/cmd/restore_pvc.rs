@@ -35,15 +35,8 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     let snap = repo.resolve_snapshot_near(&a.snapshot, &key)?;
     super::refuse_native_only(&snap, "--to-pvc")?;
     super::restore::refuse_csi(&snap, "--to-pvc")?;
-    let kube = Kube::connect(&a.kube)?;
+    let (kube, target) = connect_in_place(a, &claim)?;
     let cluster = kube.connected();
-    let target = kube
-        .block_on(pvsnap_ops::prepare_in_place(
-            cluster,
-            &claim,
-            &a.kube.resolve_options(),
-        ))
-        .map_err(super::ops_error)?;
     if !a.yes {
         let stops = if target.workloads.is_empty() {
             String::new()
@@ -120,6 +113,23 @@ pub fn in_place(cli: &Cli, a: &Args, spec: &str) -> Result<u8> {
     report(cli, a, &snap, &key, &summary, &extra_json(&done.safety))
 }
 
+/// Connects to the cluster and finds the claim's volume directory on this
+/// node and the workloads that use it, changing nothing.
+pub(super) fn connect_in_place(
+    a: &Args,
+    claim: &pvsnap_k8s::ClaimRef,
+) -> Result<(Kube, pvsnap_ops::InPlaceTarget)> {
+    let kube = Kube::connect(&a.kube)?;
+    let target = kube
+        .block_on(pvsnap_ops::prepare_in_place(
+            kube.connected(),
+            claim,
+            &a.kube.resolve_options(),
+        ))
+        .map_err(super::ops_error)?;
+    Ok((kube, target))
+}
+
 /// What a stopped in-place restore left, and the ways on from there.
 fn interrupted(done: &pvsnap_ops::InPlace, snap: &Snapshot, key: &str, spec: &str) -> String {
     match &done.scaled_back {
@@ -151,11 +161,11 @@ fn interrupted(done: &pvsnap_ops::InPlace, snap: &Snapshot, key: &str, spec: &st
 }
 
 /// What an in-place restore says on standard error while it runs.
-struct Notices<'a> {
-    quiet: bool,
-    bars: Bars,
-    key: &'a str,
-    spec: &'a str,
+pub(super) struct Notices<'a> {
+    pub(super) quiet: bool,
+    pub(super) bars: Bars,
+    pub(super) key: &'a str,
+    pub(super) spec: &'a str,
 }
 
 impl Observer for Notices<'_> {
@@ -204,7 +214,7 @@ fn extra_json(safety: &Option<Snapshot>) -> Vec<(&'static str, serde_json::Value
         .collect()
 }
 
-fn names(ws: &[Workload]) -> String {
+pub(super) fn names(ws: &[Workload]) -> String {
     ws.iter()
         .map(|w| format!("{w} ({} replicas)", w.replicas))
         .collect::<Vec<_>>()

@@ -69,7 +69,7 @@ pub struct Args {
     /// Room for a thick LVM snapshot: a share of the origin (`20%`, the default) or a size (`10G`); it must hold what changes while it is read
     #[arg(long, value_name = "SIZE", value_parser = pvsnap_native::lvm::SnapshotSize::parse)]
     pub lvm_snapshot_size: Option<pvsnap_native::lvm::SnapshotSize>,
-    /// Freeze this database on the host while the native snapshot is made: postgres, mysql or mongodb
+    /// Freeze this database while the native snapshot is made: postgres, mysql or mongodb (for folders on this host; for claims in the pod that mounts the claim, over exec)
     #[arg(long, value_name = "DATABASE", value_parser = clap::builder::PossibleValuesParser::new(pvsnap_native::freeze::PRESETS))]
     pub freeze: Option<String>,
     /// Snapshot every claim of the namespace (--namespace, default: the kubeconfig's) or of all namespaces
@@ -146,6 +146,7 @@ fn native_options(a: &Args) -> Result<(NativeOptions, Option<Box<dyn pvsnap_nati
             native_only: a.native_only,
             keep_native: a.keep_native.map(|n| n as usize),
             lvm_snapshot_size: a.lvm_snapshot_size,
+            freeze: a.freeze.as_deref().map(str::parse).transpose()?,
         },
         freezer,
     ))

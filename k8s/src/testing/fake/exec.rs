@@ -41,6 +41,15 @@ pub struct ExecScript {
     pub delay: Duration,
 }
 
+/// A container whose execs run as real local processes, with its
+/// environment ([`FakeCluster::exec_real`]).
+#[derive(Debug, Clone)]
+pub(super) struct RealExec {
+    pub(super) pod: String,
+    pub(super) container: String,
+    pub(super) env: Vec<(String, String)>,
+}
+
 /// One exec call as the fake saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecCall {
@@ -137,7 +146,7 @@ pub(super) fn handle_exec(
         );
     };
 
-    let script = {
+    let (script, real) = {
         let mut st = state.lock().unwrap();
         st.events
             .push(format!("exec {pod}/{container} {}", command.join(" ")));
@@ -148,11 +157,28 @@ pub(super) fn handle_exec(
             command: command.clone(),
             protocol: protocol.to_string(),
         });
-        st.scripts
+        let script = st
+            .scripts
             .iter()
             .find(|s| s.pod == pod && s.container == container && s.command == command)
-            .cloned()
+            .cloned();
+        let real = st
+            .real_exec
+            .iter()
+            .find(|r| r.pod == pod && r.container == container)
+            .map(|r| r.env.clone());
+        (script, real)
     };
+    if let (None, Some(env)) = (&script, real) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            run_real(ws, command, env).await;
+        });
+        return switching(&key, protocol);
+    }
     let script = script.unwrap_or(ExecScript {
         pod: pod.clone(),
         container: container.clone(),
@@ -165,7 +191,6 @@ pub(super) fn handle_exec(
         )),
         delay: Duration::ZERO,
     });
-
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
@@ -187,23 +212,7 @@ pub(super) fn handle_exec(
                 }
             }
         }
-        let status = match &script.end {
-            ExecEnd::Exit(0) => json!({"metadata": {}, "status": "Success"}),
-            ExecEnd::Exit(code) => json!({
-                "metadata": {},
-                "status": "Failure",
-                "message": format!("command terminated with non-zero exit code: error executing command {:?}, exit code {code}", script.command),
-                "reason": "NonZeroExitCode",
-                "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}
-            }),
-            ExecEnd::Failure(msg) => json!({
-                "metadata": {},
-                "status": "Failure",
-                "message": msg,
-                "reason": "InternalError",
-                "code": 500
-            }),
-        };
+        let status = status_json(&script.command, &script.end);
         let mut frame = vec![3u8];
         frame.extend_from_slice(status.to_string().as_bytes());
         let _ = ws.send(Message::binary(frame)).await;
@@ -212,6 +221,11 @@ pub(super) fn handle_exec(
         while let Some(Ok(_)) = ws.next().await {}
     });
 
+    switching(&key, protocol)
+}
+
+/// The 101 answer that upgrades an exec request to a WebSocket.
+fn switching(key: &[u8], protocol: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .body(Full::new(Bytes::new()))
@@ -221,8 +235,169 @@ pub(super) fn handle_exec(
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(
         SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&derive_accept_key(&key)).expect("accept"),
+        HeaderValue::from_str(&derive_accept_key(key)).expect("accept"),
     );
     h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
     resp
+}
+
+/// The exit status frame's JSON, as the API server writes it.
+fn status_json(command: &[String], end: &ExecEnd) -> serde_json::Value {
+    match end {
+        ExecEnd::Exit(0) => json!({"metadata": {}, "status": "Success"}),
+        ExecEnd::Exit(code) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}
+        }),
+        ExecEnd::Failure(msg) => json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": msg,
+            "reason": "InternalError",
+            "code": 500
+        }),
+    }
+}
+
+/// Runs `command` as a real local process bridged to `ws` (see
+/// [`FakeCluster::exec_real`]).
+async fn run_real<S>(ws: WebSocketStream<S>, command: Vec<String>, env: Vec<(String, String)>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sink, mut from_client) = ws.split();
+    for ch in [1u8, 2, 3] {
+        if sink.send(Message::binary(vec![ch])).await.is_err() {
+            return;
+        }
+    }
+    let mut cmd = tokio::process::Command::new(command.first().map_or("", String::as_str));
+    cmd.args(command.iter().skip(1))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "OCI runtime exec failed: exec failed: unable to start container process: exec: \"{}\": executable file not found in $PATH: unknown",
+                    command.first().cloned().unwrap_or_default()
+                )
+            } else {
+                format!("OCI runtime exec failed: {e}: unknown")
+            };
+            let mut frame = vec![3u8];
+            frame.extend_from_slice(
+                status_json(&command, &ExecEnd::Failure(msg))
+                    .to_string()
+                    .as_bytes(),
+            );
+            let _ = sink.send(Message::binary(frame)).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
+    let mut stdin = child.stdin.take();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    for (ch, pipe) in [
+        (
+            1u8,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ),
+        (
+            2u8,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ),
+    ] {
+        let Some(mut pipe) = pipe else { continue };
+        let tx = out_tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut frame = vec![ch];
+                frame.extend_from_slice(&buf[..n]);
+                if tx.send(frame).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(out_tx);
+    let mut client_here = true;
+    loop {
+        tokio::select! {
+            frame = out_rx.recv() => match frame {
+                Some(f) => {
+                    if client_here && sink.send(Message::binary(f)).await.is_err() {
+                        client_here = false;
+                    }
+                }
+                // Both pipes closed: the process is ending.
+                None => break,
+            },
+            msg = from_client.next(), if client_here => match msg {
+                Some(Ok(Message::Binary(b))) => match b.first() {
+                    Some(0) => {
+                        if let Some(w) = stdin.as_mut()
+                            && (w.write_all(&b[1..]).await.is_err() || w.flush().await.is_err())
+                        {
+                            stdin = None;
+                        }
+                    }
+                    // v5: the client closed a stream; channel 0 is stdin.
+                    Some(255) if b.get(1) == Some(&0) => stdin = None,
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // The client went away: the process reads the end of
+                    // its input, as in a container.
+                    client_here = false;
+                    stdin = None;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    drop(stdin);
+    // Polled, not `child.wait()`: that waits for SIGCHLD through tokio's
+    // signal driver, which never wakes this runtime once the test runtime
+    // that first listened for signals has been dropped (tests run side by
+    // side, each with a runtime of its own).
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Ok(s),
+            Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => break Err(e),
+        }
+    };
+    let end = match status {
+        Ok(s) => match s.code() {
+            Some(code) => ExecEnd::Exit(code),
+            None => ExecEnd::Exit(137),
+        },
+        Err(e) => ExecEnd::Failure(e.to_string()),
+    };
+    if client_here {
+        let mut frame = vec![3u8];
+        frame.extend_from_slice(status_json(&command, &end).to_string().as_bytes());
+        let _ = sink.send(Message::binary(frame)).await;
+        let _ = sink.close().await;
+    }
 }

@@ -142,6 +142,9 @@ pub(super) type Key = (Kind, String, String);
 pub(super) struct State {
     objects: BTreeMap<Key, Value>,
     scripts: Vec<ExecScript>,
+    /// Containers whose execs run a real local process: (pod, container)
+    /// and the environment the process gets (the container's).
+    real_exec: Vec<RealExec>,
     /// Ordered log: `exec <pod>/<container> <argv...>` and `mark <text>`.
     events: Vec<String>,
     execs: Vec<ExecCall>,
@@ -279,6 +282,37 @@ impl FakeCluster {
             .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
             .collect();
         obj["metadata"]["annotations"] = Value::Object(map);
+    }
+
+    /// Execs into `pod`/`container` that no script answers run the
+    /// command's argv as a real process on this machine, bridged to the
+    /// WebSocket (stdin frames in, stdout and stderr frames out, the exit
+    /// status at the end), with only `PATH` and `env` in its environment,
+    /// as a container's own environment. When the client goes away the
+    /// process gets the end of its stdin, as in a container; it is not
+    /// killed. A program that does not exist answers as the kubelet does
+    /// (`executable file not found in $PATH`).
+    pub fn exec_real(&self, pod: &str, container: &str, env: &[(&str, &str)]) {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut st = self.state.lock().unwrap();
+        st.real_exec
+            .retain(|r| !(r.pod == pod && r.container == container));
+        st.real_exec.push(RealExec {
+            pod: pod.into(),
+            container: container.into(),
+            env,
+        });
+    }
+
+    /// Deletes an object at once (a pod gone between listing and exec).
+    pub fn remove(&self, kind: Kind, namespace: &str, name: &str) -> bool {
+        let mut st = self.state.lock().unwrap();
+        st.objects
+            .remove(&(kind, namespace.to_string(), name.to_string()))
+            .is_some()
     }
 
     pub fn script(&self, script: ExecScript) {
