@@ -462,3 +462,87 @@ fn a_snapshot_taken_before_repair_does_not_lean_on_a_truncated_or_lost_pack() {
         assert_whole(&repo, &s2, &files);
     }
 }
+
+/// A pack that is gone while a snapshot needs data in it: prune refuses,
+/// names the snapshot, the blob and the missing pack, and changes nothing.
+/// Once that snapshot is forgotten into the trash, what it needs is kept as
+/// far as it exists, and the missing data no longer stops prune.
+#[test]
+fn prune_refuses_while_a_snapshot_needs_a_missing_pack_and_not_once_it_is_in_the_trash() {
+    let (mem, repo) = mem_repo(false);
+    let backend: DynBackend = mem.clone();
+    let first: Files = (0..6)
+        .map(|i| (format!("a{i}"), testutil::noise(100 + i, 30_000)))
+        .collect();
+    let s1 = snap_dir(&repo, &first, "/one", "2026-01-01T00:00:00Z");
+    let before: BTreeSet<String> = mem
+        .list(ObjectKind::Pack)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let second: Files = (0..6)
+        .map(|i| (format!("b{i}"), testutil::noise(200 + i, 30_000)))
+        .collect();
+    let s2 = snap_dir(&repo, &second, "/two", "2026-01-02T00:00:00Z");
+    // A pack only the second snapshot uses, holding data.
+    let idx = repo.clone().load_index().unwrap();
+    let victim = idx
+        .index()
+        .iter()
+        .find(|l| {
+            l.entry.kind == crate::store::blob::BlobKind::Data && !before.contains(&l.pack.to_hex())
+        })
+        .map(|l| l.pack)
+        .expect("a data pack of the second snapshot");
+    mem.delete(&ObjectKey::new(ObjectKind::Pack, victim.to_hex()))
+        .unwrap();
+    let objects = |mem: &MemoryBackend| -> BTreeSet<String> {
+        [ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot]
+            .into_iter()
+            .flat_map(|k| mem.list(k).unwrap())
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let was = objects(&mem);
+
+    let opts = PruneOptions {
+        grace: Duration::ZERO,
+        ..PruneOptions::default()
+    };
+    let e = prune::prune(&repo, &exclusive(&backend), &opts).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&s2.id.to_hex())
+            && msg.contains(&format!("its pack {victim} is missing"))
+            && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    assert_eq!(objects(&mem), was, "a refused prune changes nothing");
+
+    // Forgotten (into the trash, kept 7 days by default): prune runs, keeps
+    // the first snapshot whole and what the second still has.
+    forget::forget(
+        &repo,
+        &exclusive(&backend),
+        &Selection::Ids(vec![s2.id]),
+        &TimeZone::UTC,
+    )
+    .unwrap();
+    let r = prune::prune(&repo, &exclusive(&backend), &opts).unwrap();
+    assert_eq!(r.missing_packs_forgotten, 1, "{r:?}");
+    assert_whole(&repo, &s1, &first);
+    let trashed = repo.trash().unwrap();
+    assert_eq!(trashed.entries.len(), 1);
+    let (got, damaged) = restore_files(&repo, &trashed.entries[0].snapshot);
+    assert!(!damaged.is_empty(), "the lost data is named");
+    for (f, content) in &got {
+        if !damaged.contains(f) {
+            assert_eq!(Some(content), second.get(f), "{f} kept intact in the trash");
+        }
+    }
+    assert!(
+        got.len() > damaged.len(),
+        "something of the second was kept"
+    );
+}

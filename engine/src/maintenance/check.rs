@@ -29,7 +29,6 @@ use crate::repo::format::{HEADER_LEN, ObjectKind};
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::repo::{IndexedRepository, Repository};
 use crate::store::blob::{self, BlobEntry};
-use crate::store::index::Index;
 use crate::store::pack;
 use crate::tree::{NodeKind, Tree};
 
@@ -188,7 +187,8 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData, steps: &Steps) -> Res
 
     // Stage 1: index files, read leniently (each damaged one is named), and
     // each must hash to its name.
-    let catalog = repo.catalog(IndexMode::Verified)?;
+    let in_force = repo.catalog_in_force(IndexMode::Verified)?;
+    let catalog = &in_force.catalog;
     for name in &catalog.strays {
         errors.push(Problem::new(
             ProblemKind::IndexDamaged,
@@ -206,8 +206,7 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData, steps: &Steps) -> Res
         p.index = u.name.parse().ok();
         errors.push(p);
     }
-    let superseded = catalog.superseded();
-    for id in &superseded {
+    for id in &in_force.superseded {
         let mut p = Problem::new(
             ProblemKind::SupersededIndex,
             format!("index file {id} is superseded; prune removes it"),
@@ -215,8 +214,8 @@ pub(crate) fn scan(repo: &Repository, read_data: ReadData, steps: &Steps) -> Res
         p.index = Some(*id);
         warnings.push(p);
     }
-    let indexed = catalog.packs_in_force();
-    let index = Index::from_files(&catalog.files);
+    let indexed = &in_force.packs;
+    let index = in_force.index.finish(|_, _| true);
     let chosen = |id: &Id, p: &PackId| index.get(id).is_some_and(|l| l.pack == *p);
     let mut bad: HashMap<Id, String> = HashMap::new();
 
@@ -624,11 +623,7 @@ impl Walker<'_> {
                             }
                         }
                         NodeKind::File { content } => {
-                            let why = node
-                                .chunks()
-                                .find_map(|c| self.scan.problem(&c.0))
-                                .or_else(|| extents_problem(&self.scan.repo, content));
-                            if let Some(why) = why {
+                            if let Some(why) = file_problem(self.scan, content) {
                                 out.push(DamagedPath {
                                     path: name,
                                     reason: why,
@@ -646,21 +641,37 @@ impl Walker<'_> {
     }
 }
 
-/// What is wrong with a file's extents, if anything: lengths that add up
-/// past what a file can hold, or a chunk whose stored length is not the
-/// extent's (restore would put the following bytes at the wrong place).
-fn extents_problem(repo: &IndexedRepository, content: &[crate::tree::Extent]) -> Option<String> {
+/// Why a file cannot be restored, if it cannot: a chunk not in the index
+/// or damaged (the first such), else what is wrong with its extents:
+/// lengths that add up past what a file can hold, or a chunk whose stored
+/// length is not the extent's (restore would put the following bytes at
+/// the wrong place). One index lookup a chunk: at millions of chunks the
+/// lookups are most of this stage.
+fn file_problem(scan: &Scan, content: &[crate::tree::Extent]) -> Option<String> {
+    let index = scan.repo.index();
     let mut total = 0u64;
+    let mut extents = None;
     for e in content {
         total = match total.checked_add(e.len) {
             Some(t) if t <= i64::MAX as u64 => t,
-            _ => return Some("its extents add up to more than a file can hold".into()),
+            _ => {
+                extents.get_or_insert_with(|| {
+                    "its extents add up to more than a file can hold".to_string()
+                });
+                u64::MAX
+            }
         };
-        if let Some(c) = e.chunk
-            && let Some(loc) = repo.index().get(&c.0)
-            && loc.entry.raw_len as u64 != e.len
+        let Some(c) = e.chunk else { continue };
+        let Some(loc) = index.get(&c.0) else {
+            return Some(format!("blob {} is not in the index", c.0.short()));
+        };
+        if !scan.bad.is_empty()
+            && let Some(why) = scan.bad.get(&c.0)
         {
-            return Some(format!(
+            return Some(why.clone());
+        }
+        if loc.entry.raw_len as u64 != e.len && extents.is_none() {
+            extents = Some(format!(
                 "chunk {} holds {} bytes where the file's extent says {}",
                 c.short(),
                 loc.entry.raw_len,
@@ -668,5 +679,5 @@ fn extents_problem(repo: &IndexedRepository, content: &[crate::tree::Extent]) ->
             ));
         }
     }
-    None
+    extents
 }

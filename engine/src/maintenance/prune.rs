@@ -37,13 +37,12 @@ use crate::backend::{Leftover, ObjectKey};
 use crate::error::{Error, MaintenanceError, Result};
 use crate::maintenance::steps::{Steps, Unit};
 use crate::repo::Repository;
-use crate::repo::catalog::IndexMode;
+use crate::repo::catalog::{InForce, IndexMode};
 use crate::repo::format::ObjectKind;
 use crate::repo::id::{Id, IndexId, PackId, SnapshotId, TreeId};
 use crate::repo::lock::Access;
 use crate::repo::trash::TrashEntry;
 use crate::store::blob::{self, BlobEntry, BlobKind};
-use crate::store::index::Index;
 use crate::store::packer::{self, Packer};
 use crate::tree::NodeKind;
 
@@ -182,7 +181,7 @@ pub fn prune_with<'a>(
     }
     let started = Instant::now();
     steps.start("reading the index and snapshot trees", Unit::Packs, 0);
-    let plan = plan(repo, opts)?;
+    let mut plan = plan(repo, opts)?;
     let mut r = PruneReport {
         dry_run,
         snapshots: plan.snapshots,
@@ -239,7 +238,7 @@ pub fn prune_with<'a>(
         for l in &plan.leftovers {
             repo.backend().remove_leftover(l)?;
         }
-        let written = execute(repo, &plan, steps)?;
+        let written = execute(repo, &mut plan, steps)?;
         r.packs_written = written.packs;
         r.index_files_written = written.index_files;
         r.index_files_deleted = written.index_files_deleted;
@@ -275,25 +274,31 @@ fn unreferenced_kept_bytes(plan: &Plan) -> u64 {
 
 /// Stages 1-3.
 fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
-    // Stage 1: read.
+    // Stage 1: read. The index keeps, of each blob, one location in a pack
+    // that exists: the one the mark assigns it.
     let backend = repo.backend();
-    let catalog = repo.catalog(IndexMode::Strict)?;
-    let files = &catalog.files;
-    let old_index: Vec<(IndexId, u64)> = files
+    let InForce {
+        catalog,
+        read,
+        superseded,
+        packs: mut indexed,
+        index,
+    } = repo.catalog_in_force(IndexMode::Strict)?;
+    let old_index: Vec<(IndexId, u64)> = read
         .iter()
-        .map(|(id, _)| {
+        .map(|id| {
             let size = catalog.index_sizes.get(&id.to_hex()).copied();
             (*id, size.unwrap_or(0))
         })
         .collect();
-    let superseded = catalog.superseded();
-    let mut indexed = catalog.packs_in_force();
+    let files_read = read.len();
+    drop(read);
     // One entry per blob and pack: a blob listed twice in a pack is kept once.
     for entries in indexed.values_mut() {
         entries.dedup_by_key(|e| e.id);
     }
     let pack_bytes = catalog.packs;
-    let index = Index::from_files(files);
+    let index = index.finish(|p, _| pack_bytes.contains_key(p));
 
     // Stage 2: mark. An unreadable snapshot stops prune: what it needs is
     // unknown (a dry run may assume it removed, as `forget --dry-run --prune`).
@@ -344,67 +349,46 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         trash_remove.push(e);
     }
     let indexed_repo = repo.clone().with_index(index);
-    let mut needed = mark(&indexed_repo, &snaps)?;
+    // Why a blob has no location: its pack is gone, or no index lists it.
+    let why_missing = |id: &Id| match indexed
+        .iter()
+        .find(|(_, es)| es.iter().any(|e| e.id == *id))
+    {
+        Some((p, _)) => format!("its pack {p} is missing"),
+        None => "it is not in the index".to_string(),
+    };
+    let mut marks = Marks::new(indexed_repo.index().len());
+    mark(&indexed_repo, &snaps, &mut marks, Some(&why_missing))?;
     // What trashed snapshots need is kept as far as it exists: a damaged
     // snapshot forgotten into the trash must not stop prune.
-    let in_trash = match mark(&indexed_repo, &kept_trash) {
-        Ok(m) => m,
+    let mut with_trash = marks.clone();
+    match mark(&indexed_repo, &kept_trash, &mut with_trash, None) {
+        Ok(()) => marks = with_trash,
         Err(_) => {
-            let mut m = HashMap::new();
             for s in &kept_trash {
-                match mark(&indexed_repo, std::slice::from_ref(s)) {
-                    Ok(one) => m.extend(one),
+                let mut one = marks.clone();
+                match mark(&indexed_repo, std::slice::from_ref(s), &mut one, None) {
+                    Ok(()) => marks = one,
                     Err(e) => tracing::warn!(
                         "snapshot {} in the trash is damaged ({e}): only the data it needs that prune could find is kept",
                         s.short_id()
                     ),
                 }
             }
-            m
         }
+    }
+    let index = indexed_repo.index();
+    // A blob is used in the pack that holds its marked location.
+    let used_here = |pack: &PackId, e: &BlobEntry| {
+        index
+            .find(&e.id)
+            .is_some_and(|(i, loc)| loc.pack == *pack && marks.get(i))
     };
-    let present: HashSet<Id> = indexed
-        .iter()
-        .filter(|(p, _)| pack_bytes.contains_key(p))
-        .flat_map(|(_, es)| es.iter().map(|e| e.id))
-        .collect();
-    for (id, v) in in_trash {
-        if present.contains(&id) {
-            needed.entry(id).or_insert(v);
-        }
-    }
-    let mut chosen: HashMap<Id, PackId> = HashMap::with_capacity(needed.len());
-    for (pack, entries) in &indexed {
-        if !pack_bytes.contains_key(pack) {
-            continue;
-        }
-        for e in entries {
-            if needed.contains_key(&e.id) {
-                chosen.entry(e.id).or_insert(*pack);
-            }
-        }
-    }
-    if let Some((id, (kind, snap))) = needed.iter().find(|(id, _)| !chosen.contains_key(id)) {
-        let detail = match indexed
-            .iter()
-            .find(|(_, es)| es.iter().any(|e| e.id == *id))
-        {
-            Some((p, _)) => format!("its pack {p} is missing"),
-            None => "it is not in the index".to_string(),
-        };
-        return Err(MaintenanceError::MissingBlob {
-            snapshot: snap.to_hex(),
-            kind: kind.name(),
-            blob: id.to_hex(),
-            detail,
-        }
-        .into());
-    }
 
     // Stage 3: sort packs. Ages are on the storage's clock, which wrote
     // the packs' times: a client whose clock is off gets no shorter grace.
     let mut plan = Plan {
-        rewrite_index: files.len() > 1 || !superseded.is_empty(),
+        rewrite_index: files_read > 1 || !superseded.is_empty(),
         old_index,
         keep: vec![],
         repack: vec![],
@@ -415,7 +399,7 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         snapshots: live,
         trash_kept,
         trash_remove,
-        needed: needed.len(),
+        needed: marks.count(),
         pack_bytes: HashMap::new(),
         leftovers: Vec::new(),
         leftovers_kept: 0,
@@ -426,25 +410,35 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
         .partition(|l| l.older_than(opts.grace, now));
     plan.leftovers = old;
     plan.leftovers_kept = young.len();
-    for (pack, entries) in indexed.iter() {
-        let Some(&size) = pack_bytes.get(pack) else {
+    let indexed_packs: HashSet<PackId> = indexed.keys().copied().collect();
+    for (pack, entries) in indexed {
+        let Some(&size) = pack_bytes.get(&pack) else {
             plan.missing += 1;
             continue;
         };
-        let (used, unused): (Vec<BlobEntry>, Vec<BlobEntry>) = entries
-            .iter()
-            .partition(|e| chosen.get(&e.id) == Some(pack));
-        let unused_bytes: u64 = unused.iter().map(|e| e.stored_len as u64).sum();
-        if used.is_empty() {
-            plan.delete.push((*pack, size, entries.len()));
+        let (mut used, mut unused_bytes) = (0usize, 0u64);
+        for e in &entries {
+            if used_here(&pack, e) {
+                used += 1;
+            } else {
+                unused_bytes += e.stored_len as u64;
+            }
+        }
+        if used == 0 {
+            plan.delete.push((pack, size, entries.len()));
         } else if unused_bytes as f64 * 100.0 > opts.max_unused_percent * size as f64 {
-            plan.repack.push((*pack, entries.len(), used));
+            let total = entries.len();
+            let used: Vec<BlobEntry> = entries
+                .into_iter()
+                .filter(|e| used_here(&pack, e))
+                .collect();
+            plan.repack.push((pack, total, used));
         } else {
-            plan.keep.push((*pack, entries.clone()));
+            plan.keep.push((pack, entries));
         }
     }
     for (pack, &size) in &pack_bytes {
-        if indexed.contains_key(pack) {
+        if indexed_packs.contains(pack) {
             continue;
         }
         let age = backend
@@ -463,16 +457,62 @@ fn plan(repo: &Repository, opts: &PruneOptions) -> Result<Plan> {
     Ok(plan)
 }
 
-/// Every blob reachable from `snaps`: id → (kind, first snapshot needing it).
-/// Trees are read level by level, in parallel; each tree once.
-pub(crate) fn mark(
+/// One bit per blob of the index (in its id order): needed or not. At ten
+/// million blobs, 1.2 MiB where a map of the needed ids held hundreds.
+#[derive(Clone)]
+struct Marks(Vec<u64>);
+
+impl Marks {
+    fn new(blobs: usize) -> Self {
+        Marks(vec![0; blobs.div_ceil(64)])
+    }
+
+    /// Marks blob `i`; false if it was marked already.
+    fn set(&mut self, i: usize) -> bool {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        let was = self.0[word] & bit != 0;
+        self.0[word] |= bit;
+        !was
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1u64 << (i % 64)) != 0
+    }
+
+    fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+}
+
+/// Marks every blob reachable from `snaps` in `marks`, by its position in
+/// `repo`'s index. Trees are read level by level, in parallel; each tree
+/// once (a tree marked already was walked whole). A tree that cannot be
+/// read fails the mark. A data chunk the index does not hold fails it too
+/// when `strict` says why it is missing, and is passed over otherwise.
+fn mark(
     repo: &crate::repo::IndexedRepository,
     snaps: &[crate::snapshot::Snapshot],
-) -> Result<HashMap<Id, (BlobKind, SnapshotId)>> {
-    let mut needed: HashMap<Id, (BlobKind, SnapshotId)> = HashMap::new();
+    marks: &mut Marks,
+    strict: Option<&dyn Fn(&Id) -> String>,
+) -> Result<()> {
+    let index = repo.index();
+    let missing = |snap: &SnapshotId, kind: BlobKind, id: &Id, detail: String| {
+        MaintenanceError::MissingBlob {
+            snapshot: snap.to_hex(),
+            kind: kind.name(),
+            blob: id.to_hex(),
+            detail,
+        }
+    };
+    // A tree to walk unless it was marked already; one the index does not
+    // hold is walked, and its read fails.
+    let visit = |marks: &mut Marks, t: &TreeId| match index.find(&t.0) {
+        Some((i, _)) => marks.set(i),
+        None => true,
+    };
     let mut frontier: Vec<(TreeId, SnapshotId)> = Vec::new();
     for s in snaps {
-        if needed.insert(s.tree.0, (BlobKind::Tree, s.id)).is_none() {
+        if visit(marks, &s.tree) {
             frontier.push((s.tree, s.id));
         }
     }
@@ -483,25 +523,35 @@ pub(crate) fn mark(
             .collect();
         frontier = Vec::new();
         for (snap, id, tree) in trees {
-            let tree = tree.map_err(|e| MaintenanceError::MissingBlob {
-                snapshot: snap.to_hex(),
-                kind: "tree",
-                blob: id.to_hex(),
-                detail: e.to_string(),
+            let tree = tree.map_err(|e| {
+                let detail = match strict {
+                    Some(why) if index.find(&id.0).is_none() => why(&id.0),
+                    _ => e.to_string(),
+                };
+                missing(&snap, BlobKind::Tree, &id.0, detail)
             })?;
             for node in &tree.nodes {
                 if let NodeKind::Dir { subtree } = &node.kind
-                    && needed.insert(subtree.0, (BlobKind::Tree, snap)).is_none()
+                    && visit(marks, subtree)
                 {
                     frontier.push((*subtree, snap));
                 }
                 for c in node.chunks() {
-                    needed.entry(c.0).or_insert((BlobKind::Data, snap));
+                    match index.find(&c.0) {
+                        Some((i, _)) => {
+                            marks.set(i);
+                        }
+                        None => {
+                            if let Some(why) = strict {
+                                return Err(missing(&snap, BlobKind::Data, &c.0, why(&c.0)).into());
+                            }
+                        }
+                    }
                 }
             }
         }
     }
-    Ok(needed)
+    Ok(())
 }
 
 struct Written {
@@ -513,7 +563,9 @@ struct Written {
 }
 
 /// Stages 4-6.
-fn execute(repo: &Repository, plan: &Plan, steps: &Steps) -> Result<Written> {
+/// The kept packs' entries move into the new index (`plan.keep` is left
+/// empty): at millions of blobs a copy of them was hundreds of MiB.
+fn execute(repo: &Repository, plan: &mut Plan, steps: &Steps) -> Result<Written> {
     let backend = repo.backend();
     let crypto = repo.crypto();
     let mut w = Written {
@@ -561,8 +613,8 @@ fn execute(repo: &Repository, plan: &Plan, steps: &Steps) -> Result<Written> {
     let written: HashSet<PackId> = new_packs.iter().map(|(p, _)| *p).collect();
     if plan.rewrite_index {
         // Stage 5: the new index.
-        let all: Vec<(PackId, Vec<BlobEntry>)> =
-            plan.keep.iter().cloned().chain(new_packs).collect();
+        let mut all = std::mem::take(&mut plan.keep);
+        all.extend(new_packs);
         let old: Vec<IndexId> = plan.old_index.iter().map(|(id, _)| *id).collect();
         (w.index_files, w.index_bytes) = packer::write_index(repo, &all, &old)?;
 

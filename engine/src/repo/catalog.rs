@@ -18,7 +18,7 @@ use crate::error::{BackendError, Error, FormatError, Result};
 use crate::repo::format::ObjectKind;
 use crate::repo::id::{IndexId, PackId};
 use crate::store::blob::BlobEntry;
-use crate::store::index::{self, IndexFile};
+use crate::store::index::{self, IndexBuilder, IndexFile};
 
 /// How [`Repository::catalog`] treats an index file it cannot read (missing
 /// meanwhile, truncated, failing authentication, undecodable).
@@ -94,6 +94,24 @@ impl Catalog {
     }
 }
 
+/// What check and prune need of the index files, read one batch at a time
+/// so that no decoded file is held beside what is kept of it: the entries
+/// of the files in force per pack (48 bytes an entry) and a builder of the
+/// in-memory index (52 bytes an entry). At ten million blobs, holding every
+/// decoded file as well cost another 480 MiB.
+pub struct InForce {
+    /// The catalog; its `files` is empty.
+    pub catalog: Catalog,
+    /// Every index file read, in listing order (superseded ones too).
+    pub read: Vec<IndexId>,
+    /// The files read that another file read supersedes.
+    pub superseded: HashSet<IndexId>,
+    /// As [`Catalog::packs_in_force`].
+    pub packs: BTreeMap<PackId, Vec<BlobEntry>>,
+    /// The in-memory index of every file read, as [`IndexBuilder`] builds it.
+    pub index: IndexBuilder,
+}
+
 impl Repository {
     /// Reads every index file and lists the packs; `mode` says what an
     /// unreadable file does (see the module documentation).
@@ -164,6 +182,47 @@ impl Repository {
             .filter_map(|(n, size)| n.parse::<PackId>().ok().map(|p| (p, size)))
             .collect();
         Ok(out)
+    }
+
+    /// [`Repository::catalog`] for check and prune: see [`InForce`].
+    pub fn catalog_in_force(&self, mode: IndexMode) -> Result<InForce> {
+        let mut index = IndexBuilder::default();
+        type Listed = (IndexId, Vec<IndexId>, Vec<(PackId, Vec<BlobEntry>)>);
+        let mut listed: Vec<Listed> = Vec::new();
+        let catalog = self.catalog_each(mode, |id, f| {
+            index.add(id, &f);
+            listed.push((id, f.supersedes, f.packs));
+        })?;
+        let superseded = index::superseded_by(listed.iter().map(|(id, s, _)| (*id, s.as_slice())));
+        let mut read = Vec::with_capacity(listed.len());
+        let mut packs: BTreeMap<PackId, Vec<BlobEntry>> = BTreeMap::new();
+        for (id, _, file_packs) in listed {
+            read.push(id);
+            if superseded.contains(&id) {
+                continue;
+            }
+            for (pack, entries) in file_packs {
+                match packs.entry(pack) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(entries);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        o.get_mut().extend_from_slice(&entries)
+                    }
+                }
+            }
+        }
+        for entries in packs.values_mut() {
+            entries.sort_by_key(|e| (e.offset, e.id));
+            entries.dedup();
+        }
+        Ok(InForce {
+            catalog,
+            read,
+            superseded,
+            packs,
+            index,
+        })
     }
 
     /// Reads and decodes every index file; fails on the first that cannot
