@@ -1,11 +1,14 @@
 //! A local cache in front of a remote repository: what every command reads
 //! again and again is kept on this machine's disk.
 //!
-//! [`Cached`] keeps index files, snapshot objects and the packs that hold
-//! tree blobs (stored and read through [`Backend::put_tree_pack`] and
-//! [`Backend::get_tree_pack`]; the packer never mixes trees and file data
-//! in one pack), in `<cache root>/<repository id>/`, laid out as the
-//! repository is (`index/<hex>`, `snapshots/<hex>`, `data/<hh>/<hex>`). The
+//! [`Cached`] keeps index files, snapshot objects, audit entries (every
+//! command that changes the repository reads the whole trail to chain its
+//! entry: a year of hourly snapshots is thousands of reads) and the packs
+//! that hold tree blobs (stored and read through [`Backend::put_tree_pack`]
+//! and [`Backend::get_tree_pack`]; the packer never mixes trees and file
+//! data in one pack), in `<cache root>/<repository id>/`, laid out as the
+//! repository is (`index/<hex>`, `snapshots/<hex>`, `audit/<hex>`,
+//! `data/<hh>/<hex>`). The
 //! cache root is `$XDG_CACHE_HOME/pvsnap`, or `~/.cache/pvsnap` when that is
 //! unset (root included). With it an unchanged re-snapshot, `ls`, `diff` and
 //! the mount read no pack from the remote after the first run; file data
@@ -271,7 +274,10 @@ impl Cached {
 /// The kinds a plain `get` or `put` caches; packs only through the tree
 /// methods.
 fn cached_kind(kind: ObjectKind) -> bool {
-    matches!(kind, ObjectKind::Index | ObjectKind::Snapshot)
+    matches!(
+        kind,
+        ObjectKind::Index | ObjectKind::Snapshot | ObjectKind::Audit
+    )
 }
 
 /// The header of a cache file holding `body`.
@@ -301,7 +307,10 @@ fn unwrap_checked(key: &ObjectKey, mut bytes: Vec<u8>) -> Result<Vec<u8>, String
     if hash.as_bytes()[..] != bytes[16..HEADER_LEN] {
         return Err("its bytes do not match their hash".into());
     }
-    let named_by_content = matches!(key.kind, ObjectKind::Pack | ObjectKind::Index);
+    let named_by_content = matches!(
+        key.kind,
+        ObjectKind::Pack | ObjectKind::Index | ObjectKind::Audit
+    );
     if named_by_content && hash.to_hex().as_str() != key.name {
         return Err("its bytes do not hash to its name".into());
     }

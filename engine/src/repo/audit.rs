@@ -255,14 +255,28 @@ impl Trail {
     }
 }
 
-/// Reads every audit object.
+/// Reads every audit object, several at a time (a remote repository's
+/// local cache keeps them, so a trail is fetched once).
 pub fn read(repo: &Repository) -> Result<Trail> {
+    use rayon::prelude::*;
+    let names: Vec<String> = repo
+        .backend()
+        .list(ObjectKind::Audit)?
+        .into_iter()
+        .map(|(id, _)| id)
+        // A temporary file of an interrupted write.
+        .filter(|id| !id.starts_with('.'))
+        .collect();
+    let read: Vec<(String, std::result::Result<Vec<u8>, BackendError>)> = names
+        .into_par_iter()
+        .map(|id| {
+            let got = repo.backend().get(&ObjectKey::new(ObjectKind::Audit, &id));
+            (id, got)
+        })
+        .collect();
     let mut trail = Trail::default();
-    for (id, _) in repo.backend().list(ObjectKind::Audit)? {
-        if id.starts_with('.') {
-            continue; // a temporary file of an interrupted write
-        }
-        match repo.backend().get(&ObjectKey::new(ObjectKind::Audit, &id)) {
+    for (id, got) in read {
+        match got {
             Ok(bytes) => match decode(repo, &id, &bytes) {
                 Ok(e) => {
                     trail.entries.insert(id, e);

@@ -15,6 +15,7 @@ use crate::testutil::{self, reopen};
 struct Counts {
     pack_reads: AtomicU64,
     other_reads: AtomicU64,
+    audit_reads: AtomicU64,
     lists: AtomicU64,
 }
 
@@ -29,6 +30,7 @@ impl Counting {
         let c = match key.kind {
             ObjectKind::Pack => &self.counts.pack_reads,
             ObjectKind::Index | ObjectKind::Snapshot => &self.counts.other_reads,
+            ObjectKind::Audit => &self.counts.audit_reads,
             _ => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -402,4 +404,51 @@ fn temporary_files_of_a_killed_writer_are_removed_once_old() {
     s.open(); // a new process counts the folder
     assert!(!old.exists(), "an old temporary file stayed");
     assert!(young.exists(), "a write that may still run lost its file");
+}
+
+/// Every command that changes the repository reads the whole audit trail
+/// to chain its entry: from the cache after the first time, each entry
+/// checked against its name, and gone from the cache with the entry.
+#[test]
+fn audit_entries_are_read_from_the_remote_once_and_never_served_damaged() {
+    use crate::repo::audit::{self, Entry, Outcome};
+    let s = Setup::new(true);
+    let (_, repo) = s.open();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut e = Entry::new("snapshot", Outcome::Ok);
+        e.source = Some(format!("/v{i}"));
+        ids.push(audit::record(&repo, e).unwrap());
+    }
+    s.counts.audit_reads.swap(0, Ordering::Relaxed);
+
+    // A new process: the trail comes from the cache, whole and chained.
+    let (_, repo) = s.open();
+    let trail = audit::read(&repo).unwrap();
+    assert_eq!(trail.entries.len(), 6);
+    assert!(trail.damaged.is_empty());
+    assert_eq!(trail.heads(), vec![ids[5].clone()], "one chain");
+    assert_eq!(s.counts.audit_reads.swap(0, Ordering::Relaxed), 0);
+
+    // Damaged cache copies (another entry's bytes under this one's name
+    // among them) are dropped and read again, never served.
+    let files = s.cached_files(ObjectKind::Audit);
+    assert_eq!(files.len(), 6, "every entry is kept on put");
+    let other = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[0], &other).unwrap();
+    let mut flipped = std::fs::read(&files[2]).unwrap();
+    *flipped.last_mut().unwrap() ^= 1;
+    std::fs::write(&files[2], flipped).unwrap();
+    let (_, repo) = s.open();
+    let again = audit::read(&repo).unwrap();
+    assert_eq!(again.entries, trail.entries);
+    assert_eq!(s.counts.audit_reads.swap(0, Ordering::Relaxed), 2);
+
+    // An entry the repository no longer lists leaves the cache.
+    s.mem
+        .delete(&ObjectKey::new(ObjectKind::Audit, &ids[0]))
+        .unwrap();
+    let (_, repo) = s.open();
+    assert_eq!(audit::read(&repo).unwrap().entries.len(), 5);
+    assert_eq!(s.cached_files(ObjectKind::Audit).len(), 5);
 }
