@@ -132,7 +132,7 @@ pub fn superseded_by<'a>(
 }
 
 /// One blob's location, as kept in memory: 52 bytes with padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 struct Slot {
     id: [u8; 32],
@@ -294,6 +294,11 @@ impl Index {
         sort_slots(&mut self.slots);
         self.slots.dedup_by(|a, b| a.id == b.id);
         self.slots.shrink_to_fit();
+        self.set_starts();
+    }
+
+    /// The prefix table of the sorted slots.
+    fn set_starts(&mut self) {
         let mut starts = vec![0u32; BUCKETS + 1];
         for s in &self.slots {
             starts[prefix(&s.id) + 1] += 1;
@@ -305,13 +310,45 @@ impl Index {
     }
 
     /// Adds the blobs of freshly written packs (after a backup wrote them).
+    /// Only the new entries are sorted, then merged into the sorted slots
+    /// from the back, in place: a commit of a few new blobs into an index
+    /// of ten million no longer sorts the ten million again. A blob already
+    /// present keeps its location, and of one listed twice among the new,
+    /// the first pack's, as building the index from all of them would.
     pub fn extend(&mut self, packs: &[(PackId, Vec<BlobEntry>)]) {
-        self.slots
+        let mut new = Index {
+            packs: std::mem::take(&mut self.packs),
+            ..Index::default()
+        };
+        new.slots
             .reserve_exact(packs.iter().map(|(_, e)| e.len()).sum());
         for (p, e) in packs {
-            self.push_pack(*p, e);
+            new.push_pack(*p, e);
         }
-        self.finish();
+        self.packs = std::mem::take(&mut new.packs);
+        let mut new = new.slots;
+        sort_slots(&mut new);
+        new.dedup_by(|a, b| a.id == b.id);
+        new.retain(|s| self.position(&Id(s.id)).is_none());
+        if new.is_empty() {
+            return;
+        }
+        let (n, m) = (self.slots.len(), new.len());
+        self.slots.resize(n + m, Slot::default());
+        let (mut i, mut j) = (n, m);
+        for k in (0..n + m).rev() {
+            if j == 0 {
+                break; // the rest of the old slots are in place
+            }
+            if i > 0 && self.slots[i - 1].id > new[j - 1].id {
+                self.slots[k] = self.slots[i - 1];
+                i -= 1;
+            } else {
+                self.slots[k] = new[j - 1];
+                j -= 1;
+            }
+        }
+        self.set_starts();
     }
 
     /// The position of the blob's slot. Ids are hashes, spread evenly, so
@@ -696,6 +733,46 @@ mod tests {
             // Each blob once, in id order (`stats` counts on it).
             let ids: Vec<Id> = new.iter().map(|l| l.entry.id).collect();
             prop_assert!(ids.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+
+        /// Extending an index by packs, a few at a time, gives the index
+        /// that building from every pack at once gives: the same packs,
+        /// each blob once at the same location (the first listed), and the
+        /// same prefix table, blobs listed again included.
+        #[test]
+        fn extending_equals_building_at_once(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0u8..8, proptest::collection::vec((any::<u8>(), 0u8..3, 0u32..4), 0..8)), 0..4),
+                1..5,
+            ),
+        ) {
+            // Ids differing in their first bytes or only in their last.
+            let id = |b: u8, tail: u8| { let mut x = [b; 32]; x[31] = tail; Id(x) };
+            let batches: Vec<Vec<(PackId, Vec<BlobEntry>)>> = batches
+                .into_iter()
+                .map(|packs| packs
+                    .into_iter()
+                    .map(|(p, es)| {
+                        let entries = es
+                            .into_iter()
+                            .map(|(b, t, o)| BlobEntry { id: id(b, t), offset: o, ..entry(0, BlobKind::Data) })
+                            .collect();
+                        (PackId(Id([p; 32])), entries)
+                    })
+                    .collect())
+                .collect();
+            let all: Vec<(PackId, Vec<BlobEntry>)> = batches.iter().flatten().cloned().collect();
+            let whole = Index::from_files(&[(IndexId::default(), IndexFile { supersedes: vec![], packs: all })]);
+            let mut grown = Index::from_files(&[(IndexId::default(), IndexFile { supersedes: vec![], packs: batches[0].clone() })]);
+            for b in &batches[1..] {
+                grown.extend(b);
+            }
+            prop_assert_eq!(whole.pack_ids().collect::<Vec<_>>(), grown.pack_ids().collect::<Vec<_>>());
+            prop_assert_eq!(whole.iter().collect::<Vec<_>>(), grown.iter().collect::<Vec<_>>());
+            prop_assert_eq!(&whole.starts, &grown.starts);
+            for l in whole.iter() {
+                prop_assert_eq!(grown.get(&l.entry.id), Some(l));
+            }
         }
     }
 
