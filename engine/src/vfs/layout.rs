@@ -200,7 +200,7 @@ mod tests {
     use super::*;
     use crate::repo::id::Id;
     use crate::snapshot::Summary;
-    use crate::tree::{Node, NodeKind};
+    use crate::tree::Node;
     use proptest::prelude::*;
 
     fn unescape_path_name(name: &str) -> Option<String> {
@@ -292,20 +292,8 @@ mod tests {
             labels: Default::default(),
             parent: None,
             root: Node {
-                name: b"x".to_vec(),
-                kind: NodeKind::Fifo,
                 mode: 0o755,
-                uid: 0,
-                gid: 0,
-                user: None,
-                group: None,
-                size: 0,
-                mtime_ns: 0,
-                ctime_ns: 0,
-                inode: 0,
-                device: 0,
-                links: 1,
-                xattrs: vec![],
+                ..crate::tree::tests::fifo(b"x")
             },
             tree: Default::default(),
             summary: Summary::default(),
