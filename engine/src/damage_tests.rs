@@ -546,3 +546,48 @@ fn prune_refuses_while_a_snapshot_needs_a_missing_pack_and_not_once_it_is_in_the
         "something of the second was kept"
     );
 }
+
+/// A tree that no index file lists (its index file was lost) can still be
+/// read from its pack's trailer, but prune must not take that for "kept":
+/// the pack is unindexed and would be deleted. Prune refuses, naming the
+/// snapshot, and changes nothing; `repair index` lists the pack again and
+/// prune then runs and keeps the snapshot whole.
+#[test]
+fn prune_refuses_while_a_snapshot_needs_a_tree_no_index_lists() {
+    let (mem, repo) = mem_repo(false);
+    let backend: DynBackend = mem.clone();
+    // Folders and empty files only: every blob of the snapshot is a tree.
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["a", "a/b", "c"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        std::fs::write(dir.path().join(d).join("empty"), b"").unwrap();
+    }
+    let s = testutil::snapshot(&repo, dir.path(), "/trees", "2026-01-01T00:00:00Z");
+    for (name, _) in mem.list(ObjectKind::Index).unwrap() {
+        mem.delete(&ObjectKey::new(ObjectKind::Index, &name))
+            .unwrap();
+    }
+    let objects = |mem: &MemoryBackend| -> BTreeSet<String> {
+        [ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot]
+            .into_iter()
+            .flat_map(|k| mem.list(k).unwrap())
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let was = objects(&mem);
+    let e = prune::prune(&repo, &exclusive(&backend), &grace(Duration::ZERO)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&s.id.to_hex()) && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    assert_eq!(objects(&mem), was, "a refused prune changes nothing");
+
+    repair::repair_index(&repo, &exclusive(&backend)).unwrap();
+    prune::prune(&repo, &exclusive(&backend), &grace(Duration::ZERO)).unwrap();
+    let r = check::check(&repo, ReadData::All).unwrap();
+    assert!(r.ok, "{r:#?}");
+    let (got, damaged) = restore_files(&repo, &s);
+    assert!(damaged.is_empty(), "{damaged:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
+}

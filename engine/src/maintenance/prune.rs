@@ -504,15 +504,20 @@ fn mark(
             detail,
         }
     };
-    // A tree to walk unless it was marked already; one the index does not
-    // hold is walked, and its read fails.
-    let visit = |marks: &mut Marks, t: &TreeId| match index.find(&t.0) {
-        Some((i, _)) => marks.set(i),
-        None => true,
+    // Whether to walk a tree: not if it was marked already. One the index
+    // does not hold fails a strict mark even when it can be read (from the
+    // trailer of a pack no index file names: that pack would be deleted);
+    // otherwise it is walked, and a read that fails fails the mark.
+    let visit = |marks: &mut Marks, t: &TreeId, snap: &SnapshotId| match index.find(&t.0) {
+        Some((i, _)) => Ok(marks.set(i)),
+        None => match strict {
+            Some(why) => Err(missing(snap, BlobKind::Tree, &t.0, why(&t.0))),
+            None => Ok(true),
+        },
     };
     let mut frontier: Vec<(TreeId, SnapshotId)> = Vec::new();
     for s in snaps {
-        if visit(marks, &s.tree) {
+        if visit(marks, &s.tree, &s.id)? {
             frontier.push((s.tree, s.id));
         }
     }
@@ -523,16 +528,10 @@ fn mark(
             .collect();
         frontier = Vec::new();
         for (snap, id, tree) in trees {
-            let tree = tree.map_err(|e| {
-                let detail = match strict {
-                    Some(why) if index.find(&id.0).is_none() => why(&id.0),
-                    _ => e.to_string(),
-                };
-                missing(&snap, BlobKind::Tree, &id.0, detail)
-            })?;
+            let tree = tree.map_err(|e| missing(&snap, BlobKind::Tree, &id.0, e.to_string()))?;
             for node in &tree.nodes {
                 if let NodeKind::Dir { subtree } = &node.kind
-                    && visit(marks, subtree)
+                    && visit(marks, subtree, &snap)?
                 {
                     frontier.push((*subtree, snap));
                 }
