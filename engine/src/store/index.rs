@@ -334,6 +334,8 @@ impl Index {
             return;
         }
         let (n, m) = (self.slots.len(), new.len());
+        // Exactly: a doubling growth would reserve another index's worth.
+        self.slots.reserve_exact(m);
         self.slots.resize(n + m, Slot::default());
         let (mut i, mut j) = (n, m);
         for k in (0..n + m).rev() {
@@ -773,6 +775,7 @@ mod tests {
             for l in whole.iter() {
                 prop_assert_eq!(grown.get(&l.entry.id), Some(l));
             }
+            prop_assert_eq!(grown.slots.capacity(), grown.slots.len(), "no room reserved beyond the entries");
         }
     }
 
