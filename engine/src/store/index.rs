@@ -196,6 +196,18 @@ fn sort_slots(slots: &mut [Slot]) {
         .for_each(|bucket| bucket.sort_unstable_by(order));
 }
 
+/// The slots of one pack's entries, the pack numbered `pack`.
+fn slots(pack: u32, entries: &[BlobEntry]) -> impl Iterator<Item = Slot> + '_ {
+    entries.iter().map(move |e| Slot {
+        id: e.id.0,
+        pack,
+        offset: e.offset,
+        stored_len: e.stored_len,
+        raw_len: e.raw_len,
+        kind_flags: (e.kind as u8) << 4 | e.flags,
+    })
+}
+
 impl Slot {
     fn entry(&self) -> BlobEntry {
         BlobEntry {
@@ -276,18 +288,15 @@ impl Index {
     }
 
     fn push_pack(&mut self, pack: PackId, entries: &[BlobEntry]) {
+        let pi = self.add_pack(pack);
+        self.slots.extend(slots(pi, entries));
+    }
+
+    /// Numbers a new pack.
+    fn add_pack(&mut self, pack: PackId) -> u32 {
         let pi = u32::try_from(self.packs.len()).expect("fewer than 4 billion packs");
         self.packs.push(pack);
-        for e in entries {
-            self.slots.push(Slot {
-                id: e.id.0,
-                pack: pi,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                kind_flags: (e.kind as u8) << 4 | e.flags,
-            });
-        }
+        pi
     }
 
     fn finish(&mut self) {
@@ -316,17 +325,11 @@ impl Index {
     /// present keeps its location, and of one listed twice among the new,
     /// the first pack's, as building the index from all of them would.
     pub fn extend(&mut self, packs: &[(PackId, Vec<BlobEntry>)]) {
-        let mut new = Index {
-            packs: std::mem::take(&mut self.packs),
-            ..Index::default()
-        };
-        new.slots
-            .reserve_exact(packs.iter().map(|(_, e)| e.len()).sum());
+        let mut new = Vec::with_capacity(packs.iter().map(|(_, e)| e.len()).sum());
         for (p, e) in packs {
-            new.push_pack(*p, e);
+            let pi = self.add_pack(*p);
+            new.extend(slots(pi, e));
         }
-        self.packs = std::mem::take(&mut new.packs);
-        let mut new = new.slots;
         sort_slots(&mut new);
         new.dedup_by(|a, b| a.id == b.id);
         new.retain(|s| self.position(&Id(s.id)).is_none());
