@@ -70,30 +70,6 @@ pub struct Catalog {
     pub packs: HashMap<PackId, u64>,
 }
 
-impl Catalog {
-    /// The files that another file read supersedes.
-    pub fn superseded(&self) -> HashSet<IndexId> {
-        index::superseded(&self.files)
-    }
-
-    /// The entries of the files in force (not superseded), per pack, sorted
-    /// by offset and without repeats.
-    pub fn packs_in_force(&self) -> BTreeMap<PackId, Vec<BlobEntry>> {
-        let superseded = self.superseded();
-        let mut indexed: BTreeMap<PackId, Vec<BlobEntry>> = BTreeMap::new();
-        for (_, f) in self.files.iter().filter(|(id, _)| !superseded.contains(id)) {
-            for (pack, entries) in &f.packs {
-                indexed.entry(*pack).or_default().extend_from_slice(entries);
-            }
-        }
-        for entries in indexed.values_mut() {
-            entries.sort_by_key(|e| (e.offset, e.id));
-            entries.dedup();
-        }
-        indexed
-    }
-}
-
 /// What check and prune need of the index files, read one batch at a time
 /// so that no decoded file is held beside what is kept of it: the entries
 /// of the files in force per pack (48 bytes an entry) and a builder of the
@@ -106,7 +82,8 @@ pub struct InForce {
     pub read: Vec<IndexId>,
     /// The files read that another file read supersedes.
     pub superseded: HashSet<IndexId>,
-    /// As [`Catalog::packs_in_force`].
+    /// The entries of the files in force (not superseded), per pack,
+    /// sorted by offset and without repeats.
     pub packs: BTreeMap<PackId, Vec<BlobEntry>>,
     /// The in-memory index of every file read, as [`IndexBuilder`] builds it.
     pub index: IndexBuilder,
