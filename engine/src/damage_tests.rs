@@ -51,6 +51,15 @@ fn assert_whole(repo: &Repository, s: &Snapshot, files: &Files) {
     assert!(got == *files, "snapshot {} restores other bytes", s.id);
 }
 
+/// The names of every pack, index file and snapshot.
+fn objects(mem: &MemoryBackend) -> BTreeSet<String> {
+    [ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot]
+        .into_iter()
+        .flat_map(|k| mem.list(k).unwrap())
+        .map(|(n, _)| n)
+        .collect()
+}
+
 fn index_names(mem: &MemoryBackend) -> BTreeSet<String> {
     mem.list(ObjectKind::Index)
         .unwrap()
@@ -497,13 +506,6 @@ fn prune_refuses_while_a_snapshot_needs_a_missing_pack_and_not_once_it_is_in_the
         .expect("a data pack of the second snapshot");
     mem.delete(&ObjectKey::new(ObjectKind::Pack, victim.to_hex()))
         .unwrap();
-    let objects = |mem: &MemoryBackend| -> BTreeSet<String> {
-        [ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot]
-            .into_iter()
-            .flat_map(|k| mem.list(k).unwrap())
-            .map(|(n, _)| n)
-            .collect()
-    };
     let was = objects(&mem);
 
     let opts = PruneOptions {
@@ -567,13 +569,6 @@ fn prune_refuses_while_a_snapshot_needs_a_tree_no_index_lists() {
         mem.delete(&ObjectKey::new(ObjectKind::Index, &name))
             .unwrap();
     }
-    let objects = |mem: &MemoryBackend| -> BTreeSet<String> {
-        [ObjectKind::Pack, ObjectKind::Index, ObjectKind::Snapshot]
-            .into_iter()
-            .flat_map(|k| mem.list(k).unwrap())
-            .map(|(n, _)| n)
-            .collect()
-    };
     let was = objects(&mem);
     let e = prune::prune(&repo, &exclusive(&backend), &grace(Duration::ZERO)).unwrap_err();
     let msg = e.to_string();
