@@ -215,7 +215,7 @@ impl PendingSnapshot {
         snapshot.summary.duration_s =
             (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         repo.save_snapshot(&snapshot)?;
-        repo.index_mut().extend(&self.new_packs);
+        repo.index_mut().extend(self.new_packs);
         Ok(BackupOutcome { snapshot })
     }
 }

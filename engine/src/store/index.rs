@@ -330,11 +330,15 @@ impl Index {
     /// of ten million no longer sorts the ten million again. A blob already
     /// present keeps its location, and of one listed twice among the new,
     /// the first pack's, as building the index from all of them would.
-    pub fn extend(&mut self, packs: &[(PackId, Vec<BlobEntry>)]) {
+    ///
+    /// Each pack's entries are dropped as they become slots, so the new
+    /// blobs are held at most twice while the index grows (as slots to
+    /// merge and in the index), as when the whole index was sorted again.
+    pub fn extend(&mut self, packs: Vec<(PackId, Vec<BlobEntry>)>) {
         let mut new = Vec::with_capacity(packs.iter().map(|(_, e)| e.len()).sum());
         for (p, e) in packs {
-            let pi = self.add_pack(*p);
-            new.extend(slots(pi, e));
+            let pi = self.add_pack(p);
+            new.extend(slots(pi, &e));
         }
         sort_slots(&mut new);
         new.dedup_by(|a, b| a.id == b.id);
@@ -777,7 +781,7 @@ mod tests {
             let whole = Index::from_files(&[(IndexId::default(), IndexFile { supersedes: vec![], packs: all })]);
             let mut grown = Index::from_files(&[(IndexId::default(), IndexFile { supersedes: vec![], packs: batches[0].clone() })]);
             for b in &batches[1..] {
-                grown.extend(b);
+                grown.extend(b.clone());
             }
             prop_assert_eq!(whole.pack_ids().collect::<Vec<_>>(), grown.pack_ids().collect::<Vec<_>>());
             prop_assert_eq!(whole.iter().collect::<Vec<_>>(), grown.iter().collect::<Vec<_>>());
