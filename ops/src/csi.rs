@@ -330,6 +330,7 @@ impl SnapshotRun<'_> {
         observer: &dyn Observer,
     ) -> Result<Taken> {
         let empty = tempfile::tempdir().map_err(Error::CsiTempFolder)?;
+        self.catch_up_index();
         let mut opts = self.backup_options(source);
         opts.parent = None;
         opts.excludes.clear();

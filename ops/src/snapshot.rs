@@ -118,6 +118,7 @@ impl<'r> SnapshotRun<'r> {
 
     /// Snapshots the folder `dir` (an absolute path, recorded as the source).
     pub fn folder(&mut self, dir: &Path, observer: &dyn Observer) -> Result<Taken> {
+        self.catch_up_index();
         let opts = self.backup_options(path_source(dir));
         let pending = self.store(dir, &opts, None, observer)?;
         self.commit(pending, None)
@@ -229,6 +230,7 @@ impl<'r> SnapshotRun<'r> {
                 .with_env("PVSNAP_SNAPSHOT_PATH", dir.to_string_lossy())
         };
         let (pre, post) = (host.pre.as_ref().map(told), host.post.as_ref().map(told));
+        self.catch_up_index();
         let opts = self.backup_options(source);
         let this = &*self;
         let hooked = pvsnap_k8s::with_hooks(cluster, pods, pre.as_ref(), post.as_ref(), || async {
@@ -251,6 +253,13 @@ impl<'r> SnapshotRun<'r> {
                 self.commit(pending, post_failure)
             }
         }
+    }
+
+    /// Before a source is stored: the index gets the blobs of the sources
+    /// this run committed, so it deduplicates against them. After the last
+    /// source nothing loads them: the run ends without that memory.
+    pub(crate) fn catch_up_index(&mut self) {
+        self.repo.load_written_index();
     }
 
     pub(crate) fn options(&self) -> &SnapshotOptions {

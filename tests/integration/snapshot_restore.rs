@@ -205,6 +205,42 @@ fn identical_content_in_two_sources_is_stored_once() {
     assert!(b["parent"].is_null(), "another source has its own timeline");
 }
 
+/// The same, in one run: the first source's packs are named by checkpoints
+/// (every pack, here), whose blob lists the run drops; the second source
+/// still finds every blob, read back from those index files.
+#[test]
+fn identical_content_in_two_sources_of_one_run_is_stored_once() {
+    let env = Env::new();
+    env.init();
+    let data = util::noise(8, 8 * 1024 * 1024);
+    for dir in ["one", "two"] {
+        fs::create_dir(env.path(dir)).unwrap();
+        fs::write(env.path(dir).join("payload"), &data).unwrap();
+    }
+    let (one, two) = (env.path("one"), env.path("two"));
+    let out = env
+        .cmd()
+        .env("PVSNAP_CHECKPOINT_BYTES", "1")
+        .args([
+            "snapshot",
+            one.to_str().unwrap(),
+            two.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v[0]["summary"]["data_blobs_added"].as_u64().unwrap() > 1);
+    assert_eq!(
+        v[1]["summary"]["data_blobs_added"], 0,
+        "{}",
+        v[1]["summary"]
+    );
+    let check = env.ok(&["check", "--read-data"]);
+    assert!(check.status.success());
+}
+
 #[test]
 fn compressible_data_shrinks() {
     let env = Env::new();

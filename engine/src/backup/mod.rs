@@ -38,6 +38,7 @@
 mod chunker;
 pub mod pipeline;
 mod scan;
+mod seen;
 mod walker;
 
 pub use crate::store::packer::Checkpoints;

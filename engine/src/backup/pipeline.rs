@@ -1,7 +1,7 @@
 //! The snapshot pipeline's orchestration: options, counters, the stages
 //! in order ([`store`]) and the commit ([`PendingSnapshot::commit`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
@@ -12,10 +12,11 @@ use std::time::Instant;
 
 use jiff::Timestamp;
 
+use super::seen::Seen;
 use crate::error::{Error, Result};
 use crate::fsmeta::{self, NameCache};
 use crate::repo::IndexedRepository;
-use crate::repo::id::{ChunkId, Id, SnapshotId, TreeId};
+use crate::repo::id::{ChunkId, Id, IndexId, SnapshotId, TreeId};
 use crate::snapshot::{PathIssue, Snapshot, Source, Summary};
 use crate::store::blob::BlobKind;
 use crate::store::packer::{self, Checkpoints, PackList, Packer};
@@ -106,7 +107,8 @@ pub(super) struct Archiver<'a> {
     pub(super) root_dev: u64,
     pub(super) names: NameCache,
     pub(super) seed: u64,
-    pub(super) pending: Mutex<HashSet<Id>>,
+    /// Blobs taken to be stored (stored or on their way), for stage 4.
+    pub(super) pending: Mutex<Seen>,
     /// Stages 5-6: compress, encrypt, pack and store.
     pub(super) packer: Packer<'a>,
     /// Read blocks of finished files, for the next files.
@@ -164,14 +166,17 @@ fn racy_from(parent: Option<&Snapshot>) -> i64 {
 const NATIVE_OPEN_NS: i64 = 30_000_000_000;
 
 /// Takes a snapshot of the folder `path` into `repo`: [`store`] then
-/// [`PendingSnapshot::commit`], which adds the new packs to `repo`'s index.
+/// [`PendingSnapshot::commit`]; after it, `repo`'s index holds the new packs.
 pub fn backup(
     repo: &mut IndexedRepository,
     path: &Path,
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Result<BackupOutcome> {
-    store(repo, path, opts, progress)?.commit(repo)
+    repo.load_written_index();
+    let outcome = store(repo, path, opts, progress)?.commit(repo)?;
+    repo.load_written_index();
+    Ok(outcome)
 }
 
 /// A snapshot whose data is stored (stages 1-7: packs and index files are
@@ -183,7 +188,10 @@ pub fn backup(
 #[must_use = "the snapshot exists only once commit() is called"]
 pub struct PendingSnapshot {
     snapshot: Snapshot,
-    new_packs: PackList,
+    /// The packs no checkpoint named, with their blobs.
+    pub(super) new_packs: PackList,
+    /// The index files of the checkpoints, which name the other packs.
+    pub(super) checkpoint_files: Vec<IndexId>,
     bytes_added: u64,
     started: Instant,
 }
@@ -206,8 +214,10 @@ impl PendingSnapshot {
     }
 
     /// Stage 8: writes the snapshot object, the commit point, then adds the
-    /// packs stored to `repo`'s index, so that a next snapshot in the same
-    /// run deduplicates against them.
+    /// packs of the last index file(s) to `repo`'s index and notes the
+    /// checkpoints' files ([`IndexedRepository::note_written_index`]): a
+    /// next snapshot in the same run loads them first and deduplicates
+    /// against them all.
     pub fn commit(self, repo: &mut IndexedRepository) -> Result<BackupOutcome> {
         let mut snapshot = self.snapshot;
         let snapshot_len = repo.encode_snapshot(&snapshot).len() as u64;
@@ -216,6 +226,7 @@ impl PendingSnapshot {
             (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         repo.save_snapshot(&snapshot)?;
         repo.index_mut().extend(self.new_packs);
+        repo.note_written_index(self.checkpoint_files);
         Ok(BackupOutcome { snapshot })
     }
 }
@@ -255,7 +266,7 @@ pub fn store(
         root_dev: root_meta.dev(),
         names: NameCache::default(),
         seed: repo.chunker_seed(),
-        pending: Mutex::new(HashSet::new()),
+        pending: Mutex::new(Seen::new()),
         packer: Packer::new(repo).checkpointing(opts.checkpoints),
         spare_blocks: Mutex::new(Vec::new()),
         issues: Mutex::new(Vec::new()),
@@ -342,15 +353,24 @@ pub fn store(
     // Stage 7: index files for every pack written that no checkpoint named.
     // A stopped run does this too (the packs in hand are stored first), so
     // what it stored stays indexed for the next run.
-    let stored = a.packer.finish()?;
+    let mut stored = a.packer.finish()?;
     let (_, final_bytes) = packer::write_index(repo, &stored.packs[stored.indexed..], &[])?;
     let index_bytes = stored.index_bytes + final_bytes;
     tracing::info!(
         "stored {} pack(s) of {} bytes and their index ({index_bytes} bytes, {} checkpoint file(s))",
         stored.packs.len(),
         stored.bytes,
-        stored.index_files
+        stored.index_ids.len()
     );
+    {
+        let seen = a.pending.lock().expect("pending");
+        tracing::debug!(
+            "new blobs: {} taken, {} of them in the spill file; {} KiB of memory",
+            seen.len(),
+            seen.spilled(),
+            seen.heap_bytes() / 1024
+        );
+    }
     let Some(tree_id) = walked else {
         return Err(Error::Interrupted {
             packs: stored.packs.len(),
@@ -402,7 +422,8 @@ pub fn store(
     };
     Ok(PendingSnapshot {
         snapshot,
-        new_packs: stored.packs,
+        new_packs: stored.packs.split_off(stored.indexed),
+        checkpoint_files: stored.index_ids,
         bytes_added: stored.bytes + index_bytes,
         started,
     })
@@ -463,7 +484,7 @@ impl Archiver<'_> {
     /// Stage 4 for one blob; the packer does stages 5-6.
     pub(super) fn store_blob(&self, kind: BlobKind, id: Id, raw: &[u8]) -> Result<()> {
         self.stop.check()?;
-        if self.repo.index().contains(&id) || !self.pending.lock().expect("pending").insert(id) {
+        if self.repo.index().contains(&id) || !self.pending.lock().expect("pending").insert(&id)? {
             return Ok(());
         }
         let counter = match kind {

@@ -6,6 +6,7 @@ use crate::backend::{Backend, DynBackend, Forward, ObjectKey};
 use crate::error::BackendError;
 use crate::repo::format::ObjectKind;
 use crate::repo::id::ChunkId;
+use crate::snapshot::Source;
 use crate::testutil;
 use crate::tree::NodeKind;
 
@@ -178,4 +179,63 @@ fn the_pre_scan_counts_what_the_snapshot_reads_and_the_counters_end_at_it() {
     backup(&mut indexed, root, &opts, &quiet).unwrap();
     assert_eq!(got(&quiet.scanned_files), 0);
     assert!(!quiet.scan_done.load(Ordering::Relaxed));
+}
+
+/// A run that checkpoints by blob count drops the lists of the packs each
+/// checkpoint named: its commit adds only the last packs to the index and
+/// notes the checkpoints' files. The next snapshot through the same value
+/// loads them first and stores nothing again; the repository opened anew
+/// indexes every blob; a run that never loads them ends without them in
+/// memory and loses nothing.
+#[test]
+fn checkpointed_blob_lists_are_read_back_only_for_a_next_snapshot() {
+    let (_, repo) = testutil::mem_repo(false);
+    let dir = tempfile::tempdir().unwrap();
+    // 300 files of 2 KiB noise: a blob or two each, 20 or so to a 48 KiB
+    // pack.
+    testutil::write_tree(dir.path(), &testutil::files(7, 300, 2048));
+    let mut indexed = repo.clone().load_index().unwrap();
+    let opts = |source: &str| BackupOptions {
+        source: Some(Source::Path {
+            path: source.into(),
+        }),
+        checkpoints: Checkpoints {
+            blobs: 50,
+            ..Checkpoints::default()
+        },
+        ..BackupOptions::default()
+    };
+    let first = store(&indexed, dir.path(), &opts("/a"), &Progress::default()).unwrap();
+    assert!(
+        first.checkpoint_files.len() >= 3,
+        "checkpoints by blob count: {}",
+        first.checkpoint_files.len()
+    );
+    let in_hand: usize = first.new_packs.iter().map(|(_, e)| e.len()).sum();
+    assert!(
+        in_hand < 100,
+        "only the last packs' lists are held: {in_hand}"
+    );
+    let first = first.commit(&mut indexed).unwrap().snapshot;
+    assert!(first.summary.data_blobs_added >= 300);
+    assert_eq!(
+        indexed.index().len(),
+        in_hand,
+        "the checkpointed blobs wait"
+    );
+
+    // The next snapshot of the same run loads them and adds nothing.
+    let second = backup(&mut indexed, dir.path(), &opts("/b"), &Progress::default()).unwrap();
+    assert_eq!(second.snapshot.summary.data_blobs_added, 0);
+    assert!(indexed.index().len() > 300, "every blob and the trees");
+
+    // Opened anew, the repository indexes every blob, and both restore.
+    let fresh = repo.clone().load_index().unwrap();
+    assert_eq!(fresh.index().len(), indexed.index().len());
+    let want = testutil::files(7, 300, 2048);
+    for s in [&first, &second.snapshot] {
+        let (files, damaged) = testutil::restore_files(&repo, s);
+        assert!(damaged.is_empty());
+        assert_eq!(files, want);
+    }
 }

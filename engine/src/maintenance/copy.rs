@@ -504,7 +504,7 @@ impl Copier<'_, '_> {
     /// Writes index files naming `packs`, and counts them.
     fn write_index(&mut self, packs: &PackList) -> Result<()> {
         let (files, bytes) = write_index(self.dst, packs, &[])?;
-        self.report.index_files_written += files as u64;
+        self.report.index_files_written += files.len() as u64;
         self.report.bytes_sent += bytes;
         self.progress.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
         Ok(())

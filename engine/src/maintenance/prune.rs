@@ -615,7 +615,8 @@ fn execute(repo: &Repository, plan: &mut Plan, steps: &Steps) -> Result<Written>
         let mut all = std::mem::take(&mut plan.keep);
         all.extend(new_packs);
         let old: Vec<IndexId> = plan.old_index.iter().map(|(id, _)| *id).collect();
-        (w.index_files, w.index_bytes) = packer::write_index(repo, &all, &old)?;
+        let (files, bytes) = packer::write_index(repo, &all, &old)?;
+        (w.index_files, w.index_bytes) = (files.len(), bytes);
 
         // Stage 6a: the old index files, now superseded.
         for (id, _) in &plan.old_index {

@@ -198,7 +198,7 @@ pub fn repair_index_with<'a>(
     new.extend(copier.finish()?.packs);
     r.blobs = new.iter().map(|(_, e)| e.len()).sum();
     if !dry_run {
-        (r.index_files_written, _) = packer::write_index(repo, &new, &old_names)?;
+        r.index_files_written = packer::write_index(repo, &new, &old_names)?.0.len();
         for id in &old_names {
             backend.delete(&ObjectKey::new(ObjectKind::Index, id.to_hex()))?;
             r.index_files_deleted += 1;

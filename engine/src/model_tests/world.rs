@@ -284,6 +284,9 @@ impl World {
             hostname: Some("test-host".into()),
             checkpoints: Checkpoints {
                 bytes: 2 * init_options(false).pack_size as u64,
+                // Small, so runs drop the blob lists of checkpointed packs
+                // and later runs load their index files back.
+                blobs: 40,
                 interval: Duration::from_secs(3600),
             },
             stop,

@@ -251,6 +251,7 @@ impl Repository {
             set_aside,
             rescued: std::sync::OnceLock::new(),
             tree_packs: PackCache::new(TREE_PACK_CACHE),
+            behind: Vec::new(),
         })
     }
 }
@@ -326,6 +327,7 @@ impl Repository {
             set_aside: HashMap::new(),
             rescued: std::sync::OnceLock::new(),
             tree_packs: PackCache::new(TREE_PACK_CACHE),
+            behind: Vec::new(),
         }
     }
 
@@ -349,6 +351,9 @@ pub struct IndexedRepository {
     /// first lookup the index cannot answer (see [`IndexedRepository::locate`]).
     rescued: std::sync::OnceLock<HashMap<Id, BlobLocation>>,
     tree_packs: PackCache,
+    /// Index files of snapshots committed through this value whose blobs
+    /// `index` does not hold yet (see [`IndexedRepository::load_written_index`]).
+    behind: Vec<IndexId>,
 }
 
 /// Bytes of tree packs kept in memory (see [`crate::cache`]).
@@ -368,6 +373,35 @@ impl IndexedRepository {
 
     pub fn index_mut(&mut self) -> &mut Index {
         &mut self.index
+    }
+
+    /// Notes index files a committed snapshot wrote whose blobs are not
+    /// added to the index now: a first snapshot of millions of files ends
+    /// without building an index of them all in memory. A next snapshot
+    /// through this value calls [`IndexedRepository::load_written_index`]
+    /// first, so it deduplicates against them.
+    pub fn note_written_index(&mut self, files: Vec<IndexId>) {
+        self.behind.extend(files);
+    }
+
+    /// Adds the blobs of the index files noted by
+    /// [`IndexedRepository::note_written_index`] to the index. A file that
+    /// cannot be read back is warned about and left out: its blobs are
+    /// stored again by a next snapshot, never referenced unstored.
+    pub fn load_written_index(&mut self) {
+        if self.behind.is_empty() {
+            return;
+        }
+        let mut packs = Vec::new();
+        for id in std::mem::take(&mut self.behind) {
+            match self.repo.read_index_file(&id.to_hex()) {
+                Ok((_, file, _)) => packs.extend(file.packs),
+                Err(e) => tracing::warn!(
+                    "index file {id} that this run wrote cannot be read back ({e}); a next snapshot stores its blobs again"
+                ),
+            }
+        }
+        self.index.extend(packs);
     }
 
     pub fn repository(&self) -> &Repository {

@@ -16,12 +16,15 @@
 //! stored packs return their buffers to a small pool.
 //!
 //! A snapshot's packer writes index checkpoints ([`Packer::checkpointing`]):
-//! every [`Checkpoints::bytes`] stored or [`Checkpoints::interval`] elapsed,
-//! whichever comes first, an index file names the packs stored since the
-//! last one, so a process killed partway leaves its packs indexed. Each pack
-//! is named by exactly one index file of the run: [`Stored::indexed`] says
-//! how many of [`Stored::packs`] the checkpoints named, the caller indexes
-//! the rest.
+//! every [`Checkpoints::bytes`] or [`Checkpoints::blobs`] stored or
+//! [`Checkpoints::interval`] elapsed, whichever comes first, an index file
+//! names the packs stored since the last one, so a process killed partway
+//! leaves its packs indexed. Each pack is named by exactly one index file of
+//! the run: [`Stored::indexed`] says how many of [`Stored::packs`] the
+//! checkpoints named, the caller indexes the rest. A checkpoint drops the
+//! blob lists of the packs it named (their index files hold them, listed in
+//! [`Stored::index_ids`]), so a run holds the lists of at most one
+//! checkpoint's packs, however many blobs it stores.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,32 +50,38 @@ pub type PackList = Vec<(PackId, Vec<BlobEntry>)>;
 
 /// What a [`Packer`] stored.
 pub struct Stored {
-    /// Every pack, in the order stored.
+    /// Every pack, in the order stored; the first [`Stored::indexed`] with
+    /// no blob list (it is in their index files).
     pub packs: PackList,
     /// Their bytes (none in a dry run).
     pub bytes: u64,
     /// How many of `packs` (the first ones) index checkpoints named.
     pub indexed: usize,
     /// Index files the checkpoints wrote, and their bytes.
-    pub index_files: usize,
+    pub index_ids: Vec<IndexId>,
     pub index_bytes: u64,
 }
 
 /// When a snapshot writes an index checkpoint: after this many bytes of
-/// packs stored since the last one, or when a pack is stored this long
-/// after it, whichever comes first (restic saves its index every 5
+/// packs or blobs stored since the last one, or when a pack is stored this
+/// long after it, whichever comes first (restic saves its index every 5
 /// minutes; kopia checkpoints snapshots on a timer too). The bytes bound
-/// what a killed snapshot stores again; each checkpoint costs one index
-/// file (about 100 bytes per blob it names).
+/// what a killed snapshot stores again, the blobs the memory their lists
+/// take until written; each checkpoint costs an index file or a few (about
+/// 100 bytes per blob it names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoints {
     pub bytes: u64,
+    pub blobs: usize,
     pub interval: Duration,
 }
 
 impl Checkpoints {
     /// 256 MiB of packs (16 of them) per checkpoint.
     pub const BYTES: u64 = 256 << 20;
+    /// 262,144 blobs per checkpoint: their lists take 12 MiB (48 bytes a
+    /// blob) until written, and make four index files.
+    pub const BLOBS: usize = 1 << 18;
     /// At most 5 minutes between checkpoints while packs are stored.
     pub const INTERVAL: Duration = Duration::from_secs(5 * 60);
 }
@@ -81,6 +90,7 @@ impl Default for Checkpoints {
     fn default() -> Self {
         Checkpoints {
             bytes: Self::BYTES,
+            blobs: Self::BLOBS,
             interval: Self::INTERVAL,
         }
     }
@@ -91,10 +101,11 @@ struct CheckpointState {
     every: Checkpoints,
     /// Packs (the first of `Packer::stored`) named by a checkpoint.
     indexed: usize,
-    /// Bytes stored since the last checkpoint.
+    /// Bytes and blobs stored since the last checkpoint.
     pending: u64,
+    pending_blobs: usize,
     last: Instant,
-    files: usize,
+    ids: Vec<IndexId>,
     bytes: u64,
 }
 
@@ -156,8 +167,9 @@ impl<'a> Packer<'a> {
             every,
             indexed: 0,
             pending: 0,
+            pending_blobs: 0,
             last: Instant::now(),
-            files: 0,
+            ids: Vec::new(),
             bytes: 0,
         }));
         self
@@ -281,7 +293,7 @@ impl<'a> Packer<'a> {
             self.bytes
                 .fetch_add(fp.bytes.len() as u64, Ordering::Relaxed);
         }
-        let len = fp.bytes.len() as u64;
+        let (len, blobs) = (fp.bytes.len() as u64, fp.entries.len());
         self.stored
             .lock()
             .expect("stored packs")
@@ -292,7 +304,7 @@ impl<'a> Packer<'a> {
                 spare.push(fp.bytes);
             }
         }
-        self.checkpoint_after(len, false)
+        self.checkpoint_after(len, blobs, false)
     }
 
     /// Writes an index checkpoint now for the packs stored since the last
@@ -300,14 +312,15 @@ impl<'a> Packer<'a> {
     /// this before it stores the packs in hand, so a second signal that
     /// ends the process at once loses only those.
     pub fn checkpoint_now(&self) -> Result<()> {
-        self.checkpoint_after(0, true)
+        self.checkpoint_after(0, 0, true)
     }
 
     /// Writes an index checkpoint when one is due after a pack of `len`
-    /// bytes was stored: an index file naming every pack stored since the
-    /// last one. Packs are only appended to `stored`, each after its put
-    /// returned, so the packs past the mark are all durable.
-    fn checkpoint_after(&self, len: u64, now: bool) -> Result<()> {
+    /// bytes and `blobs` blobs was stored: index files naming every pack
+    /// stored since the last one. Packs are only appended to `stored`, each
+    /// after its put returned, so the packs past the mark are all durable.
+    /// Their blob lists are dropped once written: the index files hold them.
+    fn checkpoint_after(&self, len: u64, blobs: usize, now: bool) -> Result<()> {
         let Some(state) = &self.checkpoints else {
             return Ok(());
         };
@@ -316,22 +329,48 @@ impl<'a> Packer<'a> {
         }
         let mut c = state.lock().expect("checkpoints");
         c.pending += len;
-        if !now && c.pending < c.every.bytes && c.last.elapsed() < c.every.interval {
+        c.pending_blobs += blobs;
+        if !now
+            && c.pending < c.every.bytes
+            && c.pending_blobs < c.every.blobs
+            && c.last.elapsed() < c.every.interval
+        {
             return Ok(());
         }
-        let packs: PackList = self.stored.lock().expect("stored packs")[c.indexed..].to_vec();
+        // The lists are taken out while they are written (writer threads
+        // append packs meanwhile) and put back only if the write fails, so
+        // that the next checkpoint or the caller indexes them.
+        let mut packs: PackList = {
+            let mut stored = self.stored.lock().expect("stored packs");
+            stored[c.indexed..]
+                .iter_mut()
+                .map(|(p, e)| (*p, std::mem::take(e)))
+                .collect()
+        };
         if packs.is_empty() {
             return Ok(());
         }
-        let (files, bytes) = write_index(self.repo, &packs, &[])?;
+        let written = write_index(self.repo, &packs, &[]);
+        let (ids, bytes) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let mut stored = self.stored.lock().expect("stored packs");
+                for (slot, (_, e)) in stored[c.indexed..].iter_mut().zip(&mut packs) {
+                    slot.1 = std::mem::take(e);
+                }
+                return Err(e);
+            }
+        };
         tracing::debug!(
-            "index checkpoint: {} pack(s) in {files} index file(s)",
-            packs.len()
+            "index checkpoint: {} pack(s) in {} index file(s)",
+            packs.len(),
+            ids.len()
         );
         c.indexed += packs.len();
         c.pending = 0;
+        c.pending_blobs = 0;
         c.last = Instant::now();
-        c.files += files;
+        c.ids.extend(ids);
         c.bytes += bytes;
         Ok(())
     }
@@ -420,18 +459,18 @@ impl<'a> Packer<'a> {
     /// [`Packer::take_stored`]).
     pub fn finish(self) -> Result<Stored> {
         self.flush()?;
-        let (indexed, index_files, index_bytes) = match self.checkpoints {
+        let (indexed, index_ids, index_bytes) = match self.checkpoints {
             Some(c) => {
                 let c = c.into_inner().expect("checkpoints");
-                (c.indexed, c.files, c.bytes)
+                (c.indexed, c.ids, c.bytes)
             }
-            None => (0, 0, 0),
+            None => (0, Vec::new(), 0),
         };
         Ok(Stored {
             packs: self.stored.into_inner().expect("stored packs"),
             bytes: self.bytes.into_inner(),
             indexed,
-            index_files,
+            index_ids,
             index_bytes,
         })
     }
@@ -441,20 +480,20 @@ impl<'a> Packer<'a> {
 /// `supersedes` is not empty, the file naming it is written last (even if
 /// `packs` is empty), so the old files stay in force until every new file
 /// is durable: an interruption leaves old and new files side by side, both
-/// describing existing packs. Returns (files written, bytes written).
+/// describing existing packs. Returns the files written and their bytes.
 pub fn write_index(
     repo: &Repository,
     packs: &[(PackId, Vec<BlobEntry>)],
     supersedes: &[IndexId],
-) -> Result<(usize, u64)> {
+) -> Result<(Vec<IndexId>, u64)> {
     let mut parts = split_for_index(packs);
     if parts.is_empty() && !supersedes.is_empty() {
         parts.push(&[]);
     }
-    let (mut files, mut bytes) = (0, 0);
+    let (mut files, mut bytes) = (Vec::with_capacity(parts.len()), 0);
     let last = parts.len().saturating_sub(1);
     for (i, part) in parts.into_iter().enumerate() {
-        let (_, n) = repo.write_index(&IndexFile {
+        let (id, n) = repo.write_index(&IndexFile {
             supersedes: if i == last {
                 supersedes.to_vec()
             } else {
@@ -462,7 +501,7 @@ pub fn write_index(
             },
             packs: part.to_vec(),
         })?;
-        files += 1;
+        files.push(id);
         bytes += n;
     }
     Ok((files, bytes))
