@@ -44,5 +44,6 @@ mod s3_faults;
 mod safety;
 mod serve;
 mod shapes;
+mod snapshot_memory;
 mod snapshot_restore;
 mod zfs;

@@ -31,7 +31,7 @@ pub(crate) fn tree(root: &Path, n: usize) {
 }
 
 /// VmHWM of process `pid` in KiB, if it is still there to ask.
-fn vm_hwm(pid: u32) -> Option<u64> {
+pub(crate) fn vm_hwm(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

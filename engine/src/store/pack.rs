@@ -53,6 +53,14 @@ impl PackBuilder {
         self.buf.len()
     }
 
+    /// Bytes the pack takes once finished: its blobs and the trailer
+    /// listing them (sealed: at most 40 bytes more). Small blobs make a
+    /// large trailer (46 bytes an entry): a pack of 16 MiB of 100-byte
+    /// blobs lists 5 MiB of them.
+    pub fn len_with_trailer(&self) -> usize {
+        self.buf.len() + 4 + self.entries.len() * BlobEntry::ENCODED_LEN + 40 + 4
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -72,6 +80,9 @@ impl PackBuilder {
             e.encode_into(&mut trailer);
         }
         let sealed = crypto.seal(TRAILER_AAD, trailer);
+        // Exactly: a buffer that has no room left would otherwise double,
+        // and the doubled buffer is kept for the next packs.
+        self.buf.reserve_exact(sealed.len() + 4);
         self.buf.extend_from_slice(&sealed);
         self.buf
             .extend_from_slice(&(sealed.len() as u32).to_le_bytes());

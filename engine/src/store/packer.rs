@@ -79,9 +79,10 @@ pub struct Checkpoints {
 impl Checkpoints {
     /// 256 MiB of packs (16 of them) per checkpoint.
     pub const BYTES: u64 = 256 << 20;
-    /// 262,144 blobs per checkpoint: their lists take 12 MiB (48 bytes a
-    /// blob) until written, and make four index files.
-    pub const BLOBS: usize = 1 << 18;
+    /// 65,536 blobs per checkpoint: their lists take 3 MiB (48 bytes a
+    /// blob) until written, and fill one index file (index files hold at
+    /// most ~64k blobs anyway, so small blobs make no more files for it).
+    pub const BLOBS: usize = 1 << 16;
     /// At most 5 minutes between checkpoints while packs are stored.
     pub const INTERVAL: Duration = Duration::from_secs(5 * 60);
 }
@@ -233,7 +234,9 @@ impl<'a> Packer<'a> {
             p.reserve(self.pack_capacity);
         }
         p.add(entry, stored);
-        (p.len() >= self.pack_size).then(|| {
+        // Full counting the trailer, so a pack of small blobs stays within
+        // its buffer (`pack_capacity`) instead of growing it to twice.
+        (p.len_with_trailer() >= self.pack_size).then(|| {
             std::mem::replace(
                 &mut *p,
                 PackBuilder::with_buffer(self.repo.crypto().is_encrypted(), self.pack_buffer()),
