@@ -108,6 +108,11 @@ struct CheckpointState {
     last: Instant,
     ids: Vec<IndexId>,
     bytes: u64,
+    /// Set by [`Packer::finish`]: the packs it stores last are indexed by
+    /// the caller right after, once the pack buffers are freed, so no
+    /// checkpoint is written for them beside those buffers (one asked for
+    /// by an interruption still is).
+    finishing: bool,
 }
 
 /// Builds packs of blobs and stores them; see the module documentation.
@@ -172,6 +177,7 @@ impl<'a> Packer<'a> {
             last: Instant::now(),
             ids: Vec::new(),
             bytes: 0,
+            finishing: false,
         }));
         self
     }
@@ -331,6 +337,9 @@ impl<'a> Packer<'a> {
             return Ok(());
         }
         let mut c = state.lock().expect("checkpoints");
+        if c.finishing && !now {
+            return Ok(());
+        }
         c.pending += len;
         c.pending_blobs += blobs;
         if !now
@@ -461,6 +470,9 @@ impl<'a> Packer<'a> {
     /// Stores what is pending; returns every pack stored (since the last
     /// [`Packer::take_stored`]).
     pub fn finish(self) -> Result<Stored> {
+        if let Some(c) = &self.checkpoints {
+            c.lock().expect("checkpoints").finishing = true;
+        }
         self.flush()?;
         let (indexed, index_ids, index_bytes) = match self.checkpoints {
             Some(c) => {
