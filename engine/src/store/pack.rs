@@ -8,7 +8,7 @@
 use crate::backend::{Backend, ObjectKey};
 use crate::error::{Error, FormatError};
 use crate::repo::crypto::Crypto;
-use crate::repo::format::{HEADER_LEN, Header, ObjectKind, Reader};
+use crate::repo::format::{HEADER_LEN, Header, NONCE_LEN, ObjectKind, Reader, TAG_LEN};
 use crate::repo::id::{Id, PackId};
 use crate::store::blob::BlobEntry;
 
@@ -54,11 +54,12 @@ impl PackBuilder {
     }
 
     /// Bytes the pack takes once finished: its blobs and the trailer
-    /// listing them (sealed: at most 40 bytes more). Small blobs make a
+    /// listing them (sealed: at most a nonce and a tag more). Small blobs make a
     /// large trailer (46 bytes an entry): a pack of 16 MiB of 100-byte
     /// blobs lists 5 MiB of them.
     pub fn len_with_trailer(&self) -> usize {
-        self.buf.len() + 4 + self.entries.len() * BlobEntry::ENCODED_LEN + 40 + 4
+        let plain = 4 + self.entries.len() * BlobEntry::ENCODED_LEN;
+        self.buf.len() + plain + NONCE_LEN + TAG_LEN + 4
     }
 
     pub fn is_empty(&self) -> bool {
@@ -191,7 +192,16 @@ mod tests {
                     &stored,
                 );
             }
+            let predicted = pb.len_with_trailer();
             let fp = pb.finish(&crypto);
+            // What the packer counts toward full is the pack's length, or
+            // a nonce and a tag more where the trailer is not sealed.
+            let unsealed = if crypto.is_encrypted() {
+                0
+            } else {
+                NONCE_LEN + TAG_LEN
+            };
+            assert_eq!(fp.bytes.len() + unsealed, predicted);
             let mem = MemoryBackend::new();
             let key = ObjectKey::new(ObjectKind::Pack, fp.id.to_hex());
             mem.put(&key, &fp.bytes).unwrap();
